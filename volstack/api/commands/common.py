@@ -1,0 +1,43 @@
+"""Small helpers shared by command modules."""
+from volstack.api.registry import Lst, Obj
+from volstack.api.views import Lookups
+from volstack.errors import InvalidParameter
+from volstack.services import settings as S
+from volstack.services.listing import ListQuery
+
+
+def list_query(req, p) -> ListQuery:
+    """Validate page/pagesize the way BaseListCmd does and build the service-side query."""
+    max_size = S.Settings.value_in(req.s, S.DEFAULT_PAGE_SIZE)
+    page, size = p.page, p.pagesize
+    if size is not None:
+        if size == -1:
+            if page is not None:
+                raise InvalidParameter("Can't specify page parameter when pagesize is -1 (Unlimited)")
+        elif size < 1:
+            raise InvalidParameter(f"Page size must be a positive number or -1 (unlimited): got {size}")
+        elif size > max_size:
+            raise InvalidParameter(f"Page size can't exceed max allowed page size value: {max_size}")
+        elif page is None:
+            raise InvalidParameter("\"page\" parameter is required when \"pagesize\" is specified")
+    if page is not None:
+        if size is None:
+            raise InvalidParameter("\"pagesize\" parameter is required when \"page\" is specified")
+        if page < 1:
+            raise InvalidParameter(f"Page number must be 1 or more: got {page}")
+    return ListQuery(keyword=p.keyword, page=page, pagesize=size, listall=bool(p.listall),
+                     isrecursive=bool(p.isrecursive), account=p.account, domainid=p.domainid)
+
+
+def obj(req, view, row) -> Obj:
+    return Obj(view.key, view.render(row, Lookups(req.s)))
+
+
+def lst(req, view, rows_total) -> Lst:
+    rows, total = rows_total
+    lk = Lookups(req.s)
+    return Lst(view.key, [view.render(r, lk) for r in rows], total)
+
+
+def pick(p, *names) -> dict:
+    return {n: p.get(n) for n in names if p.get(n) is not None}

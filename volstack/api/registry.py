@@ -1,0 +1,139 @@
+"""Each API command is declared exactly once: name, description, parameters, async or not, response.
+
+That declaration drives parameter binding and validation (binding.py), listApis, the generated
+docs/api.md and, for async commands, the job that runs the handler.
+"""
+from dataclasses import dataclass, field
+from typing import Callable
+
+# Parameter types as CloudStack names them in listApis.
+UUID, STRING, LONG, INTEGER, SHORT, BOOLEAN, MAP, LIST, DATE, TZDATE = (
+    "uuid", "string", "long", "integer", "short", "boolean", "map", "list", "date", "tzdate")
+
+# Who may call: the least privileged account type allowed.
+ROOT, DOMAIN, USER = "root", "domain", "user"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str
+    description: str
+    required: bool = False
+    length: int = 255
+    entity: str | None = None        # uuid / list of uuid: the entity that must exist
+    since: str | None = None
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a response object: its JSON name, description and how to compute it."""
+    name: str
+    description: str
+    get: Callable = None             # get(row, lookups) -> value (None: omitted)
+    type: str = "string"
+
+
+@dataclass
+class View:
+    """How one kind of object is shown: the object key and its fields."""
+    key: str
+    fields: list[Field]
+
+    def render(self, row, lk) -> dict:
+        out = {}
+        for f in self.fields:
+            v = f.get(row, lk)
+            if v is not None:
+                out[f.name] = v
+        return out
+
+
+@dataclass
+class Command:
+    name: str
+    description: str
+    handler: Callable                 # handler(req, p) -> Obj | Lst | Success | dict
+    params: list[Param] = field(default_factory=list)
+    is_async: bool = False
+    view: View | None = None          # the response object (listApis' response fields)
+    response_key: str | None = None   # object key when there is no view (e.g. success)
+    access: str = ROOT
+    since: str = "3.0.0"
+    is_list: bool = False
+    related: str = ""
+    # async only
+    prepare: Callable | None = None   # prepare(req, p) -> uuid of the row created before the job (async create)
+    instance_type: str | None = None  # jobinstancetype and the sync key's prefix
+    instance_param: str | None = None # the parameter naming the object the job works on
+    on_interrupt: str = "fail"        # what reconciliation does if the server dies mid-job: fail | retry
+
+    def allowed(self, account_type: int) -> bool:
+        need = {ROOT: (1,), DOMAIN: (1, 2), USER: (0, 1, 2)}[self.access]
+        return account_type in need
+
+    @property
+    def key(self) -> str | None:
+        return self.view.key if self.view else self.response_key
+
+
+# Standard parameters of list commands (BaseListCmd / BaseListDomainResourcesCmd).
+LIST_PARAMS = [
+    Param("keyword", STRING, "List by keyword"),
+    Param("page", INTEGER, "The page number of the result set; must be passed with pagesize"),
+    Param("pagesize", INTEGER, "The number of entries per page; -1 lists everything"),
+]
+OWNER_LIST_PARAMS = [
+    Param("listall", BOOLEAN, "If set to false, list only resources belonging to the command's caller; if set to true - list resources that the caller is authorized to see. Default value is false"),
+    Param("isrecursive", BOOLEAN, "defaults to false, but if true, lists all resources from the parent specified by the domainId till leaves."),
+    Param("account", STRING, "list resources by account. Must be used with the domainId parameter."),
+    Param("domainid", UUID, "list only resources belonging to the domain specified", entity="Domain"),
+]
+
+
+class Registry:
+    def __init__(self):
+        self.commands: dict[str, Command] = {}
+        self._lower: dict[str, Command] = {}
+
+    def add(self, cmd: Command) -> Command:
+        assert cmd.name not in self.commands, f"command {cmd.name} declared twice"
+        if cmd.is_list:
+            have = {p.name for p in cmd.params}
+            cmd.params = cmd.params + [p for p in LIST_PARAMS if p.name not in have]
+        self.commands[cmd.name] = cmd
+        self._lower[cmd.name.lower()] = cmd
+        return cmd
+
+    def get(self, name: str) -> Command | None:
+        return self.commands.get(name) or self._lower.get(name.lower())
+
+    def command(self, name, description, params=(), **kw):
+        """Decorator form: @API.command("listZones", "Lists zones", [...], view=ZONE, is_list=True)."""
+        def deco(fn):
+            self.add(Command(name=name, description=description, handler=fn, params=list(params), **kw))
+            return fn
+        return deco
+
+
+API = Registry()
+
+
+# Handler results -------------------------------------------------------------------------------
+
+@dataclass
+class Obj:
+    key: str
+    data: dict
+
+
+@dataclass
+class Lst:
+    key: str
+    items: list
+    count: int
+
+
+@dataclass
+class Success:
+    displaytext: str | None = None

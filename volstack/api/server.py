@@ -1,0 +1,185 @@
+"""The /client/api endpoint: authentication, dispatch, async job submission, envelopes, errors."""
+import logging
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qsl
+
+from sqlalchemy import select
+
+from volstack.api import binding, wire
+from volstack.api.registry import API, Command, Obj, Success
+from volstack.api.signing import AUTH_FAILED, check_expiry, verify
+from volstack.db.models import AsyncJob, User
+from volstack.errors import CloudError, InternalError, Unauthorized, UnknownCommand
+from volstack.services import accounts
+from volstack.services import settings as S
+
+log = logging.getLogger("volstack.api")
+GENERIC_530 = "Internal error executing command, please contact your system administrator"
+SESSION_FREE = {"login", "logout"}
+
+
+@dataclass
+class Req:
+    """What a handler gets: the session, the caller, and the management server's parts."""
+    s: object
+    ctx: object
+    ms: object          # ManagementServer: .db, .settings, .jobs
+    cmd: Command
+
+
+class ApiApp:
+    def __init__(self, ms, registry=API):
+        self.ms, self.registry = ms, registry
+
+    # ------------------------------------------------------------ WSGI
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.rstrip("/") != "/client/api":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"volstack: the CloudStack API is at /client/api\n"]
+        method = environ.get("REQUEST_METHOD", "GET")
+        pairs = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if method == "POST" and environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            pairs += parse_qsl(environ["wsgi.input"].read(length).decode("utf-8", "replace"), keep_blank_values=True)
+        cookies = SimpleCookie(environ.get("HTTP_COOKIE", ""))
+        status, headers, body = self.handle(pairs, {k: v.value for k, v in cookies.items()}, method)
+        start_response(status, headers)
+        return [body]
+
+    def handle(self, pairs, cookies, method="GET"):
+        """Returns (status line, headers, body) for one request."""
+        params: dict[str, str] = {}
+        for k, v in pairs:
+            params.setdefault(k, v)
+        lower = {}
+        for k, v in params.items():
+            lower.setdefault(k.lower(), v)
+        fmt = "json" if lower.get("response", "xml").lower() == "json" else "xml"
+        name = lower.get("command", "")
+        cmd = self.registry.get(name) if name else None
+        envelope = f"{cmd.name.lower() if cmd else 'error'}response"
+        extra_headers = []
+        try:
+            if not name:
+                raise UnknownCommand("The command parameter is missing")
+            if cmd is None:
+                raise UnknownCommand(f"The given command:{name} does not exist or it is not available for user")
+            if cmd.name == "login":
+                body, extra_headers = self._login(lower)
+            elif cmd.name == "logout":
+                body = self._logout(lower, cookies)
+            else:
+                body = self._call(cmd, params, lower, cookies)
+            status = "200 OK"
+        except CloudError as exc:
+            status = f"{exc.errorcode} {type(exc).__name__}"
+            body = wire.error_body(exc.errorcode, exc.cserrorcode, exc.text)
+            extra_headers = [("X-Description", _header_safe(exc.text))]
+        except Exception:
+            log.exception("command %s failed", name)
+            status = "530 InternalError"
+            body = wire.error_body(530, 4250, GENERIC_530)
+            extra_headers = [("X-Description", GENERIC_530)]
+        data, ctype = wire.render(envelope, body, fmt, self._json_type())
+        return status, [("Content-Type", ctype), ("Content-Length", str(len(data)))] + extra_headers, data
+
+    def _json_type(self) -> str:
+        return self.ms.json_content_type
+
+    # ------------------------------------------------------------ authentication
+
+    def _authenticate(self, s, params, lower, cookies):
+        api_key = lower.get("apikey")
+        if api_key:
+            user = accounts.user_by_api_key(s, api_key)
+            secret = accounts.user_secret(user) if user else None
+            if not secret or "signature" not in lower:
+                raise Unauthorized(AUTH_FAILED)
+            check_expiry(lower)
+            signed = {k: v for k, v in params.items() if k.lower() != "signature"}
+            signed["signature"] = lower["signature"]
+            if not verify(signed, secret):
+                raise Unauthorized(AUTH_FAILED)
+            return user
+        key = lower.get("sessionkey")
+        if not key or cookies.get("sessionkey") != key:
+            raise Unauthorized("unable to verify user credentials")
+        user = accounts.session_user(s, key, self.ms.settings_value(S.SESSION_TIMEOUT))
+        if user is None:
+            raise Unauthorized("unable to verify user credentials")
+        return user
+
+    def _login(self, lower):
+        from volstack.api.views import login_response
+        for need in ("username", "password"):
+            if not lower.get(need):
+                raise binding.InvalidParameter(f"Unable to execute API command login due to missing parameter {need}")
+        with self.ms.db.session() as s:
+            user, key = accounts.login(s, lower["username"], lower["password"], lower.get("domain"), lower.get("domainid"))
+            body = login_response(s, user, key, self.ms)
+        cookie = f"sessionkey={key}; Path=/client; HttpOnly"
+        return body, [("Set-Cookie", cookie), ("Set-Cookie", f"JSESSIONID={key}; Path=/client; HttpOnly")]
+
+    def _logout(self, lower, cookies):
+        key = lower.get("sessionkey") or cookies.get("sessionkey")
+        if key:
+            with self.ms.db.session() as s:
+                accounts.logout(s, key)
+        return {"description": "success"}
+
+    # ------------------------------------------------------------ dispatch
+
+    def _call(self, cmd: Command, params, lower, cookies) -> dict:
+        with self.ms.db.session() as s:
+            user = self._authenticate(s, params, lower, cookies)
+            ctx = accounts.context_for(s, user)
+            if not cmd.allowed(ctx.account_type):
+                raise UnknownCommand(f"The given command:{cmd.name} does not exist or it is not available for user "
+                                     f"with id:{user.uuid}")
+            p = binding.bind(s, cmd, lower)
+            req = Req(s, ctx, self.ms, cmd)
+            if not cmd.is_async:
+                return wire.body_of(cmd.handler(req, p))
+            out = {}
+            instance = p.get(cmd.instance_param) if cmd.instance_param else None
+            if cmd.prepare is not None:
+                instance = cmd.prepare(req, p)
+                out["id"] = instance
+                p[cmd.instance_param or "id"] = instance
+            job = self.ms.jobs.submit(s, cmd=cmd.name, params=dict(p), ctx=ctx, instance_type=cmd.instance_type,
+                                      instance_uuid=instance,
+                                      sync_key=f"{cmd.instance_type}:{instance}" if cmd.instance_type and instance else None)
+            out["jobid"] = job.uuid
+        self.ms.jobs.wake()
+        return out
+
+    # ------------------------------------------------------------ the job side of async commands
+
+    def execute_job(self, job: AsyncJob, progress) -> dict:
+        cmd = self.registry.get(job.cmd)
+        if cmd is None:
+            raise InternalError(f"Command {job.cmd} is not known to this management server version")
+        with self.ms.db.session() as s:
+            user = s.get(User, job.user_id)
+            ctx = accounts.context_for(s, user, job_uuid=job.uuid)
+            req = Req(s, ctx, self.ms, cmd)
+            req.progress = progress
+            result = cmd.handler(req, binding.Params(job.params or {}))
+            if isinstance(result, (Obj, Success)):
+                return wire.body_of(result)
+            return result
+
+    def on_interrupt(self, job: AsyncJob) -> str:
+        cmd = self.registry.get(job.cmd)
+        return cmd.on_interrupt if cmd else "fail"
+
+
+def _header_safe(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ").encode("latin-1", "replace").decode("latin-1")[:1024]
+
+
+def find_job(s, uuid: str) -> AsyncJob | None:
+    return s.scalar(select(AsyncJob).where(AsyncJob.uuid == uuid))

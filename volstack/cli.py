@@ -1,0 +1,128 @@
+"""The `volstack` command: up, serve, apply."""
+import argparse
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import yaml
+
+BUILTIN_DATACENTER = {
+    "zones": [{"name": "zone1", "networktype": "Advanced", "localstorageenabled": True,
+               "pods": [{"name": "pod1", "clusters": [{"name": "cluster1", "hypervisor": "KVM"}]}]}],
+}
+
+
+def _server(db_url, key_file, host, port, **kw):
+    from volstack.management import ManagementServer
+    return ManagementServer(db_url, key_file, host=host, port=port, **kw)
+
+
+def _wait_for_signal():
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+
+
+def cmd_up(args) -> int:
+    from volstack.db.engine import sqlite_url
+    from volstack.services import datacenter
+    from volstack.services.context import system_context
+    data = Path(args.data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    pw_file = data / "admin.password"
+    if not pw_file.exists():
+        fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(12) + "\n")
+    password = pw_file.read_text().strip()
+    ms = _server(sqlite_url(data), data / "volstack.key", args.host, args.port, admin_password=password)
+    datacenter.apply(ms.db, system_context(), BUILTIN_DATACENTER)
+    ms.start()
+    ini = data / "cloudstack.ini"
+    ini.write_text(f"[cloudstack]\nendpoint = {ms.endpoint}\nkey = {ms.admin.api_key}\nsecret = {ms.admin_secret}\n"
+                   "timeout = 60\n")
+    os.chmod(ini, 0o600)
+    print(f"export CLOUDSTACK_ENDPOINT={ms.endpoint}")
+    print(f"export CLOUDSTACK_KEY={ms.admin.api_key}")
+    print(f"export CLOUDSTACK_SECRET={ms.admin_secret}")
+    print(f"# admin password (login command, cloudmonkey): {password}   cs config: {ini}", flush=True)
+    print("# volstack is up; Ctrl-C stops it", file=sys.stderr, flush=True)
+    _wait_for_signal()
+    ms.stop()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    ms = _server(args.db, args.key_file, args.host, args.port, workers=args.workers, name=args.name)
+    ms.start()
+    print(f"volstack management server {ms.jobs.name} on {ms.endpoint}", flush=True)
+    _wait_for_signal()
+    ms.stop()
+    return 0
+
+
+def cmd_apply(args) -> int:
+    from volstack import crypto
+    from volstack.api import commands  # noqa: F401
+    from volstack.db.engine import Database, sqlite_url
+    from volstack.errors import CloudError
+    from volstack.services import accounts, datacenter
+    from volstack.services.context import system_context
+    url = args.db or sqlite_url(args.data_dir)
+    key_file = args.key_file or Path(args.data_dir) / "volstack.key"
+    crypto.load_key(key_file)
+    db = Database(url)
+    db.upgrade()
+    with db.session() as s:
+        accounts.bootstrap(s)
+    doc = yaml.safe_load(Path(args.file).read_text())
+    try:
+        for line in datacenter.apply(db, system_context(), doc or {}):
+            print(line)
+    except CloudError as exc:
+        print(f"volstack apply: {exc.text}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="volstack", description="Storage control plane for KVM clouds (CloudStack API)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    up = sub.add_parser("up", help="run everything on this machine on the embedded SQLite default")
+    up.add_argument("--data-dir", default="volstack-data")
+    up.add_argument("--port", type=int, default=8080)
+    up.add_argument("--host", default="127.0.0.1")
+    up.set_defaults(fn=cmd_up)
+
+    serve = sub.add_parser("serve", help="run a management server on any database")
+    serve.add_argument("--db", required=True, help="sqlite:///path/volstack.db or postgresql://user@host:port/db")
+    serve.add_argument("--key-file", required=True, help="file with the key that encrypts secrets (shared by all servers)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--workers", type=int, default=4, help="job worker threads")
+    serve.add_argument("--name", help="this server's name (default: host name); a restart under the same name "
+                                      "reconciles the jobs the previous run left")
+    serve.set_defaults(fn=cmd_serve)
+
+    apply = sub.add_parser("apply", help="create or update a datacenter described in a YAML file")
+    apply.add_argument("file")
+    apply.add_argument("--data-dir", default="volstack-data")
+    apply.add_argument("--db", help="database URL (default: the SQLite file in --data-dir)")
+    apply.add_argument("--key-file")
+    apply.set_defaults(fn=cmd_apply)
+
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

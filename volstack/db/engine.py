@@ -1,0 +1,75 @@
+"""Engine, sessions and schema upgrades. SQLite (embedded default) and PostgreSQL."""
+import contextlib
+import os
+from pathlib import Path
+
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import sessionmaker
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain postgresql:// URLs and pick psycopg 3 for them."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+class Database:
+    def __init__(self, url: str):
+        self.url = normalize_url(url)
+        u = make_url(self.url)
+        self.is_sqlite = u.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            if u.database and u.database != ":memory:":
+                Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(self.url, connect_args={"timeout": 30, "check_same_thread": False})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            # pysqlite's own transaction handling defers BEGIN; emit it ourselves so that
+            # a read-then-write transaction holds its lock from the start (no upgrade deadlocks).
+            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        else:
+            self.engine = create_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.Session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection_url"] = self.url
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            alembic_command.upgrade(cfg, "head")
+
+    @contextlib.contextmanager
+    def session(self):
+        s = self.Session()
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn, _record):
+    dbapi_conn.isolation_level = None       # BEGIN is emitted by the 'begin' listener
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def sqlite_url(data_dir: str | os.PathLike) -> str:
+    return f"sqlite:///{Path(data_dir).resolve() / 'volstack.db'}"

@@ -1,0 +1,215 @@
+"""Persistent asynchronous jobs.
+
+- A job row is committed before any work starts (submit), so a crash never loses a request.
+- Workers claim a job with one conditional UPDATE (running=false -> true); on a shared PostgreSQL two
+  management servers can never both claim it.
+- Jobs on one object share a sync key; the key's row in async_job_lock (a primary key) lets only one
+  of them run at a time, in submission order.
+- There is no wall-clock limit: a job runs as long as it runs. Progress is recorded as it is reported.
+- Every server heartbeats in mshost. Running jobs of a server that stopped heartbeating (or that
+  restarted) are reconciled: retried when the command is declared safe to retry, else failed with a
+  reason. Finished job records are deleted after job.expire.minutes.
+"""
+import logging
+import socket
+import threading
+import time
+import traceback
+from datetime import timedelta
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from volstack.db.models import AsyncJob, JobLock, ManagementServer, utcnow
+from volstack.errors import CloudError
+
+log = logging.getLogger("volstack.jobs")
+
+PENDING, SUCCEEDED, FAILED, CANCELLED = 0, 1, 2, 3
+
+
+class JobProgress:
+    """Handed to a running job so it can report progress; each report is persisted."""
+
+    def __init__(self, engine: "JobEngine", job_id: int, job_uuid: str):
+        self.engine, self.job_id, self.uuid = engine, job_id, job_uuid
+
+    def __call__(self, percent: int, proc_status: int | None = None) -> None:
+        values = {"progress": max(0, min(100, int(percent))), "last_update": utcnow()}
+        if proc_status is not None:
+            values["proc_status"] = proc_status
+        with self.engine.db.session() as s:
+            s.execute(update(AsyncJob).where(AsyncJob.id == self.job_id).values(values))
+
+
+class JobEngine:
+    """executor(job: AsyncJob, progress: JobProgress) -> jobresult dict; raises CloudError on failure.
+    interrupted(job: AsyncJob) -> "retry" | "fail": what to do with a job whose server died."""
+
+    def __init__(self, db, executor, interrupted=lambda job: "fail", *, workers: int = 4, name: str | None = None,
+                 heartbeat_seconds: float = 5.0, expire_minutes=lambda: 1440):
+        self.db, self.executor, self.interrupted = db, executor, interrupted
+        self.workers = workers
+        self.name = name or socket.gethostname()
+        self.heartbeat_seconds = heartbeat_seconds
+        self.expire_minutes = expire_minutes
+        self.msid: int | None = None
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        with self.db.session() as s:
+            # An earlier instance under the same name is gone: its running jobs were interrupted.
+            s.execute(update(ManagementServer).where(ManagementServer.name == self.name, ManagementServer.state == "Up")
+                      .values(state="Down"))
+            ms = ManagementServer(name=self.name)
+            s.add(ms)
+            s.flush()
+            self.msid = ms.id
+        self.reconcile()
+        self._stop.clear()
+        for i in range(self.workers):
+            t = threading.Thread(target=self._work, name=f"job-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._housekeeping, name="job-housekeeping", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self, wait: bool = True) -> None:
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        if wait:
+            for t in self._threads:
+                t.join(timeout=30)
+        self._threads.clear()
+        if self.msid is not None:
+            with self.db.session() as s:
+                s.execute(update(ManagementServer).where(ManagementServer.id == self.msid).values(state="Down"))
+
+    # ------------------------------------------------------------ submit
+
+    def submit(self, s, *, cmd: str, params: dict, ctx, instance_type=None, instance_uuid=None,
+               sync_key=None) -> AsyncJob:
+        """Add a job in the caller's session; it becomes visible to workers when that commits."""
+        job = AsyncJob(cmd=cmd, params=params, account_id=ctx.account_id, user_id=ctx.user_id,
+                       domain_id=ctx.domain_id, instance_type=instance_type, instance_uuid=instance_uuid,
+                       sync_key=sync_key)
+        s.add(job)
+        s.flush()
+        return job
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    # ------------------------------------------------------------ workers
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._claim()
+            except Exception:
+                log.exception("claiming a job failed")
+                job = None
+            if job is None:
+                with self._wake:
+                    self._wake.wait(timeout=0.5)
+                continue
+            self._run(job)
+
+    def _claim(self) -> AsyncJob | None:
+        with self.db.session() as s:
+            candidates = list(s.scalars(select(AsyncJob).where(AsyncJob.status == PENDING, AsyncJob.running.is_(False))
+                                        .order_by(AsyncJob.id).limit(32)))
+        for job in candidates:
+            try:
+                with self.db.session() as s:
+                    if job.sync_key:
+                        s.add(JobLock(sync_key=job.sync_key, job_id=job.id))
+                        s.flush()
+                    res = s.execute(update(AsyncJob).where(AsyncJob.id == job.id, AsyncJob.status == PENDING,
+                                                           AsyncJob.running.is_(False))
+                                    .values(running=True, owner_msid=self.msid, started=utcnow(), last_update=utcnow()))
+                    if res.rowcount != 1:
+                        s.rollback()
+                        continue
+                job.running, job.owner_msid = True, self.msid
+                return job
+            except IntegrityError:
+                continue          # another job of the same object is running
+        return None
+
+    def _run(self, job: AsyncJob) -> None:
+        progress = JobProgress(self, job.id, job.uuid)
+        try:
+            result = self.executor(job, progress)
+            self._finish(job, SUCCEEDED, 0, result)
+        except CloudError as exc:
+            self._finish(job, FAILED, exc.errorcode, {"errorcode": exc.errorcode, "errortext": exc.text})
+        except Exception as exc:
+            log.error("job %s (%s) failed:\n%s", job.uuid, job.cmd, traceback.format_exc())
+            self._finish(job, FAILED, 530, {"errorcode": 530, "errortext": f"Internal error while running {job.cmd}: {exc}"})
+
+    def _finish(self, job: AsyncJob, status: int, code: int, result: dict) -> None:
+        with self.db.session() as s:
+            s.execute(update(AsyncJob).where(AsyncJob.id == job.id, AsyncJob.owner_msid == self.msid)
+                      .values(status=status, running=False, result_code=code, result=result, progress=100,
+                              result_type="object", completed=utcnow(), last_update=utcnow()))
+            s.execute(delete(JobLock).where(JobLock.job_id == job.id))
+        with self._wake:
+            self._wake.notify()   # a job waiting on this sync key may now run
+
+    # ------------------------------------------------------------ housekeeping
+
+    def _housekeeping(self) -> None:
+        last_expire = 0.0
+        while not self._stop.wait(self.heartbeat_seconds):
+            try:
+                with self.db.session() as s:
+                    s.execute(update(ManagementServer).where(ManagementServer.id == self.msid)
+                              .values(last_seen=utcnow(), state="Up"))
+                self.reconcile()
+                if time.monotonic() - last_expire > 60:
+                    self.expire()
+                    last_expire = time.monotonic()
+            except Exception:
+                log.exception("job housekeeping failed")
+
+    def reconcile(self) -> int:
+        """Settle running jobs whose server is gone. Returns how many were settled."""
+        stale = utcnow() - timedelta(seconds=self.heartbeat_seconds * 3)
+        with self.db.session() as s:
+            dead = select(ManagementServer.id).where(ManagementServer.id != self.msid,
+                                                     or_(ManagementServer.state == "Down", ManagementServer.last_seen < stale))
+            orphans = list(s.scalars(select(AsyncJob).where(AsyncJob.running.is_(True), AsyncJob.status == PENDING,
+                                                            AsyncJob.owner_msid.in_(dead))))
+        for job in orphans:
+            action = self.interrupted(job)
+            with self.db.session() as s:
+                if action == "retry":
+                    values = dict(running=False, owner_msid=None, started=None, last_update=utcnow())
+                else:
+                    values = dict(running=False, status=FAILED, result_code=530, result_type="object",
+                                  completed=utcnow(), last_update=utcnow(),
+                                  result={"errorcode": 530, "errortext":
+                                          f"{job.cmd} was interrupted because the management server running it stopped; "
+                                          "it was not completed and can be submitted again"})
+                res = s.execute(update(AsyncJob).where(AsyncJob.id == job.id, AsyncJob.running.is_(True),
+                                                       AsyncJob.owner_msid == job.owner_msid).values(values))
+                if res.rowcount:
+                    s.execute(delete(JobLock).where(JobLock.job_id == job.id))
+                    log.warning("job %s (%s) of a stopped server: %s", job.uuid, job.cmd, action)
+        if orphans:
+            self.wake()
+        return len(orphans)
+
+    def expire(self) -> int:
+        cutoff = utcnow() - timedelta(minutes=self.expire_minutes())
+        with self.db.session() as s:
+            res = s.execute(delete(AsyncJob).where(AsyncJob.status != PENDING, AsyncJob.completed < cutoff))
+            return res.rowcount

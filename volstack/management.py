@@ -1,0 +1,83 @@
+"""The management server: database, settings, job engine and the HTTP API, wired together."""
+import logging
+import threading
+import time
+from pathlib import Path
+
+import waitress
+
+from volstack import crypto
+from volstack.api import commands  # noqa: F401  (declares every command)
+from volstack.api.server import ApiApp
+from volstack.db.engine import Database
+from volstack.jobs.engine import JobEngine
+from volstack.services import accounts
+from volstack.services import settings as S
+
+log = logging.getLogger("volstack")
+
+
+class ManagementServer:
+    def __init__(self, db_url: str, key_file: str | Path, *, host: str = "127.0.0.1", port: int = 8080,
+                 workers: int = 4, threads: int = 8, name: str | None = None, heartbeat_seconds: float = 5.0,
+                 admin_password: str | None = None):
+        self.host, self.port, self.threads = host, port, threads
+        crypto.load_key(key_file)
+        self.db = Database(db_url)
+        self.db.upgrade()
+        with self.db.session() as s:
+            self.admin = accounts.bootstrap(s, admin_password)
+            self.admin_secret = accounts.user_secret(self.admin)
+        self.settings = S.Settings(self.db)
+        self.api = ApiApp(self)
+        self.jobs = JobEngine(self.db, self.api.execute_job, self.api.on_interrupt, workers=workers, name=name,
+                              heartbeat_seconds=heartbeat_seconds,
+                              expire_minutes=lambda: self.settings.get(S.JOB_EXPIRE_MINUTES))
+        self._http = None
+        self._thread = None
+        self._cache: dict = {}
+
+    # Settings read on every request are cached for a few seconds.
+    def settings_value(self, key: S.ConfigKey):
+        hit = self._cache.get(key.name)
+        now = time.monotonic()
+        if hit and now - hit[1] < 5:
+            return hit[0]
+        value = self.settings.get(key)
+        self._cache[key.name] = (value, now)
+        return value
+
+    def settings_value_name(self, name: str):
+        return self.settings_value(S.key_by_name(name))
+
+    @property
+    def json_content_type(self) -> str:
+        return self.settings_value(S.JSON_CONTENT_TYPE)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}/client/api"
+
+    def start(self) -> "ManagementServer":
+        self.jobs.start()
+        self._http = waitress.create_server(self.api, host=self.host, port=self.port, threads=self.threads,
+                                            ident="volstack", channel_timeout=300)
+        self.port = self._http.effective_port
+        self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
+        self._thread.start()
+        log.info("management server %s listening on %s", self.jobs.name, self.endpoint)
+        return self
+
+    def _serve(self):
+        try:
+            self._http.run()
+        except OSError:
+            pass   # closed by stop()
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http.task_dispatcher.shutdown()
+            self._http = None
+        self.jobs.stop()
+        self.db.dispose()

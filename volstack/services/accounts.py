@@ -1,0 +1,499 @@
+"""Domains, accounts, users, roles, API keys, password login, resource limits."""
+import secrets
+from datetime import timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, func, select
+
+from volstack import crypto
+from volstack.db.models import Account, Domain, ResourceLimit, Role, Session, User, utcnow
+from volstack.errors import InvalidParameter, PermissionDenied, ResourceInUse, ResourceLimitExceeded, Unauthorized
+from volstack.services import events, settings as S
+from volstack.services.context import (DOMAIN_ADMIN, ROOT_ADMIN, USER, CallContext, can_access_domain,
+                                       check_access, require_root_admin)
+from volstack.services.listing import ListQuery, keyword_filter, paginate
+
+_hasher = PasswordHasher()
+BUILTIN_ROLES = (("Root Admin", "Admin", "Default root admin role"),
+                 ("Domain Admin", "DomainAdmin", "Default domain admin role"),
+                 ("User", "User", "Default user role"))
+TYPE_OF_ROLE = {"Admin": ROOT_ADMIN, "DomainAdmin": DOMAIN_ADMIN, "User": USER}
+
+# Resource limits: CloudStack's resource types, the setting holding each default, and a counter of
+# current usage that later subsystems register (volumes, snapshots, storage bytes...).
+LIMIT_TYPES = {
+    "volume": (2, S.MAX_ACCOUNT_VOLUMES),
+    "snapshot": (3, S.MAX_ACCOUNT_SNAPSHOTS),
+    "template": (4, S.MAX_ACCOUNT_TEMPLATES),
+    "primary_storage": (10, S.MAX_ACCOUNT_PRIMARY_GB),
+    "secondary_storage": (11, S.MAX_ACCOUNT_SECONDARY_GB),
+}
+LIMIT_BY_NUMBER = {num: name for name, (num, _) in LIMIT_TYPES.items()}
+_usage_counters: dict = {}
+GIB = 1024 ** 3
+
+
+def register_usage_counter(resource_type: str, fn) -> None:
+    """fn(session, account_id) -> current usage (a count, or bytes for *_storage)."""
+    _usage_counters[resource_type] = fn
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def new_keys() -> tuple[str, str]:
+    return secrets.token_urlsafe(64), secrets.token_urlsafe(64)
+
+
+# ---------------------------------------------------------------- bootstrap
+
+def bootstrap(s, admin_password: str | None = None) -> User:
+    """Create ROOT, the built-in roles, the system and admin accounts once; return the admin user."""
+    if s.get(Domain, 1) is None:
+        s.add(Domain(id=1, name="ROOT", path="/", level=0))
+        for name, rtype, desc in BUILTIN_ROLES:
+            s.add(Role(name=name, role_type=rtype, description=desc))
+        s.flush()
+        admin_role = s.scalar(select(Role).where(Role.role_type == "Admin"))
+        s.add(Account(id=1, name="system", account_type=ROOT_ADMIN, role_id=admin_role.id, domain_id=1))
+        s.add(Account(id=2, name="admin", account_type=ROOT_ADMIN, role_id=admin_role.id, domain_id=1))
+        s.flush()
+        s.add(User(id=1, username="system", account_id=1, firstname="system", lastname="cloud"))
+        s.add(User(id=2, username="admin", account_id=2, firstname="Admin", lastname="User",
+                   password=hash_password(admin_password or secrets.token_urlsafe(16))))
+        s.flush()
+    admin = s.get(User, 2)
+    if admin_password is not None and not verify_password(admin, admin_password):
+        admin.password = hash_password(admin_password)
+    if admin.api_key is None:
+        admin.api_key, secret = new_keys()
+        admin.secret_key = crypto.encrypt(secret)
+    return admin
+
+
+def verify_password(user: User, password: str) -> bool:
+    if not user.password:
+        return False
+    try:
+        return _hasher.verify(user.password, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def user_secret(user: User) -> str | None:
+    return crypto.decrypt(user.secret_key) if user.secret_key else None
+
+
+# ---------------------------------------------------------------- identity
+
+def context_for(s, user: User, job_uuid=None) -> CallContext:
+    acc = s.get(Account, user.account_id)
+    dom = s.get(Domain, acc.domain_id)
+    return CallContext(user_id=user.id, account_id=acc.id, domain_id=dom.id, domain_path=dom.path,
+                       account_type=acc.account_type, user_uuid=user.uuid, account_name=acc.name, job_uuid=job_uuid)
+
+
+def _usable(s, user: User | None) -> bool:
+    if user is None or user.state != "enabled":
+        return False
+    acc = s.get(Account, user.account_id)
+    return acc is not None and acc.state == "enabled"
+
+
+def user_by_api_key(s, api_key: str) -> User | None:
+    user = s.scalar(select(User).where(User.api_key == api_key))
+    return user if _usable(s, user) else None
+
+
+def login(s, username: str, password: str, domain_path: str | None = None, domain_uuid: str | None = None) -> tuple[User, str]:
+    if domain_uuid:
+        dom = s.scalar(select(Domain).where(Domain.uuid == domain_uuid))
+    else:
+        path = (domain_path or "/").strip()
+        path = "/" + path.strip("/") + "/" if path.strip("/") else "/"
+        if path.upper().startswith("/ROOT/"):
+            path = path[5:]
+        dom = s.scalar(select(Domain).where(func.lower(Domain.path) == path.lower()))
+    fail = Unauthorized("Failed to authenticate user " + username + " in domain " + (domain_path or domain_uuid or "/") +
+                        "; please provide valid credentials")
+    if dom is None:
+        raise fail
+    user = s.scalar(select(User).join(Account, Account.id == User.account_id)
+                    .where(User.username == username, Account.domain_id == dom.id))
+    if not _usable(s, user) or not verify_password(user, password):
+        raise fail
+    key = secrets.token_urlsafe(32)
+    s.add(Session(key=key, user_id=user.id))
+    return user, key
+
+
+def session_user(s, key: str, timeout_seconds: int) -> User | None:
+    sess = s.get(Session, key)
+    if sess is None:
+        return None
+    now = utcnow()
+    if now - sess.last_access > timedelta(seconds=timeout_seconds):
+        s.delete(sess)
+        return None
+    sess.last_access = now
+    user = s.get(User, sess.user_id)
+    return user if _usable(s, user) else None
+
+
+def logout(s, key: str) -> None:
+    s.execute(delete(Session).where(Session.key == key))
+
+
+# ---------------------------------------------------------------- domains
+
+def get_domain(s, ctx, uuid: str) -> Domain:
+    dom = s.scalar(select(Domain).where(Domain.uuid == uuid))
+    if dom is None:
+        raise InvalidParameter(f"Unable to find domain by id {uuid}")
+    if not can_access_domain(ctx, dom):
+        raise PermissionDenied(f"Account {ctx.account_name} does not have permission to access domain {dom.name}")
+    return dom
+
+
+def create_domain(s, ctx, name: str, parentdomainid: str | None = None, networkdomain: str | None = None) -> Domain:
+    if not ctx.is_admin:
+        raise PermissionDenied("Only administrators can create domains")
+    parent = get_domain(s, ctx, parentdomainid) if parentdomainid else s.get(Domain, ctx.domain_id)
+    if s.scalar(select(Domain).where(Domain.parent_id == parent.id, func.lower(Domain.name) == name.lower())):
+        raise InvalidParameter(f"Domain with name {name} already exists for the parent id={parent.uuid}")
+    dom = Domain(name=name, parent_id=parent.id, path=parent.path + name + "/", level=parent.level + 1,
+                 network_domain=networkdomain)
+    s.add(dom)
+    s.flush()
+    events.record(s, ctx, "DOMAIN.CREATE", f"Domain {name} created", resource_type="Domain", resource_uuid=dom.uuid)
+    return dom
+
+
+def list_domains(s, ctx, q: ListQuery, id=None, name=None, level=None):
+    stmt = select(Domain).order_by(Domain.id)
+    base = s.get(Domain, ctx.domain_id)
+    if ctx.is_admin and (q.listall or q.isrecursive or id or name or level is not None):
+        stmt = stmt.where(Domain.path.startswith(base.path))
+    else:
+        stmt = stmt.where(Domain.id == base.id)
+    if id:
+        stmt = stmt.where(Domain.uuid == id)
+    if name:
+        stmt = stmt.where(Domain.name == name)
+    if level is not None:
+        stmt = stmt.where(Domain.level == level)
+    stmt = stmt.where(*keyword_filter(q, Domain.name))
+    return paginate(s, stmt, q)
+
+
+def update_domain(s, ctx, id: str, name=None, networkdomain=None) -> Domain:
+    dom = get_domain(s, ctx, id)
+    if dom.id == 1 and name and name != dom.name:
+        raise InvalidParameter("The ROOT domain cannot be renamed")
+    if name and name != dom.name:
+        old = dom.path
+        dom.name = name
+        dom.path = old[: -len(old.rstrip("/").split("/")[-1]) - 1] + name + "/"
+        for sub in s.scalars(select(Domain).where(Domain.path.startswith(old), Domain.id != dom.id)):
+            sub.path = dom.path + sub.path[len(old):]
+    if networkdomain is not None:
+        dom.network_domain = networkdomain
+    events.record(s, ctx, "DOMAIN.UPDATE", f"Domain {dom.name} updated", resource_type="Domain", resource_uuid=dom.uuid)
+    return dom
+
+
+def delete_domain(s, ctx, id: str, cleanup: bool = False) -> None:
+    dom = get_domain(s, ctx, id)
+    if dom.id == 1:
+        raise PermissionDenied("The ROOT domain cannot be deleted")
+    subs = list(s.scalars(select(Domain).where(Domain.path.startswith(dom.path)).order_by(Domain.level.desc())))
+    accounts = list(s.scalars(select(Account).where(Account.domain_id.in_([d.id for d in subs]))))
+    if accounts and not cleanup:
+        raise ResourceInUse(f"Can't delete the domain {dom.name}: it still has {len(accounts)} account(s); "
+                            "delete them first or pass cleanup=true")
+    for acc in accounts:
+        _delete_account_rows(s, acc)
+    for d in subs:
+        s.delete(d)
+    events.record(s, ctx, "DOMAIN.DELETE", f"Domain {dom.name} deleted", resource_type="Domain", resource_uuid=dom.uuid)
+
+
+# ---------------------------------------------------------------- accounts
+
+def _role_for(s, accounttype, roleid) -> Role:
+    if roleid:
+        role = s.scalar(select(Role).where(Role.uuid == roleid))
+        if role is None:
+            raise InvalidParameter(f"Unable to find role by id {roleid}")
+        return role
+    if accounttype is None:
+        raise InvalidParameter("Either accounttype or roleid must be passed")
+    want = {USER: "User", ROOT_ADMIN: "Admin", DOMAIN_ADMIN: "DomainAdmin"}.get(accounttype)
+    if want is None:
+        raise InvalidParameter(f"Invalid account type {accounttype}: use 0 (user), 1 (root admin) or 2 (domain admin)")
+    return s.scalar(select(Role).where(Role.role_type == want).order_by(Role.id))
+
+
+def create_account(s, ctx, *, username, password, email=None, firstname=None, lastname=None, account=None,
+                   accounttype=None, roleid=None, domainid=None, networkdomain=None, timezone=None) -> Account:
+    if not ctx.is_admin:
+        raise PermissionDenied("Only administrators can create accounts")
+    role = _role_for(s, accounttype, roleid)
+    atype = TYPE_OF_ROLE[role.role_type]
+    if atype == ROOT_ADMIN and not ctx.is_root_admin:
+        raise PermissionDenied("Only the root administrator can create root administrators")
+    dom = get_domain(s, ctx, domainid) if domainid else s.get(Domain, ctx.domain_id)
+    name = account or username
+    if s.scalar(select(Account).where(Account.domain_id == dom.id, Account.name == name)):
+        raise InvalidParameter(f"The specified account: {name} already exists")
+    if not password:
+        raise InvalidParameter("Password cannot be empty")
+    acc = Account(name=name, account_type=atype, role_id=role.id, domain_id=dom.id, network_domain=networkdomain)
+    s.add(acc)
+    s.flush()
+    _new_user(s, acc, dom, username, password, email, firstname, lastname, timezone)
+    events.record(s, ctx, "ACCOUNT.CREATE", f"Account {name} created in domain {dom.path}",
+                  resource_type="Account", resource_uuid=acc.uuid)
+    return acc
+
+
+def _new_user(s, acc, dom, username, password, email, firstname, lastname, timezone) -> User:
+    if s.scalar(select(User).join(Account, Account.id == User.account_id)
+                .where(User.username == username, Account.domain_id == dom.id)):
+        raise InvalidParameter(f"The user {username} already exists in domain {dom.name}")
+    user = User(username=username, password=hash_password(password), account_id=acc.id, email=email,
+                firstname=firstname, lastname=lastname, timezone=timezone)
+    s.add(user)
+    s.flush()
+    return user
+
+
+def get_account(s, ctx, uuid=None, name=None, domainid=None) -> Account:
+    if uuid:
+        acc = s.scalar(select(Account).where(Account.uuid == uuid))
+    else:
+        if not name:
+            raise InvalidParameter("Either id or account name (with domainid) must be passed")
+        dom = get_domain(s, ctx, domainid) if domainid else s.get(Domain, ctx.domain_id)
+        acc = s.scalar(select(Account).where(Account.name == name, Account.domain_id == dom.id))
+    if acc is None:
+        raise InvalidParameter(f"Unable to find account by {'id ' + uuid if uuid else 'name ' + str(name)}")
+    check_access(s, ctx, acc.id, "account")
+    return acc
+
+
+def list_accounts(s, ctx, q: ListQuery, id=None, name=None, accounttype=None, state=None):
+    stmt = select(Account).join(Domain, Domain.id == Account.domain_id).where(Account.id != 1).order_by(Account.id)
+    if not ctx.is_admin:
+        stmt = stmt.where(Account.id == ctx.account_id)
+    else:
+        base = get_domain(s, ctx, q.domainid) if q.domainid else s.get(Domain, ctx.domain_id)
+        if q.domainid and not (q.isrecursive or q.listall):
+            stmt = stmt.where(Account.domain_id == base.id)
+        else:
+            stmt = stmt.where(Domain.path.startswith(base.path))
+    if id:
+        stmt = stmt.where(Account.uuid == id)
+    if name or q.account:
+        stmt = stmt.where(Account.name == (name or q.account))
+    if accounttype is not None:
+        stmt = stmt.where(Account.account_type == accounttype)
+    if state:
+        stmt = stmt.where(func.lower(Account.state) == state.lower())
+    stmt = stmt.where(*keyword_filter(q, Account.name))
+    return paginate(s, stmt, q)
+
+
+def update_account(s, ctx, acc: Account, newname=None, networkdomain=None, roleid=None) -> Account:
+    if not ctx.is_admin:
+        raise PermissionDenied("Only administrators can update accounts")
+    if newname and newname != acc.name:
+        if acc.id in (1, 2):
+            raise InvalidParameter("The system and admin accounts cannot be renamed")
+        if s.scalar(select(Account).where(Account.domain_id == acc.domain_id, Account.name == newname)):
+            raise InvalidParameter(f"The specified account: {newname} already exists")
+        acc.name = newname
+    if networkdomain is not None:
+        acc.network_domain = networkdomain
+    if roleid:
+        role = _role_for(s, None, roleid)
+        if TYPE_OF_ROLE[role.role_type] != acc.account_type:
+            raise InvalidParameter("The role's type must match the account's type")
+        acc.role_id = role.id
+    events.record(s, ctx, "ACCOUNT.UPDATE", f"Account {acc.name} updated", resource_type="Account", resource_uuid=acc.uuid)
+    return acc
+
+
+def set_account_state(s, ctx, acc: Account, state: str) -> Account:
+    """state: enabled | disabled | locked."""
+    if not ctx.is_admin:
+        raise PermissionDenied("Only administrators can enable, disable or lock accounts")
+    if acc.id in (1, 2) or acc.id == ctx.account_id:
+        raise PermissionDenied(f"Account {acc.name} cannot be {state} by its own users or as a built-in account")
+    acc.state = state
+    verb = {"enabled": "ENABLE", "disabled": "DISABLE", "locked": "LOCK"}[state]
+    events.record(s, ctx, f"ACCOUNT.{verb}", f"Account {acc.name} {state}", resource_type="Account", resource_uuid=acc.uuid)
+    if state != "enabled":   # a disabled account's sessions end at once
+        users = select(User.id).where(User.account_id == acc.id)
+        s.execute(delete(Session).where(Session.user_id.in_(users)))
+    return acc
+
+
+def delete_account(s, ctx, acc: Account) -> None:
+    if not ctx.is_admin:
+        raise PermissionDenied("Only administrators can delete accounts")
+    if acc.id in (1, 2) or acc.id == ctx.account_id:
+        raise PermissionDenied(f"Account {acc.name} cannot be deleted")
+    in_use = {t: fn(s, acc.id) for t, fn in _usage_counters.items()}
+    if any(v for v in in_use.values()):
+        busy = ", ".join(f"{t}={v}" for t, v in in_use.items() if v)
+        raise ResourceInUse(f"Account {acc.name} still owns resources ({busy}); delete them first")
+    _delete_account_rows(s, acc)
+    events.record(s, ctx, "ACCOUNT.DELETE", f"Account {acc.name} deleted", resource_type="Account", resource_uuid=acc.uuid)
+
+
+def _delete_account_rows(s, acc: Account) -> None:
+    users = select(User.id).where(User.account_id == acc.id)
+    s.execute(delete(Session).where(Session.user_id.in_(users)))
+    s.execute(delete(User).where(User.account_id == acc.id))
+    s.execute(delete(ResourceLimit).where(ResourceLimit.account_id == acc.id))
+    s.delete(acc)
+
+
+# ---------------------------------------------------------------- users
+
+def get_user(s, ctx, uuid: str) -> User:
+    user = s.scalar(select(User).where(User.uuid == uuid))
+    if user is None:
+        raise InvalidParameter(f"Unable to find user by id {uuid}")
+    if user.id != ctx.user_id:
+        check_access(s, ctx, user.account_id, "user")
+    return user
+
+
+def create_user(s, ctx, *, account, username, password, email=None, firstname=None, lastname=None,
+                domainid=None, timezone=None) -> User:
+    acc = get_account(s, ctx, name=account, domainid=domainid)
+    if not ctx.is_admin:
+        raise PermissionDenied("Only administrators can create users")
+    user = _new_user(s, acc, s.get(Domain, acc.domain_id), username, password, email, firstname, lastname, timezone)
+    events.record(s, ctx, "USER.CREATE", f"User {username} created in account {acc.name}", resource_type="User", resource_uuid=user.uuid)
+    return user
+
+
+def list_users(s, ctx, q: ListQuery, id=None, username=None, state=None):
+    stmt = select(User).join(Account, Account.id == User.account_id).join(Domain, Domain.id == Account.domain_id) \
+        .where(User.id != 1).order_by(User.id)
+    if not ctx.is_admin:
+        stmt = stmt.where(User.account_id == ctx.account_id)
+    else:
+        base = get_domain(s, ctx, q.domainid) if q.domainid else s.get(Domain, ctx.domain_id)
+        stmt = stmt.where(Domain.path.startswith(base.path))
+    if q.account:
+        stmt = stmt.where(Account.name == q.account)
+    if id:
+        stmt = stmt.where(User.uuid == id)
+    if username:
+        stmt = stmt.where(User.username == username)
+    if state:
+        stmt = stmt.where(func.lower(User.state) == state.lower())
+    stmt = stmt.where(*keyword_filter(q, User.username))
+    return paginate(s, stmt, q)
+
+
+def update_user(s, ctx, user: User, **fields) -> User:
+    for k in ("email", "firstname", "lastname", "timezone"):
+        if fields.get(k) is not None:
+            setattr(user, k, fields[k])
+    if fields.get("username"):
+        user.username = fields["username"]
+    if fields.get("password"):
+        if user.id == ctx.user_id and not ctx.is_admin:
+            cur = fields.get("currentpassword")
+            if not cur or not verify_password(user, cur):
+                raise InvalidParameter("Current password is incorrect")
+        user.password = hash_password(fields["password"])
+    events.record(s, ctx, "USER.UPDATE", f"User {user.username} updated", resource_type="User", resource_uuid=user.uuid)
+    return user
+
+
+def delete_user(s, ctx, user: User) -> None:
+    if user.id in (1, 2) or user.id == ctx.user_id:
+        raise PermissionDenied(f"User {user.username} cannot be deleted")
+    if not ctx.is_admin:
+        raise PermissionDenied("Only administrators can delete users")
+    s.execute(delete(Session).where(Session.user_id == user.id))
+    s.delete(user)
+    events.record(s, ctx, "USER.DELETE", f"User {user.username} deleted", resource_type="User", resource_uuid=user.uuid)
+
+
+def register_user_keys(s, ctx, user: User) -> tuple[str, str]:
+    api_key, secret = new_keys()
+    user.api_key, user.secret_key = api_key, crypto.encrypt(secret)
+    events.record(s, ctx, "REGISTER.USER.KEY", f"New API keys for user {user.username}", resource_type="User", resource_uuid=user.uuid)
+    return api_key, secret
+
+
+def list_roles(s, ctx, q: ListQuery, id=None, name=None, type=None):
+    stmt = select(Role).order_by(Role.id)
+    if id:
+        stmt = stmt.where(Role.uuid == id)
+    if name:
+        stmt = stmt.where(Role.name == name)
+    if type:
+        stmt = stmt.where(func.lower(Role.role_type) == type.lower())
+    stmt = stmt.where(*keyword_filter(q, Role.name))
+    return paginate(s, stmt, q)
+
+
+# ---------------------------------------------------------------- resource limits
+
+def limit_of(s, account_id: int, resource_type: str) -> int:
+    row = s.scalar(select(ResourceLimit).where(ResourceLimit.account_id == account_id,
+                                               ResourceLimit.resource_type == resource_type))
+    if row is not None:
+        return row.max
+    acc = s.get(Account, account_id)
+    if acc is not None and acc.account_type == ROOT_ADMIN:
+        return -1
+    return S.Settings.value_in(s, LIMIT_TYPES[resource_type][1])
+
+
+def usage_of(s, account_id: int, resource_type: str) -> int:
+    fn = _usage_counters.get(resource_type)
+    return fn(s, account_id) if fn else 0
+
+
+def check_limit(s, account_id: int, resource_type: str, delta: int = 1) -> None:
+    """Raise 532 when adding delta (a count, or bytes for *_storage) would pass the account's limit."""
+    limit = limit_of(s, account_id, resource_type)
+    if limit < 0:
+        return
+    used = usage_of(s, account_id, resource_type)
+    scale = GIB if resource_type.endswith("_storage") else 1
+    if used + delta > limit * scale:
+        acc = s.get(Account, account_id)
+        unit = " GiB" if scale > 1 else ""
+        raise ResourceLimitExceeded(
+            f"Maximum amount of resources of Type = '{resource_type}' for Account Name = {acc.name} is exceeded: "
+            f"Account Resource Limit = {limit}{unit}, Current Account Resource Amount = {used // scale}{unit}, "
+            f"Requested Resource Amount = {-(-delta // scale)}{unit}.")
+
+
+def update_resource_limit(s, ctx, acc: Account, resource_type: str, max_: int) -> ResourceLimit:
+    require_root_admin(ctx) if acc.account_type != USER else None
+    if not ctx.is_admin:
+        raise PermissionDenied("Only administrators can change resource limits")
+    if max_ < -1:
+        raise InvalidParameter("Please specify either '-1' for an infinite limit, or a limit that is at least '0'")
+    row = s.scalar(select(ResourceLimit).where(ResourceLimit.account_id == acc.id, ResourceLimit.resource_type == resource_type))
+    if row is None:
+        row = ResourceLimit(account_id=acc.id, resource_type=resource_type, max=max_)
+        s.add(row)
+    else:
+        row.max = max_
+    events.record(s, ctx, "RESOURCE.LIMIT.UPDATE", f"Limit of {resource_type} for account {acc.name} set to {max_}",
+                  resource_type="Account", resource_uuid=acc.uuid)
+    return row

@@ -1,0 +1,182 @@
+"""`volstack apply FILE.yaml`: create or update a datacenter description, idempotently.
+
+Every object is matched by name and created or updated through the same services the API uses.
+Sections other subsystems understand are added with register_section().
+"""
+from sqlalchemy import select
+
+from volstack.db.models import Account, Cluster, Domain, Host, Pod, Zone
+from volstack.errors import InvalidParameter
+from volstack.services import accounts, configs, infra
+
+_sections: dict = {}
+
+
+def register_section(name: str, fn, order: int = 50) -> None:
+    """fn(session, ctx, items, report) applies one top-level section of the file."""
+    _sections[name] = (order, fn)
+
+
+def apply(db, ctx, doc: dict) -> list[str]:
+    """Returns one line per object: 'created ...', 'updated ...' or 'unchanged ...'."""
+    if not isinstance(doc, dict):
+        raise InvalidParameter("A datacenter file is a mapping of sections: zones, accounts, settings, ...")
+    unknown = set(doc) - set(_sections)
+    if unknown:
+        raise InvalidParameter(f"Unknown section(s) {', '.join(sorted(unknown))}; this version understands "
+                               + ", ".join(sorted(_sections)))
+    report: list[str] = []
+    with db.session() as s:
+        for name, (order, fn) in sorted(_sections.items(), key=lambda kv: kv[1][0]):
+            if doc.get(name):
+                fn(s, ctx, doc[name], report)
+    return report
+
+
+def _changed(row, wanted: dict, attrs: dict) -> dict:
+    """The subset of wanted (API parameter names) that differs from row (attrs maps param -> column)."""
+    out = {}
+    for param, value in wanted.items():
+        if value is None or param not in attrs:
+            continue
+        cur = getattr(row, attrs[param])
+        if str(cur).lower() != str(value).lower():
+            out[param] = value
+    return out
+
+
+ZONE_ATTRS = {"networktype": "network_type", "allocationstate": "allocation_state", **infra.ZONE_FIELDS}
+POD_ATTRS = {"gateway": "gateway", "netmask": "netmask", "startip": "start_ip", "endip": "end_ip",
+             "allocationstate": "allocation_state"}
+
+
+def _zones(s, ctx, zones, report):
+    for z in zones:
+        z = dict(z)
+        pods = z.pop("pods", [])
+        name = z.pop("name")
+        zone = s.scalar(select(Zone).where(Zone.name == name))
+        if zone is None:
+            zone = infra.create_zone(s, ctx, name, z.pop("networktype", "Advanced"), z.pop("allocationstate", None), None, **z)
+            report.append(f"created zone {name}")
+        else:
+            diff = _changed(zone, z, ZONE_ATTRS)
+            diff.pop("networktype", None)
+            if diff:
+                infra.update_zone(s, ctx, zone.uuid, None, diff.pop("allocationstate", None), **diff)
+                report.append(f"updated zone {name}: {', '.join(diff)}")
+            else:
+                report.append(f"unchanged zone {name}")
+        for p in pods:
+            _pod(s, ctx, zone, dict(p), report)
+
+
+def _pod(s, ctx, zone, p, report):
+    clusters = p.pop("clusters", [])
+    name = p.pop("name")
+    pod = s.scalar(select(Pod).where(Pod.zone_id == zone.id, Pod.name == name))
+    if pod is None:
+        pod = infra.create_pod(s, ctx, zone.uuid, name, p.get("gateway"), p.get("netmask"), p.get("startip"),
+                               p.get("endip"), p.get("allocationstate"))
+        report.append(f"created pod {name}")
+    else:
+        diff = _changed(pod, p, POD_ATTRS)
+        if diff:
+            infra.update_pod(s, ctx, pod.uuid, **diff)
+            report.append(f"updated pod {name}: {', '.join(diff)}")
+        else:
+            report.append(f"unchanged pod {name}")
+    for c in clusters:
+        _cluster(s, ctx, zone, pod, dict(c), report)
+
+
+def _cluster(s, ctx, zone, pod, c, report):
+    hosts = c.pop("hosts", [])
+    name = c.pop("name")
+    cl = s.scalar(select(Cluster).where(Cluster.pod_id == pod.id, Cluster.name == name))
+    if cl is None:
+        cl = infra.add_cluster(s, ctx, zone.uuid, pod.uuid, name, c.get("hypervisor", "KVM"),
+                               c.get("clustertype", "CloudManaged"), c.get("allocationstate"))
+        report.append(f"created cluster {name}")
+    else:
+        diff = _changed(cl, c, {"allocationstate": "allocation_state"})
+        if diff:
+            infra.update_cluster(s, ctx, cl.uuid, allocationstate=diff["allocationstate"])
+            report.append(f"updated cluster {name}")
+        else:
+            report.append(f"unchanged cluster {name}")
+    for h in hosts:
+        h = dict(h)
+        url = h["url"]
+        hname = infra._host_name_from_url(url)
+        host = s.scalar(select(Host).where(Host.zone_id == zone.id, Host.name == hname))
+        if host is None:
+            infra.add_host(s, ctx, zone.uuid, pod.uuid, url, cl.hypervisor, clusterid=cl.uuid,
+                           username=h.get("username"), password=h.get("password"), hosttags=h.get("hosttags"))
+            report.append(f"created host {hname}")
+        elif h.get("hosttags") is not None and (host.host_tags or "") != h["hosttags"]:
+            infra.update_host(s, ctx, host.uuid, hosttags=h["hosttags"])
+            report.append(f"updated host {hname}")
+        else:
+            report.append(f"unchanged host {hname}")
+
+
+def _accounts(s, ctx, items, report):
+    for a in items:
+        a = dict(a)
+        path = a.pop("domain", "/")
+        dom = _domain_by_path(s, ctx, path)
+        name = a.get("account") or a.get("name") or a["username"]
+        acc = s.scalar(select(Account).where(Account.domain_id == dom.id, Account.name == name))
+        if acc is None:
+            accounts.create_account(s, ctx, username=a.get("username", name), password=a["password"],
+                                    email=a.get("email"), firstname=a.get("firstname"), lastname=a.get("lastname"),
+                                    account=name, accounttype=a.get("accounttype", 0), domainid=dom.uuid)
+            report.append(f"created account {name}")
+        else:
+            report.append(f"unchanged account {name}")
+        acc = s.scalar(select(Account).where(Account.domain_id == dom.id, Account.name == name))
+        for rtype, max_ in (a.get("limits") or {}).items():
+            if accounts.limit_of(s, acc.id, rtype) != int(max_):
+                accounts.update_resource_limit(s, ctx, acc, rtype, int(max_))
+                report.append(f"updated limit {rtype} of account {name}")
+
+
+def _domain_by_path(s, ctx, path: str) -> Domain:
+    parts = [p for p in path.strip("/").split("/") if p and p.upper() != "ROOT"]
+    dom = s.get(Domain, 1)
+    for part in parts:
+        child = s.scalar(select(Domain).where(Domain.parent_id == dom.id, Domain.name == part))
+        dom = child or accounts.create_domain(s, ctx, part, dom.uuid)
+    return dom
+
+
+_SCOPE_KEYS = {"zone": (Zone, "zone"), "cluster": (Cluster, "cluster"), "account": (Account, "account")}
+
+
+def _settings(s, ctx, items, report):
+    """Either {name: value} for global values, or a list of {name, value, zone|cluster|account: name}."""
+    entries = [{"name": k, "value": v} for k, v in items.items()] if isinstance(items, dict) else items
+    for e in entries:
+        scope_uuids = {}
+        for field, (model, scope) in _SCOPE_KEYS.items():
+            if e.get(field):
+                row = s.scalar(select(model).where(model.name == e[field]))
+                if row is None:
+                    raise InvalidParameter(f"Setting {e['name']}: no {field} named {e[field]}")
+                scope_uuids[scope] = row.uuid
+        value = e["value"]
+        value = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        current = next((r for r in configs.list_configurations(s, ctx, scope_uuids, e["name"]) if r["name"] == e["name"]), None)
+        if current is None:
+            raise InvalidParameter(f"Configuration {e['name']} does not exist")
+        if current["value"] == value:
+            report.append(f"unchanged setting {e['name']}")
+            continue
+        configs.update_configuration(s, ctx, e["name"], value, scope_uuids)
+        report.append(f"updated setting {e['name']} = {value}")
+
+
+register_section("settings", _settings, 10)
+register_section("zones", _zones, 20)
+register_section("accounts", _accounts, 30)

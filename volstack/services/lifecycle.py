@@ -1,0 +1,48 @@
+"""Lifecycles as declared tables of (state, event) -> state, applied with compare-and-swap.
+
+Each transition is one conditional UPDATE (... WHERE state = <expected>), so two workers racing on
+one object can never both win: the loser sees rowcount 0 and gets a clear error.
+"""
+from sqlalchemy import update
+
+from volstack.errors import InvalidParameter, ResourceInUse
+
+
+class Lifecycle:
+    def __init__(self, name: str, attr: str, table: dict[str, dict[str, str]]):
+        self.name, self.attr, self.table = name, attr, table
+        targets = {t for row in table.values() for t in row.values()}
+        unknown = targets - set(table)
+        assert not unknown, f"{name}: states reached but not declared: {unknown}"
+
+    def next_state(self, state: str, event: str) -> str:
+        nxt = self.table.get(state, {}).get(event)
+        if nxt is None:
+            allowed = ", ".join(sorted(self.table.get(state, {}))) or "none"
+            raise InvalidParameter(f"Cannot {event} a {self.name} that is in state {state} (possible here: {allowed})")
+        return nxt
+
+    def fire(self, s, row, event: str, **values) -> str:
+        """Move row by event; raise if the table forbids it or someone else moved it first."""
+        current = getattr(row, self.attr)
+        nxt = self.next_state(current, event)
+        model = type(row)
+        col = getattr(model, self.attr)
+        res = s.execute(update(model).where(model.id == row.id, col == current)
+                        .values({self.attr: nxt, **values}).execution_options(synchronize_session=False))
+        if res.rowcount != 1:
+            raise ResourceInUse(f"The {self.name} {getattr(row, 'name', row.id)} changed state concurrently; retry")
+        setattr(row, self.attr, nxt)
+        for k, v in values.items():
+            setattr(row, k, v)
+        return nxt
+
+
+HOST_RESOURCE = Lifecycle("host", "resource_state", {
+    "Enabled": {"Disable": "Disabled", "PrepareMaintenance": "PrepareForMaintenance", "Enable": "Enabled"},
+    "Disabled": {"Enable": "Enabled", "PrepareMaintenance": "PrepareForMaintenance", "Disable": "Disabled"},
+    "PrepareForMaintenance": {"MaintenanceReached": "Maintenance", "MaintenanceFailed": "ErrorInMaintenance",
+                              "CancelMaintenance": "Enabled"},
+    "Maintenance": {"CancelMaintenance": "Enabled", "PrepareMaintenance": "Maintenance"},
+    "ErrorInMaintenance": {"CancelMaintenance": "Enabled", "PrepareMaintenance": "PrepareForMaintenance"},
+})

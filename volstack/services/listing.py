@@ -1,0 +1,33 @@
+"""Paging and keyword search shared by every list service."""
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+
+@dataclass
+class ListQuery:
+    keyword: str | None = None
+    page: int | None = None
+    pagesize: int | None = None      # None: the default page size; -1: everything
+    listall: bool = False
+    isrecursive: bool = False
+    account: str | None = None
+    domainid: str | None = None
+
+
+def paginate(s, stmt, q: ListQuery, default_size: int = 500):
+    """Run stmt one page at a time; returns (rows, total matches)."""
+    total = s.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+    if q.pagesize == -1:
+        return list(s.scalars(stmt)), total
+    size = q.pagesize or default_size
+    page = q.page or 1
+    return list(s.scalars(stmt.limit(size).offset((page - 1) * size))), total
+
+
+def keyword_filter(q: ListQuery, *columns):
+    if not q.keyword:
+        return []
+    from sqlalchemy import or_
+    like = f"%{q.keyword}%"
+    return [or_(*[c.ilike(like) for c in columns])]
