@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import waitress
+from waitress import wasyncore
 
 from volstack import crypto
 from volstack.api import commands  # noqa: F401  (declares every command)
@@ -76,8 +77,10 @@ class ManagementServer:
 
     def stop(self) -> None:
         if self._http is not None:
-            self._http.close()
-            self._http.task_dispatcher.shutdown()
+            # Let running requests finish, then close every socket; the loop ends when its map is empty.
+            self._http.task_dispatcher.shutdown(timeout=10)
+            wasyncore.close_all(self._http._map)
+            self._thread.join(timeout=10)
             self._http = None
         self.jobs.stop()
         self.db.dispose()

@@ -7,6 +7,7 @@ from volstack.api.registry import Field as F, View
 from volstack.api.wire import date
 from volstack.db import models as m
 from volstack.services.context import ROLE_OF_TYPE
+from volstack.services.settings import Settings, key_by_name
 
 
 class Lookups:
@@ -277,20 +278,26 @@ NAMED = View("item", [F("name", "the name", lambda r, lk: r.get("name")),
 def login_response(s, user, session_key, ms) -> dict:
     acc = s.get(m.Account, user.account_id)
     dom = s.get(m.Domain, acc.domain_id)
-    return {"timeout": str(ms.settings_value_name("session.timeout")), "username": user.username,
+    return {"timeout": str(_setting(s, "session.timeout")), "username": user.username,
             "userid": user.uuid, "domainid": dom.uuid, "account": acc.name, "firstname": user.firstname,
             "lastname": user.lastname, "type": str(acc.account_type), "timezone": user.timezone,
             "registered": "false", "sessionkey": session_key, "is2faenabled": "false", "is2faverified": "true",
             "managementserverid": ms.jobs.msid and str(ms.jobs.msid), "passwordchangerequired": False}
 
 
-def capabilities(ms) -> dict:
+def _setting(s, name: str):
+    """A setting read in the caller's session: on SQLite a second session would wait for this
+    one's write lock (BEGIN IMMEDIATE) and fail with 'database is locked'."""
+    return Settings.value_in(s, key_by_name(name))
+
+
+def capabilities(s) -> dict:
     return {"cloudstackversion": CLOUDSTACK_VERSION, "volstackversion": __version__,
             "userpublictemplateenabled": True, "supportELB": "false", "projectinviterequired": False,
-            "allowusercreateprojects": True, "customdiskofferingminsize": ms.settings_value_name("custom.diskoffering.size.min"),
-            "customdiskofferingmaxsize": ms.settings_value_name("custom.diskoffering.size.max"),
-            "kvmsnapshotenabled": ms.settings_value_name("kvm.snapshot.enabled"),
-            "allowuserexpungerecovervolume": ms.settings_value_name("allow.user.expunge.recover.volume"),
+            "allowusercreateprojects": True, "customdiskofferingminsize": _setting(s, "custom.diskoffering.size.min"),
+            "customdiskofferingmaxsize": _setting(s, "custom.diskoffering.size.max"),
+            "kvmsnapshotenabled": _setting(s, "kvm.snapshot.enabled"),
+            "allowuserexpungerecovervolume": _setting(s, "allow.user.expunge.recover.volume"),
             "apilimitinterval": 1, "apilimitmax": -1, "defaultuipagesize": 20}
 
 

@@ -126,10 +126,20 @@ class JobEngine:
         with self.db.session() as s:
             candidates = list(s.scalars(select(AsyncJob).where(AsyncJob.status == PENDING, AsyncJob.running.is_(False))
                                         .order_by(AsyncJob.id).limit(32)))
+        blocked = set()
         for job in candidates:
+            if job.sync_key in blocked:
+                continue
             try:
                 with self.db.session() as s:
                     if job.sync_key:
+                        # Jobs of one object run in submission order: an older pending one goes first.
+                        older = s.scalar(select(AsyncJob.id).where(AsyncJob.sync_key == job.sync_key,
+                                                                   AsyncJob.status == PENDING, AsyncJob.id < job.id)
+                                         .limit(1))
+                        if older is not None:
+                            blocked.add(job.sync_key)
+                            continue
                         s.add(JobLock(sync_key=job.sync_key, job_id=job.id))
                         s.flush()
                     res = s.execute(update(AsyncJob).where(AsyncJob.id == job.id, AsyncJob.status == PENDING,
@@ -141,7 +151,7 @@ class JobEngine:
                 job.running, job.owner_msid = True, self.msid
                 return job
             except IntegrityError:
-                continue          # another job of the same object is running
+                blocked.add(job.sync_key)     # another job of the same object is running
         return None
 
     def _run(self, job: AsyncJob) -> None:
@@ -157,10 +167,13 @@ class JobEngine:
 
     def _finish(self, job: AsyncJob, status: int, code: int, result: dict) -> None:
         with self.db.session() as s:
-            s.execute(update(AsyncJob).where(AsyncJob.id == job.id, AsyncJob.owner_msid == self.msid)
+            # Only while this server still owns it: a reconciled job keeps the outcome reconciliation gave it.
+            res = s.execute(update(AsyncJob).where(AsyncJob.id == job.id, AsyncJob.owner_msid == self.msid,
+                                                   AsyncJob.running.is_(True))
                       .values(status=status, running=False, result_code=code, result=result, progress=100,
                               result_type="object", completed=utcnow(), last_update=utcnow()))
-            s.execute(delete(JobLock).where(JobLock.job_id == job.id))
+            if res.rowcount:
+                s.execute(delete(JobLock).where(JobLock.job_id == job.id))
         with self._wake:
             self._wake.notify()   # a job waiting on this sync key may now run
 

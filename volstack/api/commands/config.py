@@ -55,4 +55,4 @@ CAPABILITY = View("capability", [F("cloudstackversion", "version of the cloud st
 
 @API.command("listCapabilities", "Lists capabilities", [], view=CAPABILITY, access=USER)
 def list_capabilities(req, p):
-    return Obj("capability", capabilities(req.ms))
+    return Obj("capability", capabilities(req.s))
