@@ -51,7 +51,7 @@ def server_any_db(db_url, tmp_path):
 def client(ms, key=None, secret=None, **kw):
     from cs import CloudStack
     return CloudStack(endpoint=ms.endpoint, key=key or ms.admin.api_key, secret=secret or ms.admin_secret,
-                      poll_interval=0.05, **kw)
+                      **{"poll_interval": 0.05, "fetch_result": True, **kw})
 
 
 @pytest.fixture

@@ -27,3 +27,17 @@ def get(ms, params, **kw) -> requests.Response:
 
 def post(ms, params, **kw) -> requests.Response:
     return requests.post(ms.endpoint, data=signed(ms, params, **kw), timeout=30)
+
+
+def wait_job(ms, jobid, polls=2000):
+    """Poll queryAsyncJobResult as clients do (every 10 ms here) until the job leaves PENDING."""
+    import time
+
+    from conftest import client
+    api = client(ms, fetch_result=False)
+    for _ in range(polls):
+        job = api.queryAsyncJobResult(jobid=jobid)
+        if job["jobstatus"] != 0:
+            return job
+        time.sleep(0.01)
+    raise AssertionError(f"job {jobid} did not finish")

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 import requests
 
 from conftest import client, start_server
-from helpers import expires, get, post, signed
+from helpers import expires, get, post, signed, wait_job
 from volstack.api.signing import sign
 
 
@@ -166,12 +166,11 @@ def test_async_command_returns_jobid_and_job_result(server):
     acc = api.createAccount(username="u1", password="pw", accounttype=0, email="a@b.c", firstname="a", lastname="b")["account"]
     r = get(server, {"command": "disableAccount", "id": acc["id"], "lock": "false"})
     jobid = r.json()["disableaccountresponse"]["jobid"]
-    res = api._jobresult(jobid)
-    assert res["account"]["state"] == "disabled"
-    job = api.queryAsyncJobResult(jobid=jobid)
+    job = wait_job(server, jobid)
+    assert job["jobresult"]["account"]["state"] == "disabled"
     assert (job["jobstatus"], job["jobresultcode"], job["jobresulttype"]) == (1, 0, "object")
     assert job["cmd"] == "disableAccount" and job["jobinstancetype"] == "Account"
-    jobs = api.listAsyncJobs()
+    jobs = client(server, fetch_result=False).listAsyncJobs()
     assert jobs["count"] == 1 and jobs["asyncjobs"][0]["jobid"] == jobid
 
 
@@ -179,7 +178,7 @@ def test_async_failure_is_reported_in_the_job(server):
     api = client(server)
     r = get(server, {"command": "disableAccount", "id": _admin_account(api), "lock": "true"})
     jobid = r.json()["disableaccountresponse"]["jobid"]
-    job = _wait(api, jobid)
+    job = wait_job(server, jobid)
     assert job["jobstatus"] == 2 and job["jobresultcode"] == 531
     assert "cannot be locked" in job["jobresult"]["errortext"]
 
@@ -187,15 +186,6 @@ def test_async_failure_is_reported_in_the_job(server):
 def _admin_account(api):
     return api.listAccounts(name="admin")["account"][0]["id"]
 
-
-def _wait(api, jobid):
-    import time
-    for _ in range(400):
-        job = api.queryAsyncJobResult(jobid=jobid)
-        if job["jobstatus"] != 0:
-            return job
-        time.sleep(0.025)
-    raise AssertionError("job did not finish")
 
 
 def test_non_api_paths_are_404(server):

@@ -1,0 +1,139 @@
+"""Domains, accounts, users, roles, keys and CloudStack's visibility rules."""
+import pytest
+from cs import CloudStackApiException
+from sqlalchemy import select
+
+from conftest import client
+from volstack.db.models import User
+
+
+def _user_api(server, api, name, accounttype=0, domainid=None):
+    acc = api.createAccount(username=name, password="pw-" + name, accounttype=accounttype,
+                            **({"domainid": domainid} if domainid else {}))["account"]
+    keys = api.registerUserKeys(id=acc["user"][0]["id"])["userkeys"]
+    return acc, client(server, keys["apikey"], keys["secretkey"])
+
+
+def test_passwords_are_stored_hashed_with_argon2(server):
+    api = client(server)
+    _user_api(server, api, "alice")
+    with server.db.session() as s:
+        pw = s.scalar(select(User.password).where(User.username == "alice"))
+    assert pw.startswith("$argon2") and "pw-alice" not in pw
+
+
+def test_secret_keys_are_encrypted_at_rest(server):
+    api = client(server)
+    _, alice = _user_api(server, api, "alice")
+    with server.db.session() as s:
+        stored = s.scalar(select(User.secret_key).where(User.username == "alice"))
+    assert stored != alice.secret and alice.secret not in stored
+
+
+def test_user_sees_only_own_jobs_and_events_admin_needs_listall(server):
+    api = client(server)
+    acc_a, alice = _user_api(server, api, "alice")
+    acc_b, bob = _user_api(server, api, "bob")
+    # each user changes something of their own (their user record) and so leaves an event
+    alice.updateUser(id=acc_a["user"][0]["id"], email="a@x")
+    bob.updateUser(id=acc_b["user"][0]["id"], email="b@x")
+    a_events = alice.listEvents()["event"]
+    assert a_events and all(e["account"] == "alice" for e in a_events)
+    admin_own = api.listEvents().get("event", [])
+    assert all(e["account"] == "admin" for e in admin_own)
+    everyone = {e["account"] for e in api.listEvents(listall=True)["event"]}
+    assert {"alice", "bob", "admin"} <= everyone
+
+
+def test_user_cannot_touch_another_account(server):
+    api = client(server)
+    acc_a, alice = _user_api(server, api, "alice")
+    acc_b, _ = _user_api(server, api, "bob")
+    with pytest.raises(CloudStackApiException) as e:
+        alice.updateUser(id=acc_b["user"][0]["id"], email="evil@x")
+    assert e.value.error["errorcode"] == 531
+    with pytest.raises(CloudStackApiException) as e:
+        alice.registerUserKeys(id=acc_b["user"][0]["id"])
+    assert e.value.error["errorcode"] == 531
+    assert [a["name"] for a in alice.listAccounts(listall=True)["account"]] == ["alice"]
+
+
+def test_user_cannot_call_admin_commands(server):
+    api = client(server)
+    _, alice = _user_api(server, api, "alice")
+    with pytest.raises(CloudStackApiException) as e:
+        alice.createZone(name="z", networktype="Advanced")
+    assert e.value.error["errorcode"] == 432
+    names = {a["name"] for a in alice.listApis()["api"]}
+    assert "listZones" in names and "createZone" not in names
+
+
+def test_domain_admin_sees_its_subtree_only(server):
+    api = client(server)
+    sub = api.createDomain(name="sub")["domain"]
+    other = api.createDomain(name="other")["domain"]
+    _, dadmin = _user_api(server, api, "dadmin", accounttype=2, domainid=sub["id"])
+    dadmin.createAccount(username="inside", password="pw", accounttype=0, domainid=sub["id"])
+    with pytest.raises(CloudStackApiException) as e:
+        dadmin.createAccount(username="outside", password="pw", accounttype=0, domainid=other["id"])
+    assert e.value.error["errorcode"] == 531
+    names = {a["name"] for a in dadmin.listAccounts(listall=True)["account"]}
+    assert names == {"dadmin", "inside"}
+    paths = {d["path"] for d in api.listDomains(listall=True)["domain"]}
+    assert paths == {"ROOT", "ROOT/sub", "ROOT/other"}
+
+
+def test_disable_enable_and_delete_account(server):
+    api = client(server)
+    acc, alice = _user_api(server, api, "alice")
+    assert alice.listZones() == {}
+    assert api.disableAccount(id=acc["id"], lock=False)["account"]["state"] == "disabled"
+    with pytest.raises(CloudStackApiException) as e:
+        alice.listZones()
+    assert e.value.error["errorcode"] == 401
+    assert api.enableAccount(id=acc["id"])["account"]["state"] == "enabled"
+    assert alice.listZones() == {}
+    assert api.deleteAccount(id=acc["id"])["success"] is True
+    assert api.listAccounts(name="alice", listall=True) == {}
+    with pytest.raises(CloudStackApiException) as e:
+        alice.listZones()
+    assert e.value.error["errorcode"] == 401
+
+
+def test_register_user_keys_replaces_old_keys(server):
+    api = client(server)
+    acc, alice = _user_api(server, api, "alice")
+    new = alice.registerUserKeys(id=acc["user"][0]["id"])["userkeys"]
+    with pytest.raises(CloudStackApiException):
+        alice.listZones()
+    assert client(server, new["apikey"], new["secretkey"]).listZones() == {}
+
+
+def test_resource_limits_have_cloudstack_defaults_and_can_be_changed(server):
+    api = client(server)
+    _user_api(server, api, "alice")
+    acc = api.listAccounts(name="alice", listall=True)["account"][0]
+    assert acc["volumelimit"] == "20" and acc["snapshotlimit"] == "20" and acc["volumetotal"] == 0
+    limits = {r["resourcetypename"]: r["max"] for r in api.listResourceLimits(account="alice", domainid=acc["domainid"])["resourcelimit"]}
+    assert limits["volume"] == 20 and limits["primary_storage"] == 200
+    api.updateResourceLimit(account="alice", domainid=acc["domainid"], resourcetype=2, max=3)
+    assert api.listAccounts(name="alice", listall=True)["account"][0]["volumelimit"] == "3"
+    api.updateConfiguration(name="max.account.snapshots", value="7")
+    assert api.listAccounts(name="alice", listall=True)["account"][0]["snapshotlimit"] == "7"
+
+
+def test_check_limit_refuses_with_532(server):
+    from volstack.errors import ResourceLimitExceeded
+    from volstack.services import accounts
+    api = client(server)
+    acc, _ = _user_api(server, api, "alice")
+    accounts.register_usage_counter("volume", lambda s, account_id: 20)
+    try:
+        with server.db.session() as s:
+            acc_id = s.scalar(select(User.account_id).where(User.username == "alice"))
+            with pytest.raises(ResourceLimitExceeded) as e:
+                accounts.check_limit(s, acc_id, "volume")
+            assert "Account Resource Limit = 20" in e.value.text
+            accounts.check_limit(s, 2, "volume")   # root admin: unlimited
+    finally:
+        accounts._usage_counters.pop("volume", None)
