@@ -21,17 +21,24 @@ def _server(db_url, key_file, host, port, **kw):
     return ManagementServer(db_url, key_file, host=host, port=port, **kw)
 
 
-def _wait_for_signal():
-    done = threading.Event()
+_stop_requested = threading.Event()
+
+
+def _catch_signals():
+    """Installed before start-up so that a signal during start-up still stops cleanly."""
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
+        signal.signal(sig, lambda *_: _stop_requested.set())
+
+
+def _wait_for_signal():
+    _stop_requested.wait()
 
 
 def cmd_up(args) -> int:
     from volstack.db.engine import sqlite_url
     from volstack.services import datacenter
     from volstack.services.context import system_context
+    _catch_signals()
     data = Path(args.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     pw_file = data / "admin.password"
@@ -58,6 +65,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    _catch_signals()
     ms = _server(args.db, args.key_file, args.host, args.port, workers=args.workers, name=args.name)
     ms.start()
     print(f"volstack management server {ms.jobs.name} on {ms.endpoint}", flush=True)

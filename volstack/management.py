@@ -26,7 +26,7 @@ class ManagementServer:
         crypto.load_key(key_file)
         self.db = Database(db_url)
         self.db.upgrade()
-        with self.db.session() as s:
+        with self.db.exclusive_session() as s:
             self.admin = accounts.bootstrap(s, admin_password)
             self.admin_secret = accounts.user_secret(self.admin)
         self.settings = S.Settings(self.db)

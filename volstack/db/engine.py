@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+_STARTUP_LOCK = 73180001
 
 
 def normalize_url(url: str) -> str:
@@ -42,8 +43,20 @@ class Database:
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.attributes["connection_url"] = self.url
         with self.engine.begin() as conn:
+            self._serialize(conn)      # several servers may start at once on one PostgreSQL
             cfg.attributes["connection"] = conn
             alembic_command.upgrade(cfg, "head")
+
+    def _serialize(self, conn) -> None:
+        if not self.is_sqlite:        # SQLite's BEGIN IMMEDIATE already serializes writers
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_STARTUP_LOCK})")
+
+    @contextlib.contextmanager
+    def exclusive_session(self):
+        """A session that no other server's exclusive session overlaps (start-up bootstrap)."""
+        with self.session() as s:
+            self._serialize(s.connection())
+            yield s
 
     @contextlib.contextmanager
     def session(self):

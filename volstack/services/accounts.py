@@ -52,18 +52,25 @@ def new_keys() -> tuple[str, str]:
 def bootstrap(s, admin_password: str | None = None) -> User:
     """Create ROOT, the built-in roles, the system and admin accounts once; return the admin user."""
     if s.get(Domain, 1) is None:
-        s.add(Domain(id=1, name="ROOT", path="/", level=0))
+        # Inserted in order without explicit ids so that database sequences stay right; the
+        # well-known ids (domain 1, system account/user 1, admin account/user 2) follow from it.
+        s.add(Domain(name="ROOT", path="/", level=0))
         for name, rtype, desc in BUILTIN_ROLES:
             s.add(Role(name=name, role_type=rtype, description=desc))
         s.flush()
         admin_role = s.scalar(select(Role).where(Role.role_type == "Admin"))
-        s.add(Account(id=1, name="system", account_type=ROOT_ADMIN, role_id=admin_role.id, domain_id=1))
-        s.add(Account(id=2, name="admin", account_type=ROOT_ADMIN, role_id=admin_role.id, domain_id=1))
+        system = Account(name="system", account_type=ROOT_ADMIN, role_id=admin_role.id, domain_id=1)
+        s.add(system)
         s.flush()
-        s.add(User(id=1, username="system", account_id=1, firstname="system", lastname="cloud"))
-        s.add(User(id=2, username="admin", account_id=2, firstname="Admin", lastname="User",
+        admin_acc = Account(name="admin", account_type=ROOT_ADMIN, role_id=admin_role.id, domain_id=1)
+        s.add(admin_acc)
+        s.flush()
+        s.add(User(username="system", account_id=system.id, firstname="system", lastname="cloud"))
+        s.flush()
+        s.add(User(username="admin", account_id=admin_acc.id, firstname="Admin", lastname="User",
                    password=hash_password(admin_password or secrets.token_urlsafe(16))))
         s.flush()
+        assert (system.id, admin_acc.id) == (1, 2), "bootstrap must run on an empty database"
     admin = s.get(User, 2)
     if admin_password is not None and not verify_password(admin, admin_password):
         admin.password = hash_password(admin_password)

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from volstack.db.models import Account, Cluster, Domain, Host, Pod, Zone
 from volstack.errors import InvalidParameter
 from volstack.services import accounts, configs, infra
+from volstack.services.settings import key_by_name
 
 _sections: dict = {}
 
@@ -170,7 +171,8 @@ def _settings(s, ctx, items, report):
         current = next((r for r in configs.list_configurations(s, ctx, scope_uuids, e["name"]) if r["name"] == e["name"]), None)
         if current is None:
             raise InvalidParameter(f"Configuration {e['name']} does not exist")
-        if current["value"] == value:
+        key = key_by_name(e["name"])
+        if key.parse(current["value"]) == key.parse(value):
             report.append(f"unchanged setting {e['name']}")
             continue
         configs.update_configuration(s, ctx, e["name"], value, scope_uuids)
