@@ -57,7 +57,6 @@ def test_every_parameter_of_every_command_survives_garbage(server, world):
                 inner = next(iter(body.values()))
                 if code == 200 and cmd.is_async and "jobid" in inner:
                     jobs.append((cmd.name, target.name, junk[:20], inner["jobid"]))
-    api = client(server)
     for name, param, junk, jobid in jobs:
         job = wait_job(server, jobid)
         if job["jobresultcode"] not in ALLOWED | {0}:

@@ -21,7 +21,6 @@ def test_scoped_values_fall_back_to_global_then_default(server):
     api = client(server)
     zone = api.createZone(name="sz", networktype="Advanced")["zone"]
     key = S.CAPACITY_DISABLE
-    zone_id = server.db.Session().execute(S.select(S.ConfigValue)).first()  # noqa: just opens a session
     with server.db.session() as s:
         from volstack.db.models import Zone
         zid = s.query(Zone).filter(Zone.uuid == zone["id"]).one().id
@@ -36,7 +35,6 @@ def test_scoped_values_fall_back_to_global_then_default(server):
     assert listed["value"] == "0.7"
     api.resetConfiguration(name=key.name, zoneid=zone["id"])
     assert server.settings.get(key, zone=zid) == 0.5
-    del zone_id
 
 
 @pytest.mark.parametrize("name,value,why", [

@@ -4,8 +4,6 @@ from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl
 
-from sqlalchemy import select
-
 from volstack.api import binding, wire
 from volstack.api.registry import API, Command, Obj, Success
 from volstack.api.signing import AUTH_FAILED, check_expiry, verify
@@ -26,6 +24,7 @@ class Req:
     ctx: object
     ms: object          # ManagementServer: .db, .settings, .jobs
     cmd: Command
+    progress: object = None   # in a job: progress(percent, proc_status=None) records how far it got
 
 
 class ApiApp:
@@ -165,8 +164,7 @@ class ApiApp:
         with self.ms.db.session() as s:
             user = s.get(User, job.user_id)
             ctx = accounts.context_for(s, user, job_uuid=job.uuid)
-            req = Req(s, ctx, self.ms, cmd)
-            req.progress = progress
+            req = Req(s, ctx, self.ms, cmd, progress)
             result = cmd.handler(req, binding.Params(job.params or {}))
             if isinstance(result, (Obj, Success)):
                 return wire.body_of(result)
@@ -179,7 +177,3 @@ class ApiApp:
 
 def _header_safe(text: str) -> str:
     return text.replace("\r", " ").replace("\n", " ").encode("latin-1", "replace").decode("latin-1")[:1024]
-
-
-def find_job(s, uuid: str) -> AsyncJob | None:
-    return s.scalar(select(AsyncJob).where(AsyncJob.uuid == uuid))

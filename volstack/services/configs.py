@@ -64,7 +64,7 @@ def update_configuration(s, ctx, name, value, scope_uuids: dict) -> dict:
     key = key_by_name(name)
     scope, scope_id = resolve_scope(s, scope_uuids)
     if value is None:
-        raise InvalidParameter(f"Unable to execute API command updateconfiguration due to missing parameter value")
+        raise InvalidParameter("Unable to execute API command updateconfiguration due to missing parameter value")
     Settings(None).set(key, value, scope, scope_id, session=s)
     s.flush()
     events.record(s, ctx, "CONFIGURATION.VALUE.EDIT", f"Setting {name} set to {value!r} at {scope} scope",
