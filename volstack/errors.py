@@ -20,6 +20,11 @@ class Unauthorized(CloudError):
     cserrorcode = 9999
 
 
+class MethodNotAllowed(CloudError):
+    errorcode = 405
+    cserrorcode = 9999
+
+
 class MalformedParameter(CloudError):
     errorcode = 430
     cserrorcode = 9999

@@ -38,18 +38,16 @@ class ManagementServer:
         self._thread = None
         self._cache: dict = {}
 
-    # Settings read on every request are cached for a few seconds.
-    def settings_value(self, key: S.ConfigKey):
+    # Settings read on every request are cached for a few seconds. Inside a request pass its session:
+    # on SQLite a second session would wait for the lock the request's own transaction holds.
+    def settings_value(self, key: S.ConfigKey, s=None):
         hit = self._cache.get(key.name)
         now = time.monotonic()
         if hit and now - hit[1] < 5:
             return hit[0]
-        value = self.settings.get(key)
+        value = S.Settings.value_in(s, key) if s is not None else self.settings.get(key)
         self._cache[key.name] = (value, now)
         return value
-
-    def settings_value_name(self, name: str):
-        return self.settings_value(S.key_by_name(name))
 
     @property
     def json_content_type(self) -> str:
@@ -62,7 +60,7 @@ class ManagementServer:
     def start(self) -> "ManagementServer":
         self.jobs.start()
         self._http = waitress.create_server(self.api, host=self.host, port=self.port, threads=self.threads,
-                                            ident="volstack", channel_timeout=300)
+                                            ident="volstack", channel_timeout=300, asyncore_loop_timeout=0.2)
         self.port = self._http.effective_port
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
         self._thread.start()

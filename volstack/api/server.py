@@ -8,7 +8,7 @@ from volstack.api import binding, wire
 from volstack.api.registry import API, Command, Obj, Success
 from volstack.api.signing import AUTH_FAILED, check_expiry, verify
 from volstack.db.models import AsyncJob, User
-from volstack.errors import CloudError, InternalError, Unauthorized, UnknownCommand
+from volstack.errors import CloudError, InternalError, MethodNotAllowed, Unauthorized, UnknownCommand
 from volstack.services import accounts
 from volstack.services import settings as S
 
@@ -67,6 +67,8 @@ class ApiApp:
             if cmd is None:
                 raise UnknownCommand(f"The given command:{name} does not exist or it is not available for user")
             if cmd.name == "login":
+                if method != "POST":
+                    raise MethodNotAllowed("login is only accepted as a POST request")
                 body, extra_headers = self._login(lower)
             elif cmd.name == "logout":
                 body = self._logout(lower, cookies)
@@ -106,7 +108,7 @@ class ApiApp:
         key = lower.get("sessionkey")
         if not key or cookies.get("sessionkey") != key:
             raise Unauthorized("unable to verify user credentials")
-        user = accounts.session_user(s, key, self.ms.settings_value(S.SESSION_TIMEOUT))
+        user = accounts.session_user(s, key, self.ms.settings_value(S.SESSION_TIMEOUT, s))
         if user is None:
             raise Unauthorized("unable to verify user credentials")
         return user

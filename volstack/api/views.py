@@ -6,7 +6,6 @@ from volstack import CLOUDSTACK_VERSION, __version__
 from volstack.api.registry import Field as F, View
 from volstack.api.wire import date
 from volstack.db import models as m
-from volstack.services.context import ROLE_OF_TYPE
 from volstack.services.settings import Settings, key_by_name
 
 
@@ -270,11 +269,6 @@ RESOURCELIMIT = View("resourcelimit", [
     F("max", "the maximum number of the resource. A -1 means the resource currently has no limit.", lambda r, lk: r["max"], "long"),
 ])
 
-NAMED = View("item", [F("name", "the name", lambda r, lk: r.get("name")),
-                      F("id", "the id", lambda r, lk: r.get("id")),
-                      F("description", "the description", lambda r, lk: r.get("description"))])
-
-
 def login_response(s, user, session_key, ms) -> dict:
     acc = s.get(m.Account, user.account_id)
     dom = s.get(m.Domain, acc.domain_id)
@@ -299,6 +293,3 @@ def capabilities(s) -> dict:
             "kvmsnapshotenabled": _setting(s, "kvm.snapshot.enabled"),
             "allowuserexpungerecovervolume": _setting(s, "allow.user.expunge.recover.volume"),
             "apilimitinterval": 1, "apilimitmax": -1, "defaultuipagesize": 20}
-
-
-ROLE_NAMES = ROLE_OF_TYPE

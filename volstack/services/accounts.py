@@ -8,7 +8,7 @@ from sqlalchemy import delete, func, select
 
 from volstack import crypto
 from volstack.db.models import Account, Domain, ResourceLimit, Role, Session, User, utcnow
-from volstack.errors import InvalidParameter, PermissionDenied, ResourceInUse, ResourceLimitExceeded, Unauthorized
+from volstack.errors import InvalidParameter, PermissionDenied, ResourceInUse, ResourceLimitExceeded
 from volstack.services import events, settings as S
 from volstack.services.context import (DOMAIN_ADMIN, ROOT_ADMIN, USER, CallContext, can_access_domain,
                                        check_access, require_root_admin)
@@ -123,8 +123,9 @@ def login(s, username: str, password: str, domain_path: str | None = None, domai
         if path.upper().startswith("/ROOT/"):
             path = path[5:]
         dom = s.scalar(select(Domain).where(func.lower(Domain.path) == path.lower()))
-    fail = Unauthorized("Failed to authenticate user " + username + " in domain " + (domain_path or domain_uuid or "/") +
-                        "; please provide valid credentials")
+    # CloudStack answers a failed login with 531 (account error), not 401.
+    fail = PermissionDenied("Failed to authenticate user " + username + " in domain " + (domain_path or domain_uuid or "/") +
+                            "; please provide valid credentials")
     if dom is None:
         raise fail
     user = s.scalar(select(User).join(Account, Account.id == User.account_id)

@@ -1,7 +1,7 @@
 """Zones, pods, clusters, hosts and the infrastructure catalogues."""
 from volstack.api.commands.common import list_query, lst, obj, pick
 from volstack.api.registry import API, BOOLEAN, LIST, STRING, USER, UUID, Lst, Param as P, Success
-from volstack.api.views import CLUSTER, HOST, NAMED, POD, ZONE, Lookups, View
+from volstack.api.views import CLUSTER, HOST, POD, ZONE, Lookups, View
 from volstack.api.registry import Field as F
 from volstack.errors import InvalidParameter
 from volstack.services import catalog, infra
@@ -279,7 +279,9 @@ def list_os_types(req, p):
 
 @API.command("listOsCategories", "Lists all supported OS categories for this cloud.", [
     P("id", UUID, "list Os category by id"), P("name", STRING, "list os category by name")],
-    view=View("oscategory", NAMED.fields[:2]), is_list=True, access=USER)
+    view=View("oscategory", [F("id", "the ID of the OS category", lambda r, lk: r["id"]),
+                             F("name", "the name of the OS category", lambda r, lk: r["name"])]),
+    is_list=True, access=USER)
 def list_os_categories(req, p):
     items = [{"id": catalog.os_category_id(c), "name": c} for c in catalog.OS_CATEGORIES
              if (not p.id or catalog.os_category_id(c) == p.id) and (not p.name or p.name == c)]
