@@ -252,3 +252,37 @@ def test_finished_jobs_expire(tmp_path):
         assert eng.expire() == 3
     finally:
         eng.stop()
+
+
+def test_api_job_reports_progress_while_it_works(server):
+    """An async command that writes, reports progress and waits: pollers see the progress and the write."""
+    from conftest import client
+    from helpers import wait_job
+    from volstack.api.registry import API, ROOT, Command, Param, Registry, Success
+    from volstack.db.models import Zone
+    gate, reached = threading.Event(), threading.Event()
+
+    def slow(req, p):
+        req.s.add(Zone(name=p["name"]))
+        req.progress(60, proc_status=2)
+        reached.set()
+        assert gate.wait(10)
+        return Success()
+
+    reg = Registry()
+    for c in API.commands.values():
+        reg.add(c)
+    reg.add(Command("slowThing", "test", slow, [Param("name", "string", "a name", required=True)],
+                    is_async=True, response_key="success", access=ROOT))
+    server.api.registry = reg
+    try:
+        jobid = client(server, fetch_result=False).slowThing(name="made-by-job")["jobid"]
+        assert reached.wait(10)
+        raw = client(server, fetch_result=False)
+        job = raw.queryAsyncJobResult(jobid=jobid)
+        assert (job["jobstatus"], job["jobprogress"], job["jobprocstatus"]) == (0, 60, 2)
+        assert raw.listZones(name="made-by-job")["count"] == 1
+        gate.set()
+        assert wait_job(server, jobid)["jobresult"] == {"success": True}
+    finally:
+        gate.set()

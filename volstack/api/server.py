@@ -166,7 +166,13 @@ class ApiApp:
         with self.ms.db.session() as s:
             user = s.get(User, job.user_id)
             ctx = accounts.context_for(s, user, job_uuid=job.uuid)
-            req = Req(s, ctx, self.ms, cmd, progress)
+
+            def report(percent, proc_status=None):
+                # Reporting progress commits the work done so far: pollers see both, and on SQLite
+                # the progress write could not get the lock this session would otherwise hold.
+                s.commit()
+                progress(percent, proc_status)
+            req = Req(s, ctx, self.ms, cmd, report)
             result = cmd.handler(req, binding.Params(job.params or {}))
             if isinstance(result, (Obj, Success)):
                 return wire.body_of(result)
