@@ -1,22 +1,24 @@
 """Figure 1 (signed listZones vs a do-nothing WSGI app on the same stack) and the async API rate."""
 import cProfile
-import http.client
 import pstats
 import threading
 import time
 from urllib.parse import parse_qsl, urlsplit
 
 import waitress
+from waitress import wasyncore
 from cs import CloudStack
 
 import loadgen
+from sqlmeter import SqlMeter
 from volstack.management import ManagementServer
 
 LIST_ZONES = {"command": "listZones"}
 
 
 class DoNothingServer:
-    """waitress with the management server's settings, serving one fixed response to every request."""
+    """A fixed response to every request, served as ManagementServer.start() serves the API: waitress
+    with the same settings and thread count, run and stopped the same way."""
 
     def __init__(self, body: bytes, content_type: str, threads: int):
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
@@ -26,7 +28,7 @@ class DoNothingServer:
             return [body]
 
         self.http = waitress.create_server(app, host="127.0.0.1", port=0, threads=threads, ident="volstack",
-                                           channel_timeout=300)
+                                           channel_timeout=300, asyncore_loop_timeout=0.2)
         self.port = self.http.effective_port
         self.thread = threading.Thread(target=self._serve, name="do-nothing-http", daemon=True)
         self.thread.start()
@@ -38,8 +40,8 @@ class DoNothingServer:
             pass   # closed by stop()
 
     def stop(self):
-        self.http.close()
-        self.http.task_dispatcher.shutdown()
+        self.http.task_dispatcher.shutdown(timeout=10)
+        wasyncore.close_all(self.http._map)
         self.thread.join(timeout=10)
 
 
@@ -47,11 +49,19 @@ class ApiBench:
     def __init__(self, tmp, threads: int = 8):
         self.ms = ManagementServer(f"sqlite:///{tmp / 'api.db'}", tmp / "volstack.key", port=0, threads=threads,
                                    heartbeat_seconds=5.0).start()
+        self.dummy = None
+        try:
+            self._setup(threads)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _setup(self, threads: int):
         self.cs = CloudStack(endpoint=self.ms.endpoint, key=self.ms.admin.api_key, secret=self.ms.admin_secret,
                              poll_interval=0.05)
         self.cs.createZone(name="bench-zone", networktype="Advanced")
         self.target = loadgen.Target("127.0.0.1", self.ms.port, self.ms.admin.api_key, self.ms.admin_secret)
-        conn = http.client.HTTPConnection("127.0.0.1", self.ms.port)
+        conn = loadgen.Conn("127.0.0.1", self.ms.port)
         status, self.zones_body = loadgen.call(conn, self.target, LIST_ZONES)
         conn.close()
         assert status == 200 and b'"count":1' in self.zones_body, self.zones_body
@@ -59,7 +69,8 @@ class ApiBench:
         self.dummy_target = loadgen.Target("127.0.0.1", self.dummy.port, self.target.key, self.target.secret)
 
     def stop(self):
-        self.dummy.stop()
+        if self.dummy is not None:
+            self.dummy.stop()
         self.ms.stop()
 
     def round_trips(self, *, rounds: int, duration: float, procs: int, threads: int):
@@ -75,21 +86,26 @@ class ApiBench:
                     best[name] = r
         return best["volstack"], best["do-nothing"]
 
-    def in_process(self, n: int, profile: bool = False):
-        """ApiApp.handle() called directly from one thread (no HTTP): microseconds per listZones."""
+    def in_process(self, n: int, profile: bool = False) -> dict:
+        """ApiApp.handle() called directly from one thread (no HTTP, no client): per-request costs.
+        profile: afterwards, run the same requests again under cProfile and print the top functions."""
         queries = [parse_qsl(urlsplit(loadgen.signed_path(LIST_ZONES, self.target.key, self.target.secret)).query,
                              keep_blank_values=True) for _ in range(n)]
-        prof = cProfile.Profile() if profile else None
-        start = time.perf_counter()
-        if prof:
-            prof.enable()
-        for pairs in queries:
-            status, _, _ = self.ms.api.handle(pairs, {}, "GET")
-            assert status == "200 OK", status
-        if prof:
-            prof.disable()
-            pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
-        return (time.perf_counter() - start) / n * 1e6
+
+        def handle_all():
+            for pairs in queries:
+                status, _, _ = self.ms.api.handle(pairs, {}, "GET")
+                assert status == "200 OK", status
+
+        with SqlMeter(self.ms.db.engine, this_thread_only=True) as sql:
+            start = time.perf_counter()
+            handle_all()
+            seconds = time.perf_counter() - start
+        if profile:
+            prof = cProfile.Profile()
+            prof.runcall(handle_all)
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+        return {"us": seconds / n * 1e6, "statements": sql.statements / n, "driver_us": sql.seconds / n * 1e6}
 
     def async_jobs(self, n: int, *, accounts: int = 8, procs: int = 2, threads: int = 2):
         """n disableAccount calls over `accounts` accounts, then polling until every job is done."""

@@ -1,11 +1,16 @@
 """HTTP load generator: client processes x threads, one persistent (keep-alive) connection per thread.
 
+The connection is a minimal HTTP/1.1 client on a raw socket (http.client's header parsing costs about
+as much CPU as the do-nothing server itself, and the client shares the machine's 2 cores with it).
+
 Every request is signed when it is sent (signatureVersion=3 with a microsecond `expires`), so no two
 requests are the same. Runs outside the server's process so that it does not share the server's GIL.
 """
-import http.client
 import json
 import multiprocessing as mp
+import queue
+import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -33,10 +38,38 @@ def signed_path(params: dict, key: str, secret: str) -> str:
     return PATH + "?" + urlencode(p, quote_via=quote)
 
 
-def call(conn: http.client.HTTPConnection, t: Target, params: dict) -> tuple[int, bytes]:
-    conn.request("GET", signed_path(params, t.key, t.secret))
-    r = conn.getresponse()
-    return r.status, r.read()
+class Conn:
+    """One keep-alive connection; responses must carry Content-Length (both servers here send it)."""
+    _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.I)
+
+    def __init__(self, host: str, port: int):
+        self.sock = socket.create_connection((host, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.host, self.buf = f"{host}:{port}".encode(), b""
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        self.sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + self.host + b"\r\n\r\n")
+        while (end := self.buf.find(b"\r\n\r\n")) < 0:
+            self._recv()
+        head, self.buf = self.buf[:end + 2], self.buf[end + 4:]
+        size = int(self._LENGTH.search(head).group(1))
+        while len(self.buf) < size:
+            self._recv()
+        body, self.buf = self.buf[:size], self.buf[size:]
+        return int(head[9:12]), body
+
+    def _recv(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("server closed the connection")
+        self.buf += data
+
+    def close(self):
+        self.sock.close()
+
+
+def call(conn: Conn, t: Target, params: dict) -> tuple[int, bytes]:
+    return conn.get(signed_path(params, t.key, t.secret))
 
 
 def sign_cost_us(t: Target, params: dict, n: int = 5000) -> float:
@@ -50,7 +83,7 @@ def sign_cost_us(t: Target, params: dict, n: int = 5000) -> float:
 # ---------------------------------------------------------------- one client process
 
 def _rate_thread(t: Target, params, expect: bytes, go: threading.Event, ready: threading.Barrier, state, out: list):
-    conn = http.client.HTTPConnection(t.host, t.port)
+    conn = Conn(t.host, t.port)
     for _ in range(20):                                   # warm-up, and check we get what we should
         status, body = call(conn, t, params)
         if status != 200 or expect not in body:
@@ -67,7 +100,7 @@ def _rate_thread(t: Target, params, expect: bytes, go: threading.Event, ready: t
 
 
 def _async_thread(t: Target, calls: list, go: threading.Event, ready: threading.Barrier, state, out: list):
-    conn = http.client.HTTPConnection(t.host, t.port)
+    conn = Conn(t.host, t.port)
     ready.wait()
     go.wait()
     jobs, errors = [], 0
@@ -100,12 +133,14 @@ def _process(mode, t: Target, threads: int, work, duration: float, barrier, resu
     else:
         args = [(t, work[i::threads], go, ready, state, out) for i in range(threads)]
         fn = _async_thread
+
     def guarded(*a):
         try:
             fn(*a)
         except BaseException:
             ready.abort()
             raise
+
     ts = [threading.Thread(target=guarded, args=a, daemon=True) for a in args]
     for th in ts:
         th.start()
@@ -147,15 +182,20 @@ def run(t: Target, *, mode: str = "rate", work, procs: int = 2, threads: int = 2
     mode "async": work = list of async-command params, spread over all connections; each connection
     sends its share, then polls queryAsyncJobResult for each job until it is done."""
     ctx = mp.get_context("spawn")            # the parent runs server threads: do not fork it
-    barrier, results = ctx.Barrier(procs + 1), ctx.Queue()
+    barrier, results = ctx.Barrier(procs), ctx.Queue()
     ps = [ctx.Process(target=_process, daemon=True,
                       args=(mode, t, threads, work if mode == "rate" else work[i::procs], duration, barrier, results))
           for i in range(procs)]
     for p in ps:
         p.start()
+    rows, deadline = [], time.monotonic() + duration + 300
     try:
-        barrier.wait(timeout=120)
-        rows = [results.get(timeout=duration + 180) for _ in ps]
+        while len(rows) < procs:
+            try:
+                rows.append(results.get(timeout=0.5))
+            except queue.Empty:
+                if any(p.exitcode not in (None, 0) for p in ps) or time.monotonic() > deadline:
+                    raise RuntimeError("a client process failed (see its traceback above)") from None
     finally:
         for p in ps:
             p.join(timeout=10)
