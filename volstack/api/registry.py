@@ -73,6 +73,11 @@ class Command:
         return account_type in need
 
     @property
+    def readonly(self) -> bool:
+        """Reads only: list*/query*/get* commands that run in the request."""
+        return not self.is_async and self.name.startswith(("list", "query", "get"))
+
+    @property
     def key(self) -> str | None:
         return self.view.key if self.view else self.response_key
 

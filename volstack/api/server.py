@@ -134,7 +134,8 @@ class ApiApp:
     # ------------------------------------------------------------ dispatch
 
     def _call(self, cmd: Command, params, lower, cookies) -> dict:
-        with self.ms.db.session() as s:
+        # Session logins record their last access, so only API-key calls of read commands are read-only.
+        with self.ms.db.session(readonly=cmd.readonly and "apikey" in lower) as s:
             user = self._authenticate(s, params, lower, cookies)
             ctx = accounts.context_for(s, user)
             if not cmd.allowed(ctx.account_type):

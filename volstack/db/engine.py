@@ -30,12 +30,15 @@ class Database:
                 Path(u.database).parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(self.url, connect_args={"timeout": 30, "check_same_thread": False})
             event.listen(self.engine, "connect", _sqlite_pragmas)
-            # pysqlite's own transaction handling defers BEGIN; emit it ourselves so that
-            # a read-then-write transaction holds its lock from the start (no upgrade deadlocks).
-            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            # pysqlite's own transaction handling defers BEGIN; emit it ourselves so that a
+            # read-then-write transaction holds the write lock from the start (no upgrade deadlocks).
+            # Read-only sessions take a plain BEGIN: in WAL mode they never wait for writers.
+            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql(
+                "BEGIN" if conn.get_execution_options().get("readonly") else "BEGIN IMMEDIATE"))
         else:
             self.engine = create_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
+        self.ReadSession = sessionmaker(self.engine.execution_options(readonly=True), expire_on_commit=False)
 
     def upgrade(self) -> None:
         """Bring the schema to the newest Alembic revision."""
@@ -59,8 +62,9 @@ class Database:
             yield s
 
     @contextlib.contextmanager
-    def session(self):
-        s = self.Session()
+    def session(self, readonly: bool = False):
+        """One transaction. readonly: the caller promises not to write (lets SQLite readers run in parallel)."""
+        s = (self.ReadSession if readonly else self.Session)()
         try:
             yield s
             s.commit()

@@ -5,7 +5,7 @@ Every row has an internal integer id and a public uuid; the API only ever shows 
 import uuid as _uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text,
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text,
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -192,6 +192,7 @@ class Event(Entity, Base):
 
 class AsyncJob(Entity, Base):
     __tablename__ = "async_job"
+    __table_args__ = (Index("ix_async_job_queue", "status", "running", "id"),)
     cmd: Mapped[str] = mapped_column(String(128))
     params: Mapped[dict] = mapped_column(JSON, default=dict)
     account_id: Mapped[int | None] = mapped_column(Integer)

@@ -123,9 +123,10 @@ class JobEngine:
             self._run(job)
 
     def _claim(self) -> AsyncJob | None:
-        with self.db.session() as s:
-            candidates = list(s.scalars(select(AsyncJob).where(AsyncJob.status == PENDING, AsyncJob.running.is_(False))
-                                        .order_by(AsyncJob.id).limit(32)))
+        with self.db.session(readonly=True) as s:
+            candidates = s.execute(select(AsyncJob.id, AsyncJob.sync_key)
+                                   .where(AsyncJob.status == PENDING, AsyncJob.running.is_(False))
+                                   .order_by(AsyncJob.id).limit(32)).all()
         blocked = set()
         for job in candidates:
             if job.sync_key in blocked:
@@ -148,8 +149,7 @@ class JobEngine:
                     if res.rowcount != 1:
                         s.rollback()
                         continue
-                job.running, job.owner_msid = True, self.msid
-                return job
+                    return s.get(AsyncJob, job.id)
             except IntegrityError:
                 blocked.add(job.sync_key)     # another job of the same object is running
         return None

@@ -8,7 +8,7 @@ from volstack.services.listing import ListQuery
 
 def list_query(req, p) -> ListQuery:
     """Validate page/pagesize the way BaseListCmd does and build the service-side query."""
-    max_size = S.Settings.value_in(req.s, S.DEFAULT_PAGE_SIZE)
+    max_size = req.ms.settings_value(S.DEFAULT_PAGE_SIZE, req.s)
     page, size = p.page, p.pagesize
     if size is not None:
         if size == -1:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-21 07:23:39.664036
+Create Date: 2026-11-21 07:59:37.704707
 """
 from alembic import op
 import sqlalchemy as sa
@@ -43,6 +43,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('uuid')
     )
     with op.batch_alter_table('async_job', schema=None) as batch_op:
+        batch_op.create_index('ix_async_job_queue', ['status', 'running', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_async_job_sync_key'), ['sync_key'], unique=False)
 
     op.create_table('async_job_lock',
@@ -266,6 +267,7 @@ def downgrade() -> None:
     op.drop_table('async_job_lock')
     with op.batch_alter_table('async_job', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_async_job_sync_key'))
+        batch_op.drop_index('ix_async_job_queue')
 
     op.drop_table('async_job')
     # ### end Alembic commands ###
