@@ -154,6 +154,7 @@ def test_login_session_and_logout(tmp_path):
         assert r.json() == {"logoutresponse": {"description": "success"}}
         r = s.get(ms.endpoint, params={"command": "listZones", "response": "json", "sessionkey": key}, timeout=10)
         assert r.status_code == 401
+        assert [e["type"] for e in client(ms).listEvents()["event"][:2]] == ["USER.LOGOUT", "USER.LOGIN"]
         bad = requests.post(ms.endpoint, params={"command": "login", "response": "json"},
                             data={"username": "admin", "password": "wrong"}, timeout=10)
         assert bad.status_code == 531 and "sessionkey" not in bad.text     # CloudStack: account error

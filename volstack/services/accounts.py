@@ -134,6 +134,8 @@ def login(s, username: str, password: str, domain_path: str | None = None, domai
         raise fail
     key = secrets.token_urlsafe(32)
     s.add(Session(key=key, user_id=user.id))
+    events.record(s, context_for(s, user), "USER.LOGIN", f"User {username} logged in", resource_type="User",
+                  resource_uuid=user.uuid)
     return user, key
 
 
@@ -151,7 +153,12 @@ def session_user(s, key: str, timeout_seconds: int) -> User | None:
 
 
 def logout(s, key: str) -> None:
-    s.execute(delete(Session).where(Session.key == key))
+    sess = s.get(Session, key)
+    if sess is not None:
+        user = s.get(User, sess.user_id)
+        s.delete(sess)
+        events.record(s, context_for(s, user), "USER.LOGOUT", f"User {user.username} logged out",
+                      resource_type="User", resource_uuid=user.uuid)
 
 
 # ---------------------------------------------------------------- domains
