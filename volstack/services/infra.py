@@ -133,11 +133,11 @@ zone_in_use_checks: list = []
 def delete_zone(s, ctx, id) -> None:
     require_root_admin(ctx)
     zone = get_zone(s, id)
+    for check in zone_in_use_checks:
+        check(s, zone)
     pods = s.scalar(select(func.count()).select_from(Pod).where(Pod.zone_id == zone.id))
     if pods:
         raise ResourceInUse(f"The zone {zone.name} is not deletable because there are {pods} pod(s) in it; delete them first")
-    for check in zone_in_use_checks:
-        check(s, zone)
     s.delete(zone)
     events.record(s, ctx, "ZONE.DELETE", f"Zone {zone.name} deleted", resource_type="Zone", resource_uuid=zone.uuid)
 

@@ -46,3 +46,14 @@ HOST_RESOURCE = Lifecycle("host", "resource_state", {
     "Maintenance": {"CancelMaintenance": "Enabled", "PrepareMaintenance": "Maintenance"},
     "ErrorInMaintenance": {"CancelMaintenance": "Enabled", "PrepareMaintenance": "PrepareForMaintenance"},
 })
+
+POOL = Lifecycle("storage pool", "state", {
+    "Initialized": {"Attach": "Up"},
+    "Up": {"Disable": "Disabled", "Enable": "Up", "PrepareMaintenance": "PrepareForMaintenance"},
+    "Disabled": {"Enable": "Up", "Disable": "Disabled", "PrepareMaintenance": "PrepareForMaintenance"},
+    "PrepareForMaintenance": {"MaintenanceReached": "Maintenance", "MaintenanceFailed": "ErrorInMaintenance"},
+    "ErrorInMaintenance": {"PrepareMaintenance": "PrepareForMaintenance", "CancelMaintenance": "CancelMaintenance"},
+    "Maintenance": {"CancelMaintenance": "CancelMaintenance", "Remove": "Removed"},
+    "CancelMaintenance": {"MaintenanceCancelled": "Up", "MaintenanceFailed": "ErrorInMaintenance"},
+    "Removed": {},
+})

@@ -1,0 +1,87 @@
+"""DefaultPrimary: file-based pools reached by the hosts themselves (NFS, SharedMountPoint, local).
+
+Images are qcow2 (or raw) files named by the volume's path in the pool root; the host agent does
+the work with qemu-img and QEMU (NFS through QEMU's userspace nfs:// driver, never a kernel mount).
+"""
+from urllib.parse import unquote, urlparse
+
+from volstack.errors import InvalidParameter
+
+SCHEMES = {"nfs": ("NetworkFilesystem", 2049), "sharedmountpoint": ("SharedMountPoint", 0),
+           "file": ("Filesystem", 0), "filesystem": ("Filesystem", 0)}
+# Pool types: shared between hosts, and whether storage.overprovisioning.factor applies.
+POOL_TYPES = {"NetworkFilesystem": {"shared": True, "overprovision": True},
+              "SharedMountPoint": {"shared": True, "overprovision": True},
+              "Filesystem": {"shared": False, "overprovision": True}}
+
+
+class DefaultPrimaryDriver:
+    name = "DefaultPrimary"
+    CAPABILITIES = {"linked_clone": True, "hypervisor_qos": True, "live_migrate": True, "native_snapshot": False,
+                    "revert": False, "storage_qos": False}
+
+    def parse_url(self, url: str) -> dict:
+        p = urlparse(url.strip())
+        scheme = p.scheme.lower()
+        if scheme not in SCHEMES:
+            raise InvalidParameter(f"Unable to figure out the scheme of url {url}: DefaultPrimary pools are "
+                                   "nfs://host/path, SharedMountPoint://localhost/path or file://localhost/path")
+        pool_type, port = SCHEMES[scheme]
+        path = unquote(p.path or "")
+        if not path.startswith("/") or path.rstrip("/") == "":
+            raise InvalidParameter(f"The url {url} has no usable path: give an absolute directory (or NFS export)")
+        host = p.hostname or ""
+        if pool_type == "NetworkFilesystem" and not host:
+            raise InvalidParameter(f"The NFS url {url} needs a server: nfs://<server>/<export>")
+        if ".." in path.split("/"):
+            raise InvalidParameter(f"The path of {url} must not contain '..'")
+        return {"pool_type": pool_type, "host_address": host or "localhost", "path": path.rstrip("/") or "/",
+                "port": p.port or port}
+
+    def spec(self, pool) -> dict:
+        """How the host agent is told about the pool."""
+        out = {"uuid": pool.uuid, "type": pool.pool_type, "path": pool.path}
+        if pool.pool_type == "NetworkFilesystem":
+            out.update(host=pool.host_address, export=pool.path)
+        if pool.capacity_bytes:
+            out["capacity"] = pool.capacity_bytes
+        return out
+
+    def is_shared(self, pool) -> bool:
+        return POOL_TYPES[pool.pool_type]["shared"]
+
+    def overprovisions(self, pool) -> bool:
+        return POOL_TYPES[pool.pool_type]["overprovision"]
+
+    # ---------------------------------------------------------------- host operations
+
+    def connect(self, ch, pool) -> dict:
+        return ch.call("pool_connect", pool=self.spec(pool))
+
+    def disconnect(self, ch, pool) -> None:
+        ch.call("pool_disconnect", pool=self.spec(pool))
+
+    def stats(self, ch, pool) -> dict:
+        return ch.call("pool_stats", pool=self.spec(pool))
+
+    def create_volume(self, ch, pool, volume) -> dict:
+        return ch.call("volume_create", pool=self.spec(pool), name=volume.path, size=volume.size,
+                       format=volume.format.lower(), provisioning=volume.provisioning_type)
+
+    def delete_volume(self, ch, pool, volume) -> None:
+        ch.call("volume_delete", pool=self.spec(pool), name=volume.path)
+
+    def resize_volume(self, ch, pool, volume, size: int, shrink_ok: bool) -> dict:
+        return ch.call("volume_resize", pool=self.spec(pool), name=volume.path, size=size, shrink_ok=shrink_ok)
+
+    def list_objects(self, ch, pool, path: str) -> list:
+        return ch.call("pool_list", pool=self.spec(pool), path=path)["entries"]
+
+    def disk(self, pool, volume, device_id, qos) -> dict:
+        """How a guest sees the volume: the serial is the volume uuid without dashes (20 chars max)."""
+        return {"pool": self.spec(pool), "name": volume.path, "format": volume.format.lower(),
+                "serial": serial_of(volume), "device_id": device_id, "qos": qos}
+
+
+def serial_of(volume) -> str:
+    return volume.uuid.replace("-", "")[:20]

@@ -1,0 +1,99 @@
+"""The command channel to a host: the agent's HTTP protocol for KVM hosts, an in-memory host for
+Simulator hosts (CloudStack's simulator: every command succeeds at once)."""
+import threading
+
+from volstack import crypto
+from volstack.errors import InvalidParameter, ResourceUnavailable
+
+GIB = 1024 ** 3
+
+
+class SimulatedHost:
+    """Answers the agent's commands from memory, per host, for the lifetime of the process."""
+    _hosts: dict = {}
+    _lock = threading.Lock()
+
+    def __init__(self, host_uuid: str):
+        with self._lock:
+            self.state = self._hosts.setdefault(host_uuid, {"pools": {}, "vms": {}})
+
+    def hello(self) -> dict:
+        return {"protocol": 1, "hypervisor": "simulator", "capabilities": {"max_data_disks": 6}}
+
+    def call(self, cmd: str, **args):
+        fn = getattr(self, "_" + cmd, None)
+        if fn is None:
+            return {}
+        with self._lock:
+            return fn(**args)
+
+    def _images(self, pool):
+        return self.state["pools"].setdefault(pool["uuid"], {})
+
+    def _pool_connect(self, pool):
+        return self._pool_stats(pool)
+
+    def _pool_stats(self, pool):
+        used = sum(self._images(pool).values())
+        cap = pool.get("capacity") or 1024 * GIB
+        return {"capacity": cap, "used": used, "available": cap - used}
+
+    def _volume_create(self, pool, name, size, **_):
+        self._images(pool)[name] = size
+        return {"path": name, "size": size, "physical_size": 0}
+
+    def _volume_delete(self, pool, name):
+        self._images(pool).pop(name, None)
+        return {}
+
+    def _volume_resize(self, pool, name, size, shrink_ok=False):
+        images = self._images(pool)
+        if name not in images:
+            raise InvalidParameter(f"volume {name} does not exist on the simulated pool")
+        if size < images[name] and not shrink_ok:
+            raise InvalidParameter("shrinking needs shrink_ok")
+        images[name] = size
+        return {"size": size}
+
+    def _volume_copy(self, src_pool, src_name, dst_pool, dst_name, **_):
+        self._images(dst_pool)[dst_name] = self._images(src_pool).get(src_name, 0)
+        return {"path": dst_name}
+
+    def _pool_list(self, pool, path=""):
+        return {"entries": [{"name": n, "isdirectory": False, "size": sz, "format": "qcow2"}
+                            for n, sz in sorted(self._images(pool).items())]}
+
+    def _vm_start(self, name, disks=(), **_):
+        self.state["vms"][name] = {"state": "Running", "disks": [d["serial"] for d in disks]}
+        return {"state": "Running"}
+
+    def _vm_stop(self, name, forced=False):
+        self.state["vms"].pop(name, None)
+        return {"state": "Stopped"}
+
+    def _vm_list(self):
+        return {"vms": [{"name": n, **v} for n, v in self.state["vms"].items()]}
+
+    def _disk_attach(self, vm, disk):
+        self.state["vms"].setdefault(vm, {"state": "Running", "disks": []})["disks"].append(disk["serial"])
+        return {}
+
+    def _disk_detach(self, vm, serial):
+        disks = self.state["vms"].get(vm, {}).get("disks", [])
+        if serial in disks:
+            disks.remove(serial)
+        return {}
+
+    def _disk_stats(self, vm):
+        return {"disks": {s: {"rd_ops": 0, "wr_ops": 0, "rd_bytes": 0, "wr_bytes": 0}
+                          for s in self.state["vms"].get(vm, {}).get("disks", [])}}
+
+
+def channel(host):
+    """The channel to talk to one host row."""
+    if host.hypervisor == "Simulator":
+        return SimulatedHost(host.uuid)
+    from volstack.agent.client import AgentClient
+    if not host.credential:
+        raise ResourceUnavailable(f"Host {host.name} has no agent credential; add it again with its token")
+    return AgentClient(host.url, crypto.decrypt(host.credential), timeout=30)
