@@ -1,2 +1,3 @@
 """Importing this package declares every API command in volstack.api.registry.API."""
 from volstack.api.commands import accounts, config, infra, jobs, misc  # noqa: F401
+from volstack.api.commands import pools  # noqa: F401,E402
