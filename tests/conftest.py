@@ -1,14 +1,17 @@
 import itertools
 import os
+import uuid
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
+from guest import GuestVM  # noqa: E402
+from nfsserver import shared_server, stop_shared_server  # noqa: E402
 from pgserver import PostgresServer  # noqa: E402
+from support import ROOT, client, start_server  # noqa: E402,F401
 
 _dbs = itertools.count()
 
@@ -28,10 +31,6 @@ def db_url(request, tmp_path):
     return request.getfixturevalue("postgres").createdb(f"t{os.getpid()}_{next(_dbs)}")
 
 
-def start_server(db_url, tmp_path, **kw):
-    from volstack.management import ManagementServer
-    kw.setdefault("heartbeat_seconds", 0.5)
-    return ManagementServer(db_url, tmp_path / "volstack.key", port=0, **kw).start()
 
 
 @pytest.fixture
@@ -48,12 +47,36 @@ def server_any_db(db_url, tmp_path):
     ms.stop()
 
 
-def client(ms, key=None, secret=None, **kw):
-    from cs import CloudStack
-    return CloudStack(endpoint=ms.endpoint, key=key or ms.admin.api_key, secret=secret or ms.admin_secret,
-                      **{"poll_interval": 0.05, "fetch_result": True, **kw})
 
 
 @pytest.fixture
 def cs(server):
     return client(server)
+
+
+@pytest.fixture(scope="session")
+def _nfs_session():
+    yield
+    stop_shared_server()
+
+
+@pytest.fixture
+def nfs_server(_nfs_session):
+    """The machine's one throwaway NFS server (nfs://127.0.0.1/export), started on first use."""
+    return shared_server()
+
+
+@pytest.fixture
+def nfs_pool(nfs_server, tmp_path):
+    """A fresh NFS export for this test (a primary storage pool): (url, local directory)."""
+    pseudo, path = f"/pool-{uuid.uuid4().hex[:8]}", tmp_path / "nfs-pool"
+    url = nfs_server.add_export(pseudo, path)
+    yield url, path
+    nfs_server.remove_export(pseudo)
+
+
+@pytest.fixture(scope="module")
+def guest_vm(tmp_path_factory):
+    """A booted TCG test guest (tests/guest.py GuestVM): .qmp, .console, .plug(), .unplug()."""
+    with GuestVM(tmp_path_factory.mktemp("guest")) as vm:
+        yield vm

@@ -33,7 +33,7 @@ def wait_job(ms, jobid, polls=2000):
     """Poll queryAsyncJobResult as clients do (every 10 ms here) until the job leaves PENDING."""
     import time
 
-    from conftest import client
+    from support import client
     api = client(ms, fetch_result=False)
     for _ in range(polls):
         job = api.queryAsyncJobResult(jobid=jobid)

@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 
 import requests
 
-from conftest import client, start_server
+from support import client, start_server
 from helpers import expires, get, post, signed, wait_job
 from volstack.api.signing import sign
 

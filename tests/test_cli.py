@@ -104,7 +104,7 @@ def test_apply_is_idempotent(tmp_path):
 
 @pytest.mark.slow
 def test_two_serve_processes_on_one_postgres_share_work_without_running_a_job_twice(postgres, tmp_path):
-    from conftest import client
+    from support import client
     from helpers import wait_job
     url = postgres.createdb("cli_two")
     key = tmp_path / "shared.key"

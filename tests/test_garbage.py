@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import client
+from support import client
 from helpers import signed, wait_job
 from volstack.api.registry import API
 

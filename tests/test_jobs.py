@@ -256,7 +256,7 @@ def test_finished_jobs_expire(tmp_path):
 
 def test_api_job_reports_progress_while_it_works(server):
     """An async command that writes, reports progress and waits: pollers see the progress and the write."""
-    from conftest import client
+    from support import client
     from helpers import wait_job
     from volstack.api.registry import API, ROOT, Command, Param, Registry, Success
     from volstack.db.models import Zone

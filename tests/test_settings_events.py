@@ -2,7 +2,7 @@
 import pytest
 from cs import CloudStackApiException
 
-from conftest import client
+from support import client
 from volstack.services import settings as S
 
 

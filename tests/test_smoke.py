@@ -1,4 +1,4 @@
-from conftest import client
+from support import client
 
 
 def test_list_zones_on_both_databases(server_any_db):

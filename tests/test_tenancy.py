@@ -3,7 +3,7 @@ import pytest
 from cs import CloudStackApiException
 from sqlalchemy import select
 
-from conftest import client
+from support import client
 from volstack.db.models import User
 
 
@@ -127,6 +127,7 @@ def test_check_limit_refuses_with_532(server):
     from volstack.services import accounts
     api = client(server)
     acc, _ = _user_api(server, api, "alice")
+    previous = accounts._usage_counters.get("volume")
     accounts.register_usage_counter("volume", lambda s, account_id: 20)
     try:
         with server.db.session() as s:
@@ -136,4 +137,4 @@ def test_check_limit_refuses_with_532(server):
             assert "Account Resource Limit = 20" in e.value.text
             accounts.check_limit(s, 2, "volume")   # root admin: unlimited
     finally:
-        accounts._usage_counters.pop("volume", None)
+        accounts.register_usage_counter("volume", previous)

@@ -21,8 +21,9 @@ log = logging.getLogger("volstack")
 class ManagementServer:
     def __init__(self, db_url: str, key_file: str | Path, *, host: str = "127.0.0.1", port: int = 8080,
                  workers: int = 4, threads: int = 8, name: str | None = None, heartbeat_seconds: float = 5.0,
-                 admin_password: str | None = None):
+                 admin_password: str | None = None, host_check_seconds: float = 10):
         self.host, self.port, self.threads = host, port, threads
+        self.host_check_seconds = host_check_seconds
         crypto.load_key(key_file)
         self.db = Database(db_url)
         self.db.upgrade()
@@ -37,6 +38,15 @@ class ManagementServer:
         self._http = None
         self._thread = None
         self._cache: dict = {}
+        self._add_periodic_tasks()
+
+    def _add_periodic_tasks(self) -> None:
+        from volstack.services import agents
+        from volstack.services.context import system_context
+        self.jobs.add_periodic("host heartbeat", lambda: self.host_check_seconds,
+                               lambda: agents.check_hosts(self.db, system_context(), 3 * self.host_check_seconds))
+        self.jobs.add_periodic("pool statistics", lambda: self.settings.get(S.VOLUME_STATS_INTERVAL) / 1000,
+                               lambda: agents.refresh_pool_stats(self.db))
 
     # Settings read on every request are cached for a few seconds. Inside a request pass its session:
     # on SQLite a second session would wait for the lock the request's own transaction holds.

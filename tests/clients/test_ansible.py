@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from clienttools import ANSIBLE_PLAYBOOK, CLIENTS_PYTHON, cs_env, describe, run
-from conftest import client
+from support import client
 
 PLAYBOOK = Path(__file__).with_name("playbook.yml")
 RECAP = re.compile(r"^localhost\s*:\s*(.*)$", re.M)

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from clienttools import CLOUDMONKEY_BIN, client_env, describe, run
-from conftest import client, start_server
+from support import client, start_server
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -8,7 +8,7 @@ import requests
 from cs import CloudStackApiException
 
 from clienttools import CS_BIN, client_env, cs_env, describe, run
-from conftest import client, start_server
+from support import client, start_server
 from volstack.api.signing import sign
 
 

@@ -57,6 +57,7 @@ class JobEngine:
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._periodic: list[list] = []       # [name, seconds(), fn, next due]
 
     # ------------------------------------------------------------ lifecycle
 
@@ -75,9 +76,10 @@ class JobEngine:
             t = threading.Thread(target=self._work, name=f"job-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        t = threading.Thread(target=self._housekeeping, name="job-housekeeping", daemon=True)
-        t.start()
-        self._threads.append(t)
+        for target, name in ((self._housekeeping, "job-housekeeping"), (self._run_periodic, "periodic")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
 
     def stop(self, wait: bool = True) -> None:
         self._stop.set()
@@ -192,6 +194,22 @@ class JobEngine:
                     last_expire = time.monotonic()
             except Exception:
                 log.exception("job housekeeping failed")
+
+    def add_periodic(self, name: str, seconds, fn) -> None:
+        """Run fn() every seconds() seconds (a callable, so a setting change applies at the next run)."""
+        self._periodic.append([name, seconds, fn, time.monotonic() + seconds()])
+
+    def _run_periodic(self) -> None:
+        while not self._stop.wait(0.2):
+            for task in self._periodic:
+                name, seconds, fn, due = task
+                if time.monotonic() < due:
+                    continue
+                try:
+                    fn()
+                except Exception:
+                    log.exception("periodic task %s failed", name)
+                task[3] = time.monotonic() + max(0.1, seconds())
 
     def reconcile(self) -> int:
         """Settle running jobs whose server is gone. Returns how many were settled."""

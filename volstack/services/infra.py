@@ -17,7 +17,8 @@ _host_connectors: dict = {}
 
 
 def register_host_connector(hypervisor: str, fn) -> None:
-    """fn(session, host, url, username, password) connects a new host or raises a CloudError."""
+    """fn(session, host, url, username, password) connects a new host or raises a CloudError; it may
+    rename the host (an agent reports its own host name)."""
     _host_connectors[hypervisor] = fn
 
 
@@ -298,7 +299,7 @@ def add_host(s, ctx, zoneid, podid, url, hypervisor, clusterid=None, clustername
     if cl.hypervisor != hv:
         raise InvalidParameter(f"Cannot add a {hv} host to cluster {cl.name}, whose hypervisor is {cl.hypervisor}")
     name = _host_name_from_url(url)
-    if s.scalar(select(Host).where(Host.zone_id == zone.id, Host.name == name)):
+    if hv != "KVM" and s.scalar(select(Host).where(Host.zone_id == zone.id, Host.name == name)):
         raise InvalidParameter(f"A host with name {name} already exists in zone {zone.name}")
     connect = _host_connectors.get(hv)
     if connect is None:

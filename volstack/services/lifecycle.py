@@ -57,3 +57,33 @@ POOL = Lifecycle("storage pool", "state", {
     "CancelMaintenance": {"MaintenanceCancelled": "Up", "MaintenanceFailed": "ErrorInMaintenance"},
     "Removed": {},
 })
+
+# CloudStack's volume state machine (reference §3.1), the part volstack drives.
+VOLUME = Lifecycle("volume", "state", {
+    "Allocated": {"CreateRequested": "Creating", "DestroyRequested": "Destroy", "UploadRequested": "UploadOp"},
+    "Creating": {"OperationSucceeded": "Ready", "OperationFailed": "Allocated", "DestroyRequested": "Destroy"},
+    "Ready": {"ResizeRequested": "Resizing", "DestroyRequested": "Destroy", "MigrationRequested": "Migrating",
+              "AttachRequested": "Attaching", "SnapshotRequested": "Snapshotting",
+              "RevertSnapshotRequested": "RevertSnapshotting"},
+    "Resizing": {"OperationSucceeded": "Ready", "OperationFailed": "Ready"},
+    "Migrating": {"OperationSucceeded": "Ready", "OperationFailed": "Ready"},
+    "Attaching": {"OperationSucceeded": "Ready", "OperationFailed": "Ready"},
+    "Snapshotting": {"OperationSucceeded": "Ready", "OperationFailed": "Ready"},
+    "RevertSnapshotting": {"OperationSucceeded": "Ready", "OperationFailed": "Ready"},
+    "UploadOp": {"OperationSucceeded": "Uploaded", "OperationFailed": "Allocated", "DestroyRequested": "Destroy"},
+    "Uploaded": {"DestroyRequested": "Destroy"},
+    "Destroy": {"ExpungingRequested": "Expunging", "RecoverRequested": "Ready", "RecoverAllocated": "Allocated"},
+    "Expunging": {"OperationSucceeded": "Expunged", "OperationFailed": "Destroy"},
+    "Expunged": {},
+})
+
+VM = Lifecycle("virtual machine", "state", {
+    "Stopped": {"StartRequested": "Starting", "DestroyRequested": "Destroyed", "MigrationRequested": "Stopped"},
+    "Starting": {"OperationSucceeded": "Running", "OperationFailed": "Stopped"},
+    "Running": {"StopRequested": "Stopping", "RebootRequested": "Running", "MigrationRequested": "Migrating"},
+    "Stopping": {"OperationSucceeded": "Stopped", "OperationFailed": "Running"},
+    "Migrating": {"OperationSucceeded": "Running", "OperationFailed": "Running"},
+    "Destroyed": {"RecoveryRequested": "Stopped", "ExpungeRequested": "Expunging"},
+    "Expunging": {"OperationSucceeded": "Expunged"},
+    "Expunged": {},
+})

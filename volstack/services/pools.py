@@ -264,9 +264,9 @@ def cancel_maintenance(s, ctx, id) -> StoragePool:
     require_root_admin(ctx)
     pool = get_pool(s, id)
     POOL.fire(s, pool, "CancelMaintenance")
-    for hook in cancel_maintenance_hooks:
-        hook(s, ctx, pool)
     POOL.fire(s, pool, "MaintenanceCancelled")
+    for hook in cancel_maintenance_hooks:      # restart the guests maintenance stopped, on an Up pool
+        hook(s, ctx, pool)
     events.record(s, ctx, "MAINT.CANCEL.PS", f"Storage pool {pool.name} left maintenance", resource_type="StoragePool",
                   resource_uuid=pool.uuid)
     return pool

@@ -1,3 +1,5 @@
 """Importing this package declares every API command in volstack.api.registry.API."""
 from volstack.api.commands import accounts, config, infra, jobs, misc  # noqa: F401
 from volstack.api.commands import pools  # noqa: F401,E402
+from volstack.api.commands import offerings  # noqa: F401,E402
+from volstack.api.commands import volumes  # noqa: F401,E402

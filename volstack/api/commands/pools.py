@@ -5,7 +5,7 @@ from volstack.api.registry import API, BOOLEAN, LIST, LONG, MAP, STRING, UUID, F
 from volstack.api.views import Lookups, _a, _date, _ref
 from volstack.db import models as m
 from volstack.drivers import driver_for
-from volstack.services import pools, settings as S
+from volstack.services import agents, pools, settings as S  # noqa: F401  (agents: KVM hosts join)
 from volstack.services.catalog import register_storage_provider
 
 register_storage_provider("primary", "DefaultPrimary")

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian packages a volstack KVM host needs, and the storage tests with it:
+#   QEMU + qemu-img (with the nfs/iscsi/rbd block drivers), a userspace NFS server (nfs-ganesha + rpcbind),
+#   libnfs client tools (nfs-ls, nfs-cp), and busybox-static (the tiny test guest's userland,
+#   see scripts/build-guest.sh). Safe to run again: apt-get runs only when something is missing.
+# Usage: scripts/install-host.sh            (root, Debian 12)
+set -euo pipefail
+
+pkgs=(
+  qemu-utils          # qemu-img, qemu-io, qemu-nbd
+  qemu-system-x86     # qemu-system-x86_64 (TCG and KVM)
+  qemu-block-extra    # QEMU block drivers nfs:// (libnfs), iscsi:// (libiscsi), rbd:, ...
+  nfs-ganesha         # userspace NFS server (no kernel nfsd on our hosts)
+  nfs-ganesha-vfs     # ganesha's VFS backend: export a local directory
+  rpcbind             # portmapper (NFSv3 MOUNT needs it) + rpcinfo
+  libnfs-utils        # nfs-ls, nfs-cp, nfs-cat: userspace NFS clients for checks
+  busybox-static      # userland of the test guest's initramfs (statically linked)
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing Debian packages: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+# Wait (up to 10 min) instead of failing when another apt/dpkg run holds the lock.
+lock=(-o DPkg::Lock::Timeout=600)
+apt-get "${lock[@]}" update -qq
+# --no-install-recommends keeps out ovmf, dbus, ipxe ROMs for unused NICs and the like.
+apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Without systemd (our test machines) nothing gets started: tests run their own ganesha and rpcbind.
+# On a systemd host Debian enables nfs-ganesha.service and rpcbind; tests/nfsserver.py reuses a running
+# rpcbind but refuses to run next to a foreign ganesha (systemctl disable --now nfs-ganesha for tests).
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || { echo "failed to install $p" >&2; exit 1; }
+done

@@ -1,0 +1,194 @@
+"""The agent's commands: argument checks, per-volume exclusion, and calls into pools and the hypervisor.
+
+`Agent.run(cmd, args, progress)` is what the server calls for `POST /v1/command`; every command is
+idempotent by itself (creating an identical existing volume succeeds, deleting a missing one
+succeeds, attaching an attached disk succeeds), on top of the server's request-id replay.
+"""
+import re
+import subprocess
+import threading
+from contextlib import contextmanager
+
+from volstack import __version__
+from volstack.agent import PROTOCOL, images
+from volstack.agent.errors import Busy, InvalidArgument
+
+REQUIRED = object()
+
+
+def arg(args: dict, key: str, kind=str, default=REQUIRED):
+    value = args.get(key, None)
+    if value is None:
+        if default is REQUIRED:
+            raise InvalidArgument(f"missing argument {key}")
+        return default
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        expected = {str: "a string", int: "an integer", bool: "true or false", dict: "an object",
+                    (int, float): "a number"}.get(kind, str(kind))
+        raise InvalidArgument(f"argument {key} must be {expected}")
+    return value
+
+
+def _nfs_driver() -> bool:
+    try:
+        out = subprocess.run(["qemu-img", "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return bool(re.search(r"Supported formats:.*\bnfs\b", out, re.S))
+
+
+class Agent:
+    def __init__(self, hostname: str, hypervisor):
+        self.hostname = hostname
+        self.hv = hypervisor
+        self._held: dict[tuple, tuple[str, bool, int]] = {}   # key -> (what, shared, holders)
+        self._guard = threading.Lock()
+        self._nfs = None
+        self.commands = {name.removeprefix("cmd_"): getattr(self, name) for name in dir(self)
+                         if name.startswith("cmd_")}
+
+    def hello(self) -> dict:
+        if self._nfs is None:
+            self._nfs = _nfs_driver()
+        caps = self.hv.capabilities()
+        caps["nfs_driver"] = self._nfs
+        return {"protocol": PROTOCOL, "hostname": self.hostname, "hypervisor": self.hv.name,
+                "version": __version__, "capabilities": caps}
+
+    def run(self, cmd: str, args: dict, progress=None) -> dict:
+        fn = self.commands.get(cmd) if isinstance(cmd, str) else None
+        if fn is None:
+            raise InvalidArgument(f"unknown command {cmd!r} (this agent speaks protocol {PROTOCOL}: "
+                                  f"{', '.join(sorted(self.commands))})")
+        return fn(args, progress or (lambda p: None))
+
+    def pool(self, args: dict, key: str = "pool") -> images.Pool:
+        return images.open_pool(arg(args, key, dict), self.hostname)
+
+    @contextmanager
+    def hold(self, pool: images.Pool, name: str, what: str, shared: bool = False):
+        """Use of one image for one operation. Exclusive holds (create, delete, resize, being written) refuse
+        any other at the same time; shared ones (being read) only refuse exclusive ones."""
+        key = (pool.uuid, name)
+        with self._guard:
+            held = self._held.get(key)
+            if held is not None and not (shared and held[1]):
+                raise Busy(f"volume {name} in pool {pool.uuid} is busy ({held[0]}); try again later")
+            self._held[key] = (what, shared, (held[2] if held else 0) + 1)
+        try:
+            yield
+        finally:
+            with self._guard:
+                what, shared, count = self._held[key]
+                if count > 1:
+                    self._held[key] = (what, shared, count - 1)
+                else:
+                    del self._held[key]
+
+    # ---- pools
+
+    def cmd_pool_connect(self, args, progress):
+        return self.pool(args).connect()
+
+    def cmd_pool_stats(self, args, progress):
+        return self.pool(args).stats()
+
+    def cmd_pool_disconnect(self, args, progress):
+        self.pool(args)
+        return {}
+
+    def cmd_pool_list(self, args, progress):
+        return {"entries": images.list_entries(self.pool(args), arg(args, "path", str, ""))}
+
+    # ---- volumes
+
+    def cmd_volume_create(self, args, progress):
+        pool, name = self.pool(args), images.check_name(arg(args, "name"))
+        with self.hold(pool, name, "being created"):
+            return images.create(pool, name, arg(args, "size", int), arg(args, "format"),
+                                 arg(args, "provisioning", str, "thin"))
+
+    def cmd_volume_info(self, args, progress):
+        return images.info(self.pool(args), images.check_name(arg(args, "name")), arg(args, "format", str, None))
+
+    def cmd_volume_delete(self, args, progress):
+        pool, name = self.pool(args), images.check_name(arg(args, "name"))
+        with self.hold(pool, name, "being deleted"):
+            vm = self.hv.in_use(pool.uuid, name)
+            if vm:
+                raise Busy(f"volume {name} is attached to running VM {vm}; detach it or stop the VM first")
+            return images.delete(pool, name)
+
+    def cmd_volume_resize(self, args, progress):
+        pool, name = self.pool(args), images.check_name(arg(args, "name"))
+        with self.hold(pool, name, "being resized"):
+            vm = self.hv.in_use(pool.uuid, name)
+            if vm:
+                raise Busy(f"volume {name} is attached to running VM {vm}; use disk_resize to resize it online")
+            return images.resize(pool, name, arg(args, "size", int), arg(args, "shrink_ok", bool, False))
+
+    def cmd_volume_copy(self, args, progress):
+        src, dst = self.pool(args, "src_pool"), self.pool(args, "dst_pool")
+        src_name, dst_name = images.check_name(arg(args, "src_name")), images.check_name(arg(args, "dst_name"))
+        with self.hold(src, src_name, "being copied", shared=True), self.hold(dst, dst_name, "being copied to"):
+            return images.copy(src, src_name, dst, dst_name, arg(args, "format"), progress,
+                               arg(args, "src_format", str, None))
+
+    def cmd_volume_mirror(self, args, progress):
+        dst, dst_name = self.pool(args, "dst_pool"), images.check_name(arg(args, "dst_name"))
+        with self.hold(dst, dst_name, "being migrated to"):
+            return self.hv.mirror(arg(args, "vm"), arg(args, "serial"), args["dst_pool"], dst_name,
+                                  arg(args, "format"), progress, arg(args, "speed", int, 0))
+
+    # ---- guests
+
+    def cmd_vm_start(self, args, progress):
+        return self.hv.start(args)
+
+    def cmd_vm_stop(self, args, progress):
+        return self.hv.stop(images.check_name(arg(args, "name")), arg(args, "forced", bool, False),
+                            arg(args, "timeout", (int, float), 10))
+
+    def cmd_vm_reboot(self, args, progress):
+        return self.hv.reboot(images.check_name(arg(args, "name")))
+
+    def cmd_vm_destroy(self, args, progress):
+        return self.hv.destroy(images.check_name(arg(args, "name")))
+
+    def cmd_vm_list(self, args, progress):
+        return self.hv.list()
+
+    def cmd_disk_attach(self, args, progress):
+        return self.hv.attach(images.check_name(arg(args, "vm")), arg(args, "disk", dict))
+
+    def cmd_disk_detach(self, args, progress):
+        return self.hv.detach(images.check_name(arg(args, "vm")), arg(args, "serial"),
+                              arg(args, "timeout", (int, float), 30))
+
+    def cmd_disk_set_qos(self, args, progress):
+        return self.hv.set_qos(images.check_name(arg(args, "vm")), arg(args, "serial"), arg(args, "qos", dict, {}))
+
+    def cmd_disk_stats(self, args, progress):
+        return self.hv.stats(images.check_name(arg(args, "vm")))
+
+    def cmd_disk_resize(self, args, progress):
+        return self.hv.resize(images.check_name(arg(args, "vm")), arg(args, "serial"), arg(args, "size", int))
+
+    # ---- after a restart
+
+    def recover(self, cmd: str, args: dict) -> dict | None:
+        """The result of a task interrupted by an agent restart if its work is verifiably complete;
+        otherwise undo what it left behind and return None."""
+        if cmd == "volume_copy":
+            dst, name = self.pool(args, "dst_pool"), images.check_name(arg(args, "dst_name"))
+            if dst.exists(images.part_name(name)):
+                dst.remove(images.part_name(name))
+                return None
+            if dst.exists(name):
+                have = images.info(dst, name, arg(args, "format"))
+                return {"path": name, "size": have["size"], "physical_size": have["physical_size"],
+                        "format": have["format"]}
+            return None
+        if cmd == "volume_mirror":
+            return self.hv.recover_mirror(args)
+        return None

@@ -1,0 +1,378 @@
+"""Pool adapters and the qemu-img operations on volume images.
+
+A pool is described by the management server in every command: {"uuid", "type", "path", "host",
+"export"}. Volume images live directly in the pool root under the name the management server gives
+(usually the volume uuid, no extension). There is one adapter per kind of pool, each with the same
+small interface; the image operations below work on any adapter through qemu-img, always with an
+explicit `-f` when the format is known.
+
+- `DirectoryPool` (Filesystem, SharedMountPoint): a local directory. The agent never creates or
+  mounts it: a missing directory is reported, not repaired.
+- `NfsPool` (NetworkFilesystem): `nfs://host/export/name` through QEMU's userspace NFS driver, plus
+  `nfs3.NfsClient` for capacity, listing, delete and rename. Nothing is ever mounted.
+"""
+import ctypes
+import json
+import os
+import re
+import subprocess
+from urllib.parse import quote
+
+from volstack.agent import nfs3
+from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound, Unavailable
+
+FORMATS = ("qcow2", "raw")
+MAX_SIZE = 1 << 50   # 1 PiB: anything larger is a mistake, not a volume
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}$")
+
+
+def check_name(name) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidArgument(f"invalid image name {name!r}: use letters, digits and . _ + - "
+                              "(one path component, not starting with a dot)")
+    return name
+
+
+def check_size(size) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size > MAX_SIZE:
+        raise InvalidArgument(f"invalid size {size!r}: give a positive number of bytes up to {MAX_SIZE}")
+    return size
+
+
+def check_format(fmt) -> str:
+    if fmt not in FORMATS:
+        raise InvalidArgument(f"invalid format {fmt!r}: use one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def _split(path) -> list[str]:
+    """Components of a path relative to a pool root; anything that could leave the root is refused."""
+    if path in (None, "", "/", "."):
+        return []
+    if not isinstance(path, str) or path.startswith("/") or "\0" in path:
+        raise InvalidArgument(f"path {path!r} must be relative to the pool root")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidArgument(f"path {path!r} leaves the pool")
+    return parts
+
+
+class Pool:
+    """The interface of a pool adapter."""
+    uuid: str
+
+    def connect(self) -> dict: ...          # checks the pool is usable here; returns stats()
+    def stats(self) -> dict: ...            # {"capacity", "used", "available"} in bytes
+    def list(self, path: str) -> list: ...  # [{"name", "isdirectory", "size", "lastupdated"}]
+    def exists(self, name: str) -> bool: ...
+    def remove(self, name: str) -> bool: ...   # False when it was already gone
+    def rename(self, src: str, dst: str) -> None: ...
+    def target(self, name: str) -> str: ...     # what qemu-img is given
+    def blockdev(self, name: str) -> dict: ...  # QMP protocol-node options for QEMU
+    preallocation: dict                     # provisioning -> {format: qemu-img preallocation or None}
+
+
+class DirectoryPool(Pool):
+    preallocation = {"thin": {"qcow2": "off", "raw": "off"},
+                     "sparse": {"qcow2": "metadata", "raw": "off"},
+                     "fat": {"qcow2": "falloc", "raw": "full"}}
+
+    def __init__(self, spec: dict, hostname: str):
+        self.uuid, self.hostname = spec.get("uuid"), hostname
+        path = spec.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise InvalidArgument(f"pool {self.uuid}: path {path!r} must be an absolute directory path")
+        self.root = os.path.normpath(path)
+
+    def _check(self) -> None:
+        if not os.path.isdir(self.root):
+            raise Unavailable(f"path {self.root} does not exist on host {self.hostname}")
+
+    def connect(self) -> dict:
+        self._check()
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise Unavailable(f"path {self.root} on host {self.hostname} is not writable by the agent")
+        return self.stats()
+
+    def stats(self) -> dict:
+        self._check()
+        st = os.statvfs(self.root)
+        capacity = st.f_blocks * st.f_frsize
+        return {"capacity": capacity, "used": capacity - st.f_bfree * st.f_frsize,
+                "available": st.f_bavail * st.f_frsize}
+
+    def _inside(self, parts: list[str]) -> str:
+        root = os.path.realpath(self.root)
+        real = os.path.realpath(os.path.join(root, *parts))
+        if real != root and not real.startswith(root + os.sep):
+            raise InvalidArgument(f"path {'/'.join(parts)!r} leaves the pool")
+        return real
+
+    def list(self, path: str) -> list:
+        self._check()
+        where = self._inside(_split(path))
+        if not os.path.isdir(where):
+            raise NotFound(f"no directory {path!r} in pool {self.uuid}")
+        out = []
+        for e in sorted(os.scandir(where), key=lambda e: e.name):
+            st = e.stat(follow_symlinks=False)
+            link = e.is_symlink()
+            out.append({"name": e.name, "isdirectory": e.is_dir(follow_symlinks=False), "size": st.st_size,
+                        "lastupdated": int(st.st_mtime),
+                        "_probe": e.path if e.is_file(follow_symlinks=False) and not link else None})
+        return out
+
+    def exists(self, name: str) -> bool:
+        self._check()
+        return os.path.lexists(self.target(name))
+
+    def remove(self, name: str) -> bool:
+        self._check()
+        try:
+            os.unlink(self.target(name))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(self.target(src), self.target(dst))
+
+    def target(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def blockdev(self, name: str) -> dict:
+        return {"driver": "file", "filename": self.target(name)}
+
+
+class NfsPool(Pool):
+    # QEMU's nfs driver has no preallocation: "fat" writes zeros over the whole image afterwards
+    preallocation = {"thin": {"qcow2": "off", "raw": None},
+                     "sparse": {"qcow2": "metadata", "raw": None},
+                     "fat": {"qcow2": "metadata", "raw": None}}
+    write_zeros_for_fat = True
+
+    def __init__(self, spec: dict, hostname: str):
+        self.uuid, self.hostname = spec.get("uuid"), hostname
+        self.host, export = spec.get("host"), spec.get("export") or spec.get("path")
+        if not isinstance(self.host, str) or not re.match(r"^[A-Za-z0-9.:\[\]-]+$", self.host or ""):
+            raise InvalidArgument(f"pool {self.uuid}: invalid NFS server {self.host!r}")
+        if not isinstance(export, str) or not export.startswith("/") or ".." in export.split("/"):
+            raise InvalidArgument(f"pool {self.uuid}: NFS export {export!r} must be an absolute path")
+        self.export = "/" + "/".join(p for p in export.split("/") if p)
+
+    def _client(self) -> nfs3.NfsClient:
+        try:
+            return nfs3.NfsClient(self.host, self.export)
+        except nfs3.NfsError as e:
+            raise Unavailable(f"NFS export {self.host}:{self.export} is not reachable from host "
+                              f"{self.hostname}: {e}") from None
+
+    def _call(self, fn):
+        with self._client() as c:
+            try:
+                return fn(c)
+            except nfs3.NfsUnreachable as e:
+                raise Unavailable(f"NFS server {self.host}: {e}") from None
+            except nfs3.NfsError as e:
+                if e.status == 2:
+                    raise NotFound(f"pool {self.uuid}: {e}") from None
+                if e.status in (20, 22):
+                    raise InvalidArgument(f"pool {self.uuid}: {e}") from None
+                raise Failed(f"NFS {self.host}:{self.export}: {e}") from None
+
+    def connect(self) -> dict:
+        return self.stats()
+
+    def stats(self) -> dict:
+        return self._call(lambda c: c.fsstat())
+
+    def list(self, path: str) -> list:
+        parts = _split(path)
+        out = []
+        for a in sorted(self._call(lambda c: c.listdir(parts)), key=lambda a: a["name"]):
+            rel = "/".join(parts + [a["name"]])
+            out.append({"name": a["name"], "isdirectory": a["type"] == nfs3.NF3DIR, "size": a["size"],
+                        "lastupdated": a["mtime"], "_probe": self._url(rel) if a["type"] == nfs3.NF3REG else None})
+        return out
+
+    def exists(self, name: str) -> bool:
+        return self._call(lambda c: c.stat([name])) is not None
+
+    def remove(self, name: str) -> bool:
+        return self._call(lambda c: c.remove([name]))
+
+    def rename(self, src: str, dst: str) -> None:
+        self._call(lambda c: c.rename([src], [dst]))
+
+    def _url(self, rel: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"nfs://{host}{quote(self.export)}/{quote(rel)}"
+
+    def target(self, name: str) -> str:
+        return self._url(name)
+
+    def blockdev(self, name: str) -> dict:
+        return {"driver": "nfs", "server": {"type": "inet", "host": self.host}, "path": f"{self.export}/{name}"}
+
+
+POOL_TYPES = {"Filesystem": DirectoryPool, "SharedMountPoint": DirectoryPool, "NetworkFilesystem": NfsPool}
+
+
+def open_pool(spec, hostname: str) -> Pool:
+    if not isinstance(spec, dict):
+        raise InvalidArgument("pool must be an object with uuid, type and path (or host and export)")
+    cls = POOL_TYPES.get(spec.get("type"))
+    if cls is None:
+        raise InvalidArgument(f"unsupported pool type {spec.get('type')!r}: use one of {', '.join(POOL_TYPES)}")
+    return cls(spec, hostname)
+
+
+# ---- qemu-img
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_agent() -> None:
+    _libc.prctl(1, 9)   # PR_SET_PDEATHSIG, SIGKILL: no orphaned copy keeps writing after the agent died
+
+
+def _error(stderr: str, what: str) -> Exception:
+    text = " ".join(line.removeprefix("qemu-img: ") for line in stderr.strip().splitlines()[-3:])
+    if 'lock' in text and ('Failed to get' in text or 'Is another process using' in text):
+        return Busy(f"{what}: the image is in use by a running guest ({text})")
+    if "No such file" in text or "NFS3ERR_NOENT" in text:
+        return NotFound(f"{what}: {text}")
+    if "Failed to mount nfs share" in text or "nfs_service failed" in text:
+        return Unavailable(f"{what}: {text}")
+    return Failed(f"{what}: {text}")
+
+
+def qemu_img(args: list[str], what: str, timeout: float = 300) -> str:
+    try:
+        r = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=timeout,
+                           preexec_fn=_die_with_agent)
+    except subprocess.TimeoutExpired:
+        raise Unavailable(f"{what}: qemu-img did not finish within {timeout:.0f} s") from None
+    except FileNotFoundError:
+        raise Failed("qemu-img is not installed on this host (Debian package qemu-utils)") from None
+    if r.returncode:
+        raise _error(r.stderr, what)
+    return r.stdout
+
+
+def probe(target: str) -> str | None:
+    """Format of an image by probing (read-only), None when it cannot be opened."""
+    try:
+        return json.loads(qemu_img(["info", "-U", "--output=json", target], "probe", timeout=30))["format"]
+    except Exception:
+        return None
+
+
+def list_entries(pool: Pool, path: str) -> list:
+    out = []
+    for e in pool.list(path):
+        src = e.pop("_probe")
+        e["format"] = probe(src) if src else None
+        out.append(e)
+    return out
+
+
+def info(pool: Pool, name: str, fmt: str | None = None) -> dict:
+    args = ["info", "-U", "--output=json"] + (["-f", check_format(fmt)] if fmt else [])
+    if not pool.exists(name):
+        raise NotFound(f"volume {name} does not exist in pool {pool.uuid}")
+    data = json.loads(qemu_img(args + [pool.target(name)], f"volume {name}", timeout=60))
+    return {"size": data["virtual-size"], "physical_size": data.get("actual-size", 0), "format": data["format"],
+            "backing": data.get("full-backing-filename") or data.get("backing-filename")}
+
+
+def create(pool: Pool, name: str, size: int, fmt: str, provisioning: str = "thin") -> dict:
+    check_name(name), check_size(size), check_format(fmt)
+    provisioning = provisioning.lower() if isinstance(provisioning, str) else provisioning
+    if provisioning not in pool.preallocation:
+        raise InvalidArgument(f"invalid provisioning {provisioning!r}: use thin, sparse or fat")
+    if pool.exists(name):
+        have = info(pool, name)
+        if have["format"] != fmt or have["size"] != size:
+            raise InvalidArgument(f"volume {name} already exists in pool {pool.uuid} as {have['format']} of "
+                                  f"{have['size']} bytes (asked: {fmt} of {size} bytes)")
+        return {"path": name, "size": have["size"], "physical_size": have["physical_size"]}
+    prealloc = pool.preallocation[provisioning][fmt]
+    if provisioning == "fat" and size > pool.stats()["available"]:
+        raise Failed(f"pool {pool.uuid} has not enough free space for a fat volume of {size} bytes")
+    args = ["create", "-q", "-f", fmt] + (["-o", f"preallocation={prealloc}"] if prealloc else [])
+    try:
+        qemu_img(args + [pool.target(name), str(size)], f"create volume {name}")
+        if provisioning == "fat" and getattr(pool, "write_zeros_for_fat", False):
+            qemu_img(["convert", "-n", "-S", "0", "--image-opts", f"driver=null-co,size={size},read-zeroes=on",
+                      "-O", fmt, pool.target(name)], f"allocate volume {name}", timeout=None)
+    except Exception:
+        pool.remove(name)   # qemu-img leaves a partial file behind on failure
+        raise
+    have = info(pool, name, fmt)
+    return {"path": name, "size": have["size"], "physical_size": have["physical_size"]}
+
+
+def delete(pool: Pool, name: str) -> dict:
+    check_name(name)
+    pool.remove(name)
+    return {}
+
+
+def resize(pool: Pool, name: str, size: int, shrink_ok: bool = False) -> dict:
+    check_name(name), check_size(size)
+    have = info(pool, name)
+    if size == have["size"]:
+        return {"size": size}
+    if size < have["size"] and not shrink_ok:
+        raise InvalidArgument(f"volume {name} is {have['size']} bytes; shrinking it to {size} bytes loses data "
+                              "and needs shrink_ok")
+    args = ["resize", "-q", "-f", have["format"]] + (["--shrink"] if size < have["size"] else [])
+    qemu_img(args + [pool.target(name), str(size)], f"resize volume {name}")
+    return {"size": info(pool, name, have["format"])["size"]}
+
+
+def part_name(name: str) -> str:
+    """Where a copy is written before it is renamed into place (so a finished name is a finished copy)."""
+    return f".{name}.part"
+
+
+_PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=None,
+         src_format: str | None = None) -> dict:
+    """qemu-img convert src -> dst, progress(percent) as it goes; a failed copy leaves no destination."""
+    check_name(src_name), check_name(dst_name), check_format(fmt)
+    if dst.exists(dst_name):
+        raise InvalidArgument(f"volume {dst_name} already exists in pool {dst.uuid}")
+    src_format = src_format or info(src, src_name)["format"]
+    part = part_name(dst_name)
+    dst.remove(part)
+    cmd = ["qemu-img", "convert", "-p", "-f", src_format, "-O", fmt, src.target(src_name), dst.target(part)]
+    proc = None
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_agent)
+        buf, last = b"", -1
+        while chunk := proc.stdout.read1(4096):
+            buf += chunk
+            found = _PERCENT.findall(buf)
+            buf = buf[-64:]
+            if found and progress and int(float(found[-1])) != last:
+                last = int(float(found[-1]))
+                progress(last)
+        err = proc.stderr.read().decode(errors="replace")
+        if proc.wait():
+            raise _error(err, f"copy {src_name} to pool {dst.uuid}")
+        dst.rename(part, dst_name)
+    except BaseException:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        try:
+            dst.remove(part)
+        except Exception:
+            pass
+        raise
+    have = info(dst, dst_name, fmt)
+    return {"path": dst_name, "size": have["size"], "physical_size": have["physical_size"], "format": fmt}

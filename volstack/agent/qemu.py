@@ -1,0 +1,577 @@
+"""The `qemu` hypervisor adapter: guests are daemonized QEMU processes driven through QMP.
+
+Each guest has a directory `<state>/vms/<name>/` with `vm.json` (what the agent knows: spec, disks,
+slots, node names), `qemu.pid` and `console.log`, and three unix sockets: `qmp.sock` (the agent's
+monitor), `monitor.sock` (a second QMP monitor for operators and tests) and `console.sock` (the
+serial console). QEMU daemonizes, so guests outlive the agent; a restarted agent finds them again
+from the pid file (checked against the process's command line) and its monitor.
+
+Guests with a kernel run under TCG (KVM here is paravirtual and cannot boot a stock kernel) and get
+virtio-blk disks, one pcie-root-port each. Guests without a kernel are started paused (`-S`) under
+KVM when it works; nothing in them can acknowledge a virtio unplug, so their disks are scsi-hd on a
+virtio-scsi controller, which unplugs at once. Disks are found by serial either way.
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+from volstack.agent import hypervisor as hv
+from volstack.agent import images
+from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound
+from volstack.agent.qmp import Qmp, QmpError, QmpGone
+
+QEMU = "qemu-system-x86_64"
+SLOTS = hv.MAX_DATA_DISKS + 1
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _qmp_failure(e: QmpError, what: str) -> Exception:
+    if e.cls == "GenericError" and ("Invalid" in e.desc or "must" in e.desc or "cannot" in e.desc.lower()):
+        return InvalidArgument(f"{what}: {e.desc}")
+    return Failed(f"{what}: {e.desc}")
+
+
+class QemuHypervisor:
+    name = "qemu"
+
+    def __init__(self, state_dir: str, hostname: str):
+        self.root = os.path.join(state_dir, "vms")
+        self.hostname = hostname
+        os.makedirs(self.root, exist_ok=True)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._mirroring: set[tuple[str, str]] = set()
+        self._caps = None
+
+    # ---- host facts
+
+    def capabilities(self) -> dict:
+        if self._caps is None:
+            try:
+                out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=10).stdout
+                version = re.search(r"version (\S+)", out).group(1)
+            except (OSError, AttributeError, subprocess.TimeoutExpired):
+                version = ""
+            self._caps = {"kvm": os.access("/dev/kvm", os.R_OK | os.W_OK), "tcg": bool(version),
+                          "qemu_version": version, "max_data_disks": hv.MAX_DATA_DISKS}
+        return dict(self._caps)
+
+    # ---- records
+
+    def _lock(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def _dir(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def _sock_dir(self, name: str) -> str:
+        d = self._dir(name)
+        if len(d) + len("/monitor.sock") < 100:
+            return d
+        # unix socket paths are limited to 107 bytes: deep state directories get a short twin in /tmp
+        return f"/tmp/volstack-vm-{hashlib.sha1(os.path.abspath(d).encode()).hexdigest()[:16]}"
+
+    def _load(self, name: str) -> dict | None:
+        try:
+            with open(os.path.join(self._dir(images.check_name(name)), "vm.json")) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    def _need(self, name: str) -> dict:
+        rec = self._load(name)
+        if rec is None:
+            raise NotFound(f"no VM {name} on host {self.hostname}")
+        return rec
+
+    def _save(self, rec: dict) -> None:
+        path = os.path.join(self._dir(rec["name"]), "vm.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(rec, f, indent=1)
+        os.replace(path + ".tmp", path)
+
+    def _pid(self, rec: dict) -> int | None:
+        """The guest's QEMU pid if it is running (the pid file alone could name a recycled pid)."""
+        try:
+            with open(os.path.join(self._dir(rec["name"]), "qemu.pid")) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, ValueError):
+            return None
+        return None if zombie or rec["qmp"].encode() not in cmdline else pid
+
+    def _qmp(self, rec: dict) -> Qmp:
+        try:
+            return Qmp(rec["qmp"], connect_timeout=5)
+        except QmpGone as e:
+            raise Failed(f"VM {rec['name']} on host {self.hostname} is not running ({e})") from None
+
+    def _running(self, rec: dict) -> dict:
+        if self._pid(rec) is None:
+            raise Failed(f"VM {rec['name']} is not running on host {self.hostname}")
+        return rec
+
+    def _describe(self, rec: dict) -> dict:
+        disks = sorted(rec["disks"].values(), key=lambda d: d["device_id"])
+        return {"name": rec["name"], "uuid": rec["uuid"], "state": "Running" if self._pid(rec) else "Stopped",
+                "disks": [d["serial"] for d in disks], "console": rec["console"], "monitor": rec["monitor"],
+                "accel": rec.get("accel")}
+
+    # ---- guests
+
+    def list(self) -> dict:
+        out = []
+        for name in sorted(os.listdir(self.root)):
+            rec = self._load(name)
+            if rec is not None:
+                out.append(self._describe(rec))
+        return {"vms": out}
+
+    def start(self, vm: dict) -> dict:
+        spec = hv.check_vm(vm, self.hostname)
+        name = spec["name"]
+        with self._lock(name):
+            old = self._load(name)
+            if old is not None and self._pid(old):
+                return self._describe(old)
+            for d in spec["disks"]:
+                if not images.open_pool(d["pool"], self.hostname).exists(d["name"]):
+                    raise NotFound(f"volume {d['name']} does not exist in pool {d['pool_uuid']}")
+            socks = self._sock_dir(name)
+            os.makedirs(self._dir(name), exist_ok=True)
+            os.makedirs(socks, exist_ok=True)
+            rec = {k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus", "kernel", "initrd", "append")}
+            rec.update({"bus": "virtio" if spec["kernel"] else "scsi", "disks": {}, "next_node": 0,
+                        "qmp": os.path.join(socks, "qmp.sock"), "monitor": os.path.join(socks, "monitor.sock"),
+                        "console": os.path.join(socks, "console.sock")})
+            for sock in ("qmp", "monitor", "console"):
+                if os.path.exists(rec[sock]):
+                    os.unlink(rec[sock])
+            self._save(rec)
+            self._launch(rec)
+            try:
+                with self._qmp(rec) as q:
+                    for d in spec["disks"]:
+                        self._plug(q, rec, d)
+                    if rec["kernel"]:
+                        q.execute("cont")
+            except BaseException:
+                self._kill(rec)
+                raise
+            finally:
+                self._save(rec)
+            return self._describe(rec)
+
+    def _launch(self, rec: dict) -> None:
+        vmdir = self._dir(rec["name"])
+        kvm = not rec["kernel"] and self.capabilities()["kvm"]
+        base = [QEMU, "-name", f"guest={rec['name']}", "-machine", "q35", "-m", str(rec["memory_mb"]),
+                "-smp", str(rec["cpus"]), "-nodefaults", "-no-user-config", "-display", "none", "-S",
+                "-qmp", f"unix:{rec['qmp']},server=on,wait=off", "-qmp", f"unix:{rec['monitor']},server=on,wait=off",
+                "-chardev", f"socket,id=ser0,path={rec['console']},server=on,wait=off,"
+                            f"logfile={vmdir}/console.log,logappend=on",
+                "-serial", "chardev:ser0", "-pidfile", f"{vmdir}/qemu.pid", "-daemonize"]
+        if _UUID.match(rec["uuid"]):
+            base += ["-uuid", rec["uuid"]]
+        for i in range(SLOTS):
+            slot, fn = 2 + i // 8, i % 8
+            base += ["-device", f"pcie-root-port,id=rp{i},chassis={i + 1},bus=pcie.0,addr={slot:#x}.{fn}"
+                                + (",multifunction=on" if fn == 0 else "")]
+        base += ["-device", f"virtio-scsi-pci,id=scsi0,bus=pcie.0,addr={2 + (SLOTS + 7) // 8:#x}.0"]
+        if rec["kernel"]:
+            base += ["-kernel", rec["kernel"]] + (["-initrd", rec["initrd"]] if rec["initrd"] else [])
+            base += ["-append", rec["append"]] if rec["append"] else []
+        attempts = ([["-accel", "kvm", "-cpu", "host,-arch-capabilities"]] if kvm else []) + \
+            [["-accel", "tcg,tb-size=32", "-cpu", "max"]]
+        for accel in attempts:
+            try:
+                r = subprocess.run(base + accel, capture_output=True, text=True, timeout=60,
+                                   stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                raise Failed(f"QEMU did not start VM {rec['name']} within 60 s") from None
+            if r.returncode == 0:
+                rec["accel"] = accel[1].split(",")[0]
+                return
+        text = " ".join(r.stderr.strip().splitlines()[-3:])
+        raise Failed(f"QEMU could not start VM {rec['name']}: {text}")
+
+    def _kill(self, rec: dict, graceful_timeout: float = 0) -> bool:
+        """Stop the QEMU process; True if the guest went by itself within graceful_timeout."""
+        pid = self._pid(rec)
+        if pid is None:
+            return True
+        if graceful_timeout > 0:
+            try:
+                with Qmp(rec["qmp"], connect_timeout=2) as q:
+                    q.execute("system_powerdown")
+            except (QmpGone, QmpError):
+                pass
+            if self._wait_gone(rec, graceful_timeout):
+                return True
+        try:
+            with Qmp(rec["qmp"], connect_timeout=2, timeout=5) as q:
+                q.execute("quit")
+        except (QmpGone, QmpError):
+            pass
+        if not self._wait_gone(rec, 5):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._wait_gone(rec, 5)
+        return False
+
+    def _wait_gone(self, rec: dict, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._pid(rec) is not None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def stop(self, name: str, forced: bool = False, timeout: float = 10) -> dict:
+        with self._lock(name):
+            rec = self._load(name)
+            if rec is None or self._pid(rec) is None:
+                return {"forced": False}
+            clean = self._kill(rec, 0 if forced or not rec["kernel"] else timeout)
+            return {"forced": not clean and bool(rec["kernel"])}
+
+    def reboot(self, name: str) -> dict:
+        with self._lock(name):
+            rec = self._running(self._need(name))
+            with self._qmp(rec) as q:
+                q.execute("system_reset")
+            return {}
+
+    def destroy(self, name: str) -> dict:
+        with self._lock(name):
+            rec = self._load(name)
+            if rec is None:
+                return {}
+            self._kill(rec)
+            shutil.rmtree(self._sock_dir(name), ignore_errors=True)
+            shutil.rmtree(self._dir(name), ignore_errors=True)
+            return {}
+
+    def in_use(self, pool_uuid: str, name: str) -> str | None:
+        for vm in os.listdir(self.root):
+            rec = self._load(vm)
+            if rec and any(d["pool_uuid"] == pool_uuid and d["name"] == name for d in rec["disks"].values()) \
+                    and self._pid(rec):
+                return vm
+        return None
+
+    # ---- disks
+
+    def _device(self, rec: dict, disk: dict) -> str:
+        return f"disk{disk['slot']}"
+
+    def _qdev(self, rec: dict, disk: dict) -> str:
+        dev = self._device(rec, disk)
+        return f"/machine/peripheral/{dev}/virtio-backend" if rec["bus"] == "virtio" else dev
+
+    def _new_node(self, rec: dict) -> str:
+        rec["next_node"] += 1
+        return f"vol{rec['next_node']}"
+
+    def _plug(self, q: Qmp, rec: dict, d: dict) -> None:
+        used = {x["slot"] for x in rec["disks"].values()}
+        free = [i for i in range(SLOTS) if i not in used]
+        if not free:
+            raise InvalidArgument(f"VM {rec['name']} has no free disk slot (at most {hv.MAX_DATA_DISKS} data disks)")
+        node, slot = self._new_node(rec), free[0]
+        pool = images.open_pool(d["pool"], self.hostname)
+        try:
+            q.execute("blockdev-add", {"driver": d["format"], "node-name": node, "file": pool.blockdev(d["name"])})
+        except QmpError as e:
+            raise Failed(f"QEMU cannot open volume {d['name']} of pool {d['pool_uuid']}: {e.desc}") from None
+        dev = {"id": f"disk{slot}", "drive": node, "serial": d["serial"]}
+        if rec["bus"] == "virtio":
+            dev.update({"driver": "virtio-blk-pci", "bus": f"rp{slot}"})
+        else:
+            dev.update({"driver": "scsi-hd", "bus": "scsi0.0", "scsi-id": slot, "lun": 0})
+        try:
+            q.execute("device_add", dev)
+        except QmpError as e:
+            self._del_node(q, node)
+            raise Failed(f"QEMU cannot attach volume {d['name']} to VM {rec['name']}: {e.desc}") from None
+        rec["disks"][d["serial"]] = {**d, "slot": slot, "node": node}
+        if d["qos"]:
+            self._throttle(q, rec, rec["disks"][d["serial"]], d["qos"])
+
+    def _del_node(self, q: Qmp, node: str, timeout: float = 5) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                q.execute("blockdev-del", {"node-name": node})
+                return
+            except QmpError as e:
+                if "in use" not in e.desc or time.monotonic() >= deadline:
+                    return   # already gone, or still held: QEMU frees it with the device
+                time.sleep(0.02)
+
+    def _throttle(self, q: Qmp, rec: dict, disk: dict, qos: dict) -> None:
+        try:
+            q.execute("block_set_io_throttle", {"id": self._qdev(rec, disk), **hv.throttle_args(qos)})
+        except QmpError as e:
+            raise _qmp_failure(e, f"QoS for disk {disk['serial']}") from None
+
+    def _disk(self, rec: dict, serial: str) -> dict:
+        disk = rec["disks"].get(hv.check_serial(serial))
+        if disk is None:
+            raise NotFound(f"VM {rec['name']} has no disk with serial {serial}")
+        return disk
+
+    def _not_mirroring(self, vm: str, serial: str) -> None:
+        if (vm, serial) in self._mirroring:
+            raise Busy(f"disk {serial} of VM {vm} is being migrated; try again when the migration has finished")
+
+    def attach(self, vm: str, disk: dict) -> dict:
+        d = hv.check_disk(disk, self.hostname)
+        with self._lock(vm):
+            rec = self._need(vm)
+            have = rec["disks"].get(d["serial"])
+            if have is not None:
+                if not hv.same_image(have, d):
+                    raise InvalidArgument(f"VM {vm} already has another disk with serial {d['serial']}")
+                return {"serial": d["serial"], "device": self._device(rec, have)}
+            if len(rec["disks"]) >= SLOTS:
+                raise InvalidArgument(f"VM {vm} already has {len(rec['disks'])} disks "
+                                      f"(at most {hv.MAX_DATA_DISKS} data disks)")
+            if not images.open_pool(d["pool"], self.hostname).exists(d["name"]):
+                raise NotFound(f"volume {d['name']} does not exist in pool {d['pool_uuid']}")
+            if self._pid(rec):
+                with self._qmp(rec) as q:
+                    self._plug(q, rec, d)
+            else:
+                used = {x["slot"] for x in rec["disks"].values()}
+                rec["disks"][d["serial"]] = {**d, "slot": min(set(range(SLOTS)) - used), "node": None}
+            self._save(rec)
+            return {"serial": d["serial"], "device": self._device(rec, rec["disks"][d["serial"]])}
+
+    def detach(self, vm: str, serial: str, timeout: float = 30) -> dict:
+        with self._lock(vm):
+            rec = self._need(vm)
+            disk = rec["disks"].get(hv.check_serial(serial))
+            if disk is None:
+                return {}
+            self._not_mirroring(vm, serial)
+            if self._pid(rec):
+                dev = self._device(rec, disk)
+                with self._qmp(rec) as q:
+                    try:
+                        q.execute("device_del", {"id": dev})
+                    except QmpError as e:
+                        if e.cls != "DeviceNotFound":
+                            raise Failed(f"cannot detach disk {serial} from VM {vm}: {e.desc}") from None
+                    deadline = time.monotonic() + timeout
+                    while any(p["name"] == dev for p in q.execute("qom-list", {"path": "/machine/peripheral"})):
+                        if time.monotonic() >= deadline:
+                            raise Busy(f"VM {vm} has not released disk {serial} within {timeout:.0f} s: the guest "
+                                       "OS must acknowledge a virtio unplug (is it running and does it support "
+                                       "hot-unplug?). The request stays pending in QEMU; retry the detach later")
+                        time.sleep(0.05)
+                    self._del_node(q, disk["node"])
+            del rec["disks"][serial]
+            self._save(rec)
+            return {}
+
+    def set_qos(self, vm: str, serial: str, qos: dict) -> dict:
+        qos = hv.check_qos(qos)
+        with self._lock(vm):
+            rec = self._need(vm)
+            disk = self._disk(rec, serial)
+            if self._pid(rec):
+                with self._qmp(rec) as q:
+                    self._throttle(q, rec, disk, qos)
+            disk["qos"] = qos
+            self._save(rec)
+            return {"qos": qos}
+
+    def stats(self, vm: str) -> dict:
+        with self._lock(vm):
+            rec = self._need(vm)
+            if not self._pid(rec):
+                return {"disks": {}}
+            with self._qmp(rec) as q:
+                raw = {s.get("qdev"): s["stats"] for s in q.execute("query-blockstats")}
+            out = {}
+            for serial, disk in rec["disks"].items():
+                st = raw.get(self._qdev(rec, disk))
+                if st is not None:
+                    out[serial] = {"rd_ops": st["rd_operations"], "wr_ops": st["wr_operations"],
+                                   "rd_bytes": st["rd_bytes"], "wr_bytes": st["wr_bytes"]}
+            return {"disks": out}
+
+    def _inserted(self, q: Qmp, rec: dict, disk: dict) -> dict:
+        qdev = self._qdev(rec, disk)
+        for b in q.execute("query-block"):
+            if b.get("qdev") == qdev and b.get("inserted"):
+                return b["inserted"]
+        raise Failed(f"QEMU shows no medium for disk {disk['serial']} of VM {rec['name']}")
+
+    def resize(self, vm: str, serial: str, size: int) -> dict:
+        images.check_size(size)
+        with self._lock(vm):
+            rec = self._need(vm)
+            disk = self._disk(rec, serial)
+            self._not_mirroring(vm, serial)
+            if not self._pid(rec):
+                return images.resize(images.open_pool(disk["pool"], self.hostname), disk["name"], size)
+            with self._qmp(rec) as q:
+                current = self._inserted(q, rec, disk)["image"]["virtual-size"]
+                if size < current:
+                    raise InvalidArgument(f"disk {serial} is {current} bytes; a running guest's disk cannot shrink")
+                if size > current:
+                    try:
+                        q.execute("block_resize", {"node-name": disk["node"], "size": size})
+                    except QmpError as e:
+                        raise _qmp_failure(e, f"resize disk {serial}") from None
+                return {"size": self._inserted(q, rec, disk)["image"]["virtual-size"]}
+
+    # ---- live storage migration
+
+    def mirror(self, vm: str, serial: str, dst_spec: dict, dst_name: str, fmt: str, progress=None,
+               speed: int = 0) -> dict:
+        """Live storage migration of an attached disk: blockdev-mirror to a new image, pivot when in sync.
+        speed: bytes per second to limit the copy to (0: as fast as possible)."""
+        dst = images.open_pool(dst_spec, self.hostname)
+        images.check_name(dst_name), images.check_format(fmt)
+        with self._lock(vm):
+            rec = self._running(self._need(vm))
+            disk = self._disk(rec, serial)
+            self._not_mirroring(vm, serial)
+            if disk["pool_uuid"] == dst.uuid and disk["name"] == dst_name:
+                return {"path": dst_name, "serial": serial}
+            with self._qmp(rec) as q:
+                size = self._inserted(q, rec, disk)["image"]["virtual-size"]
+            images.create(dst, dst_name, size, fmt, "thin")
+            self._mirroring.add((vm, serial))
+        try:
+            return self._mirror(vm, serial, dst, dst_spec, dst_name, fmt, progress or (lambda p: None), speed)
+        finally:
+            self._mirroring.discard((vm, serial))
+
+    def _mirror(self, vm, serial, dst, dst_spec, dst_name, fmt, progress, speed) -> dict:
+        job = f"mirror-{serial}"
+        with self._lock(vm):
+            rec = self._need(vm)
+            disk = self._disk(rec, serial)
+            node = self._new_node(rec)
+            rec["mirror"] = {"serial": serial, "job": job, "node": node, "pool": dst_spec, "name": dst_name,
+                             "format": fmt}
+            self._save(rec)
+            try:
+                with self._qmp(rec) as q:
+                    q.execute("blockdev-add", {"driver": fmt, "node-name": node, "file": dst.blockdev(dst_name)})
+                    q.execute("blockdev-mirror", {"job-id": job, "device": disk["node"], "target": node,
+                                                  "sync": "full", "auto-dismiss": False,
+                                                  **({"speed": speed} if speed > 0 else {})})
+            except (QmpError, Failed) as e:
+                self._abort_mirror(rec)
+                raise Failed(f"cannot start migrating disk {serial}: {e}") from None
+        completed, error = False, None
+        try:
+            while error is None:
+                with self._lock(vm), self._qmp(rec) as q:
+                    state = next((j for j in q.execute("query-jobs") if j["id"] == job), None)
+                    if state is None:
+                        error = "the mirror job vanished"
+                    elif state["status"] == "concluded":
+                        error = state.get("error") or ""
+                        q.execute("job-dismiss", {"id": job})
+                        break
+                    elif state["status"] == "ready" and not completed:
+                        q.execute("job-complete", {"id": job})
+                        completed = True
+                    total = (state or {}).get("total-progress") or 0
+                    if total:
+                        progress(min(99, int(state["current-progress"] * 100 / total)))
+                time.sleep(0.1)
+        except Exception as e:   # QEMU died or refused: clean up below
+            error = str(e) or type(e).__name__
+        with self._lock(vm):
+            rec = self._need(vm)
+            if not error:
+                try:
+                    with self._qmp(rec) as q:
+                        if self._inserted(q, rec, rec["disks"][serial])["node-name"] != rec["mirror"]["node"]:
+                            error = "the disk did not switch to the new image"
+                except Failed as e:
+                    error = e.text
+            if error:
+                self._abort_mirror(rec)
+                raise Failed(f"migrating disk {serial} of VM {vm} failed: {error}")
+            return self._finish_mirror(rec)
+
+    def _finish_mirror(self, rec: dict) -> dict:
+        m = rec.pop("mirror")
+        disk = rec["disks"][m["serial"]]
+        old = disk["node"]
+        with self._qmp(rec) as q:
+            try:
+                q.execute("job-dismiss", {"id": m["job"]})
+            except QmpError:
+                pass   # normally dismissed already
+            self._del_node(q, old)
+        disk.update({"pool": m["pool"], "pool_uuid": m["pool"].get("uuid"), "name": m["name"], "format": m["format"],
+                     "node": m["node"]})
+        self._save(rec)
+        return {"path": m["name"], "serial": m["serial"]}
+
+    def _abort_mirror(self, rec: dict) -> None:
+        m = rec.pop("mirror", None)
+        if m is None:
+            return
+        try:
+            with self._qmp(rec) as q:
+                try:
+                    q.execute("block-job-cancel", {"device": m["job"], "force": True})
+                except QmpError:
+                    pass
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    job = next((j for j in q.execute("query-jobs") if j["id"] == m["job"]), None)
+                    if job is None:
+                        break
+                    if job["status"] == "concluded":
+                        q.execute("job-dismiss", {"id": m["job"]})
+                    time.sleep(0.05)
+                self._del_node(q, m["node"])
+        except Failed:
+            pass   # the guest is gone, and so are its jobs and nodes
+        try:
+            images.delete(images.open_pool(m["pool"], self.hostname), m["name"])
+        except Exception:
+            pass
+        self._save(rec)
+
+    def recover_mirror(self, args: dict) -> dict | None:
+        """After an agent restart: the result if the pivot happened, else cancel and clean up."""
+        vm = args.get("vm")
+        with self._lock(vm):
+            rec = self._load(vm)
+            if rec is None or "mirror" not in rec:
+                return None
+            m = rec["mirror"]
+            if self._pid(rec):
+                with self._qmp(rec) as q:
+                    try:
+                        pivoted = self._inserted(q, rec, rec["disks"][m["serial"]])["node-name"] == m["node"]
+                    except Failed:
+                        pivoted = False
+                if pivoted:
+                    return self._finish_mirror(rec)
+            self._abort_mirror(rec)
+            return None

@@ -1,0 +1,289 @@
+"""Volumes and the VM commands storage needs."""
+from volstack.api.commands.common import list_query, lst, obj
+from volstack.api.registry import (API, BOOLEAN, LIST, LONG, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F,
+                                   Param as P, Success, View)
+from volstack.api.views import _a, _date, _ref
+from volstack.db import models as m
+from volstack.db import storage_models as sm
+from volstack.services import vms, volumes
+
+
+
+
+def _pool_attr(name):
+    return lambda r, lk: lk.attr(sm.StoragePool, r.pool_id, name)
+
+
+def _vm_attr(name):
+    return lambda r, lk: lk.attr(sm.VirtualMachine, r.vm_id, name)
+
+
+def _owner_fields():
+    return [F("account", "the account associated with the object", _ref(m.Account, "account_id", "name")),
+            F("domainid", "the ID of the domain associated with the object", _ref(m.Domain, "domain_id")),
+            F("domain", "the domain associated with the object", _ref(m.Domain, "domain_id", "name"))]
+
+
+VOLUME = View("volume", [
+    F("id", "ID of the disk volume", _a("uuid")),
+    F("name", "name of the disk volume", _a("name")),
+    F("type", "type of the disk volume (ROOT or DATADISK)", _a("volume_type")),
+    F("state", "the state of the disk volume", _a("state")),
+    F("size", "size of the disk volume", _a("size"), "long"),
+    F("virtualsize", "the bytes allocated", _a("size"), "long"),
+    F("physicalsize", "the bytes actually consumed on disk", _a("physical_size"), "long"),
+    F("path", "the path of the volume", _a("path")),
+    F("provisioningtype", "provisioning type used to create volumes.", _a("provisioning_type")),
+    F("miniops", "min iops of the disk volume", _a("min_iops"), "long"),
+    F("maxiops", "max iops of the disk volume", _a("max_iops"), "long"),
+    F("hypervisor", "Hypervisor the volume belongs to", _a("hypervisor")),
+    F("zoneid", "ID of the availability zone", _ref(m.Zone, "zone_id")),
+    F("zonename", "name of the availability zone", _ref(m.Zone, "zone_id", "name")),
+    F("storageid", "id of the primary storage hosting the disk volume", _pool_attr("uuid")),
+    F("storage", "name of the primary storage hosting the disk volume", _pool_attr("name")),
+    F("storagetype", "shared or local storage", lambda r, lk: ("local" if lk.attr(sm.StoragePool, r.pool_id, "scope") == "HOST" else "shared") if r.pool_id else lk.attr(sm.DiskOffering, r.disk_offering_id, "storage_type")),
+    F("diskofferingid", "ID of the disk offering", _ref(sm.DiskOffering, "disk_offering_id")),
+    F("diskofferingname", "name of the disk offering", _ref(sm.DiskOffering, "disk_offering_id", "name")),
+    F("diskofferingdisplaytext", "the display text of the disk offering", _ref(sm.DiskOffering, "disk_offering_id", "display_text")),
+    F("virtualmachineid", "id of the virtual machine", _vm_attr("uuid")),
+    F("vmname", "name of the virtual machine", _vm_attr("name")),
+    F("vmdisplayname", "display name of the virtual machine", _vm_attr("display_name")),
+    F("vmstate", "state of the virtual machine", _vm_attr("state")),
+    F("deviceid", "the ID of the device on user vm the volume is attahed to.", _a("device_id"), "long"),
+    F("attached", "the date the volume was attached to a VM instance", _date("attached"), "date"),
+    F("destroyed", "the boolean state of whether the volume is destroyed or not", lambda r, lk: r.state == "Destroy", "boolean"),
+    F("status", "the status of the volume: the reason its last operation failed", _a("error")),
+    F("created", "the date the disk volume was created", _date("created"), "date"),
+    F("isextractable", "true if the volume is extractable, false otherwise", lambda r, lk: True, "boolean"),
+    F("displayvolume", "an optional field whether to the display the volume to the end user or not.", lambda r, lk: True, "boolean"),
+    *_owner_fields(),
+])
+
+VIRTUALMACHINE = View("virtualmachine", [
+    F("id", "the ID of the virtual machine", _a("uuid")),
+    F("name", "the name of the virtual machine", _a("name")),
+    F("displayname", "user generated name. The name of the virtual machine is returned if no displayname exists.", _a("display_name")),
+    F("state", "the state of the virtual machine", _a("state")),
+    F("hypervisor", "the hypervisor on which the template runs", _a("hypervisor")),
+    F("zoneid", "the ID of the availability zone for the virtual machine", _ref(m.Zone, "zone_id")),
+    F("zonename", "the name of the availability zone for the virtual machine", _ref(m.Zone, "zone_id", "name")),
+    F("hostid", "the ID of the host for the virtual machine", _ref(m.Host, "host_id")),
+    F("hostname", "the name of the host for the virtual machine", _ref(m.Host, "host_id", "name")),
+    F("serviceofferingid", "the ID of the service offering of the virtual machine", _ref(sm.ServiceOffering, "service_offering_id")),
+    F("serviceofferingname", "the name of the service offering of the virtual machine", _ref(sm.ServiceOffering, "service_offering_id", "name")),
+    F("rootdeviceid", "device ID of the root volume", lambda r, lk: 0, "long"),
+    F("rootdevicetype", "device type of the root volume", lambda r, lk: "ROOT"),
+    F("created", "the date when this virtual machine was created", _date("created"), "date"),
+    *_owner_fields(),
+])
+
+VOL_FILTERS = [
+    P("id", UUID, "the ID of the disk volume", entity="Volume"),
+    P("ids", LIST, "the IDs of the volumes, mutually exclusive with id", entity="Volume"),
+    P("name", STRING, "the name of the disk volume"),
+    P("type", STRING, "the type of disk volume"),
+    P("state", STRING, "state of the volume. Possible values are: Ready, Allocated, Destroy, Expunging, Expunged."),
+    P("zoneid", UUID, "the ID of the availability zone", entity="Zone"),
+    P("podid", UUID, "the pod id the disk volume belongs to", entity="Pod"),
+    P("clusterid", UUID, "the cluster id the disk volume belongs to", entity="Cluster"),
+    P("hostid", UUID, "list volumes on specified host", entity="Host"),
+    P("storageid", UUID, "the ID of the storage pool, available to ROOT admin only", entity="StoragePool"),
+    P("virtualmachineid", UUID, "the ID of the virtual machine", entity="VirtualMachine"),
+    P("diskofferingid", UUID, "list volumes by disk offering", entity="DiskOffering"),
+    P("serviceofferingid", UUID, "list volumes by disk offering of a service offering", entity="ServiceOffering"),
+    P("isencrypted", BOOLEAN, "list only volumes that are encrypted"),
+    P("listsystemvms", BOOLEAN, "list system VMs; only ROOT admin is eligible to pass this parameter"),
+    *OWNER_LIST_PARAMS,
+]
+_FILTER_NAMES = ("id", "ids", "name", "type", "state", "zoneid", "podid", "clusterid", "hostid", "storageid",
+                 "virtualmachineid", "diskofferingid")
+
+
+@API.command("createVolume", "Creates a disk volume from a disk offering. This disk volume must still be attached to a virtual machine to make use of it.", [
+    P("name", STRING, "the name of the disk volume"),
+    P("zoneid", UUID, "the ID of the availability zone", entity="Zone"),
+    P("diskofferingid", UUID, "the ID of the disk offering. Either diskOfferingId or snapshotId must be passed in.", entity="DiskOffering"),
+    P("size", LONG, "Arbitrary volume size (GB), for a customized disk offering"),
+    P("miniops", LONG, "min iops"),
+    P("maxiops", LONG, "max iops"),
+    P("snapshotid", UUID, "the snapshot ID for the disk volume. Either diskOfferingId or snapshotId must be passed in."),
+    P("virtualmachineid", UUID, "the ID of the virtual machine; to be used with snapshot Id, VM to which the volume gets attached after creation", entity="VirtualMachine"),
+    P("customid", STRING, "an optional field, in case you want to set a custom id to the resource. Allowed to Root Admins only"),
+    P("account", STRING, "the account associated with the disk volume. Must be used with the domainId parameter."),
+    P("domainid", UUID, "the domain ID associated with the disk offering.", entity="Domain"),
+], view=VOLUME, is_async=True, access=USER, instance_type="Volume", instance_param="id",
+   prepare=lambda req, p: volumes.create_volume(req.s, req.ctx, name=p.name, zoneid=p.zoneid,
+                                                diskofferingid=p.diskofferingid, size=p.size, miniops=p.miniops,
+                                                maxiops=p.maxiops).uuid)
+def create_volume(req, p):
+    vol = volumes.get_volume(req.s, req.ctx, p.id)
+    if p.virtualmachineid:
+        volumes.attach(req.s, req.ctx, vol, vms.get_vm(req.s, req.ctx, p.virtualmachineid))
+    return obj(req, VOLUME, vol)
+
+
+@API.command("listVolumes", "Lists all volumes.", VOL_FILTERS, view=VOLUME, is_list=True, access=USER)
+def list_volumes(req, p):
+    return lst(req, VOLUME, volumes.list_volumes(req.s, req.ctx, list_query(req, p), **{k: p.get(k) for k in _FILTER_NAMES}))
+
+
+VOL_JOB = dict(is_async=True, access=USER, instance_type="Volume", instance_param="id")
+
+
+@API.command("attachVolume", "Attaches a disk volume to a virtual machine.", [
+    P("id", UUID, "the ID of the disk volume", required=True, entity="Volume"),
+    P("virtualmachineid", UUID, "the ID of the virtual machine", required=True, entity="VirtualMachine"),
+    P("deviceid", LONG, "The ID of the device to map the volume to the guest OS. If no deviceID is informed, the next available deviceID will be chosen. Use 0 for the root disk, 3 is the CD-ROM"),
+], view=VOLUME, **VOL_JOB)
+def attach_volume(req, p):
+    vol = volumes.get_volume(req.s, req.ctx, p.id)
+    return obj(req, VOLUME, volumes.attach(req.s, req.ctx, vol, vms.get_vm(req.s, req.ctx, p.virtualmachineid), p.deviceid))
+
+
+@API.command("detachVolume", "Detaches a disk volume from a virtual machine.", [
+    P("id", UUID, "the ID of the disk volume", entity="Volume"),
+    P("virtualmachineid", UUID, "the ID of the virtual machine where the volume is detached from", entity="VirtualMachine"),
+    P("deviceid", LONG, "the device ID on the virtual machine where volume is detached from"),
+], view=VOLUME, **VOL_JOB)
+def detach_volume(req, p):
+    if p.id:
+        vol = volumes.get_volume(req.s, req.ctx, p.id)
+    elif p.virtualmachineid and p.deviceid is not None:
+        vm = vms.get_vm(req.s, req.ctx, p.virtualmachineid)
+        vol = next((v for v in volumes.list_volumes(req.s, req.ctx, list_query(req, p), virtualmachineid=vm.uuid)[0]
+                    if v.device_id == p.deviceid), None)
+        if vol is None:
+            from volstack.errors import InvalidParameter
+            raise InvalidParameter(f"VM {vm.name} has no volume at device {p.deviceid}")
+    else:
+        from volstack.errors import InvalidParameter
+        raise InvalidParameter("Pass id, or virtualmachineid with deviceid")
+    return obj(req, VOLUME, volumes.detach(req.s, req.ctx, vol))
+
+
+@API.command("resizeVolume", "Resizes a volume", [
+    P("id", UUID, "the ID of the disk volume", required=True, entity="Volume"),
+    P("size", LONG, "New volume size in GB"),
+    P("diskofferingid", UUID, "new disk offering id", entity="DiskOffering"),
+    P("shrinkok", BOOLEAN, "Verify OK to Shrink"),
+    P("miniops", LONG, "New minimum number of IOPS"),
+    P("maxiops", LONG, "New maximum number of IOPS"),
+    P("automigrate", BOOLEAN, "Flag to allow automatic migration of the volume to another suitable storage pool that accommodates the new size"),
+], view=VOLUME, **VOL_JOB)
+def resize_volume(req, p):
+    vol = volumes.get_volume(req.s, req.ctx, p.id)
+    return obj(req, VOLUME, volumes.resize(req.s, req.ctx, vol, size_gb=p.size, diskofferingid=p.diskofferingid,
+                                           shrinkok=bool(p.shrinkok), miniops=p.miniops, maxiops=p.maxiops))
+
+
+@API.command("deleteVolume", "Deletes a detached disk volume.", [P("id", UUID, "The ID of the disk volume", required=True, entity="Volume")],
+             response_key="success", access=USER)
+def delete_volume(req, p):
+    volumes.delete(req.s, req.ctx, volumes.get_volume(req.s, req.ctx, p.id))
+    return Success()
+
+
+@API.command("destroyVolume", "Destroys a Volume.", [
+    P("id", UUID, "The ID of the volume", required=True, entity="Volume"),
+    P("expunge", BOOLEAN, "If true is passed, the volume is expunged immediately. False by default."),
+], view=VOLUME, **VOL_JOB)
+def destroy_volume(req, p):
+    return obj(req, VOLUME, volumes.destroy(req.s, req.ctx, volumes.get_volume(req.s, req.ctx, p.id), bool(p.expunge)))
+
+
+@API.command("recoverVolume", "Recovers a Destroy volume.", [P("id", UUID, "The ID of the volume", required=True, entity="Volume")],
+             view=VOLUME, access=USER)
+def recover_volume(req, p):
+    return obj(req, VOLUME, volumes.recover(req.s, req.ctx, volumes.get_volume(req.s, req.ctx, p.id)))
+
+
+# ---------------------------------------------------------------- VMs
+
+@API.command("deployVirtualMachine", "Creates and automatically starts a virtual machine based on a service offering, disk offering, and template.", [
+    P("zoneid", UUID, "availability zone for the virtual machine", required=True, entity="Zone"),
+    P("serviceofferingid", UUID, "the ID of the service offering for the virtual machine", required=True, entity="ServiceOffering"),
+    P("name", STRING, "host name for the virtual machine"),
+    P("displayname", STRING, "an optional user generated name for the virtual machine"),
+    P("diskofferingid", UUID, "the ID of the disk offering for the virtual machine: a data disk is created from it", entity="DiskOffering"),
+    P("size", LONG, "the arbitrary size for the DATADISK volume (GB)"),
+    P("rootdisksize", LONG, "Optional field to resize root disk on deploy (GB)"),
+    P("hostid", UUID, "destination Host ID to deploy the VM to - parameter available for root admin only", entity="Host"),
+    P("hypervisor", STRING, "the hypervisor on which to deploy the virtual machine"),
+    P("startvm", BOOLEAN, "true if start vm after creating; defaulted to true if not specified"),
+    P("templateid", UUID, "the ID of the template for the virtual machine (templates come in a later release)"),
+], view=VIRTUALMACHINE, is_async=True, access=USER, instance_type="VirtualMachine", instance_param="id",
+   prepare=lambda req, p: vms.deploy(req.s, req.ctx, zoneid=p.zoneid, serviceofferingid=p.serviceofferingid,
+                                     name=p.name, displayname=p.displayname, diskofferingid=p.diskofferingid,
+                                     size=p.size, rootdisksize=p.rootdisksize, hostid=p.hostid, startvm=False,
+                                     hypervisor=p.hypervisor).uuid)
+def deploy_vm(req, p):
+    vm = vms.get_vm(req.s, req.ctx, p.id)
+    if p.startvm is not False:
+        vms.start(req.s, req.ctx, vm, p.hostid)
+    return obj(req, VIRTUALMACHINE, vm)
+
+
+VM_JOB = dict(view=VIRTUALMACHINE, is_async=True, access=USER, instance_type="VirtualMachine", instance_param="id")
+
+
+@API.command("startVirtualMachine", "Starts a virtual machine.", [
+    P("id", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine"),
+    P("hostid", UUID, "destination Host ID to deploy the VM to - parameter available for root admin only", entity="Host"),
+], **VM_JOB)
+def start_vm(req, p):
+    return obj(req, VIRTUALMACHINE, vms.start(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.id), p.hostid))
+
+
+@API.command("stopVirtualMachine", "Stops a virtual machine.", [
+    P("id", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine"),
+    P("forced", BOOLEAN, "Force stop the VM (vm is marked as Stopped even when command fails to be send to the backend, otherwise a force poweroff is attempted)."),
+], **VM_JOB)
+def stop_vm(req, p):
+    return obj(req, VIRTUALMACHINE, vms.stop(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.id), bool(p.forced)))
+
+
+@API.command("rebootVirtualMachine", "Reboots a virtual machine.", [
+    P("id", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine")], **VM_JOB)
+def reboot_vm(req, p):
+    return obj(req, VIRTUALMACHINE, vms.reboot(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.id)))
+
+
+@API.command("destroyVirtualMachine", "Destroys a virtual machine. Its root volume goes with it; data volumes are detached unless listed in volumeids.", [
+    P("id", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine"),
+    P("expunge", BOOLEAN, "If true is passed, the vm is expunged immediately. False by default."),
+    P("volumeids", LIST, "Comma separated list of UUIDs for volumes that will be deleted", entity="Volume"),
+], **VM_JOB)
+def destroy_vm(req, p):
+    return obj(req, VIRTUALMACHINE, vms.destroy(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.id), bool(p.expunge),
+                                                tuple(p.volumeids or ())))
+
+
+@API.command("recoverVirtualMachine", "Recovers a virtual machine.", [
+    P("id", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine")], view=VIRTUALMACHINE, access=USER)
+def recover_vm(req, p):
+    return obj(req, VIRTUALMACHINE, vms.recover(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.id)))
+
+
+@API.command("expungeVirtualMachine", "Expunge a virtual machine. Once expunged, it cannot be recoverd.", [
+    P("id", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine")],
+    response_key="success", is_async=True, instance_type="VirtualMachine", instance_param="id")
+def expunge_vm(req, p):
+    vms.expunge_vm(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.id))
+    return Success()
+
+
+@API.command("listVirtualMachines", "List the virtual machines owned by the account.", [
+    P("id", UUID, "the ID of the virtual machine", entity="VirtualMachine"),
+    P("ids", LIST, "the IDs of the virtual machines, mutually exclusive with id", entity="VirtualMachine"),
+    P("name", STRING, "name of the virtual machine (a substring match is not done)"),
+    P("state", STRING, "state of the virtual machine. Possible values are: Running, Stopped, Present, Destroyed, Expunged. Present is used for the state equal not destroyed."),
+    P("zoneid", UUID, "the availability zone ID", entity="Zone"),
+    P("hostid", UUID, "the host ID", entity="Host"),
+    P("storageid", UUID, "the storage ID where vm's volumes belong to", entity="StoragePool"),
+    *OWNER_LIST_PARAMS], view=VIRTUALMACHINE, is_list=True, access=USER)
+def list_vms(req, p):
+    return lst(req, VIRTUALMACHINE, vms.list_vms(req.s, req.ctx, list_query(req, p),
+                                                 **{k: p.get(k) for k in ("id", "ids", "name", "state", "zoneid", "hostid", "storageid")}))
+
+
+

@@ -1,0 +1,235 @@
+"""Virtual machines, only as much as storage needs: a ROOT volume, data disks, start/stop on a host."""
+import random
+
+from sqlalchemy import func, select
+
+from volstack.db.models import Cluster, Host, utcnow
+from volstack.db.storage_models import DiskOffering, ServiceOffering, StoragePool, VirtualMachine, Volume
+from volstack.drivers import driver_for
+from volstack.drivers.hosts import channel
+from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter
+from volstack.services import events, infra, lookup, offerings, volumes
+from volstack.services.context import check_access, owner_filter
+from volstack.services.lifecycle import VM, VOLUME
+from volstack.services.listing import ListQuery, keyword_filter, paginate
+
+lookup.register_entity("VirtualMachine", VirtualMachine)
+GIB = 1024 ** 3
+
+
+def get_vm(s, ctx, uuid) -> VirtualMachine:
+    vm = s.scalar(select(VirtualMachine).where(VirtualMachine.uuid == uuid, VirtualMachine.removed.is_(None)))
+    if vm is None:
+        raise InvalidParameter(f"Unable to find virtual machine by id {uuid}")
+    check_access(s, ctx, vm.account_id, "virtual machine")
+    return vm
+
+
+def deploy(s, ctx, *, zoneid, serviceofferingid, name=None, displayname=None, diskofferingid=None, size=None,
+           rootdisksize=None, hostid=None, startvm=True, hypervisor=None) -> VirtualMachine:
+    zone = infra.get_zone(s, zoneid)
+    so = offerings.get_service_offering(s, ctx, serviceofferingid)
+    root_offering = s.get(DiskOffering, so.disk_offering_id)
+    if so.root_disk_size and rootdisksize is not None and rootdisksize * GIB != so.root_disk_size:
+        raise InvalidParameter(f"Service offering {so.name} sets the root disk size ({so.root_disk_size // GIB} GB); "
+                               "rootdisksize cannot override it")
+    root_bytes = so.root_disk_size or (rootdisksize * GIB if rootdisksize else 0)
+    if root_bytes <= 0:
+        raise InvalidParameter("Pass rootdisksize (GB): there is no template to take the root disk size from and the "
+                               f"service offering {so.name} sets none")
+    hv = infra.hypervisor_name(hypervisor) if hypervisor else _zone_hypervisor(s, zone.id)
+    name = name or f"i-{utcnow():%H%M%S}-{random.randint(100, 999)}"
+    if s.scalar(select(VirtualMachine.id).where(VirtualMachine.name == name, VirtualMachine.account_id == ctx.account_id,
+                                                VirtualMachine.removed.is_(None))):
+        raise InvalidParameter(f"A VM named {name} already exists in your account")
+    vm = VirtualMachine(name=name, display_name=displayname or name, zone_id=zone.id, service_offering_id=so.id,
+                        account_id=ctx.account_id, domain_id=ctx.domain_id, hypervisor=hv)
+    s.add(vm)
+    s.flush()
+    root = volumes.new_volume(s, ctx, name=f"ROOT-{vm.id}", zone_id=zone.id, size=root_bytes, offering=root_offering,
+                              volume_type="ROOT", hypervisor=hv)
+    root.vm_id, root.device_id = vm.id, 0
+    if diskofferingid:
+        do = offerings.get_disk_offering(s, ctx, diskofferingid)
+        data = volumes.new_volume(s, ctx, name=f"DATA-{vm.id}", zone_id=zone.id,
+                                  size=offerings.disk_size_for(do, size, s=s), offering=do, hypervisor=hv)
+        data.vm_id, data.device_id = vm.id, 1
+    events.record(s, ctx, "VM.CREATE", f"VM {name} created", resource_type="VirtualMachine", resource_uuid=vm.uuid)
+    if startvm:
+        start(s, ctx, vm, hostid)
+    return vm
+
+
+def _zone_hypervisor(s, zone_id) -> str:
+    hv = s.scalar(select(Cluster.hypervisor).where(Cluster.zone_id == zone_id).order_by(Cluster.id))
+    return hv or "KVM"
+
+
+def _hosts_for(s, vm, hostid=None) -> list[Host]:
+    stmt = select(Host).where(Host.zone_id == vm.zone_id, Host.state == "Up", Host.resource_state == "Enabled",
+                              Host.hypervisor == vm.hypervisor)
+    if hostid:
+        stmt = stmt.where(Host.uuid == hostid)
+    hosts = list(s.scalars(stmt.order_by(Host.id)))
+    # a VM with a volume on host-local storage is pinned to that host
+    local = s.scalar(select(StoragePool.host_id).join(Volume, Volume.pool_id == StoragePool.id)
+                     .where(Volume.vm_id == vm.id, Volume.removed.is_(None), StoragePool.scope == "HOST"))
+    if local is not None:
+        hosts = [h for h in hosts if h.id == local]
+    elif vm.last_host_id and not hostid:
+        hosts.sort(key=lambda h: h.id != vm.last_host_id)
+    return hosts
+
+
+def start(s, ctx, vm, hostid=None) -> VirtualMachine:
+    hosts = _hosts_for(s, vm, hostid)
+    if not hosts:
+        raise InsufficientCapacity(f"No Up, Enabled {vm.hypervisor} host in the zone can run VM {vm.name}"
+                                   + (" (its local volumes pin it to a host that is not available)" if vm.last_host_id else ""))
+    VM.fire(s, vm, "StartRequested")
+    errors = []
+    for host in hosts:
+        try:
+            _start_on(s, ctx, vm, host)
+            VM.fire(s, vm, "OperationSucceeded", host_id=host.id, last_host_id=host.id)
+            events.record(s, ctx, "VM.START", f"VM {vm.name} started on host {host.name}", resource_type="VirtualMachine",
+                          resource_uuid=vm.uuid)
+            return vm
+        except CloudError as exc:
+            errors.append(f"{host.name}: {exc.text}")
+    VM.fire(s, vm, "OperationFailed")
+    raise InsufficientCapacity(f"VM {vm.name} could not start on any host: " + "; ".join(errors))
+
+
+def _start_on(s, ctx, vm, host) -> None:
+    vols = list(s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None)).order_by(Volume.device_id)))
+    for vol in vols:
+        if vol.state == "Allocated":
+            volumes.realize(s, ctx, vol, host)
+    so = s.get(ServiceOffering, vm.service_offering_id)
+    disks = []
+    for vol in vols:
+        pool = s.get(StoragePool, vol.pool_id)
+        disks.append(driver_for(pool.provider).disk(pool, vol, vol.device_id, volumes.qos_for(s, vol)))
+    channel(host).call("vm_start", name=vm.uuid, uuid=vm.uuid, memory_mb=so.ram_size or 256, cpus=so.cpu or 1,
+                       kernel=(vm.details or {}).get("kernel"), initrd=(vm.details or {}).get("initrd"),
+                       append=(vm.details or {}).get("append"), disks=disks)
+
+
+def stop(s, ctx, vm, forced=False) -> VirtualMachine:
+    if vm.state == "Stopped":
+        return vm
+    host = s.get(Host, vm.host_id)
+    VM.fire(s, vm, "StopRequested")
+    try:
+        channel(host).call("vm_stop", name=vm.uuid, forced=bool(forced))
+    except CloudError:
+        if not forced:
+            VM.fire(s, vm, "OperationFailed")
+            raise
+    VM.fire(s, vm, "OperationSucceeded", host_id=None)
+    events.record(s, ctx, "VM.STOP", f"VM {vm.name} stopped", resource_type="VirtualMachine", resource_uuid=vm.uuid)
+    return vm
+
+
+def reboot(s, ctx, vm) -> VirtualMachine:
+    if vm.state != "Running":
+        raise InvalidParameter(f"VM {vm.name} is {vm.state}; only a Running VM can be rebooted")
+    channel(s.get(Host, vm.host_id)).call("vm_reboot", name=vm.uuid)
+    events.record(s, ctx, "VM.REBOOT", f"VM {vm.name} rebooted", resource_type="VirtualMachine", resource_uuid=vm.uuid)
+    return vm
+
+
+def destroy(s, ctx, vm, expunge=False, volumeids=()) -> VirtualMachine:
+    """The ROOT volume goes with the VM; data disks are detached and survive unless listed in volumeids."""
+    if vm.state == "Running":
+        stop(s, ctx, vm, forced=True)
+    for vol in s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None))):
+        if vol.volume_type == "ROOT":
+            VOLUME.fire(s, vol, "DestroyRequested", destroyed_at=utcnow())
+        else:
+            vol.vm_id, vol.device_id, vol.attached = None, None, None
+            if vol.uuid in volumeids:
+                volumes.destroy(s, ctx, vol, expunge=expunge)
+    VM.fire(s, vm, "DestroyRequested")
+    events.record(s, ctx, "VM.DESTROY", f"VM {vm.name} destroyed", resource_type="VirtualMachine", resource_uuid=vm.uuid)
+    if expunge:
+        expunge_vm(s, ctx, vm)
+    return vm
+
+
+def recover(s, ctx, vm) -> VirtualMachine:
+    VM.fire(s, vm, "RecoveryRequested")
+    for vol in s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.state == "Destroy", Volume.removed.is_(None))):
+        volumes.recover(s, ctx, vol)
+    events.record(s, ctx, "VM.RECOVER", f"VM {vm.name} recovered", resource_type="VirtualMachine", resource_uuid=vm.uuid)
+    return vm
+
+
+def expunge_vm(s, ctx, vm) -> None:
+    if vm.state != "Destroyed":
+        raise InvalidParameter(f"VM {vm.name} is {vm.state}; destroy it before expunging")
+    VM.fire(s, vm, "ExpungeRequested")
+    for vol in s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None))):
+        volumes.expunge_volume(s, ctx, vol)
+    VM.fire(s, vm, "OperationSucceeded", removed=utcnow())
+    events.record(s, ctx, "VM.EXPUNGE", f"VM {vm.name} expunged", resource_type="VirtualMachine", resource_uuid=vm.uuid)
+
+
+def list_vms(s, ctx, q: ListQuery, **f):
+    stmt = select(VirtualMachine).where(VirtualMachine.removed.is_(None),
+                                        *owner_filter(s, ctx, VirtualMachine, listall=q.listall, isrecursive=q.isrecursive,
+                                                      account=q.account, domain_uuid=q.domainid)).order_by(VirtualMachine.id)
+    if f.get("id"):
+        stmt = stmt.where(VirtualMachine.uuid == f["id"])
+    if f.get("ids"):
+        stmt = stmt.where(VirtualMachine.uuid.in_(f["ids"]))
+    if f.get("name"):
+        stmt = stmt.where(VirtualMachine.name == f["name"])
+    if f.get("state"):
+        stmt = stmt.where(func.lower(VirtualMachine.state) == f["state"].lower())
+    if f.get("zoneid"):
+        stmt = stmt.where(VirtualMachine.zone_id == infra.get_zone(s, f["zoneid"]).id)
+    if f.get("hostid"):
+        stmt = stmt.where(VirtualMachine.host_id == infra.get_host(s, f["hostid"]).id)
+    if f.get("storageid"):
+        stmt = stmt.where(VirtualMachine.id.in_(select(Volume.vm_id).join(StoragePool, StoragePool.id == Volume.pool_id)
+                                                .where(StoragePool.uuid == f["storageid"])))
+    stmt = stmt.where(*keyword_filter(q, VirtualMachine.name, VirtualMachine.display_name))
+    return paginate(s, stmt, q)
+
+
+# ---------------------------------------------------------------- pool maintenance stops and restarts guests
+
+def _vms_on_pool(s, pool, state):
+    return list(s.scalars(select(VirtualMachine).where(VirtualMachine.state == state, VirtualMachine.removed.is_(None),
+                                                       VirtualMachine.id.in_(select(Volume.vm_id).where(
+                                                           Volume.pool_id == pool.id, Volume.removed.is_(None))))))
+
+
+def _stop_for_maintenance(s, ctx, pool) -> None:
+    for vm in _vms_on_pool(s, pool, "Running"):
+        stop(s, ctx, vm)
+        vm.details = {**(vm.details or {}), "stopped_for_maintenance_of": pool.uuid}
+
+
+def _restart_after_maintenance(s, ctx, pool) -> None:
+    for vm in _vms_on_pool(s, pool, "Stopped"):
+        details = dict(vm.details or {})
+        if details.pop("stopped_for_maintenance_of", None) == pool.uuid:
+            vm.details = details
+            try:
+                start(s, ctx, vm)
+            except CloudError as exc:
+                events.record(s, ctx, "VM.START", f"VM {vm.name} could not restart after maintenance of "
+                              f"{pool.name}: {exc.text}", level="ERROR", resource_type="VirtualMachine",
+                              resource_uuid=vm.uuid)
+
+
+def _register_pool_hooks():
+    from volstack.services import pools
+    pools.maintenance_hooks.append(_stop_for_maintenance)
+    pools.cancel_maintenance_hooks.append(_restart_after_maintenance)
+
+
+_register_pool_hooks()

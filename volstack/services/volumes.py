@@ -1,0 +1,335 @@
+"""Volumes: lazy allocation on first attach, attach/detach, resize, destroy/recover/delete, listing.
+
+Work on a host (creating an image, hot-plugging it) happens after the volume has moved to a
+transitional state that is committed first, so a crash leaves a state the reconciler can settle.
+"""
+from sqlalchemy import func, select
+
+from volstack.db.models import Host, utcnow
+from volstack.db.storage_models import DiskOffering, StoragePool, VirtualMachine, Volume
+from volstack.drivers import driver_for
+from volstack.drivers.hosts import channel
+from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
+from volstack.services import accounts, allocator, events, infra, lookup, offerings
+from volstack.services import settings as S
+from volstack.services.context import check_access, owner_filter
+from volstack.services.lifecycle import VOLUME
+from volstack.services.listing import ListQuery, keyword_filter, paginate
+
+lookup.register_entity("Volume", Volume)
+GIB = 1024 ** 3
+MAX_DATA_VOLUMES = {"KVM": 32, "Simulator": 32}     # CloudStack's hypervisor_capabilities defaults
+ISO_DEVICE_ID = 3                                   # KVM keeps device 3 for the CD-ROM
+
+
+def _live(model):
+    return model.removed.is_(None)
+
+
+accounts.register_usage_counter("volume", lambda s, acc: s.scalar(
+    select(func.count()).select_from(Volume).where(Volume.account_id == acc, _live(Volume),
+                                                   Volume.state.notin_(("Destroy", "Expunged")))))
+accounts.register_usage_counter("primary_storage", lambda s, acc: s.scalar(
+    select(func.coalesce(func.sum(Volume.size), 0)).where(Volume.account_id == acc, _live(Volume),
+                                                          Volume.state.notin_(("Destroy", "Expunged")))) or 0)
+
+
+def get_volume(s, ctx, uuid) -> Volume:
+    vol = s.scalar(select(Volume).where(Volume.uuid == uuid, _live(Volume)))
+    if vol is None:
+        raise InvalidParameter(f"Unable to find volume by id {uuid}")
+    check_access(s, ctx, vol.account_id, "volume")
+    return vol
+
+
+def new_volume(s, ctx, *, name, zone_id, size, offering, volume_type="DATADISK", account_id=None, domain_id=None,
+               miniops=None, maxiops=None, hypervisor=None) -> Volume:
+    account_id = account_id or ctx.account_id
+    accounts.check_limit(s, account_id, "volume")
+    accounts.check_limit(s, account_id, "primary_storage", size)
+    vol = Volume(name=name, volume_type=volume_type, size=size, zone_id=zone_id, account_id=account_id,
+                 domain_id=domain_id or ctx.domain_id, disk_offering_id=offering.id if offering else None,
+                 provisioning_type=offering.provisioning_type if offering else "thin", hypervisor=hypervisor,
+                 min_iops=miniops if miniops is not None else (offering.min_iops if offering else None),
+                 max_iops=maxiops if maxiops is not None else (offering.max_iops if offering else None))
+    s.add(vol)
+    s.flush()
+    vol.path = vol.uuid
+    return vol
+
+
+def create_volume(s, ctx, *, name=None, zoneid=None, diskofferingid=None, size=None, miniops=None, maxiops=None) -> Volume:
+    """createVolume: the database row only (Allocated); the image is made on first attach."""
+    if not diskofferingid:
+        raise InvalidParameter("Either diskofferingid or snapshotid must be passed to createVolume")
+    if not zoneid:
+        raise InvalidParameter("Unable to execute API command createvolume due to missing parameter zoneid")
+    zone = infra.get_zone(s, zoneid)
+    offering = offerings.get_disk_offering(s, ctx, diskofferingid)
+    nbytes = offerings.disk_size_for(offering, size, s=s)
+    miniops, maxiops = offerings.storage_iops_for(offering, miniops, maxiops, s=s)
+    vol = new_volume(s, ctx, name=name or f"DATA-{utcnow():%Y%m%d%H%M%S}", zone_id=zone.id, size=nbytes,
+                     offering=offering, miniops=miniops, maxiops=maxiops)
+    events.record(s, ctx, "VOLUME.CREATE", f"Volume {vol.name} created ({nbytes} bytes)", resource_type="Volume",
+                  resource_uuid=vol.uuid)
+    return vol
+
+
+def list_volumes(s, ctx, q: ListQuery, **f):
+    stmt = select(Volume).where(_live(Volume), Volume.state != "Expunged",
+                                *owner_filter(s, ctx, Volume, listall=q.listall, isrecursive=q.isrecursive,
+                                              account=q.account, domain_uuid=q.domainid)).order_by(Volume.id)
+    if not ctx.is_admin:
+        stmt = stmt.where(Volume.state != "Destroy") if not S.Settings.value_in(s, S.ALLOW_USER_EXPUNGE) else stmt
+    if f.get("id"):
+        stmt = stmt.where(Volume.uuid == f["id"])
+    if f.get("ids"):
+        stmt = stmt.where(Volume.uuid.in_(f["ids"]))
+    if f.get("name"):
+        stmt = stmt.where(Volume.name == f["name"])
+    if f.get("type"):
+        stmt = stmt.where(func.upper(Volume.volume_type) == f["type"].upper())
+    if f.get("state"):
+        stmt = stmt.where(func.lower(Volume.state) == f["state"].lower())
+    if f.get("zoneid"):
+        stmt = stmt.where(Volume.zone_id == infra.get_zone(s, f["zoneid"]).id)
+    if f.get("storageid"):
+        stmt = stmt.where(Volume.pool_id == s.scalar(select(StoragePool.id).where(StoragePool.uuid == f["storageid"])))
+    if f.get("virtualmachineid"):
+        stmt = stmt.where(Volume.vm_id == s.scalar(select(VirtualMachine.id).where(VirtualMachine.uuid == f["virtualmachineid"])))
+    if f.get("diskofferingid"):
+        stmt = stmt.where(Volume.disk_offering_id == s.scalar(select(DiskOffering.id).where(DiskOffering.uuid == f["diskofferingid"])))
+    if f.get("hostid"):
+        host = infra.get_host(s, f["hostid"])
+        stmt = stmt.where(Volume.vm_id.in_(select(VirtualMachine.id).where(VirtualMachine.host_id == host.id)))
+    if f.get("clusterid"):
+        cl = infra.get_cluster(s, f["clusterid"])
+        stmt = stmt.where(Volume.pool_id.in_(select(StoragePool.id).where(StoragePool.cluster_id == cl.id)))
+    if f.get("podid"):
+        pod = infra.get_pod(s, f["podid"])
+        stmt = stmt.where(Volume.pool_id.in_(select(StoragePool.id).where(StoragePool.pod_id == pod.id)))
+    stmt = stmt.where(*keyword_filter(q, Volume.name))
+    return paginate(s, stmt, q)
+
+
+# ---------------------------------------------------------------- placing images on pools
+
+def qos_for(s, vol) -> dict:
+    offering = s.get(DiskOffering, vol.disk_offering_id) if vol.disk_offering_id else None
+    return offerings.qos_of(offering) if offering else {}
+
+
+def realize(s, ctx, vol: Volume, host: Host, cluster_id=None) -> StoragePool:
+    """Create the image of an Allocated volume on a pool the host can reach (lazy allocation)."""
+    offering = s.get(DiskOffering, vol.disk_offering_id) if vol.disk_offering_id else None
+    pool = allocator.choose(s, zone_id=vol.zone_id, size=vol.size, offering=offering, hypervisor=host.hypervisor,
+                            host=host, cluster_id=cluster_id or host.cluster_id, account_id=vol.account_id)
+    VOLUME.fire(s, vol, "CreateRequested", pool_id=pool.id, hypervisor=host.hypervisor)
+    try:
+        res = driver_for(pool.provider).create_volume(channel(host), pool, vol)
+    except CloudError as exc:
+        VOLUME.fire(s, vol, "OperationFailed", pool_id=None, error=f"creating the image on {pool.name} failed: {exc.text}")
+        raise
+    VOLUME.fire(s, vol, "OperationSucceeded", physical_size=res.get("physical_size"), error=None)
+    events.record(s, ctx, "VOLUME.CREATE", f"Volume {vol.name} created on storage pool {pool.name}",
+                  resource_type="Volume", resource_uuid=vol.uuid)
+    return pool
+
+
+def _next_device_id(s, vm) -> int:
+    used = set(s.scalars(select(Volume.device_id).where(Volume.vm_id == vm.id, _live(Volume))))
+    dev = 1
+    while dev in used or dev == ISO_DEVICE_ID:
+        dev += 1
+    return dev
+
+
+def attach(s, ctx, vol: Volume, vm: VirtualMachine, deviceid=None) -> Volume:
+    check_access(s, ctx, vm.account_id, "virtual machine")
+    if vol.vm_id is not None:
+        raise ResourceInUse(f"Volume {vol.name} is already attached to a VM; detach it first")
+    if vol.volume_type != "DATADISK":
+        raise InvalidParameter(f"Volume {vol.name} is a {vol.volume_type} volume; only data disks can be attached")
+    if vol.state not in ("Allocated", "Ready"):
+        raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Allocated or Ready volumes can be attached")
+    if vm.state not in ("Running", "Stopped"):
+        raise InvalidParameter(f"VM {vm.name} is {vm.state}; attach needs a Running or Stopped VM")
+    if vol.zone_id != vm.zone_id:
+        raise InvalidParameter(f"Volume {vol.name} and VM {vm.name} are in different zones")
+    if vol.hypervisor and vol.hypervisor != vm.hypervisor:
+        raise InvalidParameter(f"Volume {vol.name} was created for {vol.hypervisor}; VM {vm.name} runs on {vm.hypervisor}")
+    limit = MAX_DATA_VOLUMES.get(vm.hypervisor, 32)
+    count = s.scalar(select(func.count()).select_from(Volume).where(Volume.vm_id == vm.id, _live(Volume),
+                                                                    Volume.volume_type == "DATADISK"))
+    if count >= limit:
+        raise InvalidParameter(f"The specified VM already has the maximum number of data disks ({limit}) attached. "
+                               "Please specify another VM.")
+    if deviceid is not None:
+        if deviceid < 1 or deviceid == ISO_DEVICE_ID or deviceid > limit + 1:
+            raise InvalidParameter(f"deviceid {deviceid} is not usable: pick 1, 2 or 4–{limit + 1} (0 is the root "
+                                   f"disk, {ISO_DEVICE_ID} the CD-ROM)")
+        if s.scalar(select(Volume.id).where(Volume.vm_id == vm.id, Volume.device_id == deviceid, _live(Volume))):
+            raise InvalidParameter(f"Device {deviceid} is used in VM {vm.name}")
+    dev = deviceid if deviceid is not None else _next_device_id(s, vm)
+    if vm.state == "Running":
+        host = s.get(Host, vm.host_id)
+        if vol.state == "Allocated":
+            realize(s, ctx, vol, host)
+        pool = s.get(StoragePool, vol.pool_id)
+        drv = driver_for(pool.provider)
+        if pool.scope == "HOST" and pool.host_id != host.id:
+            raise InvalidParameter(f"Volume {vol.name} is on local storage of another host; migrate it first")
+        VOLUME.fire(s, vol, "AttachRequested")
+        try:
+            channel(host).call("disk_attach", vm=vm.uuid, disk=drv.disk(pool, vol, dev, qos_for(s, vol)))
+        except CloudError:
+            VOLUME.fire(s, vol, "OperationFailed")
+            raise
+        VOLUME.fire(s, vol, "OperationSucceeded")
+    vol.vm_id, vol.device_id, vol.attached = vm.id, dev, utcnow()
+    events.record(s, ctx, "VOLUME.ATTACH", f"Volume {vol.name} attached to VM {vm.name} as device {dev}",
+                  resource_type="Volume", resource_uuid=vol.uuid)
+    return vol
+
+
+def detach(s, ctx, vol: Volume) -> Volume:
+    if vol.vm_id is None:
+        raise InvalidParameter(f"Volume {vol.name} is not attached to any VM")
+    if vol.volume_type == "ROOT":
+        raise InvalidParameter(f"Volume {vol.name} is a root disk; it cannot be detached")
+    vm = s.get(VirtualMachine, vol.vm_id)
+    if vm.state not in ("Running", "Stopped"):
+        raise InvalidParameter(f"VM {vm.name} is {vm.state}; detach needs a Running or Stopped VM")
+    if vm.state == "Running" and vol.state == "Ready":
+        from volstack.drivers.default import serial_of
+        channel(s.get(Host, vm.host_id)).call("disk_detach", vm=vm.uuid, serial=serial_of(vol))
+    vol.vm_id, vol.device_id, vol.attached = None, None, None
+    events.record(s, ctx, "VOLUME.DETACH", f"Volume {vol.name} detached from VM {vm.name}", resource_type="Volume",
+                  resource_uuid=vol.uuid)
+    return vol
+
+
+def _host_for_pool(s, pool) -> Host:
+    from volstack.services.pools import hosts_in_scope
+    hosts = hosts_in_scope(s, pool)
+    if not hosts:
+        raise ResourceUnavailable(f"No Up host can reach storage pool {pool.name}")
+    return hosts[0]
+
+
+def resize(s, ctx, vol: Volume, *, size_gb=None, diskofferingid=None, shrinkok=False, miniops=None, maxiops=None) -> Volume:
+    if vol.volume_type == "ROOT":
+        vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
+        if vm is not None:
+            from volstack.db.storage_models import ServiceOffering
+            so = s.get(ServiceOffering, vm.service_offering_id)
+            if so and so.root_disk_size:
+                raise InvalidParameter("The root disk size is set by the VM's service offering; change the service "
+                                       "offering to resize it")
+    offering = offerings.get_disk_offering(s, ctx, diskofferingid) if diskofferingid else \
+        (s.get(DiskOffering, vol.disk_offering_id) if vol.disk_offering_id else None)
+    if diskofferingid is None and size_gb is None:
+        raise InvalidParameter("Pass size (GB) or diskofferingid to resize a volume")
+    if offering is not None and not offering.customized and size_gb is not None and vol.volume_type != "ROOT":
+        raise InvalidParameter(f"Disk offering {offering.name} has a fixed size; pick a custom offering to set a size")
+    new = offerings.disk_size_for(offering, size_gb, s=s) if offering is not None and (size_gb is not None or not offering.customized) \
+        else size_gb * GIB
+    if new < vol.size and not shrinkok:
+        raise InvalidParameter(f"Shrinking volume {vol.name} from {vol.size} to {new} bytes needs shrinkok=true "
+                               "(data beyond the new size is lost)")
+    if new > vol.size:
+        accounts.check_limit(s, vol.account_id, "primary_storage", new - vol.size)
+    if vol.state == "Ready":
+        pool = s.get(StoragePool, vol.pool_id)
+        vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
+        host = s.get(Host, vm.host_id) if vm is not None and vm.state == "Running" else _host_for_pool(s, pool)
+        if new > vol.size:
+            ok, why = allocator.candidates(s, zone_id=vol.zone_id, size=new - vol.size, offering=offering,
+                                           hypervisor=host.hypervisor, host=host, account_id=vol.account_id)
+            if pool.id not in {p.id for p in ok}:
+                from volstack.errors import InsufficientCapacity
+                raise InsufficientCapacity(f"Storage pool {pool.name} cannot grow volume {vol.name}: "
+                                           f"{why.get(pool.name, 'not suitable')}")
+        VOLUME.fire(s, vol, "ResizeRequested")
+        try:
+            if vm is not None and vm.state == "Running":
+                from volstack.drivers.default import serial_of
+                channel(host).call("disk_resize", vm=vm.uuid, serial=serial_of(vol), size=new)
+            else:
+                driver_for(pool.provider).resize_volume(channel(host), pool, vol, new, shrinkok)
+        except CloudError:
+            VOLUME.fire(s, vol, "OperationFailed")
+            raise
+        VOLUME.fire(s, vol, "OperationSucceeded")
+    elif vol.state != "Allocated":
+        raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Allocated or Ready volumes can be resized")
+    vol.size = new
+    if offering is not None:
+        vol.disk_offering_id = offering.id
+    if miniops is not None:
+        vol.min_iops = miniops
+    if maxiops is not None:
+        vol.max_iops = maxiops
+    events.record(s, ctx, "VOLUME.RESIZE", f"Volume {vol.name} resized to {new} bytes", resource_type="Volume",
+                  resource_uuid=vol.uuid)
+    return vol
+
+
+def destroy(s, ctx, vol: Volume, expunge=False) -> Volume:
+    if vol.vm_id is not None and vol.volume_type != "ROOT":
+        raise ResourceInUse(f"Volume {vol.name} is attached to a VM; detach it first")
+    if not ctx.is_admin and (expunge or False) and not S.Settings.value_in(s, S.ALLOW_USER_EXPUNGE, account=ctx.account_id):
+        raise InvalidParameter("Users may not expunge volumes here (allow.user.expunge.recover.volume=false)")
+    VOLUME.fire(s, vol, "DestroyRequested", destroyed_at=utcnow())
+    events.record(s, ctx, "VOLUME.DESTROY", f"Volume {vol.name} destroyed", resource_type="Volume", resource_uuid=vol.uuid)
+    if expunge:
+        expunge_volume(s, ctx, vol)
+    return vol
+
+
+def recover(s, ctx, vol: Volume) -> Volume:
+    if vol.state != "Destroy":
+        raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only destroyed volumes can be recovered")
+    VOLUME.fire(s, vol, "RecoverRequested" if vol.pool_id else "RecoverAllocated", destroyed_at=None)
+    events.record(s, ctx, "VOLUME.RECOVER", f"Volume {vol.name} recovered", resource_type="Volume", resource_uuid=vol.uuid)
+    return vol
+
+
+def expunge_volume(s, ctx, vol: Volume) -> None:
+    VOLUME.fire(s, vol, "ExpungingRequested")
+    if vol.pool_id:
+        pool = s.get(StoragePool, vol.pool_id)
+        try:
+            driver_for(pool.provider).delete_volume(channel(_host_for_pool(s, pool)), pool, vol)
+        except CloudError as exc:
+            VOLUME.fire(s, vol, "OperationFailed", error=f"expunge failed: {exc.text}")
+            raise
+    VOLUME.fire(s, vol, "OperationSucceeded", removed=utcnow(), vm_id=None)
+    events.record(s, ctx, "VOLUME.EXPUNGE", f"Volume {vol.name} expunged", resource_type="Volume", resource_uuid=vol.uuid)
+
+
+def delete(s, ctx, vol: Volume) -> None:
+    """deleteVolume: remove an unattached data volume at once."""
+    if vol.vm_id is not None:
+        raise ResourceInUse(f"Volume {vol.name} is attached to a VM; detach it first")
+    if vol.state not in ("Allocated", "Ready", "Destroy", "Uploaded", "UploadError", "UploadAbandoned"):
+        raise InvalidParameter(f"Volume {vol.name} is {vol.state}; wait for its operation to finish")
+    if vol.state != "Destroy":
+        VOLUME.fire(s, vol, "DestroyRequested", destroyed_at=utcnow())
+    expunge_volume(s, ctx, vol)
+
+
+def expunge_destroyed(db, ctx) -> int:
+    """The storage cleanup task: expunge volumes destroyed longer than storage.cleanup.delay ago."""
+    from datetime import timedelta
+    with db.session(readonly=True) as s:
+        delay = S.Settings.value_in(s, S.STORAGE_CLEANUP_DELAY)
+        ids = list(s.scalars(select(Volume.id).where(Volume.state == "Destroy", _live(Volume),
+                                                     Volume.destroyed_at < utcnow() - timedelta(seconds=delay))))
+    for vid in ids:
+        with db.session() as s:
+            try:
+                expunge_volume(s, ctx, s.get(Volume, vid))
+            except CloudError:
+                pass
+    return len(ids)
