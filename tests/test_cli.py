@@ -58,6 +58,11 @@ def test_up_prints_keys_writes_cloudstack_ini_and_serves_a_ready_zone(tmp_path):
         hosts = subprocess.run([str(Path(sys.executable).with_name("cs")), "listClusters"], cwd=data, env=clean,
                                capture_output=True, text=True, timeout=60)
         assert '"name": "cluster1"' in hosts.stdout
+        cs = str(Path(sys.executable).with_name("cs"))
+        hosts = subprocess.run([cs, "listHosts"], cwd=data, env=clean, capture_output=True, text=True, timeout=60)
+        assert '"state": "Up"' in hosts.stdout and '"hypervisor": "KVM"' in hosts.stdout
+        pools = subprocess.run([cs, "listStoragePools"], cwd=data, env=clean, capture_output=True, text=True, timeout=60)
+        assert '"name": "local-primary"' in pools.stdout and '"type": "Filesystem"' in pools.stdout
     finally:
         _stop(proc)
     # a second `up` on the same data dir keeps the same keys

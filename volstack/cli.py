@@ -13,7 +13,47 @@ import yaml
 BUILTIN_DATACENTER = {
     "zones": [{"name": "zone1", "networktype": "Advanced", "localstorageenabled": True,
                "pods": [{"name": "pod1", "clusters": [{"name": "cluster1", "hypervisor": "KVM"}]}]}],
+    # The built-in pool is this host's local storage, so the built-in offerings ask for local storage.
+    "disk_offerings": [{"name": "Small", "displaytext": "Small Disk, 5 GB, local", "disksize": 5, "storagetype": "local"},
+                       {"name": "Custom", "displaytext": "Custom Disk, local", "customized": True, "storagetype": "local"}],
+    "service_offerings": [{"name": "Small Instance", "displaytext": "Small Instance, 1 CPU, 512 MB, 2 GB local root",
+                           "cpunumber": 1, "cpuspeed": 500, "memory": 512, "rootdisksize": 2, "storagetype": "local"}],
 }
+
+
+def _start_local_agent(ms, data: Path):
+    """`volstack up` runs one host agent beside the management server and a local pool on this host."""
+    import re
+    import subprocess
+    from sqlalchemy import select
+    from volstack.db.models import Cluster, Host, Pod, Zone
+    from volstack.services import datacenter, infra
+    from volstack.services.context import system_context
+    state = data / "agent"
+    proc = subprocess.Popen([sys.executable, "-m", "volstack.agent", "--state-dir", str(state), "--name",
+                             "localhost", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
+                            stderr=open(data / "agent.log", "ab"), stdin=subprocess.DEVNULL)
+    line = proc.stdout.readline().decode()
+    m = re.search(r"listening on (http://\S+)", line)
+    if not m:
+        proc.kill()
+        raise SystemExit(f"volstack up: the host agent did not start; see {data / 'agent.log'}")
+    url, token = m.group(1), (state / "token").read_text().strip()
+    ctx = system_context()
+    with ms.db.session() as s:
+        zone = s.scalar(select(Zone).where(Zone.name == "zone1"))
+        host = s.scalar(select(Host).where(Host.zone_id == zone.id, Host.name == "localhost"))
+        if host is None:
+            pod = s.scalar(select(Pod).where(Pod.zone_id == zone.id, Pod.name == "pod1"))
+            cl = s.scalar(select(Cluster).where(Cluster.pod_id == pod.id, Cluster.name == "cluster1"))
+            infra.add_host(s, ctx, zone.uuid, pod.uuid, url, "KVM", clusterid=cl.uuid, password=token)
+        else:              # the agent listens on a new port each run
+            from volstack import crypto
+            host.url, host.credential, host.state = url, crypto.encrypt(token), "Up"
+    (data / "primary").mkdir(exist_ok=True)
+    datacenter.apply(ms.db, ctx, {"storage_pools": [{"name": "local-primary", "zone": "zone1", "host": "localhost",
+                                                     "url": f"file://localhost{data / 'primary'}"}]})
+    return proc
 
 
 def _server(db_url, key_file, host, port, **kw):
@@ -49,6 +89,7 @@ def cmd_up(args) -> int:
     password = pw_file.read_text().strip()
     ms = _server(sqlite_url(data), data / "volstack.key", args.host, args.port, admin_password=password)
     datacenter.apply(ms.db, system_context(), BUILTIN_DATACENTER)
+    agent = _start_local_agent(ms, data)
     ms.start()
     ini = data / "cloudstack.ini"
     ini.write_text(f"[cloudstack]\nendpoint = {ms.endpoint}\nkey = {ms.admin.api_key}\nsecret = {ms.admin_secret}\n"
@@ -61,6 +102,8 @@ def cmd_up(args) -> int:
     print("# volstack is up; Ctrl-C stops it", file=sys.stderr, flush=True)
     _wait_for_signal()
     ms.stop()
+    agent.terminate()        # the agent leaves its guests running; the next `up` re-adopts them
+    agent.wait(timeout=30)
     return 0
 
 
@@ -126,10 +169,13 @@ def main(argv=None) -> int:
     apply.add_argument("--key-file")
     apply.set_defaults(fn=cmd_apply)
 
+    from volstack.agent.main import add_parser as add_agent_parser
+    add_agent_parser(sub)
+
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.fn(args)
+    return (getattr(args, "fn", None) or args.func)(args)
 
 
 if __name__ == "__main__":

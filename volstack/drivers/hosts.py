@@ -97,3 +97,11 @@ def channel(host):
     if not host.credential:
         raise ResourceUnavailable(f"Host {host.name} has no agent credential; add it again with its token")
     return AgentClient(host.url, crypto.decrypt(host.credential), timeout=30)
+
+
+def run_long(ch, cmd: str, progress=None, **args) -> dict:
+    """Run a long command as an agent task, reporting its progress; plain call on a simulated host."""
+    if not hasattr(ch, "call_async"):
+        return ch.call(cmd, **args)
+    task = ch.call_async(cmd, **args)
+    return ch.wait_task(task, progress_cb=progress)

@@ -179,6 +179,65 @@ def _settings(s, ctx, items, report):
         report.append(f"updated setting {e['name']} = {value}")
 
 
+def _disk_offerings(s, ctx, items, report):
+    from volstack.db.storage_models import DiskOffering
+    from volstack.services import offerings
+    for o in items:
+        o = dict(o)
+        if s.scalar(select(DiskOffering).where(DiskOffering.name == o["name"], DiskOffering.removed.is_(None),
+                                               DiskOffering.compute_only.is_(False))):
+            report.append(f"unchanged disk offering {o['name']}")
+            continue
+        offerings.create_disk_offering(s, ctx, **o)
+        report.append(f"created disk offering {o['name']}")
+
+
+def _service_offerings(s, ctx, items, report):
+    from volstack.db.storage_models import ServiceOffering
+    from volstack.services import offerings
+    for o in items:
+        o = dict(o)
+        if s.scalar(select(ServiceOffering).where(ServiceOffering.name == o["name"], ServiceOffering.removed.is_(None))):
+            report.append(f"unchanged service offering {o['name']}")
+            continue
+        offerings.create_service_offering(s, ctx, **o)
+        report.append(f"created service offering {o['name']}")
+
+
+def _storage_pools(s, ctx, items, report):
+    """Each item: name, url, zone (name), and scope fields: cluster (name) | host (name) | hypervisor (zone scope)."""
+    from volstack.db.storage_models import StoragePool
+    from volstack.services import pools
+    for p in items:
+        p = dict(p)
+        zone = s.scalar(select(Zone).where(Zone.name == p.pop("zone")))
+        if zone is None:
+            raise InvalidParameter(f"Storage pool {p['name']}: no such zone")
+        if s.scalar(select(StoragePool).where(StoragePool.name == p["name"], StoragePool.zone_id == zone.id,
+                                              StoragePool.state != "Removed")):
+            report.append(f"unchanged storage pool {p['name']}")
+            continue
+        kw = {"name": p["name"], "url": p["url"], "zoneid": zone.uuid, "tags": p.get("tags"),
+              "capacitybytes": p.get("capacitybytes")}
+        if p.get("host"):
+            host = s.scalar(select(Host).where(Host.zone_id == zone.id, Host.name == p["host"]))
+            if host is None:
+                raise InvalidParameter(f"Storage pool {p['name']}: no host named {p['host']} in zone {zone.name}")
+            kw.update(scope="host", hostid=host.uuid)
+        elif p.get("cluster"):
+            cl = s.scalar(select(Cluster).where(Cluster.zone_id == zone.id, Cluster.name == p["cluster"]))
+            if cl is None:
+                raise InvalidParameter(f"Storage pool {p['name']}: no cluster named {p['cluster']} in zone {zone.name}")
+            kw.update(scope="cluster", clusterid=cl.uuid, podid=s.get(Pod, cl.pod_id).uuid)
+        else:
+            kw.update(scope="zone", hypervisor=p.get("hypervisor", "KVM"))
+        pools.create_pool(s, ctx, **kw)
+        report.append(f"created storage pool {p['name']}")
+
+
 register_section("settings", _settings, 10)
+register_section("disk_offerings", _disk_offerings, 40)
+register_section("service_offerings", _service_offerings, 41)
+register_section("storage_pools", _storage_pools, 50)
 register_section("zones", _zones, 20)
 register_section("accounts", _accounts, 30)

@@ -26,7 +26,7 @@ def get_vm(s, ctx, uuid) -> VirtualMachine:
 
 
 def deploy(s, ctx, *, zoneid, serviceofferingid, name=None, displayname=None, diskofferingid=None, size=None,
-           rootdisksize=None, hostid=None, startvm=True, hypervisor=None) -> VirtualMachine:
+           rootdisksize=None, hostid=None, startvm=True, hypervisor=None, details=None) -> VirtualMachine:
     zone = infra.get_zone(s, zoneid)
     so = offerings.get_service_offering(s, ctx, serviceofferingid)
     root_offering = s.get(DiskOffering, so.disk_offering_id)
@@ -42,8 +42,14 @@ def deploy(s, ctx, *, zoneid, serviceofferingid, name=None, displayname=None, di
     if s.scalar(select(VirtualMachine.id).where(VirtualMachine.name == name, VirtualMachine.account_id == ctx.account_id,
                                                 VirtualMachine.removed.is_(None))):
         raise InvalidParameter(f"A VM named {name} already exists in your account")
+    if details:
+        unknown = set(details) - {"kernel", "initrd", "append"}
+        if unknown:
+            raise InvalidParameter(f"Unknown VM details {', '.join(sorted(unknown))}: use kernel, initrd, append")
+        if not ctx.is_root_admin:
+            raise InvalidParameter("Only the root administrator may set a VM's boot kernel (host paths)")
     vm = VirtualMachine(name=name, display_name=displayname or name, zone_id=zone.id, service_offering_id=so.id,
-                        account_id=ctx.account_id, domain_id=ctx.domain_id, hypervisor=hv)
+                        account_id=ctx.account_id, domain_id=ctx.domain_id, hypervisor=hv, details=dict(details or {}))
     s.add(vm)
     s.flush()
     root = volumes.new_volume(s, ctx, name=f"ROOT-{vm.id}", zone_id=zone.id, size=root_bytes, offering=root_offering,

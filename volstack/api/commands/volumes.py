@@ -1,5 +1,6 @@
 """Volumes and the VM commands storage needs."""
 from volstack.api.commands.common import list_query, lst, obj
+from volstack.api.commands.pools import STORAGEPOOL
 from volstack.api.registry import (API, BOOLEAN, LIST, LONG, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F,
                                    Param as P, Success, View)
 from volstack.api.views import _a, _date, _ref
@@ -197,6 +198,34 @@ def recover_volume(req, p):
     return obj(req, VOLUME, volumes.recover(req.s, req.ctx, volumes.get_volume(req.s, req.ctx, p.id)))
 
 
+@API.command("migrateVolume", "Migrate volume", [
+    P("volumeid", UUID, "the ID of the volume", required=True, entity="Volume"),
+    P("storageid", UUID, "destination storage pool ID to migrate the volume to", required=True, entity="StoragePool"),
+    P("livemigrate", BOOLEAN, "if the volume should be live migrated when it is attached to a running vm"),
+    P("newdiskofferingid", UUID, "The new disk offering ID that replaces the current one used by the volume.", entity="DiskOffering"),
+], view=VOLUME, is_async=True, access=USER, instance_type="Volume", instance_param="volumeid")
+def migrate_volume(req, p):
+    from volstack.services import pools
+    vol = volumes.get_volume(req.s, req.ctx, p.volumeid)
+    pool = pools.get_pool(req.s, p.storageid)
+    vol = volumes.migrate(req.s, req.ctx, vol, pool, bool(p.livemigrate), req.progress)
+    if p.newdiskofferingid:
+        from volstack.services import offerings
+        vol.disk_offering_id = offerings.get_disk_offering(req.s, req.ctx, p.newdiskofferingid).id
+    return obj(req, VOLUME, vol)
+
+
+@API.command("findStoragePoolsForMigration", "Lists storage pools available for migration of a volume.", [
+    P("id", UUID, "the ID of the volume", required=True, entity="Volume")], view=STORAGEPOOL, is_list=True)
+def find_pools_for_migration(req, p):
+    from volstack.api.registry import Lst
+    from volstack.api.views import Lookups
+    rows = volumes.pools_for_migration(req.s, req.ctx, volumes.get_volume(req.s, req.ctx, p.id))
+    lk = Lookups(req.s)
+    items = [{**STORAGEPOOL.render(pool, lk), "suitableformigration": ok} for pool, ok in rows]
+    return Lst("storagepool", items, len(items))
+
+
 # ---------------------------------------------------------------- VMs
 
 @API.command("deployVirtualMachine", "Creates and automatically starts a virtual machine based on a service offering, disk offering, and template.", [
@@ -211,11 +240,13 @@ def recover_volume(req, p):
     P("hypervisor", STRING, "the hypervisor on which to deploy the virtual machine"),
     P("startvm", BOOLEAN, "true if start vm after creating; defaulted to true if not specified"),
     P("templateid", UUID, "the ID of the template for the virtual machine (templates come in a later release)"),
+    P("details", "map", "root admin only: guest boot details for hosts without templates: details[0].kernel, "
+      "details[0].initrd, details[0].append (paths on the host)"),
 ], view=VIRTUALMACHINE, is_async=True, access=USER, instance_type="VirtualMachine", instance_param="id",
    prepare=lambda req, p: vms.deploy(req.s, req.ctx, zoneid=p.zoneid, serviceofferingid=p.serviceofferingid,
                                      name=p.name, displayname=p.displayname, diskofferingid=p.diskofferingid,
                                      size=p.size, rootdisksize=p.rootdisksize, hostid=p.hostid, startvm=False,
-                                     hypervisor=p.hypervisor).uuid)
+                                     hypervisor=p.hypervisor, details=(p.details or {}).get("0")).uuid)
 def deploy_vm(req, p):
     vm = vms.get_vm(req.s, req.ctx, p.id)
     if p.startvm is not False:
