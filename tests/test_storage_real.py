@@ -131,6 +131,12 @@ def test_qos_from_the_offering_is_measured_in_the_guest_and_changed_online(kvm):
     api.updateDiskOffering(id=do["id"], bytesreadrate=2 * rate)
     measured = con.bench_read(serial(vol), 24).mib_per_s
     assert abs(measured - 8) / 8 <= 0.2, f"{measured:.2f} MiB/s after raising the limit to 8 MiB/s online"
+    # the guest's real block statistics reach listVolumesMetrics
+    api.updateConfiguration(name="volume.stats.interval", value="300")
+    from agentproc import wait_until
+    m = wait_until("volume metrics", lambda: [v for v in api.listVolumesMetrics(id=vol["id"])["volume"]
+                                              if v["diskkbsread"] >= 40 * 1024], timeout=30)[0]
+    assert m["diskioread"] > 0 and m["sizegb"] == "1.00 GB"
 
 
 def test_find_pools_for_migration_and_agent_outage(kvm):

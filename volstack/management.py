@@ -45,8 +45,14 @@ class ManagementServer:
         from volstack.services.context import system_context
         self.jobs.add_periodic("host heartbeat", lambda: self.host_check_seconds,
                                lambda: agents.check_hosts(self.db, system_context(), 3 * self.host_check_seconds))
+        from volstack.services import volumes
         self.jobs.add_periodic("pool statistics", lambda: self.settings.get(S.VOLUME_STATS_INTERVAL) / 1000,
                                lambda: agents.refresh_pool_stats(self.db))
+        self.jobs.add_periodic("volume statistics", lambda: self.settings.get(S.VOLUME_STATS_INTERVAL) / 1000,
+                               lambda: volumes.collect_stats(self.db))
+        self.jobs.add_periodic("storage cleanup", lambda: self.settings.get(S.STORAGE_CLEANUP_INTERVAL),
+                               lambda: self.settings.get(S.STORAGE_CLEANUP_ENABLED)
+                               and volumes.expunge_destroyed(self.db, system_context()))
 
     # Settings read on every request are cached for a few seconds. Inside a request pass its session:
     # on SQLite a second session would wait for the lock the request's own transaction holds.

@@ -180,8 +180,19 @@ class ApiApp:
             return result
 
     def on_interrupt(self, job: AsyncJob) -> str:
+        """A job's server died mid-way: settle its object (declared per instance type), then retry or fail it."""
         cmd = self.registry.get(job.cmd)
-        return cmd.on_interrupt if cmd else "fail"
+        action = cmd.on_interrupt if cmd else "fail"
+        from volstack.services import vms, volumes
+        settle = {"Volume": volumes.settle_interrupted, "VirtualMachine": vms.settle_interrupted}.get(job.instance_type)
+        if action == "fail" and settle is not None and job.instance_uuid:
+            from volstack.services.context import system_context
+            try:
+                settle(self.ms.db, system_context(), job.instance_uuid, job.cmd)
+            except Exception:
+                log.exception("settling %s %s after an interrupted %s failed", job.instance_type,
+                              job.instance_uuid, job.cmd)
+        return action
 
 
 def _header_safe(text: str) -> str:

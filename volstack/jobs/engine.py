@@ -57,7 +57,7 @@ class JobEngine:
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._periodic: list[list] = []       # [name, seconds(), fn, next due]
+        self._periodic: list[list] = []       # [name, seconds(), fn, last run]
 
     # ------------------------------------------------------------ lifecycle
 
@@ -196,20 +196,20 @@ class JobEngine:
                 log.exception("job housekeeping failed")
 
     def add_periodic(self, name: str, seconds, fn) -> None:
-        """Run fn() every seconds() seconds (a callable, so a setting change applies at the next run)."""
-        self._periodic.append([name, seconds, fn, time.monotonic() + seconds()])
+        """Run fn() every seconds() seconds; seconds is read each time, so a setting change applies at once."""
+        self._periodic.append([name, seconds, fn, time.monotonic()])
 
     def _run_periodic(self) -> None:
         while not self._stop.wait(0.2):
             for task in self._periodic:
-                name, seconds, fn, due = task
-                if time.monotonic() < due:
-                    continue
+                name, seconds, fn, last = task
                 try:
+                    if time.monotonic() - last < max(0.1, seconds()):
+                        continue
+                    task[3] = time.monotonic()
                     fn()
                 except Exception:
                     log.exception("periodic task %s failed", name)
-                task[3] = time.monotonic() + max(0.1, seconds())
 
     def reconcile(self) -> int:
         """Settle running jobs whose server is gone. Returns how many were settled."""

@@ -239,3 +239,24 @@ def _register_pool_hooks():
 
 
 _register_pool_hooks()
+
+
+def settle_interrupted(db, ctx, vm_uuid: str, cmd: str) -> None:
+    """A job on this VM died with its management server: ask its host what is true and record that."""
+    with db.session() as s:
+        vm = s.scalar(select(VirtualMachine).where(VirtualMachine.uuid == vm_uuid))
+        if vm is None or vm.state not in ("Starting", "Stopping", "Migrating"):
+            return
+        host = s.get(Host, vm.host_id or vm.last_host_id) if (vm.host_id or vm.last_host_id) else None
+        running = False
+        if host is not None:
+            try:
+                running = any(v["name"] == vm.uuid and v["state"] == "Running"
+                              for v in channel(host).call("vm_list")["vms"])
+            except CloudError:
+                running = vm.state == "Stopping"
+        vm.state = "Running" if running else "Stopped"
+        vm.host_id = host.id if running else None
+        events.record(s, ctx, "VM.RECOVER", f"VM {vm.name}: {cmd} was interrupted by a management server stop; "
+                      f"the host reports it {vm.state}", level="WARN", resource_type="VirtualMachine",
+                      resource_uuid=vm.uuid)

@@ -433,3 +433,50 @@ def _reapply_qos(s, ctx, offering) -> None:
 
 
 offerings.register_qos_listener(_reapply_qos)
+
+
+def settle_interrupted(db, ctx, volume_uuid: str, cmd: str) -> None:
+    """A job on this volume died with its management server: bring the volume back to a stable state
+    with the reason (the host side removes half-made copies itself)."""
+    back = {"Creating": "Allocated", "Migrating": "Ready", "Resizing": "Ready", "Attaching": "Ready",
+            "Snapshotting": "Ready", "RevertSnapshotting": "Ready", "Expunging": "Destroy"}
+    with db.session() as s:
+        vol = s.scalar(select(Volume).where(Volume.uuid == volume_uuid))
+        if vol is None or vol.state not in back:
+            return
+        reason = f"{cmd} was interrupted because the management server running it stopped"
+        if vol.state == "Creating":
+            vol.pool_id = None
+        vol.state, vol.error = back[vol.state], reason
+        events.record(s, ctx, "VOLUME.RECOVER", f"Volume {vol.name}: {reason}; it is {vol.state} again",
+                      level="WARN", resource_type="Volume", resource_uuid=vol.uuid)
+
+
+# ---------------------------------------------------------------- statistics (listVolumesMetrics)
+
+def collect_stats(db) -> None:
+    """Block statistics of every attached volume of running guests, from their hosts."""
+    from volstack.db.storage_models import VolumeStats
+    from volstack.drivers.default import serial_of
+    with db.session(readonly=True) as s:
+        running = [(vm.uuid, vm.id, vm.host_id) for vm in s.scalars(
+            select(VirtualMachine).where(VirtualMachine.state == "Running", VirtualMachine.host_id.isnot(None)))]
+    for vm_uuid, vm_id, host_id in running:
+        with db.session() as s:
+            try:
+                disks = channel(s.get(Host, host_id)).call("disk_stats", vm=vm_uuid)["disks"]
+            except CloudError:
+                continue
+            now = utcnow()
+            for vol in s.scalars(select(Volume).where(Volume.vm_id == vm_id, _live(Volume))):
+                st = disks.get(serial_of(vol))
+                if st is None:
+                    continue
+                row = s.get(VolumeStats, vol.id) or VolumeStats(volume_id=vol.id)
+                ops = st["rd_ops"] + st["wr_ops"]
+                if row.collected is not None and ops >= row.read_ops + row.write_ops:
+                    elapsed = max((now - row.collected).total_seconds(), 0.001)
+                    row.iops_total = (ops - row.read_ops - row.write_ops) / elapsed
+                row.read_ops, row.write_ops = st["rd_ops"], st["wr_ops"]
+                row.read_bytes, row.write_bytes, row.collected = st["rd_bytes"], st["wr_bytes"], now
+                s.add(row)

@@ -100,6 +100,24 @@ _FILTER_NAMES = ("id", "ids", "name", "type", "state", "zoneid", "podid", "clust
                  "virtualmachineid", "diskofferingid")
 
 
+def _stat(field):
+    def get(r, lk):
+        row = lk.get(sm.VolumeStats, r.id)
+        return getattr(row, field) if row is not None else 0
+    return get
+
+
+VOLUME_METRICS = View("volume", VOLUME.fields + [
+    F("sizegb", "disk size in GiB", lambda r, lk: f"{r.size / GIB:.2f} GB"),
+    F("diskiopstotal", "the total disk iops", lambda r, lk: int(_stat("iops_total")(r, lk)), "long"),
+    F("diskioread", "the read (IO) of disk on the vm", _stat("read_ops"), "long"),
+    F("diskiowrite", "the write (IO) of disk on the vm", _stat("write_ops"), "long"),
+    F("diskkbsread", "the VM's disk read in KiB", lambda r, lk: _stat("read_bytes")(r, lk) // 1024, "long"),
+    F("diskkbswrite", "the VM's disk write in KiB", lambda r, lk: _stat("write_bytes")(r, lk) // 1024, "long"),
+])
+GIB = 1024 ** 3
+
+
 @API.command("createVolume", "Creates a disk volume from a disk offering. This disk volume must still be attached to a virtual machine to make use of it.", [
     P("name", STRING, "the name of the disk volume"),
     P("zoneid", UUID, "the ID of the availability zone", entity="Zone"),
@@ -126,6 +144,13 @@ def create_volume(req, p):
 @API.command("listVolumes", "Lists all volumes.", VOL_FILTERS, view=VOLUME, is_list=True, access=USER)
 def list_volumes(req, p):
     return lst(req, VOLUME, volumes.list_volumes(req.s, req.ctx, list_query(req, p), **{k: p.get(k) for k in _FILTER_NAMES}))
+
+
+@API.command("listVolumesMetrics", "Lists volume metrics: the volumes with their block statistics, collected every volume.stats.interval",
+             VOL_FILTERS, view=VOLUME_METRICS, is_list=True, access=USER, since="4.9.3")
+def list_volumes_metrics(req, p):
+    return lst(req, VOLUME_METRICS, volumes.list_volumes(req.s, req.ctx, list_query(req, p),
+                                                         **{k: p.get(k) for k in _FILTER_NAMES}))
 
 
 VOL_JOB = dict(is_async=True, access=USER, instance_type="Volume", instance_param="id")
