@@ -136,3 +136,55 @@ def test_volume_limit_is_enforced(server, dc):
         user.createVolume(name="two", zoneid=dc["zone"]["id"], diskofferingid=dc["do"]["id"])
     assert e.value.error["errorcode"] == 532 and "Account Resource Limit = 1" in e.value.error["errortext"]
     assert [v["name"] for v in user.listVolumes()["volume"]] == ["one"]
+
+
+def test_change_offering_moves_to_a_pool_with_the_new_tags(dc):
+    api = dc["api"]
+    vm = api.deployVirtualMachine(zoneid=dc["zone"]["id"], serviceofferingid=dc["so"]["id"], rootdisksize=1)["virtualmachine"]
+    plain = api.createDiskOffering(name="plain", disksize=5)["diskoffering"]
+    vol = api.createVolume(name="co", zoneid=dc["zone"]["id"], diskofferingid=plain["id"])["volume"]
+    vol = api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]
+    api.detachVolume(id=vol["id"])
+    if vol["storageid"] == dc["pool"]["id"]:       # make sure it sits on the untagged pool first
+        slow = api.listStoragePools(name="slow")["storagepool"][0]
+        api.migrateVolume(volumeid=vol["id"], storageid=slow["id"])
+    with pytest.raises(CloudStackApiException) as e:
+        api.changeOfferingForVolume(id=vol["id"], diskofferingid=dc["do"]["id"])
+    assert "automigrate" in str(e.value.error)
+    moved = api.changeOfferingForVolume(id=vol["id"], diskofferingid=dc["do"]["id"], automigrate=True)["volume"]
+    assert moved["storageid"] == dc["pool"]["id"] and moved["diskofferingid"] == dc["do"]["id"]
+
+
+def test_migrate_stopped_vm_storage_and_list_pools_for_migration(dc):
+    api = dc["api"]
+    vm = api.deployVirtualMachine(zoneid=dc["zone"]["id"], serviceofferingid=dc["so"]["id"], rootdisksize=1)["virtualmachine"]
+    root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
+    other = next(p for p in api.listStoragePools()["storagepool"] if p["id"] != root["storageid"])
+    found = {p["id"]: p["suitableformigration"] for p in api.findStoragePoolsForMigration(id=root["id"])["storagepool"]}
+    assert found == {other["id"]: True}
+    with pytest.raises(CloudStackApiException) as e:
+        api.migrateVolume(volumeid=root["id"], storageid=other["id"])
+    assert "livemigrate" in str(e.value.error)
+    with pytest.raises(CloudStackApiException):
+        api.migrateVirtualMachine(virtualmachineid=vm["id"], storageid=other["id"])
+    api.stopVirtualMachine(id=vm["id"])
+    api.migrateVirtualMachine(virtualmachineid=vm["id"], storageid=other["id"])
+    assert api.listVolumes(id=root["id"])["volume"][0]["storageid"] == other["id"]
+    assert api.startVirtualMachine(id=vm["id"])["virtualmachine"]["state"] == "Running"
+
+
+def test_import_and_unmanage(dc):
+    api = dc["api"]
+    vm = api.deployVirtualMachine(zoneid=dc["zone"]["id"], serviceofferingid=dc["so"]["id"], rootdisksize=1)["virtualmachine"]
+    vol = api.createVolume(name="im", zoneid=dc["zone"]["id"], diskofferingid=dc["do"]["id"])["volume"]
+    vol = api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]
+    api.detachVolume(id=vol["id"])
+    assert api.unmanageVolume(id=vol["id"])["success"] is True
+    assert api.listVolumes(id=vol["id"]) == {}
+    importable = api.listVolumesForImport(storageid=vol["storageid"])["volumeforimport"]
+    assert [i["path"] for i in importable] == [vol["path"]]
+    back = api.importVolume(storageid=vol["storageid"], path=vol["path"], name="again")["volume"]
+    assert (back["state"], back["size"], back["storageid"]) == ("Ready", vol["size"], vol["storageid"])
+    with pytest.raises(CloudStackApiException) as e:
+        api.importVolume(storageid=vol["storageid"], path=vol["path"])
+    assert "already managed" in str(e.value.error)

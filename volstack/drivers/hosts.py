@@ -59,6 +59,12 @@ class SimulatedHost:
         self._images(dst_pool)[dst_name] = self._images(src_pool).get(src_name, 0)
         return {"path": dst_name}
 
+    def _volume_info(self, pool, name, **_):
+        images = self._images(pool)
+        if name not in images:
+            raise InvalidParameter(f"{name} does not exist on the simulated pool")
+        return {"size": images[name], "physical_size": 0, "format": "qcow2", "backing": None}
+
     def _pool_list(self, pool, path=""):
         return {"entries": [{"name": n, "isdirectory": False, "size": sz, "format": "qcow2"}
                             for n, sz in sorted(self._images(pool).items())]}

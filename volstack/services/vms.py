@@ -7,7 +7,7 @@ from volstack.db.models import Cluster, Host, utcnow
 from volstack.db.storage_models import DiskOffering, ServiceOffering, StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
-from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter
+from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter, ResourceUnavailable
 from volstack.services import events, infra, lookup, offerings, volumes
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import VM, VOLUME
@@ -141,6 +141,19 @@ def stop(s, ctx, vm, forced=False) -> VirtualMachine:
 def reboot(s, ctx, vm) -> VirtualMachine:
     if vm.state != "Running":
         raise InvalidParameter(f"VM {vm.name} is {vm.state}; only a Running VM can be rebooted")
+    so = s.get(ServiceOffering, vm.service_offering_id)
+    if so.is_volatile:        # the root disk is discarded and made anew on every reboot
+        host = s.get(Host, vm.host_id)
+        stop(s, ctx, vm, forced=True)
+        root = s.scalar(select(Volume).where(Volume.vm_id == vm.id, Volume.volume_type == "ROOT", Volume.removed.is_(None)))
+        pool = s.get(StoragePool, root.pool_id)
+        drv = driver_for(pool.provider)
+        drv.delete_volume(channel(host), pool, root)
+        drv.create_volume(channel(host), pool, root)
+        start(s, ctx, vm, host.uuid)
+        events.record(s, ctx, "VM.REBOOT", f"VM {vm.name} rebooted with a fresh root disk (volatile offering)",
+                      resource_type="VirtualMachine", resource_uuid=vm.uuid)
+        return vm
     channel(s.get(Host, vm.host_id)).call("vm_reboot", name=vm.uuid)
     events.record(s, ctx, "VM.REBOOT", f"VM {vm.name} rebooted", resource_type="VirtualMachine", resource_uuid=vm.uuid)
     return vm
@@ -260,3 +273,42 @@ def settle_interrupted(db, ctx, vm_uuid: str, cmd: str) -> None:
         events.record(s, ctx, "VM.RECOVER", f"VM {vm.name}: {cmd} was interrupted by a management server stop; "
                       f"the host reports it {vm.state}", level="WARN", resource_type="VirtualMachine",
                       resource_uuid=vm.uuid)
+
+
+def migrate(s, ctx, vm, *, hostid=None, storageid=None, volume_map=None, progress=None) -> VirtualMachine:
+    """migrateVirtualMachine / migrateVirtualMachineWithVolume.
+
+    Volumes move with migrateVolume's machinery (cold copy, or QEMU's mirror while the guest runs).
+    A running guest's move to another host needs the hypervisor's live migration, which the agent
+    does not offer yet: that case is refused with a clear message rather than done as a stop/start."""
+    from volstack.services.pools import get_pool
+    if vm.state not in ("Running", "Stopped"):
+        raise InvalidParameter(f"VM {vm.name} is {vm.state}; only Running or Stopped VMs can be migrated")
+    target_host = infra.get_host(s, hostid) if hostid else None
+    if target_host is not None:
+        if target_host.zone_id != vm.zone_id or target_host.hypervisor != vm.hypervisor:
+            raise InvalidParameter(f"Host {target_host.name} cannot run VM {vm.name} (other zone or hypervisor)")
+        if vm.state == "Running" and target_host.id != vm.host_id:
+            raise ResourceUnavailable(f"Live migration of running VM {vm.name} to another host is not available "
+                                           "in this release; stop the VM and migrate it, or migrate its volumes live")
+    moves = []
+    vols = list(s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None))))
+    if storageid:
+        if vm.state == "Running":
+            raise InvalidParameter("storageid moves the storage of a stopped VM; for a running VM use "
+                                   "migrateVirtualMachineWithVolume or migrateVolume with livemigrate=true")
+        pool = get_pool(s, storageid)
+        moves = [(v, pool) for v in vols if v.pool_id not in (None, pool.id)]
+    for vol_uuid, pool_uuid in (volume_map or {}).items():
+        vol = next((v for v in vols if v.uuid == vol_uuid), None)
+        if vol is None:
+            raise InvalidParameter(f"Volume {vol_uuid} is not attached to VM {vm.name}")
+        moves.append((vol, get_pool(s, pool_uuid)))
+    for vol, pool in moves:
+        volumes.migrate(s, ctx, vol, pool, livemigrate=vm.state == "Running", progress=progress)
+    if target_host is not None and vm.state == "Stopped":
+        vm.last_host_id = target_host.id
+    events.record(s, ctx, "VM.MIGRATE", f"VM {vm.name} migrated" + (f" to host {target_host.name}" if target_host else "")
+                  + (f" with {len(moves)} volume(s)" if moves else ""), resource_type="VirtualMachine",
+                  resource_uuid=vm.uuid)
+    return vm

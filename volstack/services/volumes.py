@@ -480,3 +480,79 @@ def collect_stats(db) -> None:
                 row.read_ops, row.write_ops = st["rd_ops"], st["wr_ops"]
                 row.read_bytes, row.write_bytes, row.collected = st["rd_bytes"], st["wr_bytes"], now
                 s.add(row)
+
+
+# ---------------------------------------------------------------- offering changes, import/unmanage
+
+def change_offering(s, ctx, vol: Volume, *, diskofferingid, size_gb=None, shrinkok=False, miniops=None, maxiops=None,
+                    automigrate=False, progress=None) -> Volume:
+    """changeOfferingForVolume: new offering, resized and/or moved as the new offering needs."""
+    new = offerings.get_disk_offering(s, ctx, diskofferingid, zone_id=vol.zone_id)
+    if vol.state == "Ready" and vol.pool_id and S.Settings.value_in(s, S.MATCH_POOL_TAGS, zone=vol.zone_id):
+        pool = s.get(StoragePool, vol.pool_id)
+        if not allocator.tags_match(pool, allocator.offering_tags(new)):
+            if not automigrate:
+                raise InvalidParameter(f"Storage pool {pool.name} does not carry the tags of disk offering {new.name} "
+                                       "(match.storage.pool.tags.with.disk.offering=true); pass automigrate=true "
+                                       "to move the volume to a pool that does")
+            vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
+            host = s.get(Host, vm.host_id) if vm is not None and vm.state == "Running" else None
+            target = allocator.choose(s, zone_id=vol.zone_id, size=vol.size, offering=new,
+                                      hypervisor=vol.hypervisor or "KVM", host=host, account_id=vol.account_id,
+                                      exclude=(pool.id,))
+            migrate(s, ctx, vol, target, livemigrate=host is not None, progress=progress)
+    target_size = offerings.disk_size_for(new, size_gb, s=s) if (size_gb is not None or not new.customized) else vol.size
+    if target_size != vol.size:
+        resize(s, ctx, vol, size_gb=target_size // GIB, shrinkok=shrinkok)
+    vol.disk_offering_id = new.id
+    vol.min_iops, vol.max_iops = offerings.storage_iops_for(new, miniops, maxiops, s=s)
+    vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
+    if vm is not None and vm.state == "Running" and vol.state == "Ready":
+        from volstack.drivers.default import serial_of
+        channel(s.get(Host, vm.host_id)).call("disk_set_qos", vm=vm.uuid, serial=serial_of(vol), qos=offerings.qos_of(new, s))
+    events.record(s, ctx, "VOLUME.UPDATE", f"Volume {vol.name} now uses disk offering {new.name}",
+                  resource_type="Volume", resource_uuid=vol.uuid)
+    return vol
+
+
+def unmanaged_images(s, ctx, pool: StoragePool, path: str | None = None) -> list[dict]:
+    """listVolumesForImport: image files on the pool that no volstack volume owns."""
+    from volstack.services.pools import list_objects
+    return [e for e, owner in list_objects(s, ctx, pool.uuid, path) if owner is None and not e["isdirectory"]]
+
+
+def import_volume(s, ctx, pool: StoragePool, path: str, *, name=None, diskofferingid=None) -> Volume:
+    from volstack.services.context import require_root_admin
+    require_root_admin(ctx)
+    if "/" in path or path in ("", ".", ".."):
+        raise InvalidParameter(f"Give the image's file name in the pool root, not {path!r}")
+    if s.scalar(select(Volume.id).where(Volume.pool_id == pool.id, Volume.path == path, _live(Volume))):
+        raise InvalidParameter(f"{path} on {pool.name} is already managed by volstack")
+    host = _host_for_pool(s, pool)
+    info = channel(host).call("volume_info", pool=driver_for(pool.provider).spec(pool), name=path)
+    if info.get("backing"):
+        raise InvalidParameter(f"{path} has a backing file ({info['backing']}); only standalone images can be imported")
+    offering = offerings.get_disk_offering(s, ctx, diskofferingid) if diskofferingid else None
+    vol = Volume(name=name or path, volume_type="DATADISK", state="Ready", size=info["size"],
+                 physical_size=info.get("physical_size"), format=(info.get("format") or "qcow2").upper(), path=path,
+                 zone_id=pool.zone_id, pool_id=pool.id, account_id=ctx.account_id, domain_id=ctx.domain_id,
+                 disk_offering_id=offering.id if offering else None, hypervisor=host.hypervisor)
+    accounts.check_limit(s, ctx.account_id, "volume")
+    s.add(vol)
+    s.flush()
+    events.record(s, ctx, "VOLUME.IMPORT", f"Image {path} on {pool.name} imported as volume {vol.name}",
+                  resource_type="Volume", resource_uuid=vol.uuid)
+    return vol
+
+
+def unmanage(s, ctx, vol: Volume) -> None:
+    """unmanageVolume: forget the volume, keep its image on the pool."""
+    from volstack.services.context import require_root_admin
+    require_root_admin(ctx)
+    if vol.vm_id is not None:
+        raise ResourceInUse(f"Volume {vol.name} is attached to a VM; detach it first")
+    if vol.state != "Ready":
+        raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be unmanaged")
+    vol.state, vol.removed = "Expunged", utcnow()
+    events.record(s, ctx, "VOLUME.UNMANAGE", f"Volume {vol.name} unmanaged; its image {vol.path} stays on the pool",
+                  resource_type="Volume", resource_uuid=vol.uuid)

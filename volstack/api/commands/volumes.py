@@ -251,6 +251,61 @@ def find_pools_for_migration(req, p):
     return Lst("storagepool", items, len(items))
 
 
+@API.command("changeOfferingForVolume", "Change disk offering of the volume and also an option to auto migrate if required to apply the new disk offering", [
+    P("id", UUID, "the ID of the volume", required=True, entity="Volume"),
+    P("diskofferingid", UUID, "new disk offering id", required=True, entity="DiskOffering"),
+    P("size", LONG, "New volume size in GB for the custom disk offering"),
+    P("miniops", LONG, "New minimum number of IOPS for the custom disk offering"),
+    P("maxiops", LONG, "New maximum number of IOPS for the custom disk offering"),
+    P("automigrate", BOOLEAN, "Flag for automatic migration of the volume with new disk offering whenever migration is required to apply the offering"),
+    P("shrinkok", BOOLEAN, "Verify OK to Shrink"),
+], view=VOLUME, since="4.17", **VOL_JOB)
+def change_offering_for_volume(req, p):
+    vol = volumes.get_volume(req.s, req.ctx, p.id)
+    return obj(req, VOLUME, volumes.change_offering(req.s, req.ctx, vol, diskofferingid=p.diskofferingid, size_gb=p.size,
+                                                    shrinkok=bool(p.shrinkok), miniops=p.miniops, maxiops=p.maxiops,
+                                                    automigrate=bool(p.automigrate), progress=req.progress))
+
+
+IMPORTABLE = View("volumeforimport", [
+    F("name", "the name of the image file", lambda r, lk: r["name"]),
+    F("path", "the path of the image on the storage pool", lambda r, lk: r["name"]),
+    F("format", "the image format", lambda r, lk: (r.get("format") or "").upper() or None),
+    F("virtualsize", "the size of the file in bytes", lambda r, lk: r.get("size"), "long"),
+])
+
+
+@API.command("listVolumesForImport", "Lists image files on a storage pool that volstack does not manage yet", [
+    P("storageid", UUID, "the ID of the storage pool", required=True, entity="StoragePool"),
+    P("path", STRING, "the path of a directory on the pool to list"),
+], view=IMPORTABLE, is_list=True, since="4.19.1")
+def list_volumes_for_import(req, p):
+    from volstack.api.registry import Lst
+    from volstack.services import pools
+    rows = volumes.unmanaged_images(req.s, req.ctx, pools.get_pool(req.s, p.storageid), p.path)
+    return Lst(IMPORTABLE.key, [IMPORTABLE.render(r, None) for r in rows], len(rows))
+
+
+@API.command("importVolume", "Import an image file on a storage pool as a volume", [
+    P("path", STRING, "the file name of the image on the storage pool", required=True, length=1024),
+    P("storageid", UUID, "the ID of the storage pool", required=True, entity="StoragePool"),
+    P("name", STRING, "the name of the volume"),
+    P("diskofferingid", UUID, "the disk offering of the volume", entity="DiskOffering"),
+], view=VOLUME, is_async=True, since="4.19.1", instance_type="StoragePool", instance_param="storageid")
+def import_volume(req, p):
+    from volstack.services import pools
+    return obj(req, VOLUME, volumes.import_volume(req.s, req.ctx, pools.get_pool(req.s, p.storageid), p.path,
+                                                  name=p.name, diskofferingid=p.diskofferingid))
+
+
+@API.command("unmanageVolume", "Stops managing a volume; its image stays on the storage pool",
+             [P("id", UUID, "the ID of the volume", required=True, entity="Volume")], response_key="success",
+             is_async=True, since="4.19.1", instance_type="Volume", instance_param="id")
+def unmanage_volume(req, p):
+    volumes.unmanage(req.s, req.ctx, volumes.get_volume(req.s, req.ctx, p.id))
+    return Success()
+
+
 # ---------------------------------------------------------------- VMs
 
 @API.command("deployVirtualMachine", "Creates and automatically starts a virtual machine based on a service offering, disk offering, and template.", [
@@ -326,6 +381,36 @@ def recover_vm(req, p):
 def expunge_vm(req, p):
     vms.expunge_vm(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.id))
     return Success()
+
+
+@API.command("migrateVirtualMachine", "Attempts Migration of a VM to a different host or Root volume of the vm to a different storage pool", [
+    P("virtualmachineid", UUID, "the ID of the virtual machine", required=True, entity="VirtualMachine"),
+    P("hostid", UUID, "Destination Host ID to migrate VM to.", entity="Host"),
+    P("storageid", UUID, "Destination storage pool ID to migrate the VM's volumes to (stopped VMs)", entity="StoragePool"),
+    P("autoselect", BOOLEAN, "Automatically select a destination host which do not require storage migration"),
+], view=VIRTUALMACHINE, is_async=True, instance_type="VirtualMachine", instance_param="virtualmachineid")
+def migrate_vm(req, p):
+    vm = vms.get_vm(req.s, req.ctx, p.virtualmachineid)
+    return obj(req, VIRTUALMACHINE, vms.migrate(req.s, req.ctx, vm, hostid=p.hostid, storageid=p.storageid,
+                                                progress=req.progress))
+
+
+@API.command("migrateVirtualMachineWithVolume", "Attempts Migration of a VM with its volumes to a different host", [
+    P("virtualmachineid", UUID, "the ID of the virtual machine", required=True, entity="VirtualMachine"),
+    P("hostid", UUID, "Destination Host ID to migrate VM to.", entity="Host"),
+    P("migrateto", "map", "Storage to pool mapping: migrateto[0].volume=<uuid>&migrateto[0].pool=<uuid>"),
+    P("autoselect", BOOLEAN, "Automatically select a destination host for a running instance"),
+], view=VIRTUALMACHINE, is_async=True, instance_type="VirtualMachine", instance_param="virtualmachineid")
+def migrate_vm_with_volume(req, p):
+    from volstack.errors import InvalidParameter
+    mapping = {}
+    for entry in (p.migrateto or {}).values():
+        if not entry.get("volume") or not entry.get("pool"):
+            raise InvalidParameter("Each migrateto entry needs volume and pool: migrateto[0].volume=…&migrateto[0].pool=…")
+        mapping[entry["volume"]] = entry["pool"]
+    vm = vms.get_vm(req.s, req.ctx, p.virtualmachineid)
+    return obj(req, VIRTUALMACHINE, vms.migrate(req.s, req.ctx, vm, hostid=p.hostid, volume_map=mapping,
+                                                progress=req.progress))
 
 
 @API.command("listVirtualMachines", "List the virtual machines owned by the account.", [
