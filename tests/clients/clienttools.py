@@ -1,6 +1,7 @@
 """Shared helpers for the real-client acceptance tests: where the client virtualenvs live, a clean
 environment for their processes, and running them."""
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -42,3 +43,32 @@ def run(cmd, env: dict, cwd=None, timeout: float = 120, input: str | None = None
 def describe(proc: subprocess.CompletedProcess) -> str:
     """Everything a failing assertion should show about a client run."""
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+RECAP = re.compile(r"^localhost\s*:\s*(.*)$", re.M)
+
+
+def recap(proc: subprocess.CompletedProcess) -> dict:
+    """The counters of Ansible's PLAY RECAP line: {'ok': 7, 'changed': 0, 'failed': 0, ...}."""
+    lines = RECAP.findall(proc.stdout)
+    assert len(lines) == 1, describe(proc)
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", lines[0])}
+
+
+def playbook_runner(ms, tmp_path: Path, playbook: Path):
+    """play(**extra_vars) -> (process, recap counters): runs the playbook against ms, failing on any failed task."""
+    env = cs_env(ms, tmp_path / "home",
+                 ANSIBLE_PYTHON_INTERPRETER=CLIENTS_PYTHON,
+                 ANSIBLE_LOCAL_TEMP=tmp_path / "ansible-local", ANSIBLE_REMOTE_TEMP=tmp_path / "ansible-remote",
+                 ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+                 ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="false")
+
+    def play(**extra_vars):
+        args = [ANSIBLE_PLAYBOOK, "-i", "localhost,", playbook]
+        for k, v in extra_vars.items():
+            args += ["-e", f"{k}={v}"]
+        proc = run(args, env=env, cwd=tmp_path, timeout=300)
+        counts = recap(proc)
+        assert proc.returncode == 0 and counts["failed"] == 0 and counts["unreachable"] == 0, describe(proc)
+        return proc, counts
+    return play

@@ -1,40 +1,18 @@
 """Ansible's cs_disk_offering and cs_service_offering (ngine_io.cloudstack 2.5.0) against a live volstack
 server: tests/clients/playbook_offerings.yml creates two disk offerings and a service offering."""
-import re
 from pathlib import Path
 
 import pytest
 
-from clienttools import ANSIBLE_PLAYBOOK, CLIENTS_PYTHON, cs_env, describe, run
+from clienttools import playbook_runner
 from support import client
 
 PLAYBOOK = Path(__file__).with_name("playbook_offerings.yml")
-RECAP = re.compile(r"^localhost\s*:\s*(.*)$", re.M)
-
-
-def recap(proc) -> dict:
-    lines = RECAP.findall(proc.stdout)
-    assert len(lines) == 1, describe(proc)
-    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", lines[0])}
 
 
 @pytest.fixture
 def playbook(server, tmp_path):
-    env = cs_env(server, tmp_path / "home",
-                 ANSIBLE_PYTHON_INTERPRETER=CLIENTS_PYTHON,
-                 ANSIBLE_LOCAL_TEMP=tmp_path / "ansible-local", ANSIBLE_REMOTE_TEMP=tmp_path / "ansible-remote",
-                 ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-                 ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="false")
-
-    def play(**extra_vars):
-        args = [ANSIBLE_PLAYBOOK, "-i", "localhost,", PLAYBOOK]
-        for k, v in extra_vars.items():
-            args += ["-e", f"{k}={v}"]
-        proc = run(args, env=env, cwd=tmp_path, timeout=300)
-        counts = recap(proc)
-        assert proc.returncode == 0 and counts["failed"] == 0 and counts["unreachable"] == 0, describe(proc)
-        return proc, counts
-    return play
+    return playbook_runner(server, tmp_path, PLAYBOOK)
 
 
 @pytest.mark.slow
