@@ -1,6 +1,9 @@
 """volstack benchmarks, each printed as a ratio against a limit measured in the same run.
 
-    .venv/bin/python bench/run.py [--quick] [--no-pg] [--profile]
+    .venv/bin/python bench/run.py [--quick] [--no-pg] [--profile] [--no-storage | --storage-only]
+
+The storage figures (4, 5) start a `volstack agent` with a QEMU guest and use the machine's one nfs-ganesha
+(tests/nfsserver.py): do not run them while the test suite runs (VOLSTACK_NFS_WAIT=seconds to wait for it).
 """
 import argparse
 import logging
@@ -16,35 +19,47 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 import bench_api  # noqa: E402
 import bench_jobs  # noqa: E402
+import bench_storage  # noqa: E402
 import loadgen  # noqa: E402
 
-QUICK = dict(rounds=1, duration=1.5, jobs=600, async_jobs=120, inproc=300)
-FULL = dict(rounds=2, duration=5.0, jobs=3000, async_jobs=400, inproc=1000)
+QUICK = dict(rounds=1, duration=1.5, jobs=600, async_jobs=120, inproc=300,
+             attach_n=15, mig_mib=64, mig_rounds=2, sim_pairs=120)
+FULL = dict(rounds=2, duration=5.0, jobs=3000, async_jobs=400, inproc=1000,
+            attach_n=30, mig_mib=256, mig_rounds=5, sim_pairs=400)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smaller runs: about 30 s in all")
+    ap.add_argument("--quick", action="store_true", help="smaller runs: about a minute in all")
     ap.add_argument("--no-pg", action="store_true", help="skip the PostgreSQL job benchmark")
     ap.add_argument("--profile", action="store_true", help="also print a cProfile of in-process listZones")
     ap.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
     ap.add_argument("--threads", type=int, default=4, help="connections per client process (default 4)")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--no-storage", action="store_true", help="skip the storage figures (4-6)")
+    which.add_argument("--storage-only", action="store_true", help="only the storage figures (4-6)")
     args = ap.parse_args()
     cfg = QUICK if args.quick else FULL
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)   # "Task queue depth is N" under load
     t0 = time.monotonic()
+    rows, empty_jobs = [], None
     with tempfile.TemporaryDirectory(prefix="volstack-bench-") as tmp:
-        rows, async_result = api_rows(Path(tmp), cfg, args)
-        n = cfg["jobs"]
-        j = bench_jobs.job_figures(f"sqlite:///{Path(tmp) / 'jobs.db'}", n)
-    rows += [(f"empty jobs, SQLite, N={n}, 4 workers", f"{j['jobs']:,.0f} jobs/s",
-              f"{j['raw']:,.0f} INSERT+UPDATE pairs/s", j["jobs"] / j["raw"])] + job_detail(j)
-    a = async_result
-    rows.append((f"disableAccount via API + polling, N={a.requests}", f"{a.rate:,.0f} jobs/s",
-                 "empty SQLite jobs above", a.rate / j["jobs"]))
-    if not args.no_pg:
-        rows += pg_rows(n)
+        if not args.storage_only:
+            rows, async_result = api_rows(Path(tmp), cfg, args)
+            n = cfg["jobs"]
+            j = bench_jobs.job_figures(f"sqlite:///{Path(tmp) / 'jobs.db'}", n)
+            empty_jobs = j["jobs"]
+            rows += [(f"empty jobs, SQLite, N={n}, 4 workers", f"{j['jobs']:,.0f} jobs/s",
+                      f"{j['raw']:,.0f} INSERT+UPDATE pairs/s", j["jobs"] / j["raw"])] + job_detail(j)
+            a = async_result
+            rows.append((f"disableAccount via API + polling, N={a.requests}", f"{a.rate:,.0f} jobs/s",
+                         "empty SQLite jobs above", a.rate / j["jobs"]))
+            if not args.no_pg:
+                rows += pg_rows(n)
+        if not args.no_storage:
+            rows += bench_storage.real_rows(Path(tmp), cfg)
+            rows += bench_storage.sim_rows(Path(tmp), cfg, args.procs, args.threads, empty_jobs)
     print()
     print_table(rows)
     print(f"\n({os.cpu_count()} CPUs, {args.procs}x{args.threads} client connections, "

@@ -147,3 +147,19 @@ def test_find_pools_for_migration_and_agent_outage(kvm):
     rows = {p["name"]: p["suitableformigration"] for p in api.findStoragePoolsForMigration(id=vol["id"])["storagepool"]}
     assert rows == {"local0": True, "local1": False}
 
+
+
+def test_a_dead_agent_leaves_the_volume_stable_with_the_reason(kvm):
+    api = kvm["api"]
+    vm, _ = boot(kvm, 0)
+    vol = api.createVolume(name="d", zoneid=kvm["zone"]["id"], diskofferingid=kvm["custom"]["id"], size=1)["volume"]
+    vol = api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]
+    api.detachVolume(id=vol["id"])
+    kvm["agents"][1].stop()                       # the only host that reaches local1 goes away
+    from cs import CloudStackApiException
+    with pytest.raises(CloudStackApiException):
+        api.migrateVolume(volumeid=vol["id"], storageid=kvm["locals"][1]["id"])
+    after = api.listVolumes(id=vol["id"])["volume"][0]
+    assert after["state"] == "Ready" and after["storageid"] == kvm["nfs"]["id"]
+    assert "migration to local1 failed" in after["status"]
+    assert (kvm["nfs_dir"] / vol["id"]).exists(), "the source is intact"

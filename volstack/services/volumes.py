@@ -26,6 +26,20 @@ def _live(model):
     return model.removed.is_(None)
 
 
+def begin_host_work(s, vol: Volume, event: str, **values) -> None:
+    """Move vol to its transitional state and commit it before asking a host to act: pollers see it,
+    a crash leaves a state the reconciler can settle, and no database lock is held during host work."""
+    VOLUME.fire(s, vol, event, **values)
+    s.commit()
+
+
+def host_work_failed(s, vol: Volume, exc: CloudError, **values):
+    """Put vol back in a stable state with the reason, committed: the caller's exception must not undo it."""
+    VOLUME.fire(s, vol, "OperationFailed", **values)
+    s.commit()
+    raise exc
+
+
 accounts.register_usage_counter("volume", lambda s, acc: s.scalar(
     select(func.count()).select_from(Volume).where(Volume.account_id == acc, _live(Volume),
                                                    Volume.state.notin_(("Destroy", "Expunged")))))
@@ -124,12 +138,11 @@ def realize(s, ctx, vol: Volume, host: Host, cluster_id=None) -> StoragePool:
     offering = s.get(DiskOffering, vol.disk_offering_id) if vol.disk_offering_id else None
     pool = allocator.choose(s, zone_id=vol.zone_id, size=vol.size, offering=offering, hypervisor=host.hypervisor,
                             host=host, cluster_id=cluster_id or host.cluster_id, account_id=vol.account_id)
-    VOLUME.fire(s, vol, "CreateRequested", pool_id=pool.id, hypervisor=host.hypervisor)
+    begin_host_work(s, vol, "CreateRequested", pool_id=pool.id, hypervisor=host.hypervisor)
     try:
         res = driver_for(pool.provider).create_volume(channel(host), pool, vol)
     except CloudError as exc:
-        VOLUME.fire(s, vol, "OperationFailed", pool_id=None, error=f"creating the image on {pool.name} failed: {exc.text}")
-        raise
+        host_work_failed(s, vol, exc, pool_id=None, error=f"creating the image on {pool.name} failed: {exc.text}")
     VOLUME.fire(s, vol, "OperationSucceeded", physical_size=res.get("physical_size"), error=None)
     events.record(s, ctx, "VOLUME.CREATE", f"Volume {vol.name} created on storage pool {pool.name}",
                   resource_type="Volume", resource_uuid=vol.uuid)
@@ -179,12 +192,12 @@ def attach(s, ctx, vol: Volume, vm: VirtualMachine, deviceid=None) -> Volume:
         drv = driver_for(pool.provider)
         if pool.scope == "HOST" and pool.host_id != host.id:
             raise InvalidParameter(f"Volume {vol.name} is on local storage of another host; migrate it first")
-        VOLUME.fire(s, vol, "AttachRequested")
+        disk = drv.disk(pool, vol, dev, qos_for(s, vol))
+        begin_host_work(s, vol, "AttachRequested")
         try:
-            channel(host).call("disk_attach", vm=vm.uuid, disk=drv.disk(pool, vol, dev, qos_for(s, vol)))
-        except CloudError:
-            VOLUME.fire(s, vol, "OperationFailed")
-            raise
+            channel(host).call("disk_attach", vm=vm.uuid, disk=disk)
+        except CloudError as exc:
+            host_work_failed(s, vol, exc, error=f"hot-plugging into VM {vm.name} failed: {exc.text}")
         VOLUME.fire(s, vol, "OperationSucceeded")
     vol.vm_id, vol.device_id, vol.attached = vm.id, dev, utcnow()
     events.record(s, ctx, "VOLUME.ATTACH", f"Volume {vol.name} attached to VM {vm.name} as device {dev}",
@@ -250,17 +263,16 @@ def resize(s, ctx, vol: Volume, *, size_gb=None, diskofferingid=None, shrinkok=F
                 from volstack.errors import InsufficientCapacity
                 raise InsufficientCapacity(f"Storage pool {pool.name} cannot grow volume {vol.name}: "
                                            f"{why.get(pool.name, 'not suitable')}")
-        VOLUME.fire(s, vol, "ResizeRequested")
+        begin_host_work(s, vol, "ResizeRequested")
         try:
             if vm is not None and vm.state == "Running":
                 from volstack.drivers.default import serial_of
                 channel(host).call("disk_resize", vm=vm.uuid, serial=serial_of(vol), size=new)
             else:
                 driver_for(pool.provider).resize_volume(channel(host), pool, vol, new, shrinkok)
-        except CloudError:
-            VOLUME.fire(s, vol, "OperationFailed")
-            raise
-        VOLUME.fire(s, vol, "OperationSucceeded")
+        except CloudError as exc:
+            host_work_failed(s, vol, exc, error=f"resizing to {new} bytes failed: {exc.text}")
+        VOLUME.fire(s, vol, "OperationSucceeded", error=None)
     elif vol.state != "Allocated":
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Allocated or Ready volumes can be resized")
     vol.size = new
@@ -296,14 +308,16 @@ def recover(s, ctx, vol: Volume) -> Volume:
 
 
 def expunge_volume(s, ctx, vol: Volume) -> None:
-    VOLUME.fire(s, vol, "ExpungingRequested")
     if vol.pool_id:
         pool = s.get(StoragePool, vol.pool_id)
+        host = _host_for_pool(s, pool)
+        begin_host_work(s, vol, "ExpungingRequested")
         try:
-            driver_for(pool.provider).delete_volume(channel(_host_for_pool(s, pool)), pool, vol)
+            driver_for(pool.provider).delete_volume(channel(host), pool, vol)
         except CloudError as exc:
-            VOLUME.fire(s, vol, "OperationFailed", error=f"expunge failed: {exc.text}")
-            raise
+            host_work_failed(s, vol, exc, error=f"expunge failed: {exc.text}")
+    else:
+        VOLUME.fire(s, vol, "ExpungingRequested")
     VOLUME.fire(s, vol, "OperationSucceeded", removed=utcnow(), vm_id=None)
     events.record(s, ctx, "VOLUME.EXPUNGE", f"Volume {vol.name} expunged", resource_type="Volume", resource_uuid=vol.uuid)
 
@@ -382,9 +396,9 @@ def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=
     src = s.get(StoragePool, vol.pool_id)
     from volstack.drivers.default import serial_of
     from volstack.drivers.hosts import run_long
-    VOLUME.fire(s, vol, "MigrationRequested")
+    begin_host_work(s, vol, "MigrationRequested")
     if progress:
-        progress(1)                      # commits the Migrating state before the long copy
+        progress(1)
     new_path = vol.path if src.path != pool.path or src.host_address != pool.host_address else vol.path + "-m"
     try:
         if running:
@@ -397,9 +411,8 @@ def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=
                      src_name=vol.path, dst_pool=driver_for(pool.provider).spec(pool), dst_name=new_path,
                      format=vol.format.lower())
     except CloudError as exc:
-        VOLUME.fire(s, vol, "OperationFailed", error=f"migration to {pool.name} failed, the volume stays on "
-                                                     f"{src.name}: {exc.text}")
-        raise
+        host_work_failed(s, vol, exc, error=f"migration to {pool.name} failed, the volume stays on {src.name}: "
+                                            f"{exc.text}")
     old = Volume(uuid=vol.uuid, path=vol.path, format=vol.format)
     try:
         driver_for(src.provider).delete_volume(channel(host if running else _hosts_reaching(s, src)[0]), src, old)
