@@ -11,7 +11,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import queue
 import shutil
 import statistics
 import subprocess
@@ -443,21 +442,7 @@ class SimStorage:
                                 n_each, poll, barrier, results)) for i in range(procs)]
         cpu0 = time.process_time()          # this process is the management server (and idle otherwise)
         with LockMeter(self.ms.db.engine) as sql:
-            for p in ps:
-                p.start()
-            rows, deadline = [], time.monotonic() + 700
-            try:
-                while len(rows) < procs:
-                    try:
-                        rows.append(results.get(timeout=0.5))
-                    except queue.Empty:
-                        if any(p.exitcode not in (None, 0) for p in ps) or time.monotonic() > deadline:
-                            raise RuntimeError("a client process failed (see its traceback above)") from None
-            finally:
-                for p in ps:
-                    p.join(timeout=10)
-                    if p.is_alive():
-                        p.terminate()
+            rows = loadgen.run_processes(ps, results, 700)
         server_cpu = time.process_time() - cpu0
         if not all(r[5] for r in rows):
             raise RuntimeError("a client thread failed (see its traceback above)")

@@ -186,11 +186,19 @@ def run(t: Target, *, mode: str = "rate", work, procs: int = 2, threads: int = 2
     ps = [ctx.Process(target=_process, daemon=True,
                       args=(mode, t, threads, work if mode == "rate" else work[i::procs], duration, barrier, results))
           for i in range(procs)]
+    rows = run_processes(ps, results, duration + 300)
+    if not all(r[4] for r in rows):
+        raise RuntimeError("a client thread failed (see its traceback above)")
+    return Result(sum(r[0] for r in rows), sum(r[1] for r in rows), max(r[3] for r in rows), sum(r[2] for r in rows))
+
+
+def run_processes(ps, results, timeout: float) -> list:
+    """Start the client processes, collect one result row from each, and always reap them."""
     for p in ps:
         p.start()
-    rows, deadline = [], time.monotonic() + duration + 300
+    rows, deadline = [], time.monotonic() + timeout
     try:
-        while len(rows) < procs:
+        while len(rows) < len(ps):
             try:
                 rows.append(results.get(timeout=0.5))
             except queue.Empty:
@@ -201,6 +209,4 @@ def run(t: Target, *, mode: str = "rate", work, procs: int = 2, threads: int = 2
             p.join(timeout=10)
             if p.is_alive():
                 p.terminate()
-    if not all(r[4] for r in rows):
-        raise RuntimeError("a client thread failed (see its traceback above)")
-    return Result(sum(r[0] for r in rows), sum(r[1] for r in rows), max(r[3] for r in rows), sum(r[2] for r in rows))
+    return rows
