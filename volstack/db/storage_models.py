@@ -120,6 +120,7 @@ class VirtualMachine(OwnedEntity, Base):
     template_id: Mapped[int | None] = mapped_column(Integer)
     hypervisor: Mapped[str] = mapped_column(String(32), default="KVM")
     details: Mapped[dict] = mapped_column(JSON, default=dict)
+    destroyed_at: Mapped[datetime | None] = mapped_column(DateTime)     # the expunge sweep counts from here
     removed: Mapped[datetime | None] = mapped_column(DateTime)
 
 

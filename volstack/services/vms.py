@@ -170,7 +170,7 @@ def destroy(s, ctx, vm, expunge=False, volumeids=()) -> VirtualMachine:
             vol.vm_id, vol.device_id, vol.attached = None, None, None
             if vol.uuid in volumeids:
                 volumes.destroy(s, ctx, vol, expunge=expunge)
-    VM.fire(s, vm, "DestroyRequested")
+    VM.fire(s, vm, "DestroyRequested", destroyed_at=utcnow())
     events.record(s, ctx, "VM.DESTROY", f"VM {vm.name} destroyed", resource_type="VirtualMachine", resource_uuid=vm.uuid)
     if expunge:
         expunge_vm(s, ctx, vm)
@@ -178,7 +178,7 @@ def destroy(s, ctx, vm, expunge=False, volumeids=()) -> VirtualMachine:
 
 
 def recover(s, ctx, vm) -> VirtualMachine:
-    VM.fire(s, vm, "RecoveryRequested")
+    VM.fire(s, vm, "RecoveryRequested", destroyed_at=None)
     for vol in s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.state == "Destroy", Volume.removed.is_(None))):
         volumes.recover(s, ctx, vol)
     events.record(s, ctx, "VM.RECOVER", f"VM {vm.name} recovered", resource_type="VirtualMachine", resource_uuid=vm.uuid)
