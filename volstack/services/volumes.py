@@ -72,6 +72,13 @@ def new_volume(s, ctx, *, name, zone_id, size, offering, volume_type="DATADISK",
     return vol
 
 
+def root_of(s, vm) -> Volume:
+    vol = s.scalar(select(Volume).where(Volume.vm_id == vm.id, Volume.volume_type == "ROOT", _live(Volume)))
+    if vol is None:
+        raise InvalidParameter(f"VM {vm.name} has no ROOT volume")
+    return vol
+
+
 def create_volume(s, ctx, *, name=None, zoneid=None, diskofferingid=None, size=None, miniops=None, maxiops=None) -> Volume:
     """createVolume: the database row only (Allocated); the image is made on first attach."""
     if not diskofferingid:
@@ -133,14 +140,21 @@ def qos_for(s, vol) -> dict:
     return offerings.qos_of(offering) if offering else {}
 
 
-def realize(s, ctx, vol: Volume, host: Host, cluster_id=None) -> StoragePool:
+# (predicate(volume), create(s, ctx, volume, pool, host, progress) -> result): how volumes that are not blank
+# get their first image (ROOT volumes from templates register here), instead of the driver's create_volume.
+root_creators: list = []
+
+
+def realize(s, ctx, vol: Volume, host: Host, cluster_id=None, progress=None) -> StoragePool:
     """Create the image of an Allocated volume on a pool the host can reach (lazy allocation)."""
     offering = s.get(DiskOffering, vol.disk_offering_id) if vol.disk_offering_id else None
     pool = allocator.choose(s, zone_id=vol.zone_id, size=vol.size, offering=offering, hypervisor=host.hypervisor,
                             host=host, cluster_id=cluster_id or host.cluster_id, account_id=vol.account_id)
     begin_host_work(s, vol, "CreateRequested", pool_id=pool.id, hypervisor=host.hypervisor)
     try:
-        res = driver_for(pool.provider).create_volume(channel(host), pool, vol)
+        creator = next((fn for wants, fn in root_creators if wants(vol)), None)
+        res = creator(s, ctx, vol, pool, host, progress) if creator else \
+            driver_for(pool.provider).create_volume(channel(host), pool, vol)
     except CloudError as exc:
         host_work_failed(s, vol, exc, pool_id=None, error=f"creating the image on {pool.name} failed: {exc.text}")
     VOLUME.fire(s, vol, "OperationSucceeded", physical_size=res.get("physical_size"), error=None)

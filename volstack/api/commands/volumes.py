@@ -319,14 +319,16 @@ def unmanage_volume(req, p):
     P("hostid", UUID, "destination Host ID to deploy the VM to - parameter available for root admin only", entity="Host"),
     P("hypervisor", STRING, "the hypervisor on which to deploy the virtual machine"),
     P("startvm", BOOLEAN, "true if start vm after creating; defaulted to true if not specified"),
-    P("templateid", UUID, "the ID of the template for the virtual machine (templates come in a later release)"),
+    P("templateid", UUID, "the ID of the template (or ISO) for the virtual machine: the ROOT volume is a linked clone "
+      "of the template's copy on the chosen pool", entity="Template"),
     P("details", "map", "root admin only: guest boot details for hosts without templates: details[0].kernel, "
       "details[0].initrd, details[0].append (paths on the host)"),
 ], view=VIRTUALMACHINE, is_async=True, access=USER, instance_type="VirtualMachine", instance_param="id",
    prepare=lambda req, p: vms.deploy(req.s, req.ctx, zoneid=p.zoneid, serviceofferingid=p.serviceofferingid,
                                      name=p.name, displayname=p.displayname, diskofferingid=p.diskofferingid,
                                      size=p.size, rootdisksize=p.rootdisksize, hostid=p.hostid, startvm=False,
-                                     hypervisor=p.hypervisor, details=(p.details or {}).get("0")).uuid)
+                                     hypervisor=p.hypervisor, details=(p.details or {}).get("0"),
+                                     templateid=p.templateid).uuid)
 def deploy_vm(req, p):
     vm = vms.get_vm(req.s, req.ctx, p.id)
     if p.startvm is not False:
