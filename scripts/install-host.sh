@@ -2,7 +2,7 @@
 # Installs the Debian packages a volstack KVM host needs, and the storage tests with it:
 #   QEMU + qemu-img (with the nfs/iscsi/rbd block drivers), a userspace NFS server (nfs-ganesha + rpcbind),
 #   libnfs client tools (nfs-ls, nfs-cp), and busybox-static (the tiny test guest's userland,
-#   see scripts/build-guest.sh). Safe to run again: apt-get runs only when something is missing.
+#   see scripts/build-guest.sh), and the tools of scripts/build-template.sh. Safe to run again: apt-get runs only when something is missing.
 # Usage: scripts/install-host.sh            (root, Debian 12)
 set -euo pipefail
 
@@ -15,6 +15,10 @@ pkgs=(
   rpcbind             # portmapper (NFSv3 MOUNT needs it) + rpcinfo
   libnfs-utils        # nfs-ls, nfs-cp, nfs-cat: userspace NFS clients for checks
   busybox-static      # userland of the test guest's initramfs (statically linked)
+  dosfstools          # mkfs.fat, mtools, syslinux: the built-in template's bootable disk,
+  mtools              #   made without mounting anything (scripts/build-template.sh)
+  syslinux
+  curl                # the download benchmark's reference
 )
 missing=()
 for p in "${pkgs[@]}"; do

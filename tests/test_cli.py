@@ -63,6 +63,11 @@ def test_up_prints_keys_writes_cloudstack_ini_and_serves_a_ready_zone(tmp_path):
         assert '"state": "Up"' in hosts.stdout and '"hypervisor": "KVM"' in hosts.stdout
         pools = subprocess.run([cs, "listStoragePools"], cwd=data, env=clean, capture_output=True, text=True, timeout=60)
         assert '"name": "local-primary"' in pools.stdout and '"type": "Filesystem"' in pools.stdout
+        stores = subprocess.run([cs, "listImageStores"], cwd=data, env=clean, capture_output=True, text=True, timeout=60)
+        assert '"name": "local-images"' in stores.stdout
+        tmpl = subprocess.run([cs, "listTemplates", "templatefilter=featured"], cwd=data, env=clean,
+                              capture_output=True, text=True, timeout=60)
+        assert '"name": "volstack-tiny"' in tmpl.stdout and '"isready": true' in tmpl.stdout
     finally:
         _stop(proc)
     # a second `up` on the same data dir keeps the same keys

@@ -233,3 +233,37 @@ def test_migrate_secondary_storage_complete_and_balance(cloud):
                                                        templates=ts[0]["id"])["imagestore"]
     assert res["success"] is True
     assert store_files(tmp / "store3") == [f"{ts[0]['id']}.qcow2"] and len(store_files(tmp / "store2")) == 2
+
+
+def test_copy_template_to_another_zone_then_deploy_there(cloud):
+    api, tmp = cloud["api"], cloud["tmp"]
+    add_store(cloud)
+    t = templates_with_data(cloud, [1])[0]
+    agent2 = AgentProcess(tmp / "agent2", hypervisor="simulator", name="kvm2").start()
+    try:
+        zone2 = api.createZone(name="tz2", networktype="Advanced")["zone"]
+        pod2 = api.createPod(name="tp2", zoneid=zone2["id"])["pod"]
+        cl2 = api.addCluster(clustername="tc2", zoneid=zone2["id"], podid=pod2["id"], hypervisor="KVM",
+                             clustertype="CloudManaged")["cluster"][0]
+        api.addHost(zoneid=zone2["id"], podid=pod2["id"], clusterid=cl2["id"], hypervisor="KVM", url=agent2.url,
+                    username="root", password=agent2.token)
+        for d in ("store-z2", "primary-z2"):
+            (tmp / d).mkdir()
+        api.createStoragePool(name="p2", url=f"SharedMountPoint://localhost{tmp / 'primary-z2'}", zoneid=zone2["id"],
+                              podid=pod2["id"], clusterid=cl2["id"])
+        code, text = error_of(lambda: api.copyTemplate(id=t["id"], destzoneid=zone2["id"]))
+        assert code == 534 and "No writable image store" in text
+        api.addSecondaryStorage(url=f"file://{tmp / 'store-z2'}", zoneid=zone2["id"])
+        code, text = error_of(lambda: api.deployVirtualMachine(zoneid=zone2["id"], serviceofferingid=cloud["so"]["id"],
+                                                               templateid=t["id"]))
+        assert code == 431 and "not ready in zone tz2" in text
+        copied = api.copyTemplate(id=t["id"], destzoneid=zone2["id"])["template"]
+        assert copied["id"] == t["id"]
+        assert store_files(tmp / "store-z2") == [f"{t['id']}.qcow2"]
+        assert api.listTemplates(templatefilter="self", zoneid=zone2["id"])["template"][0]["isready"] is True
+        vm = api.deployVirtualMachine(zoneid=zone2["id"], serviceofferingid=cloud["so"]["id"],
+                                      templateid=t["id"])["virtualmachine"]
+        root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
+        qemu_io(tmp / "primary-z2" / root["path"], "read -P 0x41 0 1M")
+    finally:
+        agent2.stop()

@@ -503,3 +503,92 @@ def copy_volume_to_store(s, ctx, t: Template, progress=None) -> Template:
     events.record(s, ctx, "TEMPLATE.CREATE", f"Template {t.name} created from volume {vol.name}",
                   resource_type="Template", resource_uuid=t.uuid)
     return t
+
+
+# ---------------------------------------------------------------- copyTemplate
+
+def copy_to_zones(s, ctx, t: Template, source_zone_id: int | None, dest_zone_ids: list[int], progress=None) -> Template:
+    """copyTemplate: copy the template from a store of the source zone to a writable store of each
+    destination zone (store to store through a host of the destination zone)."""
+    check_access(s, ctx, t.account_id, "template")
+    if t.direct_download:
+        raise InvalidParameter(f"Template {t.name} is downloaded directly to primary storage; register it in the "
+                               "other zone instead of copying it")
+    src_ref = None
+    for zone_id in ([source_zone_id] if source_zone_id else
+                    list(s.scalars(select(TemplateZone.zone_id).where(TemplateZone.template_id == t.id)))):
+        src_ref = ready_in_zone(s, t, zone_id)
+        if src_ref:
+            break
+    if src_ref is None:
+        raise InvalidParameter(f"Template {t.name} is not ready in the source zone")
+    src_store = s.get(ImageStore, src_ref.store_id)
+    for i, zone_id in enumerate(dest_zone_ids):
+        if ready_in_zone(s, t, zone_id):
+            continue
+        stores = imagestores.writable_stores(s, zone_id)
+        if not stores:
+            raise ResourceUnavailable("No writable image store in the destination zone")
+        ref = s.scalar(select(TemplateStoreRef).where(TemplateStoreRef.template_id == t.id,
+                                                      TemplateStoreRef.store_id == stores[0].id))
+        if ref is None:
+            ref = TemplateStoreRef(template_id=t.id, store_id=stores[0].id, install_path=src_ref.install_path)
+            s.add(ref)
+        ref.state, ref.download_state, ref.error = "Creating", "DOWNLOAD_IN_PROGRESS", None
+        if not s.scalar(select(TemplateZone.id).where(TemplateZone.template_id == t.id, TemplateZone.zone_id == zone_id)):
+            s.add(TemplateZone(template_id=t.id, zone_id=zone_id))
+        s.commit()
+        fmt = {"QCOW2": "qcow2"}.get(t.format, "raw")
+        try:
+            host = imagestores.host_for(s, stores[0])
+            res = run_long(channel(host), "volume_copy", None, src_pool=imagestores.spec(src_store),
+                           src_name=src_ref.install_path, src_format=fmt, dst_pool=imagestores.spec(stores[0]),
+                           dst_name=ref.install_path, format=fmt)
+        except CloudError as exc:
+            ref.state, ref.download_state, ref.error = "Failed", "DOWNLOAD_ERROR", exc.text
+            s.commit()
+            raise
+        ref.state, ref.download_state, ref.download_pct = "Ready", "DOWNLOADED", 100
+        ref.size, ref.physical_size = res["size"], res.get("physical_size")
+        events.record(s, ctx, "TEMPLATE.COPY", f"Template {t.name} copied to zone {s.get(Zone, zone_id).name}",
+                      resource_type="Template", resource_uuid=t.uuid)
+        if progress:
+            progress(int(100 * (i + 1) / len(dest_zone_ids)))
+    return t
+
+
+# ---------------------------------------------------------------- templates from a host-local file
+
+def install_local(s, ctx, *, name, path: str, zone, fmt="QCOW2", ostype="Other Linux (64-bit)", template_type="BUILTIN",
+                  public=True, featured=True, displaytext=None) -> tuple[Template, bool]:
+    """A template whose image is a file on the zone's hosts (volstack up's built-in template): a host agent
+    copies it into an image store. Returns (template, created); an existing Ready one is kept."""
+    import os
+    have = s.scalar(select(Template).where(Template.name == name, Template.template_type == template_type,
+                                           Template.removed.is_(None)))
+    if have is not None and is_ready(s, have, zone.id):
+        return have, False
+    stores = imagestores.writable_stores(s, zone.id)
+    if not stores:
+        raise ResourceUnavailable(f"No writable image store in zone {zone.name} for template {name}")
+    t = have or Template(name=name, display_text=displaytext or name, format=fmt.upper(), hypervisor="KVM",
+                         os_type=catalog.os_type_id(ostype), url=f"file://{path}", is_public=public, featured=featured,
+                         template_type=template_type, account_id=ctx.account_id, domain_id=ctx.domain_id)
+    if have is None:
+        s.add(t)
+        s.flush()
+        s.add(TemplateZone(template_id=t.id, zone_id=zone.id))
+    ref = s.scalar(select(TemplateStoreRef).where(TemplateStoreRef.template_id == t.id)) or \
+        TemplateStoreRef(template_id=t.id, store_id=stores[0].id, install_path=object_name(t))
+    s.add(ref)
+    s.flush()
+    src = {"uuid": f"local-{t.uuid}", "type": "Filesystem", "path": os.path.dirname(path)}
+    res = channel(imagestores.host_for(s, stores[0])).call(
+        "volume_copy", src_pool=src, src_name=os.path.basename(path), src_format=FORMATS[t.format],
+        dst_pool=imagestores.spec(stores[0]), dst_name=ref.install_path, format=FORMATS[t.format])
+    ref.state, ref.download_state, ref.download_pct = "Ready", "DOWNLOADED", 100
+    ref.size = t.size = res["size"]
+    ref.physical_size = t.physical_size = res.get("physical_size")
+    events.record(s, ctx, "TEMPLATE.CREATE", f"Template {name} installed from {path}", resource_type="Template",
+                  resource_uuid=t.uuid)
+    return t, True

@@ -131,7 +131,7 @@ def start(s, ctx, vm, hostid=None) -> VirtualMachine:
 def _start_on(s, ctx, vm, host) -> None:
     vols = list(s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None)).order_by(Volume.device_id)))
     for vol in vols:
-        if vol.state == "Allocated":
+        if vol.state in volumes.NOT_ON_PRIMARY:
             volumes.realize(s, ctx, vol, host)
     so = s.get(ServiceOffering, vm.service_offering_id)
     disks = []

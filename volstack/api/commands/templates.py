@@ -389,3 +389,37 @@ def _create_template_row(req, p):
                                         ostypeid=p.ostypeid, ispublic=p.ispublic, isfeatured=p.isfeatured,
                                         passwordenabled=p.passwordenabled, requireshvm=p.requireshvm,
                                         details=(p.details or {}).get("0"))
+
+
+def _copy(req, p, is_iso):
+    from volstack.errors import InvalidParameter
+    from volstack.services import infra
+    t = templates.get_template(req.s, req.ctx, p.id, is_iso)
+    dest = list(p.destzoneids or []) + ([p.destzoneid] if p.destzoneid else [])
+    if not dest:
+        raise InvalidParameter("Pass destzoneid or destzoneids")
+    src = infra.get_zone(req.s, p.sourcezoneid).id if p.sourcezoneid else None
+    t = templates.copy_to_zones(req.s, req.ctx, t, src, [infra.get_zone(req.s, z).id for z in dest], req.progress)
+    return obj(req, ISO if is_iso else TEMPLATE, t)
+
+
+COPY_PARAMS = [
+    P("sourcezoneid", UUID, "ID of the zone the template is currently hosted on. If not specified and template is "
+      "cross-zone, then we will sync this template to region wide image store.", entity="Zone"),
+    P("destzoneid", UUID, "ID of the zone the template is being copied to.", entity="Zone"),
+    P("destzoneids", LIST, "A list of IDs of the zones that the template/ISO should be copied to.", entity="Zone"),
+]
+
+
+@API.command("copyTemplate", "Copies a template from one zone to another.", [
+    P("id", UUID, "Template ID.", required=True, entity="Template"), *COPY_PARAMS,
+], view=TEMPLATE, is_async=True, access=USER, instance_type="Template", instance_param="id")
+def copy_template(req, p):
+    return _copy(req, p, False)
+
+
+@API.command("copyIso", "Copies an iso from one zone to another.", [
+    P("id", UUID, "Template ID.", required=True, entity="Template"), *COPY_PARAMS,
+], view=ISO, is_async=True, access=USER, instance_type="Template", instance_param="id")
+def copy_iso(req, p):
+    return _copy(req, p, True)
