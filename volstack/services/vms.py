@@ -87,6 +87,15 @@ def template_for_deploy(s, ctx, templateid, zone, root_bytes):
     return t
 
 
+def _boot(s, vm) -> str | None:
+    """A VM from a template boots its root disk; one with host kernel details boots the kernel."""
+    if (vm.details or {}).get("kernel") or not vm.template_id:
+        return None
+    from volstack.db.image_models import Template
+    t = s.get(Template, vm.template_id)
+    return "disk" if t is not None and t.format != "ISO" else None
+
+
 def _zone_hypervisor(s, zone_id) -> str:
     hv = s.scalar(select(Cluster.hypervisor).where(Cluster.zone_id == zone_id).order_by(Cluster.id))
     return hv or "KVM"
@@ -140,7 +149,7 @@ def _start_on(s, ctx, vm, host) -> None:
         disks.append(driver_for(pool.provider).disk(pool, vol, vol.device_id, volumes.qos_for(s, vol)))
     channel(host).call("vm_start", name=vm.uuid, uuid=vm.uuid, memory_mb=so.ram_size or 256, cpus=so.cpu or 1,
                        kernel=(vm.details or {}).get("kernel"), initrd=(vm.details or {}).get("initrd"),
-                       append=(vm.details or {}).get("append"), disks=disks)
+                       append=(vm.details or {}).get("append"), disks=disks, boot=_boot(s, vm))
 
 
 def stop(s, ctx, vm, forced=False) -> VirtualMachine:
