@@ -1,9 +1,6 @@
 """Image stores and templates through the API, with a real `volstack agent` (simulated guests, real
 qemu-img images) and a real local HTTP server for the template sources."""
-import hashlib
 import subprocess
-import threading
-import time
 
 import pytest
 from cs import CloudStackApiException

@@ -293,3 +293,23 @@ def capabilities(s) -> dict:
             "kvmsnapshotenabled": _setting(s, "kvm.snapshot.enabled"),
             "allowuserexpungerecovervolume": _setting(s, "allow.user.expunge.recover.volume"),
             "apilimitinterval": 1, "apilimitmax": -1, "defaultuipagesize": 20}
+
+
+def _item(key):
+    return lambda r, lk: r.get(key)
+
+
+# Files on a primary pool or an image store, with the volstack object each belongs to.
+DATASTOREOBJECT = View("datastoreobject", [
+    F("name", "Name of the data store object.", _item("name")),
+    F("isdirectory", "Is it a directory.", _item("isdirectory"), "boolean"),
+    F("size", "Size is in Bytes.", _item("size"), "long"),
+    F("lastupdated", "Last modified date of the file/directory.", _item("lastupdated")),
+    F("format", "Format of template associated with the data store object.", _item("format")),
+    F("templateid", "Template ID associated with the data store object.", _item("templateid")),
+    F("templatename", "Template Name associated with the data store object.", _item("templatename")),
+    F("snapshotid", "Snapshot ID associated with the data store object.", _item("snapshotid")),
+    F("snapshotname", "Snapshot Name associated with the data store object.", _item("snapshotname")),
+    F("volumeid", "Volume ID associated with the data store object.", _item("volumeid")),
+    F("volumename", "Volume Name associated with the data store object.", _item("volumename")),
+])

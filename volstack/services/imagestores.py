@@ -153,18 +153,10 @@ def delete_store(s, ctx, store: ImageStore) -> None:
 def list_objects(s, ctx, store: ImageStore, path: str | None) -> list[dict]:
     """Files under path in the store, each with the template/snapshot it belongs to."""
     require_root_admin(ctx)
+    from volstack.services.pools import datastore_object
     entries = channel(host_for(s, store)).call("pool_list", pool=spec(store), path=path or "")["entries"]
-    owners = {o[3]: o for o in objects_on(s, store)}
-    out = []
-    for e in entries:
-        row = {"name": e["name"], "isdirectory": e["isdirectory"], "size": e.get("size"),
-               "lastupdated": e.get("lastupdated"), "format": e.get("format")}
-        owner = owners.get(e["name"]) if not path else None
-        if owner:
-            kind, uuid, name, _ = owner
-            row[f"{kind}id"], row[f"{kind}name"] = uuid, name
-        out.append(row)
-    return out
+    owners = {o[3]: o[:3] for o in objects_on(s, store)}
+    return [datastore_object(e, owners.get(e["name"]) if not path else None) for e in entries]
 
 
 def writable_stores(s, zone_id) -> list[ImageStore]:

@@ -299,8 +299,25 @@ def list_objects(s, ctx, id, path: str | None):
     if not hosts:
         raise ResourceUnavailable(f"No Up host can browse storage pool {pool.name}")
     entries = driver_for(pool.provider).list_objects(channel(hosts[0]), pool, rel if rel != "." else "")
-    owners = {v.path: v for v in s.scalars(select(Volume).where(Volume.pool_id == pool.id, Volume.removed.is_(None)))}
-    return [(e, owners.get(e["name"]) if not rel or rel == "." else None) for e in entries]
+    owners = {v.path: ("volume", v.uuid, v.name)
+              for v in s.scalars(select(Volume).where(Volume.pool_id == pool.id, Volume.removed.is_(None)))}
+    for source in object_owners:
+        owners.update(source(s, pool))
+    return [datastore_object(e, owners.get(e["name"]) if not rel or rel == "." else None) for e in entries]
+
+
+# source(s, pool) -> {file name: (kind, uuid, name)} for files other subsystems keep on pools (cached templates).
+object_owners: list = []
+
+
+def datastore_object(entry: dict, owner: tuple | None) -> dict:
+    """A listed file as listStoragePoolObjects / listImageStoreObjects show it, with the object it belongs to."""
+    row = {k: entry.get(k) for k in ("name", "isdirectory", "size", "lastupdated")}
+    row["format"] = (entry.get("format") or "").upper() or None
+    if owner:
+        kind, uuid, name = owner
+        row[f"{kind}id"], row[f"{kind}name"] = uuid, name
+    return row
 
 
 def _zone_has_pools(s, zone: Zone) -> None:

@@ -19,7 +19,7 @@ from volstack.db.storage_models import StoragePool, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceUnavailable
-from volstack.services import events, imagestores, settings as S, templates, volumes
+from volstack.services import events, imagestores, pools, settings as S, templates, volumes
 
 log = logging.getLogger("volstack.templates")
 POLL_SECONDS = 0.25      # waiting for another job's copy: that job commits its progress as it goes
@@ -135,6 +135,16 @@ def create_root(s, ctx, vol: Volume, pool: StoragePool, host: Host, progress=Non
 
 
 volumes.root_creators.append((lambda vol: vol.template_id is not None, create_root))
+
+
+def _cached_copies(s, pool) -> dict:
+    rows = s.execute(select(TemplatePoolRef.install_path, Template.uuid, Template.name)
+                     .join(Template, Template.id == TemplatePoolRef.template_id)
+                     .where(TemplatePoolRef.pool_id == pool.id))
+    return {r.install_path: ("template", r.uuid, r.name) for r in rows}
+
+
+pools.object_owners.append(_cached_copies)
 
 
 def prepare(s, ctx, t: Template, zone_id: int, pool: StoragePool | None = None, progress=None) -> list:

@@ -166,14 +166,15 @@ def object_name(t: Template) -> str:
 
 
 def download_args(t: Template) -> dict:
-    args = {"format": FORMATS[t.format], "checksum": t.checksum}
+    """The agent's template_download arguments for t's source (a .metalink URL lists mirrors)."""
+    args = {"format": t.format, "checksum": t.checksum, "options": {}}
     if urlparse(t.url).path.endswith((".metalink", ".meta4")):
         args["metalink"] = t.url
     else:
         args["urls"] = [t.url]
     headers = {k.split(":", 1)[1]: v for k, v in (t.details or {}).items() if k.upper().startswith("HTTP_HEADER:")}
     if headers:
-        args["headers"] = headers
+        args["options"]["headers"] = headers
     return args
 
 

@@ -39,5 +39,14 @@ def lst(req, view, rows_total) -> Lst:
     return Lst(view.key, [view.render(r, lk) for r in rows], total)
 
 
+def paged(req, p, view, items: list) -> Lst:
+    """A list command over rows held in memory (files on a pool, fixed catalogues): one page of them."""
+    q = list_query(req, p)
+    size = len(items) if q.pagesize in (None, -1) else q.pagesize
+    start = ((q.page or 1) - 1) * size
+    lk = Lookups(req.s)
+    return Lst(view.key, [view.render(r, lk) for r in items[start:start + size]], len(items))
+
+
 def pick(p, *names) -> dict:
     return {n: p.get(n) for n in names if p.get(n) is not None}

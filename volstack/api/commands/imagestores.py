@@ -1,8 +1,8 @@
 """Image stores (secondary storage)."""
-from volstack.api.commands.common import list_query, lst, obj
-from volstack.api.registry import (API, BOOLEAN, LIST, LONG, MAP, STRING, UUID, Field as F, Lst, Obj, Param as P,
+from volstack.api.commands.common import list_query, lst, obj, paged
+from volstack.api.registry import (API, BOOLEAN, LIST, LONG, MAP, STRING, UUID, Field as F, Obj, Param as P,
                                    Success, View)
-from volstack.api.views import _a, _ref
+from volstack.api.views import DATASTOREOBJECT, _a, _ref
 from volstack.db import models as m
 from volstack.services import imagestores, store_migration
 
@@ -21,21 +21,6 @@ IMAGESTORE_FIELDS = [
 ]
 IMAGESTORE = View("imagestore", IMAGESTORE_FIELDS)
 SECONDARYSTORAGE = View("secondarystorage", IMAGESTORE_FIELDS)
-DATASTOREOBJECT = View("datastoreobject", [
-    F("name", "Name of the data store object.", lambda r, lk: r["name"]),
-    F("isdirectory", "Is it a directory.", lambda r, lk: r["isdirectory"], "boolean"),
-    F("size", "Size is in Bytes.", lambda r, lk: r.get("size"), "long"),
-    F("lastupdated", "Last modified date of the file/directory.", lambda r, lk: r.get("lastupdated")),
-    F("format", "Format of template associated with the data store object.", lambda r, lk: r.get("format")),
-    F("templateid", "Template ID associated with the data store object.", lambda r, lk: r.get("templateid")),
-    F("templatename", "Template Name associated with the data store object.", lambda r, lk: r.get("templatename")),
-    F("snapshotid", "Snapshot ID associated with the data store object.", lambda r, lk: r.get("snapshotid")),
-    F("snapshotname", "Snapshot Name associated with the data store object.", lambda r, lk: r.get("snapshotname")),
-    F("volumeid", "Volume ID associated with the data store object.", lambda r, lk: r.get("volumeid")),
-    F("volumename", "Volume Name associated with the data store object.", lambda r, lk: r.get("volumename")),
-])
-
-
 @API.command("addImageStore", "Adds backup image store.", [
     P("name", STRING, "the name for the image store"),
     P("provider", STRING, "the image store provider name: NFS, or Filesystem (a directory every host of the zone "
@@ -103,12 +88,8 @@ def delete_image_store(req, p):
     P("path", STRING, "path to list on storage pool"),
 ], view=DATASTOREOBJECT, is_list=True)
 def list_image_store_objects(req, p):
-    rows = imagestores.list_objects(req.s, req.ctx, imagestores.get_store(req.s, p.id), p.path)
-    q = list_query(req, p)
-    size = len(rows) if q.pagesize in (None, -1) else q.pagesize
-    page = (q.page or 1) - 1
-    return Lst(DATASTOREOBJECT.key, [DATASTOREOBJECT.render(r, None) for r in rows[page * size:(page + 1) * size]],
-               len(rows))
+    return paged(req, p, DATASTOREOBJECT, imagestores.list_objects(req.s, req.ctx, imagestores.get_store(req.s, p.id),
+                                                                   p.path))
 
 
 MIGRATION = View("imagestore", [

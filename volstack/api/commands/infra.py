@@ -1,5 +1,5 @@
 """Zones, pods, clusters, hosts and the infrastructure catalogues."""
-from volstack.api.commands.common import list_query, lst, obj, pick
+from volstack.api.commands.common import list_query, lst, obj, paged, pick
 from volstack.api.registry import API, BOOLEAN, LIST, STRING, USER, UUID, Lst, Param as P, Success
 from volstack.api.views import CLUSTER, HOST, POD, ZONE, Lookups, View
 from volstack.api.registry import Field as F
@@ -271,10 +271,7 @@ def list_os_types(req, p):
              if (not p.id or t["id"] == p.id) and (not p.oscategoryid or t["oscategoryid"] == p.oscategoryid)
              and (not p.description or p.description.lower() in t["description"].lower())
              and (not p.keyword or p.keyword.lower() in t["description"].lower())]
-    q = list_query(req, p)
-    size = len(items) if q.pagesize in (None, -1) else q.pagesize
-    page = (q.page or 1) - 1
-    return Lst(OSTYPE.key, [OSTYPE.render(t, None) for t in items[page * size:(page + 1) * size]], len(items))
+    return paged(req, p, OSTYPE, items)
 
 
 @API.command("listOsCategories", "Lists all supported OS categories for this cloud.", [

@@ -1,8 +1,8 @@
 """Primary storage pools."""
-from volstack.api.commands.common import list_query, lst, obj
-from volstack.api.registry import API, BOOLEAN, LIST, LONG, MAP, STRING, UUID, Field as F, Lst, Param as P, \
+from volstack.api.commands.common import list_query, lst, obj, paged
+from volstack.api.registry import API, BOOLEAN, LIST, LONG, MAP, STRING, UUID, Field as F, Param as P, \
     Success, View
-from volstack.api.views import Lookups, _a, _date, _ref
+from volstack.api.views import DATASTOREOBJECT, _a, _date, _ref
 from volstack.db import models as m
 from volstack.drivers import driver_for
 from volstack.services import agents, pools, settings as S  # noqa: F401  (agents: KVM hosts join)
@@ -148,28 +148,12 @@ def sync_storage_pool(req, p):
     return obj(req, STORAGEPOOL, pools.refresh_stats(req.s, pools.get_pool(req.s, p.id)))
 
 
-DATASTOREOBJECT = View("datastoreobject", [
-    F("name", "Name of the data store object.", lambda r, lk: r[0]["name"]),
-    F("isdirectory", "Is it a directory.", lambda r, lk: r[0]["isdirectory"], "boolean"),
-    F("size", "Size is in Bytes.", lambda r, lk: r[0].get("size"), "long"),
-    F("format", "Format of template associated with the data store object.", lambda r, lk: (r[0].get("format") or "").upper() or None),
-    F("lastupdated", "Last modified date of the file/directory.", lambda r, lk: r[0].get("lastupdated")),
-    F("volumeid", "Volume ID associated with the data store object.", lambda r, lk: r[1].uuid if r[1] else None),
-    F("volumename", "Volume Name associated with the data store object.", lambda r, lk: r[1].name if r[1] else None),
-])
-
-
 @API.command("listStoragePoolObjects", "Lists objects at specified path on a storage pool.", [
     P("id", UUID, "id of the storage pool", required=True, entity="StoragePool"),
     P("path", STRING, "path to list on storage pool", length=4096),
 ], view=DATASTOREOBJECT, is_list=True, since="4.19.0")
 def list_storage_pool_objects(req, p):
-    q = list_query(req, p)
-    rows = pools.list_objects(req.s, req.ctx, p.id, p.path)
-    size = len(rows) if q.pagesize in (None, -1) else q.pagesize
-    start = ((q.page or 1) - 1) * size
-    lk = Lookups(req.s)
-    return Lst(DATASTOREOBJECT.key, [DATASTOREOBJECT.render(r, lk) for r in rows[start:start + size]], len(rows))
+    return paged(req, p, DATASTOREOBJECT, pools.list_objects(req.s, req.ctx, p.id, p.path))
 
 
 
