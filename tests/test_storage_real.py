@@ -1,6 +1,7 @@
 """Issue 3 acceptance through the API, on real parts: two `volstack agent` processes (real QEMU, TCG
 guests that do real I/O), nfs-ganesha, local pools. Bytes are checked inside the guests."""
 
+import hashlib
 
 import pytest
 
@@ -201,3 +202,28 @@ def test_live_migration_of_a_running_guest_to_the_other_host(kvm, server):
     con.write(serial(vol), seed=6, mib=4, offset_mib=24)               # and it keeps doing I/O there
     assert con.checksum(serial(vol), 4, offset_mib=24) == pattern_sha256(6, 4)
     assert api.listVolumes(id=vol["id"])["volume"][0]["storageid"] == kvm["nfs"]["id"], "disks stay on NFS"
+
+
+def test_a_volatile_offering_gives_the_guest_a_fresh_root_disk_on_reboot(kvm):
+    api, image = kvm["api"], kvm["image"]
+    so = api.createServiceOffering(name="volatile", cpunumber=1, cpuspeed=500, memory=256, rootdisksize=1,
+                                   isvolatile=True, displaytext="v")["serviceoffering"]
+    vm = api.deployVirtualMachine(zoneid=kvm["zone"]["id"], serviceofferingid=so["id"], hostid=kvm["hosts"][0]["id"],
+                                  **{"details[0].kernel": str(image / "vmlinuz"), "details[0].initrd": str(image / "initrd.img"),
+                                     "details[0].append": "console=ttyS0 quiet panic=-1"})["virtualmachine"]
+    kvm["vms"].append(vm["id"])
+    root = api.listVolumes(virtualmachineid=vm["id"], type="ROOT")["volume"][0]
+
+    def console():
+        listed = kvm["agents"][0].client.call("vm_list")["vms"]
+        con = GuestConsole(next(v for v in listed if v["name"] == vm["id"])["console"], timeout=60)
+        con.ping_until_ready(timeout=120)
+        return con
+    con = console()
+    con.write(serial(root), seed=9, mib=2)
+    assert con.checksum(serial(root), 2) == pattern_sha256(9, 2)
+    con.close()
+    assert api.rebootVirtualMachine(id=vm["id"])["virtualmachine"]["state"] == "Running"
+    con = console()
+    assert con.checksum(serial(root), 2) != pattern_sha256(9, 2), "the root disk was made anew"
+    assert con.checksum(serial(root), 2) == hashlib.sha256(bytes(2 * MIB)).hexdigest()

@@ -53,6 +53,9 @@ class ManagementServer:
         self.jobs.add_periodic("storage cleanup", lambda: self.settings.get(S.STORAGE_CLEANUP_INTERVAL),
                                lambda: self.settings.get(S.STORAGE_CLEANUP_ENABLED)
                                and volumes.expunge_destroyed(self.db, system_context()))
+        from volstack.services import vms
+        self.jobs.add_periodic("vm expunge", lambda: self.settings.get(S.EXPUNGE_INTERVAL),
+                               lambda: vms.expunge_destroyed(self.db, system_context()))
 
     # Settings read on every request are cached for a few seconds. Inside a request pass its session:
     # on SQLite a second session would wait for the lock the request's own transaction holds.

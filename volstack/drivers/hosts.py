@@ -123,6 +123,10 @@ class SimulatedHost:
         self.state["vms"].pop(name, None)
         return {}
 
+    def _disk_set_qos(self, vm, serial, qos):
+        self.state.setdefault("qos", {})[(vm, serial)] = qos       # what tests look at
+        return {"qos": qos}
+
     def _disk_stats(self, vm):
         return {"disks": {s: {"rd_ops": 0, "wr_ops": 0, "rd_bytes": 0, "wr_bytes": 0}
                           for s in self.state["vms"].get(vm, {}).get("disks", [])}}

@@ -85,6 +85,6 @@ VM = Lifecycle("virtual machine", "state", {
     "Migrating": {"OperationSucceeded": "Running", "OperationFailed": "Running", "AgentReportRunning": "Running",
                   "AgentReportStopped": "Stopped"},
     "Destroyed": {"RecoveryRequested": "Stopped", "ExpungeRequested": "Expunging"},
-    "Expunging": {"OperationSucceeded": "Expunged"},
+    "Expunging": {"OperationSucceeded": "Expunged", "OperationFailed": "Destroyed"},
     "Expunged": {},
 })

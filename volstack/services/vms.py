@@ -9,6 +9,7 @@ from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
 from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter
 from volstack.services import events, infra, lookup, offerings, volumes
+from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import VM, VOLUME
 from volstack.services.listing import ListQuery, keyword_filter, paginate
@@ -189,10 +190,38 @@ def expunge_vm(s, ctx, vm) -> None:
     if vm.state != "Destroyed":
         raise InvalidParameter(f"VM {vm.name} is {vm.state}; destroy it before expunging")
     VM.fire(s, vm, "ExpungeRequested")
-    for vol in s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None))):
-        volumes.expunge_volume(s, ctx, vol)
+    try:
+        for vol in list(s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None)))):
+            volumes.expunge_volume(s, ctx, vol)
+    except CloudError:
+        VM.fire(s, vm, "OperationFailed")       # back to Destroyed (committed: volume work commits too)
+        s.commit()
+        raise
     VM.fire(s, vm, "OperationSucceeded", removed=utcnow())
     events.record(s, ctx, "VM.EXPUNGE", f"VM {vm.name} expunged", resource_type="VirtualMachine", resource_uuid=vm.uuid)
+
+
+def expunge_destroyed(db, ctx) -> int:
+    """The expunge task (every expunge.interval): expunge VMs destroyed longer than expunge.delay ago.
+    A VM whose expunge fails stays Destroyed and is tried again on the next round."""
+    from datetime import timedelta
+    with db.session(readonly=True) as s:
+        delay = S.Settings.value_in(s, S.EXPUNGE_DELAY)
+        ids = list(s.scalars(select(VirtualMachine.id).where(
+            VirtualMachine.state == "Destroyed", VirtualMachine.removed.is_(None),
+            VirtualMachine.destroyed_at < utcnow() - timedelta(seconds=delay))))
+    done = 0
+    for vid in ids:
+        with db.session() as s:
+            vm = s.get(VirtualMachine, vid)
+            try:
+                expunge_vm(s, ctx, vm)
+                done += 1
+            except CloudError as exc:
+                s.rollback()
+                events.record(s, ctx, "VM.EXPUNGE", f"VM {vm.name} could not be expunged yet: {exc.text}",
+                              level="WARN", resource_type="VirtualMachine", resource_uuid=vm.uuid)
+    return done
 
 
 def list_vms(s, ctx, q: ListQuery, **f):

@@ -144,3 +144,32 @@ def migrate_vm_with_volume(req, p):
 def list_vms(req, p):
     return lst(req, VIRTUALMACHINE, vms.list_vms(req.s, req.ctx, list_query(req, p),
                                                  **{k: p.get(k) for k in ("id", "ids", "name", "state", "zoneid", "hostid", "storageid")}))
+
+
+_CHANGE_PARAMS = [
+    P("id", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine"),
+    P("serviceofferingid", UUID, "the service offering ID to apply to the virtual machine", required=True,
+      entity="ServiceOffering"),
+    P("automigrate", BOOLEAN, "Flag for automatic migration of the root volume with new compute offering whenever "
+      "migration is required to apply the offering"),
+]
+
+
+@API.command("changeServiceForVirtualMachine", "Changes the service offering for a virtual machine. The virtual machine "
+             "must be in a Stopped state. The root volume follows the new offering's root disk size (never shrinks), "
+             "storage tags and QoS.", _CHANGE_PARAMS, view=VIRTUALMACHINE, access=USER)
+def change_service_for_vm(req, p):
+    from volstack.services import vm_offerings
+    vm = vms.get_vm(req.s, req.ctx, p.id)
+    return obj(req, VIRTUALMACHINE, vm_offerings.change(req.s, req.ctx, vm, p.serviceofferingid,
+                                                        automigrate=bool(p.automigrate)))
+
+
+@API.command("scaleVirtualMachine", "Scales the virtual machine to a new service offering. A Running VM may change only "
+             "the storage side (root disk size, tags, QoS applied online); CPU and memory need a Stopped VM.",
+             _CHANGE_PARAMS, **VM_JOB)
+def scale_vm(req, p):
+    from volstack.services import vm_offerings
+    vm = vms.get_vm(req.s, req.ctx, p.id)
+    return obj(req, VIRTUALMACHINE, vm_offerings.change(req.s, req.ctx, vm, p.serviceofferingid, running_ok=True,
+                                                        automigrate=bool(p.automigrate), progress=req.progress))
