@@ -107,3 +107,31 @@ def test_a_host_that_is_not_up_and_enabled_is_refused(two):
     with pytest.raises(CloudStackApiException) as e:
         api.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=hosts[1]["id"])
     assert e.value.error["errorcode"] == 534 and "Enabled" in e.value.error["errortext"]
+
+
+@pytest.mark.parametrize("finish_fails", [False, True])
+def test_a_migration_interrupted_with_its_management_server_is_settled_from_the_hosts(two, server, finish_fails):
+    """The job died after the destination was prepared: the hosts say where the guest can run."""
+    api, vm, hosts = two["api"], two["vm"], two["hosts"]
+    from sqlalchemy import update
+
+    from volstack.db.storage_models import VirtualMachine
+    from volstack.drivers.hosts import SimulatedHost
+    from volstack.services import vms
+    from volstack.services.context import system_context
+    src, dst = SimulatedHost(hosts[0]["id"]), SimulatedHost(hosts[1]["id"])
+    dst.call("vm_migrate_prepare", vm=src.call("vm_migrate_spec", name=vm["id"])["spec"], address="simm2")
+    with server.db.session() as s:
+        s.execute(update(VirtualMachine).where(VirtualMachine.uuid == vm["id"])
+                  .values(state="Migrating", details={"migrating_to": hosts[1]["id"]}))
+    if finish_fails:
+        dst.state["fail"] = {"vm_migrate_finish": "the incoming migration failed"}
+    try:
+        vms.settle_interrupted(server.db, system_context(), vm["id"], "migrateVirtualMachine")
+    finally:
+        dst.state.pop("fail", None)
+    after = api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]
+    expected = hosts[0] if finish_fails else hosts[1]
+    assert (after["state"], after["hostid"]) == ("Running", expected["id"])
+    assert (vm["id"] in src.state["vms"], vm["id"] in dst.state["vms"]) == (finish_fails, not finish_fails)
+    assert any("interrupted" in e["description"] for e in api.listEvents(type="VM.RECOVER")["event"])

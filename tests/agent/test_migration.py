@@ -76,3 +76,31 @@ def test_abort_refuses_a_guest_that_runs_and_prepare_checks_its_input(pair):
     with pytest.raises(errors.InvalidParameter):
         dst.client.call("vm_migrate_prepare", vm=spec, address="127.0.0.1:80")
     assert dst.client.call("vm_list") == {"vms": []}
+
+
+def test_an_agent_restart_mid_migration_cancels_it_and_the_guest_stays(pair):
+    src, dst = pair
+    spec = src.client.call("vm_migrate_spec", name="mvm")
+    uri = dst.client.call("vm_migrate_prepare", vm=spec["spec"], address="127.0.0.1")["uri"]
+    task = src.client.call_async("vm_migrate", name="mvm", uri=uri, speed=1024)      # 1 KiB/s: still going
+    vm = src.client.call("vm_list")["vms"][0]
+
+    def migrating():
+        with Qmp(vm["monitor"]) as q:
+            return q.execute("query-migrate").get("status") == "active"
+    from agentproc import wait_until
+    wait_until("the migration to be under way", migrating, timeout=30)
+    src.restart()                                       # SIGKILL: the task dies with the agent
+    with pytest.raises(errors.CloudError) as e:
+        src.client.wait_task(task)
+    assert "agent restarted" in e.value.text
+
+    def settled():
+        with Qmp(vm["monitor"]) as q:
+            return q.execute("query-migrate").get("status") in ("cancelled", "failed")
+    wait_until("the migration to be cancelled", settled, timeout=30)
+    assert src.client.call("vm_list")["vms"][0]["state"] == "Running"
+    dst.client.call("vm_migrate_abort", name="mvm")
+    assert dst.client.call("vm_list") == {"vms": []}
+    with Qmp(vm["monitor"]) as q:
+        assert q.execute("query-status")["status"] == "prelaunch", "the guest is as it was on the source"
