@@ -135,3 +135,13 @@ def test_a_migration_interrupted_with_its_management_server_is_settled_from_the_
     assert (after["state"], after["hostid"]) == ("Running", expected["id"])
     assert (vm["id"] in src.state["vms"], vm["id"] in dst.state["vms"]) == (finish_fails, not finish_fails)
     assert any("interrupted" in e["description"] for e in api.listEvents(type="VM.RECOVER")["event"])
+
+
+def test_find_hosts_for_migration_says_why_a_host_is_unsuitable(two):
+    api, vm, hosts = two["api"], two["vm"], two["hosts"]
+    found = api.findHostsForMigration(virtualmachineid=vm["id"])["host"]
+    assert [(h["id"], h["suitableformigration"]) for h in found] == [(hosts[1]["id"], True)]
+    vol = api.createVolume(name="l2", zoneid=two["zone"]["id"], diskofferingid=two["local_do"]["id"])["volume"]
+    api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])
+    found = api.findHostsForMigration(virtualmachineid=vm["id"])["host"][0]
+    assert found["suitableformigration"] is False and "pins the VM" in found["notsuitablereason"]

@@ -165,3 +165,16 @@ def settle(s, ctx, vm) -> str:
     if where is None:
         return VM.fire(s, vm, "AgentReportStopped", host_id=None, details=_without_marker(vm))
     return VM.fire(s, vm, "AgentReportRunning", host_id=where.id, last_host_id=where.id, details=_without_marker(vm))
+
+
+def hosts_for_migration(s, vm) -> list[tuple[Host, str | None]]:
+    """findHostsForMigration: every other host of the VM's zone and hypervisor, with why it is unsuitable."""
+    hosts = s.scalars(select(Host).where(Host.zone_id == vm.zone_id, Host.hypervisor == vm.hypervisor,
+                                         Host.id != vm.host_id).order_by(Host.id))
+    out = []
+    for h in hosts:
+        if h.state != "Up" or h.resource_state != "Enabled":
+            out.append((h, f"the host is {h.state}/{h.resource_state}"))
+        else:
+            out.append((h, placement_problem(s, vm, h, {})))
+    return out

@@ -3,7 +3,7 @@ service offering changes."""
 from volstack.api.commands.common import list_query, lst, obj
 from volstack.api.commands.volumes import _owner_fields
 from volstack.api.registry import API, BOOLEAN, LIST, LONG, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F, Param as P, Success, View
-from volstack.api.views import _a, _date, _ref
+from volstack.api.views import HOST, _a, _date, _ref
 from volstack.db import models as m
 from volstack.db import storage_models as sm
 from volstack.services import vms
@@ -173,3 +173,19 @@ def scale_vm(req, p):
     vm = vms.get_vm(req.s, req.ctx, p.id)
     return obj(req, VIRTUALMACHINE, vm_offerings.change(req.s, req.ctx, vm, p.serviceofferingid, running_ok=True,
                                                         automigrate=bool(p.automigrate), progress=req.progress))
+
+
+@API.command("findHostsForMigration", "Find hosts suitable for migrating a virtual machine.", [
+    P("virtualmachineid", UUID, "find hosts to which this VM can be migrated and flag the hosts with enough CPU/RAM to "
+      "host the VM", required=True, entity="VirtualMachine"),
+], view=HOST, is_list=True)
+def find_hosts_for_migration(req, p):
+    from volstack.api.registry import Lst
+    from volstack.api.views import Lookups
+    from volstack.services import vm_migration
+    rows = vm_migration.hosts_for_migration(req.s, vms.get_vm(req.s, req.ctx, p.virtualmachineid))
+    lk = Lookups(req.s)
+    items = [{**HOST.render(host, lk), "suitableformigration": problem is None,
+              "requiresStorageMotion": False, **({"notsuitablereason": problem} if problem else {})}
+             for host, problem in rows]
+    return Lst("host", items, len(items))
