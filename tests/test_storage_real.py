@@ -1,6 +1,7 @@
 """Issue 3 acceptance through the API, on real parts: two `volstack agent` processes (real QEMU, TCG
 guests that do real I/O), nfs-ganesha, local pools. Bytes are checked inside the guests."""
 
+import hashlib
 
 import pytest
 
@@ -163,3 +164,66 @@ def test_a_dead_agent_leaves_the_volume_stable_with_the_reason(kvm):
     assert after["state"] == "Ready" and after["storageid"] == kvm["nfs"]["id"]
     assert "migration to local1 failed" in after["status"]
     assert (kvm["nfs_dir"] / vol["id"]).exists(), "the source is intact"
+
+
+def test_live_migration_of_a_running_guest_to_the_other_host(kvm, server):
+    """The guest writes to its NFS data disk while its memory moves to the other host; it keeps running there
+    (its memory, a marker in its tmpfs, came along) and the data is intact."""
+    api, agents = kvm["api"], kvm["agents"]
+    vm, con = boot(kvm, 0)
+    vol = api.createVolume(name="mig", zoneid=kvm["zone"]["id"], diskofferingid=kvm["custom"]["id"], size=1)["volume"]
+    vol = api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]
+    assert vol["storageid"] == kvm["nfs"]["id"]
+    dev = con.dev(serial(vol))
+    con.write(serial(vol), seed=4, mib=8)
+    con.sh("echo still-the-same-guest > /tmp/marker")
+    # a background writer in the guest: MiB i of pattern seed 5 at offset 8+i, then a done flag
+    con.sh(f"(i=0; while [ $i -lt 16 ]; do yes \"volstack seed=5 mib=$i\" | head -c 1048576 | dd of={dev} bs=1048576 "
+           "seek=$((8 + i)) iflag=fullblock oflag=direct conv=notrunc 2>/dev/null; i=$((i + 1)); done; sync; "
+           "echo done > /tmp/bgdone) >/dev/null 2>&1 &")
+    raw = client(server, fetch_result=False)
+    jobid = raw.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=kvm["hosts"][1]["id"])["jobid"]
+    job = wait_job(server, jobid, polls=6000)
+    assert job["jobstatus"] == 1, job
+    moved = job["jobresult"]["virtualmachine"]
+    assert (moved["state"], moved["hostid"]) == ("Running", kvm["hosts"][1]["id"])
+    assert [v for v in agents[0].client.call("vm_list")["vms"] if v["name"] == vm["id"]] == [], "source copy gone"
+    there = next(v for v in agents[1].client.call("vm_list")["vms"] if v["name"] == vm["id"])
+    assert there["state"] == "Running"
+    con.close()
+    con = GuestConsole(there["console"], timeout=60)
+    con.ping_until_ready(timeout=60)
+    assert con.sh("cat /tmp/marker") == ["still-the-same-guest"]
+    from agentproc import wait_until
+    wait_until("the guest's background writer", lambda: con.sh("cat /tmp/bgdone 2>/dev/null", check=False) == ["done"],
+               timeout=120, interval=0.5)
+    assert con.checksum(serial(vol), 8) == pattern_sha256(4, 8)
+    assert con.checksum(serial(vol), 16, offset_mib=8) == pattern_sha256(5, 16)
+    con.write(serial(vol), seed=6, mib=4, offset_mib=24)               # and it keeps doing I/O there
+    assert con.checksum(serial(vol), 4, offset_mib=24) == pattern_sha256(6, 4)
+    assert api.listVolumes(id=vol["id"])["volume"][0]["storageid"] == kvm["nfs"]["id"], "disks stay on NFS"
+
+
+def test_a_volatile_offering_gives_the_guest_a_fresh_root_disk_on_reboot(kvm):
+    api, image = kvm["api"], kvm["image"]
+    so = api.createServiceOffering(name="volatile", cpunumber=1, cpuspeed=500, memory=256, rootdisksize=1,
+                                   isvolatile=True, displaytext="v")["serviceoffering"]
+    vm = api.deployVirtualMachine(zoneid=kvm["zone"]["id"], serviceofferingid=so["id"], hostid=kvm["hosts"][0]["id"],
+                                  **{"details[0].kernel": str(image / "vmlinuz"), "details[0].initrd": str(image / "initrd.img"),
+                                     "details[0].append": "console=ttyS0 quiet panic=-1"})["virtualmachine"]
+    kvm["vms"].append(vm["id"])
+    root = api.listVolumes(virtualmachineid=vm["id"], type="ROOT")["volume"][0]
+
+    def console():
+        listed = kvm["agents"][0].client.call("vm_list")["vms"]
+        con = GuestConsole(next(v for v in listed if v["name"] == vm["id"])["console"], timeout=60)
+        con.ping_until_ready(timeout=120)
+        return con
+    con = console()
+    con.write(serial(root), seed=9, mib=2)
+    assert con.checksum(serial(root), 2) == pattern_sha256(9, 2)
+    con.close()
+    assert api.rebootVirtualMachine(id=vm["id"])["virtualmachine"]["state"] == "Running"
+    con = console()
+    assert con.checksum(serial(root), 2) != pattern_sha256(9, 2), "the root disk was made anew"
+    assert con.checksum(serial(root), 2) == hashlib.sha256(bytes(2 * MIB)).hexdigest()

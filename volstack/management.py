@@ -55,6 +55,9 @@ class ManagementServer:
         from volstack.services import imagestores
         self.jobs.add_periodic("image store statistics", lambda: self.settings.get(S.VOLUME_STATS_INTERVAL) / 1000,
                                lambda: imagestores.refresh_stats(self.db))
+        from volstack.services import vms
+        self.jobs.add_periodic("vm expunge", lambda: self.settings.get(S.EXPUNGE_INTERVAL),
+                               lambda: vms.expunge_destroyed(self.db, system_context()))
 
     def _storage_cleanup(self) -> None:
         from volstack.services import template_cache, templates, volumes

@@ -180,6 +180,28 @@ class Agent:
     def cmd_disk_resize(self, args, progress):
         return self.hv.resize(images.check_name(arg(args, "vm")), arg(args, "serial"), arg(args, "size", int))
 
+    # ---- live migration of a guest to another host (see agent/migration.py for the steps)
+
+    def cmd_vm_migrate_spec(self, args, progress):
+        return self.hv.migrate_spec(images.check_name(arg(args, "name")))
+
+    def cmd_vm_migrate_prepare(self, args, progress):
+        return self.hv.migrate_prepare(arg(args, "vm", dict), arg(args, "address"))
+
+    def cmd_vm_migrate(self, args, progress):
+        return self.hv.migrate(images.check_name(arg(args, "name")), arg(args, "uri"), progress,
+                               arg(args, "speed", int, 0))
+
+    def cmd_vm_migrate_finish(self, args, progress):
+        return self.hv.migrate_finish(images.check_name(arg(args, "name")), arg(args, "resume", bool),
+                                      arg(args, "timeout", (int, float), 60))
+
+    def cmd_vm_migrate_abort(self, args, progress):
+        return self.hv.migrate_abort(images.check_name(arg(args, "name")))
+
+    def cmd_vm_migrate_resume(self, args, progress):
+        return self.hv.migrate_resume(images.check_name(arg(args, "name")))
+
     # ---- after a restart
 
     def recover(self, cmd: str, args: dict) -> dict | None:
@@ -197,4 +219,6 @@ class Agent:
             return None
         if cmd == "volume_mirror":
             return self.hv.recover_mirror(args)
+        if cmd == "vm_migrate":
+            return self.hv.recover_migrate(args)
         return None

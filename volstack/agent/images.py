@@ -221,6 +221,9 @@ POOL_TYPES = {"Filesystem": DirectoryPool, "SharedMountPoint": DirectoryPool, "N
 def open_pool(spec, hostname: str) -> Pool:
     if not isinstance(spec, dict):
         raise InvalidArgument("pool must be an object with uuid, type and path (or host and export)")
+    if spec.get("type") == "NetworkFilesystem" and spec.get("mount") == "kernel":
+        from volstack.agent.nfsmount import KernelNfsPool
+        return KernelNfsPool(spec, hostname)
     cls = POOL_TYPES.get(spec.get("type"))
     if cls is None:
         raise InvalidArgument(f"unsupported pool type {spec.get('type')!r}: use one of {', '.join(POOL_TYPES)}")

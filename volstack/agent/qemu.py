@@ -24,6 +24,7 @@ import time
 from volstack.agent import hypervisor as hv
 from volstack.agent import images
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound
+from volstack.agent.migration import QemuMigration
 from volstack.agent.qmp import Qmp, QmpError, QmpGone
 
 QEMU = "qemu-system-x86_64"
@@ -42,7 +43,7 @@ def _runs(rec: dict) -> bool:
     return bool(rec.get("kernel") or rec.get("boot"))
 
 
-class QemuHypervisor:
+class QemuHypervisor(QemuMigration):
     name = "qemu"
 
     def __init__(self, state_dir: str, hostname: str):
@@ -128,7 +129,8 @@ class QemuHypervisor:
 
     def _describe(self, rec: dict) -> dict:
         disks = sorted(rec["disks"].values(), key=lambda d: d["device_id"])
-        return {"name": rec["name"], "uuid": rec["uuid"], "state": "Running" if self._pid(rec) else "Stopped",
+        state = ("Incoming" if rec.get("incoming") else "Running") if self._pid(rec) else "Stopped"
+        return {"name": rec["name"], "uuid": rec["uuid"], "state": state,
                 "disks": [d["serial"] for d in disks], "console": rec["console"], "monitor": rec["monitor"],
                 "accel": rec.get("accel")}
 
@@ -198,6 +200,9 @@ class QemuHypervisor:
             base += ["-append", rec["append"]] if rec["append"] else []
         attempts = ([["-accel", "kvm", "-cpu", "host,-arch-capabilities"]] if kvm else []) + \
             [["-accel", "tcg,tb-size=32", "-cpu", "max"]]
+        if rec.get("incoming"):     # a migration target: the source's accelerator (and so CPU model), no other
+            base += ["-incoming", "defer"]
+            attempts = [a for a in attempts if a[1].startswith(rec["incoming"]["accel"])] or attempts[-1:]
         for accel in attempts:
             try:
                 r = subprocess.run(base + accel, capture_output=True, text=True, timeout=60,
@@ -290,12 +295,12 @@ class QemuHypervisor:
         rec["next_node"] += 1
         return f"vol{rec['next_node']}"
 
-    def _plug(self, q: Qmp, rec: dict, d: dict) -> None:
+    def _plug(self, q: Qmp, rec: dict, d: dict, slot: int | None = None) -> None:
         used = {x["slot"] for x in rec["disks"].values()}
         free = [i for i in range(SLOTS) if i not in used]
         if not free:
             raise InvalidArgument(f"VM {rec['name']} has no free disk slot (at most {hv.MAX_DATA_DISKS} data disks)")
-        node, slot = self._new_node(rec), free[0]
+        node, slot = self._new_node(rec), free[0] if slot is None else slot   # a migration target copies slots
         pool = images.open_pool(d["pool"], self.hostname)
         try:
             q.execute("blockdev-add", {"driver": d["format"], "node-name": node, "file": pool.blockdev(d["name"])})

@@ -181,3 +181,76 @@ class SimulatedHypervisor:
             if d and d["name"] == args.get("dst_name") and d["pool_uuid"] == (args.get("dst_pool") or {}).get("uuid"):
                 return {"path": d["name"], "serial": args["serial"]}
             return None
+
+    # ---- live migration (the qemu adapter's steps, agent/migration.py; nothing to transfer here)
+
+    def migrate_spec(self, name: str) -> dict:
+        with self._lock:
+            rec = self._need(name)
+            if rec["state"] != "Running":
+                raise Failed(f"VM {name} is not running on host {self.hostname}")
+            disks = [{k: d[k] for k in ("pool", "name", "format", "serial", "device_id", "qos")} | {"slot": i}
+                     for i, d in enumerate(sorted(rec["disks"].values(), key=lambda d: d["device_id"]))]
+            spec = {k: rec[k] for k in ("name", "uuid", "memory_mb", "cpus")}
+            return {"spec": {**spec, "kernel": None, "initrd": None, "append": None, "disks": disks},
+                    "running": True}
+
+    def migrate_prepare(self, vm: dict, address: str) -> dict:
+        spec = hv.check_vm(vm, self.hostname)
+        if not isinstance(address, str) or not address:
+            raise InvalidArgument("address must be the host name or IPv4 address to receive the migration on")
+        with self._lock:
+            old = self.vms.get(spec["name"])
+            if old is not None and old["state"] in ("Incoming", "Running"):
+                if old["state"] == "Running":
+                    raise Busy(f"VM {spec['name']} already runs on host {self.hostname}")
+                return {"uri": old["uri"]}
+            for d in spec["disks"]:
+                self._exists(d)
+            now, uri = time.time(), f"tcp:{address}:0"
+            self.vms[spec["name"]] = {**{k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus")},
+                                      "state": "Incoming", "uri": uri,
+                                      "disks": {d["serial"]: {**d, "since": now} for d in spec["disks"]}}
+            self._save()
+            return {"uri": uri}
+
+    def migrate(self, name: str, uri: str, progress=None, speed: int = 0) -> dict:
+        with self._lock:
+            rec = self._need(name)
+            if rec["state"] != "Running":
+                raise Failed(f"VM {name} is not running on host {self.hostname}")
+            rec["migration"] = {"uri": uri, "resume": True}
+            self._save()
+        if progress:
+            progress(50)
+        return {"resume": True}
+
+    def migrate_finish(self, name: str, resume: bool, timeout: float = 60) -> dict:
+        with self._lock:
+            rec = self._need(name)
+            if rec["state"] == "Incoming":
+                rec["state"] = "Running"
+                rec.pop("uri", None)
+                self._save()
+            return self._describe(rec)
+
+    def migrate_abort(self, name: str) -> dict:
+        with self._lock:
+            rec = self.vms.get(name)
+            if rec is not None and rec["state"] == "Running":
+                raise Busy(f"VM {name} runs on host {self.hostname}: it is not an unfinished incoming migration")
+            if self.vms.pop(name, None) is not None:
+                self._save()
+            return {}
+
+    def migrate_resume(self, name: str) -> dict:
+        with self._lock:
+            rec = self._need(name)
+            rec.pop("migration", None)
+            self._save()
+            return self._describe(rec)
+
+    def recover_migrate(self, args: dict) -> dict | None:
+        with self._lock:
+            m = self.vms.get(args.get("name"), {}).get("migration")
+            return {"resume": m["resume"]} if m and m["uri"] == args.get("uri") else None

@@ -15,6 +15,11 @@ POOL_TYPES = {"NetworkFilesystem": {"shared": True, "overprovision": True},
               "Filesystem": {"shared": False, "overprovision": True}}
 
 
+# Pool detail for NFS: "userspace" (default, QEMU's libnfs driver) or "kernel" (the host mounts the export).
+NFS_MOUNT_MODE = "nfsmountmode"
+NFS_MOUNT_MODES = ("userspace", "kernel")
+
+
 class DefaultPrimaryDriver:
     name = "DefaultPrimary"
     CAPABILITIES = {"linked_clone": True, "hypervisor_qos": True, "live_migrate": True, "native_snapshot": False,
@@ -38,11 +43,23 @@ class DefaultPrimaryDriver:
         return {"pool_type": pool_type, "host_address": host or "localhost", "path": path.rstrip("/") or "/",
                 "port": p.port or port}
 
+    def check_details(self, pool_type: str, details: dict) -> None:
+        mode = details.get(NFS_MOUNT_MODE)
+        if mode is None:
+            return
+        if pool_type != "NetworkFilesystem":
+            raise InvalidParameter(f"{NFS_MOUNT_MODE} applies to NFS pools only")
+        if mode not in NFS_MOUNT_MODES:
+            raise InvalidParameter(f"{NFS_MOUNT_MODE} must be userspace (QEMU's NFS client, the default) or kernel "
+                                   f"(the hosts mount the export), not {mode!r}")
+
     def spec(self, pool) -> dict:
         """How the host agent is told about the pool."""
         out = {"uuid": pool.uuid, "type": pool.pool_type, "path": pool.path}
         if pool.pool_type == "NetworkFilesystem":
             out.update(host=pool.host_address, export=pool.path)
+            if (pool.details or {}).get(NFS_MOUNT_MODE) == "kernel":
+                out["mount"] = "kernel"
         if pool.capacity_bytes:
             out["capacity"] = pool.capacity_bytes
         return out

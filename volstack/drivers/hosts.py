@@ -25,6 +25,10 @@ class SimulatedHost:
         if fn is None:
             return {}
         with self._lock:
+            # failure injection for tests, as CloudStack's configureSimulator: {command: error text}
+            fail = self.state.get("fail", {}).get(cmd)
+            if fail:
+                raise ResourceUnavailable(fail)
             return fn(**args)
 
     def _images(self, pool):
@@ -89,6 +93,39 @@ class SimulatedHost:
         if serial in disks:
             disks.remove(serial)
         return {}
+
+    def _vm_migrate_spec(self, name):
+        vm = self.state["vms"].get(name)
+        if vm is None:
+            raise ResourceUnavailable(f"VM {name} is not running on this simulated host")
+        return {"spec": {"name": name, "disks": list(vm["disks"])}, "running": True}
+
+    def _vm_migrate_prepare(self, vm, address):
+        have = self.state["vms"].get(vm["name"])
+        if have is not None and have["state"] == "Running":
+            raise ResourceUnavailable(f"VM {vm['name']} already runs on this simulated host")
+        self.state["vms"][vm["name"]] = {"state": "Incoming", "disks": list(vm["disks"])}
+        return {"uri": f"tcp:{address}:0"}
+
+    def _vm_migrate(self, name, uri, **_):
+        return {"resume": True}
+
+    def _vm_migrate_finish(self, name, resume, **_):
+        self.state["vms"][name]["state"] = "Running"
+        return {"name": name, "state": "Running"}
+
+    def _vm_migrate_abort(self, name):
+        if self.state["vms"].get(name, {}).get("state") == "Incoming":
+            del self.state["vms"][name]
+        return {}
+
+    def _vm_destroy(self, name):
+        self.state["vms"].pop(name, None)
+        return {}
+
+    def _disk_set_qos(self, vm, serial, qos):
+        self.state.setdefault("qos", {})[(vm, serial)] = qos       # what tests look at
+        return {"qos": qos}
 
     def _disk_stats(self, vm):
         return {"disks": {s: {"rd_ops": 0, "wr_ops": 0, "rd_bytes": 0, "wr_bytes": 0}

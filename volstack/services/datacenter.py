@@ -194,13 +194,13 @@ def _disk_offerings(s, ctx, items, report):
 
 def _service_offerings(s, ctx, items, report):
     from volstack.db.storage_models import ServiceOffering
-    from volstack.services import offerings
+    from volstack.services import service_offerings
     for o in items:
         o = dict(o)
         if s.scalar(select(ServiceOffering).where(ServiceOffering.name == o["name"], ServiceOffering.removed.is_(None))):
             report.append(f"unchanged service offering {o['name']}")
             continue
-        offerings.create_service_offering(s, ctx, **o)
+        service_offerings.create_service_offering(s, ctx, **o)
         report.append(f"created service offering {o['name']}")
 
 

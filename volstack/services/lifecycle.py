@@ -86,8 +86,9 @@ VM = Lifecycle("virtual machine", "state", {
     "Starting": {"OperationSucceeded": "Running", "OperationFailed": "Stopped"},
     "Running": {"StopRequested": "Stopping", "RebootRequested": "Running", "MigrationRequested": "Migrating"},
     "Stopping": {"OperationSucceeded": "Stopped", "OperationFailed": "Running"},
-    "Migrating": {"OperationSucceeded": "Running", "OperationFailed": "Running"},
+    "Migrating": {"OperationSucceeded": "Running", "OperationFailed": "Running", "AgentReportRunning": "Running",
+                  "AgentReportStopped": "Stopped"},
     "Destroyed": {"RecoveryRequested": "Stopped", "ExpungeRequested": "Expunging"},
-    "Expunging": {"OperationSucceeded": "Expunged"},
+    "Expunging": {"OperationSucceeded": "Expunged", "OperationFailed": "Destroyed"},
     "Expunged": {},
 })

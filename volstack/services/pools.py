@@ -62,6 +62,8 @@ def create_pool(s, ctx, *, name, url, zoneid, podid=None, clusterid=None, hostid
     if scope not in SCOPES:
         raise InvalidParameter(f"Invalid scope {scope}: use zone, cluster or host")
     parsed = drv.parse_url(url)
+    if details and hasattr(drv, "check_details"):
+        drv.check_details(parsed["pool_type"], details)
     pool = StoragePool(name=name, provider=drv.name, scope=scope, zone_id=zone.id, url=url, managed=bool(managed),
                        tags=_tags(tags), is_tag_a_rule=bool(istagarule), capacity_iops=capacityiops,
                        details=details or {}, **parsed)
@@ -186,7 +188,11 @@ def update_pool(s, ctx, id, *, name=None, tags=None, istagarule=None, capacityby
     if capacityiops is not None:
         pool.capacity_iops = capacityiops
     if details:
-        pool.details = {**(pool.details or {}), **{k: v for d in details.values() for k, v in d.items()}}
+        merged = {**(pool.details or {}), **{k: v for d in details.values() for k, v in d.items()}}
+        drv = driver_for(pool.provider)
+        if hasattr(drv, "check_details"):
+            drv.check_details(pool.pool_type, merged)
+        pool.details = merged
     if enabled is not None:
         if pool.state not in ("Up", "Disabled"):
             raise InvalidParameter(f"Storage pool {pool.name} is {pool.state}; only Up or Disabled pools can be "

@@ -7,8 +7,9 @@ from volstack.db.models import Cluster, Host, utcnow
 from volstack.db.storage_models import DiskOffering, ServiceOffering, StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
-from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter, ResourceUnavailable
+from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter
 from volstack.services import events, infra, lookup, offerings, volumes
+from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import VM, VOLUME
 from volstack.services.listing import ListQuery, keyword_filter, paginate
@@ -219,10 +220,38 @@ def expunge_vm(s, ctx, vm) -> None:
     if vm.state != "Destroyed":
         raise InvalidParameter(f"VM {vm.name} is {vm.state}; destroy it before expunging")
     VM.fire(s, vm, "ExpungeRequested")
-    for vol in s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None))):
-        volumes.expunge_volume(s, ctx, vol)
+    try:
+        for vol in list(s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None)))):
+            volumes.expunge_volume(s, ctx, vol)
+    except CloudError:
+        VM.fire(s, vm, "OperationFailed")       # back to Destroyed (committed: volume work commits too)
+        s.commit()
+        raise
     VM.fire(s, vm, "OperationSucceeded", removed=utcnow())
     events.record(s, ctx, "VM.EXPUNGE", f"VM {vm.name} expunged", resource_type="VirtualMachine", resource_uuid=vm.uuid)
+
+
+def expunge_destroyed(db, ctx) -> int:
+    """The expunge task (every expunge.interval): expunge VMs destroyed longer than expunge.delay ago.
+    A VM whose expunge fails stays Destroyed and is tried again on the next round."""
+    from datetime import timedelta
+    with db.session(readonly=True) as s:
+        delay = S.Settings.value_in(s, S.EXPUNGE_DELAY)
+        ids = list(s.scalars(select(VirtualMachine.id).where(
+            VirtualMachine.state == "Destroyed", VirtualMachine.removed.is_(None),
+            VirtualMachine.destroyed_at < utcnow() - timedelta(seconds=delay))))
+    done = 0
+    for vid in ids:
+        with db.session() as s:
+            vm = s.get(VirtualMachine, vid)
+            try:
+                expunge_vm(s, ctx, vm)
+                done += 1
+            except CloudError as exc:
+                s.rollback()
+                events.record(s, ctx, "VM.EXPUNGE", f"VM {vm.name} could not be expunged yet: {exc.text}",
+                              level="WARN", resource_type="VirtualMachine", resource_uuid=vm.uuid)
+    return done
 
 
 def list_vms(s, ctx, q: ListQuery, **f):
@@ -290,6 +319,13 @@ def settle_interrupted(db, ctx, vm_uuid: str, cmd: str) -> None:
         vm = s.scalar(select(VirtualMachine).where(VirtualMachine.uuid == vm_uuid))
         if vm is None or vm.state not in ("Starting", "Stopping", "Migrating"):
             return
+        if vm.state == "Migrating" and (vm.details or {}).get("migrating_to"):
+            from volstack.services import vm_migration
+            state = vm_migration.settle(s, ctx, vm)
+            events.record(s, ctx, "VM.RECOVER", f"VM {vm.name}: {cmd} was interrupted by a management server stop; "
+                          f"the hosts report it {state}", level="WARN", resource_type="VirtualMachine",
+                          resource_uuid=vm.uuid)
+            return
         host = s.get(Host, vm.host_id or vm.last_host_id) if (vm.host_id or vm.last_host_id) else None
         running = False
         if host is not None:
@@ -309,8 +345,9 @@ def migrate(s, ctx, vm, *, hostid=None, storageid=None, volume_map=None, progres
     """migrateVirtualMachine / migrateVirtualMachineWithVolume.
 
     Volumes move with migrateVolume's machinery (cold copy, or QEMU's mirror while the guest runs).
-    A running guest's move to another host needs the hypervisor's live migration, which the agent
-    does not offer yet: that case is refused with a clear message rather than done as a stop/start."""
+    A running guest moves to another host by live migration (services/vm_migration.py); without a
+    host (and nothing else to do) one that reaches all its disks is picked."""
+    from volstack.services import vm_migration
     from volstack.services.pools import get_pool
     if vm.state not in ("Running", "Stopped"):
         raise InvalidParameter(f"VM {vm.name} is {vm.state}; only Running or Stopped VMs can be migrated")
@@ -318,9 +355,16 @@ def migrate(s, ctx, vm, *, hostid=None, storageid=None, volume_map=None, progres
     if target_host is not None:
         if target_host.zone_id != vm.zone_id or target_host.hypervisor != vm.hypervisor:
             raise InvalidParameter(f"Host {target_host.name} cannot run VM {vm.name} (other zone or hypervisor)")
-        if vm.state == "Running" and target_host.id != vm.host_id:
-            raise ResourceUnavailable(f"Live migration of running VM {vm.name} to another host is not available "
-                                           "in this release; stop the VM and migrate it, or migrate its volumes live")
+    if vm.state == "Running" and not storageid and (target_host is None and not volume_map
+                                                     or target_host is not None and target_host.id != vm.host_id):
+        mapping = {}
+        for vol_uuid, pool_uuid in (volume_map or {}).items():
+            vol = s.scalar(select(Volume).where(Volume.uuid == vol_uuid, Volume.vm_id == vm.id,
+                                                Volume.removed.is_(None)))
+            if vol is None:
+                raise InvalidParameter(f"Volume {vol_uuid} is not attached to VM {vm.name}")
+            mapping[vol] = get_pool(s, pool_uuid)
+        return vm_migration.live_migrate(s, ctx, vm, target_host, mapping, progress)
     moves = []
     vols = list(s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None))))
     if storageid:

@@ -553,7 +553,8 @@ def change_offering(s, ctx, vol: Volume, *, diskofferingid, size_gb=None, shrink
 def unmanaged_images(s, ctx, pool: StoragePool, path: str | None = None) -> list[dict]:
     """listVolumesForImport: image files on the pool that no volstack volume owns."""
     from volstack.services.pools import list_objects
-    return [e for e, owner in list_objects(s, ctx, pool.uuid, path) if owner is None and not e["isdirectory"]]
+    return [e for e in list_objects(s, ctx, pool.uuid, path)
+            if not e["isdirectory"] and not any(e.get(k) for k in ("volumeid", "templateid", "snapshotid"))]
 
 
 def import_volume(s, ctx, pool: StoragePool, path: str, *, name=None, diskofferingid=None) -> Volume:

@@ -6,6 +6,7 @@ from volstack.api.views import _a, _date
 from volstack.db import models as m
 from volstack.db.storage_models import DiskOffering
 from volstack.services import offerings as svc
+from volstack.services import service_offerings
 
 GIB = svc.GIB
 
@@ -257,7 +258,7 @@ def delete_disk_offering(req, p):
     P("encryptroot", BOOLEAN, "VMs using this offering require root volume encryption", since="4.18"),
 ], view=SERVICE_OFFERING)
 def create_service_offering(req, p):
-    so = svc.create_service_offering(
+    so = service_offerings.create_service_offering(
         req.s, req.ctx, name=p.name, displaytext=p.displaytext, cpunumber=p.cpunumber, cpuspeed=p.cpuspeed,
         memory=p.memory, customized=p.customized, isvolatile=p.isvolatile, issystem=p.issystem, hosttags=p.hosttags,
         domainids=p.domainid, zoneids=p.zoneid, diskofferingid=p.diskofferingid,
@@ -280,7 +281,7 @@ def create_service_offering(req, p):
     *OWNER_LIST_PARAMS,
 ], view=SERVICE_OFFERING, is_list=True, access=USER)
 def list_service_offerings(req, p):
-    return lst(req, SERVICE_OFFERING, svc.list_service_offerings(
+    return lst(req, SERVICE_OFFERING, service_offerings.list_service_offerings(
         req.s, req.ctx, list_query(req, p), id=p.id, name=p.name, zoneid=p.zoneid, state=p.state,
         storagetype=p.storagetype, encryptroot=p.encryptroot, issystem=p.issystem, systemvmtype=p.systemvmtype))
 
@@ -296,7 +297,7 @@ def list_service_offerings(req, p):
     P("state", STRING, "state of the service offering: Active or Inactive", since="4.19"),
 ], view=SERVICE_OFFERING)
 def update_service_offering(req, p):
-    so = svc.update_service_offering(req.s, req.ctx, p.id, name=p.name, displaytext=p.displaytext,
+    so = service_offerings.update_service_offering(req.s, req.ctx, p.id, name=p.name, displaytext=p.displaytext,
                                      domainid=p.domainid, zoneid=p.zoneid, storagetags=p.storagetags,
                                      hosttags=p.hosttags, state=p.state)
     return obj(req, SERVICE_OFFERING, so)
@@ -306,5 +307,5 @@ def update_service_offering(req, p):
     P("id", UUID, "the ID of the service offering", required=True, entity="ServiceOffering"),
 ], response_key="success")
 def delete_service_offering(req, p):
-    svc.delete_service_offering(req.s, req.ctx, p.id)
+    service_offerings.delete_service_offering(req.s, req.ctx, p.id)
     return Success()

@@ -1,5 +1,5 @@
-"""Volumes and the VM commands storage needs."""
-from volstack.api.commands.common import list_query, lst, obj
+"""Volume commands."""
+from volstack.api.commands.common import list_query, lst, obj, paged
 from volstack.api.commands.pools import STORAGEPOOL
 from volstack.api.registry import (API, BOOLEAN, LIST, LONG, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F,
                                    Param as P, Success, View)
@@ -7,8 +7,6 @@ from volstack.api.views import _a, _date, _ref
 from volstack.db import models as m
 from volstack.db import storage_models as sm
 from volstack.services import vms, volumes
-
-
 
 
 def _pool_attr(name):
@@ -64,27 +62,6 @@ VOLUME = View("volume", [
     F("created", "the date the disk volume was created", _date("created"), "date"),
     F("isextractable", "true if the volume is extractable, false otherwise", lambda r, lk: True, "boolean"),
     F("displayvolume", "an optional field whether to the display the volume to the end user or not.", lambda r, lk: True, "boolean"),
-    *_owner_fields(),
-])
-
-VIRTUALMACHINE = View("virtualmachine", [
-    F("id", "the ID of the virtual machine", _a("uuid")),
-    F("name", "the name of the virtual machine", _a("name")),
-    F("displayname", "user generated name. The name of the virtual machine is returned if no displayname exists.", _a("display_name")),
-    F("state", "the state of the virtual machine", _a("state")),
-    F("hypervisor", "the hypervisor on which the template runs", _a("hypervisor")),
-    F("zoneid", "the ID of the availability zone for the virtual machine", _ref(m.Zone, "zone_id")),
-    F("zonename", "the name of the availability zone for the virtual machine", _ref(m.Zone, "zone_id", "name")),
-    F("hostid", "the ID of the host for the virtual machine", _ref(m.Host, "host_id")),
-    F("hostname", "the name of the host for the virtual machine", _ref(m.Host, "host_id", "name")),
-    F("serviceofferingid", "the ID of the service offering of the virtual machine", _ref(sm.ServiceOffering, "service_offering_id")),
-    F("serviceofferingname", "the name of the service offering of the virtual machine", _ref(sm.ServiceOffering, "service_offering_id", "name")),
-    F("templateid", "the ID of the template for the virtual machine. A -1 is returned if the virtual machine was created from an ISO file.", _template_attr("uuid")),
-    F("templatename", "the name of the template for the virtual machine", _template_attr("name")),
-    F("templatedisplaytext", " an alternate display text of the template for the virtual machine", _template_attr("display_text")),
-    F("rootdeviceid", "device ID of the root volume", lambda r, lk: 0, "long"),
-    F("rootdevicetype", "device type of the root volume", lambda r, lk: "ROOT"),
-    F("created", "the date when this virtual machine was created", _date("created"), "date"),
     *_owner_fields(),
 ])
 
@@ -280,7 +257,7 @@ def change_offering_for_volume(req, p):
 IMPORTABLE = View("volumeforimport", [
     F("name", "the name of the image file", lambda r, lk: r["name"]),
     F("path", "the path of the image on the storage pool", lambda r, lk: r["name"]),
-    F("format", "the image format", lambda r, lk: (r.get("format") or "").upper() or None),
+    F("format", "the image format", lambda r, lk: r.get("format")),
     F("virtualsize", "the size of the file in bytes", lambda r, lk: r.get("size"), "long"),
 ])
 
@@ -290,10 +267,8 @@ IMPORTABLE = View("volumeforimport", [
     P("path", STRING, "the path of a directory on the pool to list"),
 ], view=IMPORTABLE, is_list=True, since="4.19.1")
 def list_volumes_for_import(req, p):
-    from volstack.api.registry import Lst
     from volstack.services import pools
-    rows = volumes.unmanaged_images(req.s, req.ctx, pools.get_pool(req.s, p.storageid), p.path)
-    return Lst(IMPORTABLE.key, [IMPORTABLE.render(r, None) for r in rows], len(rows))
+    return paged(req, p, IMPORTABLE, volumes.unmanaged_images(req.s, req.ctx, pools.get_pool(req.s, p.storageid), p.path))
 
 
 @API.command("importVolume", "Import an image file on a storage pool as a volume", [
@@ -314,129 +289,3 @@ def import_volume(req, p):
 def unmanage_volume(req, p):
     volumes.unmanage(req.s, req.ctx, volumes.get_volume(req.s, req.ctx, p.id))
     return Success()
-
-
-# ---------------------------------------------------------------- VMs
-
-@API.command("deployVirtualMachine", "Creates and automatically starts a virtual machine based on a service offering, disk offering, and template.", [
-    P("zoneid", UUID, "availability zone for the virtual machine", required=True, entity="Zone"),
-    P("serviceofferingid", UUID, "the ID of the service offering for the virtual machine", required=True, entity="ServiceOffering"),
-    P("name", STRING, "host name for the virtual machine"),
-    P("displayname", STRING, "an optional user generated name for the virtual machine"),
-    P("diskofferingid", UUID, "the ID of the disk offering for the virtual machine: a data disk is created from it", entity="DiskOffering"),
-    P("size", LONG, "the arbitrary size for the DATADISK volume (GB)"),
-    P("rootdisksize", LONG, "Optional field to resize root disk on deploy (GB)"),
-    P("hostid", UUID, "destination Host ID to deploy the VM to - parameter available for root admin only", entity="Host"),
-    P("hypervisor", STRING, "the hypervisor on which to deploy the virtual machine"),
-    P("startvm", BOOLEAN, "true if start vm after creating; defaulted to true if not specified"),
-    P("templateid", UUID, "the ID of the template (or ISO) for the virtual machine: the ROOT volume is a linked clone "
-      "of the template's copy on the chosen pool", entity="Template"),
-    P("details", "map", "root admin only: guest boot details for hosts without templates: details[0].kernel, "
-      "details[0].initrd, details[0].append (paths on the host)"),
-], view=VIRTUALMACHINE, is_async=True, access=USER, instance_type="VirtualMachine", instance_param="id",
-   prepare=lambda req, p: vms.deploy(req.s, req.ctx, zoneid=p.zoneid, serviceofferingid=p.serviceofferingid,
-                                     name=p.name, displayname=p.displayname, diskofferingid=p.diskofferingid,
-                                     size=p.size, rootdisksize=p.rootdisksize, hostid=p.hostid, startvm=False,
-                                     hypervisor=p.hypervisor, details=(p.details or {}).get("0"),
-                                     templateid=p.templateid).uuid)
-def deploy_vm(req, p):
-    vm = vms.get_vm(req.s, req.ctx, p.id)
-    if p.startvm is not False:
-        vms.start(req.s, req.ctx, vm, p.hostid)
-    return obj(req, VIRTUALMACHINE, vm)
-
-
-VM_JOB = dict(view=VIRTUALMACHINE, is_async=True, access=USER, instance_type="VirtualMachine", instance_param="id")
-
-
-@API.command("startVirtualMachine", "Starts a virtual machine.", [
-    P("id", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine"),
-    P("hostid", UUID, "destination Host ID to deploy the VM to - parameter available for root admin only", entity="Host"),
-], **VM_JOB)
-def start_vm(req, p):
-    return obj(req, VIRTUALMACHINE, vms.start(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.id), p.hostid))
-
-
-@API.command("stopVirtualMachine", "Stops a virtual machine.", [
-    P("id", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine"),
-    P("forced", BOOLEAN, "Force stop the VM (vm is marked as Stopped even when command fails to be send to the backend, otherwise a force poweroff is attempted)."),
-], **VM_JOB)
-def stop_vm(req, p):
-    return obj(req, VIRTUALMACHINE, vms.stop(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.id), bool(p.forced)))
-
-
-@API.command("rebootVirtualMachine", "Reboots a virtual machine.", [
-    P("id", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine")], **VM_JOB)
-def reboot_vm(req, p):
-    return obj(req, VIRTUALMACHINE, vms.reboot(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.id)))
-
-
-@API.command("destroyVirtualMachine", "Destroys a virtual machine. Its root volume goes with it; data volumes are detached unless listed in volumeids.", [
-    P("id", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine"),
-    P("expunge", BOOLEAN, "If true is passed, the vm is expunged immediately. False by default."),
-    P("volumeids", LIST, "Comma separated list of UUIDs for volumes that will be deleted", entity="Volume"),
-], **VM_JOB)
-def destroy_vm(req, p):
-    return obj(req, VIRTUALMACHINE, vms.destroy(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.id), bool(p.expunge),
-                                                tuple(p.volumeids or ())))
-
-
-@API.command("recoverVirtualMachine", "Recovers a virtual machine.", [
-    P("id", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine")], view=VIRTUALMACHINE, access=USER)
-def recover_vm(req, p):
-    return obj(req, VIRTUALMACHINE, vms.recover(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.id)))
-
-
-@API.command("expungeVirtualMachine", "Expunge a virtual machine. Once expunged, it cannot be recoverd.", [
-    P("id", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine")],
-    response_key="success", is_async=True, instance_type="VirtualMachine", instance_param="id")
-def expunge_vm(req, p):
-    vms.expunge_vm(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.id))
-    return Success()
-
-
-@API.command("migrateVirtualMachine", "Attempts Migration of a VM to a different host or Root volume of the vm to a different storage pool", [
-    P("virtualmachineid", UUID, "the ID of the virtual machine", required=True, entity="VirtualMachine"),
-    P("hostid", UUID, "Destination Host ID to migrate VM to.", entity="Host"),
-    P("storageid", UUID, "Destination storage pool ID to migrate the VM's volumes to (stopped VMs)", entity="StoragePool"),
-    P("autoselect", BOOLEAN, "Automatically select a destination host which do not require storage migration"),
-], view=VIRTUALMACHINE, is_async=True, instance_type="VirtualMachine", instance_param="virtualmachineid")
-def migrate_vm(req, p):
-    vm = vms.get_vm(req.s, req.ctx, p.virtualmachineid)
-    return obj(req, VIRTUALMACHINE, vms.migrate(req.s, req.ctx, vm, hostid=p.hostid, storageid=p.storageid,
-                                                progress=req.progress))
-
-
-@API.command("migrateVirtualMachineWithVolume", "Attempts Migration of a VM with its volumes to a different host", [
-    P("virtualmachineid", UUID, "the ID of the virtual machine", required=True, entity="VirtualMachine"),
-    P("hostid", UUID, "Destination Host ID to migrate VM to.", entity="Host"),
-    P("migrateto", "map", "Storage to pool mapping: migrateto[0].volume=<uuid>&migrateto[0].pool=<uuid>"),
-    P("autoselect", BOOLEAN, "Automatically select a destination host for a running instance"),
-], view=VIRTUALMACHINE, is_async=True, instance_type="VirtualMachine", instance_param="virtualmachineid")
-def migrate_vm_with_volume(req, p):
-    from volstack.errors import InvalidParameter
-    mapping = {}
-    for entry in (p.migrateto or {}).values():
-        if not entry.get("volume") or not entry.get("pool"):
-            raise InvalidParameter("Each migrateto entry needs volume and pool: migrateto[0].volume=…&migrateto[0].pool=…")
-        mapping[entry["volume"]] = entry["pool"]
-    vm = vms.get_vm(req.s, req.ctx, p.virtualmachineid)
-    return obj(req, VIRTUALMACHINE, vms.migrate(req.s, req.ctx, vm, hostid=p.hostid, volume_map=mapping,
-                                                progress=req.progress))
-
-
-@API.command("listVirtualMachines", "List the virtual machines owned by the account.", [
-    P("id", UUID, "the ID of the virtual machine", entity="VirtualMachine"),
-    P("ids", LIST, "the IDs of the virtual machines, mutually exclusive with id", entity="VirtualMachine"),
-    P("name", STRING, "name of the virtual machine (a substring match is not done)"),
-    P("state", STRING, "state of the virtual machine. Possible values are: Running, Stopped, Present, Destroyed, Expunged. Present is used for the state equal not destroyed."),
-    P("zoneid", UUID, "the availability zone ID", entity="Zone"),
-    P("hostid", UUID, "the host ID", entity="Host"),
-    P("storageid", UUID, "the storage ID where vm's volumes belong to", entity="StoragePool"),
-    *OWNER_LIST_PARAMS], view=VIRTUALMACHINE, is_list=True, access=USER)
-def list_vms(req, p):
-    return lst(req, VIRTUALMACHINE, vms.list_vms(req.s, req.ctx, list_query(req, p),
-                                                 **{k: p.get(k) for k in ("id", "ids", "name", "state", "zoneid", "hostid", "storageid")}))
-
-
-

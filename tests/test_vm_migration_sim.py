@@ -1,0 +1,147 @@
+"""Live migration of running VMs between Simulator hosts: shared disks stay, local disks pin, failures
+leave the VM running on its source with the reason."""
+import pytest
+from cs import CloudStackApiException
+
+from support import client
+
+GIB = 2 ** 30
+
+
+@pytest.fixture
+def two(server):
+    api = client(server)
+    zone = api.createZone(name="mz", networktype="Advanced")["zone"]
+    pod = api.createPod(name="mp", zoneid=zone["id"])["pod"]
+    cl = api.addCluster(clustername="mc", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator",
+                        clustertype="CloudManaged")["cluster"][0]
+    hosts = [api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="Simulator",
+                         url=f"http://simm{i}")["host"][0] for i in (1, 2)]
+    shared = api.createStoragePool(name="shared", url="nfs://10.0.0.9/shared", zoneid=zone["id"], podid=pod["id"],
+                                   clusterid=cl["id"], capacitybytes=100 * GIB)["storagepool"]
+    local = api.createStoragePool(name="local1", url="file://localhost/var/local1", zoneid=zone["id"], scope="host",
+                                  hostid=hosts[0]["id"])["storagepool"]
+    so = api.createServiceOffering(name="m", cpunumber=1, cpuspeed=500, memory=256, displaytext="m")["serviceoffering"]
+    local_do = api.createDiskOffering(name="loc", disksize=1, storagetype="local")["diskoffering"]
+    vm = api.deployVirtualMachine(zoneid=zone["id"], serviceofferingid=so["id"], rootdisksize=1,
+                                  hostid=hosts[0]["id"])["virtualmachine"]
+    return dict(api=api, zone=zone, hosts=hosts, shared=shared, local=local, so=so, local_do=local_do, vm=vm)
+
+
+def test_running_vm_moves_to_the_other_host_with_its_disks_in_place(two, server):
+    api, vm, hosts = two["api"], two["vm"], two["hosts"]
+    root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
+    moved = api.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=hosts[1]["id"])["virtualmachine"]
+    assert (moved["state"], moved["hostid"]) == ("Running", hosts[1]["id"])
+    assert api.listVolumes(id=root["id"])["volume"][0]["storageid"] == root["storageid"] == two["shared"]["id"]
+    from volstack.drivers.hosts import SimulatedHost
+    assert vm["id"] not in SimulatedHost(hosts[0]["id"]).state["vms"]
+    assert SimulatedHost(hosts[1]["id"]).state["vms"][vm["id"]]["state"] == "Running"
+    # without a host, one that reaches every disk is picked: back to the first
+    back = api.migrateVirtualMachine(virtualmachineid=vm["id"])["virtualmachine"]
+    assert back["hostid"] == hosts[0]["id"]
+    events = [e["description"] for e in api.listEvents(type="VM.MIGRATE")["event"]]
+    assert any("live-migrated from host" in d for d in events)
+
+
+def test_local_volumes_pin_the_vm_unless_moved_with_it(two):
+    api, vm, hosts = two["api"], two["vm"], two["hosts"]
+    vol = api.createVolume(name="l", zoneid=two["zone"]["id"], diskofferingid=two["local_do"]["id"])["volume"]
+    vol = api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]
+    assert vol["storageid"] == two["local"]["id"]
+    with pytest.raises(CloudStackApiException) as e:
+        api.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=hosts[1]["id"])
+    assert e.value.error["errorcode"] == 431 and "pins the VM" in e.value.error["errortext"]
+    with pytest.raises(CloudStackApiException) as e:          # and no host is suitable when choosing
+        api.migrateVirtualMachine(virtualmachineid=vm["id"])
+    assert e.value.error["errorcode"] == 533
+    assert api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]["state"] == "Running"
+    # a stopped VM stays pinned too: it starts only on the host of its local pool
+    api.stopVirtualMachine(id=vm["id"])
+    with pytest.raises(CloudStackApiException) as e:
+        api.startVirtualMachine(id=vm["id"], hostid=hosts[1]["id"])
+    assert e.value.error["errorcode"] == 533 and "pin" in e.value.error["errortext"]
+    assert api.startVirtualMachine(id=vm["id"])["virtualmachine"]["hostid"] == hosts[0]["id"]
+    moved = api.migrateVirtualMachineWithVolume(virtualmachineid=vm["id"], hostid=hosts[1]["id"], **{
+        "migrateto[0].volume": vol["id"], "migrateto[0].pool": two["shared"]["id"]})["virtualmachine"]
+    assert (moved["state"], moved["hostid"]) == ("Running", hosts[1]["id"])
+    assert api.listVolumes(id=vol["id"])["volume"][0]["storageid"] == two["shared"]["id"]
+
+
+def test_moving_a_volume_onto_local_storage_of_the_destination_is_refused(two):
+    api, vm, hosts = two["api"], two["vm"], two["hosts"]
+    local2 = api.createStoragePool(name="local2", url="file://localhost/var/local2", zoneid=two["zone"]["id"],
+                                   scope="host", hostid=hosts[1]["id"])["storagepool"]
+    root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
+    with pytest.raises(CloudStackApiException) as e:
+        api.migrateVirtualMachineWithVolume(virtualmachineid=vm["id"], hostid=hosts[1]["id"], **{
+            "migrateto[0].volume": root["id"], "migrateto[0].pool": local2["id"]})
+    assert e.value.error["errorcode"] == 431 and "pick a shared pool" in e.value.error["errortext"]
+    assert api.listVolumes(id=root["id"])["volume"][0]["storageid"] == two["shared"]["id"]
+
+
+def test_a_failed_migration_leaves_the_vm_running_on_its_source_with_the_reason(two):
+    api, vm, hosts = two["api"], two["vm"], two["hosts"]
+    from volstack.drivers.hosts import SimulatedHost
+    SimulatedHost(hosts[0]["id"]).state["fail"] = {"vm_migrate": "connection to the destination reset"}
+    try:
+        with pytest.raises(CloudStackApiException) as e:
+            api.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=hosts[1]["id"])
+    finally:
+        SimulatedHost(hosts[0]["id"]).state.pop("fail")
+    assert "keeps running on" in e.value.error["errortext"] and "connection to the destination reset" in \
+        e.value.error["errortext"]
+    after = api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]
+    assert (after["state"], after["hostid"]) == ("Running", hosts[0]["id"])
+    assert vm["id"] not in SimulatedHost(hosts[1]["id"]).state["vms"], "the incoming copy was dropped"
+    errors = [e["description"] for e in api.listEvents(type="VM.MIGRATE", level="ERROR")["event"]]
+    assert any("connection to the destination reset" in d for d in errors)
+    # the same request succeeds once the cause is gone
+    assert api.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=hosts[1]["id"])["virtualmachine"]["hostid"] \
+        == hosts[1]["id"]
+
+
+def test_a_host_that_is_not_up_and_enabled_is_refused(two):
+    api, vm, hosts = two["api"], two["vm"], two["hosts"]
+    api.updateHost(id=hosts[1]["id"], allocationstate="Disable")
+    with pytest.raises(CloudStackApiException) as e:
+        api.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=hosts[1]["id"])
+    assert e.value.error["errorcode"] == 534 and "Enabled" in e.value.error["errortext"]
+
+
+@pytest.mark.parametrize("finish_fails", [False, True])
+def test_a_migration_interrupted_with_its_management_server_is_settled_from_the_hosts(two, server, finish_fails):
+    """The job died after the destination was prepared: the hosts say where the guest can run."""
+    api, vm, hosts = two["api"], two["vm"], two["hosts"]
+    from sqlalchemy import update
+
+    from volstack.db.storage_models import VirtualMachine
+    from volstack.drivers.hosts import SimulatedHost
+    from volstack.services import vms
+    from volstack.services.context import system_context
+    src, dst = SimulatedHost(hosts[0]["id"]), SimulatedHost(hosts[1]["id"])
+    dst.call("vm_migrate_prepare", vm=src.call("vm_migrate_spec", name=vm["id"])["spec"], address="simm2")
+    with server.db.session() as s:
+        s.execute(update(VirtualMachine).where(VirtualMachine.uuid == vm["id"])
+                  .values(state="Migrating", details={"migrating_to": hosts[1]["id"]}))
+    if finish_fails:
+        dst.state["fail"] = {"vm_migrate_finish": "the incoming migration failed"}
+    try:
+        vms.settle_interrupted(server.db, system_context(), vm["id"], "migrateVirtualMachine")
+    finally:
+        dst.state.pop("fail", None)
+    after = api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]
+    expected = hosts[0] if finish_fails else hosts[1]
+    assert (after["state"], after["hostid"]) == ("Running", expected["id"])
+    assert (vm["id"] in src.state["vms"], vm["id"] in dst.state["vms"]) == (finish_fails, not finish_fails)
+    assert any("interrupted" in e["description"] for e in api.listEvents(type="VM.RECOVER")["event"])
+
+
+def test_find_hosts_for_migration_says_why_a_host_is_unsuitable(two):
+    api, vm, hosts = two["api"], two["vm"], two["hosts"]
+    found = api.findHostsForMigration(virtualmachineid=vm["id"])["host"]
+    assert [(h["id"], h["suitableformigration"]) for h in found] == [(hosts[1]["id"], True)]
+    vol = api.createVolume(name="l2", zoneid=two["zone"]["id"], diskofferingid=two["local_do"]["id"])["volume"]
+    api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])
+    found = api.findHostsForMigration(virtualmachineid=vm["id"])["host"][0]
+    assert found["suitableformigration"] is False and "pins the VM" in found["notsuitablereason"]
