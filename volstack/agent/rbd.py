@@ -30,7 +30,7 @@ from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound, Unava
 from volstack.agent.images import Pool, check_name, check_size
 
 log = logging.getLogger("volstack.agent.rbd")
-CONNECT_TIMEOUT = 5      # seconds: monitors unreachable or key refused
+CONNECT_TIMEOUT = 3      # seconds: monitors unreachable (a refused key fails at once over msgr2)
 MON_OP_TIMEOUT = 10
 OSD_OP_TIMEOUT = 30      # a full or stuck cluster fails an operation instead of blocking it forever
 BASE_SNAP = "volstack-base"

@@ -1,0 +1,182 @@
+"""Issue 5 through the API on a real one-node Ceph cluster (tests/cephcluster.py) and `volstack agent`
+processes with real QEMU: seed 001's cloudmonkey sequence, bad input, the secret kept out of every
+response and event, cold migration RBD → NFS → RBD with the bytes checked, heartbeats, overprovisioning."""
+import hashlib
+import json
+import os
+import time
+
+import pytest
+from cs import CloudStackApiException
+
+from agentproc import AgentProcess, wait_until
+from volstack.agent.rbd import RbdPool
+
+GIB = 2 ** 30
+MIB = 2 ** 20
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def kvm(server, tmp_path, ceph):
+    from support import client
+    agents = [AgentProcess(tmp_path / f"agent{i}", name=f"rbdkvm{i}").start() for i in (1, 2)]
+    api = client(server)
+    zone = api.createZone(name="rz", networktype="Advanced")["zone"]
+    pod = api.createPod(name="rp", zoneid=zone["id"])["pod"]
+    cl = api.addCluster(clustername="rc", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
+                        clustertype="CloudManaged")["cluster"][0]
+    hosts = [api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM", url=a.url,
+                         username="root", password=a.token)["host"][0] for a in agents]
+    so = api.createServiceOffering(name="tiny", cpunumber=1, cpuspeed=500, memory=128, rootdisksize=1,
+                                   displaytext="tiny")["serviceoffering"]
+    ctx = dict(api=api, zone=zone, pod=pod, cluster=cl, hosts=hosts, agents=agents, so=so, vms=[])
+    yield ctx
+    for vm in ctx["vms"]:
+        try:
+            api.destroyVirtualMachine(id=vm, expunge=True)
+        except Exception:
+            pass
+    for a in agents:
+        a.kill_guests()
+        a.stop()
+
+
+def create_rbd_pool(kvm, ceph, name="MyCephCluster", **kw):
+    """Seed 001: create storagepool scope=zone hypervisor=KVM provider=DefaultPrimary url=rbd://… tags=RBD"""
+    args = dict(scope="zone", zoneid=kvm["zone"]["id"], hypervisor="KVM", name=name, provider="DefaultPrimary",
+                url=ceph.rbd_url(), tags="RBD")
+    args.update(kw)
+    return kvm["api"].createStoragePool(**{k: v for k, v in args.items() if v is not None})["storagepool"]
+
+
+def paused_vm(kvm):
+    vm = kvm["api"].deployVirtualMachine(zoneid=kvm["zone"]["id"], serviceofferingid=kvm["so"]["id"],
+                                         hostid=kvm["hosts"][0]["id"])["virtualmachine"]
+    kvm["vms"].append(vm["id"])
+    return vm
+
+
+def no_secret(ceph, *objects):
+    text = json.dumps(objects)
+    ui_form = ceph.key.replace("+", "-").replace("/", "_")
+    assert ceph.key not in text and ui_form not in text, "the cephx secret leaked"
+
+
+def test_seed_001_sequence_creates_an_rbd_image_named_by_the_volume_path(kvm, ceph, tmp_path):
+    api = kvm["api"]
+    pool = create_rbd_pool(kvm, ceph)
+    assert (pool["type"], pool["path"], pool["ipaddress"], pool["provider"]) == \
+        ("RBD", ceph.pool, "127.0.0.1", "DefaultPrimary")
+    assert pool["state"] == "Up" and pool["scope"] == "ZONE" and pool["tags"] == "RBD"
+    assert pool["disksizetotal"] > 0, "capacity comes from Ceph"
+    assert pool["storagecapabilities"]["native_snapshot"] == "true"
+    listed = api.listStoragePools(id=pool["id"])["storagepool"]
+    events = api.listEvents(listall=True)
+    no_secret(ceph, pool, listed, events)
+    for f in tmp_path.glob("volstack.db*"):
+        assert ceph.key.encode() not in f.read_bytes(), "the secret is stored encrypted"
+    off = api.createDiskOffering(name="5GB-Ceph", displaytext="5GB-Ceph", storagetype="shared",
+                                 provisioningtype="thin", customized=False, disksize=5, tags="RBD")["diskoffering"]
+    assert off["tags"] == "RBD"
+    vol = api.createVolume(diskofferingid=off["id"], name="MyFirstCephDisk", zoneid=kvm["zone"]["id"])["volume"]
+    assert vol["state"] == "Allocated" and vol["size"] == 5 * GIB
+    vm = paused_vm(kvm)
+    vol = api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]
+    assert vol["state"] == "Ready" and vol["storageid"] == pool["id"] and vol["path"] == vol["id"]
+    info = ceph.image_info(vol["path"])
+    assert info["size"] == 5 * GIB, "the image has the offering's size"
+    pid = kvm["agents"][0].guest_pids()[0]
+    assert ceph.key.encode() not in open(f"/proc/{pid}/cmdline", "rb").read()
+    custom = api.createDiskOffering(name="c", displaytext="c", customized=True, tags="RBD")["diskoffering"]
+    grow = api.createVolume(diskofferingid=custom["id"], name="grow", zoneid=kvm["zone"]["id"], size=1)["volume"]
+    api.attachVolume(id=grow["id"], virtualmachineid=vm["id"])
+    grown = api.resizeVolume(id=grow["id"], size=2)["volume"]
+    assert grown["size"] == 2 * GIB and ceph.image_info(grow["id"])["size"] == 2 * GIB, \
+        "resize grows the image under the running guest"
+    no_secret(ceph, api.listVolumes(listall=True), api.listEvents(listall=True))
+
+
+def test_bad_pools_are_refused_in_seconds_and_nothing_is_recorded(kvm, ceph):
+    api = kvm["api"]
+    bad_key = "AQAAAAAAAAAAABAA" + "B" * 22 + "=="
+    cases = [
+        (dict(url=ceph.rbd_url(key=bad_key)), "refused cephx user"),
+        (dict(url=ceph.rbd_url(mon="127.0.0.1:9")), "no Ceph monitor answered|cannot connect"),
+        (dict(url=ceph.rbd_url(pool="nosuchpool")), "does not exist"),
+        (dict(url=f"rbd://{ceph.user}@{ceph.mon_host}/{ceph.pool}"), "needs the cephx user and its secret"),
+        (dict(url=f"rbd://{ceph.user}:notakey@{ceph.mon_host}/{ceph.pool}"), "not a cephx key"),
+        (dict(url=f"rbd://{ceph.user}:{ceph.key}@{ceph.mon_host}/"), "no valid Ceph pool"),
+        (dict(hypervisor="Simulator"), "need hypervisor KVM"),
+    ]
+    for i, (kw, match) in enumerate(cases):
+        started = time.monotonic()
+        with pytest.raises(CloudStackApiException) as e:
+            create_rbd_pool(kvm, ceph, name=f"bad{i}", **kw)
+        took = time.monotonic() - started
+        err = e.value.error
+        assert err["errorcode"] in (431, 530, 534), err
+        assert __import__("re").search(match, err["errortext"]), err["errortext"]
+        assert took < 15, f"{kw}: {took:.1f} s"
+        no_secret(ceph, err)
+        assert bad_key not in json.dumps(err)
+    assert api.listStoragePools().get("storagepool", []) == [], "nothing is recorded"
+    assert not [e for e in api.listEvents(listall=True).get("event", []) if e["type"] == "STORAGE.POOL.CREATE"]
+
+
+def test_url_safe_secret_several_monitors_and_cluster_scope(kvm, ceph):
+    ui = ceph.key.replace("+", "-").replace("/", "_")
+    url = f"rbd://{ceph.user}:{ui}@{ceph.mon_host.split(':')[0]},localhost:{ceph.mon_host.split(':')[1]}/{ceph.pool}"
+    pool = create_rbd_pool(kvm, ceph, name="multi", url=url, scope="cluster", podid=kvm["pod"]["id"],
+                           clusterid=kvm["cluster"]["id"], hypervisor=None)
+    assert pool["scope"] == "CLUSTER" and pool["ipaddress"] == "127.0.0.1,localhost"
+    no_secret(ceph, pool)
+    api = kvm["api"]
+    api.updateConfiguration(name="storage.overprovisioning.factor", value="0.5", storageid=pool["id"])
+    listed = api.listStoragePools(id=pool["id"])["storagepool"][0]
+    assert listed["overprovisionfactor"] == "0.5"
+    assert listed["capacitytotal"] == listed["capacitybytes"] // 2, "a factor below 1 is accepted for RBD"
+
+
+def test_cold_migration_rbd_to_nfs_and_back_keeps_the_bytes(kvm, ceph, nfs_pool):
+    api = kvm["api"]
+    rbd_pool = create_rbd_pool(kvm, ceph, name="ceph")
+    nfs_url, nfs_dir = nfs_pool
+    nfs = api.createStoragePool(name="nfs", url=nfs_url, zoneid=kvm["zone"]["id"], podid=kvm["pod"]["id"],
+                                clusterid=kvm["cluster"]["id"], tags="NFS")["storagepool"]
+    off = api.createDiskOffering(name="c", displaytext="c", customized=True, tags="RBD")["diskoffering"]
+    vol = api.createVolume(diskofferingid=off["id"], name="m", zoneid=kvm["zone"]["id"], size=1)["volume"]
+    vm = paused_vm(kvm)
+    vol = api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]
+    api.detachVolume(id=vol["id"])
+    spec = {"uuid": rbd_pool["id"], "type": "RBD", "path": ceph.pool, "monitors": [ceph.mon_host],
+            "user": ceph.user, "key": ceph.key}
+    data = os.urandom(MIB) * 3
+    with RbdPool(spec, "test").image(vol["path"]) as img:
+        img.write(data, 5 * MIB)
+    moved = api.migrateVolume(volumeid=vol["id"], storageid=nfs["id"])["volume"]
+    assert moved["storageid"] == nfs["id"] and (nfs_dir / moved["path"]).exists()
+    assert vol["path"] not in ceph.images(), "the RBD copy is removed after the move"
+    back = api.migrateVolume(volumeid=vol["id"], storageid=rbd_pool["id"])["volume"]
+    assert back["storageid"] == rbd_pool["id"] and back["state"] == "Ready"
+    assert not (nfs_dir / back["path"]).exists()
+    with RbdPool(spec, "test").image(back["path"], read_only=True) as img:
+        assert hashlib.sha256(img.read(5 * MIB, 3 * MIB)).digest() == hashlib.sha256(data).digest()
+        assert img.size() == GIB
+    api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])       # raw on RBD again: QEMU opens it
+
+
+def test_heartbeats_tell_a_live_host_from_a_dead_one(kvm, ceph):
+    api = kvm["api"]
+    pool = create_rbd_pool(kvm, ceph, name="hb", **{"details[0].heartbeatinterval": "1"})
+
+    def beats():
+        api.syncStoragePool(id=pool["id"])
+        details = api.listStoragePools(id=pool["id"])["storagepool"][0]["details"]
+        return {k.removeprefix("heartbeat."): v for k, v in details.items() if k.startswith("heartbeat.")}
+    wait_until("both hosts alive", lambda: (b := beats()) and all(b.get(f"rbdkvm{i}", "").startswith("Alive")
+                                                                   for i in (1, 2)), timeout=30, interval=0.5)
+    kvm["agents"][1].stop()
+    wait_until("the stopped host shown dead", lambda: beats().get("rbdkvm2", "").startswith("Dead"),
+               timeout=30, interval=0.5)
+    assert beats()["rbdkvm1"].startswith("Alive")
