@@ -206,3 +206,22 @@ def test_export_diff_format_in_memory(ceph, rbd_spec):
     assert data.startswith(b"rbd diff v1\nt\x01\x00\x00\x00as") and data.endswith(b"e")
     p.snapshot_remove(vol, "a")
     p.remove(vol)
+
+
+def test_live_mirror_file_to_rbd_and_back(agent, ceph, rbd_spec, pool):
+    """An attached disk moves to RBD and back through QEMU's mirror (the path of a live migrateVolume)."""
+    c, vol = agent.client, name()
+    c.call("volume_create", pool=pool, name="root", size=16 * MiB, format="qcow2")
+    c.call("volume_create", pool=pool, name="data", size=16 * MiB, format="qcow2")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1M 4M", os.path.join(pool["path"], "data")],
+                   check=True, capture_output=True)
+    c.call("vm_start", name="vm-mirror", memory_mb=64, cpus=1, disks=[
+        {"pool": pool, "name": "root", "format": "qcow2", "serial": "ROOT-1", "device_id": 0, "qos": None},
+        {"pool": pool, "name": "data", "format": "qcow2", "serial": "DATA-1", "device_id": 1, "qos": None}])
+    moved = c.call("volume_mirror", vm="vm-mirror", serial="DATA-1", dst_pool=rbd_spec, dst_name=vol, format="raw")
+    assert moved == {"path": vol, "serial": "DATA-1"}
+    assert digest(rbd_spec, vol, 4, 1) == hashlib.sha256(b"\xab" * 4 * MiB).hexdigest()
+    back = c.call("volume_mirror", vm="vm-mirror", serial="DATA-1", dst_pool=pool, dst_name="data2", format="qcow2")
+    assert back["path"] == "data2"
+    c.call("volume_delete", pool=rbd_spec, name=vol)     # no longer in use by the guest
+    c.call("vm_destroy", name="vm-mirror")
