@@ -180,3 +180,47 @@ def test_heartbeats_tell_a_live_host_from_a_dead_one(kvm, ceph):
     wait_until("the stopped host shown dead", lambda: beats().get("rbdkvm2", "").startswith("Dead"),
                timeout=30, interval=0.5)
     assert beats()["rbdkvm1"].startswith("Alive")
+
+
+def test_browse_import_unmanage_and_delete_safety(kvm, ceph):
+    api = kvm["api"]
+    pool = create_rbd_pool(kvm, ceph, name="browse")
+    off = api.createDiskOffering(name="c", displaytext="c", customized=True, tags="RBD")["diskoffering"]
+    vol = api.createVolume(diskofferingid=off["id"], name="owned", zoneid=kvm["zone"]["id"], size=1)["volume"]
+    vm = paused_vm(kvm)
+    vol = api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]
+    ceph.rbd("create", "--size", "64M", f"{ceph.pool}/foreign-image")
+    objects = {o["name"]: o for o in api.listStoragePoolObjects(id=pool["id"])["datastoreobject"]}
+    assert objects[vol["path"]]["volumeid"] == vol["id"] and objects[vol["path"]]["format"].lower() == "raw"
+    assert "volumeid" not in objects["foreign-image"]
+    listed = api.listVolumesForImport(storageid=pool["id"])
+    assert "foreign-image" in json.dumps(listed) and vol["path"] not in json.dumps(listed)
+    imported = api.importVolume(storageid=pool["id"], path="foreign-image", name="imp")["volume"]
+    assert imported["state"] == "Ready" and imported["size"] == 64 * MIB and imported["storageid"] == pool["id"]
+    with pytest.raises(CloudStackApiException) as e:
+        api.importVolume(storageid=pool["id"], path="../etc", name="bad")
+    assert e.value.error["errorcode"] == 431
+    api.unmanageVolume(id=imported["id"])
+    assert "foreign-image" in ceph.images(), "unmanage keeps the image"
+    with pytest.raises(CloudStackApiException) as e:
+        api.deleteStoragePool(id=pool["id"])
+    assert e.value.error["errorcode"] == 536 and "still live" in e.value.error["errortext"]
+    api.detachVolume(id=vol["id"])
+    api.deleteVolume(id=vol["id"])
+    assert vol["path"] not in ceph.images()
+    api.destroyVirtualMachine(id=vm["id"], expunge=True)
+    kvm["vms"].remove(vm["id"])
+    api.deleteStoragePool(id=pool["id"])
+    assert api.listStoragePools().get("storagepool", []) == []
+
+
+def test_maintenance_stops_and_restarts_the_guests_on_the_pool(kvm, ceph):
+    api = kvm["api"]
+    pool = create_rbd_pool(kvm, ceph, name="maint")
+    vm = paused_vm(kvm)                     # its ROOT volume is on the RBD pool, the only one
+    root = api.listVolumes(virtualmachineid=vm["id"], type="ROOT")["volume"][0]
+    assert root["storageid"] == pool["id"] and root["path"] in ceph.images()
+    assert api.enableStorageMaintenance(id=pool["id"])["storagepool"]["state"] == "Maintenance"
+    assert api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]["state"] == "Stopped"
+    assert api.cancelStorageMaintenance(id=pool["id"])["storagepool"]["state"] == "Up"
+    assert api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]["state"] == "Running"
