@@ -18,6 +18,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
+def short_osd_timeout(monkeypatch):
+    """Agents started after this fail Ceph operations after 3 s instead of 30 (rados_osd_op_timeout)."""
+    monkeypatch.setenv("VOLSTACK_RBD_OSD_OP_TIMEOUT", "3")
+
+
+@pytest.fixture
 def kvm(server, tmp_path, ceph):
     from support import client
     agents = [AgentProcess(tmp_path / f"agent{i}", name=f"rbdkvm{i}").start() for i in (1, 2)]
@@ -224,3 +230,23 @@ def test_maintenance_stops_and_restarts_the_guests_on_the_pool(kvm, ceph):
     assert api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]["state"] == "Stopped"
     assert api.cancelStorageMaintenance(id=pool["id"])["storagepool"]["state"] == "Up"
     assert api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]["state"] == "Running"
+
+
+def test_a_frozen_cluster_leaves_the_volume_stable_with_the_reason(short_osd_timeout, kvm, ceph):
+    import signal
+    api = kvm["api"]
+    create_rbd_pool(kvm, ceph, name="frozen")
+    vm = paused_vm(kvm)
+    off = api.createDiskOffering(name="c", displaytext="c", customized=True, tags="RBD")["diskoffering"]
+    vol = api.createVolume(diskofferingid=off["id"], name="f", zoneid=kvm["zone"]["id"], size=1)["volume"]
+    osd = int(ceph.env["CEPH_OSD_PID"])
+    os.kill(osd, signal.SIGSTOP)
+    try:
+        with pytest.raises(CloudStackApiException) as e:
+            api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])
+    finally:
+        os.kill(osd, signal.SIGCONT)
+    assert "did not answer" in e.value.error["errortext"]
+    after = api.listVolumes(id=vol["id"])["volume"][0]
+    assert after["state"] == "Allocated" and "creating the image" in after["status"]
+    assert api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]["state"] == "Ready"

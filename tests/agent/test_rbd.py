@@ -225,3 +225,22 @@ def test_live_mirror_file_to_rbd_and_back(agent, ceph, rbd_spec, pool):
     assert back["path"] == "data2"
     c.call("volume_delete", pool=rbd_spec, name=vol)     # no longer in use by the guest
     c.call("vm_destroy", name="vm-mirror")
+
+
+def test_stuck_osds_fail_an_operation_in_seconds(make_agent, ceph, rbd_spec, monkeypatch):
+    """A cluster that stops answering (OSD frozen with SIGSTOP) fails the command with the reason instead
+    of blocking it: rados_osd_op_timeout (shortened here to 3 s)."""
+    import signal
+    monkeypatch.setenv("VOLSTACK_RBD_OSD_OP_TIMEOUT", "3")
+    a = make_agent(name="stuck")
+    a.client.call("pool_connect", pool=rbd_spec)
+    osd = int(ceph.env["CEPH_OSD_PID"])
+    os.kill(osd, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(errors.CloudError, match="did not answer|timed out"):
+            a.client.call("volume_create", pool=rbd_spec, name=name(), size=MiB, format="raw")
+        assert time.monotonic() - started < 20
+    finally:
+        os.kill(osd, signal.SIGCONT)
+    a.client.call("volume_create", pool=rbd_spec, name=name(), size=MiB, format="raw")

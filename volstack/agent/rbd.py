@@ -32,7 +32,8 @@ from volstack.agent.images import Pool, check_name, check_size
 log = logging.getLogger("volstack.agent.rbd")
 CONNECT_TIMEOUT = 3      # seconds: monitors unreachable (a refused key fails at once over msgr2)
 MON_OP_TIMEOUT = 10
-OSD_OP_TIMEOUT = 30      # a full or stuck cluster fails an operation instead of blocking it forever
+# a full or stuck cluster fails an operation instead of blocking it forever (tests shorten it)
+OSD_OP_TIMEOUT = int(os.environ.get("VOLSTACK_RBD_OSD_OP_TIMEOUT") or 30)
 BASE_SNAP = "volstack-base"
 HEARTBEAT_OBJECT = "volstack.heartbeat"
 _DEBIAN = "/usr/lib/python3/dist-packages"
