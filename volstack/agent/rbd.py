@@ -62,7 +62,11 @@ def bindings():
         spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)
         sys.modules[name] = mod      # rbd imports rados by name
-        spec.loader.exec_module(mod)
+        try:
+            spec.loader.exec_module(mod)
+        except Exception as e:
+            del sys.modules[name]
+            raise Failed(f"the Ceph Python binding {path} does not load in this Python: {e}") from None
         mods.append(mod)
     return tuple(mods)
 
@@ -116,7 +120,7 @@ def _cluster(mons: str, user: str, key: str):
             c.connect()
         except rados.PermissionDeniedError:
             raise Unavailable(f"the Ceph monitors at {mons} refused cephx user {user}: wrong key, or the user does "
-                              "not exist (check `ceph auth get client.{0}`)".format(user)) from None
+                              f"not exist (check `ceph auth get client.{user}`)") from None
         except (rados.TimedOut, rados.Error) as e:
             text = str(e)
             if "timed out" in text.lower() or isinstance(e, rados.TimedOut) or "110" in text:
@@ -192,7 +196,7 @@ class RbdPool(Pool):
             if "timed out" in str(e).lower() or "110" in str(e):
                 raise Unavailable(f"Ceph pool {self.pool} did not answer within {OSD_OP_TIMEOUT} s "
                                   "(cluster full or OSDs down?)") from None
-            raise
+            raise Failed(f"RBD pool {self.uuid} (Ceph pool {self.pool}): {e}") from None
         finally:
             io.close()
 
