@@ -2,8 +2,9 @@
 # Installs the Debian packages a volstack KVM host needs, and the storage tests with it:
 #   QEMU + qemu-img (with the nfs/iscsi/rbd block drivers), a userspace NFS server (nfs-ganesha + rpcbind),
 #   libnfs client tools (nfs-ls, nfs-cp), busybox-static (the tiny test guest's userland,
-#   see scripts/build-guest.sh), and Ceph: librados/librbd's Python bindings for the agent's RBD pools,
-#   plus ceph-mon/ceph-osd/ceph-common for the one-node test cluster (scripts/ceph-up.sh). Safe to run again: apt-get runs only when something is missing.
+#   see scripts/build-guest.sh), the tools of scripts/build-template.sh, and Ceph: librados/librbd's
+#   Python bindings for the agent's RBD pools, plus ceph-mon/ceph-osd/ceph-mgr/ceph-common for the
+#   one-node test cluster (scripts/ceph-up.sh). Safe to run again: apt-get runs only when something is missing.
 # Usage: scripts/install-host.sh            (root, Debian 12)
 set -euo pipefail
 
@@ -16,6 +17,10 @@ pkgs=(
   rpcbind             # portmapper (NFSv3 MOUNT needs it) + rpcinfo
   libnfs-utils        # nfs-ls, nfs-cp, nfs-cat: userspace NFS clients for checks
   busybox-static      # userland of the test guest's initramfs (statically linked)
+  dosfstools          # mkfs.fat, mtools, syslinux: the built-in template's bootable disk,
+  mtools              #   made without mounting anything (scripts/build-template.sh)
+  syslinux
+  curl                # the download benchmark's reference
   python3-rados       # librados Python binding (agent: RBD pools, heartbeat objects); see docs/architecture.md
   python3-rbd         # librbd Python binding (agent: RBD images, snapshots, clones)
   ceph-common         # rbd and ceph CLIs (test cluster setup, bench's rbd export)

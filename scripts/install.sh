@@ -17,10 +17,8 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
 fi
 
-if [ "${1:-}" = "--test" ]; then
-  scripts/install-host.sh                  # QEMU, nfs-ganesha + rpcbind, libnfs-utils, busybox-static
-  scripts/build-guest.sh >/dev/null        # tiny TCG test guest, cached in ~/.cache/volstack/guest
-fi
+scripts/install-host.sh                    # QEMU, nfs-ganesha + rpcbind, libnfs-utils, busybox-static, syslinux
+scripts/build-template.sh >/dev/null       # the built-in template (and the tiny guest it boots), ~/.cache/volstack
 
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3

@@ -1,9 +1,11 @@
 """The `volstack` command as a user runs it: up, apply, serve (two servers on one PostgreSQL)."""
+import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,28 @@ def test_up_prints_keys_writes_cloudstack_ini_and_serves_a_ready_zone(tmp_path):
         assert '"state": "Up"' in hosts.stdout and '"hypervisor": "KVM"' in hosts.stdout
         pools = subprocess.run([cs, "listStoragePools"], cwd=data, env=clean, capture_output=True, text=True, timeout=60)
         assert '"name": "local-primary"' in pools.stdout and '"type": "Filesystem"' in pools.stdout
+        stores = subprocess.run([cs, "listImageStores"], cwd=data, env=clean, capture_output=True, text=True, timeout=60)
+        assert '"name": "local-images"' in stores.stdout
+        tmpl = subprocess.run([cs, "listTemplates", "templatefilter=featured"], cwd=data, env=clean,
+                              capture_output=True, text=True, timeout=60)
+        assert '"name": "volstack-tiny"' in tmpl.stdout and '"isready": true' in tmpl.stdout
+        # a newcomer deploys a VM from the built-in template and it really boots (BIOS -> SYSLINUX -> kernel)
+        def cs_json(*args):
+            out = subprocess.run([cs, *args], cwd=data, env=clean, capture_output=True, text=True, timeout=300)
+            assert out.returncode == 0, out.stdout + out.stderr
+            return json.loads(out.stdout)
+        zone = cs_json("listZones")["zone"][0]["id"]
+        so = cs_json("listServiceOfferings", "name=Small Instance")["serviceoffering"][0]["id"]
+        tiny = cs_json("listTemplates", "templatefilter=featured", "name=volstack-tiny")["template"][0]["id"]
+        vm = cs_json("deployVirtualMachine", f"zoneid={zone}", f"serviceofferingid={so}", f"templateid={tiny}")
+        vm = vm["virtualmachine"]
+        assert vm["state"] == "Running" and vm["templateid"] == tiny
+        console = data / "agent" / "vms" / vm["id"] / "console.log"
+        deadline = time.monotonic() + 120
+        while b"VOLSTACK-GUEST READY" not in (console.read_bytes() if console.exists() else b""):
+            assert time.monotonic() < deadline, f"the guest did not boot: {console}"
+            time.sleep(0.2)
+        cs_json("destroyVirtualMachine", f"id={vm['id']}", "expunge=true")
     finally:
         _stop(proc)
     # a second `up` on the same data dir keeps the same keys

@@ -51,9 +51,29 @@ def _start_local_agent(ms, data: Path):
             from volstack import crypto
             host.url, host.credential, host.state = url, crypto.encrypt(token), "Up"
     (data / "primary").mkdir(exist_ok=True)
-    datacenter.apply(ms.db, ctx, {"storage_pools": [{"name": "local-primary", "zone": "zone1", "host": "localhost",
-                                                     "url": f"file://localhost{data / 'primary'}"}]})
+    (data / "images").mkdir(exist_ok=True)
+    local = {"storage_pools": [{"name": "local-primary", "zone": "zone1", "host": "localhost",
+                                "url": f"file://localhost{data / 'primary'}"}],
+             "image_stores": [{"name": "local-images", "zone": "zone1", "provider": "Filesystem",
+                               "url": f"file://{data / 'images'}"}]}
+    template = _builtin_template()
+    if template:
+        local["templates"] = [{"name": "volstack-tiny", "zone": "zone1", "file": str(template),
+                               "displaytext": "volstack tiny guest (BIOS, SYSLINUX, busybox)",
+                               "ostype": "Other Linux (64-bit)"}]
+    datacenter.apply(ms.db, ctx, local)
     return proc
+
+
+def _builtin_template() -> Path | None:
+    """The built-in template's image (scripts/build-template.sh builds it at install time)."""
+    cache = Path(os.environ.get("VOLSTACK_TEMPLATE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or
+                                                                  Path.home() / ".cache") / "volstack" / "template")
+    path = cache / "volstack-tiny.qcow2"
+    if not path.exists():
+        print(f"# no built-in template at {path}: run scripts/build-template.sh", file=sys.stderr)
+        return None
+    return path
 
 
 def _server(db_url, key_file, host, port, **kw):

@@ -51,8 +51,17 @@ class ManagementServer:
         self.jobs.add_periodic("volume statistics", lambda: self.settings.get(S.VOLUME_STATS_INTERVAL) / 1000,
                                lambda: volumes.collect_stats(self.db))
         self.jobs.add_periodic("storage cleanup", lambda: self.settings.get(S.STORAGE_CLEANUP_INTERVAL),
-                               lambda: self.settings.get(S.STORAGE_CLEANUP_ENABLED)
-                               and volumes.expunge_destroyed(self.db, system_context()))
+                               lambda: self.settings.get(S.STORAGE_CLEANUP_ENABLED) and self._storage_cleanup())
+        from volstack.services import imagestores
+        self.jobs.add_periodic("image store statistics", lambda: self.settings.get(S.VOLUME_STATS_INTERVAL) / 1000,
+                               lambda: imagestores.refresh_stats(self.db))
+
+    def _storage_cleanup(self) -> None:
+        from volstack.services import template_cache, templates, volumes
+        from volstack.services.context import system_context
+        volumes.expunge_destroyed(self.db, system_context())
+        template_cache.cleanup(self.db, system_context())
+        templates.cleanup_store_copies(self.db)
 
     # Settings read on every request are cached for a few seconds. Inside a request pass its session:
     # on SQLite a second session would wait for the lock the request's own transaction holds.

@@ -128,6 +128,12 @@ class Agent:
                 raise Busy(f"volume {name} is attached to running VM {vm}; use disk_resize to resize it online")
             return images.resize(pool, name, arg(args, "size", int), arg(args, "shrink_ok", bool, False))
 
+    def cmd_volume_clone(self, args, progress):
+        pool, name = self.pool(args), images.check_name(arg(args, "name"))
+        base = images.check_name(arg(args, "base"))
+        with self.hold(pool, base, "being cloned", shared=True), self.hold(pool, name, "being created"):
+            return images.clone(pool, base, name, arg(args, "size", int, None), arg(args, "base_format", str, "qcow2"))
+
     def cmd_volume_copy(self, args, progress):
         src, dst = self.pool(args, "src_pool"), self.pool(args, "dst_pool")
         src_name, dst_name = images.check_name(arg(args, "src_name")), images.check_name(arg(args, "dst_name"))

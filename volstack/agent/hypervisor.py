@@ -91,6 +91,11 @@ def check_vm(vm, hostname: str) -> dict:
     append = vm.get("append")
     if append is not None and (not isinstance(append, str) or "\0" in append or "\n" in append):
         raise InvalidArgument("append must be a single-line string")
+    boot = vm.get("boot")
+    if boot not in (None, "disk"):
+        raise InvalidArgument(f"boot must be \"disk\" (boot the root disk) or absent, not {boot!r}")
+    if boot and vm.get("kernel"):
+        raise InvalidArgument("a VM boots either its kernel or its root disk, not both")
     disks = [check_disk(d, hostname) for d in vm.get("disks") or []]
     serials = [d["serial"] for d in disks]
     if len(set(serials)) != len(serials):
@@ -98,7 +103,8 @@ def check_vm(vm, hostname: str) -> dict:
     if len(disks) > MAX_DATA_DISKS + 1:
         raise InvalidArgument(f"a VM has at most {MAX_DATA_DISKS} data disks besides its root disk")
     return {"name": name, "uuid": vm.get("uuid") or "", "memory_mb": mem, "cpus": cpus, "kernel": vm.get("kernel"),
-            "initrd": vm.get("initrd"), "append": append, "disks": sorted(disks, key=lambda d: d["device_id"])}
+            "initrd": vm.get("initrd"), "append": append, "boot": boot,
+            "disks": sorted(disks, key=lambda d: d["device_id"])}
 
 
 def same_image(disk: dict, other: dict) -> bool:

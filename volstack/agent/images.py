@@ -411,3 +411,26 @@ def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=
         raise
     have = info(dst, dst_name, fmt)
     return {"path": dst_name, "size": have["size"], "physical_size": have["physical_size"], "format": fmt}
+
+
+def clone(pool: Pool, base: str, name: str, size: int | None = None, base_format: str = "qcow2") -> dict:
+    """A qcow2 linked clone of base (a template's cached copy in the same pool), grown to size if given.
+    The backing file is recorded by its bare name so the pair works wherever the pool is reached from."""
+    check_name(base), check_name(name), check_format(base_format)
+    if not pool.exists(base):
+        raise NotFound(f"base image {base} does not exist in pool {pool.uuid}")
+    base_size = info(pool, base, base_format)["size"]
+    size = max(check_size(size), base_size) if size else base_size
+    if pool.exists(name):
+        have = info(pool, name, "qcow2")
+        if have["backing"] is None or os.path.basename(have["backing"]) != base:
+            raise InvalidArgument(f"volume {name} already exists in pool {pool.uuid} and is not a clone of {base}")
+        return {"path": name, "size": have["size"], "physical_size": have["physical_size"]}
+    try:
+        qemu_img(["create", "-q", "-f", "qcow2", "-b", base, "-F", base_format, pool.target(name), str(size)],
+                 f"clone {base} as {name}")
+    except Exception:
+        pool.remove(name)
+        raise
+    have = info(pool, name, "qcow2")
+    return {"path": name, "size": have["size"], "physical_size": have["physical_size"]}

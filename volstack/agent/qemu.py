@@ -6,8 +6,8 @@ monitor), `monitor.sock` (a second QMP monitor for operators and tests) and `con
 serial console). QEMU daemonizes, so guests outlive the agent; a restarted agent finds them again
 from the pid file (checked against the process's command line) and its monitor.
 
-Guests with a kernel run under TCG (KVM here is paravirtual and cannot boot a stock kernel) and get
-virtio-blk disks, one pcie-root-port each. Guests without a kernel are started paused (`-S`) under
+Guests with a kernel, or with a root disk to boot (templates), run under TCG (KVM here is
+paravirtual and cannot boot a stock kernel) and get virtio-blk disks, one pcie-root-port each. Guests without a kernel are started paused (`-S`) under
 KVM when it works; nothing in them can acknowledge a virtio unplug, so their disks are scsi-hd on a
 virtio-scsi controller, which unplugs at once. Disks are found by serial either way.
 """
@@ -45,6 +45,11 @@ def _add_objects(q: Qmp, pool) -> None:
         except QmpError as e:
             if "duplicate" not in e.desc.lower():
                 raise Failed(f"QEMU refused the access object of pool {pool.uuid}: {e.desc}") from None
+
+
+def _runs(rec: dict) -> bool:
+    """Whether the guest really runs (a kernel, or a root disk to boot): TCG, virtio disks, graceful stop."""
+    return bool(rec.get("kernel") or rec.get("boot"))
 
 
 class QemuHypervisor:
@@ -160,8 +165,8 @@ class QemuHypervisor:
             socks = self._sock_dir(name)
             os.makedirs(self._dir(name), exist_ok=True)
             os.makedirs(socks, exist_ok=True)
-            rec = {k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus", "kernel", "initrd", "append")}
-            rec.update({"bus": "virtio" if spec["kernel"] else "scsi", "disks": {}, "next_node": 0,
+            rec = {k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus", "kernel", "initrd", "append", "boot")}
+            rec.update({"bus": "virtio" if _runs(rec) else "scsi", "disks": {}, "next_node": 0,
                         "qmp": os.path.join(socks, "qmp.sock"), "monitor": os.path.join(socks, "monitor.sock"),
                         "console": os.path.join(socks, "console.sock")})
             for sock in ("qmp", "monitor", "console"):
@@ -173,7 +178,7 @@ class QemuHypervisor:
                 with self._qmp(rec) as q:
                     for d in spec["disks"]:
                         self._plug(q, rec, d)
-                    if rec["kernel"]:
+                    if _runs(rec):
                         q.execute("cont")
             except BaseException:
                 self._kill(rec)
@@ -184,7 +189,7 @@ class QemuHypervisor:
 
     def _launch(self, rec: dict) -> None:
         vmdir = self._dir(rec["name"])
-        kvm = not rec["kernel"] and self.capabilities()["kvm"]
+        kvm = not _runs(rec) and self.capabilities()["kvm"]
         base = [QEMU, "-name", f"guest={rec['name']}", "-machine", "q35", "-m", str(rec["memory_mb"]),
                 "-smp", str(rec["cpus"]), "-nodefaults", "-no-user-config", "-display", "none", "-S",
                 "-qmp", f"unix:{rec['qmp']},server=on,wait=off", "-qmp", f"unix:{rec['monitor']},server=on,wait=off",
@@ -254,8 +259,8 @@ class QemuHypervisor:
             rec = self._load(name)
             if rec is None or self._pid(rec) is None:
                 return {"forced": False}
-            clean = self._kill(rec, 0 if forced or not rec["kernel"] else timeout)
-            return {"forced": not clean and bool(rec["kernel"])}
+            clean = self._kill(rec, 0 if forced or not _runs(rec) else timeout)
+            return {"forced": not clean and _runs(rec)}
 
     def reboot(self, name: str) -> dict:
         with self._lock(name):
@@ -310,6 +315,8 @@ class QemuHypervisor:
         dev = {"id": f"disk{slot}", "drive": node, "serial": d["serial"]}
         if rec["bus"] == "virtio":
             dev.update({"driver": "virtio-blk-pci", "bus": f"rp{slot}"})
+            if rec.get("boot") and d["device_id"] == 0:
+                dev["bootindex"] = 0
         else:
             dev.update({"driver": "scsi-hd", "bus": "scsi0.0", "scsi-id": slot, "lun": 0})
         try:

@@ -96,10 +96,28 @@ OWNER_LIST_PARAMS = [
 ]
 
 
+@dataclass
+class Task:
+    """Background work a command starts but does not wait for (e.g. a template download): a job with no
+    API command of its own, so it is persisted, serialized per object and reconciled like any other."""
+    name: str
+    handler: Callable                 # handler(req, params) -> dict, run in the job's session
+    instance_type: str | None = None
+    on_interrupt: str = "fail"
+
+
 class Registry:
     def __init__(self):
         self.commands: dict[str, Command] = {}
         self._lower: dict[str, Command] = {}
+        self.tasks: dict[str, Task] = {}
+
+    def task(self, name, instance_type=None, on_interrupt="fail"):
+        def deco(fn):
+            assert name not in self.tasks and name not in self.commands, f"task {name} declared twice"
+            self.tasks[name] = Task(name, fn, instance_type, on_interrupt)
+            return fn
+        return deco
 
     def add(self, cmd: Command) -> Command:
         assert cmd.name not in self.commands, f"command {cmd.name} declared twice"

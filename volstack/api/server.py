@@ -26,6 +26,13 @@ class Req:
     cmd: Command
     progress: object = None   # in a job: progress(percent, proc_status=None) records how far it got
 
+    def start_task(self, name: str, params: dict, instance_uuid: str | None = None):
+        """Queue a declared background task in this request's transaction (it runs once that commits)."""
+        task = API.tasks[name]
+        return self.ms.jobs.submit(self.s, cmd=name, params=params, ctx=self.ctx, instance_type=task.instance_type,
+                                   instance_uuid=instance_uuid,
+                                   sync_key=f"{task.instance_type}:{instance_uuid}" if instance_uuid else None)
+
 
 class ApiApp:
     def __init__(self, ms, registry=API):
@@ -144,24 +151,26 @@ class ApiApp:
             p = binding.bind(s, cmd, lower)
             req = Req(s, ctx, self.ms, cmd)
             if not cmd.is_async:
-                return wire.body_of(cmd.handler(req, p))
-            out = {}
-            instance = p.get(cmd.instance_param) if cmd.instance_param else None
-            if cmd.prepare is not None:
-                instance = cmd.prepare(req, p)
-                out["id"] = instance
-                p[cmd.instance_param or "id"] = instance
-            job = self.ms.jobs.submit(s, cmd=cmd.name, params=dict(p), ctx=ctx, instance_type=cmd.instance_type,
-                                      instance_uuid=instance,
-                                      sync_key=f"{cmd.instance_type}:{instance}" if cmd.instance_type and instance else None)
-            out["jobid"] = job.uuid
-        self.ms.jobs.wake()
-        return out
+                result = wire.body_of(cmd.handler(req, p))
+            else:
+                result = {}
+                instance = p.get(cmd.instance_param) if cmd.instance_param else None
+                if cmd.prepare is not None:
+                    instance = cmd.prepare(req, p)
+                    result["id"] = instance
+                    p[cmd.instance_param or "id"] = instance
+                job = self.ms.jobs.submit(s, cmd=cmd.name, params=dict(p), ctx=ctx, instance_type=cmd.instance_type,
+                                          instance_uuid=instance,
+                                          sync_key=f"{cmd.instance_type}:{instance}" if cmd.instance_type and instance else None)
+                result["jobid"] = job.uuid
+        if not cmd.readonly:
+            self.ms.jobs.wake()      # the job (or tasks a sync command queued) is committed now
+        return result
 
     # ------------------------------------------------------------ the job side of async commands
 
     def execute_job(self, job: AsyncJob, progress) -> dict:
-        cmd = self.registry.get(job.cmd)
+        cmd = self.registry.get(job.cmd) or self.registry.tasks.get(job.cmd)
         if cmd is None:
             raise InternalError(f"Command {job.cmd} is not known to this management server version")
         with self.ms.db.session() as s:
@@ -181,7 +190,7 @@ class ApiApp:
 
     def on_interrupt(self, job: AsyncJob) -> str:
         """A job's server died mid-way: settle its object (declared per instance type), then retry or fail it."""
-        cmd = self.registry.get(job.cmd)
+        cmd = self.registry.get(job.cmd) or self.registry.tasks.get(job.cmd)
         action = cmd.on_interrupt if cmd else "fail"
         from volstack.services import vms, volumes
         settle = {"Volume": volumes.settle_interrupted, "VirtualMachine": vms.settle_interrupted}.get(job.instance_type)

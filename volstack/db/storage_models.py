@@ -137,6 +137,7 @@ class Volume(OwnedEntity, Base):
     pool_id: Mapped[int | None] = mapped_column(ForeignKey("storage_pool.id"))
     last_pool_id: Mapped[int | None] = mapped_column(ForeignKey("storage_pool.id"))
     disk_offering_id: Mapped[int | None] = mapped_column(ForeignKey("disk_offering.id"))
+    template_id: Mapped[int | None] = mapped_column(Integer)            # ROOT volumes: the template (or ISO) used
     vm_id: Mapped[int | None] = mapped_column(ForeignKey("vm_instance.id"))
     device_id: Mapped[int | None] = mapped_column(Integer)
     hypervisor: Mapped[str | None] = mapped_column(String(32))

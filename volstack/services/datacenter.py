@@ -235,7 +235,48 @@ def _storage_pools(s, ctx, items, report):
         report.append(f"created storage pool {p['name']}")
 
 
+def _image_stores(s, ctx, items, report):
+    """Each item: name, zone (name), provider (NFS | Filesystem), url."""
+    from volstack.db.image_models import ImageStore
+    from volstack.services import imagestores
+    for st in items:
+        zone = _zone(s, st.get("zone"), f"Image store {st.get('name')}")
+        if s.scalar(select(ImageStore).where(ImageStore.url == st["url"], ImageStore.removed.is_(None))):
+            report.append(f"unchanged image store {st.get('name') or st['url']}")
+            continue
+        imagestores.add_store(s, ctx, name=st.get("name"), provider=st.get("provider", "NFS"), url=st["url"],
+                              zoneid=zone.uuid)
+        report.append(f"created image store {st.get('name') or st['url']}")
+
+
+def _templates(s, ctx, items, report):
+    """Each item: name, zone (name), and url (downloaded by the server's jobs) or file (a path every host of
+    the zone sees, copied into an image store now); format, ostype, public, featured."""
+    from volstack.services import templates
+    for t in items:
+        zone = _zone(s, t.get("zone"), f"Template {t.get('name')}")
+        if t.get("file"):
+            _, created = templates.install_local(s, ctx, name=t["name"], path=t["file"], zone=zone,
+                                                 fmt=t.get("format", "QCOW2"), ostype=t.get("ostype", "Other Linux (64-bit)"),
+                                                 template_type=t.get("templatetype", "BUILTIN"),
+                                                 public=t.get("public", True), featured=t.get("featured", True),
+                                                 displaytext=t.get("displaytext"))
+            report.append(f"{'created' if created else 'unchanged'} template {t['name']}")
+            continue
+        raise InvalidParameter(f"Template {t.get('name')}: give file (a host path); URL templates are registered "
+                               "with registerTemplate")
+
+
+def _zone(s, name, what):
+    zone = s.scalar(select(Zone).where(Zone.name == name))
+    if zone is None:
+        raise InvalidParameter(f"{what}: no zone named {name}")
+    return zone
+
+
 register_section("settings", _settings, 10)
+register_section("image_stores", _image_stores, 55)
+register_section("templates", _templates, 60)
 register_section("disk_offerings", _disk_offerings, 40)
 register_section("service_offerings", _service_offerings, 41)
 register_section("storage_pools", _storage_pools, 50)

@@ -70,9 +70,13 @@ VOLUME = Lifecycle("volume", "state", {
     "Attaching": {"OperationSucceeded": "Ready", "OperationFailed": "Ready"},
     "Snapshotting": {"OperationSucceeded": "Ready", "OperationFailed": "Ready"},
     "RevertSnapshotting": {"OperationSucceeded": "Ready", "OperationFailed": "Ready"},
-    "UploadOp": {"OperationSucceeded": "Uploaded", "OperationFailed": "Allocated", "DestroyRequested": "Destroy"},
-    "Uploaded": {"DestroyRequested": "Destroy"},
-    "Destroy": {"ExpungingRequested": "Expunging", "RecoverRequested": "Ready", "RecoverAllocated": "Allocated"},
+    "UploadOp": {"OperationSucceeded": "Uploaded", "OperationFailed": "UploadError", "DestroyRequested": "Destroy"},
+    "UploadError": {"UploadRequested": "UploadOp", "DestroyRequested": "Destroy"},
+    # An uploaded volume waits on an image store; its first attach copies it to a primary pool.
+    "Uploaded": {"CreateRequested": "Copying", "DestroyRequested": "Destroy"},
+    "Copying": {"OperationSucceeded": "Ready", "OperationFailed": "Uploaded"},
+    "Destroy": {"ExpungingRequested": "Expunging", "RecoverRequested": "Ready", "RecoverAllocated": "Allocated",
+                "RecoverUploaded": "Uploaded"},
     "Expunging": {"OperationSucceeded": "Expunged", "OperationFailed": "Destroy"},
     "Expunged": {},
 })

@@ -26,7 +26,7 @@ def get_vm(s, ctx, uuid) -> VirtualMachine:
 
 
 def deploy(s, ctx, *, zoneid, serviceofferingid, name=None, displayname=None, diskofferingid=None, size=None,
-           rootdisksize=None, hostid=None, startvm=True, hypervisor=None, details=None) -> VirtualMachine:
+           rootdisksize=None, hostid=None, startvm=True, hypervisor=None, details=None, templateid=None) -> VirtualMachine:
     zone = infra.get_zone(s, zoneid)
     so = offerings.get_service_offering(s, ctx, serviceofferingid)
     root_offering = s.get(DiskOffering, so.disk_offering_id)
@@ -34,6 +34,9 @@ def deploy(s, ctx, *, zoneid, serviceofferingid, name=None, displayname=None, di
         raise InvalidParameter(f"Service offering {so.name} sets the root disk size ({so.root_disk_size // GIB} GB); "
                                "rootdisksize cannot override it")
     root_bytes = so.root_disk_size or (rootdisksize * GIB if rootdisksize else 0)
+    template = template_for_deploy(s, ctx, templateid, zone, root_bytes) if templateid else None
+    if template is not None and template.format != "ISO":
+        root_bytes = max(root_bytes, template.size or 0)
     if root_bytes <= 0:
         raise InvalidParameter("Pass rootdisksize (GB): there is no template to take the root disk size from and the "
                                f"service offering {so.name} sets none")
@@ -49,12 +52,15 @@ def deploy(s, ctx, *, zoneid, serviceofferingid, name=None, displayname=None, di
         if not ctx.is_root_admin:
             raise InvalidParameter("Only the root administrator may set a VM's boot kernel (host paths)")
     vm = VirtualMachine(name=name, display_name=displayname or name, zone_id=zone.id, service_offering_id=so.id,
-                        account_id=ctx.account_id, domain_id=ctx.domain_id, hypervisor=hv, details=dict(details or {}))
+                        account_id=ctx.account_id, domain_id=ctx.domain_id, hypervisor=hv, details=dict(details or {}),
+                        template_id=template.id if template else None)
     s.add(vm)
     s.flush()
     root = volumes.new_volume(s, ctx, name=f"ROOT-{vm.id}", zone_id=zone.id, size=root_bytes, offering=root_offering,
                               volume_type="ROOT", hypervisor=hv)
     root.vm_id, root.device_id = vm.id, 0
+    if template is not None and template.format != "ISO":
+        root.template_id = template.id
     if diskofferingid:
         do = offerings.get_disk_offering(s, ctx, diskofferingid)
         data = volumes.new_volume(s, ctx, name=f"DATA-{vm.id}", zone_id=zone.id,
@@ -64,6 +70,30 @@ def deploy(s, ctx, *, zoneid, serviceofferingid, name=None, displayname=None, di
     if startvm:
         start(s, ctx, vm, hostid)
     return vm
+
+
+def template_for_deploy(s, ctx, templateid, zone, root_bytes):
+    """The template (or ISO) a VM is deployed from: usable by the caller, ready in the zone, and not larger
+    than an explicitly asked root size."""
+    from volstack.services import templates
+    t = templates.get_template(s, ctx, templateid)
+    if not templates.is_ready(s, t, zone.id):
+        raise InvalidParameter(f"Template {t.name} is not ready in zone {zone.name} yet (see its status in listTemplates)")
+    if t.format != "ISO" and root_bytes and t.size and root_bytes < t.size:
+        raise InvalidParameter(f"The root disk size ({root_bytes // GIB} GB) is smaller than template {t.name} "
+                               f"({-(-t.size // GIB)} GB); rootdisksize can only grow it")
+    if t.format == "ISO" and not t.bootable:
+        raise InvalidParameter(f"ISO {t.name} is not bootable; deploy from a bootable ISO or a template")
+    return t
+
+
+def _boot(s, vm) -> str | None:
+    """A VM from a template boots its root disk; one with host kernel details boots the kernel."""
+    if (vm.details or {}).get("kernel") or not vm.template_id:
+        return None
+    from volstack.db.image_models import Template
+    t = s.get(Template, vm.template_id)
+    return "disk" if t is not None and t.format != "ISO" else None
 
 
 def _zone_hypervisor(s, zone_id) -> str:
@@ -110,7 +140,7 @@ def start(s, ctx, vm, hostid=None) -> VirtualMachine:
 def _start_on(s, ctx, vm, host) -> None:
     vols = list(s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None)).order_by(Volume.device_id)))
     for vol in vols:
-        if vol.state == "Allocated":
+        if vol.state in volumes.NOT_ON_PRIMARY:
             volumes.realize(s, ctx, vol, host)
     so = s.get(ServiceOffering, vm.service_offering_id)
     disks = []
@@ -119,7 +149,7 @@ def _start_on(s, ctx, vm, host) -> None:
         disks.append(driver_for(pool.provider).disk(pool, vol, vol.device_id, volumes.qos_for(s, vol)))
     channel(host).call("vm_start", name=vm.uuid, uuid=vm.uuid, memory_mb=so.ram_size or 256, cpus=so.cpu or 1,
                        kernel=(vm.details or {}).get("kernel"), initrd=(vm.details or {}).get("initrd"),
-                       append=(vm.details or {}).get("append"), disks=disks)
+                       append=(vm.details or {}).get("append"), disks=disks, boot=_boot(s, vm))
 
 
 def stop(s, ctx, vm, forced=False) -> VirtualMachine:

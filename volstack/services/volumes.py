@@ -20,6 +20,7 @@ lookup.register_entity("Volume", Volume)
 GIB = 1024 ** 3
 MAX_DATA_VOLUMES = {"KVM": 32, "Simulator": 32}     # CloudStack's hypervisor_capabilities defaults
 ISO_DEVICE_ID = 3                                   # KVM keeps device 3 for the CD-ROM
+NOT_ON_PRIMARY = ("Allocated", "Uploaded")          # states whose first use places an image on a pool
 
 
 def _live(model):
@@ -69,6 +70,13 @@ def new_volume(s, ctx, *, name, zone_id, size, offering, volume_type="DATADISK",
     s.add(vol)
     s.flush()
     vol.path = vol.uuid
+    return vol
+
+
+def root_of(s, vm) -> Volume:
+    vol = s.scalar(select(Volume).where(Volume.vm_id == vm.id, Volume.volume_type == "ROOT", _live(Volume)))
+    if vol is None:
+        raise InvalidParameter(f"VM {vm.name} has no ROOT volume")
     return vol
 
 
@@ -133,14 +141,23 @@ def qos_for(s, vol) -> dict:
     return offerings.qos_of(offering) if offering else {}
 
 
-def realize(s, ctx, vol: Volume, host: Host, cluster_id=None) -> StoragePool:
+# (predicate(volume), create(s, ctx, volume, pool, host, progress) -> result): how volumes that are not blank
+# get their first image (ROOT volumes from templates register here), instead of the driver's create_volume.
+root_creators: list = []
+# hook(s, volume) while a volume is expunged, for copies it has outside primary storage.
+expunge_hooks: list = []
+
+
+def realize(s, ctx, vol: Volume, host: Host, cluster_id=None, progress=None) -> StoragePool:
     """Create the image of an Allocated volume on a pool the host can reach (lazy allocation)."""
     offering = s.get(DiskOffering, vol.disk_offering_id) if vol.disk_offering_id else None
     pool = allocator.choose(s, zone_id=vol.zone_id, size=vol.size, offering=offering, hypervisor=host.hypervisor,
                             host=host, cluster_id=cluster_id or host.cluster_id, account_id=vol.account_id)
     begin_host_work(s, vol, "CreateRequested", pool_id=pool.id, hypervisor=host.hypervisor)
     try:
-        res = driver_for(pool.provider).create_volume(channel(host), pool, vol)
+        creator = next((fn for wants, fn in root_creators if wants(vol)), None)
+        res = creator(s, ctx, vol, pool, host, progress) if creator else \
+            driver_for(pool.provider).create_volume(channel(host), pool, vol)
     except CloudError as exc:
         host_work_failed(s, vol, exc, pool_id=None, error=f"creating the image on {pool.name} failed: {exc.text}")
     VOLUME.fire(s, vol, "OperationSucceeded", physical_size=res.get("physical_size"), error=None)
@@ -163,8 +180,9 @@ def attach(s, ctx, vol: Volume, vm: VirtualMachine, deviceid=None) -> Volume:
         raise ResourceInUse(f"Volume {vol.name} is already attached to a VM; detach it first")
     if vol.volume_type != "DATADISK":
         raise InvalidParameter(f"Volume {vol.name} is a {vol.volume_type} volume; only data disks can be attached")
-    if vol.state not in ("Allocated", "Ready"):
-        raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Allocated or Ready volumes can be attached")
+    if vol.state not in ("Allocated", "Ready", "Uploaded"):
+        raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Allocated, Uploaded or Ready volumes can be "
+                               "attached")
     if vm.state not in ("Running", "Stopped"):
         raise InvalidParameter(f"VM {vm.name} is {vm.state}; attach needs a Running or Stopped VM")
     if vol.zone_id != vm.zone_id:
@@ -186,7 +204,7 @@ def attach(s, ctx, vol: Volume, vm: VirtualMachine, deviceid=None) -> Volume:
     dev = deviceid if deviceid is not None else _next_device_id(s, vm)
     if vm.state == "Running":
         host = s.get(Host, vm.host_id)
-        if vol.state == "Allocated":
+        if vol.state in NOT_ON_PRIMARY:
             realize(s, ctx, vol, host)
         pool = s.get(StoragePool, vol.pool_id)
         drv = driver_for(pool.provider)
@@ -302,7 +320,9 @@ def destroy(s, ctx, vol: Volume, expunge=False) -> Volume:
 def recover(s, ctx, vol: Volume) -> Volume:
     if vol.state != "Destroy":
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only destroyed volumes can be recovered")
-    VOLUME.fire(s, vol, "RecoverRequested" if vol.pool_id else "RecoverAllocated", destroyed_at=None)
+    event = "RecoverRequested" if vol.pool_id else "RecoverUploaded" if (vol.details or {}).get("upload") \
+        else "RecoverAllocated"
+    VOLUME.fire(s, vol, event, destroyed_at=None)
     events.record(s, ctx, "VOLUME.RECOVER", f"Volume {vol.name} recovered", resource_type="Volume", resource_uuid=vol.uuid)
     return vol
 
@@ -318,6 +338,8 @@ def expunge_volume(s, ctx, vol: Volume) -> None:
             host_work_failed(s, vol, exc, error=f"expunge failed: {exc.text}")
     else:
         VOLUME.fire(s, vol, "ExpungingRequested")
+    for hook in expunge_hooks:          # copies elsewhere, e.g. an uploaded volume's file on an image store
+        hook(s, vol)
     VOLUME.fire(s, vol, "OperationSucceeded", removed=utcnow(), vm_id=None)
     events.record(s, ctx, "VOLUME.EXPUNGE", f"Volume {vol.name} expunged", resource_type="Volume", resource_uuid=vol.uuid)
 

@@ -3,3 +3,5 @@ from volstack.api.commands import accounts, config, infra, jobs, misc  # noqa: F
 from volstack.api.commands import pools  # noqa: F401,E402
 from volstack.api.commands import offerings  # noqa: F401,E402
 from volstack.api.commands import volumes  # noqa: F401,E402
+from volstack.api.commands import imagestores, templates  # noqa: F401,E402
+from volstack.api.commands import uploads  # noqa: F401,E402

@@ -25,6 +25,11 @@ def _owner_fields():
             F("domain", "the domain associated with the object", _ref(m.Domain, "domain_id", "name"))]
 
 
+def _template_attr(attr):
+    from volstack.db.image_models import Template
+    return lambda r, lk: lk.attr(Template, r.template_id, attr)
+
+
 VOLUME = View("volume", [
     F("id", "ID of the disk volume", _a("uuid")),
     F("name", "name of the disk volume", _a("name")),
@@ -43,6 +48,8 @@ VOLUME = View("volume", [
     F("storageid", "id of the primary storage hosting the disk volume", _pool_attr("uuid")),
     F("storage", "name of the primary storage hosting the disk volume", _pool_attr("name")),
     F("storagetype", "shared or local storage", lambda r, lk: ("local" if lk.attr(sm.StoragePool, r.pool_id, "scope") == "HOST" else "shared") if r.pool_id else lk.attr(sm.DiskOffering, r.disk_offering_id, "storage_type")),
+    F("templateid", "id of the template the ROOT volume was created from", _template_attr("uuid")),
+    F("templatename", "name of the template the ROOT volume was created from", _template_attr("name")),
     F("diskofferingid", "ID of the disk offering", _ref(sm.DiskOffering, "disk_offering_id")),
     F("diskofferingname", "name of the disk offering", _ref(sm.DiskOffering, "disk_offering_id", "name")),
     F("diskofferingdisplaytext", "the display text of the disk offering", _ref(sm.DiskOffering, "disk_offering_id", "display_text")),
@@ -72,6 +79,9 @@ VIRTUALMACHINE = View("virtualmachine", [
     F("hostname", "the name of the host for the virtual machine", _ref(m.Host, "host_id", "name")),
     F("serviceofferingid", "the ID of the service offering of the virtual machine", _ref(sm.ServiceOffering, "service_offering_id")),
     F("serviceofferingname", "the name of the service offering of the virtual machine", _ref(sm.ServiceOffering, "service_offering_id", "name")),
+    F("templateid", "the ID of the template for the virtual machine. A -1 is returned if the virtual machine was created from an ISO file.", _template_attr("uuid")),
+    F("templatename", "the name of the template for the virtual machine", _template_attr("name")),
+    F("templatedisplaytext", " an alternate display text of the template for the virtual machine", _template_attr("display_text")),
     F("rootdeviceid", "device ID of the root volume", lambda r, lk: 0, "long"),
     F("rootdevicetype", "device type of the root volume", lambda r, lk: "ROOT"),
     F("created", "the date when this virtual machine was created", _date("created"), "date"),
@@ -319,14 +329,16 @@ def unmanage_volume(req, p):
     P("hostid", UUID, "destination Host ID to deploy the VM to - parameter available for root admin only", entity="Host"),
     P("hypervisor", STRING, "the hypervisor on which to deploy the virtual machine"),
     P("startvm", BOOLEAN, "true if start vm after creating; defaulted to true if not specified"),
-    P("templateid", UUID, "the ID of the template for the virtual machine (templates come in a later release)"),
+    P("templateid", UUID, "the ID of the template (or ISO) for the virtual machine: the ROOT volume is a linked clone "
+      "of the template's copy on the chosen pool", entity="Template"),
     P("details", "map", "root admin only: guest boot details for hosts without templates: details[0].kernel, "
       "details[0].initrd, details[0].append (paths on the host)"),
 ], view=VIRTUALMACHINE, is_async=True, access=USER, instance_type="VirtualMachine", instance_param="id",
    prepare=lambda req, p: vms.deploy(req.s, req.ctx, zoneid=p.zoneid, serviceofferingid=p.serviceofferingid,
                                      name=p.name, displayname=p.displayname, diskofferingid=p.diskofferingid,
                                      size=p.size, rootdisksize=p.rootdisksize, hostid=p.hostid, startvm=False,
-                                     hypervisor=p.hypervisor, details=(p.details or {}).get("0")).uuid)
+                                     hypervisor=p.hypervisor, details=(p.details or {}).get("0"),
+                                     templateid=p.templateid).uuid)
 def deploy_vm(req, p):
     vm = vms.get_vm(req.s, req.ctx, p.id)
     if p.startvm is not False:

@@ -1,0 +1,115 @@
+"""Image stores (secondary storage), templates and ISOs, and where their copies live.
+
+Names follow CloudStack's tables: image_store, vm_template, template_zone_ref, template_store_ref
+(a template's copy on an image store) and template_spool_ref (its cached copy on a primary pool).
+"""
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from volstack.db.models import Base, Entity, utcnow
+from volstack.db.storage_models import OwnedEntity
+
+
+class ImageStore(Entity, Base):
+    __tablename__ = "image_store"
+    name: Mapped[str] = mapped_column(String(255))
+    provider: Mapped[str] = mapped_column(String(64))                  # NFS, Filesystem
+    protocol: Mapped[str] = mapped_column(String(16))                  # nfs, file
+    url: Mapped[str] = mapped_column(Text)
+    zone_id: Mapped[int | None] = mapped_column(ForeignKey("data_center.id"))
+    scope: Mapped[str] = mapped_column(String(16), default="ZONE")
+    role: Mapped[str] = mapped_column(String(16), default="Image")
+    host_address: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(String(1024))
+    readonly: Mapped[bool] = mapped_column(Boolean, default=False)
+    capacity_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    stats_updated: Mapped[datetime | None] = mapped_column(DateTime)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    removed: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Template(OwnedEntity, Base):
+    __tablename__ = "vm_template"
+    name: Mapped[str] = mapped_column(String(255))
+    display_text: Mapped[str | None] = mapped_column(String(4096))
+    format: Mapped[str] = mapped_column(String(16))                    # QCOW2, RAW, ISO
+    template_type: Mapped[str] = mapped_column(String(16), default="USER")   # USER, BUILTIN, SYSTEM
+    hypervisor: Mapped[str] = mapped_column(String(32), default="KVM")
+    os_type: Mapped[str] = mapped_column(String(40))                   # uuid of the guest OS type
+    url: Mapped[str | None] = mapped_column(Text)
+    checksum: Mapped[str | None] = mapped_column(String(255))          # as given: {ALG}hex or hex
+    is_public: Mapped[bool] = mapped_column(Boolean, default=False)
+    featured: Mapped[bool] = mapped_column(Boolean, default=False)
+    cross_zones: Mapped[bool] = mapped_column(Boolean, default=False)
+    bootable: Mapped[bool] = mapped_column(Boolean, default=True)
+    extractable: Mapped[bool] = mapped_column(Boolean, default=False)
+    password_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    requires_hvm: Mapped[bool] = mapped_column(Boolean, default=True)
+    direct_download: Mapped[bool] = mapped_column(Boolean, default=False)
+    size: Mapped[int | None] = mapped_column(BigInteger)               # virtual size, bytes
+    physical_size: Mapped[int | None] = mapped_column(BigInteger)
+    source_volume_id: Mapped[int | None] = mapped_column(Integer)      # createTemplate from a volume
+    state: Mapped[str] = mapped_column(String(16), default="Active")   # Active, Inactive
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    removed: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class TemplateZone(Base):
+    """The zones a template is registered in (one row per zone; cross-zone templates have one per zone)."""
+    __tablename__ = "template_zone_ref"
+    __table_args__ = (UniqueConstraint("template_id", "zone_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("vm_template.id", ondelete="CASCADE"))
+    zone_id: Mapped[int] = mapped_column(ForeignKey("data_center.id"))
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TemplatePermission(Base):
+    """updateTemplatePermissions: accounts a private template is shared with."""
+    __tablename__ = "launch_permission"
+    __table_args__ = (UniqueConstraint("template_id", "account_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("vm_template.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+
+
+class TemplateStoreRef(Base):
+    """A template's copy on an image store. state follows the object-in-store lifecycle; download_state
+    and download_pct are what listTemplates shows."""
+    __tablename__ = "template_store_ref"
+    __table_args__ = (UniqueConstraint("template_id", "store_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("vm_template.id", ondelete="CASCADE"))
+    store_id: Mapped[int] = mapped_column(ForeignKey("image_store.id"))
+    state: Mapped[str] = mapped_column(String(16), default="Allocated")
+    download_state: Mapped[str] = mapped_column(String(32), default="NOT_DOWNLOADED")
+    download_pct: Mapped[int] = mapped_column(Integer, default=0)
+    install_path: Mapped[str | None] = mapped_column(String(1024))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    physical_size: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[str | None] = mapped_column(Text)
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TemplatePoolRef(Base):
+    """A template's cached copy on a primary pool: ROOT volumes there are linked clones of it. The unique
+    key makes concurrent deploys of one template to one pool seed it exactly once."""
+    __tablename__ = "template_spool_ref"
+    __table_args__ = (UniqueConstraint("template_id", "pool_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("vm_template.id", ondelete="CASCADE"))
+    pool_id: Mapped[int] = mapped_column(ForeignKey("storage_pool.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(16), default="Creating")     # Creating, Ready, Failed, Destroying
+    download_state: Mapped[str] = mapped_column(String(32), default="DOWNLOAD_IN_PROGRESS")
+    download_pct: Mapped[int] = mapped_column(Integer, default=0)
+    install_path: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    physical_size: Mapped[int | None] = mapped_column(BigInteger)
+    validators: Mapped[dict] = mapped_column(JSON, default=dict)       # ETag/Last-Modified/size of a direct download
+    error: Mapped[str | None] = mapped_column(Text)
+    last_used: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,0 +1,191 @@
+"""Templates on primary storage: the first ROOT volume from a template on a pool seeds one cached copy
+there (from the zone's image store, or straight from the source URL for direct-download templates);
+every ROOT volume on that pool is a linked clone of it. Unused copies are garbage-collected.
+
+Concurrent deploys of one template to one pool seed it exactly once: the template_spool_ref row is
+inserted (unique on template and pool) and committed before any copying; whoever loses the insert
+waits for the winner's copy to become Ready.
+"""
+import logging
+import time
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from volstack.db.image_models import ImageStore, Template, TemplatePoolRef
+from volstack.db.models import Host, utcnow
+from volstack.db.storage_models import StoragePool, Volume
+from volstack.drivers import driver_for
+from volstack.drivers.hosts import channel, run_long
+from volstack.errors import CloudError, InvalidParameter, ResourceUnavailable
+from volstack.services import events, imagestores, settings as S, templates, volumes
+
+log = logging.getLogger("volstack.templates")
+POLL_SECONDS = 0.25      # waiting for another job's copy: that job commits its progress as it goes
+
+
+def cache_name(t: Template) -> str:
+    return f"tmpl-{t.uuid}"
+
+
+def seed(s, ctx, t: Template, pool: StoragePool, host: Host, progress=None) -> TemplatePoolRef:
+    """The Ready cached copy of t on pool, seeding it now if nobody has. Commits as it goes."""
+    deadline = time.monotonic() + S.Settings.value_in(s, S.PRIMARY_DOWNLOAD_WAIT)
+    while True:
+        ref = s.scalar(select(TemplatePoolRef).where(TemplatePoolRef.template_id == t.id,
+                                                     TemplatePoolRef.pool_id == pool.id)
+                       .execution_options(populate_existing=True))
+        if ref is not None and ref.state == "Ready":
+            ref.last_used = utcnow()
+            return ref
+        if ref is None:
+            ref = TemplatePoolRef(template_id=t.id, pool_id=pool.id, install_path=cache_name(t))
+            s.add(ref)
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()           # another job inserted it first: wait for its copy
+                continue
+            return _copy(s, ctx, t, pool, host, ref, progress)
+        if ref.state == "Failed":
+            raise ResourceUnavailable(f"Seeding template {t.name} to storage pool {pool.name} failed: {ref.error}")
+        if time.monotonic() > deadline:
+            raise ResourceUnavailable(f"Template {t.name} is still being copied to storage pool {pool.name} after "
+                                      "primary.storage.download.wait seconds")
+        s.commit()                      # end the read transaction so the next look sees the other job's commit
+        time.sleep(POLL_SECONDS)
+
+
+def _copy(s, ctx, t: Template, pool: StoragePool, host: Host, ref: TemplatePoolRef, progress) -> TemplatePoolRef:
+    drv = driver_for(pool.provider)
+
+    def report(pct):
+        ref.download_pct = int(pct)
+        if progress:
+            progress(max(1, int(pct) // 2))
+        else:
+            s.commit()
+    try:
+        if t.direct_download:
+            res = _direct_download(s, t, pool, host, ref, report)
+        else:
+            src = templates.ready_in_zone(s, t, pool.zone_id)
+            if src is None:
+                raise ResourceUnavailable(f"Template {t.name} is not ready in the zone of storage pool {pool.name} "
+                                          "(see its status in listTemplates)")
+            store = s.get(ImageStore, src.store_id)
+            res = run_long(channel(host), "volume_copy", report, src_pool=imagestores.spec(store),
+                           src_name=src.install_path, src_format=templates.FORMATS[t.format],
+                           dst_pool=drv.spec(pool), dst_name=ref.install_path, format=templates.FORMATS[t.format])
+    except CloudError as exc:
+        s.rollback()
+        s.delete(s.get(TemplatePoolRef, ref.id))     # a later deploy tries again
+        s.commit()
+        events.record(s, ctx, "TEMPLATE.SEED.FAILED", f"Copying template {t.name} to {pool.name} failed: {exc.text}",
+                      level="ERROR", resource_type="Template", resource_uuid=t.uuid)
+        s.commit()
+        raise
+    ref.state, ref.download_state, ref.download_pct = "Ready", "DOWNLOADED", 100
+    ref.size, ref.physical_size, ref.last_used = res.get("size"), res.get("physical_size"), utcnow()
+    if res.get("validators"):
+        ref.validators = res["validators"]
+    if t.size is None:
+        t.size, t.physical_size = res.get("size"), res.get("physical_size")
+    s.commit()
+    return ref
+
+
+def _direct_download(s, t, pool, host, ref, report) -> dict:
+    """Seed 002: the host fetches the template straight into the pool; on failure other hosts of the
+    cluster try, three attempts in all."""
+    from volstack.services.pools import hosts_in_scope
+    tried, last = [], None
+    candidates = [host] + [h for h in hosts_in_scope(s, pool) if h.id != host.id and h.cluster_id == host.cluster_id]
+    if pool.scope == "HOST":
+        candidates = [host]
+    for h in candidates[:3]:
+        try:
+            return run_long(channel(h), "template_download", report, pool=driver_for(pool.provider).spec(pool),
+                            name=ref.install_path, **templates.download_args(t))
+        except CloudError as exc:
+            tried.append(h.name)
+            last = exc
+    raise ResourceUnavailable(f"Template {t.name} could not be downloaded on pool {pool.name}, failing after trying "
+                              f"on {', '.join(tried)}: {last.text if last else 'no host'}")
+
+
+def create_root(s, ctx, vol: Volume, pool: StoragePool, host: Host, progress=None) -> dict:
+    """volumes.realize's hook for ROOT volumes of a template: seed, then clone (or copy when full clone is
+    asked with the VM detail fullclone=true)."""
+    t = s.get(Template, vol.template_id)
+    ref = seed(s, ctx, t, pool, host, progress)
+    if ref.size and vol.size < ref.size:
+        raise InvalidParameter(f"The root disk ({vol.size} bytes) cannot be smaller than template {t.name} "
+                               f"({ref.size} bytes)")
+    drv = driver_for(pool.provider)
+    fmt = templates.FORMATS[t.format]
+    if (vol.details or {}).get("fullclone") == "true" or not drv.CAPABILITIES.get("linked_clone"):
+        res = run_long(channel(host), "volume_copy", progress, src_pool=drv.spec(pool), src_name=ref.install_path,
+                       src_format=fmt, dst_pool=drv.spec(pool), dst_name=vol.path, format="qcow2")
+        if res["size"] < vol.size:
+            res = drv.resize_volume(channel(host), pool, vol, vol.size, False)
+        return res
+    return drv.clone_volume(channel(host), pool, vol, ref.install_path, fmt)
+
+
+volumes.root_creators.append((lambda vol: vol.template_id is not None, create_root))
+
+
+def prepare(s, ctx, t: Template, zone_id: int, pool: StoragePool | None = None, progress=None) -> list:
+    """prepareTemplate: seed the template to one pool, or to every Up pool of the zone its hosts reach."""
+    from volstack.services.pools import hosts_in_scope
+    pools = [pool] if pool else list(s.scalars(select(StoragePool).where(StoragePool.zone_id == zone_id,
+                                                                         StoragePool.state == "Up")))
+    done = []
+    for p in pools:
+        hosts = hosts_in_scope(s, p)
+        if not hosts:
+            continue
+        done.append(seed(s, ctx, t, p, hosts[0], progress))
+    return done
+
+
+def in_use(s, ref: TemplatePoolRef) -> int:
+    """Volumes on the pool that may be linked clones of the copy (migrated-in copies are flat, but erring
+    on the side of keeping the base costs only space)."""
+    return s.scalar(select(func.count()).select_from(Volume).where(
+        Volume.template_id == ref.template_id, Volume.pool_id == ref.pool_id, Volume.removed.is_(None),
+        Volume.state != "Expunged"))
+
+
+def cleanup(db, ctx) -> int:
+    """storage.template.cleanup.enabled: remove cached copies no volume needs, once unused for a cleanup
+    interval (so a copy seeded a moment ago for a clone in flight stays)."""
+    removed = 0
+    with db.session(readonly=True) as s:
+        if not S.Settings.value_in(s, S.TEMPLATE_CLEANUP_ENABLED):
+            return 0
+        grace = timedelta(seconds=S.Settings.value_in(s, S.STORAGE_CLEANUP_INTERVAL))
+        ids = [r.id for r in s.scalars(select(TemplatePoolRef).where(TemplatePoolRef.state.in_(("Ready", "Failed"))))
+               if in_use(s, r) == 0 and (s.get(Template, r.template_id).removed is not None
+                                         or r.last_used < utcnow() - grace)]
+    for ref_id in ids:
+        with db.session() as s:
+            ref = s.get(TemplatePoolRef, ref_id)
+            if ref is None or in_use(s, ref):
+                continue
+            pool = s.get(StoragePool, ref.pool_id)
+            from volstack.services.pools import hosts_in_scope
+            hosts = hosts_in_scope(s, pool)
+            if not hosts:
+                continue
+            try:
+                driver_for(pool.provider).delete_volume(channel(hosts[0]), pool,
+                                                        Volume(uuid=ref.install_path, path=ref.install_path))
+            except CloudError as exc:
+                log.warning("removing cached template copy %s from %s: %s", ref.install_path, pool.name, exc.text)
+                continue
+            s.delete(ref)
+            removed += 1
+    return removed

@@ -1,0 +1,594 @@
+"""Templates and ISOs: registration, download to image stores, listing with templatefilter, updates,
+permissions, deletion. Copies on primary pools (the cache ROOT volumes clone) are in template_cache.py.
+
+A registered template gets one template_store_ref per zone on a writable image store; a background
+task asks a host agent to download it there (checksum verified, image probed once). Direct-download
+templates get no store copy at all: hosts fetch them straight to primary at deploy time.
+"""
+import ipaddress
+import logging
+import re
+from urllib.parse import urlparse
+
+from sqlalchemy import exists, func, or_, select
+
+from volstack.db.image_models import (ImageStore, Template, TemplatePermission, TemplatePoolRef, TemplateStoreRef,
+                                      TemplateZone)
+from volstack.db.models import Account, Zone, utcnow
+from volstack.db.storage_models import VirtualMachine
+from volstack.drivers.hosts import channel, run_long
+from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceInUse, ResourceUnavailable
+from volstack.services import accounts, catalog, events, imagestores, infra, lookup, settings as S
+from volstack.services.context import check_access, owner_filter
+from volstack.services.listing import ListQuery, keyword_filter, paginate
+
+log = logging.getLogger("volstack.templates")
+lookup.register_entity("Template", Template)
+lookup.register_entity("Iso", Template)
+FORMATS = {"QCOW2": "qcow2", "RAW": "raw", "ISO": "iso"}
+EXTENSIONS = {"QCOW2": "qcow2", "RAW": "raw", "ISO": "iso"}
+DIGESTS = {"MD5": 32, "SHA-1": 40, "SHA-224": 56, "SHA-256": 64, "SHA-384": 96, "SHA-512": 128}
+FILTERS = ("featured", "self", "selfexecutable", "sharedexecutable", "executable", "community", "all")
+# Filters that only show templates ready to deploy (CloudStack's onlyReady rule).
+READY_ONLY = ("featured", "selfexecutable", "sharedexecutable", "community")
+
+accounts.register_usage_counter("template", lambda s, acc: s.scalar(
+    select(func.count()).select_from(Template).where(Template.account_id == acc, Template.removed.is_(None))))
+
+
+def parse_checksum(value: str | None) -> tuple[str, str] | None:
+    """CloudStack's forms: {ALG}hex, or bare hex (MD5 by length 32; other lengths pick their SHA)."""
+    if not value:
+        return None
+    m = re.fullmatch(r"(?:\{([A-Za-z0-9-]*)\})?([0-9a-fA-F]+)", value.strip())
+    if not m:
+        raise InvalidParameter(f"Invalid checksum {value!r}: use {{ALGORITHM}}hex (MD5, SHA-1, SHA-224, SHA-256, "
+                               "SHA-384, SHA-512) or a bare MD5 hex digest")
+    alg, digest = (m.group(1) or "").upper(), m.group(2).lower()
+    if not alg:
+        alg = next((a for a, n in DIGESTS.items() if n == len(digest)), "")
+    alg = {"SHA1": "SHA-1", "SHA224": "SHA-224", "SHA256": "SHA-256", "SHA384": "SHA-384", "SHA512": "SHA-512"}.get(alg, alg)
+    if alg not in DIGESTS:
+        raise InvalidParameter(f"Invalid checksum {value!r}: unknown algorithm {alg or '(none)'}")
+    if len(digest) != DIGESTS[alg]:
+        raise InvalidParameter(f"Invalid checksum {value!r}: a {alg} digest has {DIGESTS[alg]} hex digits, "
+                               f"not {len(digest)}")
+    return alg, digest
+
+
+def check_url(url: str) -> str:
+    """http(s) only; never file:// or link-local addresses (the cloud's metadata service lives there)."""
+    p = urlparse((url or "").strip())
+    if p.scheme.lower() not in ("http", "https"):
+        raise InvalidParameter(f"Unsupported URL {url!r}: templates and ISOs are downloaded over http:// or "
+                               "https:// (a .metalink URL lists mirrors)")
+    if not p.hostname:
+        raise InvalidParameter(f"The URL {url!r} has no host")
+    try:
+        addr = ipaddress.ip_address(p.hostname)
+    except ValueError:
+        addr = None
+    if addr is not None and (addr.is_link_local or addr.is_multicast or addr.is_unspecified):
+        raise InvalidParameter(f"The URL {url!r} points at a link-local or reserved address; use a real web server")
+    return url.strip()
+
+
+def get_template(s, ctx, uuid, is_iso=None) -> Template:
+    t = s.scalar(select(Template).where(Template.uuid == uuid, Template.removed.is_(None)))
+    if t is None or (is_iso is not None and (t.format == "ISO") != is_iso):
+        raise InvalidParameter(f"Unable to find {'ISO' if is_iso else 'template'} by id {uuid}")
+    if not can_use(s, ctx, t):
+        raise PermissionDenied(f"Account {ctx.account_name} does not have permission to use template {t.name}")
+    return t
+
+
+def can_use(s, ctx, t: Template) -> bool:
+    if t.is_public or ctx.is_root_admin or t.account_id == ctx.account_id:
+        return True
+    if s.scalar(select(TemplatePermission.id).where(TemplatePermission.template_id == t.id,
+                                                    TemplatePermission.account_id == ctx.account_id)):
+        return True
+    try:
+        check_access(s, ctx, t.account_id, "template")
+        return True
+    except CloudError:
+        return False
+
+
+def _zones(s, zoneid=None, zoneids=None) -> list[Zone]:
+    ids = list(zoneids or []) + ([zoneid] if zoneid else [])
+    if not ids:
+        raise InvalidParameter("Pass zoneid (or zoneids; -1 means all zones)")
+    if "-1" in ids:
+        return list(s.scalars(select(Zone).where(Zone.removed.is_(None)).order_by(Zone.id)))
+    return [infra.get_zone(s, z) for z in dict.fromkeys(ids)]
+
+
+def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytext=None, hypervisor="KVM",
+             ostypeid=None, checksum=None, ispublic=False, isfeatured=False, isextractable=False,
+             passwordenabled=False, requireshvm=True, directdownload=False, bootable=True, templatetype=None,
+             details=None, is_iso=False) -> tuple[Template, list[TemplateStoreRef]]:
+    """The template row, its zones and (unless direct download) one store copy per zone, Allocated: the
+    caller queues a download task per copy."""
+    url = check_url(url)
+    fmt = "ISO" if is_iso else (format or "").upper()
+    if fmt not in FORMATS or (fmt == "ISO") != is_iso:
+        raise InvalidParameter(f"Invalid format {format}: KVM templates are QCOW2 or RAW; ISOs are registered "
+                               "with registerIso")
+    hv = "KVM" if is_iso else infra.hypervisor_name(hypervisor or "KVM")
+    if directdownload and hv != "KVM":
+        raise InvalidParameter("Direct download is only supported for KVM templates")
+    parse_checksum(checksum)
+    if ostypeid is None:
+        ostypeid = catalog.os_type_id("Other (64-bit)" if is_iso else "Other Linux (64-bit)")
+    elif catalog.os_type(ostypeid) is None:
+        raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
+    if (ispublic or isfeatured) and not ctx.is_admin and not _users_may_publish(s, ctx):
+        raise PermissionDenied("Only administrators may register public or featured templates here "
+                               "(allow.public.user.templates is false)")
+    if templatetype and templatetype.upper() not in ("USER", "BUILTIN") and not ctx.is_root_admin:
+        raise PermissionDenied("Only the root administrator may register SYSTEM templates")
+    zones = _zones(s, zoneid, zoneids)
+    accounts.check_limit(s, ctx.account_id, "template")
+    if not directdownload:
+        missing = [z.name for z in zones if not imagestores.writable_stores(s, z.id)]
+        if missing:
+            raise ResourceUnavailable(f"No writable image store in zone {', '.join(missing)}: add one with "
+                                      "addImageStore or clear readonly on an existing one")
+    t = Template(name=name, display_text=displaytext or name, format=fmt, hypervisor=hv, os_type=ostypeid, url=url,
+                 checksum=checksum, is_public=bool(ispublic), featured=bool(isfeatured),
+                 cross_zones=bool(zoneids and "-1" in zoneids), bootable=bool(bootable), extractable=bool(isextractable),
+                 password_enabled=bool(passwordenabled), requires_hvm=bool(requireshvm),
+                 direct_download=bool(directdownload), template_type=(templatetype or "USER").upper(),
+                 account_id=ctx.account_id, domain_id=ctx.domain_id, details=dict(details or {}))
+    s.add(t)
+    s.flush()
+    refs = []
+    for z in zones:
+        s.add(TemplateZone(template_id=t.id, zone_id=z.id))
+        if not directdownload:
+            store = imagestores.writable_stores(s, z.id)[0]
+            ref = TemplateStoreRef(template_id=t.id, store_id=store.id, install_path=object_name(t))
+            s.add(ref)
+            refs.append(ref)
+    s.flush()
+    events.record(s, ctx, "ISO.CREATE" if is_iso else "TEMPLATE.CREATE", f"{'ISO' if is_iso else 'Template'} "
+                  f"{name} registered from {url}", resource_type="Template", resource_uuid=t.uuid)
+    return t, refs
+
+
+def _users_may_publish(s, ctx) -> bool:
+    return bool(S.Settings.value_in(s, S.ALLOW_PUBLIC_USER_TEMPLATES, account=ctx.account_id))
+
+
+def object_name(t: Template) -> str:
+    return f"{t.uuid}.{EXTENSIONS[t.format]}"
+
+
+def download_args(t: Template) -> dict:
+    args = {"format": FORMATS[t.format], "checksum": t.checksum}
+    if urlparse(t.url).path.endswith((".metalink", ".meta4")):
+        args["metalink"] = t.url
+    else:
+        args["urls"] = [t.url]
+    headers = {k.split(":", 1)[1]: v for k, v in (t.details or {}).items() if k.upper().startswith("HTTP_HEADER:")}
+    if headers:
+        args["headers"] = headers
+    return args
+
+
+def download_to_store(s, ctx, ref_id: int, progress=None) -> dict:
+    """The download task: a host agent fetches the template into the store; the copy ends Ready or Failed
+    with the reason, committed either way."""
+    ref = s.get(TemplateStoreRef, ref_id)
+    if ref is None or ref.state in ("Ready", "Destroyed"):
+        return {}
+    t, store = s.get(Template, ref.template_id), s.get(ImageStore, ref.store_id)
+    ref.state, ref.download_state, ref.download_pct, ref.error, ref.updated = \
+        "Creating", "DOWNLOAD_IN_PROGRESS", 0, None, utcnow()
+    s.commit()
+
+    def report(pct):
+        ref.download_pct, ref.updated = min(int(pct), 100), utcnow()
+        if progress:
+            progress(int(pct))      # commits
+        else:
+            s.commit()
+    try:
+        host = imagestores.host_for(s, store)
+        res = run_long(channel(host), "template_download", report, pool=imagestores.spec(store),
+                       name=ref.install_path, **download_args(t))
+    except CloudError as exc:
+        ref.state, ref.download_state, ref.error, ref.updated = "Failed", "DOWNLOAD_ERROR", exc.text, utcnow()
+        events.record(s, ctx, "TEMPLATE.DOWNLOAD.FAILED", f"Download of {t.name} to {store.name} failed: {exc.text}",
+                      resource_type="Template", resource_uuid=t.uuid)
+        s.commit()
+        return {"error": exc.text}
+    ref.state, ref.download_state, ref.download_pct, ref.updated = "Ready", "DOWNLOADED", 100, utcnow()
+    ref.size, ref.physical_size = res.get("size"), res.get("physical_size")
+    t.size, t.physical_size = res.get("size"), res.get("physical_size")
+    events.record(s, ctx, "TEMPLATE.DOWNLOAD.SUCCESS", f"Template {t.name} downloaded to image store {store.name}",
+                  resource_type="Template", resource_uuid=t.uuid)
+    s.commit()
+    return {"size": t.size}
+
+
+def ready_in_zone(s, t: Template, zone_id: int) -> TemplateStoreRef | None:
+    return s.scalar(select(TemplateStoreRef).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id)
+                    .where(TemplateStoreRef.template_id == t.id, TemplateStoreRef.state == "Ready",
+                           ImageStore.zone_id == zone_id, ImageStore.removed.is_(None)).order_by(TemplateStoreRef.id))
+
+
+def is_ready(s, t: Template, zone_id: int | None = None) -> bool:
+    if t.direct_download:
+        return True
+    stmt = select(TemplateStoreRef.id).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id).where(
+        TemplateStoreRef.template_id == t.id, TemplateStoreRef.state == "Ready", ImageStore.removed.is_(None))
+    if zone_id is not None:
+        stmt = stmt.where(ImageStore.zone_id == zone_id)
+    return s.scalar(stmt.limit(1)) is not None
+
+
+def list_templates(s, ctx, q: ListQuery, *, is_iso: bool, templatefilter="executable", **f):
+    flt = (templatefilter or "executable").lower()
+    if flt not in FILTERS:
+        raise InvalidParameter(f"Invalid templatefilter {templatefilter}: use one of {', '.join(FILTERS)}")
+    stmt = select(Template).where(Template.removed.is_(None),
+                                  (Template.format == "ISO") if is_iso else (Template.format != "ISO")).order_by(Template.id)
+    shared = exists().where(TemplatePermission.template_id == Template.id,
+                            TemplatePermission.account_id == ctx.account_id)
+    mine = Template.account_id == ctx.account_id
+    if flt == "featured":
+        stmt = stmt.where(Template.featured.is_(True), Template.is_public.is_(True))
+    elif flt in ("self", "selfexecutable"):
+        stmt = stmt.where(mine) if not ctx.is_admin or not q.listall else stmt.where(
+            *owner_filter(s, ctx, Template, listall=True, isrecursive=q.isrecursive, account=q.account,
+                          domain_uuid=q.domainid))
+    elif flt == "sharedexecutable":
+        stmt = stmt.where(shared)
+    elif flt == "community":
+        stmt = stmt.where(Template.is_public.is_(True), Template.featured.is_(False))
+    elif flt == "executable":
+        stmt = stmt.where(or_(mine, Template.is_public.is_(True), shared))
+    elif flt == "all":
+        if not ctx.is_admin:
+            raise PermissionDenied("templatefilter=all is for administrators; use executable")
+        if not ctx.is_root_admin:
+            stmt = stmt.where(or_(Template.is_public.is_(True), *owner_filter(s, ctx, Template, listall=True,
+                                                                              isrecursive=True)))
+    if f.get("id"):
+        stmt = stmt.where(Template.uuid == f["id"])
+    if f.get("ids"):
+        stmt = stmt.where(Template.uuid.in_(f["ids"]))
+    if f.get("name"):
+        stmt = stmt.where(Template.name == f["name"])
+    if f.get("hypervisor"):
+        stmt = stmt.where(func.lower(Template.hypervisor) == f["hypervisor"].lower())
+    if f.get("templatetype"):
+        stmt = stmt.where(Template.template_type == f["templatetype"].upper())
+    if f.get("zoneid"):
+        zone = infra.get_zone(s, f["zoneid"])
+        stmt = stmt.where(exists().where(TemplateZone.template_id == Template.id, TemplateZone.zone_id == zone.id))
+    if f.get("imagestoreid"):
+        store = imagestores.get_store(s, f["imagestoreid"])
+        stmt = stmt.where(exists().where(TemplateStoreRef.template_id == Template.id,
+                                         TemplateStoreRef.store_id == store.id))
+    if f.get("storageid"):
+        from volstack.services.pools import get_pool
+        pool = get_pool(s, f["storageid"])
+        stmt = stmt.where(exists().where(TemplatePoolRef.template_id == Template.id, TemplatePoolRef.pool_id == pool.id))
+    ready = exists().where(TemplateStoreRef.template_id == Template.id, TemplateStoreRef.state == "Ready")
+    ready = or_(Template.direct_download.is_(True), ready)
+    if flt in READY_ONLY or (flt == "executable" and not ctx.is_admin) or f.get("isready"):
+        stmt = stmt.where(ready)
+    elif f.get("isready") is False:
+        stmt = stmt.where(~ready)
+    return paginate(s, stmt.where(*keyword_filter(q, Template.name)), q)
+
+
+def update(s, ctx, t: Template, *, name=None, displaytext=None, format=None, ostypeid=None, passwordenabled=None,
+           bootable=None, requireshvm=None, isextractable=None, templatetype=None, details=None,
+           cleanupdetails=False) -> Template:
+    _owner_or_admin(s, ctx, t)
+    if name:
+        t.name = name
+    if displaytext:
+        t.display_text = displaytext
+    if format:
+        fmt = format.upper()
+        if fmt not in FORMATS or (fmt == "ISO") != (t.format == "ISO"):
+            raise InvalidParameter(f"Invalid format {format} for {'an ISO' if t.format == 'ISO' else 'a template'}")
+        if fmt != t.format and is_ready(s, t):
+            raise InvalidParameter(f"The format of {t.name} is {t.format} (probed at download); it cannot be changed")
+        t.format = fmt
+    if ostypeid:
+        if catalog.os_type(ostypeid) is None:
+            raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
+        t.os_type = ostypeid
+    for attr, value in (("password_enabled", passwordenabled), ("bootable", bootable), ("requires_hvm", requireshvm),
+                        ("extractable", isextractable)):
+        if value is not None:
+            setattr(t, attr, bool(value))
+    if templatetype:
+        if not ctx.is_root_admin:
+            raise PermissionDenied("Only the root administrator may change a template's type")
+        t.template_type = templatetype.upper()
+    if cleanupdetails:
+        t.details = {}
+    elif details:
+        t.details = {**(t.details or {}), **details}
+    events.record(s, ctx, "TEMPLATE.UPDATE", f"Template {t.name} updated", resource_type="Template", resource_uuid=t.uuid)
+    return t
+
+
+def _owner_or_admin(s, ctx, t: Template) -> None:
+    if t.template_type == "SYSTEM" and not ctx.is_root_admin:
+        raise PermissionDenied(f"Template {t.name} is a system template")
+    check_access(s, ctx, t.account_id, "template")
+
+
+def update_permissions(s, ctx, t: Template, *, accounts_=None, op=None, ispublic=None, isfeatured=None,
+                       isextractable=None) -> None:
+    _owner_or_admin(s, ctx, t)
+    if ispublic is not None:
+        if ispublic and not ctx.is_admin and not _users_may_publish(s, ctx):
+            raise PermissionDenied("Only administrators may make templates public here")
+        t.is_public = bool(ispublic)
+    if isfeatured is not None:
+        if not ctx.is_admin:
+            raise PermissionDenied("Only administrators may feature templates")
+        t.featured = bool(isfeatured)
+    if isextractable is not None:
+        t.extractable = bool(isextractable)
+    if accounts_:
+        if (op or "").lower() not in ("add", "remove", "reset"):
+            raise InvalidParameter("op must be add, remove or reset when accounts are given")
+        owner = s.get(Account, t.account_id)
+        ids = []
+        for name in accounts_:
+            acc = s.scalar(select(Account).where(Account.name == name, Account.domain_id == owner.domain_id,
+                                                 Account.removed.is_(None)))
+            if acc is None:
+                raise InvalidParameter(f"Unable to find account {name} in the template owner's domain")
+            ids.append(acc.id)
+        existing = {p.account_id: p for p in s.scalars(select(TemplatePermission)
+                                                       .where(TemplatePermission.template_id == t.id))}
+        if op.lower() == "reset":
+            for p in existing.values():
+                s.delete(p)
+        elif op.lower() == "add":
+            for i in ids:
+                if i not in existing:
+                    s.add(TemplatePermission(template_id=t.id, account_id=i))
+        else:
+            for i in ids:
+                if i in existing:
+                    s.delete(existing[i])
+    elif (op or "").lower() == "reset":
+        for p in s.scalars(select(TemplatePermission).where(TemplatePermission.template_id == t.id)):
+            s.delete(p)
+    events.record(s, ctx, "TEMPLATE.UPDATE", f"Permissions of template {t.name} updated", resource_type="Template",
+                  resource_uuid=t.uuid)
+
+
+def permitted_accounts(s, t: Template) -> list[str]:
+    return list(s.scalars(select(Account.name).join(TemplatePermission, TemplatePermission.account_id == Account.id)
+                          .where(TemplatePermission.template_id == t.id).order_by(Account.name)))
+
+
+def delete(s, ctx, t: Template, *, forced=False, zoneid=None) -> list[int]:
+    """Mark the template (or its copies in one zone) removed; returns store copies whose files the caller's
+    cleanup task deletes. Cached copies on primary go with the storage cleanup once no volume needs them."""
+    _owner_or_admin(s, ctx, t)
+    users = s.scalar(select(func.count()).select_from(VirtualMachine).where(VirtualMachine.template_id == t.id,
+                                                                            VirtualMachine.removed.is_(None)))
+    if users and not forced:
+        raise ResourceInUse(f"Template {t.name} is used by {users} virtual machine(s); pass forced=true to delete it "
+                            "anyway (their volumes keep working)")
+    zone = infra.get_zone(s, zoneid) if zoneid else None
+    refs = list(s.scalars(select(TemplateStoreRef).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id)
+                          .where(TemplateStoreRef.template_id == t.id, TemplateStoreRef.state != "Destroyed",
+                                 *( [ImageStore.zone_id == zone.id] if zone else []))))
+    for ref in refs:
+        ref.state, ref.updated = "Destroying", utcnow()
+    if zone is not None:
+        s.execute(TemplateZone.__table__.delete().where(TemplateZone.template_id == t.id, TemplateZone.zone_id == zone.id))
+    remaining = s.scalar(select(func.count()).select_from(TemplateZone).where(TemplateZone.template_id == t.id))
+    if zone is None or not remaining:
+        t.removed, t.state = utcnow(), "Inactive"
+    events.record(s, ctx, "ISO.DELETE" if t.format == "ISO" else "TEMPLATE.DELETE",
+                  f"{'ISO' if t.format == 'ISO' else 'Template'} {t.name} deleted"
+                  + (f" from zone {zone.name}" if zone else ""), resource_type="Template", resource_uuid=t.uuid)
+    return [r.id for r in refs]
+
+
+def delete_store_copy(s, ref_id: int) -> bool:
+    """Remove a Destroying copy's file from its store and mark it Destroyed. When the store cannot be reached
+    the copy stays Destroying and the storage cleanup task tries again."""
+    ref = s.get(TemplateStoreRef, ref_id)
+    if ref is None or ref.state != "Destroying":
+        return False
+    store = s.get(ImageStore, ref.store_id)
+    if store is not None and store.removed is None and ref.install_path:
+        try:
+            channel(imagestores.host_for(s, store)).call("volume_delete", pool=imagestores.spec(store),
+                                                         name=ref.install_path)
+        except CloudError as exc:
+            log.warning("removing %s from image store %s: %s (will retry)", ref.install_path, store.name, exc.text)
+            return False
+    ref.state, ref.updated = "Destroyed", utcnow()
+    return True
+
+
+def cleanup_store_copies(db) -> int:
+    """Part of the storage cleanup task: store copies whose removal could not finish earlier."""
+    with db.session(readonly=True) as s:
+        ids = list(s.scalars(select(TemplateStoreRef.id).where(TemplateStoreRef.state == "Destroying")))
+    done = 0
+    for ref_id in ids:
+        with db.session() as s:
+            done += delete_store_copy(s, ref_id)
+    return done
+
+
+# ---------------------------------------------------------------- createTemplate from a volume
+
+def create_from_volume(s, ctx, *, name, volume, displaytext=None, ostypeid=None, ispublic=False, isfeatured=False,
+                       passwordenabled=False, requireshvm=True, isextractable=False, details=None) -> Template:
+    """The template row and its store copy (Allocated); the job copies the volume's image into the store."""
+    from volstack.db.storage_models import StoragePool
+    if volume.state != "Ready" or volume.pool_id is None:
+        raise InvalidParameter(f"Volume {volume.name} is {volume.state}; a template is made from a Ready volume")
+    vm = s.get(VirtualMachine, volume.vm_id) if volume.vm_id else None
+    if vm is not None and vm.state != "Stopped":
+        raise InvalidParameter(f"Volume {volume.name} is attached to VM {vm.name}, which is {vm.state}; stop the VM "
+                               "before creating a template from its volume")
+    if ostypeid is not None and catalog.os_type(ostypeid) is None:
+        raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
+    if (ispublic or isfeatured) and not ctx.is_admin and not _users_may_publish(s, ctx):
+        raise PermissionDenied("Only administrators may create public or featured templates here")
+    pool = s.get(StoragePool, volume.pool_id)
+    stores = imagestores.writable_stores(s, pool.zone_id)
+    if not stores:
+        raise ResourceUnavailable("No writable image store in the volume's zone: add one with addImageStore or clear "
+                                  "readonly on an existing one")
+    accounts.check_limit(s, ctx.account_id, "template")
+    src = s.get(Template, volume.template_id) if volume.template_id else None
+    t = Template(name=name, display_text=displaytext or name, format="QCOW2", hypervisor=volume.hypervisor or "KVM",
+                 os_type=ostypeid or (src.os_type if src else catalog.os_type_id("Other Linux (64-bit)")),
+                 is_public=bool(ispublic), featured=bool(isfeatured), password_enabled=bool(passwordenabled),
+                 requires_hvm=bool(requireshvm), extractable=bool(isextractable), source_volume_id=volume.id,
+                 account_id=ctx.account_id, domain_id=ctx.domain_id, details=dict(details or {}), size=volume.size)
+    s.add(t)
+    s.flush()
+    s.add(TemplateZone(template_id=t.id, zone_id=pool.zone_id))
+    s.add(TemplateStoreRef(template_id=t.id, store_id=stores[0].id, install_path=object_name(t)))
+    events.record(s, ctx, "TEMPLATE.CREATE", f"Template {name} being created from volume {volume.name}",
+                  resource_type="Template", resource_uuid=t.uuid)
+    return t
+
+
+def copy_volume_to_store(s, ctx, t: Template, progress=None) -> Template:
+    """The createTemplate job: qemu-img convert from the volume's pool into the store (a flat qcow2)."""
+    from volstack.db.storage_models import StoragePool, Volume
+    from volstack.drivers import driver_for
+    from volstack.services.pools import hosts_in_scope
+    ref = s.scalar(select(TemplateStoreRef).where(TemplateStoreRef.template_id == t.id))
+    vol = s.get(Volume, t.source_volume_id)
+    pool = s.get(StoragePool, vol.pool_id)
+    store = s.get(ImageStore, ref.store_id)
+    ref.state, ref.download_state = "Creating", "DOWNLOAD_IN_PROGRESS"
+    s.commit()
+
+    def report(pct):
+        ref.download_pct = int(pct)
+        progress(int(pct)) if progress else s.commit()
+    hosts = hosts_in_scope(s, pool)
+    try:
+        if not hosts:
+            raise ResourceUnavailable(f"No Up host reaches storage pool {pool.name} to read volume {vol.name}")
+        res = run_long(channel(hosts[0]), "volume_copy", report, src_pool=driver_for(pool.provider).spec(pool),
+                       src_name=vol.path, src_format=vol.format.lower(), dst_pool=imagestores.spec(store),
+                       dst_name=ref.install_path, format="qcow2")
+    except CloudError as exc:
+        ref.state, ref.download_state, ref.error = "Failed", "DOWNLOAD_ERROR", exc.text
+        t.removed, t.state = utcnow(), "Inactive"
+        events.record(s, ctx, "TEMPLATE.CREATE", f"Creating template {t.name} from volume {vol.name} failed: "
+                      f"{exc.text}", level="ERROR", resource_type="Template", resource_uuid=t.uuid)
+        s.commit()
+        raise
+    ref.state, ref.download_state, ref.download_pct = "Ready", "DOWNLOADED", 100
+    ref.size, ref.physical_size = res["size"], res.get("physical_size")
+    t.size, t.physical_size = res["size"], res.get("physical_size")
+    events.record(s, ctx, "TEMPLATE.CREATE", f"Template {t.name} created from volume {vol.name}",
+                  resource_type="Template", resource_uuid=t.uuid)
+    return t
+
+
+# ---------------------------------------------------------------- copyTemplate
+
+def copy_to_zones(s, ctx, t: Template, source_zone_id: int | None, dest_zone_ids: list[int], progress=None) -> Template:
+    """copyTemplate: copy the template from a store of the source zone to a writable store of each
+    destination zone (store to store through a host of the destination zone)."""
+    check_access(s, ctx, t.account_id, "template")
+    if t.direct_download:
+        raise InvalidParameter(f"Template {t.name} is downloaded directly to primary storage; register it in the "
+                               "other zone instead of copying it")
+    src_ref = None
+    for zone_id in ([source_zone_id] if source_zone_id else
+                    list(s.scalars(select(TemplateZone.zone_id).where(TemplateZone.template_id == t.id)))):
+        src_ref = ready_in_zone(s, t, zone_id)
+        if src_ref:
+            break
+    if src_ref is None:
+        raise InvalidParameter(f"Template {t.name} is not ready in the source zone")
+    src_store = s.get(ImageStore, src_ref.store_id)
+    for i, zone_id in enumerate(dest_zone_ids):
+        if ready_in_zone(s, t, zone_id):
+            continue
+        stores = imagestores.writable_stores(s, zone_id)
+        if not stores:
+            raise ResourceUnavailable("No writable image store in the destination zone")
+        ref = s.scalar(select(TemplateStoreRef).where(TemplateStoreRef.template_id == t.id,
+                                                      TemplateStoreRef.store_id == stores[0].id))
+        if ref is None:
+            ref = TemplateStoreRef(template_id=t.id, store_id=stores[0].id, install_path=src_ref.install_path)
+            s.add(ref)
+        ref.state, ref.download_state, ref.error = "Creating", "DOWNLOAD_IN_PROGRESS", None
+        if not s.scalar(select(TemplateZone.id).where(TemplateZone.template_id == t.id, TemplateZone.zone_id == zone_id)):
+            s.add(TemplateZone(template_id=t.id, zone_id=zone_id))
+        s.commit()
+        fmt = {"QCOW2": "qcow2"}.get(t.format, "raw")
+        try:
+            host = imagestores.host_for(s, stores[0])
+            res = run_long(channel(host), "volume_copy", None, src_pool=imagestores.spec(src_store),
+                           src_name=src_ref.install_path, src_format=fmt, dst_pool=imagestores.spec(stores[0]),
+                           dst_name=ref.install_path, format=fmt)
+        except CloudError as exc:
+            ref.state, ref.download_state, ref.error = "Failed", "DOWNLOAD_ERROR", exc.text
+            s.commit()
+            raise
+        ref.state, ref.download_state, ref.download_pct = "Ready", "DOWNLOADED", 100
+        ref.size, ref.physical_size = res["size"], res.get("physical_size")
+        events.record(s, ctx, "TEMPLATE.COPY", f"Template {t.name} copied to zone {s.get(Zone, zone_id).name}",
+                      resource_type="Template", resource_uuid=t.uuid)
+        if progress:
+            progress(int(100 * (i + 1) / len(dest_zone_ids)))
+    return t
+
+
+# ---------------------------------------------------------------- templates from a host-local file
+
+def install_local(s, ctx, *, name, path: str, zone, fmt="QCOW2", ostype="Other Linux (64-bit)", template_type="BUILTIN",
+                  public=True, featured=True, displaytext=None) -> tuple[Template, bool]:
+    """A template whose image is a file on the zone's hosts (volstack up's built-in template): a host agent
+    copies it into an image store. Returns (template, created); an existing Ready one is kept."""
+    import os
+    have = s.scalar(select(Template).where(Template.name == name, Template.template_type == template_type,
+                                           Template.removed.is_(None)))
+    if have is not None and is_ready(s, have, zone.id):
+        return have, False
+    stores = imagestores.writable_stores(s, zone.id)
+    if not stores:
+        raise ResourceUnavailable(f"No writable image store in zone {zone.name} for template {name}")
+    t = have or Template(name=name, display_text=displaytext or name, format=fmt.upper(), hypervisor="KVM",
+                         os_type=catalog.os_type_id(ostype), url=f"file://{path}", is_public=public, featured=featured,
+                         template_type=template_type, account_id=ctx.account_id, domain_id=ctx.domain_id)
+    if have is None:
+        s.add(t)
+        s.flush()
+        s.add(TemplateZone(template_id=t.id, zone_id=zone.id))
+    ref = s.scalar(select(TemplateStoreRef).where(TemplateStoreRef.template_id == t.id)) or \
+        TemplateStoreRef(template_id=t.id, store_id=stores[0].id, install_path=object_name(t))
+    s.add(ref)
+    s.flush()
+    src = {"uuid": f"local-{t.uuid}", "type": "Filesystem", "path": os.path.dirname(path)}
+    res = channel(imagestores.host_for(s, stores[0])).call(
+        "volume_copy", src_pool=src, src_name=os.path.basename(path), src_format=FORMATS[t.format],
+        dst_pool=imagestores.spec(stores[0]), dst_name=ref.install_path, format=FORMATS[t.format])
+    ref.state, ref.download_state, ref.download_pct = "Ready", "DOWNLOADED", 100
+    ref.size = t.size = res["size"]
+    ref.physical_size = t.physical_size = res.get("physical_size")
+    events.record(s, ctx, "TEMPLATE.CREATE", f"Template {name} installed from {path}", resource_type="Template",
+                  resource_uuid=t.uuid)
+    return t, True
