@@ -250,3 +250,45 @@ def test_a_frozen_cluster_leaves_the_volume_stable_with_the_reason(short_osd_tim
     after = api.listVolumes(id=vol["id"])["volume"][0]
     assert after["state"] == "Allocated" and "creating the image" in after["status"]
     assert api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]["state"] == "Ready"
+
+
+def test_root_volumes_from_a_template_are_clones_of_its_protected_base_snapshot(kvm, ceph, server, tmp_path):
+    """Seed 001 part 3: the template is copied once into the pool, snapshotted and protected, and ROOT
+    volumes are clones whose parent is that snapshot; the base goes once no clone needs it."""
+    from volstack.services import template_cache
+    from volstack.services.context import system_context
+    api = kvm["api"]
+    (tmp_path / "store").mkdir()
+    api.addImageStore(name="store", provider="Filesystem", url=f"file://{tmp_path / 'store'}",
+                      zoneid=kvm["zone"]["id"])
+    pool = create_rbd_pool(kvm, ceph, name="tmpl")
+    src = paused_vm(kvm)
+    root = api.listVolumes(virtualmachineid=src["id"], type="ROOT")["volume"][0]
+    api.stopVirtualMachine(id=src["id"])
+    spec = {"uuid": pool["id"], "type": "RBD", "path": ceph.pool, "monitors": [ceph.mon_host], "user": ceph.user,
+            "key": ceph.key}
+    with RbdPool(spec, "test").image(root["path"]) as img:
+        img.write(b"\x5a" * (2 * MIB), MIB)
+    ostype = api.listOsTypes(description="Debian GNU/Linux 12")["ostype"][0]["id"]
+    t = api.createTemplate(name="golden", displaytext="golden", volumeid=root["id"], ostypeid=ostype)["template"]
+    vms = [api.deployVirtualMachine(zoneid=kvm["zone"]["id"], serviceofferingid=kvm["so"]["id"], templateid=t["id"],
+                                    hostid=kvm["hosts"][0]["id"])["virtualmachine"] for _ in range(2)]
+    kvm["vms"] += [v["id"] for v in vms]
+    base = f"tmpl-{t['id']}"
+    assert base in ceph.images(), "the template was imported once into a base image"
+    snaps = json.loads(ceph.rbd("snap", "ls", "--format", "json", f"{ceph.pool}/{base}"))
+    assert [s["name"] for s in snaps] == ["volstack-base"]
+    assert json.loads(ceph.rbd("info", "--format", "json", f"{ceph.pool}/{base}@volstack-base"))["protected"] == "true"
+    for vm in vms:
+        vol = api.listVolumes(virtualmachineid=vm["id"], type="ROOT")["volume"][0]
+        parent = ceph.image_info(vol["path"])["parent"]
+        assert (parent["image"], parent["snapshot"]) == (base, "volstack-base")
+        with RbdPool(spec, "test").image(vol["path"], read_only=True) as img:
+            assert img.read(MIB, 2 * MIB) == b"\x5a" * (2 * MIB), "the clone shows the template's data"
+    api.deleteTemplate(id=t["id"], forced=True)
+    assert template_cache.cleanup(server.db, system_context()) == 0, "clones still need the base"
+    for vm in vms:
+        api.destroyVirtualMachine(id=vm["id"], expunge=True)
+        kvm["vms"].remove(vm["id"])
+    assert template_cache.cleanup(server.db, system_context()) == 1
+    assert base not in ceph.images(), "the base goes once no clone needs it"

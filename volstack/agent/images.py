@@ -372,7 +372,7 @@ def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=
     """qemu-img convert src -> dst, progress(percent) as it goes; a failed copy leaves no destination."""
     check_name(src_name), check_name(dst_name), check_format(fmt)
     if fmt not in dst.formats:
-        raise InvalidArgument(f"pool {dst.uuid} holds {', '.join(dst.formats)} images, not {fmt}")
+        fmt = dst.formats[0]       # e.g. a qcow2 template lands raw on RBD; the result says which format
     if dst.exists(dst_name):
         raise InvalidArgument(f"volume {dst_name} already exists in pool {dst.uuid}")
     have = info(src, src_name, src_format)

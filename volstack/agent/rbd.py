@@ -250,6 +250,8 @@ class RbdPool(Pool):
             return name in self._rbd().RBD().list(io)
 
     def remove(self, name: str) -> bool:
+        """A base image whose only snapshot is the unused base snapshot goes with it; any other snapshot
+        (a volume's) keeps the image."""
         rbd = self._rbd()
         with self.ioctx() as io:
             try:
@@ -258,7 +260,11 @@ class RbdPool(Pool):
             except rbd.ImageNotFound:
                 return False
             except rbd.ImageHasSnapshots:
-                raise Busy(f"RBD image {name} in pool {self.uuid} has snapshots; delete them first") from None
+                pass
+        if [s["name"] for s in self.snapshots(name)] != [BASE_SNAP]:
+            raise Busy(f"RBD image {name} in pool {self.uuid} has snapshots; delete them first")
+        self.snapshot_remove(name, BASE_SNAP)      # Busy while clones still depend on it
+        return self.remove(name)
 
     def rename(self, src: str, dst: str) -> None:
         with self.ioctx() as io:
@@ -365,6 +371,12 @@ class RbdPool(Pool):
         max_depth (0: never)."""
         check_name(parent), check_name(name)
         rbd = self._rbd()
+        if snapshot == BASE_SNAP:           # a base copied in by volume_copy gets its protected snapshot now
+            with self.image(parent) as img:
+                if BASE_SNAP not in {s["name"] for s in img.list_snaps()}:
+                    img.create_snap(BASE_SNAP)
+                if not img.is_protected_snap(BASE_SNAP):
+                    img.protect_snap(BASE_SNAP)
         with self.ioctx() as io:
             if name not in rbd.RBD().list(io):
                 rbd.RBD().clone(io, parent, snapshot, io, name, features=rbd.RBD_FEATURE_LAYERING)

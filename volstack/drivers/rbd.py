@@ -21,6 +21,7 @@ from volstack.errors import InvalidParameter
 MAX_MONITORS = 5              # as CloudStack's UI and API accept
 HEARTBEAT_SECONDS = 10        # how often each agent writes its heartbeat into the pool (pool detail heartbeatinterval)
 DEAD_AFTER_BEATS = 3          # a host whose last beat is older than 3 intervals is shown Dead
+CLONE_MAX_DEPTH = 5           # clone chains deeper than this are flattened (pool detail clonemaxdepth)
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?$")
 _USER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _POOL = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
@@ -154,26 +155,15 @@ class RbdPrimaryDriver(DefaultPrimaryDriver):
             details[f"heartbeat.{host}"] = f"{'Alive' if b['alive'] else 'Dead'}, last beat {when}"
         pool.details = details
 
-    # ---------------------------------------------------------------- hooks for the templates issue
+    # ---------------------------------------------------------------- templates
 
-    def prepare_template(self, ch, pool, base_name: str, src_spec: dict, src_name: str, progress=None) -> dict:
-        """Templates issue: import a template once into base image base_name with its protected snapshot
-        (`volstack-base`); ROOT volumes are then clones of it (create_volume_from_template)."""
-        from volstack.drivers.hosts import run_long
-        return run_long(ch, "rbd_base_import", progress, pool=self.spec(pool), name=base_name, src_pool=src_spec,
-                        src_name=src_name)
-
-    def create_volume_from_template(self, ch, pool, volume, base_name: str, max_depth: int = 0) -> dict:
-        """Templates issue: the ROOT volume as a clone of base_name@volstack-base, grown to the volume's size,
-        flattened when the clone chain is deeper than max_depth (0: never)."""
+    def clone_volume(self, ch, pool, volume, base: str, base_format: str) -> dict:
+        """template_cache's hook: the ROOT volume as an RBD clone of the cached copy's protected
+        `volstack-base` snapshot (made on first use), flattened past the pool detail clonemaxdepth."""
         volume.format = "RAW"
-        return ch.call("rbd_clone", pool=self.spec(pool), parent=base_name, snapshot="volstack-base",
-                       name=volume.path, size=volume.size, max_depth=max_depth)
-
-    def delete_template(self, ch, pool, base_name: str) -> None:
-        """Templates issue: remove the base once no clone needs it (the agent refuses while clones exist)."""
-        ch.call("rbd_snapshot_delete", pool=self.spec(pool), name=base_name, snapshot="volstack-base")
-        ch.call("volume_delete", pool=self.spec(pool), name=base_name)
+        depth = int((pool.details or {}).get("clonemaxdepth") or CLONE_MAX_DEPTH)
+        return ch.call("rbd_clone", pool=self.spec(pool), parent=base, snapshot="volstack-base", name=volume.path,
+                       size=volume.size, max_depth=depth)
 
     # ---------------------------------------------------------------- hooks for the snapshots issue
 
