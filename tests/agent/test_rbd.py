@@ -144,8 +144,10 @@ def test_base_image_clone_chain_and_flatten(agent, ceph, rbd_spec, pool):
         img.protect_snap("s1")
     deep = c.call("rbd_clone", pool=rbd_spec, parent=root, snapshot="s1", name=name("deep"), max_depth=1)
     assert deep["flattened"] and c.call("rbd_info", pool=rbd_spec, name=deep["path"])["depth"] == 0
+    with pytest.raises(errors.CloudError, match="has 1 clone"):
+        c.call("volume_delete", pool=rbd_spec, name=base)     # a base goes only once no clone needs it
     with pytest.raises(errors.CloudError, match="has snapshots"):
-        c.call("volume_delete", pool=rbd_spec, name=base)
+        c.call("volume_delete", pool=rbd_spec, name=root)     # a volume's own snapshots keep it
     with pytest.raises(errors.CloudError, match="clone"):
         c.call("rbd_snapshot_delete", pool=rbd_spec, name=base, snapshot="volstack-base")
 
