@@ -1,6 +1,6 @@
 """volstack benchmarks, each printed as a ratio against a limit measured in the same run.
 
-    .venv/bin/python bench/run.py [--quick] [--no-pg] [--profile] [--no-storage | --storage-only]
+    .venv/bin/python bench/run.py [--quick] [--no-pg] [--profile] [--no-storage | --storage-only | --rbd]
 
 The storage figures (4, 5) start a `volstack agent` with a QEMU guest and use the machine's one nfs-ganesha
 (tests/nfsserver.py): do not run them while the test suite runs (VOLSTACK_NFS_WAIT=seconds to wait for it).
@@ -19,6 +19,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 import bench_api  # noqa: E402
 import bench_jobs  # noqa: E402
+import bench_rbd  # noqa: E402
 import bench_storage  # noqa: E402
 import loadgen  # noqa: E402
 
@@ -38,6 +39,7 @@ def main() -> None:
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--no-storage", action="store_true", help="skip the storage figures (4-6)")
     which.add_argument("--storage-only", action="store_true", help="only the storage figures (4-6)")
+    which.add_argument("--rbd", action="store_true", help="only the RBD figures (7), on a throwaway Ceph cluster")
     args = ap.parse_args()
     cfg = QUICK if args.quick else FULL
     logging.basicConfig(level=logging.WARNING)
@@ -45,7 +47,9 @@ def main() -> None:
     t0 = time.monotonic()
     rows, empty_jobs = [], None
     with tempfile.TemporaryDirectory(prefix="volstack-bench-") as tmp:
-        if not args.storage_only:
+        if args.rbd:
+            rows += bench_rbd.rbd_rows(Path(tmp), cfg)
+        elif not args.storage_only:
             rows, async_result = api_rows(Path(tmp), cfg, args)
             n = cfg["jobs"]
             j = bench_jobs.job_figures(f"sqlite:///{Path(tmp) / 'jobs.db'}", n)
@@ -57,7 +61,7 @@ def main() -> None:
                          "empty SQLite jobs above", a.rate / j["jobs"]))
             if not args.no_pg:
                 rows += pg_rows(n)
-        if not args.no_storage:
+        if not args.no_storage and not args.rbd:
             rows += bench_storage.real_rows(Path(tmp), cfg)
             rows += bench_storage.sim_rows(Path(tmp), cfg, args.procs, args.threads, empty_jobs)
     print()

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a volstack KVM host needs, and the storage tests with it:
 #   QEMU + qemu-img (with the nfs/iscsi/rbd block drivers), a userspace NFS server (nfs-ganesha + rpcbind),
-#   libnfs client tools (nfs-ls, nfs-cp), and busybox-static (the tiny test guest's userland,
-#   see scripts/build-guest.sh), and the tools of scripts/build-template.sh. Safe to run again: apt-get runs only when something is missing.
+#   libnfs client tools (nfs-ls, nfs-cp), busybox-static (the tiny test guest's userland,
+#   see scripts/build-guest.sh), the tools of scripts/build-template.sh, and Ceph: librados/librbd's
+#   Python bindings for the agent's RBD pools, plus ceph-mon/ceph-osd/ceph-mgr/ceph-common for the
+#   one-node test cluster (scripts/ceph-up.sh). Safe to run again: apt-get runs only when something is missing.
 # Usage: scripts/install-host.sh            (root, Debian 12)
 set -euo pipefail
 
@@ -19,6 +21,12 @@ pkgs=(
   mtools              #   made without mounting anything (scripts/build-template.sh)
   syslinux
   curl                # the download benchmark's reference
+  python3-rados       # librados Python binding (agent: RBD pools, heartbeat objects); see docs/architecture.md
+  python3-rbd         # librbd Python binding (agent: RBD images, snapshots, clones)
+  ceph-common         # rbd and ceph CLIs (test cluster setup, bench's rbd export)
+  ceph-mon            # the test cluster's monitor (tests/cephcluster.py)
+  ceph-osd            # the test cluster's OSD (memstore)
+  ceph-mgr            # the test cluster's manager: pool usage and capacity stats come from it
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from cephcluster import CephCluster  # noqa: E402
 from guest import GuestVM  # noqa: E402
 from nfsserver import shared_server, stop_shared_server  # noqa: E402
 from pgserver import PostgresServer  # noqa: E402
@@ -80,3 +81,11 @@ def guest_vm(tmp_path_factory):
     """A booted TCG test guest (tests/guest.py GuestVM): .qmp, .console, .plug(), .unplug()."""
     with GuestVM(tmp_path_factory.mktemp("guest")) as vm:
         yield vm
+
+
+@pytest.fixture(scope="session")
+def ceph():
+    """One throwaway Ceph cluster (scripts/ceph-up.sh) for the whole session: tests/cephcluster.py."""
+    cluster = CephCluster().start()
+    yield cluster
+    cluster.stop()

@@ -87,8 +87,9 @@ class ManagementServer:
 
     def start(self) -> "ManagementServer":
         self.jobs.start()
+        # asyncore_loop_timeout is an int in waitress: 0.2 became 0, a select() busy loop eating a core
         self._http = waitress.create_server(self.api, host=self.host, port=self.port, threads=self.threads,
-                                            ident="volstack", channel_timeout=300, asyncore_loop_timeout=0.2)
+                                            ident="volstack", channel_timeout=300, asyncore_loop_timeout=1)
         self.port = self._http.effective_port
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
         self._thread.start()

@@ -94,7 +94,8 @@ class Agent:
         return self.pool(args).stats()
 
     def cmd_pool_disconnect(self, args, progress):
-        self.pool(args)
+        pool = self.pool(args)
+        getattr(pool, "disconnect", lambda: None)()    # e.g. an RBD pool stops its heartbeat
         return {}
 
     def cmd_pool_list(self, args, progress):
@@ -222,3 +223,74 @@ class Agent:
         if cmd == "vm_migrate":
             return self.hv.recover_migrate(args)
         return None
+
+    # ---- rbd: primitives of RBD pools (templates: issue 5 item 3, snapshots: item 4, HA heartbeat: item 6)
+
+    def rbd_pool(self, args: dict, key: str = "pool"):
+        pool = self.pool(args, key)
+        if getattr(pool, "formats", None) != ("raw",) or not hasattr(pool, "clone"):
+            raise InvalidArgument(f"{key} must be an RBD pool for this command")
+        return pool
+
+    def cmd_rbd_base_import(self, args, progress):
+        """A template's base image, imported once from src_pool/src_name, with its protected snapshot."""
+        pool, name = self.rbd_pool(args), images.check_name(arg(args, "name"))
+        src, src_name = self.pool(args, "src_pool"), images.check_name(arg(args, "src_name"))
+        with self.hold(pool, name, "being imported"), self.hold(src, src_name, "being copied", shared=True):
+            return pool.import_base(name, lambda p, base: images.copy(
+                src, src_name, p, base, "raw", progress, arg(args, "src_format", str, None)))
+
+    def cmd_rbd_clone(self, args, progress):
+        pool, name = self.rbd_pool(args), images.check_name(arg(args, "name"))
+        with self.hold(pool, name, "being created"):
+            return pool.clone(images.check_name(arg(args, "parent")), arg(args, "snapshot", str, "volstack-base"),
+                              name, arg(args, "size", int, None), arg(args, "max_depth", int, 0))
+
+    def cmd_rbd_flatten(self, args, progress):
+        pool, name = self.rbd_pool(args), images.check_name(arg(args, "name"))
+        with self.hold(pool, name, "being flattened"):
+            return pool.flatten(name)
+
+    def cmd_rbd_info(self, args, progress):
+        pool, name = self.rbd_pool(args), images.check_name(arg(args, "name"))
+        return {"parent": pool.parent(name), "depth": pool.depth(name), "snapshots": pool.snapshots(name)}
+
+    def cmd_rbd_snapshot_create(self, args, progress):
+        pool, name = self.rbd_pool(args), images.check_name(arg(args, "name"))
+        with self.hold(pool, name, "being snapshotted", shared=True):
+            return pool.snapshot_create(name, images.check_name(arg(args, "snapshot")))
+
+    def cmd_rbd_snapshot_rollback(self, args, progress):
+        pool, name = self.rbd_pool(args), images.check_name(arg(args, "name"))
+        with self.hold(pool, name, "being reverted"):
+            vm = self.hv.in_use(pool.uuid, name)
+            if vm:
+                raise Busy(f"volume {name} is attached to running VM {vm}; stop the VM to revert it")
+            return pool.snapshot_rollback(name, images.check_name(arg(args, "snapshot")))
+
+    def cmd_rbd_snapshot_delete(self, args, progress):
+        pool, name = self.rbd_pool(args), images.check_name(arg(args, "name"))
+        return {"removed": pool.snapshot_remove(name, images.check_name(arg(args, "snapshot")))}
+
+    def cmd_rbd_export_diff(self, args, progress):
+        """The changes of name between from_snapshot (absent: all data) and snapshot, in `rbd export-diff`
+        format, written to dst_name in a directory pool (image-store backup: the snapshots issue)."""
+        pool, name = self.rbd_pool(args), images.check_name(arg(args, "name"))
+        dst = self.pool(args, "dst_pool")
+        if not isinstance(dst, images.DirectoryPool):
+            raise InvalidArgument("dst_pool must be a directory pool (Filesystem or SharedMountPoint)")
+        dst_name = images.check_name(arg(args, "dst_name"))
+        part = dst.target(images.part_name(dst_name))
+        try:
+            with self.hold(pool, name, "being exported", shared=True), open(part, "wb") as out:
+                n = pool.export_diff(name, out, images.check_name(arg(args, "snapshot")),
+                                     arg(args, "from_snapshot", str, None))
+            dst.rename(images.part_name(dst_name), dst_name)
+        except BaseException:
+            dst.remove(images.part_name(dst_name))
+            raise
+        return {"path": dst_name, "data_bytes": n}
+
+    def cmd_rbd_heartbeats(self, args, progress):
+        from volstack.agent.rbd import read_heartbeats
+        return {"hosts": read_heartbeats(self.rbd_pool(args))}

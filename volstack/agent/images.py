@@ -10,12 +10,16 @@ explicit `-f` when the format is known.
   mounts it: a missing directory is reported, not repaired.
 - `NfsPool` (NetworkFilesystem): `nfs://host/export/name` through QEMU's userspace NFS driver, plus
   `nfs3.NfsClient` for capacity, listing, delete and rename. Nothing is ever mounted.
+- `rbd.RbdPool` (RBD): images in a Ceph pool through librbd; its key reaches qemu-img and QEMU as
+  secret objects (`qemu_img_objects`, `qmp_objects`), never on a command line.
 """
 import ctypes
+import importlib
 import json
 import os
 import re
 import subprocess
+from contextlib import ExitStack, contextmanager
 from urllib.parse import quote
 
 from volstack.agent import nfs3
@@ -70,6 +74,18 @@ class Pool:
     def target(self, name: str) -> str: ...     # what qemu-img is given
     def blockdev(self, name: str) -> dict: ...  # QMP protocol-node options for QEMU
     preallocation: dict                     # provisioning -> {format: qemu-img preallocation or None}
+    formats = FORMATS                       # image formats the pool can hold
+    make_image = None                       # (name, size, fmt): the pool creates images itself (not qemu-img)
+
+    def qmp_objects(self) -> list:          # QMP object-add arguments QEMU needs before blockdev()
+        return []
+
+    @contextmanager
+    def qemu_img_objects(self):             # extra qemu-img arguments (--object ...) during one call
+        yield []
+
+    def prepare_target(self, name: str, size: int, fmt: str) -> list:
+        return []                           # a copy's target made beforehand: extra convert args (-n)
 
 
 class DirectoryPool(Pool):
@@ -215,7 +231,8 @@ class NfsPool(Pool):
         return {"driver": "nfs", "server": {"type": "inet", "host": self.host}, "path": f"{self.export}/{name}"}
 
 
-POOL_TYPES = {"Filesystem": DirectoryPool, "SharedMountPoint": DirectoryPool, "NetworkFilesystem": NfsPool}
+POOL_TYPES = {"Filesystem": DirectoryPool, "SharedMountPoint": DirectoryPool, "NetworkFilesystem": NfsPool,
+              "RBD": "volstack.agent.rbd:RbdPool"}
 
 
 def open_pool(spec, hostname: str) -> Pool:
@@ -225,6 +242,9 @@ def open_pool(spec, hostname: str) -> Pool:
         from volstack.agent.nfsmount import KernelNfsPool
         return KernelNfsPool(spec, hostname)
     cls = POOL_TYPES.get(spec.get("type"))
+    if isinstance(cls, str):       # adapters importing this module are loaded on first use
+        module, _, name = cls.partition(":")
+        cls = getattr(importlib.import_module(module), name)
     if cls is None:
         raise InvalidArgument(f"unsupported pool type {spec.get('type')!r}: use one of {', '.join(POOL_TYPES)}")
     return cls(spec, hostname)
@@ -245,15 +265,17 @@ def _error(stderr: str, what: str) -> Exception:
         return Busy(f"{what}: the image is in use by a running guest ({text})")
     if "No such file" in text or "NFS3ERR_NOENT" in text:
         return NotFound(f"{what}: {text}")
-    if "Failed to mount nfs share" in text or "nfs_service failed" in text:
+    if "Failed to mount nfs share" in text or "nfs_service failed" in text or "error connecting" in text:
         return Unavailable(f"{what}: {text}")
     return Failed(f"{what}: {text}")
 
 
-def qemu_img(args: list[str], what: str, timeout: float = 300) -> str:
+def qemu_img(args: list[str], what: str, timeout: float = 300, pools=()) -> str:
     try:
-        r = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=timeout,
-                           preexec_fn=_die_with_agent)
+        with ExitStack() as stack:
+            extra = [a for p in pools for a in stack.enter_context(p.qemu_img_objects())]
+            r = subprocess.run(["qemu-img", args[0], *extra, *args[1:]], capture_output=True, text=True,
+                               timeout=timeout, preexec_fn=_die_with_agent)
     except subprocess.TimeoutExpired:
         raise Unavailable(f"{what}: qemu-img did not finish within {timeout:.0f} s") from None
     except FileNotFoundError:
@@ -275,7 +297,7 @@ def list_entries(pool: Pool, path: str) -> list:
     out = []
     for e in pool.list(path):
         src = e.pop("_probe")
-        e["format"] = probe(src) if src else None
+        e["format"] = probe(src) if src else e.get("format")
         out.append(e)
     return out
 
@@ -284,7 +306,7 @@ def info(pool: Pool, name: str, fmt: str | None = None) -> dict:
     args = ["info", "-U", "--output=json"] + (["-f", check_format(fmt)] if fmt else [])
     if not pool.exists(name):
         raise NotFound(f"volume {name} does not exist in pool {pool.uuid}")
-    data = json.loads(qemu_img(args + [pool.target(name)], f"volume {name}", timeout=60))
+    data = json.loads(qemu_img(args + [pool.target(name)], f"volume {name}", timeout=60, pools=(pool,)))
     return {"size": data["virtual-size"], "physical_size": data.get("actual-size", 0), "format": data["format"],
             "backing": data.get("full-backing-filename") or data.get("backing-filename")}
 
@@ -292,6 +314,8 @@ def info(pool: Pool, name: str, fmt: str | None = None) -> dict:
 def create(pool: Pool, name: str, size: int, fmt: str, provisioning: str = "thin") -> dict:
     check_name(name), check_size(size), check_format(fmt)
     provisioning = provisioning.lower() if isinstance(provisioning, str) else provisioning
+    if fmt not in pool.formats:
+        raise InvalidArgument(f"pool {pool.uuid} holds {', '.join(pool.formats)} images, not {fmt}")
     if provisioning not in pool.preallocation:
         raise InvalidArgument(f"invalid provisioning {provisioning!r}: use thin, sparse or fat")
     if pool.exists(name):
@@ -305,7 +329,10 @@ def create(pool: Pool, name: str, size: int, fmt: str, provisioning: str = "thin
         raise Failed(f"pool {pool.uuid} has not enough free space for a fat volume of {size} bytes")
     args = ["create", "-q", "-f", fmt] + (["-o", f"preallocation={prealloc}"] if prealloc else [])
     try:
-        qemu_img(args + [pool.target(name), str(size)], f"create volume {name}")
+        if pool.make_image is not None:
+            pool.make_image(name, size, fmt)
+        else:
+            qemu_img(args + [pool.target(name), str(size)], f"create volume {name}")
         if provisioning == "fat" and getattr(pool, "write_zeros_for_fat", False):
             qemu_img(["convert", "-n", "-S", "0", "--image-opts", f"driver=null-co,size={size},read-zeroes=on",
                       "-O", fmt, pool.target(name)], f"allocate volume {name}", timeout=None)
@@ -331,7 +358,7 @@ def resize(pool: Pool, name: str, size: int, shrink_ok: bool = False) -> dict:
         raise InvalidArgument(f"volume {name} is {have['size']} bytes; shrinking it to {size} bytes loses data "
                               "and needs shrink_ok")
     args = ["resize", "-q", "-f", have["format"]] + (["--shrink"] if size < have["size"] else [])
-    qemu_img(args + [pool.target(name), str(size)], f"resize volume {name}")
+    qemu_img(args + [pool.target(name), str(size)], f"resize volume {name}", pools=(pool,))
     return {"size": info(pool, name, have["format"])["size"]}
 
 
@@ -347,26 +374,34 @@ def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=
          src_format: str | None = None) -> dict:
     """qemu-img convert src -> dst, progress(percent) as it goes; a failed copy leaves no destination."""
     check_name(src_name), check_name(dst_name), check_format(fmt)
+    if fmt not in dst.formats:
+        fmt = dst.formats[0]       # e.g. a qcow2 template lands raw on RBD; the result says which format
     if dst.exists(dst_name):
         raise InvalidArgument(f"volume {dst_name} already exists in pool {dst.uuid}")
-    src_format = src_format or info(src, src_name)["format"]
+    have = info(src, src_name, src_format)
+    src_format = src_format or have["format"]
     part = part_name(dst_name)
     dst.remove(part)
-    cmd = ["qemu-img", "convert", "-p", "-f", src_format, "-O", fmt, src.target(src_name), dst.target(part)]
     proc = None
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_agent)
-        buf, last = b"", -1
-        while chunk := proc.stdout.read1(4096):
-            buf += chunk
-            found = _PERCENT.findall(buf)
-            buf = buf[-64:]
-            if found and progress and int(float(found[-1])) != last:
-                last = int(float(found[-1]))
-                progress(last)
-        err = proc.stderr.read().decode(errors="replace")
-        if proc.wait():
-            raise _error(err, f"copy {src_name} to pool {dst.uuid}")
+        extra = dst.prepare_target(part, have["size"], fmt)
+        with ExitStack() as stack:      # secret files live as long as qemu-img runs
+            objects = [a for p in {p.uuid: p for p in (src, dst)}.values()
+                       for a in stack.enter_context(p.qemu_img_objects())]
+            cmd = ["qemu-img", "convert", "-p", *objects, *extra, "-f", src_format, "-O", fmt,
+                   src.target(src_name), dst.target(part)]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_agent)
+            buf, last = b"", -1
+            while chunk := proc.stdout.read1(4096):
+                buf += chunk
+                found = _PERCENT.findall(buf)
+                buf = buf[-64:]
+                if found and progress and int(float(found[-1])) != last:
+                    last = int(float(found[-1]))
+                    progress(last)
+            err = proc.stderr.read().decode(errors="replace")
+            if proc.wait():
+                raise _error(err, f"copy {src_name} to pool {dst.uuid}")
         dst.rename(part, dst_name)
     except BaseException:
         if proc is not None and proc.poll() is None:

@@ -38,6 +38,16 @@ def _qmp_failure(e: QmpError, what: str) -> Exception:
     return Failed(f"{what}: {e.desc}")
 
 
+def _add_objects(q: Qmp, pool) -> None:
+    """Objects the pool's block driver needs first (an RBD pool's key as a secret); one per pool and guest."""
+    for obj in pool.qmp_objects():
+        try:
+            q.execute("object-add", obj)
+        except QmpError as e:
+            if "duplicate" not in e.desc.lower():
+                raise Failed(f"QEMU refused the access object of pool {pool.uuid}: {e.desc}") from None
+
+
 def _runs(rec: dict) -> bool:
     """Whether the guest really runs (a kernel, or a root disk to boot): TCG, virtio disks, graceful stop."""
     return bool(rec.get("kernel") or rec.get("boot"))
@@ -303,6 +313,7 @@ class QemuHypervisor(QemuMigration):
         node, slot = self._new_node(rec), free[0] if slot is None else slot   # a migration target copies slots
         pool = images.open_pool(d["pool"], self.hostname)
         try:
+            _add_objects(q, pool)
             q.execute("blockdev-add", {"driver": d["format"], "node-name": node, "file": pool.blockdev(d["name"])})
         except QmpError as e:
             raise Failed(f"QEMU cannot open volume {d['name']} of pool {d['pool_uuid']}: {e.desc}") from None
@@ -486,6 +497,7 @@ class QemuHypervisor(QemuMigration):
             self._save(rec)
             try:
                 with self._qmp(rec) as q:
+                    _add_objects(q, dst)
                     q.execute("blockdev-add", {"driver": fmt, "node-name": node, "file": dst.blockdev(dst_name)})
                     q.execute("blockdev-mirror", {"job-id": job, "device": disk["node"], "target": node,
                                                   "sync": "full", "auto-dismiss": False,

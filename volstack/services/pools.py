@@ -56,7 +56,7 @@ def create_pool(s, ctx, *, name, url, zoneid, podid=None, clusterid=None, hostid
                 provider=None, tags=None, istagarule=False, capacitybytes=None, capacityiops=None, managed=False,
                 details=None) -> StoragePool:
     require_root_admin(ctx)
-    drv = driver_for(provider)
+    drv = driver_for(provider, url)
     zone = infra.get_zone(s, zoneid)
     scope = (scope or ("HOST" if hostid else "CLUSTER")).upper()
     if scope not in SCOPES:
@@ -64,6 +64,7 @@ def create_pool(s, ctx, *, name, url, zoneid, podid=None, clusterid=None, hostid
     parsed = drv.parse_url(url)
     if details and hasattr(drv, "check_details"):
         drv.check_details(parsed["pool_type"], details)
+    url = parsed.pop("url", url)          # a driver keeps secrets out of the stored URL (RBD: in `secret`)
     pool = StoragePool(name=name, provider=drv.name, scope=scope, zone_id=zone.id, url=url, managed=bool(managed),
                        tags=_tags(tags), is_tag_a_rule=bool(istagarule), capacity_iops=capacityiops,
                        details=details or {}, **parsed)
@@ -92,6 +93,11 @@ def create_pool(s, ctx, *, name, url, zoneid, podid=None, clusterid=None, hostid
         pool.pod_id, pool.cluster_id, pool.host_id, pool.hypervisor = host.pod_id, host.cluster_id, host.id, host.hypervisor
     if parsed["pool_type"] == "Filesystem" and scope != "HOST":
         raise InvalidParameter("A local (file://) pool belongs to one host: use scope=host with hostid")
+    for cap, have in (("scopes", scope), ("hypervisors", pool.hypervisor)):   # declared limits of the driver
+        allowed = drv.CAPABILITIES.get(cap)
+        if allowed and have not in allowed.split(","):
+            raise InvalidParameter(f"{parsed['pool_type']} pools need {cap[:-1]} {' or '.join(allowed.split(','))}, "
+                                   f"not {have}")
     dup = select(StoragePool).where(StoragePool.state != "Removed", func.lower(StoragePool.name) == name.lower(),
                                     StoragePool.zone_id == zone.id)
     if s.scalar(dup):
@@ -105,7 +111,7 @@ def create_pool(s, ctx, *, name, url, zoneid, podid=None, clusterid=None, hostid
     s.flush()
     _attach_hosts(s, drv, pool)
     POOL.fire(s, pool, "Attach")
-    events.record(s, ctx, "STORAGE.POOL.CREATE", f"Storage pool {name} ({url}) created", resource_type="StoragePool",
+    events.record(s, ctx, "STORAGE.POOL.CREATE", f"Storage pool {name} ({pool.url}) created", resource_type="StoragePool",
                   resource_uuid=pool.uuid)
     return pool
 

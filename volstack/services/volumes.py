@@ -422,16 +422,19 @@ def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=
     if progress:
         progress(1)
     new_path = vol.path if src.path != pool.path or src.host_address != pool.host_address else vol.path + "-m"
+    fmt, formats = vol.format.lower(), driver_for(pool.provider).CAPABILITIES.get("image_formats")
+    if formats and fmt not in formats.split(","):
+        fmt = formats.split(",")[0]          # e.g. qcow2 becomes raw on an RBD pool
     try:
         if running:
             host = s.get(Host, vm.host_id)
             run_long(channel(host), "volume_mirror", progress, vm=vm.uuid, serial=serial_of(vol),
-                     dst_pool=driver_for(pool.provider).spec(pool), dst_name=new_path, format=vol.format.lower())
+                     dst_pool=driver_for(pool.provider).spec(pool), dst_name=new_path, format=fmt)
         else:
             host = _hosts_reaching(s, src, pool)[0]
             run_long(channel(host), "volume_copy", progress, src_pool=driver_for(src.provider).spec(src),
                      src_name=vol.path, dst_pool=driver_for(pool.provider).spec(pool), dst_name=new_path,
-                     format=vol.format.lower())
+                     format=fmt)
     except CloudError as exc:
         host_work_failed(s, vol, exc, error=f"migration to {pool.name} failed, the volume stays on {src.name}: "
                                             f"{exc.text}")
@@ -441,7 +444,8 @@ def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=
     except CloudError as exc:
         events.record(s, ctx, "VOLUME.MIGRATE", f"Volume {vol.name}: the old copy on {src.name} could not be "
                       f"removed: {exc.text}", level="WARN", resource_type="Volume", resource_uuid=vol.uuid)
-    VOLUME.fire(s, vol, "OperationSucceeded", pool_id=pool.id, last_pool_id=src.id, path=new_path, error=None)
+    VOLUME.fire(s, vol, "OperationSucceeded", pool_id=pool.id, last_pool_id=src.id, path=new_path, error=None,
+                format=fmt.upper())
     events.record(s, ctx, "VOLUME.MIGRATE", f"Volume {vol.name} migrated from {src.name} to {pool.name}"
                   + (" while attached" if running else ""), resource_type="Volume", resource_uuid=vol.uuid)
     return vol
