@@ -4,7 +4,8 @@
     srv.add("/img.qcow2", data=b"...")             # or file="/path/on/disk"
     srv.url("/img.qcow2")                          # http://127.0.0.1:PORT/img.qcow2
     srv.add("/slow", file=p, rate=8 << 20)         # each connection paced to 8 MiB/s
-    srv.add("/x", data=b"...", fail="404")         # also "reset" (RST after `after` body bytes), "corrupt"
+    srv.add("/x", data=b"...", fail="404")         # also "reset" (RST after `after` body bytes), "cut" (FIN
+                                                   # after `after` bytes: a short body), "corrupt" (flipped bytes)
     srv.add("/y", data=b"...", ranges=False)       # ignores Range, always answers 200 with everything
     srv.requests                                   # [(method, path, Range header or None, status)]
     srv.stop()
@@ -33,7 +34,7 @@ class Entry:
     etag: str | None = None
     last_modified: str | None = None
     rate: int | None = None          # bytes/s per connection
-    fail: str | None = None          # "404", "reset", "corrupt"
+    fail: str | None = None          # "404", "reset", "cut", "corrupt"
     after: int = 0                   # "reset": body bytes sent before the connection is reset
     times: int | None = None         # how many requests fail (None: all)
     ranges: bool = True
@@ -98,7 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._body(entry, start, end, failing)
 
     def _body(self, entry: Entry, start: int, end: int, failing: bool):
-        limit = end if not (failing and entry.fail == "reset") else min(end, start + entry.after)
+        limit = end if not (failing and entry.fail in ("reset", "cut")) else min(end, start + entry.after)
         t0, sent = time.monotonic(), 0
         fd = os.open(entry.file, os.O_RDONLY) if entry.data is None else None
         try:
@@ -114,7 +115,9 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     chunk = entry.data[pos:pos + n] if fd is None else os.pread(fd, n, pos)
                     if failing and entry.fail == "corrupt":
-                        chunk = bytes(b ^ 0x5A if (pos + i) % 512 == 7 else b for i, b in enumerate(chunk))
+                        chunk = bytearray(chunk)
+                        for i in range((7 - pos) % 512, len(chunk), 512):
+                            chunk[i] ^= 0x5A
                     self.wfile.write(chunk)
                 pos += n
                 sent += n
@@ -124,8 +127,9 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             if fd is not None:
                 os.close(fd)
-        if limit < end:            # an abrupt end: RST instead of FIN, like a crashed server
+        if limit < end and entry.fail == "reset":     # an abrupt end: RST instead of FIN, like a crashed server
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if limit < end:
             self.close_connection = True
 
 
@@ -172,7 +176,7 @@ class FileServer:
             self.requests.append((method, path, rng, status))
 
     def start(self) -> "FileServer":
-        self._thread = threading.Thread(target=self._http.serve_forever, name="test-http", daemon=True)
+        self._thread = threading.Thread(target=self._http.serve_forever, args=(0.05,), name="test-http", daemon=True)
         self._thread.start()
         return self
 

@@ -28,7 +28,7 @@ from volstack.agent import fetch, images, metalink, unpack
 from volstack.agent.errors import Failed, InvalidArgument, Unavailable
 from volstack.agent.fetch import Policy
 
-__all__ = ["Policy", "download", "check_source", "resolve_sources", "temp_paths", "cleanup"]
+__all__ = ["Policy", "download", "check_source", "compare", "resolve_sources", "temp_paths", "cleanup"]
 
 ATTEMPTS = 3
 MIN_SEGMENTED = 4 << 20      # below this, one stream is as fast as several
@@ -291,7 +291,13 @@ def check_source(urls=None, known: dict | None = None, policy: Policy | None = N
             errors.append(f"{u}: {fetch.reason(e)}")
     else:
         raise Unavailable("cannot reach the source: " + "; ".join(errors))
-    same_url = now["url"] == known.get("url")
+    changed, why = compare(known, now)
+    return {"changed": changed, "reason": why, "validators": now, "checked": time.time()}
+
+
+def compare(known: dict, now: dict) -> tuple:
+    """(changed True/False/None, reason) between validators; from another URL only the size counts."""
+    same_url = now.get("url") == known.get("url")
     checks = (("etag", "ETag"), ("last_modified", "Last-Modified"), ("size", "size")) if same_url else \
         (("size", "size"),)
     compared = False
@@ -299,8 +305,7 @@ def check_source(urls=None, known: dict | None = None, policy: Policy | None = N
         if known.get(key) is not None and now.get(key) is not None:
             compared = True
             if str(known[key]) != str(now[key]):
-                return {"changed": True, "reason": f"{what} changed from {known[key]} to {now[key]}",
-                        "validators": now, "checked": time.time()}
-    return {"changed": False if compared else None,
-            "reason": "unchanged" if compared else "the source gives nothing to compare (no ETag, Last-Modified "
-                                                    "or size)", "validators": now, "checked": time.time()}
+                return True, f"{what} changed from {known[key]} to {now[key]}"
+    if not compared:
+        return None, "the source gives nothing to compare (no ETag, Last-Modified or size)"
+    return False, "unchanged"

@@ -262,8 +262,9 @@ def stream(urls: list, write, progress, policy: Policy, tries_per_mirror: int = 
                 except (OSError, http.client.HTTPException, HttpError, InvalidArgument, Unavailable) as e:
                     session.close()
                     errors.append(f"{session.url}: {reason(e)}")
-                    if not got:
-                        break          # nothing came from this mirror this time: try the next one
+                    if not got and (isinstance(e, (HttpError, InvalidArgument, Unavailable, ConnectionRefusedError))
+                                    or tries > 1):
+                        break          # a definite no, or no progress twice: try the next mirror
         finally:
             session.close()
     raise Unavailable("could not download from any source: " + "; ".join(errors or ["no URL given"]))
