@@ -288,9 +288,8 @@ class Agent:
 
     def _template_recover(self, args) -> dict | None:
         pool, name = self.pool(args), images.check_name(arg(args, "name"))
-        if download.cleanup(pool, name, self._downloads_dir()):
-            return None
-        done = self._template_done(pool, name, args)
+        partial = download.cleanup(pool, name, self._downloads_dir())
+        done = None if partial else self._template_done(pool, name, args)
         if done is None and not pool.exists(name):
             try:
                 os.unlink(self._download_record(pool, name))
