@@ -100,16 +100,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self, entry: Entry, start: int, end: int, failing: bool):
         limit = end if not (failing and entry.fail in ("reset", "cut")) else min(end, start + entry.after)
-        t0, sent = time.monotonic(), 0
         fd = os.open(entry.file, os.O_RDONLY) if entry.data is None else None
         try:
             pos = start
             while pos < limit:
                 n = min(CHUNK, limit - pos)
-                if entry.rate:
-                    wait = t0 + sent / entry.rate - time.monotonic()
-                    if wait > 0:
-                        time.sleep(wait)      # pacing to the configured rate
+                if entry.rate:        # pacing per connection (kept across keep-alive requests), no saved-up burst
+                    now = time.monotonic()
+                    ready = getattr(self, "_ready", 0.0)
+                    if ready > now:
+                        time.sleep(ready - now)
+                    self._ready = max(ready, now) + n / entry.rate
                 if fd is not None and not (failing and entry.fail == "corrupt"):
                     n = os.sendfile(self.connection.fileno(), fd, pos, n)
                 else:
@@ -120,7 +121,6 @@ class _Handler(BaseHTTPRequestHandler):
                             chunk[i] ^= 0x5A
                     self.wfile.write(chunk)
                 pos += n
-                sent += n
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
             return

@@ -280,13 +280,19 @@ class _Plan:
         self.cond = threading.Condition()
         self.failed: Exception | None = None
         self.errors: list[str] = []
+        self.pieces: dict[int, int] = {}     # written ranges start -> end, for the in-order reader
+        self.over = False
 
 
 def segmented(urls: list, fd: int, size: int, progress, policy: Policy, chunk: int | None = None,
-              failures_per_mirror: int = 2) -> dict:
+              failures_per_mirror: int = 2, ordered=None) -> dict:
     """Fetch [0, size) into fd with one worker per mirror, each taking the next chunk as it finishes one.
-    A mirror that fails hands the rest of its chunk back; after `failures_per_mirror` failures it is dropped."""
-    chunk = chunk or max(1 << 20, min(64 << 20, size // (len(urls) * 8) or 1))
+    A mirror that fails hands the rest of its chunk back; after `failures_per_mirror` failures it is dropped.
+    ordered(start, end), if given, is called on its own thread for each written range in file order (as
+    soon as everything before it is written), so the caller can hash while the download goes on."""
+    if not chunk:   # a multiple of the mirror count, so equal mirrors finish together; at least 4 rounds
+        rounds = max(4, -(-size // (len(urls) * (32 << 20))))
+        chunk = max(1 << 20, -(-size // (len(urls) * rounds)))
     plan = _Plan(size, chunk)
     served = {u: 0 for u in urls}
 
@@ -324,6 +330,7 @@ def segmented(urls: list, fd: int, size: int, progress, policy: Policy, chunk: i
                         raise HttpError(f"the body ended at byte {pos}, {b - pos} bytes short")
                     with plan.cond:
                         plan.busy -= 1
+                        plan.pieces[a] = b
                         plan.cond.notify_all()
                 except LocalError as e:
                     with plan.cond:
@@ -336,6 +343,8 @@ def segmented(urls: list, fd: int, size: int, progress, policy: Policy, chunk: i
                     failures += 1
                     with plan.cond:
                         plan.todo.appendleft((pos, b))    # the rest of this chunk goes to whoever is free
+                        if pos > a:
+                            plan.pieces[a] = pos
                         plan.busy -= 1
                         plan.errors.append(f"{url}: {reason(e)}")
                         plan.cond.notify_all()
@@ -346,11 +355,35 @@ def segmented(urls: list, fd: int, size: int, progress, policy: Policy, chunk: i
             with plan.cond:
                 plan.cond.notify_all()
 
+    def follow():
+        front = 0
+        while front < size:
+            with plan.cond:
+                while front not in plan.pieces and not plan.over and plan.failed is None:
+                    plan.cond.wait()
+                if front not in plan.pieces or plan.failed is not None:
+                    return
+                end = plan.pieces.pop(front)
+            try:
+                ordered(front, end)
+            except BaseException as e:
+                with plan.cond:
+                    plan.failed = e if isinstance(e, LocalError) else LocalError(f"{type(e).__name__}: {e}")
+                    plan.cond.notify_all()
+                return
+            front = end
+
     threads = [threading.Thread(target=worker, args=(u,), name="download-segment", daemon=True) for u in urls]
-    for t in threads:
+    reader = threading.Thread(target=follow, name="download-reader", daemon=True) if ordered else None
+    for t in threads + ([reader] if reader else []):
         t.start()
     for t in threads:
         t.join()
+    with plan.cond:
+        plan.over = True
+        plan.cond.notify_all()
+    if reader:
+        reader.join()
     if plan.failed is not None:
         raise LocalError(str(plan.failed))
     if plan.todo:
