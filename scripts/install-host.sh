@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a volstack KVM host needs, and the storage tests with it:
 #   QEMU + qemu-img (with the nfs/iscsi/rbd block drivers), a userspace NFS server (nfs-ganesha + rpcbind),
-#   libnfs client tools (nfs-ls, nfs-cp), and busybox-static (the tiny test guest's userland,
-#   see scripts/build-guest.sh). Safe to run again: apt-get runs only when something is missing.
+#   libnfs client tools (nfs-ls, nfs-cp), busybox-static (the tiny test guest's userland,
+#   see scripts/build-guest.sh), and curl, bzip2, xz-utils, zip for the download tests and benchmark.
+#   Safe to run again: apt-get runs only when something is missing.
 # Usage: scripts/install-host.sh            (root, Debian 12)
 set -euo pipefail
 
@@ -15,6 +16,8 @@ pkgs=(
   rpcbind             # portmapper (NFSv3 MOUNT needs it) + rpcinfo
   libnfs-utils        # nfs-ls, nfs-cp, nfs-cat: userspace NFS clients for checks
   busybox-static      # userland of the test guest's initramfs (statically linked)
+  curl                # the download benchmark's reference (bench/bench_download.py)
+  bzip2 xz-utils zip  # the download tests compress real images with the real tools
 )
 missing=()
 for p in "${pkgs[@]}"; do

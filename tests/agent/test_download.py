@@ -138,6 +138,29 @@ def test_compressed_qcow2(http, dpool, tmp_path, tool, suffix):
     assert listing(dpool) == ["t1"]
 
 
+def test_zip_stored_member(http, dpool, tmp_path):
+    image = qcow2(tmp_path)
+    subprocess.run(["zip", "-q", "-0", "-j", str(tmp_path / "s.zip"), str(tmp_path / "img.qcow2")], check=True)
+    packed = (tmp_path / "s.zip").read_bytes()
+    r = download.download(dpool, "t1", "QCOW2", urls=[http.add("/s.zip", data=packed)], checksum=digest(packed),
+                          policy=LOCAL)
+    assert r["compression"] == "zip" and open(dpool.target("t1"), "rb").read() == image
+
+
+def test_segmented_download_unpacks_in_order_while_segments_arrive(http, dpool, tmp_path):
+    image = qcow2(tmp_path, mib=12)
+    subprocess.run(["xz", "-0", "-k", "-f", str(tmp_path / "img.qcow2")], check=True)
+    packed = (tmp_path / "img.qcow2.xz").read_bytes()
+    assert len(packed) > download.MIN_SEGMENTED
+    urls = [http.add(f"/s{i}/img.qcow2.xz", data=packed, rate=32 * MiB) for i in range(3)]
+    seen = []
+    r = download.download(dpool, "t1", "QCOW2", urls=urls, checksum="{SHA-512}" + digest(packed, "sha512"),
+                          policy=LOCAL, progress=lambda percent, done: seen.append((percent, done)))
+    assert r["segmented"] and r["compression"] == "xz" and all(r["mirrors"][u] > 0 for u in urls)
+    assert open(dpool.target("t1"), "rb").read() == image and listing(dpool) == ["t1"]
+    assert seen[-1] == (100, len(packed)) and any(0 < p < 90 for p, _ in seen)
+
+
 def test_compression_found_by_magic_bytes_and_concatenated_streams(http, dpool):
     data = iso_bytes()
     packed = bz2.compress(data[:MiB // 2]) + bz2.compress(data[MiB // 2:])      # like pbzip2: two streams

@@ -124,3 +124,12 @@ def test_template_download_into_nfs_pool(sim_agent, nfs_pool, http, tmp_path):
         c.call("template_download", pool=pool, name="other", format="RAW", urls=mirrors[:1], options=OPTS)
     assert os.listdir(export_dir) == ["tmpl-nfs"]
     assert [p.name for p in (sim_agent.state_dir / "downloads").iterdir()] == ["nfs-1+tmpl-nfs.json"]
+
+
+def test_simulated_host_answers_the_template_commands():
+    from volstack.drivers.hosts import SimulatedHost
+    h = SimulatedHost("sim-download-test")
+    r = h.call("template_download", pool={"uuid": "p"}, name="t", format="QCOW2", urls=["http://x/t.qcow2"])
+    assert (r["path"], r["format"], r["size"]) == ("t", "qcow2", 1 << 30)
+    assert h.call("pool_list", pool={"uuid": "p"})["entries"][0]["name"] == "t"
+    assert h.call("template_check_source", urls=["http://x/t.qcow2"], validators={})["changed"] is False

@@ -175,14 +175,14 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _fetch_once(urls, paths, algorithm, compression, policy, prog, segmented: bool, size_hint) -> dict:
+def _fetch_once(urls, paths, algorithm, compression, policy, prog, segmented: bool) -> dict:
     """One attempt: the image file at paths["image"], with the digest of the downloaded bytes."""
     if segmented:
         probes, errors = [], []
         for u in urls:
             try:
                 probes.append(fetch.probe(u, policy))
-            except (OSError, fetch.HttpError, InvalidArgument, Unavailable, Exception) as e:
+            except Exception as e:       # the stream below tries it again and reports it
                 errors.append(f"{u}: {fetch.reason(e)}")
         ranged = [p for p in probes if p["ranges"]]
         sizes = {p["size"] for p in ranged}
@@ -273,7 +273,7 @@ def download(pool: images.Pool, name: str, image_format: str, *, urls=None, meta
         for attempt in range(1, attempts + 1):
             cleanup(pool, name, work_dir)
             use_segments = segmented and attempt == 1 and len(urls_now) > 1
-            got = _fetch_once(urls_now, paths, algorithm, compression, policy, prog, use_segments, src["size"])
+            got = _fetch_once(urls_now, paths, algorithm, compression, policy, prog, use_segments)
             if expected is not None and got["digest"] != expected[1]:
                 bad = unpack.label(algorithm, got["digest"])
             elif got["error"] and expected is None:
@@ -294,6 +294,7 @@ def download(pool: images.Pool, name: str, image_format: str, *, urls=None, meta
         prog.set(95)
         _place(pool, name, paths, fmt, prog)
         have = images.info(pool, name, fmt) if not paths["local"] else have
+        prog.set(100)
     except BaseException as e:
         try:
             cleanup(pool, name, work_dir)
@@ -345,7 +346,7 @@ def check_source(urls=None, known: dict | None = None, policy: Policy | None = N
         try:
             now = fetch.head(u, policy)
             break
-        except (OSError, fetch.HttpError, InvalidArgument, Unavailable, Exception) as e:
+        except Exception as e:
             errors.append(f"{u}: {fetch.reason(e)}")
     else:
         raise Unavailable("cannot reach the source: " + "; ".join(errors))

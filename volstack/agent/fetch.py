@@ -111,32 +111,38 @@ class Session:
     def __init__(self, url: str, policy: Policy):
         self.url, self.policy = url, policy
         self._conn, self._key = None, None
+        self._checked: dict[str, tuple] = {}     # one policy check (DNS lookup) per URL per session
 
     def close(self):
         if self._conn is not None:
             self._conn.close()
         self._conn = None
 
+    def _connect(self, scheme, host, port, address):
+        self.close()
+        self._conn = (_TlsConn(host, port, address, self.policy.timeout,
+                               self.policy.context or ssl.create_default_context())
+                      if scheme == "https" else _Conn(host, port, address, self.policy.timeout))
+        self._key = (scheme, host, port, address)
+
     def request(self, method: str, headers: dict | None = None) -> http.client.HTTPResponse:
         url = self.url
         for _ in range(MAX_REDIRECTS + 1):
-            scheme, host, port, path, address = self.policy.check(url)
-            key = (scheme, host, port, address)
-            if self._conn is None or key != self._key:
-                self.close()
-                self._conn = (_TlsConn(host, port, address, self.policy.timeout,
-                                       self.policy.context or ssl.create_default_context())
-                              if scheme == "https" else _Conn(host, port, address, self.policy.timeout))
-                self._key = key
+            if url not in self._checked:
+                self._checked[url] = self.policy.check(url)
+            scheme, host, port, path, address = self._checked[url]
+            reused = self._conn is not None and self._key == (scheme, host, port, address)
+            if not reused:
+                self._connect(scheme, host, port, address)
             hdrs = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **self.policy.headers, **(headers or {})}
             try:
                 self._conn.request(method, path, headers=hdrs)
                 resp = self._conn.getresponse()
             except (OSError, http.client.HTTPException):
-                self.close()      # a kept-alive connection the server closed: one fresh try
-                self._conn = (_TlsConn(host, port, address, self.policy.timeout,
-                                       self.policy.context or ssl.create_default_context())
-                              if scheme == "https" else _Conn(host, port, address, self.policy.timeout))
+                if not reused:
+                    self.close()
+                    raise
+                self._connect(scheme, host, port, address)   # the server closed a kept-alive connection
                 self._conn.request(method, path, headers=hdrs)
                 resp = self._conn.getresponse()
             if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
