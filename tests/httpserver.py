@@ -8,6 +8,7 @@
                                                    # after `after` bytes: a short body), "corrupt" (flipped bytes)
     srv.add("/y", data=b"...", ranges=False)       # ignores Range, always answers 200 with everything
     srv.requests                                   # [(method, path, Range header or None, status)]
+    FileServer(tls=(certfile, keyfile))            # HTTPS instead (srv.url gives https://...)
     srv.stop()
 
 Range (`bytes=a-b`, `a-`, `-n`; one range), HEAD, ETag and Last-Modified are served for every file; a
@@ -18,6 +19,7 @@ import hashlib
 import os
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -111,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
                     if ready > now:
                         time.sleep(ready - now)
                     self._ready = max(ready, now) + n / entry.rate
-                if fd is not None and not (failing and entry.fail == "corrupt"):
+                if fd is not None and not (failing and entry.fail == "corrupt") and not self.server.owner.tls:
                     n = os.sendfile(self.connection.fileno(), fd, pos, n)
                 else:
                     chunk = entry.data[pos:pos + n] if fd is None else os.pread(fd, n, pos)
@@ -134,7 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FileServer:
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1", tls: tuple | None = None):
+        self.tls = tls
         self.files: dict[str, Entry] = {}
         self.requests: list[tuple] = []
         self._lock = threading.Lock()
@@ -142,6 +145,10 @@ class FileServer:
         self._http = ThreadingHTTPServer((host, 0), _Handler)
         self._http.daemon_threads = True
         self._http.owner = self
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self._http.socket = ctx.wrap_socket(self._http.socket, server_side=True)
         self._thread = None
 
     @property
@@ -149,7 +156,7 @@ class FileServer:
         return self._http.server_address[1]
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{path}"
 
     def add(self, path: str, data: bytes | None = None, file: str | None = None, **kw) -> str:
         e = Entry(data=data, file=str(file) if file else None, **kw)

@@ -133,3 +133,19 @@ def test_simulated_host_answers_the_template_commands():
     assert (r["path"], r["format"], r["size"]) == ("t", "qcow2", 1 << 30)
     assert h.call("pool_list", pool={"uuid": "p"})["entries"][0]["name"] == "t"
     assert h.call("template_check_source", urls=["http://x/t.qcow2"], validators={})["changed"] is False
+
+
+def test_https_source_with_the_hosts_ca_file(sim_agent, pool, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    data = os.urandom(MiB)
+    with FileServer(tls=(str(cert), str(key))) as srv:
+        url = srv.add("/t.raw", data=data)
+        assert url.startswith("https://127.0.0.1:")
+        with pytest.raises(errors.ResourceUnavailable, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            sim_agent.client.call("template_download", pool=pool, name="t", format="RAW", urls=[url], options=OPTS)
+        r = sim_agent.client.call("template_download", pool=pool, name="t", format="RAW", urls=[url],
+                                  checksum=sha256(data), options=dict(OPTS, ca_file=str(cert)))
+    assert r["verified"] and open(os.path.join(pool["path"], "t"), "rb").read() == data

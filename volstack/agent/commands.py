@@ -7,6 +7,7 @@ succeeds, attaching an attached disk succeeds), on top of the server's request-i
 import json
 import os
 import re
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -201,8 +202,8 @@ class Agent:
     # ---- templates
     # template_download args: pool, name, format (QCOW2|RAW|ISO), urls (list) or metalink (URL), checksum
     # ({ALG}hex or bare hex, optional), validators (optional: recorded earlier; the result says whether the
-    # source changed since), options {allowed_cidrs, headers, timeout, location, attempts, segmented,
-    # compression}. A record per download in <state>/downloads makes a repeated identical download
+    # source changed since), options {allowed_cidrs, headers, timeout, ca_file, location, attempts,
+    # segmented, compression}. A record per download in <state>/downloads makes a repeated identical download
     # return the first result; a file under the final name exists only after it was verified.
 
     def _downloads_dir(self) -> str:
@@ -218,7 +219,15 @@ class Agent:
         timeout = opts.get("timeout", 60)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise InvalidArgument("options.timeout must be a positive number of seconds")
-        return download.Policy(allowed_cidrs=tuple(cidrs), timeout=float(timeout), headers=headers), opts
+        ca_file = opts.get("ca_file")      # PEM certificates to trust for https sources, besides the system's
+        if ca_file is not None and (not isinstance(ca_file, str) or not os.path.isfile(ca_file)):
+            raise InvalidArgument(f"options.ca_file {ca_file!r} is not a file on host {self.hostname}")
+        context = None
+        if ca_file:
+            context = ssl.create_default_context()
+            context.load_verify_locations(cafile=ca_file)
+        return download.Policy(allowed_cidrs=tuple(cidrs), timeout=float(timeout), headers=headers,
+                               context=context), opts
 
     def _download_record(self, pool, name: str) -> str:
         safe = re.sub(r"[^A-Za-z0-9_-]", "_", str(pool.uuid))
