@@ -278,6 +278,8 @@ def download(pool: images.Pool, name: str, image_format: str, *, urls=None, meta
                 bad = unpack.label(algorithm, got["digest"])
             elif got["error"] and expected is None:
                 bad = got["error"]      # no checksum to tell a bad transfer from a bad file: try again
+            elif expected is None and src["size"] is not None and got["downloaded"] != src["size"]:
+                bad = f"{got['downloaded']} bytes where the metalink says {src['size']}"
             elif got["error"]:
                 raise InvalidArgument(f"{got['error']}; the checksum matches, so the file at the source is damaged")
             else:
