@@ -4,7 +4,8 @@
 #   libnfs client tools (nfs-ls, nfs-cp), busybox-static (the tiny test guest's userland,
 #   see scripts/build-guest.sh), the tools of scripts/build-template.sh, and Ceph: librados/librbd's
 #   Python bindings for the agent's RBD pools, plus ceph-mon/ceph-osd/ceph-mgr/ceph-common for the
-#   one-node test cluster (scripts/ceph-up.sh). Safe to run again: apt-get runs only when something is missing.
+#   one-node test cluster (scripts/ceph-up.sh), curl, bzip2, xz-utils, zip for the download tests and
+#   benchmark. Safe to run again: apt-get runs only when something is missing.
 # Usage: scripts/install-host.sh            (root, Debian 12)
 set -euo pipefail
 
@@ -20,7 +21,8 @@ pkgs=(
   dosfstools          # mkfs.fat, mtools, syslinux: the built-in template's bootable disk,
   mtools              #   made without mounting anything (scripts/build-template.sh)
   syslinux
-  curl                # the download benchmark's reference
+  curl                # the download benchmark's reference (bench/bench_download.py)
+  bzip2 xz-utils zip  # the download tests compress real images with the real tools
   python3-rados       # librados Python binding (agent: RBD pools, heartbeat objects); see docs/architecture.md
   python3-rbd         # librbd Python binding (agent: RBD images, snapshots, clones)
   ceph-common         # rbd and ceph CLIs (test cluster setup, bench's rbd export)

@@ -69,6 +69,15 @@ class SimulatedHost:
             raise InvalidParameter(f"{name} does not exist on the simulated pool")
         return {"size": images[name], "physical_size": 0, "format": "qcow2", "backing": None}
 
+    def _template_download(self, pool, name, format, **_):
+        size = self._images(pool).setdefault(name, GIB)       # a simulated template: 1 GiB, ready at once
+        fmt = "qcow2" if str(format).upper() == "QCOW2" else "raw"
+        return {"path": name, "format": fmt, "image_format": str(format).upper(), "size": size, "physical_size": 0,
+                "downloaded": 0, "checksum": None, "verified": False, "validators": None, "reused": False}
+
+    def _template_check_source(self, validators=None, **_):
+        return {"changed": False, "reason": "unchanged", "validators": validators or {}}
+
     def _pool_list(self, pool, path=""):
         return {"entries": [{"name": n, "isdirectory": False, "size": sz, "format": "qcow2"}
                             for n, sz in sorted(self._images(pool).items())]}
