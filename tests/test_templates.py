@@ -277,7 +277,7 @@ def web():
     srv.stop()
 
 
-def qcow2_bytes(tmp, name, mib_written, fill=0x61):
+def qemu_bytes(tmp, name, mib_written, fill=0x61):
     path = tmp / name
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1G"], check=True)
     qemu_io(path, f"write -P 0x{fill:x} 0 {mib_written}M")
@@ -303,7 +303,7 @@ def test_register_compressed_template_with_checksum_downloads_to_the_store_then_
     import bz2
     api, tmp = cloud["api"], cloud["tmp"]
     add_store(cloud)
-    raw = bz2.compress(qcow2_bytes(tmp, "src.qcow2", 2))
+    raw = bz2.compress(qemu_bytes(tmp, "src.qcow2", 2))
     url = web.add("/images/tiny.qcow2.bz2", data=raw)
     digest = "{SHA-256}" + __import__("hashlib").sha256(raw).hexdigest()
     # loopback is not a download source until the operator allows it
@@ -331,7 +331,7 @@ def test_failed_downloads_end_in_an_error_status_and_leave_no_file(cloud, web, p
     api, tmp = cloud["api"], cloud["tmp"]
     add_store(cloud)
     allow_loopback(api)
-    data = qcow2_bytes(tmp, "src.qcow2", 1) if problem != "raw-as-qcow2" else b"\0" * (1 << 20)
+    data = qemu_bytes(tmp, "src.qcow2", 1) if problem != "raw-as-qcow2" else b"\0" * (1 << 20)
     url = web.add("/t.qcow2", data=data, fail="404" if problem == "404" else None)
     checksum = "{MD5}" + "0" * 32 if problem == "checksum" else None
     args = dict(name="bad", url=url, format="QCOW2", hypervisor="KVM", zoneid=cloud["zone"]["id"])
@@ -350,7 +350,7 @@ def test_failed_downloads_end_in_an_error_status_and_leave_no_file(cloud, web, p
 def test_direct_download_template_goes_straight_to_the_pool_once_and_refreshes_when_the_source_changes(cloud, web):
     api, tmp = cloud["api"], cloud["tmp"]
     allow_loopback(api)
-    url = web.add("/dd.qcow2", data=qcow2_bytes(tmp, "dd.qcow2", 1, fill=0x71))
+    url = web.add("/dd.qcow2", data=qemu_bytes(tmp, "dd.qcow2", 1, fill=0x71))
     t = api.registerTemplate(name="dd", url=url, format="QCOW2", hypervisor="KVM", zoneid=cloud["zone"]["id"],
                              directdownload=True)["template"][0]
     assert t["isready"] is True and t["status"] == "Bypassed Secondary Storage" and t["directdownload"] is True
@@ -365,7 +365,7 @@ def test_direct_download_template_goes_straight_to_the_pool_once_and_refreshes_w
         root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
         qemu_io(tmp / "primary" / root["path"], "read -P 0x71 0 1M")
     # the source changes: the next deploy sees it (HEAD), fetches the new bits and clones those
-    web.add("/dd.qcow2", data=qcow2_bytes(tmp, "dd2.qcow2", 1, fill=0x72))
+    web.add("/dd.qcow2", data=qemu_bytes(tmp, "dd2.qcow2", 1, fill=0x72))
     vm = api.deployVirtualMachine(zoneid=cloud["zone"]["id"], serviceofferingid=cloud["so"]["id"],
                                   templateid=t["id"])["virtualmachine"]
     assert len([r for r in web.requests if r[0] == "GET" and r[1] == "/dd.qcow2"]) > first
@@ -380,7 +380,7 @@ def test_upload_volume_lands_on_the_store_then_moves_to_primary_on_attach(cloud,
     api, tmp = cloud["api"], cloud["tmp"]
     add_store(cloud)
     allow_loopback(api)
-    data = qcow2_bytes(tmp, "up.qcow2", 1, fill=0x33)
+    data = qemu_bytes(tmp, "up.qcow2", 1, fill=0x33)
     url = web.add("/up.qcow2", data=data)
     digest = __import__("hashlib").md5(data).hexdigest()
     vol = api.uploadVolume(name="up", url=url, format="QCOW2", zoneid=cloud["zone"]["id"], checksum=digest)["volume"]

@@ -192,6 +192,8 @@ def _cached_copies(s, pool) -> dict:
 
 
 pools.object_owners.append(_cached_copies)
+pools.allocated_extras.append(lambda s, pool: s.scalar(
+    select(func.coalesce(func.sum(TemplatePoolRef.size), 0)).where(TemplatePoolRef.pool_id == pool.id)) or 0)
 
 
 def prepare(s, ctx, t: Template, zone_id: int, pool: StoragePool | None = None, progress=None) -> list:

@@ -34,6 +34,11 @@ READY_ONLY = ("featured", "selfexecutable", "sharedexecutable", "community")
 
 accounts.register_usage_counter("template", lambda s, acc: s.scalar(
     select(func.count()).select_from(Template).where(Template.account_id == acc, Template.removed.is_(None))))
+# Secondary storage: the bytes of the account's templates on image stores (snapshots add theirs).
+accounts.register_usage_counter("secondary_storage", lambda s, acc: s.scalar(
+    select(func.coalesce(func.sum(TemplateStoreRef.physical_size), 0))
+    .join(Template, Template.id == TemplateStoreRef.template_id)
+    .where(Template.account_id == acc, TemplateStoreRef.state.notin_(("Destroyed", "Failed")))) or 0)
 
 
 def parse_checksum(value: str | None) -> tuple[str, str] | None:
@@ -313,10 +318,9 @@ def list_templates(s, ctx, q: ListQuery, *, is_iso: bool, templatefilter="execut
         stmt = stmt.where(exists().where(TemplatePoolRef.template_id == Template.id, TemplatePoolRef.pool_id == pool.id))
     ready = exists().where(TemplateStoreRef.template_id == Template.id, TemplateStoreRef.state == "Ready")
     ready = or_(Template.direct_download.is_(True), ready)
+    # isready=false filters nothing (as in CloudStack: cs_iso always sends is_ready, default false)
     if flt in READY_ONLY or (flt == "executable" and not ctx.is_admin) or f.get("isready"):
         stmt = stmt.where(ready)
-    elif f.get("isready") is False:
-        stmt = stmt.where(~ready)
     return paginate(s, stmt.where(*keyword_filter(q, Template.name)), q)
 
 
@@ -487,6 +491,7 @@ def create_from_volume(s, ctx, *, name, volume, displaytext=None, ostypeid=None,
         raise ResourceUnavailable("No writable image store in the volume's zone: add one with addImageStore or clear "
                                   "readonly on an existing one")
     accounts.check_limit(s, ctx.account_id, "template")
+    accounts.check_limit(s, ctx.account_id, "secondary_storage", volume.size)
     src = s.get(Template, volume.template_id) if volume.template_id else None
     t = Template(name=name, display_text=displaytext or name, format="QCOW2", hypervisor=volume.hypervisor or "KVM",
                  os_type=ostypeid or (src.os_type if src else catalog.os_type_id("Other Linux (64-bit)")),
