@@ -1,5 +1,6 @@
 """Image stores and templates through the API, with a real `volstack agent` (simulated guests, real
 qemu-img images) and a real local HTTP server for the template sources."""
+import hashlib
 import subprocess
 import time
 
@@ -196,6 +197,8 @@ def test_migrate_secondary_storage_complete_and_balance(cloud):
     api.updateImageStore(id=b["id"], readonly=True)
     ts = templates_with_data(cloud, [3, 2, 1])         # all land on a: b is cordoned
     assert len(store_files(tmp / "store")) == 3 and store_files(tmp / "store2") == []
+    digests = {name: hashlib.sha256((tmp / "store" / name).read_bytes()).hexdigest()
+               for name in store_files(tmp / "store")}
     code, text = error_of(lambda: api.migrateSecondaryStorageData(srcpool=a["id"], destpools=b["id"]))
     assert code == 431 and "read-only" in text
     for st in (a, b):
@@ -209,7 +212,8 @@ def test_migrate_secondary_storage_complete_and_balance(cloud):
 
     res = api.migrateSecondaryStorageData(srcpool=a["id"], destpools=b["id"], migrationtype="Complete")["imagestore"]
     assert res["success"] is True and store_files(tmp / "store") == []
-    assert len(store_files(tmp / "store2")) == 3
+    assert {name: hashlib.sha256((tmp / "store2" / name).read_bytes()).hexdigest()
+            for name in store_files(tmp / "store2")} == digests      # copies are byte for byte
     for t in ts:
         listed = api.listTemplates(templatefilter="self", id=t["id"])["template"][0]
         assert listed["isready"] is True
