@@ -409,3 +409,38 @@ def test_direct_download_registration_checks_the_source_and_records_nothing_when
                                                        zoneid=cloud["zone"]["id"], directdownload=True))
     assert code == 431 and "404" in text and url in text
     assert api.listTemplates(templatefilter="all") == {}
+
+
+def test_direct_download_certificates_let_hosts_trust_an_https_source(cloud, tmp_path):
+    from httpserver import FileServer
+    api, tmp = cloud["api"], cloud["tmp"]
+    allow_loopback(api)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    with FileServer(tls=(str(cert), str(key))) as web:
+        url = web.add("/s.qcow2", data=qemu_bytes(tmp, "s.qcow2", 1, fill=0x53))
+        register = dict(name="https", url=url, format="QCOW2", hypervisor="KVM", zoneid=cloud["zone"]["id"],
+                        directdownload=True)
+        code, text = error_of(lambda: api.registerTemplate(**register))
+        assert code == 431 and "certificate" in text.lower()
+        body = "".join(l for l in cert.read_text().splitlines() if "CERTIFICATE" not in l)   # header-less, as allowed
+        up = api.uploadTemplateDirectDownloadCertificate(name="lab-ca", certificate=body, hypervisor="KVM",
+                                                         zoneid=cloud["zone"]["id"])["directdownloadcertificate"]
+        assert up["alias"] == "lab-ca" and "CN=127.0.0.1" in up["subject"]
+        assert [h["status"] for h in up["hostsmap"]] == ["installed"]
+        listed = api.listTemplateDirectDownloadCertificates(zoneid=cloud["zone"]["id"])["directdownloadcertificate"]
+        assert [c["id"] for c in listed] == [up["id"]] and "hostsmap" not in listed[0]
+        t = api.registerTemplate(**register)["template"][0]
+        vm = api.deployVirtualMachine(zoneid=cloud["zone"]["id"], serviceofferingid=cloud["so"]["id"],
+                                      templateid=t["id"])["virtualmachine"]
+        root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
+        qemu_io(tmp / "primary" / root["path"], "read -P 0x53 0 1M")
+        revoked = api.revokeTemplateDirectDownloadCertificate(zoneid=cloud["zone"]["id"], name="lab-ca")
+        assert [h["status"] for h in revoked["hostsmap"]] == ["SUCCESS"]
+        code, text = error_of(lambda: api.registerTemplate(**dict(register, name="again")))
+        assert code == 431
+    code, text = error_of(lambda: api.uploadTemplateDirectDownloadCertificate(
+        name="junk", certificate="not a certificate", hypervisor="KVM", zoneid=cloud["zone"]["id"]))
+    assert code == 431 and "certificate" in text

@@ -325,11 +325,48 @@ class Agent:
         if ca_file is not None and (not isinstance(ca_file, str) or not os.path.isfile(ca_file)):
             raise InvalidArgument(f"options.ca_file {ca_file!r} is not a file on host {self.hostname}")
         context = None
-        if ca_file:
+        trusted = self._certificates()
+        if ca_file or trusted:
             context = ssl.create_default_context()
-            context.load_verify_locations(cafile=ca_file)
+            for path in ([ca_file] if ca_file else []) + trusted:
+                context.load_verify_locations(cafile=path)
         return download.Policy(allowed_cidrs=tuple(cidrs), timeout=float(timeout), headers=headers,
                                context=context), opts
+
+    # Direct-download certificates (uploadTemplateDirectDownloadCertificate): CA certificates this host trusts
+    # for https sources besides the system's, one PEM file per alias in <state>/certs.
+
+    def _certs_dir(self) -> str:
+        return os.path.join(os.path.dirname(self._downloads_dir()), "certs")
+
+    def _certificates(self) -> list[str]:
+        d = self._certs_dir()
+        return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".pem")) if os.path.isdir(d) else []
+
+    def _cert_path(self, alias) -> str:
+        if not isinstance(alias, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", alias):
+            raise InvalidArgument(f"invalid certificate alias {alias!r}: letters, digits and . _ -")
+        return os.path.join(self._certs_dir(), f"{alias}.pem")
+
+    def cmd_certificate_install(self, args, progress):
+        path, pem = self._cert_path(arg(args, "alias")), arg(args, "certificate")
+        try:
+            ssl.create_default_context().load_verify_locations(cadata=pem)
+        except (ssl.SSLError, ValueError) as e:
+            raise InvalidArgument(f"not a PEM certificate: {e}") from None
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(pem)
+        os.replace(tmp, path)
+        return {"installed": True}
+
+    def cmd_certificate_remove(self, args, progress):
+        try:
+            os.unlink(self._cert_path(arg(args, "alias")))
+            return {"removed": True}
+        except FileNotFoundError:
+            return {"removed": False}
 
     def _download_record(self, pool, name: str) -> str:
         safe = re.sub(r"[^A-Za-z0-9_-]", "_", str(pool.uuid))

@@ -113,3 +113,28 @@ class TemplatePoolRef(Base):
     error: Mapped[str | None] = mapped_column(Text)
     last_used: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class DirectDownloadCertificate(Entity, Base):
+    """A CA certificate hosts trust for direct-download HTTPS sources (uploadTemplateDirectDownloadCertificate)."""
+    __tablename__ = "direct_download_certificate"
+    __table_args__ = (UniqueConstraint("zone_id", "alias"),)
+    alias: Mapped[str] = mapped_column(String(255))
+    certificate: Mapped[str] = mapped_column(Text)                     # PEM
+    hypervisor: Mapped[str] = mapped_column(String(32), default="KVM")
+    zone_id: Mapped[int] = mapped_column(ForeignKey("data_center.id"))
+    issuer: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(Text)
+    serial: Mapped[str | None] = mapped_column(String(255))
+    validity: Mapped[str | None] = mapped_column(String(255))
+    version: Mapped[str | None] = mapped_column(String(16))
+
+
+class DirectDownloadCertificateHost(Base):
+    """Where a certificate is installed; revoked rows stay to show the revocation per host."""
+    __tablename__ = "direct_download_certificate_host_map"
+    __table_args__ = (UniqueConstraint("certificate_id", "host_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    certificate_id: Mapped[int] = mapped_column(ForeignKey("direct_download_certificate.id", ondelete="CASCADE"))
+    host_id: Mapped[int] = mapped_column(ForeignKey("host.id", ondelete="CASCADE"))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)

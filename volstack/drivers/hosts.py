@@ -75,6 +75,13 @@ class SimulatedHost:
         return {"path": name, "format": fmt, "image_format": str(format).upper(), "size": size, "physical_size": 0,
                 "downloaded": 0, "checksum": None, "verified": False, "validators": None, "reused": False}
 
+    def _certificate_install(self, alias, certificate, **_):
+        self.state.setdefault("certs", {})[alias] = certificate
+        return {"installed": True}
+
+    def _certificate_remove(self, alias, **_):
+        return {"removed": self.state.setdefault("certs", {}).pop(alias, None) is not None}
+
     def _template_check_source(self, validators=None, **_):
         return {"changed": False, "reason": "unchanged", "validators": validators or {}}
 
