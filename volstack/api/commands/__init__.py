@@ -6,3 +6,4 @@ from volstack.api.commands import volumes  # noqa: F401,E402
 from volstack.api.commands import vms  # noqa: F401,E402
 from volstack.api.commands import imagestores, templates  # noqa: F401,E402
 from volstack.api.commands import uploads  # noqa: F401,E402
+from volstack.api.commands import snapshots  # noqa: F401,E402
