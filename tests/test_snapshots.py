@@ -100,8 +100,20 @@ def test_snapshot_live_and_stopped_revert_to_any_and_volumes_from_snapshots(clou
     code, text = error_of(lambda: api.deleteImageStore(id=store["id"]))
     assert code == 536 and "snapshot" in text
 
+    # a backup moves to another store with migrateResourceToAnotherSecondaryStorage
+    (tmp / "store2").mkdir()
+    other = api.addImageStore(name="b", provider="Filesystem", url=f"file://{tmp / 'store2'}",
+                              zoneid=cloud["zone"]["id"])["imagestore"]
+    res = api.migrateResourceToAnotherSecondaryStorage(srcpool=store["id"], destpool=other["id"],
+                                                       snapshots=s2["id"])["imagestore"]
+    assert res["success"] is True
+    assert api.listSnapshots(id=s2["id"])["snapshot"][0]["datastoreid"] == other["id"]
+    assert not (tmp / "store" / f"{s2['id']}.qcow2").exists()
+    qemu_io(tmp / "store2" / f"{s2['id']}.qcow2", "read -P 0x22 0 1M")
+
     api.deleteSnapshot(id=s1["id"])
     assert not backup.exists() and [x["id"] for x in api.listSnapshots()["snapshot"]] == [s2["id"]]
+    api.deleteImageStore(id=store["id"])
 
 
 def test_root_volume_snapshot_needs_a_large_enough_offering(cloud):

@@ -366,3 +366,26 @@ def settle_interrupted(db, ctx, snapshot_uuid: str, cmd: str) -> None:
             vol.state, vol.error = "Ready", reason
         events.record(s, ctx, "SNAPSHOT.RECOVER", f"Snapshot {snap.name}: {reason}; it is {to}", level="WARN",
                       resource_type="Snapshot", resource_uuid=snap.uuid)
+
+
+def _movable(s, store) -> list:
+    from volstack.services.store_migration import Item
+    rows = s.scalars(select(Snapshot).where(Snapshot.store_id == store.id, Snapshot.state == "BackedUp",
+                                            Snapshot.removed.is_(None)))
+    return [Item("snapshot", r.id, r.uuid, r.name, r.install_path, r.physical_size or r.size, "QCOW2") for r in rows]
+
+
+def _repoint(s, item, src, dst) -> bool:
+    snap = s.get(Snapshot, item.ref_id)
+    if snap.state != "BackedUp" or snap.removed is not None:
+        raise InvalidParameter(f"it became {snap.state} while being copied; its copy on {dst.name} is not used")
+    snap.store_id = dst.id
+    return True
+
+
+def _register_migration() -> None:
+    from volstack.services import store_migration
+    store_migration.KINDS["snapshot"] = (_movable, _repoint)
+
+
+_register_migration()
