@@ -416,7 +416,8 @@ class Agent:
         pool, name = self.pool(args), images.check_name(arg(args, "name"))
         with self.hold(pool, name, "being snapshotted"):
             return snapshots.take(self.hv, pool, name, arg(args, "format"), arg(args, "snapshot"),
-                                  arg(args, "vm", str, None), arg(args, "serial", str, None), progress)
+                                  arg(args, "vm", str, None), arg(args, "serial", str, None), progress,
+                                  arg(args, "speed", int, 0))
 
     def cmd_snapshot_backup(self, args, progress):
         from volstack.agent import snapshots

@@ -32,8 +32,10 @@ def _internal_names(pool, name: str) -> list[str]:
     return [s["name"] for s in info.get("snapshots") or []]
 
 
-def take(hv, pool, name: str, fmt: str, snapshot: str, vm: str | None, serial: str | None, progress) -> dict:
-    """The primary copy of volume `name` as snapshot `snapshot`: {"kind", "name", "size"}."""
+def take(hv, pool, name: str, fmt: str, snapshot: str, vm: str | None, serial: str | None, progress,
+         speed: int = 0) -> dict:
+    """The primary copy of volume `name` as snapshot `snapshot`: {"kind", "name", "size"}. speed: bytes per
+    second the live copy of a running guest's disk may use (0: unlimited)."""
     images.check_name(name), images.check_name(snapshot), images.check_format(fmt)
     if not pool.exists(name):
         raise NotFound(f"volume {name} does not exist in pool {pool.uuid}")
@@ -43,7 +45,7 @@ def take(hv, pool, name: str, fmt: str, snapshot: str, vm: str | None, serial: s
             raise Busy(f"volume {name} is attached to running VM {user}; ask for a live snapshot of that VM's disk")
         file_name = f"{snapshot}.qcow2"
         if not pool.exists(file_name):
-            backup_disk(hv, vm, serial, pool, file_name, progress)
+            backup_disk(hv, vm, serial, pool, file_name, progress, speed)
         return {"kind": "file", "name": file_name, "size": images.info(pool, file_name, "qcow2")["size"]}
     if fmt == "qcow2" and "qcow2" in pool.formats:
         if snapshot not in _internal_names(pool, name):
@@ -101,15 +103,15 @@ def revert(hv, pool, name: str, fmt: str, src, src_name: str, progress) -> dict:
     return {**res, "path": name}
 
 
-def backup_disk(hv, vm: str, serial: str, dst, dst_name: str, progress) -> dict:
+def backup_disk(hv, vm: str, serial: str, dst, dst_name: str, progress, speed: int = 0) -> dict:
     """A point-in-time flat qcow2 copy of a running guest's disk, the guest running on."""
     own = getattr(hv, "backup_disk", None)
     if own is not None:                  # the simulator: no guest writes, a plain copy is consistent
         return own(vm, serial, dst, dst_name, progress)
-    return _qemu_backup(hv, vm, serial, dst, dst_name, progress)
+    return _qemu_backup(hv, vm, serial, dst, dst_name, progress, speed)
 
 
-def _qemu_backup(hv, vm: str, serial: str, dst, dst_name: str, progress) -> dict:
+def _qemu_backup(hv, vm: str, serial: str, dst, dst_name: str, progress, speed: int) -> dict:
     """QMP blockdev-backup sync=full into a new qcow2 node: copy-before-write keeps the image of the instant
     the job started while the guest goes on writing; the copy is renamed into place when the job concluded."""
     from volstack.agent.qmp import QmpError
@@ -121,14 +123,14 @@ def _qemu_backup(hv, vm: str, serial: str, dst, dst_name: str, progress) -> dict
         disk = hv._disk(rec, serial)
         with hv._qmp(rec) as q:
             size = hv._inserted(q, rec, disk)["image"]["virtual-size"]
-        images.create(dst, part, size, "qcow2", "thin")
+        images.qemu_img(["create", "-q", "-f", "qcow2", dst.target(part), str(size)], f"create {dst_name}")
         node = hv._new_node(rec)
         hv._save(rec)
         try:
             with hv._qmp(rec) as q:
                 q.execute("blockdev-add", {"driver": "qcow2", "node-name": node, "file": dst.blockdev(part)})
                 q.execute("blockdev-backup", {"job-id": job, "device": disk["node"], "target": node, "sync": "full",
-                                              "auto-dismiss": False})
+                                              "auto-dismiss": False, **({"speed": speed} if speed > 0 else {})})
         except QmpError as e:
             dst.remove(part)
             raise Failed(f"cannot start the backup of disk {serial} of VM {vm}: {e.desc}") from None
