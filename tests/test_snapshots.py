@@ -178,3 +178,45 @@ def test_snapshot_bad_input_is_refused_with_clear_errors(cloud):
     assert code == 431 and "policies" in text
     user_api = client(cloud["server"])
     assert user_api.listSnapshots(id=snap["id"])["count"] == 1
+
+
+def test_failed_backup_keeps_the_primary_copy_and_delete_removes_it(cloud):
+    api, tmp = cloud["api"], cloud["tmp"]
+    store = add_store(cloud)
+    vm = _vm(cloud)
+    vol, _ = _data_volume(cloud, vm)
+    api.stopVirtualMachine(id=vm["id"])
+    image = tmp / "primary" / vol["path"]
+    (tmp / "store").rename(tmp / "store-away")          # the store's directory is gone: the backup fails
+    code, text = error_of(lambda: api.createSnapshot(volumeid=vol["id"], name="kept"))
+    assert code == 534 and store["name"] in text
+    snap = api.listSnapshots(name="kept")["snapshot"][0]
+    assert (snap["state"], snap["locationtype"], snap["revertable"]) == ("CreatedOnPrimary", "PRIMARY", False)
+    assert "kept on primary storage" in snap["status"]
+    assert [s["name"] for s in img_info(image)["snapshots"]] == [f"snap-{snap['id']}"]
+    assert api.listVolumes(id=vol["id"])["volume"][0]["state"] == "Ready"
+    code, text = error_of(lambda: api.revertSnapshot(id=snap["id"]))
+    assert code == 431 and "backed-up" in text
+    api.deleteSnapshot(id=snap["id"])
+    assert "snapshots" not in img_info(image) and api.listSnapshots() == {}
+
+
+def test_interrupted_snapshot_jobs_are_settled(cloud):
+    from volstack.db.snapshot_models import Snapshot
+    from volstack.db.storage_models import Volume
+    from volstack.services import snapshots
+    from volstack.services.context import system_context
+    api = cloud["api"]
+    add_store(cloud)
+    vm = _vm(cloud)
+    vol, _ = _data_volume(cloud, vm)
+    snap = api.createSnapshot(volumeid=vol["id"])["snapshot"]
+    db = cloud["server"].db
+    for was, now in (("Creating", "Error"), ("BackingUp", "CreatedOnPrimary"), ("Destroying", "CreatedOnPrimary")):
+        _set_state(cloud, Snapshot, snap["id"], was)
+        _set_state(cloud, Volume, vol["id"], "Snapshotting")
+        snapshots.settle_interrupted(db, system_context(), snap["id"], "createSnapshot")
+        with db.session(readonly=True) as s:
+            row = s.scalar(select(Snapshot).where(Snapshot.uuid == snap["id"]))
+            assert (row.state, s.scalar(select(Volume.state).where(Volume.uuid == vol["id"]))) == (now, "Ready")
+            assert "interrupted" in row.error
