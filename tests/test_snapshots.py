@@ -168,6 +168,10 @@ def test_snapshot_bad_input_is_refused_with_clear_errors(cloud):
     code, text = error_of(lambda: api.revertSnapshot(id=snap["id"]))
     assert code == 431 and "stop the VM" in text                     # its VM runs
     api.stopVirtualMachine(id=vm["id"])
+    _set_state(cloud, Volume, vol["id"], "RevertSnapshotting")        # its VM waits for a revert to finish
+    code, text = error_of(lambda: api.startVirtualMachine(id=vm["id"]))
+    assert code == 431 and "RevertSnapshotting" in text
+    _set_state(cloud, Volume, vol["id"], "Ready")
     _set_state(cloud, Snapshot, snap["id"], "BackingUp")
     code, text = error_of(lambda: api.revertSnapshot(id=snap["id"]))
     assert code == 431 and "BackingUp" in text and "wait for the backup" in text
