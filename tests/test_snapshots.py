@@ -224,3 +224,19 @@ def test_interrupted_snapshot_jobs_are_settled(cloud):
             row = s.scalar(select(Snapshot).where(Snapshot.uuid == snap["id"]))
             assert (row.state, s.scalar(select(Volume.state).where(Volume.uuid == vol["id"]))) == (now, "Ready")
             assert "interrupted" in row.error
+
+
+def test_async_backup_ends_the_job_on_primary_and_backs_up_in_the_background(cloud):
+    from agentproc import wait_until
+    api, tmp = cloud["api"], cloud["tmp"]
+    add_store(cloud)
+    vm = _vm(cloud)
+    vol, _ = _data_volume(cloud, vm)
+    api.stopVirtualMachine(id=vm["id"])
+    qemu_io(tmp / "primary" / vol["path"], "write -P 0x55 0 1M")
+    snap = api.createSnapshot(volumeid=vol["id"], asyncbackup=True)["snapshot"]
+    assert (snap["state"], snap["locationtype"]) == ("CreatedOnPrimary", "PRIMARY")
+    wait_until("the background backup", lambda: api.listSnapshots(id=snap["id"])["snapshot"][0]["state"] == "BackedUp")
+    wait_until("the volume released", lambda: api.listVolumes(id=vol["id"])["volume"][0]["state"] == "Ready")
+    qemu_io(tmp / "store" / f"{snap['id']}.qcow2", "read -P 0x55 0 1M")
+    assert "snapshots" not in img_info(tmp / "primary" / vol["path"])

@@ -51,14 +51,11 @@ def _file_pool(s, vol) -> StoragePool:
     return pool
 
 
-def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None, asyncbackup=None) -> Snapshot:
+def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None) -> Snapshot:
     """The snapshot row (Allocated), after every check that can be made before touching a host."""
     vol = volumes.get_volume(s, ctx, volumeid)
     if policyid:
         raise InvalidParameter("Snapshot policies are not available on this server yet; omit policyid")
-    if asyncbackup:
-        raise InvalidParameter("asyncbackup=true is not supported yet: the job finishes once the snapshot is "
-                               "backed up; omit asyncbackup")
     if locationtype and locationtype.upper() != "SECONDARY":
         raise InvalidParameter(f"locationtype {locationtype} is not supported for file pools: snapshots are backed "
                                "up to an image store (locationtype=SECONDARY)")
@@ -105,8 +102,10 @@ def _host_for(s, vol, pool) -> tuple[Host, VirtualMachine | None]:
     return hosts[0], None
 
 
-def take(s, ctx, snap: Snapshot, progress=None) -> Snapshot:
-    """The job of createSnapshot: take on primary, back up, remove the primary copy."""
+def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
+    """The job of createSnapshot: take on primary, back up, remove the primary copy. With start_backup
+    (asyncbackup=true) the job ends at CreatedOnPrimary and start_backup() queues the backup as a task; the
+    volume stays Snapshotting until that task is done."""
     vol = s.get(Volume, snap.volume_id)
     try:
         if vol.state != "Ready":
@@ -136,10 +135,29 @@ def take(s, ctx, snap: Snapshot, progress=None) -> Snapshot:
     events.record(s, ctx, "SNAPSHOT.CREATE", f"Snapshot {snap.name} taken on storage pool {pool.name}"
                   + (f" while VM {vm.name} runs" if vm else ""), resource_type="Snapshot", resource_uuid=snap.uuid)
     s.commit()
+    if start_backup is not None:
+        start_backup()
+        return snap
     try:
         backup(s, ctx, snap, vol, pool, host, progress)
     except CloudError:
         VOLUME.fire(s, vol, "OperationSucceeded")
+        s.commit()
+        raise
+    VOLUME.fire(s, vol, "OperationSucceeded")
+    return snap
+
+
+def backup_task(s, ctx, snapshot_uuid: str, progress=None) -> Snapshot:
+    """The asyncbackup task: back up a CreatedOnPrimary snapshot, then release its volume."""
+    snap = s.scalar(select(Snapshot).where(Snapshot.uuid == snapshot_uuid))
+    vol = s.get(Volume, snap.volume_id)
+    try:
+        pool = s.get(StoragePool, snap.pool_id)
+        backup(s, ctx, snap, vol, pool, _host_for(s, vol, pool)[0], progress)
+    except CloudError:
+        if vol.state == "Snapshotting":
+            VOLUME.fire(s, vol, "OperationSucceeded")
         s.commit()
         raise
     VOLUME.fire(s, vol, "OperationSucceeded")

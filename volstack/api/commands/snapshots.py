@@ -60,7 +60,8 @@ SNAP_JOB = dict(is_async=True, access=USER, instance_type="Snapshot", instance_p
     P("volumeid", UUID, "The ID of the disk volume", required=True, entity="Volume"),
     P("name", STRING, "the name of the snapshot"),
     P("policyid", UUID, "policy id of the snapshot, if this is null, then use MANUAL_POLICY."),
-    P("asyncbackup", BOOLEAN, "asynchronous backup if true (not supported yet)"),
+    P("asyncbackup", BOOLEAN, "asynchronous backup if true: the job ends once the snapshot is on primary storage "
+      "(CreatedOnPrimary) and the backup to the image store goes on in the background"),
     P("locationtype", STRING, "Currently applicable only for managed storage. Valid location types: 'primary', "
       "'secondary'. Default = 'secondary' here"),
     P("quiescevm", BOOLEAN, "quiesce vm if true (needs a guest agent; ignored)"),
@@ -73,7 +74,14 @@ SNAP_JOB = dict(is_async=True, access=USER, instance_type="Snapshot", instance_p
    prepare=lambda req, p: _create_row(req, p).uuid)
 def create_snapshot(req, p):
     snap = snapshots.get_snapshot(req.s, req.ctx, p.id)
-    return obj(req, SNAPSHOT, snapshots.take(req.s, req.ctx, snap, req.progress))
+    start = (lambda: req.start_task("snapshotBackup", {"snapshot": snap.uuid}, snap.uuid)) if p.asyncbackup else None
+    return obj(req, SNAPSHOT, snapshots.take(req.s, req.ctx, snap, req.progress, start))
+
+
+@API.task("snapshotBackup", instance_type="Snapshot")
+def snapshot_backup(req, p):
+    snap = snapshots.backup_task(req.s, req.ctx, p["snapshot"], req.progress)
+    return {"snapshot": snap.uuid, "state": snap.state}
 
 
 def _create_row(req, p):
@@ -81,7 +89,7 @@ def _create_row(req, p):
     if p.zoneids:
         raise InvalidParameter("Copying snapshots to other zones (zoneids) is not supported yet")
     return snapshots.create(req.s, req.ctx, volumeid=p.volumeid, name=p.name, policyid=p.policyid,
-                            locationtype=p.locationtype, asyncbackup=p.asyncbackup)
+                            locationtype=p.locationtype)
 
 
 _FILTERS = ("id", "ids", "name", "volumeid", "zoneid", "snapshottype", "intervaltype", "storageid", "imagestoreid",
