@@ -4,6 +4,7 @@ from sqlalchemy import select
 
 from support import client
 from test_templates import add_store, cloud, error_of, img_info, qemu_io  # noqa: F401  (cloud is a fixture)
+from test_volumes_sim import dc  # noqa: F401  (a fixture: a zone of in-memory Simulator hosts)
 
 MIB = 1024 ** 2
 
@@ -240,3 +241,23 @@ def test_async_backup_ends_the_job_on_primary_and_backs_up_in_the_background(clo
     wait_until("the volume released", lambda: api.listVolumes(id=vol["id"])["volume"][0]["state"] == "Ready")
     qemu_io(tmp / "store" / f"{snap['id']}.qcow2", "read -P 0x55 0 1M")
     assert "snapshots" not in img_info(tmp / "primary" / vol["path"])
+
+
+def test_snapshots_on_simulator_hosts(dc):
+    """CloudStack's simulator hosts answer every snapshot command at once (no bytes), for control-plane tests."""
+    api = dc["api"]
+    api.addImageStore(name="sec", provider="NFS", url="nfs://10.0.0.1/sec", zoneid=dc["zone"]["id"])
+    vm = api.deployVirtualMachine(zoneid=dc["zone"]["id"], serviceofferingid=dc["so"]["id"], rootdisksize=2)["virtualmachine"]
+    vol = api.createVolume(name="d", zoneid=dc["zone"]["id"], diskofferingid=dc["do"]["id"])["volume"]
+    api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])
+    snap = api.createSnapshot(volumeid=vol["id"])["snapshot"]
+    assert snap["state"] == "BackedUp" and snap["virtualsize"] == 5 * 2 ** 30
+    api.stopVirtualMachine(id=vm["id"])
+    assert api.revertSnapshot(id=snap["id"])["snapshot"]["id"] == snap["id"]
+    new = api.createVolume(name="n", snapshotid=snap["id"])["volume"]
+    assert new["diskofferingid"] == dc["do"]["id"]
+    api.attachVolume(id=new["id"], virtualmachineid=vm["id"])
+    api.startVirtualMachine(id=vm["id"])
+    assert api.listVolumes(id=new["id"])["volume"][0]["state"] == "Ready"
+    api.deleteSnapshot(id=snap["id"])
+    assert api.listSnapshots() == {}

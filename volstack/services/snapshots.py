@@ -124,9 +124,9 @@ def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
     s.commit()
     spec = driver_for(pool.provider).spec(pool)
     try:
-        res = channel(host).call("snapshot_take", pool=spec, name=vol.path, format=vol.format.lower(),
-                                 snapshot=f"snap-{snap.uuid}", vm=vm.uuid if vm else None,
-                                 serial=serial_of(vol) if vm else None)
+        res = run_long(channel(host), "snapshot_take", progress, pool=spec, name=vol.path,
+                       format=vol.format.lower(), snapshot=f"snap-{snap.uuid}", vm=vm.uuid if vm else None,
+                       serial=serial_of(vol) if vm else None)
     except CloudError as exc:
         SNAPSHOT.fire(s, snap, "OperationFailed", error=f"taking the snapshot on {pool.name} failed: {exc.text}")
         volumes.host_work_failed(s, vol, exc, error=f"snapshot {snap.name} failed: {exc.text}")
@@ -346,7 +346,7 @@ def copy_to_primary(s, ctx, vol: Volume, pool: StoragePool, host, progress=None)
     res = run_long(channel(host), "volume_copy", progress, src_pool=imagestores.spec(store),
                    src_name=snap.install_path, src_format="qcow2", dst_pool=drv.spec(pool), dst_name=vol.path,
                    format=vol.format.lower())
-    if vol.size > res["size"]:
+    if vol.size > res.get("size", vol.size):
         res = {**res, **drv.resize_volume(channel(host), pool, vol, vol.size, False)}
     return res
 
