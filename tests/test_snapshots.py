@@ -181,8 +181,16 @@ def test_snapshot_bad_input_is_refused_with_clear_errors(cloud):
     _set_state(cloud, Snapshot, snap["id"], "BackedUp")
     code, text = error_of(lambda: api.createSnapshot(volumeid=vol["id"], policyid=snap["id"]))
     assert code == 431 and "policies" in text
-    user_api = client(cloud["server"])
-    assert user_api.listSnapshots(id=snap["id"])["count"] == 1
+    # another tenant neither sees nor touches the snapshot
+    acc = api.createAccount(username="bob", password="pw-bob", accounttype=0)["account"]
+    keys = api.registerUserKeys(id=acc["user"][0]["id"])["userkeys"]
+    bob = client(cloud["server"], keys["apikey"], keys["secretkey"])
+    assert bob.listSnapshots() == {} and bob.listSnapshots(listall=True) == {}
+    code, _ = error_of(lambda: bob.deleteSnapshot(id=snap["id"]))
+    assert code == 531
+    code, _ = error_of(lambda: bob.createVolume(name="steal", snapshotid=snap["id"]))
+    assert code == 531
+    assert api.listSnapshots(id=snap["id"])["snapshot"][0]["state"] == "BackedUp"
 
 
 def test_failed_backup_keeps_the_primary_copy_and_delete_removes_it(cloud):
