@@ -141,6 +141,17 @@ def test_root_volume_snapshot_needs_a_large_enough_offering(cloud):
     qemu_io(path, "read -P 0x44 2M 1M")
     assert img_info(path)["virtual-size"] == 2 * 2 ** 30
 
+    # a template from the ROOT snapshot boots new VMs with the snapshot's disk
+    t = api.createTemplate(name="from-snap", snapshotid=snap["id"])["template"]
+    assert t["isready"] is True and t["size"] == 2 ** 30
+    qemu_io(tmp / "store" / f"{t['id']}.qcow2", "read -P 0x44 2M 1M")
+    vm2 = api.deployVirtualMachine(zoneid=cloud["zone"]["id"], serviceofferingid=cloud["so"]["id"],
+                                   templateid=t["id"])["virtualmachine"]
+    root2 = api.listVolumes(virtualmachineid=vm2["id"], type="ROOT")["volume"][0]
+    qemu_io(tmp / "primary" / root2["path"], "read -P 0x44 2M 1M")
+    code, text = error_of(lambda: api.createTemplate(name="x", snapshotid=snap["id"], volumeid=root["id"]))
+    assert code == 431 and "either" in text
+
 
 def test_snapshot_bad_input_is_refused_with_clear_errors(cloud):
     from volstack.db.snapshot_models import Snapshot

@@ -113,7 +113,7 @@ GIB = 1024 ** 3
     P("size", LONG, "Arbitrary volume size (GB), for a customized disk offering"),
     P("miniops", LONG, "min iops"),
     P("maxiops", LONG, "max iops"),
-    P("snapshotid", UUID, "the snapshot ID for the disk volume. Either diskOfferingId or snapshotId must be passed in."),
+    P("snapshotid", UUID, "the snapshot ID for the disk volume. Either diskOfferingId or snapshotId must be passed in.", entity="Snapshot"),
     P("virtualmachineid", UUID, "the ID of the virtual machine; to be used with snapshot Id, VM to which the volume gets attached after creation", entity="VirtualMachine"),
     P("customid", STRING, "an optional field, in case you want to set a custom id to the resource. Allowed to Root Admins only"),
     P("account", STRING, "the account associated with the disk volume. Must be used with the domainId parameter."),
