@@ -280,3 +280,22 @@ def test_snapshots_on_simulator_hosts(dc):
     assert api.listVolumes(id=new["id"])["volume"][0]["state"] == "Ready"
     api.deleteSnapshot(id=snap["id"])
     assert api.listSnapshots() == {}
+
+
+def test_users_snapshot_their_own_volumes_within_their_limit(cloud):
+    api = cloud["api"]
+    add_store(cloud)
+    acc = api.createAccount(username="carol", password="pw-carol", accounttype=0)["account"]
+    keys = api.registerUserKeys(id=acc["user"][0]["id"])["userkeys"]
+    carol = client(cloud["server"], keys["apikey"], keys["secretkey"])
+    api.updateResourceLimit(account=acc["name"], domainid=acc["domainid"], resourcetype=3, max=1)
+    vm = _vm(dict(cloud, api=carol))
+    root = carol.listVolumes(virtualmachineid=vm["id"], type="ROOT")["volume"][0]
+    snap = carol.createSnapshot(volumeid=root["id"])["snapshot"]
+    assert snap["state"] == "BackedUp" and snap["account"] == "carol"
+    code, text = error_of(lambda: carol.createSnapshot(volumeid=root["id"]))
+    assert code == 532
+    assert carol.listSnapshots()["count"] == 1 and api.listSnapshots() == {}
+    assert api.listSnapshots(listall=True)["count"] == 1
+    carol.deleteSnapshot(id=snap["id"])
+    assert carol.createSnapshot(volumeid=root["id"])["snapshot"]["state"] == "BackedUp"
