@@ -1,6 +1,8 @@
 """Image stores and templates through the API, with a real `volstack agent` (simulated guests, real
 qemu-img images) and a real local HTTP server for the template sources."""
+import hashlib
 import subprocess
+import time
 
 import pytest
 from cs import CloudStackApiException
@@ -195,6 +197,8 @@ def test_migrate_secondary_storage_complete_and_balance(cloud):
     api.updateImageStore(id=b["id"], readonly=True)
     ts = templates_with_data(cloud, [3, 2, 1])         # all land on a: b is cordoned
     assert len(store_files(tmp / "store")) == 3 and store_files(tmp / "store2") == []
+    digests = {name: hashlib.sha256((tmp / "store" / name).read_bytes()).hexdigest()
+               for name in store_files(tmp / "store")}
     code, text = error_of(lambda: api.migrateSecondaryStorageData(srcpool=a["id"], destpools=b["id"]))
     assert code == 431 and "read-only" in text
     for st in (a, b):
@@ -208,7 +212,8 @@ def test_migrate_secondary_storage_complete_and_balance(cloud):
 
     res = api.migrateSecondaryStorageData(srcpool=a["id"], destpools=b["id"], migrationtype="Complete")["imagestore"]
     assert res["success"] is True and store_files(tmp / "store") == []
-    assert len(store_files(tmp / "store2")) == 3
+    assert {name: hashlib.sha256((tmp / "store2" / name).read_bytes()).hexdigest()
+            for name in store_files(tmp / "store2")} == digests      # copies are byte for byte
     for t in ts:
         listed = api.listTemplates(templatefilter="self", id=t["id"])["template"][0]
         assert listed["isready"] is True
@@ -264,3 +269,143 @@ def test_copy_template_to_another_zone_then_deploy_there(cloud):
         qemu_io(tmp / "primary-z2" / root["path"], "read -P 0x41 0 1M")
     finally:
         agent2.stop()
+
+
+# ---------------------------------------------------------------- downloads from a real HTTP server
+
+@pytest.fixture
+def web():
+    from httpserver import FileServer
+    srv = FileServer().start()
+    yield srv
+    srv.stop()
+
+
+def qemu_bytes(tmp, name, mib_written, fill=0x61):
+    path = tmp / name
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1G"], check=True)
+    qemu_io(path, f"write -P 0x{fill:x} 0 {mib_written}M")
+    return path.read_bytes()
+
+
+def wait_template(api, tid, timeout=60):
+    """Poll listTemplates as a user does until the download settles (ready, or an error status)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        t = api.listTemplates(templatefilter="all", id=tid)["template"][0]
+        if t["isready"] or not (t["status"].endswith("Downloaded") or t["status"] in ("Processing", "Installing Template")):
+            return t
+        assert time.monotonic() < deadline, t
+        time.sleep(0.1)
+
+
+def allow_loopback(api):
+    api.updateConfiguration(name="secstorage.allowed.internal.sites", value="127.0.0.1/32")
+
+
+def test_register_compressed_template_with_checksum_downloads_to_the_store_then_deploys(cloud, web):
+    import bz2
+    api, tmp = cloud["api"], cloud["tmp"]
+    add_store(cloud)
+    raw = bz2.compress(qemu_bytes(tmp, "src.qcow2", 2))
+    url = web.add("/images/tiny.qcow2.bz2", data=raw)
+    digest = "{SHA-256}" + __import__("hashlib").sha256(raw).hexdigest()
+    # loopback is not a download source until the operator allows it
+    t = api.registerTemplate(name="tiny", url=url, format="QCOW2", hypervisor="KVM", zoneid=cloud["zone"]["id"],
+                             checksum=digest, ispublic=True)["template"][0]
+    t = wait_template(api, t["id"])
+    assert t["isready"] is False and "127.0.0.1" in t["status"]
+    api.deleteTemplate(id=t["id"])
+    allow_loopback(api)
+    t = api.registerTemplate(name="tiny", url=url, format="QCOW2", hypervisor="KVM", zoneid=cloud["zone"]["id"],
+                             checksum=digest, ispublic=True)["template"][0]
+    assert t["isready"] is False
+    t = wait_template(api, t["id"])
+    assert t["isready"] is True and t["status"] == "Download Complete", t
+    assert t["size"] == 2 ** 30 and t["checksum"] == digest.split("}")[1]
+    assert store_files(tmp / "store") == [f"{t['id']}.qcow2"]
+    vm = api.deployVirtualMachine(zoneid=cloud["zone"]["id"], serviceofferingid=cloud["so"]["id"],
+                                  templateid=t["id"])["virtualmachine"]
+    root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
+    qemu_io(tmp / "primary" / root["path"], "read -P 0x61 0 2M")
+
+
+@pytest.mark.parametrize("problem", ["checksum", "404", "raw-as-qcow2"])
+def test_failed_downloads_end_in_an_error_status_and_leave_no_file(cloud, web, problem):
+    api, tmp = cloud["api"], cloud["tmp"]
+    add_store(cloud)
+    allow_loopback(api)
+    data = qemu_bytes(tmp, "src.qcow2", 1) if problem != "raw-as-qcow2" else b"\0" * (1 << 20)
+    url = web.add("/t.qcow2", data=data, fail="404" if problem == "404" else None)
+    checksum = "{MD5}" + "0" * 32 if problem == "checksum" else None
+    args = dict(name="bad", url=url, format="QCOW2", hypervisor="KVM", zoneid=cloud["zone"]["id"])
+    if checksum:
+        args["checksum"] = checksum
+    t = wait_template(api, api.registerTemplate(**args)["template"][0]["id"])
+    assert t["isready"] is False
+    needle = {"checksum": "0" * 32, "404": "404", "raw-as-qcow2": "QCOW2"}[problem]
+    assert needle in t["status"], t["status"]
+    assert store_files(tmp / "store") == [] and not [p for p in (tmp / "store").iterdir()]
+    code, text = error_of(lambda: api.deployVirtualMachine(zoneid=cloud["zone"]["id"], templateid=t["id"],
+                                                           serviceofferingid=cloud["so"]["id"]))
+    assert code == 431 and "not ready" in text
+
+
+def test_direct_download_template_goes_straight_to_the_pool_once_and_refreshes_when_the_source_changes(cloud, web):
+    api, tmp = cloud["api"], cloud["tmp"]
+    allow_loopback(api)
+    url = web.add("/dd.qcow2", data=qemu_bytes(tmp, "dd.qcow2", 1, fill=0x71))
+    t = api.registerTemplate(name="dd", url=url, format="QCOW2", hypervisor="KVM", zoneid=cloud["zone"]["id"],
+                             directdownload=True)["template"][0]
+    assert t["isready"] is True and t["status"] == "Bypassed Secondary Storage" and t["directdownload"] is True
+    vms_ = [api.deployVirtualMachine(zoneid=cloud["zone"]["id"], serviceofferingid=cloud["so"]["id"],
+                                     templateid=t["id"])["virtualmachine"] for _ in range(2)]
+    gets = [r for r in web.requests if r[0] == "GET" and r[1] == "/dd.qcow2"]
+    assert len(gets) >= 1 and all(r[3] in (200, 206) for r in gets)
+    first = len(gets)
+    cached = [p.name for p in (tmp / "primary").iterdir() if p.name.startswith("tmpl-")]
+    assert cached == [f"tmpl-{t['id']}"]
+    for vm in vms_:
+        root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
+        qemu_io(tmp / "primary" / root["path"], "read -P 0x71 0 1M")
+    # the source changes: the next deploy sees it (HEAD), fetches the new bits and clones those
+    web.add("/dd.qcow2", data=qemu_bytes(tmp, "dd2.qcow2", 1, fill=0x72))
+    vm = api.deployVirtualMachine(zoneid=cloud["zone"]["id"], serviceofferingid=cloud["so"]["id"],
+                                  templateid=t["id"])["virtualmachine"]
+    assert len([r for r in web.requests if r[0] == "GET" and r[1] == "/dd.qcow2"]) > first
+    root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
+    qemu_io(tmp / "primary" / root["path"], "read -P 0x72 0 1M")
+    for old in vms_:       # clones of the old bits keep working
+        root = api.listVolumes(virtualmachineid=old["id"])["volume"][0]
+        qemu_io(tmp / "primary" / root["path"], "read -P 0x71 0 1M")
+
+
+def test_upload_volume_lands_on_the_store_then_moves_to_primary_on_attach(cloud, web):
+    api, tmp = cloud["api"], cloud["tmp"]
+    add_store(cloud)
+    allow_loopback(api)
+    data = qemu_bytes(tmp, "up.qcow2", 1, fill=0x33)
+    url = web.add("/up.qcow2", data=data)
+    digest = __import__("hashlib").md5(data).hexdigest()
+    vol = api.uploadVolume(name="up", url=url, format="QCOW2", zoneid=cloud["zone"]["id"], checksum=digest)["volume"]
+    assert vol["state"] == "Uploaded" and vol["size"] == 2 ** 30
+    assert store_files(tmp / "store") == [f"volume-{vol['id']}.qcow2"]
+    vm = api.deployVirtualMachine(zoneid=cloud["zone"]["id"], serviceofferingid=cloud["so"]["id"],
+                                  rootdisksize=1)["virtualmachine"]
+    vol = api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]
+    assert vol["state"] == "Ready" and vol["storageid"] == cloud["pool"]["id"]
+    qemu_io(tmp / "primary" / vol["path"], "read -P 0x33 0 1M")
+    assert store_files(tmp / "store") == []
+    code, text = error_of(lambda: api.uploadVolume(name="bad", url="file:///etc/passwd", format="QCOW2",
+                                                   zoneid=cloud["zone"]["id"]))
+    assert code == 431
+
+
+def test_direct_download_registration_checks_the_source_and_records_nothing_when_it_fails(cloud, web):
+    api = cloud["api"]
+    allow_loopback(api)
+    url = web.add("/missing.qcow2", data=b"x", fail="404")
+    code, text = error_of(lambda: api.registerTemplate(name="dd", url=url, format="QCOW2", hypervisor="KVM",
+                                                       zoneid=cloud["zone"]["id"], directdownload=True))
+    assert code == 431 and "404" in text and url in text
+    assert api.listTemplates(templatefilter="all") == {}

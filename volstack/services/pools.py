@@ -250,8 +250,14 @@ def delete_pool(s, ctx, id, forced=False) -> None:
 
 
 def allocated_bytes(s, pool) -> int:
-    return s.scalar(select(func.coalesce(func.sum(Volume.size), 0)).where(
+    """Σ sizes of the pool's volumes, plus what other subsystems keep there (cached template copies)."""
+    volumes = s.scalar(select(func.coalesce(func.sum(Volume.size), 0)).where(
         Volume.pool_id == pool.id, Volume.removed.is_(None), Volume.state.notin_(("Expunged", "Allocated")))) or 0
+    return volumes + sum(extra(s, pool) for extra in allocated_extras)
+
+
+# extra(s, pool) -> bytes allocated on the pool outside volumes (CloudStack counts template copies).
+allocated_extras: list = []
 
 
 def enable_maintenance(s, ctx, id) -> StoragePool:

@@ -119,6 +119,7 @@ SP_BYPASS_SECONDARY = _key("sp.bypass.secondary.storage", bool, False, "For Stor
 # ---- limits
 MAX_ACCOUNT_VOLUMES = _key("max.account.volumes", int, 20, "The default maximum number of volumes that can be created for an account", "Account Defaults")
 MAX_ACCOUNT_SNAPSHOTS = _key("max.account.snapshots", int, 20, "The default maximum number of snapshots that can be created for an account", "Account Defaults")
+ALLOWED_INTERNAL_SITES = _key("secstorage.allowed.internal.sites", str, "", "Comma separated list of cidrs internal to the datacenter that can host template download servers, please note 0.0.0.0 is not a valid site", "Advanced")
 ALLOW_PUBLIC_USER_TEMPLATES = _key("allow.public.user.templates", bool, True, "If false, users will not be able to create public templates.", "Advanced", scopes=("account",))
 MAX_ACCOUNT_TEMPLATES = _key("max.account.templates", int, 20, "The default maximum number of templates that can be deployed for an account", "Account Defaults")
 MAX_ACCOUNT_PRIMARY_GB = _key("max.account.primary.storage", int, 200, "The default maximum primary storage space (in GiB) that can be used for an account", "Account Defaults")

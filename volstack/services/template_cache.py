@@ -37,6 +37,8 @@ def seed(s, ctx, t: Template, pool: StoragePool, host: Host, progress=None) -> T
                                                      TemplatePoolRef.pool_id == pool.id)
                        .execution_options(populate_existing=True))
         if ref is not None and ref.state == "Ready":
+            if t.direct_download and _source_changed(s, ctx, t, pool, host, ref):
+                return _refresh(s, ctx, t, pool, host, ref, progress)
             ref.last_used = utcnow()
             return ref
         if ref is None:
@@ -80,7 +82,11 @@ def _copy(s, ctx, t: Template, pool: StoragePool, host: Host, ref: TemplatePoolR
                            dst_pool=drv.spec(pool), dst_name=ref.install_path, format=templates.FORMATS[t.format])
     except CloudError as exc:
         s.rollback()
-        s.delete(s.get(TemplatePoolRef, ref.id))     # a later deploy tries again
+        failed = s.get(TemplatePoolRef, ref.id)
+        if (failed.validators or {}).get("superseded"):
+            failed.state, failed.error = "Failed", exc.text   # still owns older copies: cleanup removes them
+        else:
+            s.delete(failed)                                   # a later deploy tries again
         s.commit()
         events.record(s, ctx, "TEMPLATE.SEED.FAILED", f"Copying template {t.name} to {pool.name} failed: {exc.text}",
                       level="ERROR", resource_type="Template", resource_uuid=t.uuid)
@@ -96,6 +102,45 @@ def _copy(s, ctx, t: Template, pool: StoragePool, host: Host, ref: TemplatePoolR
     return ref
 
 
+def _source_changed(s, ctx, t, pool, host, ref) -> bool:
+    """Seed 002 serves a cached direct-download copy forever; volstack asks the source (HEAD) first."""
+    known = {k: v for k, v in (ref.validators or {}).items() if k != "superseded"}
+    if not known:
+        return False
+    args = templates.download_args(s, t)
+    try:
+        res = channel(host).call("template_check_source", validators=known, options=args["options"],
+                                 **{k: args[k] for k in ("urls", "metalink") if k in args})
+    except CloudError as exc:
+        events.record(s, ctx, "TEMPLATE.DIRECT.DOWNLOAD", f"Cannot check the source of {t.name} ({exc.text}); "
+                      f"using the copy cached on {pool.name}", level="WARN", resource_type="Template",
+                      resource_uuid=t.uuid)
+        return False
+    if res.get("changed"):
+        events.record(s, ctx, "TEMPLATE.DIRECT.DOWNLOAD", f"The source of template {t.name} changed "
+                      f"({res.get('reason')}): refreshing the copy cached on {pool.name}", resource_type="Template",
+                      resource_uuid=t.uuid)
+    return bool(res.get("changed"))
+
+
+def _refresh(s, ctx, t, pool, host, ref, progress) -> TemplatePoolRef:
+    """Fetch the new bits. Volumes cloned from the old copy still need it: then the new copy gets a new name
+    and the old one is remembered for the cleanup."""
+    superseded = list((ref.validators or {}).get("superseded", []))
+    if in_use(s, ref):
+        superseded.append(ref.install_path)
+        ref.install_path = f"{cache_name(t)}-{len(superseded)}"
+    else:
+        driver_for(pool.provider).delete_volume(channel(host), pool, Volume(uuid=ref.install_path, path=ref.install_path))
+    ref.state, ref.download_state, ref.download_pct = "Creating", "DOWNLOAD_IN_PROGRESS", 0
+    ref.validators = {"superseded": superseded}
+    s.commit()
+    ref = _copy(s, ctx, t, pool, host, ref, progress)
+    ref.validators = {**(ref.validators or {}), "superseded": superseded}
+    s.commit()
+    return ref
+
+
 def _direct_download(s, t, pool, host, ref, report) -> dict:
     """Seed 002: the host fetches the template straight into the pool; on failure other hosts of the
     cluster try, three attempts in all."""
@@ -107,7 +152,7 @@ def _direct_download(s, t, pool, host, ref, report) -> dict:
     for h in candidates[:3]:
         try:
             return run_long(channel(h), "template_download", report, pool=driver_for(pool.provider).spec(pool),
-                            name=ref.install_path, **templates.download_args(t))
+                            name=ref.install_path, **templates.download_args(s, t))
         except CloudError as exc:
             tried.append(h.name)
             last = exc
@@ -120,6 +165,8 @@ def create_root(s, ctx, vol: Volume, pool: StoragePool, host: Host, progress=Non
     asked with the VM detail fullclone=true)."""
     t = s.get(Template, vol.template_id)
     ref = seed(s, ctx, t, pool, host, progress)
+    if not vol.size and ref.size:          # a direct-download template's size is known once it is fetched
+        vol.size = ref.size
     if ref.size and vol.size < ref.size:
         raise InvalidParameter(f"The root disk ({vol.size} bytes) cannot be smaller than template {t.name} "
                                f"({ref.size} bytes)")
@@ -145,6 +192,8 @@ def _cached_copies(s, pool) -> dict:
 
 
 pools.object_owners.append(_cached_copies)
+pools.allocated_extras.append(lambda s, pool: s.scalar(
+    select(func.coalesce(func.sum(TemplatePoolRef.size), 0)).where(TemplatePoolRef.pool_id == pool.id)) or 0)
 
 
 def prepare(s, ctx, t: Template, zone_id: int, pool: StoragePool | None = None, progress=None) -> list:
@@ -191,8 +240,8 @@ def cleanup(db, ctx) -> int:
             if not hosts:
                 continue
             try:
-                driver_for(pool.provider).delete_volume(channel(hosts[0]), pool,
-                                                        Volume(uuid=ref.install_path, path=ref.install_path))
+                for name in [ref.install_path, *(ref.validators or {}).get("superseded", [])]:
+                    driver_for(pool.provider).delete_volume(channel(hosts[0]), pool, Volume(uuid=name, path=name))
             except CloudError as exc:
                 log.warning("removing cached template copy %s from %s: %s", ref.install_path, pool.name, exc.text)
                 continue

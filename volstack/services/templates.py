@@ -34,6 +34,11 @@ READY_ONLY = ("featured", "selfexecutable", "sharedexecutable", "community")
 
 accounts.register_usage_counter("template", lambda s, acc: s.scalar(
     select(func.count()).select_from(Template).where(Template.account_id == acc, Template.removed.is_(None))))
+# Secondary storage: the bytes of the account's templates on image stores (snapshots add theirs).
+accounts.register_usage_counter("secondary_storage", lambda s, acc: s.scalar(
+    select(func.coalesce(func.sum(TemplateStoreRef.physical_size), 0))
+    .join(Template, Template.id == TemplateStoreRef.template_id)
+    .where(Template.account_id == acc, TemplateStoreRef.state.notin_(("Destroyed", "Failed")))) or 0)
 
 
 def parse_checksum(value: str | None) -> tuple[str, str] | None:
@@ -141,6 +146,9 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
                  password_enabled=bool(passwordenabled), requires_hvm=bool(requireshvm),
                  direct_download=bool(directdownload), template_type=(templatetype or "USER").upper(),
                  account_id=ctx.account_id, domain_id=ctx.domain_id, details=dict(details or {}))
+    if directdownload:
+        for z in zones:
+            _check_source_from(s, t, z)
     s.add(t)
     s.flush()
     refs = []
@@ -157,6 +165,21 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
     return t, refs
 
 
+def _check_source_from(s, t: Template, zone) -> None:
+    """Direct download: a host of the zone must reach the source now (CloudStack asks a KVM host for the size)."""
+    hosts = [h for h in imagestores.hosts_for(s, zone.id) if h.hypervisor == "KVM"]
+    if not hosts:
+        raise ResourceUnavailable(f"No KVM host is Up in zone {zone.name} to check the direct-download URL")
+    args = download_args(s, t)
+    args["options"]["timeout"] = 15
+    try:
+        channel(hosts[0]).call("template_check_source", options=args["options"],
+                               **{k: args[k] for k in ("urls", "metalink") if k in args})
+    except CloudError as exc:
+        raise InvalidParameter(f"Host {hosts[0].name} cannot use {t.url} for a direct-download template: "
+                               f"{exc.text}") from None
+
+
 def _users_may_publish(s, ctx) -> bool:
     return bool(S.Settings.value_in(s, S.ALLOW_PUBLIC_USER_TEMPLATES, account=ctx.account_id))
 
@@ -165,9 +188,24 @@ def object_name(t: Template) -> str:
     return f"{t.uuid}.{EXTENSIONS[t.format]}"
 
 
-def download_args(t: Template) -> dict:
+def download_options(s) -> dict:
+    """What hosts may fetch from: public addresses, the private ranges, and the internal sites an operator
+    allowed (secstorage.allowed.internal.sites, e.g. a mirror on the management network or 127.0.0.1/32)."""
+    from volstack.agent.fetch import PRIVATE
+    extra = [c.strip() for c in (S.Settings.value_in(s, S.ALLOWED_INTERNAL_SITES) or "").split(",") if c.strip()]
+    for cidr in extra:
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise InvalidParameter(f"secstorage.allowed.internal.sites has an invalid CIDR {cidr!r}") from None
+        if net.prefixlen == 0:
+            raise InvalidParameter("secstorage.allowed.internal.sites: 0.0.0.0/0 is not a valid site")
+    return {"allowed_cidrs": list(PRIVATE) + extra} if extra else {}
+
+
+def download_args(s, t: Template) -> dict:
     """The agent's template_download arguments for t's source (a .metalink URL lists mirrors)."""
-    args = {"format": t.format, "checksum": t.checksum, "options": {}}
+    args = {"format": t.format, "checksum": t.checksum, "options": download_options(s)}
     if urlparse(t.url).path.endswith((".metalink", ".meta4")):
         args["metalink"] = t.url
     else:
@@ -198,7 +236,7 @@ def download_to_store(s, ctx, ref_id: int, progress=None) -> dict:
     try:
         host = imagestores.host_for(s, store)
         res = run_long(channel(host), "template_download", report, pool=imagestores.spec(store),
-                       name=ref.install_path, **download_args(t))
+                       name=ref.install_path, **download_args(s, t))
     except CloudError as exc:
         ref.state, ref.download_state, ref.error, ref.updated = "Failed", "DOWNLOAD_ERROR", exc.text, utcnow()
         events.record(s, ctx, "TEMPLATE.DOWNLOAD.FAILED", f"Download of {t.name} to {store.name} failed: {exc.text}",
@@ -280,10 +318,9 @@ def list_templates(s, ctx, q: ListQuery, *, is_iso: bool, templatefilter="execut
         stmt = stmt.where(exists().where(TemplatePoolRef.template_id == Template.id, TemplatePoolRef.pool_id == pool.id))
     ready = exists().where(TemplateStoreRef.template_id == Template.id, TemplateStoreRef.state == "Ready")
     ready = or_(Template.direct_download.is_(True), ready)
+    # isready=false filters nothing (as in CloudStack: cs_iso always sends is_ready, default false)
     if flt in READY_ONLY or (flt == "executable" and not ctx.is_admin) or f.get("isready"):
         stmt = stmt.where(ready)
-    elif f.get("isready") is False:
-        stmt = stmt.where(~ready)
     return paginate(s, stmt.where(*keyword_filter(q, Template.name)), q)
 
 
@@ -454,6 +491,7 @@ def create_from_volume(s, ctx, *, name, volume, displaytext=None, ostypeid=None,
         raise ResourceUnavailable("No writable image store in the volume's zone: add one with addImageStore or clear "
                                   "readonly on an existing one")
     accounts.check_limit(s, ctx.account_id, "template")
+    accounts.check_limit(s, ctx.account_id, "secondary_storage", volume.size)
     src = s.get(Template, volume.template_id) if volume.template_id else None
     t = Template(name=name, display_text=displaytext or name, format="QCOW2", hypervisor=volume.hypervisor or "KVM",
                  os_type=ostypeid or (src.os_type if src else catalog.os_type_id("Other Linux (64-bit)")),

@@ -38,7 +38,9 @@ def deploy(s, ctx, *, zoneid, serviceofferingid, name=None, displayname=None, di
     template = template_for_deploy(s, ctx, templateid, zone, root_bytes) if templateid else None
     if template is not None and template.format != "ISO":
         root_bytes = max(root_bytes, template.size or 0)
-    if root_bytes <= 0:
+    if root_bytes <= 0 and template is not None and template.format != "ISO":
+        root_bytes = 0            # sized from the template when its first copy is fetched (direct download)
+    elif root_bytes <= 0:
         raise InvalidParameter("Pass rootdisksize (GB): there is no template to take the root disk size from and the "
                                f"service offering {so.name} sets none")
     hv = infra.hypervisor_name(hypervisor) if hypervisor else _zone_hypervisor(s, zone.id)

@@ -46,7 +46,8 @@ def download(s, ctx, vol: Volume, progress=None) -> Volume:
     store = imagestores.get_store(s, up["store"])
     VOLUME.fire(s, vol, "UploadRequested")
     s.commit()
-    args = {"format": vol.format, "checksum": up.get("checksum"), "urls": [up["url"]]}
+    args = {"format": vol.format, "checksum": up.get("checksum"), "urls": [up["url"]],
+            "options": templates.download_options(s)}
     try:
         res = run_long(channel(imagestores.host_for(s, store)), "template_download", progress,
                        pool=imagestores.spec(store), name=up["path"], **args)

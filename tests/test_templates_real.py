@@ -1,0 +1,111 @@
+"""Issue 4 acceptance on real parts: nfs-ganesha for the image store and the primary pool, a real HTTP
+server (and metalink mirrors) for the sources, a `volstack agent` doing every copy with qemu-img."""
+import hashlib
+import json
+import subprocess
+import uuid
+
+import pytest
+
+from agentproc import AgentProcess
+from support import client
+from test_templates import allow_loopback, qemu_bytes, qemu_io, wait, wait_template
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def web():
+    from httpserver import FileServer
+    srv = FileServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def nfs_cloud(server, tmp_path, nfs_server):
+    exports = []
+
+    def export(name):
+        pseudo, path = f"/{name}-{uuid.uuid4().hex[:8]}", tmp_path / name
+        exports.append(pseudo)
+        return nfs_server.add_export(pseudo, path), path
+    agent = AgentProcess(tmp_path / "agent", hypervisor="simulator", name="kvm1").start()
+    api = client(server)
+    zone = api.createZone(name="nz", networktype="Advanced")["zone"]
+    pod = api.createPod(name="np", zoneid=zone["id"])["pod"]
+    cl = api.addCluster(clustername="nc", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
+                        clustertype="CloudManaged")["cluster"][0]
+    api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM", url=agent.url,
+                username="root", password=agent.token)
+    store_url, store_dir = export("store")
+    pool_url, pool_dir = export("pool")
+    store = api.addImageStore(name="nfs-store", provider="NFS", url=store_url, zoneid=zone["id"])["imagestore"]
+    pool = api.createStoragePool(name="nfs-pool", url=pool_url, zoneid=zone["id"], podid=pod["id"],
+                                 clusterid=cl["id"])["storagepool"]
+    so = api.createServiceOffering(name="s", cpunumber=1, cpuspeed=500, memory=128, displaytext="s")["serviceoffering"]
+    allow_loopback(api)
+    yield dict(api=api, zone=zone, store=store, store_dir=store_dir, pool=pool, pool_dir=pool_dir, so=so,
+               server=server, tmp=tmp_path)
+    agent.stop()
+    for pseudo in exports:
+        nfs_server.remove_export(pseudo)
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_template_on_an_nfs_store_then_two_deploys_at_once_on_an_nfs_pool(nfs_cloud, web):
+    c, api = nfs_cloud, nfs_cloud["api"]
+    data = qemu_bytes(c["tmp"], "src.qcow2", 2, fill=0x4e)
+    url = web.add("/t.qcow2", data=data)
+    t = api.registerTemplate(name="nfs-t", url=url, format="QCOW2", hypervisor="KVM", zoneid=c["zone"]["id"],
+                             checksum="{SHA-256}" + hashlib.sha256(data).hexdigest())["template"][0]
+    t = wait_template(api, t["id"])
+    assert t["isready"] is True and t["status"] == "Download Complete"
+    assert sha256(c["store_dir"] / f"{t['id']}.qcow2") == hashlib.sha256(data).hexdigest()
+
+    async_api = client(c["server"], fetch_result=False)
+    jobs = [async_api.deployVirtualMachine(zoneid=c["zone"]["id"], serviceofferingid=c["so"]["id"],
+                                           templateid=t["id"])["jobid"] for _ in range(2)]
+    vms = [wait({"server": c["server"]}, j)["virtualmachine"] for j in jobs]
+    cached = sorted(p.name for p in c["pool_dir"].iterdir() if p.name.startswith("tmpl-"))
+    assert cached == [f"tmpl-{t['id']}"]
+    for vm in vms:
+        root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
+        path = c["pool_dir"] / root["path"]
+        info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)], check=True,
+                                         capture_output=True, text=True).stdout)
+        assert info["backing-filename"] == cached[0]
+        qemu_io(path, "read -P 0x4e 0 2M")
+
+
+def test_direct_download_metalink_skips_a_dead_and_a_corrupt_mirror(nfs_cloud, web):
+    c, api = nfs_cloud, nfs_cloud["api"]
+    data = qemu_bytes(c["tmp"], "dd.qcow2", 1, fill=0x6d)
+    dead = web.add("/m1/dd.qcow2", data=data, fail="404")
+    corrupt = web.add("/m2/dd.qcow2", data=data, fail="corrupt")
+    good = web.add("/m3/dd.qcow2", data=data)
+    digest = hashlib.sha256(data).hexdigest()
+    meta = f"""<?xml version="1.0" encoding="UTF-8"?>
+<metalink xmlns="urn:ietf:params:xml:ns:metalink">
+  <file name="dd.qcow2">
+    <size>{len(data)}</size>
+    <hash type="sha-256">{digest}</hash>
+    <url priority="1">{dead}</url>
+    <url priority="2">{corrupt}</url>
+    <url priority="3">{good}</url>
+  </file>
+</metalink>
+"""
+    url = web.add("/dd.metalink", data=meta.encode())
+    t = api.registerTemplate(name="meta", url=url, format="QCOW2", hypervisor="KVM", zoneid=c["zone"]["id"],
+                             directdownload=True)["template"][0]
+    vm = api.deployVirtualMachine(zoneid=c["zone"]["id"], serviceofferingid=c["so"]["id"],
+                                  templateid=t["id"])["virtualmachine"]
+    root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
+    qemu_io(c["pool_dir"] / root["path"], "read -P 0x6d 0 1M")
+    assert [p.name for p in c["store_dir"].iterdir()] == []          # never touched the image store
+    served = {r[1] for r in web.requests if r[0] == "GET" and r[3] in (200, 206)}
+    assert "/m3/dd.qcow2" in served
