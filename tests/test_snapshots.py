@@ -297,5 +297,18 @@ def test_users_snapshot_their_own_volumes_within_their_limit(cloud):
     assert code == 532
     assert carol.listSnapshots()["count"] == 1 and api.listSnapshots() == {}
     assert api.listSnapshots(listall=True)["count"] == 1
+    from volstack.db.models import Account
+    from volstack.services import accounts
+
+    def secondary_bytes():
+        with cloud["server"].db.session(readonly=True) as s:
+            acc_id = s.scalar(select(Account.id).where(Account.uuid == acc["id"]))
+            return accounts.usage_of(s, acc_id, "secondary_storage")
+    assert secondary_bytes() == snap["physicalsize"] > 0
     carol.deleteSnapshot(id=snap["id"])
+    assert secondary_bytes() == 0
+    api.updateResourceLimit(account=acc["name"], domainid=acc["domainid"], resourcetype=11, max=0)
+    code, text = error_of(lambda: carol.createSnapshot(volumeid=root["id"]))
+    assert code == 532 and "secondary" in text.lower()
+    api.updateResourceLimit(account=acc["name"], domainid=acc["domainid"], resourcetype=11, max=-1)
     assert carol.createSnapshot(volumeid=root["id"])["snapshot"]["state"] == "BackedUp"

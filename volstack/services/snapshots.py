@@ -19,6 +19,7 @@ from volstack.drivers.default import serial_of
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
 from volstack.services import accounts, events, imagestores, infra, lookup, offerings, volumes
+from volstack.services import templates  # noqa: F401  (registers the secondary-storage counter this one adds to)
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import SNAPSHOT, VOLUME
@@ -28,6 +29,9 @@ lookup.register_entity("Snapshot", Snapshot)
 accounts.register_usage_counter("snapshot", lambda s, acc: s.scalar(
     select(func.count()).select_from(Snapshot).where(Snapshot.account_id == acc, Snapshot.removed.is_(None),
                                                      Snapshot.state.notin_(("Destroyed", "Error")))))
+accounts.add_usage_counter("secondary_storage", lambda s, acc: s.scalar(
+    select(func.coalesce(func.sum(Snapshot.physical_size), 0)).where(
+        Snapshot.account_id == acc, Snapshot.removed.is_(None), Snapshot.store_id.isnot(None))) or 0)
 VISIBLE = ("Allocated", "Creating", "CreatedOnPrimary", "BackingUp", "BackedUp", "Copying", "Destroying")
 
 
@@ -78,6 +82,7 @@ def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None) -> 
         raise ResourceUnavailable("No writable image store in the volume's zone to back the snapshot up to: add one "
                                   "with addImageStore")
     accounts.check_limit(s, vol.account_id, "snapshot")
+    accounts.check_limit(s, vol.account_id, "secondary_storage", vol.size)
     stamp = f"{utcnow():%Y%m%d%H%M%S}"
     snap = Snapshot(name=name or f"{vm.name + '_' if vm else ''}{vol.name}_{stamp}", volume_id=vol.id,
                     volume_type=vol.volume_type, disk_offering_id=vol.disk_offering_id, zone_id=vol.zone_id,
