@@ -444,3 +444,35 @@ class Agent:
             except FileNotFoundError:
                 pass
         return done
+
+    # ---- snapshots (agent/snapshots.py). A primary copy is (kind, name): "internal" = a qcow2 snapshot
+    # named `name` inside the volume image, "file" = the flat qcow2 `name` in the volume's pool.
+
+    def cmd_snapshot_take(self, args, progress):
+        from volstack.agent import snapshots
+        pool, name = self.pool(args), images.check_name(arg(args, "name"))
+        with self.hold(pool, name, "being snapshotted"):
+            return snapshots.take(self.hv, pool, name, arg(args, "format"), arg(args, "snapshot"),
+                                  arg(args, "vm", str, None), arg(args, "serial", str, None), progress,
+                                  arg(args, "speed", int, 0))
+
+    def cmd_snapshot_backup(self, args, progress):
+        from volstack.agent import snapshots
+        pool, name = self.pool(args), images.check_name(arg(args, "name"))
+        dst, dst_name = self.pool(args, "dst_pool"), images.check_name(arg(args, "dst_name"))
+        with self.hold(pool, name, "being backed up", shared=True), self.hold(dst, dst_name, "being copied to"):
+            return snapshots.backup(pool, name, arg(args, "format"), arg(args, "kind"), arg(args, "primary"),
+                                    dst, dst_name, progress)
+
+    def cmd_snapshot_delete_primary(self, args, progress):
+        from volstack.agent import snapshots
+        pool, name = self.pool(args), images.check_name(arg(args, "name"))
+        with self.hold(pool, name, "losing a snapshot"):
+            return snapshots.delete_primary(self.hv, pool, name, arg(args, "kind"), arg(args, "primary"))
+
+    def cmd_snapshot_revert(self, args, progress):
+        from volstack.agent import snapshots
+        pool, name = self.pool(args), images.check_name(arg(args, "name"))
+        src, src_name = self.pool(args, "src_pool"), images.check_name(arg(args, "src_name"))
+        with self.hold(pool, name, "being reverted"), self.hold(src, src_name, "being copied", shared=True):
+            return snapshots.revert(self.hv, pool, name, arg(args, "format"), src, src_name, progress)

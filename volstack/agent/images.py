@@ -371,8 +371,9 @@ _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
 def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=None,
-         src_format: str | None = None) -> dict:
-    """qemu-img convert src -> dst, progress(percent) as it goes; a failed copy leaves no destination."""
+         src_format: str | None = None, snapshot: str | None = None) -> dict:
+    """qemu-img convert src -> dst, progress(percent) as it goes; a failed copy leaves no destination.
+    snapshot: copy that internal (qcow2) snapshot of src instead of its current data."""
     check_name(src_name), check_name(dst_name), check_format(fmt)
     if fmt not in dst.formats:
         fmt = dst.formats[0]       # e.g. a qcow2 template lands raw on RBD; the result says which format
@@ -389,7 +390,7 @@ def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=
             objects = [a for p in {p.uuid: p for p in (src, dst)}.values()
                        for a in stack.enter_context(p.qemu_img_objects())]
             cmd = ["qemu-img", "convert", "-p", *objects, *extra, "-f", src_format, "-O", fmt,
-                   src.target(src_name), dst.target(part)]
+                   *(["-l", f"snapshot.name={snapshot}"] if snapshot else []), src.target(src_name), dst.target(part)]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_agent)
             buf, last = b"", -1
             while chunk := proc.stdout.read1(4096):

@@ -254,3 +254,14 @@ class SimulatedHypervisor:
         with self._lock:
             m = self.vms.get(args.get("name"), {}).get("migration")
             return {"resume": m["resume"]} if m and m["uri"] == args.get("uri") else None
+
+    def backup_disk(self, vm: str, serial: str, dst, dst_name: str, progress=None) -> dict:
+        """A running guest's disk copied as it is: simulated guests never write, so the copy is consistent."""
+        with self._lock:
+            rec = self._need(vm)
+            if rec["state"] != "Running":
+                raise Failed(f"VM {vm} is not running on host {self.hostname}")
+            d = dict(self._disk(rec, serial))
+        src = images.open_pool(d["pool"], self.hostname)
+        images.copy(src, d["name"], dst, dst_name, "qcow2", progress, src_format=d["format"])
+        return {"path": dst_name}

@@ -192,8 +192,9 @@ class ApiApp:
         """A job's server died mid-way: settle its object (declared per instance type), then retry or fail it."""
         cmd = self.registry.get(job.cmd) or self.registry.tasks.get(job.cmd)
         action = cmd.on_interrupt if cmd else "fail"
-        from volstack.services import vms, volumes
-        settle = {"Volume": volumes.settle_interrupted, "VirtualMachine": vms.settle_interrupted}.get(job.instance_type)
+        from volstack.services import snapshots, vms, volumes
+        settle = {"Volume": volumes.settle_interrupted, "VirtualMachine": vms.settle_interrupted,
+                  "Snapshot": snapshots.settle_interrupted}.get(job.instance_type)
         if action == "fail" and settle is not None and job.instance_uuid:
             from volstack.services.context import system_context
             try:

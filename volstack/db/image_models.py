@@ -52,6 +52,7 @@ class Template(OwnedEntity, Base):
     size: Mapped[int | None] = mapped_column(BigInteger)               # virtual size, bytes
     physical_size: Mapped[int | None] = mapped_column(BigInteger)
     source_volume_id: Mapped[int | None] = mapped_column(Integer)      # createTemplate from a volume
+    source_snapshot_id: Mapped[int | None] = mapped_column(Integer)    # createTemplate from a snapshot
     state: Mapped[str] = mapped_column(String(16), default="Active")   # Active, Inactive
     details: Mapped[dict] = mapped_column(JSON, default=dict)
     removed: Mapped[datetime | None] = mapped_column(DateTime)

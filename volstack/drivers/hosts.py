@@ -85,6 +85,24 @@ class SimulatedHost:
     def _template_check_source(self, validators=None, **_):
         return {"changed": False, "reason": "unchanged", "validators": validators or {}}
 
+    def _snapshot_take(self, pool, name, snapshot, **_):
+        images = self._images(pool)
+        if name not in images:
+            raise InvalidParameter(f"volume {name} does not exist on the simulated pool")
+        images[f"{snapshot}.qcow2"] = images[name]
+        return {"kind": "file", "name": f"{snapshot}.qcow2", "size": images[name]}
+
+    def _snapshot_backup(self, pool, primary, dst_pool, dst_name, **_):
+        size = self._images(dst_pool)[dst_name] = self._images(pool).get(primary, 0)
+        return {"path": dst_name, "size": size, "physical_size": 0, "format": "qcow2"}
+
+    def _snapshot_delete_primary(self, pool, primary, **_):
+        return {"removed": self._images(pool).pop(primary, None) is not None}
+
+    def _snapshot_revert(self, pool, name, src_pool, src_name, **_):
+        size = self._images(pool)[name] = self._images(src_pool).get(src_name, 0)
+        return {"path": name, "size": size, "physical_size": 0, "format": "qcow2"}
+
     def _pool_list(self, pool, path=""):
         return {"entries": [{"name": n, "isdirectory": False, "size": sz, "format": "qcow2"}
                             for n, sz in sorted(self._images(pool).items())]}

@@ -39,6 +39,13 @@ def register_usage_counter(resource_type: str, fn) -> None:
     _usage_counters[resource_type] = fn
 
 
+def add_usage_counter(resource_type: str, fn) -> None:
+    """Another subsystem's share of a usage that one already counts (snapshot backups besides templates on
+    image stores): the usage becomes the sum. Register it after the first counter."""
+    prev = _usage_counters.get(resource_type)
+    _usage_counters[resource_type] = fn if prev is None else (lambda s, acc: prev(s, acc) + fn(s, acc))
+
+
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
 

@@ -92,3 +92,21 @@ VM = Lifecycle("virtual machine", "state", {
     "Expunging": {"OperationSucceeded": "Expunged", "OperationFailed": "Destroyed"},
     "Expunged": {},
 })
+
+# CloudStack's snapshot state machine (reference §3.2). A failed backup goes back to CreatedOnPrimary (the
+# older versions' rule): the primary copy is intact and the backup can be retried, rather than an Error
+# snapshot hidden from its owner. CreatedOnPrimary and Error snapshots can also be destroyed (volstack addition).
+SNAPSHOT = Lifecycle("snapshot", "state", {
+    "Allocated": {"CreateRequested": "Creating"},
+    "Creating": {"OperationSucceeded": "CreatedOnPrimary", "OperationNotPerformed": "BackedUp",
+                 "OperationFailed": "Error"},
+    "CreatedOnPrimary": {"BackupToSecondary": "BackingUp", "OperationNotPerformed": "BackedUp",
+                         "DestroyRequested": "Destroying"},
+    "BackingUp": {"OperationSucceeded": "BackedUp", "OperationFailed": "CreatedOnPrimary"},
+    "BackedUp": {"DestroyRequested": "Destroying", "CopyingRequested": "Copying"},
+    "Copying": {"OperationSucceeded": "BackedUp", "OperationFailed": "BackedUp"},
+    "Destroying": {"OperationSucceeded": "Destroyed", "OperationFailed": "BackedUp",
+                   "OperationFailedOnPrimary": "CreatedOnPrimary"},     # a snapshot never backed up
+    "Destroyed": {},
+    "Error": {"DestroyRequested": "Destroying"},
+})

@@ -121,6 +121,11 @@ def _hosts_for(s, vm, hostid=None) -> list[Host]:
 
 
 def start(s, ctx, vm, hostid=None) -> VirtualMachine:
+    busy = [f"{v.name} is {v.state}" for v in s.scalars(select(Volume).where(
+        Volume.vm_id == vm.id, Volume.removed.is_(None), Volume.state.in_(("Snapshotting", "RevertSnapshotting"))))]
+    if busy:       # a snapshot being backed up or a revert rewriting the image must finish first
+        raise InvalidParameter(f"VM {vm.name} cannot start while its volume {', '.join(busy)}; wait for the "
+                               "snapshot operation to finish")
     hosts = _hosts_for(s, vm, hostid)
     if not hosts:
         raise InsufficientCapacity(f"No Up, Enabled {vm.hypervisor} host in the zone can run VM {vm.name}"

@@ -356,8 +356,7 @@ def template_prepare(req, p):
     P("displaytext", STRING, "The display text of the template, defaults to the 'name'.", length=4096),
     P("ostypeid", UUID, "the ID of the OS Type that best represents the OS of this template."),
     P("volumeid", UUID, "the ID of the disk volume the template is being created from", entity="Volume"),
-    P("snapshotid", UUID, "the ID of the snapshot the template is being created from (snapshots come with volume "
-      "snapshots)"),
+    P("snapshotid", UUID, "the ID of the snapshot the template is being created from", entity="Snapshot"),
     P("virtualmachineid", UUID, "Optional, VM ID: the VM's ROOT volume", entity="VirtualMachine"),
     P("ispublic", BOOLEAN, "true if this template is a public template, false otherwise"),
     P("isfeatured", BOOLEAN, "true if this template is a featured template, false otherwise"),
@@ -370,6 +369,9 @@ def template_prepare(req, p):
    prepare=lambda req, p: _create_template_row(req, p).uuid)
 def create_template(req, p):
     t = templates.get_template(req.s, req.ctx, p.id)
+    if t.source_snapshot_id is not None:
+        from volstack.services import snapshot_templates
+        return obj(req, TEMPLATE, snapshot_templates.copy_to_store(req.s, req.ctx, t, req.progress))
     return obj(req, TEMPLATE, templates.copy_volume_to_store(req.s, req.ctx, t, req.progress))
 
 
@@ -377,7 +379,13 @@ def _create_template_row(req, p):
     from volstack.errors import InvalidParameter
     from volstack.services import vms, volumes
     if p.snapshotid:
-        raise InvalidParameter("Templates from snapshots need volume snapshots, which this server does not have yet")
+        from volstack.services import snapshot_templates, snapshots
+        if p.volumeid or p.virtualmachineid:
+            raise InvalidParameter("Pass either snapshotid or volumeid (virtualmachineid), not both")
+        return snapshot_templates.create_row(
+            req.s, req.ctx, snapshots.get_snapshot(req.s, req.ctx, p.snapshotid), name=p.name,
+            displaytext=p.displaytext, ostypeid=p.ostypeid, ispublic=p.ispublic, isfeatured=p.isfeatured,
+            passwordenabled=p.passwordenabled, requireshvm=p.requireshvm, details=(p.details or {}).get("0"))
     if p.volumeid:
         vol = volumes.get_volume(req.s, req.ctx, p.volumeid)
     elif p.virtualmachineid:

@@ -48,6 +48,7 @@ VOLUME = View("volume", [
     F("storagetype", "shared or local storage", lambda r, lk: ("local" if lk.attr(sm.StoragePool, r.pool_id, "scope") == "HOST" else "shared") if r.pool_id else lk.attr(sm.DiskOffering, r.disk_offering_id, "storage_type")),
     F("templateid", "id of the template the ROOT volume was created from", _template_attr("uuid")),
     F("templatename", "name of the template the ROOT volume was created from", _template_attr("name")),
+    F("snapshotid", "ID of the snapshot from which this volume was created", lambda r, lk: (r.details or {}).get("snapshot")),
     F("diskofferingid", "ID of the disk offering", _ref(sm.DiskOffering, "disk_offering_id")),
     F("diskofferingname", "name of the disk offering", _ref(sm.DiskOffering, "disk_offering_id", "name")),
     F("diskofferingdisplaytext", "the display text of the disk offering", _ref(sm.DiskOffering, "disk_offering_id", "display_text")),
@@ -112,20 +113,27 @@ GIB = 1024 ** 3
     P("size", LONG, "Arbitrary volume size (GB), for a customized disk offering"),
     P("miniops", LONG, "min iops"),
     P("maxiops", LONG, "max iops"),
-    P("snapshotid", UUID, "the snapshot ID for the disk volume. Either diskOfferingId or snapshotId must be passed in."),
+    P("snapshotid", UUID, "the snapshot ID for the disk volume. Either diskOfferingId or snapshotId must be passed in.", entity="Snapshot"),
     P("virtualmachineid", UUID, "the ID of the virtual machine; to be used with snapshot Id, VM to which the volume gets attached after creation", entity="VirtualMachine"),
     P("customid", STRING, "an optional field, in case you want to set a custom id to the resource. Allowed to Root Admins only"),
     P("account", STRING, "the account associated with the disk volume. Must be used with the domainId parameter."),
     P("domainid", UUID, "the domain ID associated with the disk offering.", entity="Domain"),
 ], view=VOLUME, is_async=True, access=USER, instance_type="Volume", instance_param="id",
-   prepare=lambda req, p: volumes.create_volume(req.s, req.ctx, name=p.name, zoneid=p.zoneid,
-                                                diskofferingid=p.diskofferingid, size=p.size, miniops=p.miniops,
-                                                maxiops=p.maxiops).uuid)
+   prepare=lambda req, p: _create_volume_row(req, p).uuid)
 def create_volume(req, p):
     vol = volumes.get_volume(req.s, req.ctx, p.id)
     if p.virtualmachineid:
         volumes.attach(req.s, req.ctx, vol, vms.get_vm(req.s, req.ctx, p.virtualmachineid))
     return obj(req, VOLUME, vol)
+
+
+def _create_volume_row(req, p):
+    if p.snapshotid:
+        from volstack.services import snapshots
+        return snapshots.new_volume(req.s, req.ctx, snapshotid=p.snapshotid, name=p.name, zoneid=p.zoneid,
+                                    diskofferingid=p.diskofferingid, size=p.size)
+    return volumes.create_volume(req.s, req.ctx, name=p.name, zoneid=p.zoneid, diskofferingid=p.diskofferingid,
+                                 size=p.size, miniops=p.miniops, maxiops=p.maxiops)
 
 
 @API.command("listVolumes", "Lists all volumes.", VOL_FILTERS, view=VOLUME, is_list=True, access=USER)

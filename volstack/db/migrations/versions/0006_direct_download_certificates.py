@@ -1,15 +1,15 @@
 """direct download certificates
 
-Revision ID: 0005c
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-21 10:46:36.819010
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0005c'
-down_revision = '0004'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,86 @@
+"""Snapshot commands of the agent on real QEMU: a live, point-in-time copy of a running guest's disk while
+writes go on (QMP blockdev-backup), and internal qcow2 snapshots of idle volumes."""
+import os
+import subprocess
+
+import pytest
+
+from volstack import errors
+from volstack.agent.qmp import Qmp
+
+from agentproc import wait_until
+
+MiB = 1 << 20
+
+
+def qemu_io(path, cmd, fmt="qcow2"):
+    ro = ["-r", "-U"] if cmd.startswith("read") else []
+    r = subprocess.run(["qemu-io", *ro, "-f", fmt, "-c", cmd, str(path)], capture_output=True, text=True)
+    assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, r.stdout + r.stderr
+
+
+def guest_io(vm, device, cmd):
+    """I/O through the running QEMU's own block layer (HMP qemu-io), as a guest's writes would be."""
+    with Qmp(vm["monitor"]) as q:
+        out = q.execute("human-monitor-command", {"command-line": f'qemu-io -d {device} "{cmd}"'})
+    assert "Pattern verification failed" not in out and "error" not in out.lower(), out
+    return out
+
+
+def backup_jobs(vm):
+    with Qmp(vm["monitor"]) as q:
+        return [j for j in q.execute("query-jobs") if j["id"].startswith("backup-")]
+
+
+def test_live_snapshot_is_point_in_time_while_the_guest_writes(agent, pool, pool2):
+    c = agent.client
+    c.call("volume_create", pool=pool, name="data", size=16 * MiB, format="qcow2")
+    qemu_io(os.path.join(pool["path"], "data"), "write -P 0x11 0 8M")
+    vm = c.call("vm_start", name="vm1", uuid="0b9a9d1e-3f0f-4c9e-8d4e-3f1a2b3c4d5e", memory_mb=64, cpus=1,
+                disks=[{"pool": pool, "name": "data", "format": "qcow2", "serial": "DATA-1", "device_id": 0}])
+    with pytest.raises(errors.ResourceInUse):          # an in-use image is never snapshotted behind QEMU's back
+        c.call("snapshot_take", pool=pool, name="data", format="qcow2", snapshot="snap-a")
+    # the copy is throttled so that the guest's writes land while the backup job runs
+    task = c.call_async("snapshot_take", pool=pool, name="data", format="qcow2", snapshot="snap-a", vm="vm1",
+                        serial="DATA-1", speed=4 * MiB)
+    wait_until("the backup job to start", lambda: backup_jobs(vm), timeout=10)
+    guest_io(vm, "disk0", "write -P 0x22 0 8M")
+    assert [j["status"] for j in backup_jobs(vm)] == ["running"]     # the writes came before the copy ended
+    taken = c.wait_task(task)
+    assert taken == {"kind": "file", "name": "snap-a.qcow2", "size": 16 * MiB}
+    guest_io(vm, "disk0", "read -P 0x22 0 8M")
+    qemu_io(os.path.join(pool["path"], "snap-a.qcow2"), "read -P 0x11 0 8M")
+    with Qmp(vm["monitor"]) as q:                       # nothing of the backup is left in the guest
+        assert q.execute("query-jobs") == []
+        assert "snap-a" not in str(q.execute("query-named-block-nodes"))
+    res = c.call("snapshot_backup", pool=pool, name="data", format="qcow2", kind="file", primary="snap-a.qcow2",
+                 dst_pool=pool2, dst_name="a.qcow2")
+    assert res["size"] == 16 * MiB
+    qemu_io(os.path.join(pool2["path"], "a.qcow2"), "read -P 0x11 0 8M")
+    assert c.call("snapshot_delete_primary", pool=pool, name="data", kind="file", primary="snap-a.qcow2") == \
+        {"removed": True}
+    assert not os.path.exists(os.path.join(pool["path"], "snap-a.qcow2"))
+    with pytest.raises(errors.ResourceInUse):
+        c.call("snapshot_revert", pool=pool, name="data", format="qcow2", src_pool=pool2, src_name="a.qcow2")
+    c.call("vm_stop", name="vm1", forced=True)
+    c.call("snapshot_revert", pool=pool, name="data", format="qcow2", src_pool=pool2, src_name="a.qcow2")
+    qemu_io(os.path.join(pool["path"], "data"), "read -P 0x11 0 8M")
+
+
+def test_internal_snapshot_of_an_idle_volume(agent, pool, pool2):
+    c = agent.client
+    c.call("volume_create", pool=pool, name="idle", size=8 * MiB, format="qcow2")
+    image = os.path.join(pool["path"], "idle")
+    qemu_io(image, "write -P 0x33 0 1M")
+    args = dict(pool=pool, name="idle", format="qcow2", snapshot="snap-b")
+    assert c.call("snapshot_take", **args) == {"kind": "internal", "name": "snap-b", "size": 8 * MiB}
+    assert c.call("snapshot_take", **args)["kind"] == "internal"          # idempotent
+    qemu_io(image, "write -P 0x44 0 1M")
+    c.call("snapshot_backup", pool=pool, name="idle", format="qcow2", kind="internal", primary="snap-b",
+           dst_pool=pool2, dst_name="b.qcow2")
+    qemu_io(os.path.join(pool2["path"], "b.qcow2"), "read -P 0x33 0 1M")
+    assert c.call("snapshot_delete_primary", pool=pool, name="idle", kind="internal", primary="snap-b") == \
+        {"removed": True}
+    assert c.call("snapshot_delete_primary", pool=pool, name="idle", kind="internal", primary="snap-b") == \
+        {"removed": False}
+    qemu_io(image, "read -P 0x44 0 1M")

@@ -1,0 +1,134 @@
+"""Volume snapshot commands: createSnapshot, listSnapshots, deleteSnapshot, revertSnapshot."""
+from volstack.api.commands.common import list_query, lst, obj
+from volstack.api.commands.volumes import _owner_fields
+from volstack.api.registry import (API, BOOLEAN, LIST, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F,
+                                   Param as P, Success, View)
+from volstack.api.views import _a, _date, _ref
+from volstack.db import models as m
+from volstack.db import storage_models as sm
+from volstack.db.image_models import ImageStore
+from volstack.services import snapshots
+
+
+def _vol(name):
+    return lambda r, lk: lk.attr(sm.Volume, r.volume_id, name)
+
+
+def _on_store(r, lk) -> bool:
+    return r.store_id is not None and r.install_path is not None and r.state in ("BackedUp", "Copying", "Destroying")
+
+
+SNAPSHOT = View("snapshot", [
+    F("id", "ID of the snapshot", _a("uuid")),
+    F("name", "name of the snapshot", _a("name")),
+    F("state", "the state of the snapshot. BackedUp means that snapshot is ready to be used; Creating - the snapshot "
+      "is being allocated on the primary storage; BackingUp - the snapshot is being backed up on secondary storage",
+      _a("state")),
+    F("snapshottype", "the type of the snapshot", _a("snapshot_type")),
+    F("intervaltype", "valid types are hourly, daily, weekly, monthy, template, and none.",
+      lambda r, lk: "MANUAL" if r.snapshot_type == "MANUAL" else None),
+    F("locationtype", "valid location types are primary and secondary.",
+      lambda r, lk: "SECONDARY" if _on_store(r, lk) else ("PRIMARY" if r.primary_name else None)),
+    F("volumeid", "ID of the disk volume", _vol("uuid")),
+    F("volumename", "name of the disk volume", _vol("name")),
+    F("volumetype", "type of the disk volume", _a("volume_type")),
+    F("volumestate", "state of the disk volume",
+      lambda r, lk: "Expunged" if lk.attr(sm.Volume, r.volume_id, "removed") else lk.attr(sm.Volume, r.volume_id, "state")),
+    F("virtualsize", "virtual size of backedup snapshot on image store", _a("size"), "long"),
+    F("physicalsize", "physical size of backedup snapshot on image store", _a("physical_size"), "long"),
+    F("revertable", "indicates whether the underlying storage supports reverting the volume to this snapshot",
+      lambda r, lk: r.state == "BackedUp" and lk.attr(sm.Volume, r.volume_id, "removed") is None, "boolean"),
+    F("hypervisor", "the hypervisor of the snapshot", _a("hypervisor")),
+    F("zoneid", "id of the availability zone", _ref(m.Zone, "zone_id")),
+    F("zonename", "name of the availability zone", _ref(m.Zone, "zone_id", "name")),
+    F("datastoreid", "id of the image store holding the backup", lambda r, lk: lk.attr(ImageStore, r.store_id, "uuid")
+      if _on_store(r, lk) else None),
+    F("datastorename", "name of the image store holding the backup",
+      lambda r, lk: lk.attr(ImageStore, r.store_id, "name") if _on_store(r, lk) else None),
+    F("datastoretype", "type of the datastore holding the snapshot",
+      lambda r, lk: "Image" if _on_store(r, lk) else ("Primary" if r.primary_name else None)),
+    F("status", "why the last operation on the snapshot failed", _a("error")),
+    F("created", "the date the snapshot was created", _date("created"), "date"),
+    *_owner_fields(),
+])
+
+SNAP_JOB = dict(is_async=True, access=USER, instance_type="Snapshot", instance_param="id")
+
+
+@API.command("createSnapshot", "Creates an instant snapshot of a volume: taken on primary storage (live, disk only, "
+             "for a running VM), then backed up to an image store of the zone.", [
+    P("volumeid", UUID, "The ID of the disk volume", required=True, entity="Volume"),
+    P("name", STRING, "the name of the snapshot"),
+    P("policyid", UUID, "policy id of the snapshot, if this is null, then use MANUAL_POLICY."),
+    P("asyncbackup", BOOLEAN, "asynchronous backup if true: the job ends once the snapshot is on primary storage "
+      "(CreatedOnPrimary) and the backup to the image store goes on in the background"),
+    P("locationtype", STRING, "Currently applicable only for managed storage. Valid location types: 'primary', "
+      "'secondary'. Default = 'secondary' here"),
+    P("quiescevm", BOOLEAN, "quiesce vm if true (needs a guest agent; ignored)"),
+    P("zoneids", LIST, "A comma-separated list of IDs of the zones in which the snapshot will be made available "
+      "(not supported yet)", entity="Zone"),
+    P("account", STRING, "The account of the snapshot. The account parameter must be used with the domainId parameter."),
+    P("domainid", UUID, "The domain ID of the snapshot. If used with the account parameter, it specifies the domain "
+      "the account is in.", entity="Domain"),
+], view=SNAPSHOT, **SNAP_JOB,
+   prepare=lambda req, p: _create_row(req, p).uuid)
+def create_snapshot(req, p):
+    snap = snapshots.get_snapshot(req.s, req.ctx, p.id)
+    start = (lambda: req.start_task("snapshotBackup", {"snapshot": snap.uuid}, snap.uuid)) if p.asyncbackup else None
+    return obj(req, SNAPSHOT, snapshots.take(req.s, req.ctx, snap, req.progress, start))
+
+
+@API.task("snapshotBackup", instance_type="Snapshot")
+def snapshot_backup(req, p):
+    snap = snapshots.backup_task(req.s, req.ctx, p["snapshot"], req.progress)
+    return {"snapshot": snap.uuid, "state": snap.state}
+
+
+def _create_row(req, p):
+    from volstack.errors import InvalidParameter
+    if p.zoneids:
+        raise InvalidParameter("Copying snapshots to other zones (zoneids) is not supported yet")
+    return snapshots.create(req.s, req.ctx, volumeid=p.volumeid, name=p.name, policyid=p.policyid,
+                            locationtype=p.locationtype)
+
+
+_FILTERS = ("id", "ids", "name", "volumeid", "zoneid", "snapshottype", "intervaltype", "storageid", "imagestoreid",
+            "locationtype")
+
+
+@API.command("listSnapshots", "Lists all available snapshots for the account.", [
+    P("id", UUID, "lists snapshot by snapshot ID", entity="Snapshot"),
+    P("ids", LIST, "the IDs of the snapshots, mutually exclusive with id", entity="Snapshot"),
+    P("name", STRING, "lists snapshot by snapshot name"),
+    P("volumeid", UUID, "the ID of the disk volume", entity="Volume"),
+    P("zoneid", UUID, "list snapshots by zone id", entity="Zone"),
+    P("snapshottype", STRING, "valid values are MANUAL or RECURRING."),
+    P("intervaltype", STRING, "valid values are HOURLY, DAILY, WEEKLY, and MONTHLY."),
+    P("storageid", UUID, "list snapshots by the primary storage pool still holding them", entity="StoragePool"),
+    P("imagestoreid", UUID, "list snapshots by the image store holding their backup", entity="ImageStore"),
+    P("locationtype", STRING, "list snapshots by location: PRIMARY or SECONDARY"),
+    P("showunique", BOOLEAN, "list one entry per snapshot (always the case here)"),
+    *OWNER_LIST_PARAMS,
+], view=SNAPSHOT, is_list=True, access=USER)
+def list_snapshots(req, p):
+    return lst(req, SNAPSHOT, snapshots.list_snapshots(req.s, req.ctx, list_query(req, p),
+                                                       **{k: p.get(k) for k in _FILTERS}))
+
+
+@API.command("deleteSnapshot", "Deletes a snapshot of a disk volume: its backup on the image store and any copy "
+             "left on primary storage.", [
+    P("id", UUID, "The ID of the snapshot", required=True, entity="Snapshot"),
+    P("zoneid", UUID, "The ID of the zone for the snapshot", entity="Zone"),
+], response_key="success", **SNAP_JOB)
+def delete_snapshot(req, p):
+    snapshots.delete(req.s, req.ctx, snapshots.get_snapshot(req.s, req.ctx, p.id))
+    return Success()
+
+
+@API.command("revertSnapshot", "Reverts a volume to any of its backed-up snapshots. The volume must be detached or "
+             "its VM stopped.", [
+    P("id", UUID, "The ID of the snapshot", required=True, entity="Snapshot"),
+], view=SNAPSHOT, **SNAP_JOB)
+def revert_snapshot(req, p):
+    snap = snapshots.get_snapshot(req.s, req.ctx, p.id)
+    return obj(req, SNAPSHOT, snapshots.revert(req.s, req.ctx, snap, req.progress))

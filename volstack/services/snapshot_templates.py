@@ -1,0 +1,66 @@
+"""createTemplate snapshotid=: a template whose image is a copy of a snapshot's backup, made store to store on a
+zone host (the backup is already a flat qcow2, so the copy is one qemu-img convert)."""
+from sqlalchemy import select
+
+from volstack.db.image_models import ImageStore, Template, TemplateStoreRef, TemplateZone
+from volstack.db.models import utcnow
+from volstack.db.snapshot_models import Snapshot
+from volstack.drivers.hosts import channel, run_long
+from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceUnavailable
+from volstack.services import accounts, catalog, events, imagestores, templates
+
+
+def create_row(s, ctx, snap: Snapshot, *, name, displaytext=None, ostypeid=None, ispublic=False, isfeatured=False,
+               passwordenabled=False, requireshvm=True, details=None) -> Template:
+    """The template row and its store copy (Allocated); the job copies the snapshot's backup."""
+    if snap.state != "BackedUp" or snap.store_id is None:
+        raise InvalidParameter(f"Snapshot {snap.name} is {snap.state}; templates are made from backed-up snapshots")
+    if ostypeid is not None and catalog.os_type(ostypeid) is None:
+        raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
+    if (ispublic or isfeatured) and not ctx.is_admin and not templates._users_may_publish(s, ctx):
+        raise PermissionDenied("Only administrators may create public or featured templates here")
+    stores = imagestores.writable_stores(s, snap.zone_id)
+    if not stores:
+        raise ResourceUnavailable("No writable image store in the snapshot's zone: add one with addImageStore or "
+                                  "clear readonly on an existing one")
+    accounts.check_limit(s, ctx.account_id, "template")
+    t = Template(name=name, display_text=displaytext or name, format="QCOW2", hypervisor=snap.hypervisor,
+                 os_type=ostypeid or catalog.os_type_id("Other Linux (64-bit)"), is_public=bool(ispublic),
+                 featured=bool(isfeatured), password_enabled=bool(passwordenabled), requires_hvm=bool(requireshvm),
+                 source_snapshot_id=snap.id, account_id=ctx.account_id, domain_id=ctx.domain_id,
+                 details=dict(details or {}), size=snap.size)
+    s.add(t)
+    s.flush()
+    s.add(TemplateZone(template_id=t.id, zone_id=snap.zone_id))
+    s.add(TemplateStoreRef(template_id=t.id, store_id=stores[0].id, install_path=templates.object_name(t)))
+    events.record(s, ctx, "TEMPLATE.CREATE", f"Template {name} being created from snapshot {snap.name}",
+                  resource_type="Template", resource_uuid=t.uuid)
+    return t
+
+
+def copy_to_store(s, ctx, t: Template, progress=None) -> Template:
+    """The createTemplate job for a snapshot source."""
+    ref = s.scalar(select(TemplateStoreRef).where(TemplateStoreRef.template_id == t.id))
+    snap = s.get(Snapshot, t.source_snapshot_id)
+    src, dst = s.get(ImageStore, snap.store_id), s.get(ImageStore, ref.store_id)
+    ref.state, ref.download_state = "Creating", "DOWNLOAD_IN_PROGRESS"
+    s.commit()
+    try:
+        if snap.state != "BackedUp":
+            raise InvalidParameter(f"Snapshot {snap.name} became {snap.state} before its template was made")
+        res = run_long(channel(imagestores.host_for(s, dst)), "volume_copy", progress, src_pool=imagestores.spec(src),
+                       src_name=snap.install_path, src_format="qcow2", dst_pool=imagestores.spec(dst),
+                       dst_name=ref.install_path, format="qcow2")
+    except CloudError as exc:
+        ref.state, ref.download_state, ref.error = "Failed", "DOWNLOAD_ERROR", exc.text
+        t.removed, t.state = utcnow(), "Inactive"
+        events.record(s, ctx, "TEMPLATE.CREATE", f"Creating template {t.name} from snapshot {snap.name} failed: "
+                      f"{exc.text}", level="ERROR", resource_type="Template", resource_uuid=t.uuid)
+        s.commit()
+        raise
+    ref.state, ref.download_state, ref.download_pct = "Ready", "DOWNLOADED", 100
+    ref.size, ref.physical_size = res["size"], res.get("physical_size")
+    t.size, t.physical_size = res["size"], res.get("physical_size")
+    events.record(s, ctx, "TEMPLATE.CREATE", f"Template {t.name} created from snapshot {snap.name}",
+                  resource_type="Template", resource_uuid=t.uuid)
+    return t

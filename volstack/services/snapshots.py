@@ -1,0 +1,414 @@
+"""Volume snapshots: createSnapshot (taken on primary, backed up to an image store), listSnapshots,
+deleteSnapshot, revertSnapshot, and createVolume from a snapshot.
+
+Flow of a snapshot (reference §3.2): Allocated (the row, made with the request) → Creating (the volume is
+Snapshotting, committed) → CreatedOnPrimary (an internal qcow2 snapshot of a stopped or detached volume, or a
+point-in-time file copy of a running guest's disk made by QEMU's backup job) → BackingUp → BackedUp (a flat
+qcow2 `<uuid>.qcow2` on a writable image store of the zone), after which the primary copy is removed. The
+volume stays Snapshotting until then, so nothing moves, resizes or reverts it under the backup. A failed
+backup goes back to CreatedOnPrimary with the reason (the primary copy is kept); a failed take is Error.
+"""
+from sqlalchemy import func, select
+
+from volstack.db.image_models import ImageStore
+from volstack.db.models import Host, utcnow
+from volstack.db.snapshot_models import Snapshot
+from volstack.db.storage_models import DiskOffering, StoragePool, VirtualMachine, Volume
+from volstack.drivers import driver_for
+from volstack.drivers.default import serial_of
+from volstack.drivers.hosts import channel, run_long
+from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
+from volstack.services import accounts, events, imagestores, infra, lookup, offerings, volumes
+from volstack.services import templates  # noqa: F401  (registers the secondary-storage counter this one adds to)
+from volstack.services import settings as S
+from volstack.services.context import check_access, owner_filter
+from volstack.services.lifecycle import SNAPSHOT, VOLUME
+from volstack.services.listing import ListQuery, keyword_filter, paginate
+
+lookup.register_entity("Snapshot", Snapshot)
+accounts.register_usage_counter("snapshot", lambda s, acc: s.scalar(
+    select(func.count()).select_from(Snapshot).where(Snapshot.account_id == acc, Snapshot.removed.is_(None),
+                                                     Snapshot.state.notin_(("Destroyed", "Error")))))
+accounts.add_usage_counter("secondary_storage", lambda s, acc: s.scalar(
+    select(func.coalesce(func.sum(Snapshot.physical_size), 0)).where(
+        Snapshot.account_id == acc, Snapshot.removed.is_(None), Snapshot.store_id.isnot(None))) or 0)
+VISIBLE = ("Allocated", "Creating", "CreatedOnPrimary", "BackingUp", "BackedUp", "Copying", "Destroying")
+
+
+def get_snapshot(s, ctx, uuid) -> Snapshot:
+    snap = s.scalar(select(Snapshot).where(Snapshot.uuid == uuid, Snapshot.removed.is_(None)))
+    if snap is None:
+        raise InvalidParameter(f"Unable to find snapshot by id {uuid}")
+    check_access(s, ctx, snap.account_id, "snapshot")
+    return snap
+
+
+def _vm_of(s, vol) -> VirtualMachine | None:
+    return s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
+
+
+def _file_pool(s, vol) -> StoragePool:
+    pool = s.get(StoragePool, vol.pool_id)
+    if driver_for(pool.provider).CAPABILITIES.get("native_snapshot"):      # RBD: its own primitives, not wired yet
+        raise InvalidParameter(f"Volume {vol.name} is on {pool.pool_type} pool {pool.name}: volstack takes volume "
+                               "snapshots on file pools (NFS, SharedMountPoint, local) only for now")
+    return pool
+
+
+def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None) -> Snapshot:
+    """The snapshot row (Allocated), after every check that can be made before touching a host."""
+    vol = volumes.get_volume(s, ctx, volumeid)
+    if policyid:
+        raise InvalidParameter("Snapshot policies are not available on this server yet; omit policyid")
+    if locationtype and locationtype.upper() != "SECONDARY":
+        raise InvalidParameter(f"locationtype {locationtype} is not supported for file pools: snapshots are backed "
+                               "up to an image store (locationtype=SECONDARY)")
+    if vol.state != "Ready" or vol.pool_id is None:
+        hint = "wait for its operation to finish" if vol.state in ("Migrating", "Resizing", "Snapshotting",
+                                                                    "RevertSnapshotting", "Attaching", "Creating",
+                                                                    "Copying") \
+            else "attach it to a VM (or start its VM) first so it exists on primary storage"
+        raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be snapshotted: {hint}")
+    _file_pool(s, vol)
+    vm = _vm_of(s, vol)
+    if vm is not None and vm.state == "Running" and not S.Settings.value_in(s, S.KVM_SNAPSHOT_ENABLED,
+                                                                            zone=vol.zone_id):
+        raise InvalidParameter(f"Volume {vol.name} is attached to running VM {vm.name} and snapshots of volumes of "
+                               "running KVM VMs are disabled (kvm.snapshot.enabled=false); stop the VM or ask an "
+                               "administrator to enable them")
+    if vm is not None and vm.state not in ("Running", "Stopped"):
+        raise InvalidParameter(f"VM {vm.name} is {vm.state}; snapshot its volume when it is Running or Stopped")
+    if not imagestores.writable_stores(s, vol.zone_id):
+        raise ResourceUnavailable("No writable image store in the volume's zone to back the snapshot up to: add one "
+                                  "with addImageStore")
+    accounts.check_limit(s, vol.account_id, "snapshot")
+    accounts.check_limit(s, vol.account_id, "secondary_storage", vol.size)
+    stamp = f"{utcnow():%Y%m%d%H%M%S}"
+    snap = Snapshot(name=name or f"{vm.name + '_' if vm else ''}{vol.name}_{stamp}", volume_id=vol.id,
+                    volume_type=vol.volume_type, disk_offering_id=vol.disk_offering_id, zone_id=vol.zone_id,
+                    size=vol.size, hypervisor=vol.hypervisor or "KVM", account_id=vol.account_id,
+                    domain_id=vol.domain_id)
+    s.add(snap)
+    s.flush()
+    events.record(s, ctx, "SNAPSHOT.CREATE", f"Snapshot {snap.name} of volume {vol.name} requested",
+                  resource_type="Snapshot", resource_uuid=snap.uuid)
+    return snap
+
+
+def _host_for(s, vol, pool) -> tuple[Host, VirtualMachine | None]:
+    """The running guest's host (live snapshot), else any Up host that reaches the pool."""
+    vm = _vm_of(s, vol)
+    if vm is not None and vm.state == "Running":
+        return s.get(Host, vm.host_id), vm
+    from volstack.services.pools import hosts_in_scope
+    hosts = hosts_in_scope(s, pool)
+    if not hosts:
+        raise ResourceUnavailable(f"No Up host can reach storage pool {pool.name} to snapshot volume {vol.name}")
+    return hosts[0], None
+
+
+def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
+    """The job of createSnapshot: take on primary, back up, remove the primary copy. With start_backup
+    (asyncbackup=true) the job ends at CreatedOnPrimary and start_backup() queues the backup as a task; the
+    volume stays Snapshotting until that task is done."""
+    vol = s.get(Volume, snap.volume_id)
+    try:
+        if vol.state != "Ready":
+            raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be snapshotted (wait "
+                                   "for its operation to finish)")
+        pool = _file_pool(s, vol)
+        host, vm = _host_for(s, vol, pool)
+        VOLUME.fire(s, vol, "SnapshotRequested")
+    except CloudError as exc:
+        s.rollback()
+        SNAPSHOT.fire(s, snap, "CreateRequested")
+        SNAPSHOT.fire(s, snap, "OperationFailed", error=exc.text)
+        s.commit()
+        raise
+    SNAPSHOT.fire(s, snap, "CreateRequested", pool_id=pool.id)
+    s.commit()
+    spec = driver_for(pool.provider).spec(pool)
+    try:
+        res = run_long(channel(host), "snapshot_take", progress, pool=spec, name=vol.path,
+                       format=vol.format.lower(), snapshot=f"snap-{snap.uuid}", vm=vm.uuid if vm else None,
+                       serial=serial_of(vol) if vm else None)
+    except CloudError as exc:
+        SNAPSHOT.fire(s, snap, "OperationFailed", error=f"taking the snapshot on {pool.name} failed: {exc.text}")
+        volumes.host_work_failed(s, vol, exc, error=f"snapshot {snap.name} failed: {exc.text}")
+    SNAPSHOT.fire(s, snap, "OperationSucceeded", primary_kind=res["kind"], primary_name=res["name"],
+                  size=res.get("size") or snap.size)
+    events.record(s, ctx, "SNAPSHOT.CREATE", f"Snapshot {snap.name} taken on storage pool {pool.name}"
+                  + (f" while VM {vm.name} runs" if vm else ""), resource_type="Snapshot", resource_uuid=snap.uuid)
+    s.commit()
+    if start_backup is not None:
+        start_backup()
+        return snap
+    try:
+        backup(s, ctx, snap, vol, pool, host, progress)
+    except CloudError:
+        VOLUME.fire(s, vol, "OperationSucceeded")
+        s.commit()
+        raise
+    VOLUME.fire(s, vol, "OperationSucceeded")
+    return snap
+
+
+def backup_task(s, ctx, snapshot_uuid: str, progress=None) -> Snapshot:
+    """The asyncbackup task: back up a CreatedOnPrimary snapshot, then release its volume."""
+    snap = s.scalar(select(Snapshot).where(Snapshot.uuid == snapshot_uuid))
+    vol = s.get(Volume, snap.volume_id)
+    try:
+        pool = s.get(StoragePool, snap.pool_id)
+        backup(s, ctx, snap, vol, pool, _host_for(s, vol, pool)[0], progress)
+    except CloudError:
+        if vol.state == "Snapshotting":
+            VOLUME.fire(s, vol, "OperationSucceeded")
+        s.commit()
+        raise
+    VOLUME.fire(s, vol, "OperationSucceeded")
+    return snap
+
+
+def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host: Host, progress=None) -> None:
+    """CreatedOnPrimary → BackingUp → BackedUp on the writable store with the most free space."""
+    stores = imagestores.writable_stores(s, snap.zone_id)
+    if not stores:
+        raise ResourceUnavailable("No writable image store in the zone to back the snapshot up to; the snapshot "
+                                  "stays on primary storage")
+    store = stores[0]
+    dst_name = f"{snap.uuid}.qcow2"
+    SNAPSHOT.fire(s, snap, "BackupToSecondary", store_id=store.id, install_path=dst_name)
+    s.commit()
+    spec = driver_for(pool.provider).spec(pool)
+    try:
+        res = run_long(channel(host), "snapshot_backup", progress, pool=spec, name=vol.path,
+                       format=vol.format.lower(), kind=snap.primary_kind, primary=snap.primary_name,
+                       dst_pool=imagestores.spec(store), dst_name=dst_name)
+    except CloudError as exc:
+        SNAPSHOT.fire(s, snap, "OperationFailed", store_id=None, install_path=None,
+                      error=f"backup to image store {store.name} failed (the snapshot is kept on primary storage): "
+                            f"{exc.text}")
+        events.record(s, ctx, "SNAPSHOT.BACKUP", f"Snapshot {snap.name}: {snap.error}", level="ERROR",
+                      resource_type="Snapshot", resource_uuid=snap.uuid)
+        raise
+    SNAPSHOT.fire(s, snap, "OperationSucceeded", physical_size=res.get("physical_size"), size=res["size"],
+                  error=None)
+    try:
+        channel(host).call("snapshot_delete_primary", pool=spec, name=vol.path, kind=snap.primary_kind,
+                           primary=snap.primary_name)
+        snap.pool_id, snap.primary_kind, snap.primary_name = None, None, None
+    except CloudError as exc:
+        events.record(s, ctx, "SNAPSHOT.BACKUP", f"Snapshot {snap.name} is backed up but its copy on storage pool "
+                      f"{pool.name} could not be removed (deleteSnapshot removes it): {exc.text}", level="WARN",
+                      resource_type="Snapshot", resource_uuid=snap.uuid)
+    events.record(s, ctx, "SNAPSHOT.BACKUP", f"Snapshot {snap.name} backed up to image store {store.name}",
+                  resource_type="Snapshot", resource_uuid=snap.uuid)
+
+
+def _store_of(s, snap) -> ImageStore | None:
+    return s.get(ImageStore, snap.store_id) if snap.store_id else None
+
+
+def delete(s, ctx, snap: Snapshot) -> None:
+    """deleteSnapshot: the store copy and any primary copy go, then the row is Destroyed."""
+    if snap.state not in ("BackedUp", "CreatedOnPrimary", "Error"):
+        raise InvalidParameter(f"Snapshot {snap.name} is {snap.state}; wait for its operation to finish")
+    users = [v.name for v in s.scalars(select(Volume).where(Volume.removed.is_(None), Volume.state == "Allocated"))
+             if (v.details or {}).get("snapshot") == snap.uuid]
+    if users:
+        raise ResourceInUse(f"Snapshot {snap.name} is still needed by volume(s) {', '.join(users)} created from it "
+                            "and not yet attached; attach or delete them first")
+    was = snap.state
+    SNAPSHOT.fire(s, snap, "DestroyRequested")
+    s.commit()
+    try:
+        store = _store_of(s, snap)
+        if store is not None and snap.install_path:
+            channel(imagestores.host_for(s, store)).call("volume_delete", pool=imagestores.spec(store),
+                                                         name=snap.install_path)
+        if snap.pool_id and snap.primary_name:
+            pool = s.get(StoragePool, snap.pool_id)
+            vol = s.get(Volume, snap.volume_id)
+            from volstack.services.pools import hosts_in_scope
+            hosts = hosts_in_scope(s, pool)
+            if not hosts:
+                raise ResourceUnavailable(f"No Up host can reach storage pool {pool.name} to remove the snapshot's "
+                                          "copy there")
+            channel(hosts[0]).call("snapshot_delete_primary", pool=driver_for(pool.provider).spec(pool),
+                                   name=vol.path, kind=snap.primary_kind, primary=snap.primary_name)
+    except CloudError as exc:
+        SNAPSHOT.fire(s, snap, "OperationFailed" if was == "BackedUp" else "OperationFailedOnPrimary",
+                      error=f"delete failed: {exc.text}")
+        s.commit()
+        raise
+    SNAPSHOT.fire(s, snap, "OperationSucceeded", removed=utcnow())
+    events.record(s, ctx, "SNAPSHOT.DELETE", f"Snapshot {snap.name} deleted", resource_type="Snapshot",
+                  resource_uuid=snap.uuid)
+
+
+def revert(s, ctx, snap: Snapshot, progress=None) -> Snapshot:
+    """revertSnapshot: the volume's image becomes the snapshot's data (any snapshot of the volume)."""
+    if snap.state != "BackedUp":
+        raise InvalidParameter(f"Snapshot {snap.name} is {snap.state}; only a backed-up snapshot can be reverted to"
+                               + (" (wait for the backup to finish)" if snap.state in ("Creating", "BackingUp",
+                                                                                       "CreatedOnPrimary") else ""))
+    vol = s.scalar(select(Volume).where(Volume.id == snap.volume_id, Volume.removed.is_(None)))
+    if vol is None:
+        raise InvalidParameter(f"The volume of snapshot {snap.name} has been deleted; create a volume from the "
+                               "snapshot instead (createVolume snapshotid=…)")
+    vm = _vm_of(s, vol)
+    if vm is not None and vm.state != "Stopped":
+        raise InvalidParameter(f"Volume {vol.name} is attached to VM {vm.name}, which is {vm.state}; stop the VM "
+                               "(or detach the volume) to revert it")
+    if vol.state != "Ready":
+        raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be reverted")
+    pool = _file_pool(s, vol)
+    host, _ = _host_for(s, vol, pool)
+    store = _store_of(s, snap)
+    volumes.begin_host_work(s, vol, "RevertSnapshotRequested")
+    try:
+        res = run_long(channel(host), "snapshot_revert", progress, pool=driver_for(pool.provider).spec(pool),
+                       name=vol.path, format=vol.format.lower(), src_pool=imagestores.spec(store),
+                       src_name=snap.install_path)
+    except CloudError as exc:
+        volumes.host_work_failed(s, vol, exc, error=f"revert to snapshot {snap.name} failed: {exc.text}")
+    VOLUME.fire(s, vol, "OperationSucceeded", size=res["size"], physical_size=res.get("physical_size"), error=None)
+    events.record(s, ctx, "SNAPSHOT.REVERT", f"Volume {vol.name} reverted to snapshot {snap.name}",
+                  resource_type="Snapshot", resource_uuid=snap.uuid)
+    return snap
+
+
+def list_snapshots(s, ctx, q: ListQuery, **f):
+    stmt = select(Snapshot).where(Snapshot.removed.is_(None), Snapshot.state.in_(VISIBLE),
+                                  *owner_filter(s, ctx, Snapshot, listall=q.listall, isrecursive=q.isrecursive,
+                                                account=q.account, domain_uuid=q.domainid)).order_by(Snapshot.id)
+    if f.get("id"):
+        stmt = stmt.where(Snapshot.uuid == f["id"])
+    if f.get("ids"):
+        stmt = stmt.where(Snapshot.uuid.in_(f["ids"]))
+    if f.get("name"):
+        stmt = stmt.where(Snapshot.name == f["name"])
+    if f.get("volumeid"):
+        stmt = stmt.where(Snapshot.volume_id == s.scalar(select(Volume.id).where(Volume.uuid == f["volumeid"])))
+    if f.get("zoneid"):
+        stmt = stmt.where(Snapshot.zone_id == infra.get_zone(s, f["zoneid"]).id)
+    if f.get("snapshottype"):
+        stmt = stmt.where(func.upper(Snapshot.snapshot_type) == f["snapshottype"].upper())
+    if f.get("intervaltype"):
+        stmt = stmt.where(Snapshot.id.is_(None))        # no policies yet: no recurring snapshots of any interval
+    if f.get("storageid"):
+        stmt = stmt.where(Snapshot.pool_id == s.scalar(select(StoragePool.id).where(StoragePool.uuid == f["storageid"])))
+    if f.get("imagestoreid"):
+        stmt = stmt.where(Snapshot.store_id == imagestores.get_store(s, f["imagestoreid"]).id)
+    if f.get("locationtype"):
+        loc = f["locationtype"].upper()
+        if loc not in ("PRIMARY", "SECONDARY"):
+            raise InvalidParameter("locationtype must be PRIMARY or SECONDARY")
+        stmt = stmt.where(Snapshot.store_id.isnot(None) if loc == "SECONDARY" else Snapshot.store_id.is_(None))
+    return paginate(s, stmt.where(*keyword_filter(q, Snapshot.name)), q)
+
+
+# ---------------------------------------------------------------- volumes from snapshots
+
+def new_volume(s, ctx, *, snapshotid, name=None, zoneid=None, diskofferingid=None, size=None) -> Volume:
+    """createVolume snapshotid=: an Allocated volume whose first image comes from the snapshot's store copy
+    when it is first attached. DATA snapshots keep their disk offering; ROOT snapshots need one at least as
+    large as the snapshot."""
+    snap = get_snapshot(s, ctx, snapshotid)
+    if snap.state != "BackedUp":
+        raise InvalidParameter(f"Snapshot {snap.name} is {snap.state}; volumes are created from backed-up snapshots")
+    if zoneid and infra.get_zone(s, zoneid).id != snap.zone_id:
+        raise InvalidParameter(f"Snapshot {snap.name} is in another zone; create the volume in the snapshot's zone")
+    if snap.volume_type == "ROOT":
+        if not diskofferingid:
+            raise InvalidParameter(f"Snapshot {snap.name} is of a ROOT volume: pass a diskofferingid whose size is at "
+                                   f"least {snap.size} bytes")
+        offering = offerings.get_disk_offering(s, ctx, diskofferingid)
+    else:
+        offering = offerings.get_disk_offering(s, ctx, diskofferingid) if diskofferingid else \
+            (s.get(DiskOffering, snap.disk_offering_id) if snap.disk_offering_id else None)
+    nbytes = snap.size
+    if offering is not None and (size is not None or not offering.customized):
+        nbytes = offerings.disk_size_for(offering, size, s=s)
+    if nbytes < snap.size:
+        raise InvalidParameter(f"The new volume would have {nbytes} bytes, less than snapshot {snap.name} "
+                               f"({snap.size} bytes): pick a larger disk offering or size")
+    vol = volumes.new_volume(s, ctx, name=name or f"{snap.name}-vol", zone_id=snap.zone_id, size=nbytes,
+                             offering=offering)
+    vol.details = {"snapshot": snap.uuid}
+    events.record(s, ctx, "VOLUME.CREATE", f"Volume {vol.name} created from snapshot {snap.name}",
+                  resource_type="Volume", resource_uuid=vol.uuid)
+    return vol
+
+
+def copy_to_primary(s, ctx, vol: Volume, pool: StoragePool, host, progress=None) -> dict:
+    """volumes.realize's hook: the snapshot's store copy becomes the volume's first image on pool."""
+    snap = s.scalar(select(Snapshot).where(Snapshot.uuid == vol.details["snapshot"]))
+    store = _store_of(s, snap) if snap is not None and snap.state == "BackedUp" else None
+    if store is None:
+        raise ResourceUnavailable(f"Snapshot {vol.details['snapshot']} of volume {vol.name} is no longer backed up")
+    drv = driver_for(pool.provider)
+    res = run_long(channel(host), "volume_copy", progress, src_pool=imagestores.spec(store),
+                   src_name=snap.install_path, src_format="qcow2", dst_pool=drv.spec(pool), dst_name=vol.path,
+                   format=vol.format.lower())
+    if vol.size > res.get("size", vol.size):
+        res = {**res, **drv.resize_volume(channel(host), pool, vol, vol.size, False)}
+    return res
+
+
+volumes.root_creators.insert(0, (lambda vol: vol.state == "Creating" and bool((vol.details or {}).get("snapshot")),
+                                 copy_to_primary))
+
+
+# ---------------------------------------------------------------- image stores and crash recovery
+
+def store_objects(s, store) -> list[tuple]:
+    rows = s.scalars(select(Snapshot).where(Snapshot.store_id == store.id, Snapshot.removed.is_(None)))
+    return [("snapshot", r.uuid, r.name, r.install_path) for r in rows]
+
+
+imagestores.object_sources.append(store_objects)
+
+
+def settle_interrupted(db, ctx, snapshot_uuid: str, cmd: str) -> None:
+    """A snapshot job died with its management server: stable states with the reason (the primary copy is kept
+    when it exists, so the snapshot can still be deleted)."""
+    back = {"Allocated": "Error", "Creating": "Error", "BackingUp": "CreatedOnPrimary", "Copying": "BackedUp",
+            "Destroying": None}
+    with db.session() as s:
+        snap = s.scalar(select(Snapshot).where(Snapshot.uuid == snapshot_uuid))
+        if snap is None or snap.state not in back:
+            return
+        reason = f"{cmd} was interrupted because the management server running it stopped"
+        to = back[snap.state] or ("BackedUp" if snap.store_id else "CreatedOnPrimary")
+        if snap.state == "BackingUp":
+            snap.store_id, snap.install_path = None, None
+        snap.state, snap.error = to, reason
+        vol = s.get(Volume, snap.volume_id)
+        if vol is not None and vol.state in ("Snapshotting", "RevertSnapshotting"):
+            vol.state, vol.error = "Ready", reason
+        events.record(s, ctx, "SNAPSHOT.RECOVER", f"Snapshot {snap.name}: {reason}; it is {to}", level="WARN",
+                      resource_type="Snapshot", resource_uuid=snap.uuid)
+
+
+def _movable(s, store) -> list:
+    from volstack.services.store_migration import Item
+    rows = s.scalars(select(Snapshot).where(Snapshot.store_id == store.id, Snapshot.state == "BackedUp",
+                                            Snapshot.removed.is_(None)))
+    return [Item("snapshot", r.id, r.uuid, r.name, r.install_path, r.physical_size or r.size, "QCOW2") for r in rows]
+
+
+def _repoint(s, item, src, dst) -> bool:
+    snap = s.get(Snapshot, item.ref_id)
+    if snap.state != "BackedUp" or snap.removed is not None:
+        raise InvalidParameter(f"it became {snap.state} while being copied; its copy on {dst.name} is not used")
+    snap.store_id = dst.id
+    return True
+
+
+def _register_migration() -> None:
+    from volstack.services import store_migration
+    store_migration.KINDS["snapshot"] = (_movable, _repoint)
+
+
+_register_migration()
