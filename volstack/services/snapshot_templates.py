@@ -1,12 +1,10 @@
 """createTemplate snapshotid=: a template whose image is a copy of a snapshot's backup, made store to store on a
 zone host (the backup is already a flat qcow2, so the copy is one qemu-img convert)."""
-from sqlalchemy import select
 
 from volstack.db.image_models import ImageStore, Template, TemplateStoreRef, TemplateZone
-from volstack.db.models import utcnow
 from volstack.db.snapshot_models import Snapshot
 from volstack.drivers.hosts import channel, run_long
-from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceUnavailable
+from volstack.errors import InvalidParameter, PermissionDenied, ResourceUnavailable
 from volstack.services import accounts, catalog, events, imagestores, templates
 
 
@@ -40,27 +38,13 @@ def create_row(s, ctx, snap: Snapshot, *, name, displaytext=None, ostypeid=None,
 
 def copy_to_store(s, ctx, t: Template, progress=None) -> Template:
     """The createTemplate job for a snapshot source."""
-    ref = s.scalar(select(TemplateStoreRef).where(TemplateStoreRef.template_id == t.id))
     snap = s.get(Snapshot, t.source_snapshot_id)
-    src, dst = s.get(ImageStore, snap.store_id), s.get(ImageStore, ref.store_id)
-    ref.state, ref.download_state = "Creating", "DOWNLOAD_IN_PROGRESS"
-    s.commit()
-    try:
+    src = s.get(ImageStore, snap.store_id)
+
+    def copy(ref, dst, report):
         if snap.state != "BackedUp":
             raise InvalidParameter(f"Snapshot {snap.name} became {snap.state} before its template was made")
-        res = run_long(channel(imagestores.host_for(s, dst)), "volume_copy", progress, src_pool=imagestores.spec(src),
-                       src_name=snap.install_path, src_format="qcow2", dst_pool=imagestores.spec(dst),
-                       dst_name=ref.install_path, format="qcow2")
-    except CloudError as exc:
-        ref.state, ref.download_state, ref.error = "Failed", "DOWNLOAD_ERROR", exc.text
-        t.removed, t.state = utcnow(), "Inactive"
-        events.record(s, ctx, "TEMPLATE.CREATE", f"Creating template {t.name} from snapshot {snap.name} failed: "
-                      f"{exc.text}", level="ERROR", resource_type="Template", resource_uuid=t.uuid)
-        s.commit()
-        raise
-    ref.state, ref.download_state, ref.download_pct = "Ready", "DOWNLOADED", 100
-    ref.size, ref.physical_size = res["size"], res.get("physical_size")
-    t.size, t.physical_size = res["size"], res.get("physical_size")
-    events.record(s, ctx, "TEMPLATE.CREATE", f"Template {t.name} created from snapshot {snap.name}",
-                  resource_type="Template", resource_uuid=t.uuid)
-    return t
+        return run_long(channel(imagestores.host_for(s, dst)), "volume_copy", report, src_pool=imagestores.spec(src),
+                        src_name=snap.install_path, src_format="qcow2", dst_pool=imagestores.spec(dst),
+                        dst_name=ref.install_path, format="qcow2")
+    return templates.fill_store_copy(s, ctx, t, f"snapshot {snap.name}", copy, progress)

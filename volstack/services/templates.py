@@ -512,9 +512,23 @@ def copy_volume_to_store(s, ctx, t: Template, progress=None) -> Template:
     from volstack.db.storage_models import StoragePool, Volume
     from volstack.drivers import driver_for
     from volstack.services.pools import hosts_in_scope
-    ref = s.scalar(select(TemplateStoreRef).where(TemplateStoreRef.template_id == t.id))
     vol = s.get(Volume, t.source_volume_id)
     pool = s.get(StoragePool, vol.pool_id)
+
+    def copy(ref, store, report):
+        hosts = hosts_in_scope(s, pool)
+        if not hosts:
+            raise ResourceUnavailable(f"No Up host reaches storage pool {pool.name} to read volume {vol.name}")
+        return run_long(channel(hosts[0]), "volume_copy", report, src_pool=driver_for(pool.provider).spec(pool),
+                        src_name=vol.path, src_format=vol.format.lower(), dst_pool=imagestores.spec(store),
+                        dst_name=ref.install_path, format="qcow2")
+    return fill_store_copy(s, ctx, t, f"volume {vol.name}", copy, progress)
+
+
+def fill_store_copy(s, ctx, t: Template, source: str, copy, progress=None) -> Template:
+    """A template's store copy made by copy(ref, store, report) -> agent result; the copy ends Ready, or
+    Failed with the reason and the template removed (createTemplate from a volume or a snapshot)."""
+    ref = s.scalar(select(TemplateStoreRef).where(TemplateStoreRef.template_id == t.id))
     store = s.get(ImageStore, ref.store_id)
     ref.state, ref.download_state = "Creating", "DOWNLOAD_IN_PROGRESS"
     s.commit()
@@ -522,25 +536,20 @@ def copy_volume_to_store(s, ctx, t: Template, progress=None) -> Template:
     def report(pct):
         ref.download_pct = int(pct)
         progress(int(pct)) if progress else s.commit()
-    hosts = hosts_in_scope(s, pool)
     try:
-        if not hosts:
-            raise ResourceUnavailable(f"No Up host reaches storage pool {pool.name} to read volume {vol.name}")
-        res = run_long(channel(hosts[0]), "volume_copy", report, src_pool=driver_for(pool.provider).spec(pool),
-                       src_name=vol.path, src_format=vol.format.lower(), dst_pool=imagestores.spec(store),
-                       dst_name=ref.install_path, format="qcow2")
+        res = copy(ref, store, report)
     except CloudError as exc:
         ref.state, ref.download_state, ref.error = "Failed", "DOWNLOAD_ERROR", exc.text
         t.removed, t.state = utcnow(), "Inactive"
-        events.record(s, ctx, "TEMPLATE.CREATE", f"Creating template {t.name} from volume {vol.name} failed: "
-                      f"{exc.text}", level="ERROR", resource_type="Template", resource_uuid=t.uuid)
+        events.record(s, ctx, "TEMPLATE.CREATE", f"Creating template {t.name} from {source} failed: {exc.text}",
+                      level="ERROR", resource_type="Template", resource_uuid=t.uuid)
         s.commit()
         raise
     ref.state, ref.download_state, ref.download_pct = "Ready", "DOWNLOADED", 100
     ref.size, ref.physical_size = res["size"], res.get("physical_size")
     t.size, t.physical_size = res["size"], res.get("physical_size")
-    events.record(s, ctx, "TEMPLATE.CREATE", f"Template {t.name} created from volume {vol.name}",
-                  resource_type="Template", resource_uuid=t.uuid)
+    events.record(s, ctx, "TEMPLATE.CREATE", f"Template {t.name} created from {source}", resource_type="Template",
+                  resource_uuid=t.uuid)
     return t
 
 
