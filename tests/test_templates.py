@@ -444,3 +444,26 @@ def test_direct_download_certificates_let_hosts_trust_an_https_source(cloud, tmp
     code, text = error_of(lambda: api.uploadTemplateDirectDownloadCertificate(
         name="junk", certificate="not a certificate", hypervisor="KVM", zoneid=cloud["zone"]["id"]))
     assert code == 431 and "certificate" in text
+
+
+def test_a_seed_abandoned_by_a_dead_server_is_taken_over(cloud):
+    """A cached copy left Creating by a job whose server died (no progress for 10 minutes) is started over."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from volstack.db.image_models import Template, TemplatePoolRef
+    from volstack.db.models import utcnow
+    from volstack.db.storage_models import StoragePool
+    api = cloud["api"]
+    add_store(cloud)
+    t = templates_with_data(cloud, [1])[0]
+    with cloud["server"].db.session() as s:
+        tid = s.scalar(select(Template.id).where(Template.uuid == t["id"]))
+        pid = s.scalar(select(StoragePool.id).where(StoragePool.uuid == cloud["pool"]["id"]))
+        s.add(TemplatePoolRef(template_id=tid, pool_id=pid, install_path=f"tmpl-{t['id']}", state="Creating",
+                              last_used=utcnow() - timedelta(minutes=11)))
+    vm = api.deployVirtualMachine(zoneid=cloud["zone"]["id"], serviceofferingid=cloud["so"]["id"],
+                                  templateid=t["id"])["virtualmachine"]
+    root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
+    qemu_io(cloud["tmp"] / "primary" / root["path"], "read -P 0x41 0 1M")

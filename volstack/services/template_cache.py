@@ -23,6 +23,7 @@ from volstack.services import events, imagestores, pools, settings as S, templat
 
 log = logging.getLogger("volstack.templates")
 POLL_SECONDS = 0.25      # waiting for another job's copy: that job commits its progress as it goes
+STALE_SEED = timedelta(minutes=10)   # a seeding copy that reported no progress for this long is abandoned
 
 
 def cache_name(t: Template) -> str:
@@ -52,6 +53,11 @@ def seed(s, ctx, t: Template, pool: StoragePool, host: Host, progress=None) -> T
             return _copy(s, ctx, t, pool, host, ref, progress)
         if ref.state == "Failed":
             raise ResourceUnavailable(f"Seeding template {t.name} to storage pool {pool.name} failed: {ref.error}")
+        if ref.state == "Creating" and ref.last_used < utcnow() - STALE_SEED:
+            # the seeding job died with its server: nothing will finish this copy, so start over
+            s.delete(ref)
+            s.commit()
+            continue
         if time.monotonic() > deadline:
             raise ResourceUnavailable(f"Template {t.name} is still being copied to storage pool {pool.name} after "
                                       "primary.storage.download.wait seconds")
@@ -63,7 +69,7 @@ def _copy(s, ctx, t: Template, pool: StoragePool, host: Host, ref: TemplatePoolR
     drv = driver_for(pool.provider)
 
     def report(pct):
-        ref.download_pct = int(pct)
+        ref.download_pct, ref.last_used = int(pct), utcnow()     # last_used doubles as the seeder's heartbeat
         if progress:
             progress(max(1, int(pct) // 2))
         else:
