@@ -252,11 +252,11 @@ def _image_stores(s, ctx, items, report):
 def _templates(s, ctx, items, report):
     """Each item: name, zone (name), and url (downloaded by the server's jobs) or file (a path every host of
     the zone sees, copied into an image store now); format, ostype, public, featured."""
-    from volstack.services import templates
+    from volstack.services import template_sources
     for t in items:
         zone = _zone(s, t.get("zone"), f"Template {t.get('name')}")
         if t.get("file"):
-            _, created = templates.install_local(s, ctx, name=t["name"], path=t["file"], zone=zone,
+            _, created = template_sources.install_local(s, ctx, name=t["name"], path=t["file"], zone=zone,
                                                  fmt=t.get("format", "QCOW2"), ostype=t.get("ostype", "Other Linux (64-bit)"),
                                                  template_type=t.get("templatetype", "BUILTIN"),
                                                  public=t.get("public", True), featured=t.get("featured", True),

@@ -8,7 +8,7 @@ from volstack.api.views import Lookups, _a, _date, _ref
 from volstack.db import models as m
 from volstack.db.image_models import ImageStore, TemplatePoolRef, TemplateStoreRef, TemplateZone
 from volstack.db.storage_models import StoragePool
-from volstack.services import catalog, template_cache, templates
+from volstack.services import catalog, template_cache, template_sources, templates
 
 
 def _refs(r, lk):
@@ -372,7 +372,7 @@ def create_template(req, p):
     if t.source_snapshot_id is not None:
         from volstack.services import snapshot_templates
         return obj(req, TEMPLATE, snapshot_templates.copy_to_store(req.s, req.ctx, t, req.progress))
-    return obj(req, TEMPLATE, templates.copy_volume_to_store(req.s, req.ctx, t, req.progress))
+    return obj(req, TEMPLATE, template_sources.copy_volume_to_store(req.s, req.ctx, t, req.progress))
 
 
 def _create_template_row(req, p):
@@ -393,7 +393,7 @@ def _create_template_row(req, p):
         vol = volumes.root_of(req.s, vm)
     else:
         raise InvalidParameter("Pass volumeid (or virtualmachineid) to create a template")
-    return templates.create_from_volume(req.s, req.ctx, name=p.name, volume=vol, displaytext=p.displaytext,
+    return template_sources.create_from_volume(req.s, req.ctx, name=p.name, volume=vol, displaytext=p.displaytext,
                                         ostypeid=p.ostypeid, ispublic=p.ispublic, isfeatured=p.isfeatured,
                                         passwordenabled=p.passwordenabled, requireshvm=p.requireshvm,
                                         details=(p.details or {}).get("0"))
@@ -407,7 +407,7 @@ def _copy(req, p, is_iso):
     if not dest:
         raise InvalidParameter("Pass destzoneid or destzoneids")
     src = infra.get_zone(req.s, p.sourcezoneid).id if p.sourcezoneid else None
-    t = templates.copy_to_zones(req.s, req.ctx, t, src, [infra.get_zone(req.s, z).id for z in dest], req.progress)
+    t = template_sources.copy_to_zones(req.s, req.ctx, t, src, [infra.get_zone(req.s, z).id for z in dest], req.progress)
     return obj(req, ISO if is_iso else TEMPLATE, t)
 
 
