@@ -104,3 +104,31 @@ def test_an_agent_restart_mid_migration_cancels_it_and_the_guest_stays(pair):
     assert dst.client.call("vm_list") == {"vms": []}
     with Qmp(vm["monitor"]) as q:
         assert q.execute("query-status")["status"] == "prelaunch", "the guest is as it was on the source"
+
+
+@pytest.mark.slow
+def test_a_guest_booted_from_its_root_disk_migrates_running(make_agent, pool):
+    """A VM from a template (boot=disk: BIOS -> SYSLINUX -> kernel) keeps its boot device and keeps running."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from guest import GuestConsole
+    from support import ROOT
+    image = subprocess.run([str(ROOT / "scripts" / "build-template.sh")], check=True, capture_output=True,
+                           text=True).stdout.strip()
+    shutil.copy(image, Path(pool["path"]) / "root")
+    src, dst = make_agent("qemu", "bsrc"), make_agent("qemu", "bdst")
+    vm = src.client.call("vm_start", name="bvm", memory_mb=128, cpus=1, boot="disk",
+                         disks=[disk(pool, "root", "ROOT-B", 0)])
+    GuestConsole(vm["console"], timeout=60).ping_until_ready(timeout=120)
+    spec = src.client.call("vm_migrate_spec", name="bvm")
+    assert spec["running"] is True and spec["spec"]["boot"] == "disk"
+    uri = dst.client.call("vm_migrate_prepare", vm=spec["spec"], address="127.0.0.1")["uri"]
+    src.client.wait_task(src.client.call_async("vm_migrate", name="bvm", uri=uri))
+    arrived = dst.client.call("vm_migrate_finish", name="bvm", resume=True)
+    assert arrived["state"] == "Running"
+    src.client.call("vm_destroy", name="bvm")
+    con = GuestConsole(arrived["console"], timeout=60)
+    assert con.run("sh", "echo", "still-here", timeout=30) == ["still-here"]
+    dst.client.call("vm_destroy", name="bvm")

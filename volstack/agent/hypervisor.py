@@ -76,6 +76,11 @@ def check_disk(disk, hostname: str) -> dict:
             "device_id": device_id, "qos": check_qos(disk.get("qos"))}
 
 
+def runs(rec: dict) -> bool:
+    """Whether a guest really runs (a kernel, or a root disk to boot): TCG, virtio disks, graceful stop."""
+    return bool(rec.get("kernel") or rec.get("boot"))
+
+
 def check_vm(vm, hostname: str) -> dict:
     if not isinstance(vm, dict):
         raise InvalidArgument("vm must be an object with name, memory_mb, cpus and disks")

@@ -32,8 +32,8 @@ class QemuMigration:
         name, socks = spec["name"], self._sock_dir(spec["name"])
         os.makedirs(self._dir(name), exist_ok=True)
         os.makedirs(socks, exist_ok=True)
-        rec = {k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus", "kernel", "initrd", "append")}
-        rec.update({"bus": "virtio" if spec["kernel"] else "scsi", "disks": {}, "next_node": 0,
+        rec = {k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus", "kernel", "initrd", "append", "boot")}
+        rec.update({"bus": "virtio" if hv.runs(rec) else "scsi", "disks": {}, "next_node": 0,
                     "qmp": os.path.join(socks, "qmp.sock"), "monitor": os.path.join(socks, "monitor.sock"),
                     "console": os.path.join(socks, "console.sock")})
         for sock in ("qmp", "monitor", "console"):
@@ -54,7 +54,8 @@ class QemuMigration:
                 status = q.execute("query-status")["status"]
             disks = [{k: d[k] for k in ("pool", "name", "format", "serial", "device_id", "qos", "slot")}
                      for d in sorted(rec["disks"].values(), key=lambda d: d["slot"]) if d.get("node")]
-            spec = {k: rec.get(k) for k in ("name", "uuid", "memory_mb", "cpus", "kernel", "initrd", "append", "accel")}
+            spec = {k: rec.get(k) for k in ("name", "uuid", "memory_mb", "cpus", "kernel", "initrd", "append", "boot",
+                                            "accel")}
             return {"spec": {**spec, "disks": disks}, "running": status == "running"}
 
     def migrate_prepare(self, vm: dict, address: str) -> dict:

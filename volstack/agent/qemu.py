@@ -48,11 +48,6 @@ def _add_objects(q: Qmp, pool) -> None:
                 raise Failed(f"QEMU refused the access object of pool {pool.uuid}: {e.desc}") from None
 
 
-def _runs(rec: dict) -> bool:
-    """Whether the guest really runs (a kernel, or a root disk to boot): TCG, virtio disks, graceful stop."""
-    return bool(rec.get("kernel") or rec.get("boot"))
-
-
 class QemuHypervisor(QemuMigration):
     name = "qemu"
 
@@ -168,7 +163,7 @@ class QemuHypervisor(QemuMigration):
             os.makedirs(self._dir(name), exist_ok=True)
             os.makedirs(socks, exist_ok=True)
             rec = {k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus", "kernel", "initrd", "append", "boot")}
-            rec.update({"bus": "virtio" if _runs(rec) else "scsi", "disks": {}, "next_node": 0,
+            rec.update({"bus": "virtio" if hv.runs(rec) else "scsi", "disks": {}, "next_node": 0,
                         "qmp": os.path.join(socks, "qmp.sock"), "monitor": os.path.join(socks, "monitor.sock"),
                         "console": os.path.join(socks, "console.sock")})
             for sock in ("qmp", "monitor", "console"):
@@ -180,7 +175,7 @@ class QemuHypervisor(QemuMigration):
                 with self._qmp(rec) as q:
                     for d in spec["disks"]:
                         self._plug(q, rec, d)
-                    if _runs(rec):
+                    if hv.runs(rec):
                         q.execute("cont")
             except BaseException:
                 self._kill(rec)
@@ -191,7 +186,7 @@ class QemuHypervisor(QemuMigration):
 
     def _launch(self, rec: dict) -> None:
         vmdir = self._dir(rec["name"])
-        kvm = not _runs(rec) and self.capabilities()["kvm"]
+        kvm = not hv.runs(rec) and self.capabilities()["kvm"]
         base = [QEMU, "-name", f"guest={rec['name']}", "-machine", "q35", "-m", str(rec["memory_mb"]),
                 "-smp", str(rec["cpus"]), "-nodefaults", "-no-user-config", "-display", "none", "-S",
                 "-qmp", f"unix:{rec['qmp']},server=on,wait=off", "-qmp", f"unix:{rec['monitor']},server=on,wait=off",
@@ -264,8 +259,8 @@ class QemuHypervisor(QemuMigration):
             rec = self._load(name)
             if rec is None or self._pid(rec) is None:
                 return {"forced": False}
-            clean = self._kill(rec, 0 if forced or not _runs(rec) else timeout)
-            return {"forced": not clean and _runs(rec)}
+            clean = self._kill(rec, 0 if forced or not hv.runs(rec) else timeout)
+            return {"forced": not clean and hv.runs(rec)}
 
     def reboot(self, name: str) -> dict:
         with self._lock(name):
