@@ -467,3 +467,25 @@ def test_a_seed_abandoned_by_a_dead_server_is_taken_over(cloud):
                                   templateid=t["id"])["virtualmachine"]
     root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
     qemu_io(cloud["tmp"] / "primary" / root["path"], "read -P 0x41 0 1M")
+
+
+def test_a_failed_seed_is_retried_by_the_next_deploy(cloud, web):
+    """The first deploy fails (the source answers 404 once), the copy is marked Failed with the reason,
+    and the next deploy fetches it again instead of being refused forever."""
+    api, tmp = cloud["api"], cloud["tmp"]
+    allow_loopback(api)
+    url = web.add("/flaky.qcow2", data=qemu_bytes(tmp, "flaky.qcow2", 1, fill=0x46))
+    t = api.registerTemplate(name="flaky", url=url, format="QCOW2", hypervisor="KVM", zoneid=cloud["zone"]["id"],
+                             directdownload=True)["template"][0]
+    data = qemu_bytes(tmp, "flaky.qcow2", 1, fill=0x46)
+    web.add("/flaky.qcow2", data=data, fail="404")
+    code, text = error_of(lambda: api.deployVirtualMachine(zoneid=cloud["zone"]["id"], templateid=t["id"],
+                                                           serviceofferingid=cloud["so"]["id"], rootdisksize=1))
+    assert code == 533 and "404" in text
+    details = api.listTemplates(templatefilter="all", id=t["id"])["template"][0]["downloaddetails"]
+    assert [d["downloadState"] for d in details if d["datastoreRole"] == "Primary"] == ["DOWNLOAD_ERROR"]
+    web.add("/flaky.qcow2", data=data)                    # the source is back
+    vm = api.deployVirtualMachine(zoneid=cloud["zone"]["id"], serviceofferingid=cloud["so"]["id"],
+                                  templateid=t["id"], rootdisksize=1)["virtualmachine"]
+    root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
+    qemu_io(tmp / "primary" / root["path"], "read -P 0x46 0 1M")

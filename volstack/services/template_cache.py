@@ -10,7 +10,7 @@ import logging
 import time
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from volstack.db.image_models import ImageStore, Template, TemplatePoolRef
@@ -51,12 +51,19 @@ def seed(s, ctx, t: Template, pool: StoragePool, host: Host, progress=None) -> T
                 s.rollback()           # another job inserted it first: wait for its copy
                 continue
             return _copy(s, ctx, t, pool, host, ref, progress)
-        if ref.state == "Failed":
-            raise ResourceUnavailable(f"Seeding template {t.name} to storage pool {pool.name} failed: {ref.error}")
-        if ref.state == "Creating" and ref.last_used < utcnow() - STALE_SEED:
-            # the seeding job died with its server: nothing will finish this copy, so start over
-            s.delete(ref)
+        # A copy that failed earlier is tried again; one whose seeding job died with its server (no progress
+        # for STALE_SEED) is taken over. The conditional UPDATE lets exactly one waiter do it.
+        stale = ref.state == "Creating" and ref.last_used < utcnow() - STALE_SEED
+        if ref.state == "Failed" or stale:
+            won = s.execute(update(TemplatePoolRef).where(TemplatePoolRef.id == ref.id,
+                                                          TemplatePoolRef.state == ref.state,
+                                                          TemplatePoolRef.last_used == ref.last_used)
+                            .values(state="Creating", download_state="DOWNLOAD_IN_PROGRESS", download_pct=0,
+                                    error=None, last_used=utcnow())).rowcount == 1
             s.commit()
+            if won:
+                s.refresh(ref)
+                return _copy(s, ctx, t, pool, host, ref, progress)
             continue
         if time.monotonic() > deadline:
             raise ResourceUnavailable(f"Template {t.name} is still being copied to storage pool {pool.name} after "
@@ -88,11 +95,8 @@ def _copy(s, ctx, t: Template, pool: StoragePool, host: Host, ref: TemplatePoolR
                            dst_pool=drv.spec(pool), dst_name=ref.install_path, format=templates.FORMATS[t.format])
     except CloudError as exc:
         s.rollback()
-        failed = s.get(TemplatePoolRef, ref.id)
-        if (failed.validators or {}).get("superseded"):
-            failed.state, failed.error = "Failed", exc.text   # still owns older copies: cleanup removes them
-        else:
-            s.delete(failed)                                   # a later deploy tries again
+        failed = s.get(TemplatePoolRef, ref.id)     # kept (it may own superseded copies); the next deploy retries
+        failed.state, failed.download_state, failed.error = "Failed", "DOWNLOAD_ERROR", exc.text
         s.commit()
         events.record(s, ctx, "TEMPLATE.SEED.FAILED", f"Copying template {t.name} to {pool.name} failed: {exc.text}",
                       level="ERROR", resource_type="Template", resource_uuid=t.uuid)
