@@ -29,6 +29,7 @@ _DONE, _FAILED = "completed", ("failed", "cancelled")
 class QemuMigration:
 
     def _new_record(self, spec: dict) -> dict:
+        """A guest's record and its directories, fresh sockets: for a start and for a migration target alike."""
         name, socks = spec["name"], self._sock_dir(spec["name"])
         os.makedirs(self._dir(name), exist_ok=True)
         os.makedirs(socks, exist_ok=True)

@@ -159,16 +159,7 @@ class QemuHypervisor(QemuMigration):
             for d in spec["disks"]:
                 if not images.open_pool(d["pool"], self.hostname).exists(d["name"]):
                     raise NotFound(f"volume {d['name']} does not exist in pool {d['pool_uuid']}")
-            socks = self._sock_dir(name)
-            os.makedirs(self._dir(name), exist_ok=True)
-            os.makedirs(socks, exist_ok=True)
-            rec = {k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus", "kernel", "initrd", "append", "boot")}
-            rec.update({"bus": "virtio" if hv.runs(rec) else "scsi", "disks": {}, "next_node": 0,
-                        "qmp": os.path.join(socks, "qmp.sock"), "monitor": os.path.join(socks, "monitor.sock"),
-                        "console": os.path.join(socks, "console.sock")})
-            for sock in ("qmp", "monitor", "console"):
-                if os.path.exists(rec[sock]):
-                    os.unlink(rec[sock])
+            rec = self._new_record(spec)
             self._save(rec)
             self._launch(rec)
             try:
