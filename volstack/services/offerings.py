@@ -264,6 +264,16 @@ def usable_in_domain(s, offering, domain_id: int) -> bool:
     return not ids or bool(set(ids) & _visible_domains(s, domain_id))
 
 
+def usable_in(s, rows: list, zoneid: str | None) -> list:
+    """The offerings of rows usable in the zone with uuid zoneid (all of them without one)."""
+    if not zoneid:
+        return rows
+    zone = s.scalar(select(Zone).where(Zone.uuid == zoneid))
+    if zone is None:
+        raise InvalidParameter(f"Unable to find zone by id {zoneid}")
+    return [r for r in rows if usable_in_zone(r, zone.id)]
+
+
 def usable_in_zone(offering, zone_id: int | None) -> bool:
     ids = zone_ids_of(offering)
     return not ids or zone_id is None or zone_id in ids
@@ -489,11 +499,7 @@ def list_disk_offerings(s, ctx, q: ListQuery, *, id=None, name=None, zoneid=None
         stmt = stmt.where(DiskOffering.display_offering.is_(True))
     stmt = stmt.where(*keyword_filter(q, DiskOffering.name, DiskOffering.display_text))
     rows = list(s.scalars(stmt))
-    if zoneid:
-        zone = s.scalar(select(Zone).where(Zone.uuid == zoneid))
-        if zone is None:
-            raise InvalidParameter(f"Unable to find zone by id {zoneid}")
-        rows = [r for r in rows if usable_in_zone(r, zone.id)]
+    rows = usable_in(s, rows, zoneid)
     if storageid:
         pool = s.scalar(select(StoragePool).where(StoragePool.uuid == storageid))
         if pool is None:

@@ -8,7 +8,7 @@ offerings in services/offerings.py.
 """
 from sqlalchemy import select
 
-from volstack.db.models import Zone, utcnow
+from volstack.db.models import utcnow
 from volstack.db.storage_models import DiskOffering, ServiceOffering
 from volstack.errors import InvalidParameter
 from volstack.services import events
@@ -16,7 +16,7 @@ from volstack.services.context import require_root_admin
 from volstack.services.listing import ListQuery, keyword_filter, paginate
 from volstack.services.offerings import (GIB, _check_size_gb, _domains, _find_service, _join, _set_tags, _state,
                                          _state_filter, _storage_columns, _storage_type, _update_list, _visible_ids,
-                                         _zones, clean_tags, usable_in_zone)
+                                         _zones, clean_tags, usable_in)
 
 # Storage parameters of createServiceOffering that a linked disk offering (diskofferingid) defines.
 _STORAGE_PARAMS = ("rootdisksize", "tags", "storagetype", "provisioningtype", "cachemode", "customizediops",
@@ -106,11 +106,7 @@ def list_service_offerings(s, ctx, q: ListQuery, *, id=None, name=None, zoneid=N
         stmt = stmt.where(ServiceOffering.disk_offering_id.in_(sub))
     stmt = stmt.where(*keyword_filter(q, ServiceOffering.name, ServiceOffering.display_text))
     rows = list(s.scalars(stmt))
-    if zoneid:
-        zone = s.scalar(select(Zone).where(Zone.uuid == zoneid))
-        if zone is None:
-            raise InvalidParameter(f"Unable to find zone by id {zoneid}")
-        rows = [r for r in rows if usable_in_zone(r, zone.id)]
+    rows = usable_in(s, rows, zoneid)
     ids = _visible_ids(s, ctx, rows, q)
     return paginate(s, select(ServiceOffering).where(ServiceOffering.id.in_(ids)).order_by(ServiceOffering.id), q)
 
