@@ -1,5 +1,5 @@
 """Virtual machines, only as much as storage needs: a ROOT volume, data disks, start/stop on a host."""
-import random
+import uuid
 
 from sqlalchemy import func, select
 
@@ -44,7 +44,8 @@ def deploy(s, ctx, *, zoneid, serviceofferingid, name=None, displayname=None, di
         raise InvalidParameter("Pass rootdisksize (GB): there is no template to take the root disk size from and the "
                                f"service offering {so.name} sets none")
     hv = infra.hypervisor_name(hypervisor) if hypervisor else _zone_hypervisor(s, zone.id)
-    name = name or f"i-{utcnow():%H%M%S}-{random.randint(100, 999)}"
+    # unnamed VMs get a unique name (a time+random name collided for two deploys in one second)
+    name = name or f"i-{uuid.uuid4().hex[:12]}"
     if s.scalar(select(VirtualMachine.id).where(VirtualMachine.name == name, VirtualMachine.account_id == ctx.account_id,
                                                 VirtualMachine.removed.is_(None))):
         raise InvalidParameter(f"A VM named {name} already exists in your account")
