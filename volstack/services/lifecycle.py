@@ -84,7 +84,8 @@ VOLUME = Lifecycle("volume", "state", {
 VM = Lifecycle("virtual machine", "state", {
     "Stopped": {"StartRequested": "Starting", "DestroyRequested": "Destroyed", "MigrationRequested": "Stopped"},
     "Starting": {"OperationSucceeded": "Running", "OperationFailed": "Stopped"},
-    "Running": {"StopRequested": "Stopping", "RebootRequested": "Running", "MigrationRequested": "Migrating"},
+    "Running": {"StopRequested": "Stopping", "RebootRequested": "Running", "MigrationRequested": "Migrating",
+                "AgentReportStopped": "Stopped"},
     "Stopping": {"OperationSucceeded": "Stopped", "OperationFailed": "Running"},
     "Migrating": {"OperationSucceeded": "Running", "OperationFailed": "Running", "AgentReportRunning": "Running",
                   "AgentReportStopped": "Stopped"},
