@@ -171,7 +171,7 @@ def writing(s, vol: Volume) -> bool:
     return vm is not None and vm.state in WRITING_VM_STATES
 
 
-def create(s, ctx, *, volumeid, intervaltype, schedule, timezone, maxsnaps, fordisplay=None, zoneids=None,
+def create_policy(s, ctx, *, volumeid, intervaltype, schedule, timezone, maxsnaps, fordisplay=None, zoneids=None,
            storageids=None, now=None) -> SnapshotPolicy:
     """createSnapshotPolicy; a second policy for the same volume and interval updates that one, as in CloudStack."""
     now = now or utcnow()
@@ -209,7 +209,7 @@ def create(s, ctx, *, volumeid, intervaltype, schedule, timezone, maxsnaps, ford
     return policy
 
 
-def update(s, ctx, policy: SnapshotPolicy, *, customid=None, fordisplay=None, now=None) -> SnapshotPolicy:
+def update_policy(s, ctx, policy: SnapshotPolicy, *, customid=None, fordisplay=None, now=None) -> SnapshotPolicy:
     """updateSnapshotPolicy: the id (customid) and whether the policy is shown and scheduled (fordisplay)."""
     if customid:
         import uuid as _uuid

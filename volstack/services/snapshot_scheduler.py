@@ -72,12 +72,12 @@ class SnapshotScheduler:
                             .execution_options(synchronize_session=False)).rowcount
         if claimed != 1:
             return 0                # another server fired it, or the policy changed since we looked
-        # fired slots are kept only while they link a live recurring snapshot (retention counts those)
+        # fired slots are kept only while they link a recurring snapshot that exists (retention counts those)
         s.execute(delete(SnapshotSchedule).where(
             SnapshotSchedule.policy_id == policy_id, SnapshotSchedule.scheduled_at < slot,
             or_(SnapshotSchedule.snapshot_id.is_(None),
-                SnapshotSchedule.snapshot_id.in_(select(Snapshot.id).where(or_(Snapshot.removed.isnot(None),
-                                                                               Snapshot.state.notin_(KEPT)))))))
+                SnapshotSchedule.snapshot_id.in_(select(Snapshot.id).where(
+                    or_(Snapshot.removed.isnot(None), Snapshot.state.in_(("Destroyed", "Error"))))))))
         row = SnapshotSchedule(policy_id=policy_id, volume_id=policy.volume_id, scheduled_at=slot, fired_at=now)
         s.add(row)
         s.flush()

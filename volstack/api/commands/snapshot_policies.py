@@ -43,7 +43,7 @@ SNAPSHOT_POLICY = View("snapshotpolicy", [
     P("usestoragereplication", BOOLEAN, "use the storage's own replication for zoneids (ignored)"),
 ], view=SNAPSHOT_POLICY, access=USER)
 def create_snapshot_policy(req, p):
-    return obj(req, SNAPSHOT_POLICY, policies.create(
+    return obj(req, SNAPSHOT_POLICY, policies.create_policy(
         req.s, req.ctx, volumeid=p.volumeid, intervaltype=p.intervaltype, schedule=p.schedule, timezone=p.timezone,
         maxsnaps=p.maxsnaps, fordisplay=p.fordisplay, zoneids=p.zoneids, storageids=p.storageids))
 
@@ -61,7 +61,7 @@ def update_snapshot_policy(req, p):
     if p.customid:
         require_root_admin(req.ctx)
     policy = policies.get_policy(req.s, req.ctx, p.id)
-    return obj(req, SNAPSHOT_POLICY, policies.update(req.s, req.ctx, policy, customid=p.customid,
+    return obj(req, SNAPSHOT_POLICY, policies.update_policy(req.s, req.ctx, policy, customid=p.customid,
                                                      fordisplay=p.fordisplay))
 
 
