@@ -194,6 +194,10 @@ def test_a_user_policy_stays_within_the_account_snapshot_limit(sim):
     assert code == 431 and "snapshot limit of account ann (2)" in msg
     assert _policy(ann, vol, maxsnaps=2)["maxsnaps"] == 2
     assert ann.listSnapshotPolicies()["count"] == 1
+    # an admin finds the policies of a user's volume by volumeid without listall (Ansible asks so)
+    assert api.listSnapshotPolicies() == {} and api.listSnapshotPolicies(volumeid=vol["id"])["count"] == 1
+    code, _ = error_of(lambda: ann.listSnapshotPolicies(volumeid=sim["root"]["id"]))
+    assert code == 531
 
 
 def test_expunging_a_volume_deletes_its_policies(sim):
@@ -285,6 +289,12 @@ def test_slots_missed_while_no_server_ran_fire_once(sim):
         last = s.scalar(select(SnapshotSchedule).order_by(SnapshotSchedule.id.desc()).limit(1))
         assert last.snapshot_id is None and "Migrating" in last.skipped
         assert s.scalar(select(Event).where(Event.level == "WARN", Event.description.contains("skipped")))
+        s.scalar(select(Volume).where(Volume.uuid == sim["root"]["id"])).state = "Destroy"
+    clock.t = _utc(2027, 6, 1, 18, 0)
+    assert sched.run_due() == 0
+    with ms.db.session() as s:
+        last = s.scalar(select(SnapshotSchedule).order_by(SnapshotSchedule.id.desc()).limit(1))
+        assert last.scheduled_at == clock.t and "destroyed" in last.skipped
 
 
 def _race(db_url, clock, steps, start):

@@ -229,15 +229,17 @@ def update_policy(s, ctx, policy: SnapshotPolicy, *, customid=None, fordisplay=N
 
 
 def list_policies(s, ctx, q: ListQuery, *, id=None, volumeid=None, fordisplay=None):
+    """A volume's (or one) policy when the caller may see that volume, as in CloudStack, so an admin managing a
+    user's volume (Ansible passes volumeid only) finds them without listall; else the caller's own."""
     stmt = (select(SnapshotPolicy).join(Volume, Volume.id == SnapshotPolicy.volume_id)
-            .where(Volume.removed.is_(None),
-                   *owner_filter(s, ctx, Volume, listall=q.listall, isrecursive=q.isrecursive, account=q.account,
-                                 domain_uuid=q.domainid))
-            .order_by(SnapshotPolicy.id))
-    if id:
-        stmt = stmt.where(SnapshotPolicy.uuid == id)
+            .where(Volume.removed.is_(None)).order_by(SnapshotPolicy.id))
     if volumeid:
-        stmt = stmt.where(Volume.uuid == volumeid)
+        stmt = stmt.where(Volume.id == volumes.get_volume(s, ctx, volumeid).id)
+    if id:
+        stmt = stmt.where(SnapshotPolicy.id == get_policy(s, ctx, id).id)
+    if not (id or volumeid):
+        stmt = stmt.where(*owner_filter(s, ctx, Volume, listall=q.listall, isrecursive=q.isrecursive,
+                                        account=q.account, domain_uuid=q.domainid))
     # CloudStack lists displayed policies unless asked for the hidden ones
     stmt = stmt.where(SnapshotPolicy.display.is_(True if fordisplay is None else fordisplay))
     return paginate(s, stmt, q)

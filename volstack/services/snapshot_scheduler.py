@@ -102,6 +102,8 @@ class SnapshotScheduler:
     @staticmethod
     def _inactive(s, policy: SnapshotPolicy, vol: Volume) -> str | None:
         """Why an inactive volume needs no snapshot now, or None."""
+        if vol.state == "Destroy":
+            return "volume is inactive: it is destroyed (its policies go when it is expunged)"
         if vol.removed is not None or writing(s, vol):
             return None
         since = policy.inactive_since or policy.created
