@@ -54,7 +54,8 @@ def test_schedules_follow_the_policy_time_zone_across_dst_changes():
     # hourly runs every real hour, both 01:30s included
     assert _series(HOURLY, "30", ny, _utc(2027, 11, 7, 3), 5) == [_utc(2027, 11, 7, h, 30) for h in range(3, 8)]
     # half-hour offsets, and a zone whose DST shift is 30 minutes (Lord Howe, 2027-04-04 02:00 → 01:30)
-    assert _series(HOURLY, "00", "Asia/Kolkata", _utc(2027, 1, 1), 2) == [_utc(2027, 1, 1, 0, 30), _utc(2027, 1, 1, 1, 30)]
+    assert _series(HOURLY, "00", "Asia/Kolkata", _utc(2027, 1, 1), 2) == [_utc(2027, 1, 1, 0, 30),
+                                                                           _utc(2027, 1, 1, 1, 30)]
     assert _series(HOURLY, "15", "Australia/Lord_Howe", _utc(2027, 4, 3, 13), 4) == [
         _utc(2027, 4, 3, 13, 15), _utc(2027, 4, 3, 14, 15), _utc(2027, 4, 3, 15, 45), _utc(2027, 4, 3, 16, 45)]
     # weekly: D = 1 is Sunday; Zurich's DST starts on Sunday 2027-03-28
@@ -128,7 +129,8 @@ def test_policy_commands_follow_cloudstack(sim):
              timezone="Europe/Zurich", fordisplay=True)
     # a second policy of the same interval updates the first; another interval is a second policy
     again = _policy(api, root, "DAILY", "30:02", "UTC", 5)
-    assert again["id"] == daily["id"] and (again["schedule"], again["timezone"], again["maxsnaps"]) == ("30:02", "UTC", 5)
+    assert again["id"] == daily["id"]
+    assert (again["schedule"], again["timezone"], again["maxsnaps"]) == ("30:02", "UTC", 5)
     hourly = _policy(api, root, "HOURLY", "15", "UTC", 2)
     listed = api.listSnapshotPolicies(volumeid=root["id"])
     assert listed["count"] == 2 and [p["intervaltype"] for p in listed["snapshotpolicy"]] == [1, 0]
@@ -401,7 +403,8 @@ def test_retention_and_inactive_volumes_with_real_snapshots(cloud):
     api.stopVirtualMachine(id=vm["id"])
     assert slot() == 1
     assert slot() == 0
-    skipped = [e["description"] for e in api.listEvents(type="SNAPSHOT.CREATE")["event"] if "skipped" in e["description"]]
+    skipped = [e["description"] for e in api.listEvents(type="SNAPSHOT.CREATE")["event"]
+               if "skipped" in e["description"]]
     assert skipped and "volume is inactive" in skipped[0]
     assert api.createSnapshot(volumeid=vol["id"], name="manual-while-stopped")["snapshot"]["state"] == "BackedUp"
     # running again: taken; detached from the running VM: one more, then skipped
