@@ -9,6 +9,7 @@ hour repeated when DST ends) runs once, at its first occurrence. HOURLY runs eve
 hour.
 """
 import re
+import uuid
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -139,10 +140,10 @@ def reschedule(policy: SnapshotPolicy, now: datetime) -> None:
 
 # ---------------------------------------------------------------- the commands
 
-def get_policy(s, ctx, uuid: str) -> SnapshotPolicy:
-    policy = s.scalar(select(SnapshotPolicy).where(SnapshotPolicy.uuid == uuid))
+def get_policy(s, ctx, policy_id: str) -> SnapshotPolicy:
+    policy = s.scalar(select(SnapshotPolicy).where(SnapshotPolicy.uuid == policy_id))
     if policy is None:
-        raise InvalidParameter(f"Unable to find snapshot policy by id {uuid}")
+        raise InvalidParameter(f"Unable to find snapshot policy by id {policy_id}")
     check_access(s, ctx, s.get(Volume, policy.volume_id).account_id, "snapshot policy")
     return policy
 
@@ -172,7 +173,7 @@ def writing(s, vol: Volume) -> bool:
 
 
 def create_policy(s, ctx, *, volumeid, intervaltype, schedule, timezone, maxsnaps, fordisplay=None, zoneids=None,
-           storageids=None, now=None) -> SnapshotPolicy:
+                  storageids=None, now=None) -> SnapshotPolicy:
     """createSnapshotPolicy; a second policy for the same volume and interval updates that one, as in CloudStack."""
     now = now or utcnow()
     vol = volumes.get_volume(s, ctx, volumeid)
@@ -212,9 +213,8 @@ def create_policy(s, ctx, *, volumeid, intervaltype, schedule, timezone, maxsnap
 def update_policy(s, ctx, policy: SnapshotPolicy, *, customid=None, fordisplay=None, now=None) -> SnapshotPolicy:
     """updateSnapshotPolicy: the id (customid) and whether the policy is shown and scheduled (fordisplay)."""
     if customid:
-        import uuid as _uuid
         try:
-            _uuid.UUID(customid)
+            uuid.UUID(customid)
         except ValueError:
             raise InvalidParameter(f"customid {customid!r} is not a uuid") from None
         if customid != policy.uuid and lookup.exists(s, "SnapshotPolicy", customid):
@@ -249,7 +249,7 @@ def delete_policies(s, ctx, ids: list[str]) -> None:
     """deleteSnapshotPolicies: the policies go, the snapshots they took stay (as recurring snapshots)."""
     if not ids:
         raise InvalidParameter("Pass the policy to delete as id, or several as ids")
-    for policy in [get_policy(s, ctx, uuid) for uuid in ids]:
+    for policy in [get_policy(s, ctx, policy_id) for policy_id in dict.fromkeys(ids)]:
         vol = s.get(Volume, policy.volume_id)
         _remove(s, policy)
         events.record(s, ctx, "SNAPSHOTPOLICY.DELETE", f"{INTERVALS[policy.interval]} snapshot policy of volume "
