@@ -63,6 +63,7 @@ def test_vm_snapshot_rules_tree_and_expunge_on_simulator_hosts(dc, server):
     # a running VM reverts only to a memory snapshot, a stopped one only to a disk snapshot
     code, text = error_of(lambda: api.revertToVMSnapshot(vmsnapshotid=s1["id"]))
     assert code == 431 and "revert not allowed" in text
+    mark = len(watch.events)
     back = api.revertToVMSnapshot(vmsnapshotid=s2["id"])["virtualmachine"]
     assert back["id"] == vm["id"] and back["state"] == "Running"
     api.stopVirtualMachine(id=vm["id"])
@@ -159,3 +160,123 @@ def test_stopped_vm_snapshots_of_all_disks_revert_and_delete_the_middle_one(clou
     api.startVirtualMachine(id=vm["id"])
     api.destroyVirtualMachine(id=vm["id"], expunge=True)
     assert _snapshot_names(images[1]) == []            # the detached data disk keeps no VM snapshot
+
+
+# ---------------------------------------------------------------- real QEMU guests (TCG)
+
+@pytest.fixture
+def qemu_cloud(server, tmp_path):
+    """One `volstack agent` with real QEMU and a SharedMountPoint pool; guests boot the tiny test kernel."""
+    from agentproc import AgentProcess
+    from guest import guest_image_dir
+    agent = AgentProcess(tmp_path / "agent", name="kvm1").start()
+    api = client(server)
+    zone = api.createZone(name="qz", networktype="Advanced")["zone"]
+    pod = api.createPod(name="qp", zoneid=zone["id"])["pod"]
+    cl = api.addCluster(clustername="qc", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
+                        clustertype="CloudManaged")["cluster"][0]
+    api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM", url=agent.url,
+                username="root", password=agent.token)
+    (tmp_path / "primary").mkdir()
+    api.createStoragePool(name="primary", url=f"SharedMountPoint://localhost{tmp_path / 'primary'}",
+                          zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"])
+    custom = api.createDiskOffering(name="custom", customized=True, displaytext="c")["diskoffering"]
+    so = api.createServiceOffering(name="tiny", cpunumber=1, cpuspeed=500, memory=256, displaytext="tiny")["serviceoffering"]
+    image = guest_image_dir()
+    boot = {"details[0].kernel": str(image / "vmlinuz"), "details[0].initrd": str(image / "initrd.img"),
+            "details[0].append": "console=ttyS0 quiet panic=-1"}
+    yield dict(api=api, zone=zone, so=so, custom=custom, boot=boot, agent=agent, tmp=tmp_path)
+    agent.kill_guests()
+    agent.stop()
+
+
+def _serial(vol) -> str:
+    return vol["id"].replace("-", "")[:20]
+
+
+def _console(c, vm):
+    """The guest's console (and its second QMP monitor's path), once it answers."""
+    from guest import GuestConsole
+    listed = next(v for v in c["agent"].client.call("vm_list")["vms"] if v["name"] == vm["id"])
+    console = GuestConsole(listed["console"], timeout=60)
+    console.ping_until_ready()
+    return console, listed["monitor"]
+
+
+def _paused_seconds(events) -> float:
+    stop = next(e for e in events if e["event"] == "STOP")["timestamp"]
+    resume = next(e for e in events if e["event"] == "RESUME")["timestamp"]
+    return resume["seconds"] - stop["seconds"] + (resume["microseconds"] - stop["microseconds"]) / 1e6
+
+
+@pytest.mark.slow
+def test_live_vm_snapshots_of_a_writing_guest_disk_only_and_with_memory(qemu_cloud):
+    from guest import Qmp, pattern_sha256
+    c, api = qemu_cloud, qemu_cloud["api"]
+    vm = api.deployVirtualMachine(zoneid=c["zone"]["id"], serviceofferingid=c["so"]["id"], rootdisksize=1,
+                                  name="g1", **c["boot"])["virtualmachine"]
+    root = api.listVolumes(virtualmachineid=vm["id"], type="ROOT")["volume"][0]
+    data = api.createVolume(name="data", zoneid=c["zone"]["id"], diskofferingid=c["custom"]["id"], size=1)["volume"]
+    api.attachVolume(id=data["id"], virtualmachineid=vm["id"])
+    con, monitor = _console(c, vm)
+    disks = [_serial(root), _serial(data)]
+    for d in disks:
+        con.dev(d)
+        con.write(d, seed=1, mib=8)
+
+    # disk only, while the guest keeps writing to its data disk: both disks at one instant, the guest never paused
+    dev = con.dev(_serial(data))
+    con.sh(f"(while true; do dd if=/dev/urandom of={dev} bs=1M count=4 seek=16 oflag=direct 2>/dev/null; done) "
+           ">/dev/null 2>&1 & echo $! > /tmp/writer")
+    watch = Qmp(monitor)
+    s1 = api.createVMSnapshot(virtualmachineid=vm["id"], name="disk-only")["vmsnapshot"]
+    assert (s1["state"], s1["type"]) == ("Ready", "Disk")
+    watch.cmd("query-status")
+    assert not [e for e in watch.events if e["event"] == "STOP"], watch.events
+    watch.close()
+    con.sh("kill $(cat /tmp/writer)")
+    for d in disks:
+        con.write(d, seed=2, mib=8)
+    code, text = error_of(lambda: api.revertToVMSnapshot(vmsnapshotid=s1["id"]))
+    assert code == 431 and "stopped VM to disk type" not in text and "disk snapshot" in text
+    api.stopVirtualMachine(id=vm["id"], forced=True)
+    api.revertToVMSnapshot(vmsnapshotid=s1["id"])
+    for vol in (root, data):
+        path = c["tmp"] / "primary" / vol["path"]
+        subprocess.run(["qemu-img", "check", "-q", str(path)], check=True)
+    api.startVirtualMachine(id=vm["id"])
+    con, monitor = _console(c, vm)
+    for d in disks:
+        con.dev(d)
+        assert con.checksum(d, 8) == pattern_sha256(1, 8), f"disk {d} is not back at the snapshot"
+
+    # with memory: the running guest goes back to that instant (its tmpfs and its disks) and runs on
+    con.sh("echo alpha > /tmp/marker")
+    con.write(_serial(data), seed=3, mib=4)
+    watch = Qmp(monitor)
+    s2 = api.createVMSnapshot(virtualmachineid=vm["id"], name="with-memory", snapshotmemory=True)["vmsnapshot"]
+    assert (s2["type"], s2["parent"], s2["current"]) == ("DiskAndMemory", s1["id"], True)
+    watch.cmd("query-status")
+    print(f"\nmemory snapshot of a 256 MiB guest: paused {_paused_seconds(watch.events):.2f} s")
+    con.sh("echo beta > /tmp/marker")
+    con.write(_serial(data), seed=4, mib=4)
+    back = api.revertToVMSnapshot(vmsnapshotid=s2["id"])["virtualmachine"]
+    assert back["state"] == "Running"
+    assert watch.cmd("query-status")["status"] == "running"
+    print(f"revert to it: paused {_paused_seconds(watch.events[mark:]):.2f} s")
+    watch.close()
+    con.ping_until_ready()
+    assert con.sh("cat /tmp/marker") == ["alpha"]
+    assert con.checksum(_serial(data), 4) == pattern_sha256(3, 4)
+    assert con.checksum(_serial(root), 8) == pattern_sha256(1, 8)
+
+    # delete the first (the parent): the memory snapshot stays revertible; then delete it on the running guest
+    api.deleteVMSnapshot(vmsnapshotid=s1["id"])
+    con.sh("echo gamma > /tmp/marker")
+    api.revertToVMSnapshot(vmsnapshotid=s2["id"])
+    con.ping_until_ready()
+    assert con.sh("cat /tmp/marker") == ["alpha"]
+    api.deleteVMSnapshot(vmsnapshotid=s2["id"])
+    for vol in (root, data):
+        assert _snapshot_names(c["tmp"] / "primary" / vol["path"]) == []
+    api.resizeVolume(id=data["id"], size=2)          # no VM snapshots left: the volume may change again
