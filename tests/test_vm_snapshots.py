@@ -48,6 +48,15 @@ def test_vm_snapshot_rules_tree_and_expunge_on_simulator_hosts(dc, server):
     assert _snaps(api, vm)["s1"]["current"] is False
     assert api.listVMSnapshot(name="s2")["vmSnapshot"][0]["id"] == s2["id"]
     assert api.listVMSnapshot(vmsnapshotid=s1["id"])["count"] == 1
+    # another tenant neither sees, reverts, deletes nor snapshots
+    acc = api.createAccount(username="bob", password="pw-bob", accounttype=0)["account"]
+    keys = api.registerUserKeys(id=acc["user"][0]["id"])["userkeys"]
+    bob = client(server, keys["apikey"], keys["secretkey"])
+    assert bob.listVMSnapshot() == {} and bob.listVMSnapshot(listall=True) == {}
+    for call in (lambda: bob.deleteVMSnapshot(vmsnapshotid=s1["id"]),
+                 lambda: bob.revertToVMSnapshot(vmsnapshotid=s2["id"]),
+                 lambda: bob.createVMSnapshot(virtualmachineid=vm["id"])):
+        assert error_of(call)[0] == 531
 
     # while the VM has VM snapshots its volumes stay as they are (CloudStack's rules, 431 naming the snapshots)
     for call, words in [(lambda: api.attachVolume(id=spare["id"], virtualmachineid=vm["id"]), "Unable to attach"),
@@ -63,7 +72,6 @@ def test_vm_snapshot_rules_tree_and_expunge_on_simulator_hosts(dc, server):
     # a running VM reverts only to a memory snapshot, a stopped one only to a disk snapshot
     code, text = error_of(lambda: api.revertToVMSnapshot(vmsnapshotid=s1["id"]))
     assert code == 431 and "revert not allowed" in text
-    mark = len(watch.events)
     back = api.revertToVMSnapshot(vmsnapshotid=s2["id"])["virtualmachine"]
     assert back["id"] == vm["id"] and back["state"] == "Running"
     api.stopVirtualMachine(id=vm["id"])
@@ -181,7 +189,8 @@ def qemu_cloud(server, tmp_path):
     api.createStoragePool(name="primary", url=f"SharedMountPoint://localhost{tmp_path / 'primary'}",
                           zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"])
     custom = api.createDiskOffering(name="custom", customized=True, displaytext="c")["diskoffering"]
-    so = api.createServiceOffering(name="tiny", cpunumber=1, cpuspeed=500, memory=256, displaytext="tiny")["serviceoffering"]
+    so = api.createServiceOffering(name="tiny", cpunumber=1, cpuspeed=500, memory=256,
+                                   displaytext="tiny")["serviceoffering"]
     image = guest_image_dir()
     boot = {"details[0].kernel": str(image / "vmlinuz"), "details[0].initrd": str(image / "initrd.img"),
             "details[0].append": "console=ttyS0 quiet panic=-1"}
@@ -260,6 +269,7 @@ def test_live_vm_snapshots_of_a_writing_guest_disk_only_and_with_memory(qemu_clo
     print(f"\nmemory snapshot of a 256 MiB guest: paused {_paused_seconds(watch.events):.2f} s")
     con.sh("echo beta > /tmp/marker")
     con.write(_serial(data), seed=4, mib=4)
+    mark = len(watch.events)
     back = api.revertToVMSnapshot(vmsnapshotid=s2["id"])["virtualmachine"]
     assert back["state"] == "Running"
     assert watch.cmd("query-status")["status"] == "running"

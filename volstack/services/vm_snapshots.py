@@ -342,8 +342,8 @@ def _guard(s, op: str, vm: VirtualMachine, vol: Volume | None) -> None:
     if op == "snapshot":           # a volume snapshot waits only for a VM snapshot operation under way
         busy = _busy(s, vm)
         if busy is not None:
-            raise InvalidParameter(f"Volume {vol.name} cannot be snapshotted now: VM snapshot {busy.display_name} of VM "
-                                   f"{vm.name} is {busy.state}; try again when it has finished")
+            raise InvalidParameter(f"Volume {vol.name} cannot be snapshotted now: VM snapshot {busy.display_name} of "
+                                   f"VM {vm.name} is {busy.state}; try again when it has finished")
         return
     names = ", ".join(x.display_name for x in snaps)
     why = f"VM {vm.name} has VM snapshots ({names}); delete them first (deleteVMSnapshot)"
