@@ -290,3 +290,35 @@ def test_live_vm_snapshots_of_a_writing_guest_disk_only_and_with_memory(qemu_clo
     for vol in (root, data):
         assert _snapshot_names(c["tmp"] / "primary" / vol["path"]) == []
     api.resizeVolume(id=data["id"], size=2)          # no VM snapshots left: the volume may change again
+
+
+@pytest.mark.slow
+def test_vm_snapshots_on_an_nfs_pool_through_qemus_nfs_client(server, tmp_path, nfs_pool):
+    """qemu-img reaches NFS pools as nfs:// (no kernel mount): take, revert and delete there too."""
+    from agentproc import AgentProcess
+    agent = AgentProcess(tmp_path / "agent", hypervisor="simulator", name="kvm1").start()
+    try:
+        api = client(server)
+        zone = api.createZone(name="nz", networktype="Advanced")["zone"]
+        pod = api.createPod(name="np", zoneid=zone["id"])["pod"]
+        cl = api.addCluster(clustername="nc", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
+                            clustertype="CloudManaged")["cluster"][0]
+        api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM", url=agent.url,
+                    username="root", password=agent.token)
+        url, export = nfs_pool
+        api.createStoragePool(name="nfs", url=url, zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"])
+        so = api.createServiceOffering(name="s", cpunumber=1, cpuspeed=500, memory=128,
+                                       displaytext="s")["serviceoffering"]
+        custom = api.createDiskOffering(name="c", customized=True, displaytext="c")["diskoffering"]
+        vm, data = _vm_with_data(api, zone, so, custom)
+        image = export / data["path"]
+        api.stopVirtualMachine(id=vm["id"])
+        qemu_io(image, "write -P 0x5a 0 1M")
+        snap = api.createVMSnapshot(virtualmachineid=vm["id"], name="on-nfs")["vmsnapshot"]
+        qemu_io(image, "write -P 0x00 0 1M")
+        api.revertToVMSnapshot(vmsnapshotid=snap["id"])
+        qemu_io(image, "read -P 0x5a 0 1M")
+        api.deleteVMSnapshot(vmsnapshotid=snap["id"])
+        assert _snapshot_names(image) == []
+    finally:
+        agent.stop()

@@ -11,12 +11,13 @@
 
 Every command is idempotent: a create finding the snapshot on every disk succeeds, a delete of a missing one too.
 """
+import json
 import time
 from contextlib import ExitStack
 
 from volstack.agent import images
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound
-from volstack.agent.snapshots import _internal_names, _qcow2
+from volstack.agent.snapshots import _internal_names
 
 ACTIONS = ("create", "revert", "delete")
 
@@ -102,9 +103,11 @@ def _at_rest(hv, action, disks, tag, memory) -> dict:
 
 
 def _img(pool, name: str, op: str, tag: str) -> None:
+    """qemu-img snapshot has no -f: the image is named as a json: spec, qcow2 over the pool's own protocol node
+    (nfs:// included), so nothing is probed."""
     what = {"-c": "create", "-a": "apply", "-d": "delete"}[op]
-    images.qemu_img(["snapshot", "-q", op, tag, "--image-opts", _qcow2(pool, name)],
-                    f"{what} VM snapshot {tag} on volume {name}", pools=(pool,))
+    spec = "json:" + json.dumps({"driver": "qcow2", "file": pool.blockdev(name)})
+    images.qemu_img(["snapshot", "-q", op, tag, spec], f"{what} VM snapshot {tag} on volume {name}", pools=(pool,))
 
 
 # ---------------------------------------------------------------- a running QEMU guest
