@@ -476,3 +476,17 @@ class Agent:
         src, src_name = self.pool(args, "src_pool"), images.check_name(arg(args, "src_name"))
         with self.hold(pool, name, "being reverted"), self.hold(src, src_name, "being copied", shared=True):
             return snapshots.revert(self.hv, pool, name, arg(args, "format"), src, src_name, progress)
+
+    # ---- VM snapshots (agent/vm_snapshots.py): a qcow2 internal snapshot named `tag` in every disk of a VM
+
+    def cmd_vm_snapshot_create(self, args, progress):
+        from volstack.agent import vm_snapshots
+        return vm_snapshots.run(self, "create", args, progress)
+
+    def cmd_vm_snapshot_revert(self, args, progress):
+        from volstack.agent import vm_snapshots
+        return vm_snapshots.run(self, "revert", args, progress)
+
+    def cmd_vm_snapshot_delete(self, args, progress):
+        from volstack.agent import vm_snapshots
+        return vm_snapshots.run(self, "delete", args, progress)

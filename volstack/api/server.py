@@ -159,9 +159,10 @@ class ApiApp:
                     instance = cmd.prepare(req, p)
                     result["id"] = instance
                     p[cmd.instance_param or "id"] = instance
+                sync_key = cmd.sync_on(req, p) if cmd.sync_on else \
+                    f"{cmd.instance_type}:{instance}" if cmd.instance_type and instance else None
                 job = self.ms.jobs.submit(s, cmd=cmd.name, params=dict(p), ctx=ctx, instance_type=cmd.instance_type,
-                                          instance_uuid=instance,
-                                          sync_key=f"{cmd.instance_type}:{instance}" if cmd.instance_type and instance else None)
+                                          instance_uuid=instance, sync_key=sync_key)
                 result["jobid"] = job.uuid
         if not cmd.readonly:
             self.ms.jobs.wake()      # the job (or tasks a sync command queued) is committed now
@@ -192,9 +193,10 @@ class ApiApp:
         """A job's server died mid-way: settle its object (declared per instance type), then retry or fail it."""
         cmd = self.registry.get(job.cmd) or self.registry.tasks.get(job.cmd)
         action = cmd.on_interrupt if cmd else "fail"
-        from volstack.services import snapshots, vms, volumes
+        from volstack.services import snapshots, vm_snapshots, vms, volumes
         settle = {"Volume": volumes.settle_interrupted, "VirtualMachine": vms.settle_interrupted,
-                  "Snapshot": snapshots.settle_interrupted}.get(job.instance_type)
+                  "Snapshot": snapshots.settle_interrupted,
+                  "VmSnapshot": vm_snapshots.settle_interrupted}.get(job.instance_type)
         if action == "fail" and settle is not None and job.instance_uuid:
             from volstack.services.context import system_context
             try:

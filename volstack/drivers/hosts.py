@@ -103,6 +103,11 @@ class SimulatedHost:
         size = self._images(pool)[name] = self._images(src_pool).get(src_name, 0)
         return {"path": name, "size": size, "physical_size": 0, "format": "qcow2"}
 
+    def _vm_snapshot_create(self, disks, **_):           # VM snapshots: nothing to keep, failures injectable
+        return {"disks": [d["serial"] for d in disks]}
+
+    _vm_snapshot_revert = _vm_snapshot_delete = _vm_snapshot_create
+
     def _pool_list(self, pool, path=""):
         return {"entries": [{"name": n, "isdirectory": False, "size": sz, "format": "qcow2"}
                             for n, sz in sorted(self._images(pool).items())]}

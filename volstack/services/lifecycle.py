@@ -114,3 +114,17 @@ SNAPSHOT = Lifecycle("snapshot", "state", {
     "Destroyed": {},
     "Error": {"DestroyRequested": "Destroying"},
 })
+
+# CloudStack's VM snapshot state machine (reference §3.5). A failed revert leaves the snapshot Ready (it is
+# intact); Expunging may be requested again, so an interrupted delete can be retried.
+VM_SNAPSHOT = Lifecycle("VM snapshot", "state", {
+    "Allocated": {"CreateRequested": "Creating"},
+    "Creating": {"OperationSucceeded": "Ready", "OperationFailed": "Error"},
+    "Ready": {"RevertRequested": "Reverting", "ExpungeRequested": "Expunging"},
+    "Reverting": {"OperationSucceeded": "Ready", "OperationFailed": "Ready"},
+    "Expunging": {"ExpungeRequested": "Expunging", "OperationSucceeded": "Removed", "OperationFailed": "Error",
+                  "Hide": "Hidden"},
+    "Error": {"ExpungeRequested": "Expunging"},
+    "Hidden": {"ExpungeRequested": "Expunging"},
+    "Removed": {},
+})

@@ -74,6 +74,7 @@ def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None) -> 
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be snapshotted: {hint}")
     _file_pool(s, vol)
     vm = _vm_of(s, vol)
+    volumes.check_operation(s, "snapshot", vm, vol)
     if vm is not None and vm.state == "Running" and not S.Settings.value_in(s, S.KVM_SNAPSHOT_ENABLED,
                                                                             zone=vol.zone_id):
         raise InvalidParameter(f"Volume {vol.name} is attached to running VM {vm.name} and snapshots of volumes of "
@@ -263,6 +264,7 @@ def revert(s, ctx, snap: Snapshot, progress=None) -> Snapshot:
     if vm is not None and vm.state != "Stopped":
         raise InvalidParameter(f"Volume {vol.name} is attached to VM {vm.name}, which is {vm.state}; stop the VM "
                                "(or detach the volume) to revert it")
+    volumes.check_operation(s, "revertSnapshot", vm, vol)
     if vol.state != "Ready":
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be reverted")
     pool = _file_pool(s, vol)

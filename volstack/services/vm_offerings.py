@@ -55,6 +55,7 @@ def change(s, ctx, vm: VirtualMachine, serviceofferingid: str, *, running_ok=Fal
     old = s.get(ServiceOffering, vm.service_offering_id)
     if vm.state not in ("Stopped", "Running"):
         raise InvalidParameter(f"VM {vm.name} is {vm.state}; its service offering can change when it is Stopped")
+    volumes.check_operation(s, "changeServiceOffering", vm)
     if vm.state == "Running" and not running_ok:
         raise InvalidParameter(f"VM {vm.name} is Running: stop it to change its service offering, or use "
                                "scaleVirtualMachine to change only the storage side while it runs")

@@ -224,11 +224,17 @@ def recover(s, ctx, vm) -> VirtualMachine:
     return vm
 
 
+# hook(s, ctx, vm) while a VM is expunged, before its volumes go: what else it owns (e.g. its VM snapshots).
+expunge_hooks: list = []
+
+
 def expunge_vm(s, ctx, vm) -> None:
     if vm.state != "Destroyed":
         raise InvalidParameter(f"VM {vm.name} is {vm.state}; destroy it before expunging")
     VM.fire(s, vm, "ExpungeRequested")
     try:
+        for hook in expunge_hooks:
+            hook(s, ctx, vm)
         for vol in list(s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None)))):
             volumes.expunge_volume(s, ctx, vol)
     except CloudError:

@@ -148,6 +148,16 @@ root_creators: list = []
 expunge_hooks: list = []
 # hook(s, volume, vm) when a volume is detached from vm.
 detach_hooks: list = []
+# check(s, op, vm, volume) raises a CloudError naming what forbids op on a VM's volume (volume None: the VM as a
+# whole); e.g. VM snapshots forbid attach, detach, resize and migrate. ops: attach, detach, resize, migrate,
+# snapshot, revertSnapshot, changeServiceOffering.
+operation_checks: list = []
+
+
+def check_operation(s, op: str, vm: VirtualMachine | None, vol: Volume | None = None) -> None:
+    if vm is not None:
+        for check in operation_checks:
+            check(s, op, vm, vol)
 
 
 def realize(s, ctx, vol: Volume, host: Host, cluster_id=None, progress=None) -> StoragePool:
@@ -187,6 +197,7 @@ def attach(s, ctx, vol: Volume, vm: VirtualMachine, deviceid=None) -> Volume:
                                "attached")
     if vm.state not in ("Running", "Stopped"):
         raise InvalidParameter(f"VM {vm.name} is {vm.state}; attach needs a Running or Stopped VM")
+    check_operation(s, "attach", vm, vol)
     if vol.zone_id != vm.zone_id:
         raise InvalidParameter(f"Volume {vol.name} and VM {vm.name} are in different zones")
     if vol.hypervisor and vol.hypervisor != vm.hypervisor:
@@ -233,6 +244,7 @@ def detach(s, ctx, vol: Volume) -> Volume:
     vm = s.get(VirtualMachine, vol.vm_id)
     if vm.state not in ("Running", "Stopped"):
         raise InvalidParameter(f"VM {vm.name} is {vm.state}; detach needs a Running or Stopped VM")
+    check_operation(s, "detach", vm, vol)
     if vm.state == "Running" and vol.state == "Ready":
         from volstack.drivers.default import serial_of
         channel(s.get(Host, vm.host_id)).call("disk_detach", vm=vm.uuid, serial=serial_of(vol))
@@ -253,6 +265,7 @@ def _host_for_pool(s, pool) -> Host:
 
 
 def resize(s, ctx, vol: Volume, *, size_gb=None, diskofferingid=None, shrinkok=False, miniops=None, maxiops=None) -> Volume:
+    check_operation(s, "resize", s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None, vol)
     if vol.volume_type == "ROOT":
         vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
         if vm is not None:
@@ -411,6 +424,7 @@ def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=
     if vol.state != "Ready":
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be migrated")
     vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
+    check_operation(s, "migrate", vm, vol)
     running = vm is not None and vm.state == "Running"
     if running and not livemigrate:
         raise InvalidParameter(f"Volume {vol.name} is attached to running VM {vm.name}: pass livemigrate=true to "
