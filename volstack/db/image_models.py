@@ -139,3 +139,22 @@ class DirectDownloadCertificateHost(Base):
     certificate_id: Mapped[int] = mapped_column(ForeignKey("direct_download_certificate.id", ondelete="CASCADE"))
     host_id: Mapped[int] = mapped_column(ForeignKey("host.id", ondelete="CASCADE"))
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ExtractUrl(Entity, Base):
+    """A download URL handed out by extractTemplate/extractIso/extractVolume (CloudStack keeps these in
+    template_store_ref/volume_store_ref.extract_url). A volume's URL serves a copy made for it on an image
+    store (own_copy); the storage cleanup removes that copy once the URL expired."""
+    __tablename__ = "extract_url"
+    object_type: Mapped[str] = mapped_column(String(16))              # Template, Iso, Volume
+    object_id: Mapped[int] = mapped_column(Integer)
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id"))
+    zone_id: Mapped[int | None] = mapped_column(ForeignKey("data_center.id"))
+    store_id: Mapped[int] = mapped_column(ForeignKey("image_store.id"))
+    install_path: Mapped[str] = mapped_column(String(1024))
+    own_copy: Mapped[bool] = mapped_column(Boolean, default=False)
+    mode: Mapped[str] = mapped_column(String(16), default="HTTP_DOWNLOAD")
+    url: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="Creating")   # Creating, Ready, Expired
+    expires: Mapped[datetime] = mapped_column(DateTime)
+    removed: Mapped[datetime | None] = mapped_column(DateTime)

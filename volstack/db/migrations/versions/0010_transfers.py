@@ -1,0 +1,42 @@
+"""extract URLs (extractTemplate, extractIso, extractVolume)
+
+Revision ID: 0010
+Revises: 0006
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0010'
+down_revision = '0006'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table('extract_url',
+    sa.Column('object_type', sa.String(length=16), nullable=False),
+    sa.Column('object_id', sa.Integer(), nullable=False),
+    sa.Column('account_id', sa.Integer(), nullable=False),
+    sa.Column('zone_id', sa.Integer(), nullable=True),
+    sa.Column('store_id', sa.Integer(), nullable=False),
+    sa.Column('install_path', sa.String(length=1024), nullable=False),
+    sa.Column('own_copy', sa.Boolean(), nullable=False),
+    sa.Column('mode', sa.String(length=16), nullable=False),
+    sa.Column('url', sa.Text(), nullable=True),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('expires', sa.DateTime(), nullable=False),
+    sa.Column('removed', sa.DateTime(), nullable=True),
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('uuid', sa.String(length=40), nullable=False),
+    sa.Column('created', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['account_id'], ['account.id'], ),
+    sa.ForeignKeyConstraint(['store_id'], ['image_store.id'], ),
+    sa.ForeignKeyConstraint(['zone_id'], ['data_center.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('uuid')
+    )
+
+
+def downgrade() -> None:
+    op.drop_table('extract_url')
