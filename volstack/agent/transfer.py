@@ -343,8 +343,8 @@ def _upload(h, srv) -> None:
 
 def _receive(h, pool, name, fmt, claims, length, work_dir, rec, rec_path) -> dict:
     """Body -> temporary file -> checksum -> probe -> final name; nothing is left behind on failure."""
-    limit = int(claims.get("max_size") or 0)
-    if limit and length > limit + FORM_SLACK:
+    limit = claims.get("max_size")           # None: no limit
+    if limit is not None and length > limit + FORM_SLACK:
         raise TooLarge(f"the file is larger than the limit of {limit} bytes ({claims.get('limit_setting')})")
     expected = unpack.parse_checksum(claims.get("checksum"))
     hasher = hashlib.new(expected[0] if expected else "sha256")
@@ -356,7 +356,7 @@ def _receive(h, pool, name, fmt, claims, length, work_dir, rec, rec_path) -> dic
         with open(paths["image"], "wb") as out:
             def sink(data):
                 rec["received"] += len(data)
-                if limit and rec["received"] > limit:
+                if limit is not None and rec["received"] > limit:
                     raise TooLarge(f"the file is larger than the limit of {limit} bytes ({claims.get('limit_setting')})")
                 hasher.update(data)
                 out.write(data)
