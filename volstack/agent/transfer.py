@@ -30,6 +30,7 @@ log = logging.getLogger("volstack.agent.transfer")
 CHUNK = 1 << 20
 FORM_SLACK = 1 << 20          # what a multipart form may add to the file it carries
 KEEP_RECORDS = 86400          # upload records are kept this long past their URL's expiry
+IDLE_TIMEOUT = 300            # an upload whose client sends nothing for this long fails
 
 
 class TooLarge(InvalidArgument):
@@ -52,6 +53,7 @@ def handle(h, method: str) -> None:
         if method in ("GET", "HEAD") and path.startswith(signing.DOWNLOAD):
             return _download(h, srv, head=method == "HEAD")
         if method == "POST" and path.startswith(signing.UPLOAD):
+            h.connection.settimeout(IDLE_TIMEOUT)   # not for downloads: sendfile needs a blocking socket
             return _upload(h, srv)
         raise NotFound(f"no transfer endpoint {method} {path}")
     except signing.Refused as e:
