@@ -138,7 +138,7 @@ class _Progress:
         self.cb(min(percent, 100), self.bytes)
 
 
-class _Pipeline:
+class Pipeline:
     """Receiving on the caller's thread, hashing/unpacking/writing on another: hashlib, zlib and file
     writes release the GIL, so on two cores the checksum costs next to nothing in wall time."""
 
@@ -229,7 +229,7 @@ def _fetch_once(urls, paths, algorithm, compression, policy, prog, segmented: bo
         urls = [p["url"] for p in probes] + [u for u in urls if u not in {p["url"] for p in probes}]
     with open(paths["image"], "wb") as out:
         sink = unpack.Sink(out, urls[0], algorithm, compression)
-        pipe = _Pipeline(sink.write)
+        pipe = Pipeline(sink.write)
 
         def source(url):       # the first mirror to send bytes decides the URL suffix that is checked
             if not pipe.fed:

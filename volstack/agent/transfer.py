@@ -356,23 +356,30 @@ def _receive(h, pool, name, fmt, claims, length, work_dir, rec, rec_path) -> dic
     last = [0.0]
     try:
         with open(paths["image"], "wb") as out:
+            def consume(data):          # on the pipeline's thread: hashing and writing overlap receiving
+                hasher.update(data)
+                out.write(data)
+            pipe = download.Pipeline(consume)
+
             def sink(data):
                 rec["received"] += len(data)
                 if limit is not None and rec["received"] > limit:
                     raise TooLarge(f"the file is larger than the limit of {limit} bytes ({claims.get('limit_setting')})")
-                hasher.update(data)
-                out.write(data)
+                pipe.write(data)
                 if time.monotonic() - last[0] > 1:
                     last[0] = time.monotonic()
                     _write(rec_path, rec)
-            ctype = h.headers.get("Content-Type", "")
-            m = re.search(r'boundary="?([^";]+)"?', ctype)
-            if ctype.lower().startswith("multipart/form-data") and m:
-                if not _multipart(body, m.group(1).encode("latin-1"), sink):
-                    raise InvalidArgument('the form has no file (send it as the form field "file")')
-            else:
-                while data := body.read():
-                    sink(data)
+            try:
+                ctype = h.headers.get("Content-Type", "")
+                m = re.search(r'boundary="?([^";]+)"?', ctype)
+                if ctype.lower().startswith("multipart/form-data") and m:
+                    if not _multipart(body, m.group(1).encode("latin-1"), sink):
+                        raise InvalidArgument('the form has no file (send it as the form field "file")')
+                else:
+                    while data := body.read():
+                        sink(data)
+            finally:
+                pipe.close()
         if expected and hasher.hexdigest() != expected[1]:
             raise InvalidArgument(f"checksum mismatch: expected {unpack.label(*expected)}, the uploaded file has "
                                   f"{unpack.label(expected[0], hasher.hexdigest())}")
