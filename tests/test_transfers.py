@@ -259,3 +259,23 @@ def test_browser_upload_of_a_template_and_an_iso_makes_them_ready_on_the_store(c
     assert listed["isready"] is True and listed["status"] == "Successfully Installed"
     ex = api.extractIso(id=params["id"], mode="HTTP_DOWNLOAD")["iso"]
     assert requests.get(ex["url"], timeout=30).content == bytes(iso_data)
+
+
+def test_an_upload_in_progress_shows_then_a_stalled_one_ends_in_upload_error(cloud):
+    """What the monitor does with the agent's in-progress reports (settle() is the monitor's second half)."""
+    import time
+
+    from sqlalchemy import select
+
+    from volstack.db.image_models import ImageTransfer
+    api = cloud["api"]
+    add_store(cloud)
+    params = api.getUploadParamsForVolume(name="slow", zoneid=cloud["zone"]["id"], format="RAW")["getuploadparams"]
+    db, now = cloud["server"].db, time.time()
+    for st, want in (({"state": "in_progress", "received": 5, "total": 10, "updated": now}, "UploadInProgress"),
+                     ({"state": "in_progress", "received": 5, "total": 10, "updated": now - 601}, "UploadError")):
+        with db.session() as s:
+            tr = s.scalar(select(ImageTransfer).where(ImageTransfer.object_uuid == params["id"]))
+            post_uploads.settle(s, system_context(), tr, st, now)
+        assert api.listVolumes(id=params["id"])["volume"][0]["state"] == want
+    assert "stalled" in api.listVolumes(id=params["id"])["volume"][0]["status"]

@@ -61,3 +61,25 @@ def test_signatures_bind_path_expiry_and_host_key():
     with pytest.raises(signing.Refused, match="expired"):
         past = signing.expiry(-1)
         signing.verify("token-a", metadata, path, past, signing.sign("token-a", metadata, path, past))
+
+
+def test_an_upload_cut_short_by_an_agent_restart_fails_with_the_reason_and_leaves_no_file(tmp_path):
+    import json
+    import time
+
+    from agentproc import AgentProcess
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / ".vol.qcow2.part").write_bytes(b"QFI\xfb partial")
+    (tmp_path / "agent" / "uploads").mkdir(parents=True)
+    (tmp_path / "agent" / "uploads" / "abc-1.json").write_text(json.dumps({
+        "id": "abc-1", "state": "in_progress", "received": 10, "total": 100, "name": "vol.qcow2",
+        "pool": {"uuid": "s1", "type": "Filesystem", "path": str(store)}, "expires_at": time.time() + 600}))
+    agent = AgentProcess(tmp_path / "agent", hypervisor="simulator").start()
+    try:
+        st = agent.client.call("upload_status", id="abc-1")
+        assert st["state"] == "failed" and "restarted" in st["error"]
+        assert sorted(p.name for p in store.iterdir()) == []
+        assert agent.client.call("upload_status", id="never")["state"] == "none"
+    finally:
+        agent.stop()
