@@ -18,9 +18,11 @@ class AgentProcess:
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
-    def start(self, timeout: float = 30) -> "AgentProcess":
+    def start(self, timeout: float = 30, same_port: bool = False) -> "AgentProcess":
+        """same_port: listen where the last run did, so the management server finds the host again."""
+        port = self.url.rsplit(":", 1)[1].rstrip("/") if same_port and self.url else "0"
         cmd = [sys.executable, "-m", "volstack.agent", "--state-dir", str(self.state_dir), "--name", self.name,
-               "--hypervisor", self.hypervisor, "--listen", "127.0.0.1:0"]
+               "--hypervisor", self.hypervisor, "--listen", f"127.0.0.1:{port}"]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         if self._token:
             env["VOLSTACK_AGENT_TOKEN"] = self._token

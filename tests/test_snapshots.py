@@ -191,7 +191,7 @@ def test_snapshot_bad_input_is_refused_with_clear_errors(cloud):
     assert code == 431 and "BackingUp" in text
     _set_state(cloud, Snapshot, snap["id"], "BackedUp")
     code, text = error_of(lambda: api.createSnapshot(volumeid=vol["id"], policyid=snap["id"]))
-    assert code == 431 and "policies" in text
+    assert code == 431 and "Unable to find snapshot policy" in text
     # another tenant neither sees nor touches the snapshot
     acc = api.createAccount(username="bob", password="pw-bob", accounttype=0)["account"]
     keys = api.registerUserKeys(id=acc["user"][0]["id"])["userkeys"]

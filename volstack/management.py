@@ -63,6 +63,12 @@ class ManagementServer:
         from volstack.services import vms
         self.jobs.add_periodic("vm expunge", lambda: self.settings.get(S.EXPUNGE_INTERVAL),
                                lambda: vms.expunge_destroyed(self.db, system_context()))
+        from volstack.api.commands.snapshot_policies import recurring_submitter
+        from volstack.services.snapshot_scheduler import SnapshotScheduler
+        self.snapshot_scheduler = SnapshotScheduler(self.db, recurring_submitter(self.jobs))
+        self.jobs.add_periodic("snapshot scheduler", lambda: self.settings.get(S.SNAPSHOT_POLL_INTERVAL),
+                               lambda: self.snapshot_scheduler.run_due() and self.jobs.wake(),
+                               at_start=True)     # slots missed while no server ran fire once, now
 
     def _storage_cleanup(self) -> None:
         from volstack.services import template_cache, templates, volumes

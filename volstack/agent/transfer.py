@@ -62,6 +62,13 @@ def handle(h, method: str) -> None:
         _reply(h, e.status, {"ok": False, "error": e.text, "kind": e.kind})
     except (BrokenPipeError, ConnectionResetError):
         log.info("transfer %s %s: the client went away", method, path[:80])
+    except Exception as e:                  # never a traceback on the wire; the log has it
+        log.exception("transfer %s %s failed", method, path[:80])
+        try:
+            _reply(h, 500, {"ok": False, "error": f"the transfer failed on this host: {type(e).__name__}",
+                            "kind": "Failed"})
+        except OSError:
+            pass
 
 
 def _reply(h, status: int, body: dict | None, headers: dict | None = None) -> None:

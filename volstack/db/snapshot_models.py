@@ -6,10 +6,10 @@ of the volume image, or a file beside it) and backed up to an image store as a f
 """
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from volstack.db.models import Base
+from volstack.db.models import Base, Entity, utcnow
 from volstack.db.storage_models import OwnedEntity
 
 
@@ -33,3 +33,37 @@ class Snapshot(OwnedEntity, Base):
     parent_id: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     removed: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class SnapshotPolicy(Entity, Base):
+    """A recurring snapshot schedule of one volume (CloudStack's `snapshot_policy`): at most one per interval.
+
+    `next_at` is the next slot the scheduler fires (UTC); claiming a slot moves it forward with a conditional
+    UPDATE, so one slot is fired by one management server only. `inactive_since` is when the volume last stopped
+    being written (its VM left Running, or it was detached from a running VM)."""
+    __tablename__ = "snapshot_policy"
+    volume_id: Mapped[int] = mapped_column(ForeignKey("volumes.id"))
+    schedule: Mapped[str] = mapped_column(String(100))                    # as given: MM, MM:HH, MM:HH:D, MM:HH:DD
+    timezone: Mapped[str] = mapped_column(String(100))
+    interval: Mapped[int] = mapped_column(Integer)                        # 0 HOURLY, 1 DAILY, 2 WEEKLY, 3 MONTHLY
+    max_snaps: Mapped[int] = mapped_column(Integer)
+    display: Mapped[bool] = mapped_column(Boolean, default=True)          # false: not scheduled (fordisplay)
+    next_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
+    inactive_since: Mapped[datetime | None] = mapped_column(DateTime)
+    __table_args__ = (UniqueConstraint("volume_id", "interval"),)
+
+
+class SnapshotSchedule(Base):
+    """One fired slot of a policy (CloudStack's `snapshot_schedule`): unique per (policy, slot) as a second guard
+    against firing a slot twice; `snapshot_id` links the recurring snapshot it took (retention counts these),
+    `skipped` says why none was taken."""
+    __tablename__ = "snapshot_schedule"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    policy_id: Mapped[int] = mapped_column(ForeignKey("snapshot_policy.id", ondelete="CASCADE"))
+    volume_id: Mapped[int] = mapped_column(ForeignKey("volumes.id"))
+    scheduled_at: Mapped[datetime] = mapped_column(DateTime)
+    fired_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    snapshot_id: Mapped[int | None] = mapped_column(ForeignKey("snapshots.id"))
+    job_uuid: Mapped[str | None] = mapped_column(String(40))
+    skipped: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (UniqueConstraint("policy_id", "scheduled_at"),)

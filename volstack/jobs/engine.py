@@ -195,9 +195,10 @@ class JobEngine:
             except Exception:
                 log.exception("job housekeeping failed")
 
-    def add_periodic(self, name: str, seconds, fn) -> None:
-        """Run fn() every seconds() seconds; seconds is read each time, so a setting change applies at once."""
-        self._periodic.append([name, seconds, fn, time.monotonic()])
+    def add_periodic(self, name: str, seconds, fn, at_start: bool = False) -> None:
+        """Run fn() every seconds() seconds; seconds is read each time, so a setting change applies at once.
+        at_start: the first run is right after start() rather than one interval later."""
+        self._periodic.append([name, seconds, fn, float("-inf") if at_start else time.monotonic()])
 
     def _run_periodic(self) -> None:
         while not self._stop.wait(0.2):

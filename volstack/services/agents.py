@@ -10,7 +10,7 @@ from volstack.db.models import Host, utcnow
 from volstack.db.storage_models import StoragePool
 from volstack.drivers.hosts import channel
 from volstack.errors import CloudError, InvalidParameter, ResourceUnavailable
-from volstack.services import events, infra
+from volstack.services import events, infra, vm_sync
 
 log = logging.getLogger("volstack.agents")
 PROTOCOL = 1
@@ -65,6 +65,8 @@ def check_hosts(db, ctx, down_after_seconds: float = 30) -> None:
                 row.state = "Down"
                 events.record(s, ctx, "HOST.DOWN", f"Host {row.name} stopped answering", level="WARN",
                               resource_type="Host", resource_uuid=row.uuid)
+        if alive:
+            vm_sync.sync_host(db, ctx, host)
 
 
 def refresh_pool_stats(db) -> None:

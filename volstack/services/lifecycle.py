@@ -11,6 +11,7 @@ from volstack.errors import InvalidParameter, ResourceInUse
 class Lifecycle:
     def __init__(self, name: str, attr: str, table: dict[str, dict[str, str]]):
         self.name, self.attr, self.table = name, attr, table
+        self.observers: list = []        # fn(s, row, before, after) after each transition, in its transaction
         targets = {t for row in table.values() for t in row.values()}
         unknown = targets - set(table)
         assert not unknown, f"{name}: states reached but not declared: {unknown}"
@@ -35,6 +36,8 @@ class Lifecycle:
         setattr(row, self.attr, nxt)
         for k, v in values.items():
             setattr(row, k, v)
+        for observer in self.observers:
+            observer(s, row, current, nxt)
         return nxt
 
 
@@ -90,7 +93,8 @@ VOLUME = Lifecycle("volume", "state", {
 VM = Lifecycle("virtual machine", "state", {
     "Stopped": {"StartRequested": "Starting", "DestroyRequested": "Destroyed", "MigrationRequested": "Stopped"},
     "Starting": {"OperationSucceeded": "Running", "OperationFailed": "Stopped"},
-    "Running": {"StopRequested": "Stopping", "RebootRequested": "Running", "MigrationRequested": "Migrating"},
+    "Running": {"StopRequested": "Stopping", "RebootRequested": "Running", "MigrationRequested": "Migrating",
+                "AgentReportStopped": "Stopped"},
     "Stopping": {"OperationSucceeded": "Stopped", "OperationFailed": "Running"},
     "Migrating": {"OperationSucceeded": "Running", "OperationFailed": "Running", "AgentReportRunning": "Running",
                   "AgentReportStopped": "Stopped"},

@@ -113,6 +113,7 @@ KVM_VMSTORAGE_SNAPSHOT = _key("kvm.vmstoragesnapshot.enabled", bool, True, "For 
 KVM_INCREMENTAL_SNAPSHOT = _key("kvm.incremental.snapshot", bool, False, "Whether differential snapshots are enabled for KVM or not. When this is enabled, all KVM snapshots will be incremental. Bear in mind that it will generate a new full snapshot when the snapshot chain reaches the limit defined in snapshot.delta.max.", "Snapshots", (C,))
 BACKUP_RETRY = _key("backup.retry", int, 3, "Number of times to retry in creating backup of snapshot on secondary", "Snapshots")
 BACKUP_RETRY_INTERVAL = _key("backup.retry.interval", int, 300, "Time in seconds between retries in backing up snapshot to secondary", "Snapshots")
+SNAPSHOT_POLL_INTERVAL = _key("snapshot.poll.interval", int, 300, "The time interval in seconds when the management server polls for snapshots to be scheduled.", "Snapshots")
 CONCURRENT_SNAPSHOTS_PER_HOST = _key("concurrent.snapshots.threshold.perhost", int, None, "Limits number of snapshots that can be handled by the host concurrently; default is NULL - unlimited", "Advanced")
 SP_BYPASS_SECONDARY = _key("sp.bypass.secondary.storage", bool, False, "For StorPool Managed storage backup to secondary", "Advanced")
 

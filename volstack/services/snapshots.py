@@ -32,6 +32,7 @@ accounts.register_usage_counter("snapshot", lambda s, acc: s.scalar(
 accounts.add_usage_counter("secondary_storage", lambda s, acc: s.scalar(
     select(func.coalesce(func.sum(Snapshot.physical_size), 0)).where(
         Snapshot.account_id == acc, Snapshot.removed.is_(None), Snapshot.store_id.isnot(None))) or 0)
+RECURRING = ("HOURLY", "DAILY", "WEEKLY", "MONTHLY")
 VISIBLE = ("Allocated", "Creating", "CreatedOnPrimary", "BackingUp", "BackedUp", "Copying", "Destroying")
 
 
@@ -58,8 +59,10 @@ def _file_pool(s, vol) -> StoragePool:
 def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None) -> Snapshot:
     """The snapshot row (Allocated), after every check that can be made before touching a host."""
     vol = volumes.get_volume(s, ctx, volumeid)
+    kind = "MANUAL"
     if policyid:
-        raise InvalidParameter("Snapshot policies are not available on this server yet; omit policyid")
+        from volstack.services import snapshot_policies
+        kind = snapshot_policies.recurring_type(s, ctx, policyid, vol)
     if locationtype and locationtype.upper() != "SECONDARY":
         raise InvalidParameter(f"locationtype {locationtype} is not supported for file pools: snapshots are backed "
                                "up to an image store (locationtype=SECONDARY)")
@@ -87,7 +90,7 @@ def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None) -> 
     snap = Snapshot(name=name or f"{vm.name + '_' if vm else ''}{vol.name}_{stamp}", volume_id=vol.id,
                     volume_type=vol.volume_type, disk_offering_id=vol.disk_offering_id, zone_id=vol.zone_id,
                     size=vol.size, hypervisor=vol.hypervisor or "KVM", account_id=vol.account_id,
-                    domain_id=vol.domain_id)
+                    domain_id=vol.domain_id, snapshot_type=kind)
     s.add(snap)
     s.flush()
     events.record(s, ctx, "SNAPSHOT.CREATE", f"Snapshot {snap.name} of volume {vol.name} requested",
@@ -293,9 +296,11 @@ def list_snapshots(s, ctx, q: ListQuery, **f):
     if f.get("zoneid"):
         stmt = stmt.where(Snapshot.zone_id == infra.get_zone(s, f["zoneid"]).id)
     if f.get("snapshottype"):
-        stmt = stmt.where(func.upper(Snapshot.snapshot_type) == f["snapshottype"].upper())
+        kind = f["snapshottype"].upper()       # RECURRING: taken by any policy (typed by its interval)
+        stmt = stmt.where(Snapshot.snapshot_type.in_(RECURRING) if kind == "RECURRING"
+                          else Snapshot.snapshot_type == kind)
     if f.get("intervaltype"):
-        stmt = stmt.where(Snapshot.id.is_(None))        # no policies yet: no recurring snapshots of any interval
+        stmt = stmt.where(Snapshot.snapshot_type == f["intervaltype"].upper())
     if f.get("storageid"):
         stmt = stmt.where(Snapshot.pool_id == s.scalar(select(StoragePool.id).where(StoragePool.uuid == f["storageid"])))
     if f.get("imagestoreid"):

@@ -146,6 +146,8 @@ def qos_for(s, vol) -> dict:
 root_creators: list = []
 # hook(s, volume) while a volume is expunged, for copies it has outside primary storage.
 expunge_hooks: list = []
+# hook(s, volume, vm) when a volume is detached from vm.
+detach_hooks: list = []
 
 
 def realize(s, ctx, vol: Volume, host: Host, cluster_id=None, progress=None) -> StoragePool:
@@ -234,6 +236,8 @@ def detach(s, ctx, vol: Volume) -> Volume:
     if vm.state == "Running" and vol.state == "Ready":
         from volstack.drivers.default import serial_of
         channel(s.get(Host, vm.host_id)).call("disk_detach", vm=vm.uuid, serial=serial_of(vol))
+    for hook in detach_hooks:
+        hook(s, vol, vm)
     vol.vm_id, vol.device_id, vol.attached = None, None, None
     events.record(s, ctx, "VOLUME.DETACH", f"Volume {vol.name} detached from VM {vm.name}", resource_type="Volume",
                   resource_uuid=vol.uuid)

@@ -8,4 +8,5 @@ from volstack.api.commands import imagestores, templates  # noqa: F401,E402
 from volstack.api.commands import uploads  # noqa: F401,E402
 from volstack.api.commands import dd_certificates  # noqa: F401,E402
 from volstack.api.commands import snapshots  # noqa: F401,E402
+from volstack.api.commands import snapshot_policies  # noqa: F401,E402
 from volstack.api.commands import transfers  # noqa: F401,E402

@@ -1,14 +1,14 @@
 """image transfers: extract URLs and browser uploads
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0008
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = '0010'
-down_revision = '0006'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
