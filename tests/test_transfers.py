@@ -279,3 +279,15 @@ def test_an_upload_in_progress_shows_then_a_stalled_one_ends_in_upload_error(clo
             post_uploads.settle(s, system_context(), tr, st, now)
         assert api.listVolumes(id=params["id"])["volume"][0]["state"] == want
     assert "stalled" in api.listVolumes(id=params["id"])["volume"][0]["status"]
+
+
+def test_a_file_uploaded_for_a_template_deleted_meanwhile_is_removed(cloud):
+    api, tmp = cloud["api"], cloud["tmp"]
+    add_store(cloud)
+    params = api.getUploadParamsForTemplate(name="gone", displaytext="gone", format="QCOW2", hypervisor="KVM",
+                                            zoneid=cloud["zone"]["id"])["getuploadparams"]
+    api.deleteTemplate(id=params["id"])
+    assert browser_post(params, qemu_bytes(tmp, "g.qcow2", 1)).status_code == 200   # the agent cannot know
+    assert all_files(tmp / "store") == [f"{params['id']}.qcow2"]
+    monitor(cloud)
+    assert all_files(tmp / "store") == []

@@ -111,7 +111,8 @@ def settle(s, ctx, tr: ImageTransfer, st: dict, asked: float) -> bool:
         _progress(s, tr, st)
         return False
     apply = _volume if tr.object_type == "Volume" else _template
-    apply(s, ctx, tr, outcome, error, st)
+    if not apply(s, ctx, tr, outcome, error, st) and outcome == "Uploaded":
+        _remove_orphan(s, tr)           # e.g. a template deleted while its file was on the way
     tr.state, tr.error = outcome, error
     if outcome != "UploadInProgress":
         tr.removed = utcnow()
@@ -125,13 +126,24 @@ def _progress(s, tr, st) -> None:
             ref.download_pct = min(99, int(100 * st.get("received", 0) / st["total"]))
 
 
-def _volume(s, ctx, tr, outcome, error, st) -> None:
+def _remove_orphan(s, tr) -> None:
+    store = s.get(ImageStore, tr.store_id)
+    try:
+        channel(imagestores.host_for(s, store)).call("volume_delete", pool=imagestores.spec(store),
+                                                     name=tr.install_path)
+    except CloudError as exc:
+        log.warning("upload %s: its object is gone; removing %s from image store %s failed: %s", tr.object_uuid,
+                    tr.install_path, store.name, exc.text)
+
+
+def _volume(s, ctx, tr, outcome, error, st) -> bool:
+    """Move the volume; False when it no longer waits for this upload."""
     vol = s.get(Volume, tr.object_id)
     if vol is None or vol.state not in ("NotUploaded", "UploadInProgress"):
-        return
+        return False
     if outcome == "UploadInProgress":
         VOLUME.fire(s, vol, "UploadRequested")
-        return
+        return True
     if outcome == "Uploaded":
         res = st["result"]
         VOLUME.fire(s, vol, "OperationSucceeded", size=res["size"], physical_size=res.get("physical_size"), error=None)
@@ -140,6 +152,7 @@ def _volume(s, ctx, tr, outcome, error, st) -> None:
         VOLUME.fire(s, vol, "OperationTimeout" if outcome == "UploadAbandoned" else "OperationFailed", error=error)
         text, level = f"Upload of volume {vol.name} failed: {error}", "ERROR"
     events.record(s, ctx, "VOLUME.UPLOAD", text, level=level, resource_type="Volume", resource_uuid=vol.uuid)
+    return True
 
 
 def _ref(s, tr) -> TemplateStoreRef | None:
@@ -147,15 +160,16 @@ def _ref(s, tr) -> TemplateStoreRef | None:
                                                    TemplateStoreRef.store_id == tr.store_id))
 
 
-def _template(s, ctx, tr, outcome, error, st) -> None:
+def _template(s, ctx, tr, outcome, error, st) -> bool:
+    """Move the template's store copy; False when the template or the copy is gone."""
     t, ref = s.get(Template, tr.object_id), _ref(s, tr)
-    if t is None or ref is None or t.removed is not None:
-        return
+    if t is None or ref is None or t.removed is not None or ref.state in ("Destroying", "Destroyed"):
+        return False
     ref.updated = utcnow()
     if outcome == "UploadInProgress":
         t.state, ref.state, ref.download_state = "UploadInProgress", "Creating", "UPLOAD_IN_PROGRESS"
         _progress(s, tr, st)
-        return
+        return True
     if outcome == "Uploaded":
         res = st["result"]
         t.state, ref.state, ref.download_state, ref.download_pct, ref.error = "Active", "Ready", "DOWNLOADED", 100, None
@@ -169,3 +183,4 @@ def _template(s, ctx, tr, outcome, error, st) -> None:
         text, level = f"Upload of {tr.object_type.lower()} {t.name} failed: {error}", "ERROR"
     events.record(s, ctx, "TEMPLATE.UPLOAD" if tr.object_type == "Template" else "ISO.UPLOAD", text, level=level,
                   resource_type="Template", resource_uuid=t.uuid)
+    return True
