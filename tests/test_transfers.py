@@ -7,11 +7,14 @@ from datetime import timedelta
 import pytest
 import requests
 
-from test_templates import add_store, cloud, error_of, img_info, qemu_bytes, qemu_io, store_files, templates_with_data  # noqa: F401
+import test_templates
+from test_templates import add_store, error_of, img_info, qemu_bytes, qemu_io, store_files, templates_with_data
 
 from volstack.db.models import utcnow
 from volstack.services import extracts, post_uploads
 from volstack.services.context import system_context
+
+cloud = test_templates.cloud            # the fixture: a zone with a real agent, a pool and a store
 
 
 def monitor(c):

@@ -289,7 +289,10 @@ def test_cloudstack_ini_in_cwd(server, tmp_path):
 
 # ---------------------------------------------------------------- transfers (extract URLs, browser uploads)
 
-from test_templates import add_store, cloud, qemu_bytes  # noqa: E402,F401
+import test_templates  # noqa: E402
+from test_templates import add_store, qemu_bytes  # noqa: E402
+
+cloud = test_templates.cloud            # the fixture: a zone with a real agent, a pool and a store
 
 
 def test_cs_cli_gets_upload_params_and_extracts_the_volume(cli, cloud):
