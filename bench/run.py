@@ -20,6 +20,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 import bench_api  # noqa: E402
 import bench_download  # noqa: E402
+import bench_transfers  # noqa: E402
 import bench_jobs  # noqa: E402
 import bench_rbd  # noqa: E402
 import bench_storage  # noqa: E402
@@ -48,6 +49,9 @@ def main() -> None:
     dl = ap.add_mutually_exclusive_group()
     dl.add_argument("--download", action="store_true", help="also the template download figures (8, 9)")
     dl.add_argument("--download-only", action="store_true", help="only the template download figures (8, 9)")
+    tr = ap.add_mutually_exclusive_group()
+    tr.add_argument("--transfers", action="store_true", help="also the extract/upload figures (10, 11)")
+    tr.add_argument("--transfers-only", action="store_true", help="only the extract/upload figures (10, 11)")
     args = ap.parse_args()
     cfg = QUICK if args.quick else FULL
     logging.basicConfig(level=logging.WARNING)
@@ -55,7 +59,7 @@ def main() -> None:
     t0 = time.monotonic()
     rows, empty_jobs = [], None
     with tempfile.TemporaryDirectory(prefix="volstack-bench-") as tmp:
-        if args.download_only:
+        if args.download_only or args.transfers_only:
             args.storage_only = args.no_storage = True
         if args.rbd:
             rows += bench_rbd.rbd_rows(Path(tmp), cfg)
@@ -77,6 +81,8 @@ def main() -> None:
             rows += bench_templates.rows(Path(tmp), cfg)
         if args.download or args.download_only:
             rows += bench_download.rows(Path(tmp), cfg)
+        if args.transfers or args.transfers_only:
+            rows += bench_transfers.rows(Path(tmp), cfg)
     print()
     print_table(rows)
     print(f"\n({os.cpu_count()} CPUs, {args.procs}x{args.threads} client connections, "

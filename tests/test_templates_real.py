@@ -109,3 +109,27 @@ def test_direct_download_metalink_skips_a_dead_and_a_corrupt_mirror(nfs_cloud, w
     assert [p.name for p in c["store_dir"].iterdir()] == []          # never touched the image store
     served = {r[1] for r in web.requests if r[0] == "GET" and r[3] in (200, 206)}
     assert "/m3/dd.qcow2" in served
+
+
+def test_browser_upload_to_an_nfs_store_then_extract_it_back_over_nfs(nfs_cloud):
+    """The agent takes the POST into the NFS store (qemu-img over nfs://, under a temporary name) and
+    serves the extract URL by reading the store over NFS (READ), with ranges."""
+    import requests
+    from test_transfers import browser_post, monitor
+    c, api = nfs_cloud, nfs_cloud["api"]
+    data = qemu_bytes(c["tmp"], "up.qcow2", 3, fill=0x2a)
+    params = api.getUploadParamsForTemplate(name="nfs-up", displaytext="nfs-up", format="QCOW2", hypervisor="KVM",
+                                            zoneid=c["zone"]["id"])["getuploadparams"]
+    assert browser_post(params, data).status_code == 200
+    monitor(c)
+    t = api.listTemplates(templatefilter="self", id=params["id"])["template"][0]
+    assert t["isready"] is True
+    on_store = c["store_dir"] / f"{t['id']}.qcow2"
+    assert sorted(p.name for p in c["store_dir"].iterdir()) == [on_store.name]
+    subprocess.run(["qemu-img", "compare", str(c["tmp"] / "up.qcow2"), str(on_store)], check=True, capture_output=True)
+
+    ex = api.extractTemplate(id=t["id"], mode="HTTP_DOWNLOAD")["template"]
+    got = requests.get(ex["url"], timeout=60)
+    assert got.status_code == 200 and got.content == on_store.read_bytes()
+    part = requests.get(ex["url"], headers={"Range": "bytes=5-99"}, timeout=60)
+    assert part.status_code == 206 and part.content == on_store.read_bytes()[5:100]

@@ -55,6 +55,11 @@ class ManagementServer:
         from volstack.services import imagestores
         self.jobs.add_periodic("image store statistics", lambda: self.settings.get(S.VOLUME_STATS_INTERVAL) / 1000,
                                lambda: imagestores.refresh_stats(self.db))
+        from volstack.services import extracts, post_uploads
+        self.jobs.add_periodic("upload monitor", lambda: self.settings.get(S.UPLOAD_MONITORING_INTERVAL),
+                               lambda: post_uploads.monitor(self.db, system_context()))
+        self.jobs.add_periodic("extract url cleanup", lambda: self.settings.get(S.EXTRACT_URL_CLEANUP),
+                               lambda: extracts.cleanup(self.db))
         from volstack.services import vms
         self.jobs.add_periodic("vm expunge", lambda: self.settings.get(S.EXPUNGE_INTERVAL),
                                lambda: vms.expunge_destroyed(self.db, system_context()))

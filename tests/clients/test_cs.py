@@ -285,3 +285,33 @@ def test_cloudstack_ini_in_cwd(server, tmp_path):
     # another region of the same ini, with a wrong secret: 401
     proc = run([CS_BIN, "-r", "other", "listZones"], env=env, cwd=work)
     assert proc.returncode == 1 and "HTTP 401" in proc.stderr, describe(proc)
+
+
+# ---------------------------------------------------------------- transfers (extract URLs, browser uploads)
+
+import test_templates  # noqa: E402
+from test_templates import add_store, qemu_bytes  # noqa: E402
+
+cloud = test_templates.cloud            # the fixture: a zone with a real agent, a pool and a store
+
+
+def test_cs_cli_gets_upload_params_and_extracts_the_volume(cli, cloud):
+    from test_transfers import browser_post, monitor
+    add_store(cloud)
+    zone = cloud["zone"]["id"]
+    _, out = cli("getUploadParamsForVolume", "name=cli-up", f"zoneid={zone}", "format=QCOW2")
+    params = out["getuploadparams"]
+    assert set(params) == {"id", "postURL", "metadata", "expires", "signature"}
+    data = qemu_bytes(cloud["tmp"], "cli.qcow2", 1, fill=0x43)
+    assert browser_post(params, data).status_code == 200
+    monitor(cloud)
+    _, vols = cli("listVolumes", f"id={params['id']}")
+    assert vols["volume"][0]["state"] == "Uploaded"
+    api = cloud["api"]
+    vm = api.deployVirtualMachine(zoneid=zone, serviceofferingid=cloud["so"]["id"], rootdisksize=1)["virtualmachine"]
+    api.attachVolume(id=params["id"], virtualmachineid=vm["id"])
+    api.detachVolume(id=params["id"])
+    _, ex = cli("extractVolume", f"id={params['id']}", "mode=HTTP_DOWNLOAD", f"zoneid={zone}")
+    assert ex["volume"]["state"] == "DOWNLOAD_URL_CREATED" and ex["volume"]["id"] == params["id"]
+    got = requests.get(ex["volume"]["url"], timeout=30)
+    assert got.status_code == 200 and got.content[:4] == b"QFI\xfb"

@@ -308,9 +308,13 @@ class Agent:
     # segmented, compression}. A record per download in <state>/downloads makes a repeated identical download
     # return the first result; a file under the final name exists only after it was verified.
 
-    def _downloads_dir(self) -> str:
+    def state_dir(self, kind: str) -> str:
+        """<state>/<kind>: downloads, uploads, certs…"""
         base = getattr(self.hv, "root", None) or getattr(self.hv, "path", None)   # <state>/vms, <state>/x.json
-        return os.path.join(os.path.dirname(base) if base else tempfile.gettempdir(), "downloads")
+        return os.path.join(os.path.dirname(base) if base else tempfile.gettempdir(), kind)
+
+    def _downloads_dir(self) -> str:
+        return self.state_dir("downloads")
 
     def _download_options(self, args) -> tuple:
         opts = arg(args, "options", dict, {})
@@ -337,7 +341,7 @@ class Agent:
     # for https sources besides the system's, one PEM file per alias in <state>/certs.
 
     def _certs_dir(self) -> str:
-        return os.path.join(os.path.dirname(self._downloads_dir()), "certs")
+        return self.state_dir("certs")
 
     def _certificates(self) -> list[str]:
         d = self._certs_dir()
@@ -444,6 +448,12 @@ class Agent:
             except FileNotFoundError:
                 pass
         return done
+
+    # ---- browser uploads (agent/transfer.py): how the upload of one object went, for the management server
+
+    def cmd_upload_status(self, args, progress):
+        from volstack.agent import transfer
+        return transfer.status(self, arg(args, "id"))
 
     # ---- snapshots (agent/snapshots.py). A primary copy is (kind, name): "internal" = a qcow2 snapshot
     # named `name` inside the volume image, "file" = the flat qcow2 `name` in the volume's pool.

@@ -30,7 +30,7 @@ from volstack.agent import fetch, images, metalink, unpack
 from volstack.agent.errors import Failed, InvalidArgument, Unavailable
 from volstack.agent.fetch import Policy
 
-__all__ = ["Policy", "download", "check_source", "compare", "resolve_sources", "temp_paths", "cleanup"]
+__all__ = ["Policy", "download", "check_source", "compare", "resolve_sources", "temp_paths", "cleanup", "place"]
 
 ATTEMPTS = 3
 MIN_SEGMENTED = 4 << 20      # below this, one stream is as fast as several
@@ -138,7 +138,7 @@ class _Progress:
         self.cb(min(percent, 100), self.bytes)
 
 
-class _Pipeline:
+class Pipeline:
     """Receiving on the caller's thread, hashing/unpacking/writing on another: hashlib, zlib and file
     writes release the GIL, so on two cores the checksum costs next to nothing in wall time."""
 
@@ -229,7 +229,7 @@ def _fetch_once(urls, paths, algorithm, compression, policy, prog, segmented: bo
         urls = [p["url"] for p in probes] + [u for u in urls if u not in {p["url"] for p in probes}]
     with open(paths["image"], "wb") as out:
         sink = unpack.Sink(out, urls[0], algorithm, compression)
-        pipe = _Pipeline(sink.write)
+        pipe = Pipeline(sink.write)
 
         def source(url):       # the first mirror to send bytes decides the URL suffix that is checked
             if not pipe.fed:
@@ -294,7 +294,7 @@ def download(pool: images.Pool, name: str, image_format: str, *, urls=None, meta
         prog.set(92)
         have = unpack.check_image(paths["image"], image_format)
         prog.set(95)
-        _place(pool, name, paths, fmt, prog)
+        place(pool, name, paths, fmt, prog)
         have = images.info(pool, name, fmt) if not paths["local"] else have
         prog.set(100)
     except BaseException as e:
@@ -316,7 +316,8 @@ def download(pool: images.Pool, name: str, image_format: str, *, urls=None, meta
             "refused": src["refused"]}
 
 
-def _place(pool: images.Pool, name: str, paths: dict, fmt: str, prog: _Progress) -> None:
+def place(pool: images.Pool, name: str, paths: dict, fmt: str, prog: "_Progress | None" = None) -> None:
+    """Put the verified image at paths["image"] under its final name in pool (see temp_paths)."""
     if paths["local"]:
         final = pool.target(name)
         try:
@@ -331,7 +332,7 @@ def _place(pool: images.Pool, name: str, paths: dict, fmt: str, prog: _Progress)
         return
     local = images.DirectoryPool({"uuid": "download-work", "path": paths["dir"]}, "localhost")
     images.copy(local, os.path.basename(paths["image"]), pool, name, fmt,
-                lambda p: prog.set(95 + int(p * 4 / 100)), src_format=fmt)
+                prog and (lambda p: prog.set(95 + int(p * 4 / 100))), src_format=fmt)
     _unlink(paths["image"])
 
 

@@ -185,16 +185,20 @@ class NfsPool(Pool):
 
     def _call(self, fn):
         with self._client() as c:
-            try:
-                return fn(c)
-            except nfs3.NfsUnreachable as e:
-                raise Unavailable(f"NFS server {self.host}: {e}") from None
-            except nfs3.NfsError as e:
-                if e.status == 2:
-                    raise NotFound(f"pool {self.uuid}: {e}") from None
-                if e.status in (20, 22):
-                    raise InvalidArgument(f"pool {self.uuid}: {e}") from None
-                raise Failed(f"NFS {self.host}:{self.export}: {e}") from None
+            return self._errors(lambda: fn(c))
+
+    def _errors(self, fn):
+        """fn() with NFS errors turned into the agent's error kinds."""
+        try:
+            return fn()
+        except nfs3.NfsUnreachable as e:
+            raise Unavailable(f"NFS server {self.host}: {e}") from None
+        except nfs3.NfsError as e:
+            if e.status == 2:
+                raise NotFound(f"pool {self.uuid}: {e}") from None
+            if e.status in (20, 22):
+                raise InvalidArgument(f"pool {self.uuid}: {e}") from None
+            raise Failed(f"NFS {self.host}:{self.export}: {e}") from None
 
     def connect(self) -> dict:
         return self.stats()
@@ -219,6 +223,13 @@ class NfsPool(Pool):
 
     def rename(self, src: str, dst: str) -> None:
         self._call(lambda c: c.rename([src], [dst]))
+
+    @contextmanager
+    def reader(self, name: str):
+        """(size, mtime, read(offset, count) -> bytes) of one file, over one NFS connection."""
+        with self._client() as c:
+            fh, attrs = self._errors(lambda: c.lookup([name]))
+            yield attrs["size"], attrs["mtime"], lambda offset, count: self._errors(lambda: c.read(fh, offset, count)[0])
 
     def _url(self, rel: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -2,7 +2,8 @@
 
 These hosts have no kernel NFS client and the agent never mounts anything: image I/O goes through
 QEMU's userspace `nfs://` driver, and this module does the rest: capacity (FSSTAT), listing
-(READDIRPLUS), stat (LOOKUP), delete (REMOVE) and rename (RENAME). Every socket has a timeout, so an
+(READDIRPLUS), stat (LOOKUP), delete (REMOVE), rename (RENAME) and reading a file (READ: extract
+downloads serve store objects byte for byte). Every socket has a timeout, so an
 unreachable server fails in seconds instead of hanging.
 """
 import os
@@ -257,6 +258,15 @@ class NfsClient:
                 return False
             raise
         return True
+
+    def read(self, fh: bytes, offset: int, count: int) -> tuple[bytes, bool]:
+        """(data, eof) of up to count bytes at offset of the file with handle fh."""
+        u = self.rpc.call(6, _Packer().opaque(fh).hyper(offset).uint(count).data())
+        _status(u, "READ")
+        u.post_op_attr()
+        u.uint()
+        eof = bool(u.uint())
+        return u.opaque(), eof
 
     def rename(self, src: list[str], dst: list[str]) -> None:
         sfh, _ = self.lookup(src[:-1])

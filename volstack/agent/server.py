@@ -7,6 +7,8 @@ Protocol 1 (JSON bodies, `Authorization: Bearer <token>` on every request):
                             or 4xx/5xx {"ok": false, "error", "kind"}
     GET  /v1/tasks/<id>     {"state": "running|done|failed", "progress", "result" | "error", "kind"}
 
+Under /transfer/ (agent/transfer.py) a signed URL replaces the token: extract downloads, browser uploads.
+
 The outcome of the last 1000 request ids is kept in `<state>/agent.db` (SQLite): a repeated id gets
 the stored outcome and the work is not done again; a repeat that arrives while the first is still
 running waits for it. Tasks are rows in the same database; at start-up a task left "running" by an
@@ -21,6 +23,8 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from volstack import transfer_signing as signing
+from volstack.agent import transfer
 from volstack.agent.errors import AgentError, Failed, InvalidArgument, NotFound
 
 log = logging.getLogger("volstack.agent")
@@ -123,8 +127,22 @@ class _Handler(BaseHTTPRequestHandler):
                          "kind": "Unauthorized"})
         return False
 
+    def _transfer(self, method: str) -> bool:
+        if not self.path.startswith(signing.PREFIX):
+            return False
+        transfer.handle(self, method)
+        return True
+
+    def do_HEAD(self):
+        if not self._transfer("HEAD"):
+            self._fail(NotFound(f"no such endpoint HEAD {self.path}"))
+
+    def do_OPTIONS(self):
+        if not self._transfer("OPTIONS"):
+            self._fail(NotFound(f"no such endpoint OPTIONS {self.path}"))
+
     def do_GET(self):
-        if not self._authorized():
+        if self._transfer("GET") or not self._authorized():
             return
         srv = self.server.agent_server
         if self.path == "/v1/hello":
@@ -137,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._fail(NotFound(f"no such endpoint {self.path} (protocol 1: /v1/hello, /v1/command, /v1/tasks/<id>)"))
 
     def do_POST(self):
-        if not self._authorized():
+        if self._transfer("POST") or not self._authorized():
             return
         if self.path != "/v1/command":
             return self._fail(NotFound(f"no such endpoint {self.path}"))
@@ -167,6 +185,8 @@ class AgentServer:
         self._inflight: dict[str, threading.Event] = {}
         self._guard = threading.Lock()
         self._recover()
+        if hasattr(agent, "state_dir"):
+            transfer.recover(agent)
         self._http = ThreadingHTTPServer((host, port), _Handler)
         self._http.daemon_threads = True
         self._http.agent_server = self

@@ -68,6 +68,7 @@ class Command:
     instance_param: str | None = None # the parameter naming the object the job works on
     sync_on: Callable | None = None   # sync_on(req, p) -> sync key, to serialize with another object's jobs
     on_interrupt: str = "fail"        # what reconciliation does if the server dies mid-job: fail | retry
+    writes: bool = False              # a get* command that creates something (getUploadParamsFor*)
 
     def allowed(self, account_type: int) -> bool:
         need = {ROOT: (1,), DOMAIN: (1, 2), USER: (0, 1, 2)}[self.access]
@@ -76,7 +77,7 @@ class Command:
     @property
     def readonly(self) -> bool:
         """Reads only: list*/query*/get* commands that run in the request."""
-        return not self.is_async and self.name.startswith(("list", "query", "get"))
+        return not self.is_async and not self.writes and self.name.startswith(("list", "query", "get"))
 
     @property
     def key(self) -> str | None:

@@ -139,3 +139,31 @@ class DirectDownloadCertificateHost(Base):
     certificate_id: Mapped[int] = mapped_column(ForeignKey("direct_download_certificate.id", ondelete="CASCADE"))
     host_id: Mapped[int] = mapped_column(ForeignKey("host.id", ondelete="CASCADE"))
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+
+class ImageTransfer(Entity, Base):
+    """A transfer URL to or from an image store, served by a host agent (volstack/transfer_signing.py).
+
+    kind "extract": a download URL handed out by extractTemplate/extractIso/extractVolume (CloudStack keeps
+    these in template_store_ref/volume_store_ref.extract_url); a volume's URL serves a copy made for it on
+    the store (own_copy), removed once the URL expired. kind "upload": the parameters of a browser upload
+    (getUploadParamsFor*); state follows the object's NotUploaded → UploadInProgress → Uploaded/UploadError
+    or UploadAbandoned, learned from the host agent that took the POST."""
+    __tablename__ = "image_transfer"
+    kind: Mapped[str] = mapped_column(String(16))                     # extract, upload
+    object_type: Mapped[str] = mapped_column(String(16))              # Template, Iso, Volume
+    object_id: Mapped[int] = mapped_column(Integer)
+    object_uuid: Mapped[str] = mapped_column(String(40))
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id"))
+    zone_id: Mapped[int | None] = mapped_column(ForeignKey("data_center.id"))
+    store_id: Mapped[int] = mapped_column(ForeignKey("image_store.id"))
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("host.id", ondelete="SET NULL"))
+    install_path: Mapped[str] = mapped_column(String(1024))
+    own_copy: Mapped[bool] = mapped_column(Boolean, default=False)
+    mode: Mapped[str | None] = mapped_column(String(16))              # extract: HTTP_DOWNLOAD
+    url: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(32))
+    expires: Mapped[datetime] = mapped_column(DateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    removed: Mapped[datetime | None] = mapped_column(DateTime)

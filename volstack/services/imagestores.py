@@ -8,6 +8,7 @@ import logging
 
 from sqlalchemy import func, select
 
+from volstack import crypto, transfer_signing as signing
 from volstack.db.image_models import ImageStore, TemplateStoreRef
 from volstack.db.models import Host, utcnow
 from volstack.drivers.default import DefaultPrimaryDriver
@@ -60,6 +61,27 @@ def host_for(s, store: ImageStore) -> Host:
         raise ResourceUnavailable(f"No host is Up in the zone of image store {store.name} to reach it; add or "
                                   "start a host agent")
     return hosts[0]
+
+
+def serving_host(s, store: ImageStore) -> Host:
+    """The host agent that serves the store's objects over HTTP (extract URLs, browser uploads)."""
+    hosts = [h for h in hosts_for(s, store.zone_id) if h.hypervisor == "KVM" and h.url and h.credential]
+    if not hosts:
+        raise ResourceUnavailable(f"No KVM host agent is Up in the zone of image store {store.name} to serve "
+                                  "transfers; add or start one")
+    return hosts[0]
+
+
+def signed_download(host: Host, store: ImageStore, name: str, filename: str, seconds: float) -> tuple[str, str]:
+    """(url, expires): a GET of store object `name` on host's agent, valid for `seconds`."""
+    return signing.download_url(host.url, crypto.decrypt(host.credential), {"pool": spec(store), "name": name,
+                                                                            "filename": filename}, filename, seconds)
+
+
+def signed_upload(host: Host, store: ImageStore, object_uuid: str, claims: dict, seconds: float) -> dict:
+    """getuploadparams' postURL, metadata, expires and signature: a POST into store on host's agent."""
+    return signing.upload_params(host.url, crypto.decrypt(host.credential), dict(claims, pool=spec(store)),
+                                 object_uuid, seconds)
 
 
 def add_store(s, ctx, *, name=None, provider=None, url, zoneid=None, details=None) -> ImageStore:

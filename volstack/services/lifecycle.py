@@ -75,6 +75,12 @@ VOLUME = Lifecycle("volume", "state", {
     "RevertSnapshotting": {"OperationSucceeded": "Ready", "OperationFailed": "Ready"},
     "UploadOp": {"OperationSucceeded": "Uploaded", "OperationFailed": "UploadError", "DestroyRequested": "Destroy"},
     "UploadError": {"UploadRequested": "UploadOp", "DestroyRequested": "Destroy"},
+    # Browser uploads (getUploadParamsForVolume): the host agent that takes the POST reports the outcome.
+    "NotUploaded": {"UploadRequested": "UploadInProgress", "OperationSucceeded": "Uploaded",
+                    "OperationFailed": "UploadError", "OperationTimeout": "UploadAbandoned"},
+    "UploadInProgress": {"OperationSucceeded": "Uploaded", "OperationFailed": "UploadError",
+                         "OperationTimeout": "UploadError"},
+    "UploadAbandoned": {"DestroyRequested": "Destroy"},
     # An uploaded volume waits on an image store; its first attach copies it to a primary pool.
     "Uploaded": {"CreateRequested": "Copying", "DestroyRequested": "Destroy"},
     "Copying": {"OperationSucceeded": "Ready", "OperationFailed": "Uploaded"},

@@ -130,6 +130,14 @@ CUSTOM_DISK_MIN = _key("custom.diskoffering.size.min", int, 1, "Minimum size in 
 CUSTOM_DISK_MAX = _key("custom.diskoffering.size.max", int, 1024, "Maximum size in GB for custom disk offering.", "Advanced")
 MAX_VOLUME_SIZE = _key("storage.max.volume.size", int, 2000, "The maximum size for a volume (in GB).", "Storage")
 MAX_UPLOAD_SIZE = _key("storage.max.volume.upload.size", int, 500, "The maximum size for a uploaded volume(in GB).", "Storage")
+MAX_TEMPLATE_SIZE = _key("max.template.iso.size", int, 50, "The maximum size for a downloaded template or ISO (in GB).", "Advanced")
+
+# ---- extract URLs and browser uploads (services/extracts.py, services/post_uploads.py)
+EXTRACT_URL_EXPIRATION = _key("extract.url.expiration.interval", int, 14400, "The life of an extract URL after which it is deleted ", "Advanced")
+EXTRACT_URL_CLEANUP = _key("extract.url.cleanup.interval", int, 7200, "The interval (in seconds) to wait before cleaning up the extract URL's ", "Advanced")
+DISABLE_EXTRACTION = _key("disable.extraction", bool, False, "Flag for disabling extraction of template, isos and volumes", "Advanced")
+UPLOAD_MONITORING_INTERVAL = _key("upload.monitoring.interval", int, 60, "Interval (in seconds) to check the status of volumes that are uploaded using HTTP POST request", "Advanced")
+UPLOAD_OPERATION_TIMEOUT = _key("upload.operation.timeout", int, 10, "Time (in minutes) to wait before abandoning volume upload using HTTP POST request", "Advanced")
 
 # ---- statistics, direct download
 VOLUME_STATS_INTERVAL = _key("volume.stats.interval", int, 600000, "Interval (in milliseconds) to report volume statistics", "Advanced")

@@ -112,10 +112,13 @@ def _zones(s, zoneid=None, zoneids=None) -> list[Zone]:
 def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytext=None, hypervisor="KVM",
              ostypeid=None, checksum=None, ispublic=False, isfeatured=False, isextractable=False,
              passwordenabled=False, requireshvm=True, directdownload=False, bootable=True, templatetype=None,
-             details=None, is_iso=False) -> tuple[Template, list[TemplateStoreRef]]:
+             details=None, is_iso=False, upload=False) -> tuple[Template, list[TemplateStoreRef]]:
     """The template row, its zones and (unless direct download) one store copy per zone, Allocated: the
-    caller queues a download task per copy."""
-    url = check_url(url)
+    caller queues a download task per copy, or (upload: no URL) hands out browser upload parameters."""
+    url = None if upload else check_url(url)
+    if upload and directdownload:
+        raise InvalidParameter("A template uploaded from a browser lands on an image store: directdownload is "
+                               "not possible")
     fmt = "ISO" if is_iso else (format or "").upper()
     if fmt not in FORMATS or (fmt == "ISO") != is_iso:
         raise InvalidParameter(f"Invalid format {format}: KVM templates are QCOW2 or RAW; ISOs are registered "
@@ -161,7 +164,8 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
             refs.append(ref)
     s.flush()
     events.record(s, ctx, "ISO.CREATE" if is_iso else "TEMPLATE.CREATE", f"{'ISO' if is_iso else 'Template'} "
-                  f"{name} registered from {url}", resource_type="Template", resource_uuid=t.uuid)
+                  f"{name} registered " + (f"from {url}" if url else "for a browser upload"), resource_type="Template",
+                  resource_uuid=t.uuid)
     return t, refs
 
 
@@ -250,6 +254,10 @@ def download_to_store(s, ctx, ref_id: int, progress=None) -> dict:
                   resource_type="Template", resource_uuid=t.uuid)
     s.commit()
     return {"size": t.size}
+
+
+def zone_ids(s, t: Template) -> list[int]:
+    return list(s.scalars(select(TemplateZone.zone_id).where(TemplateZone.template_id == t.id).order_by(TemplateZone.id)))
 
 
 def ready_in_zone(s, t: Template, zone_id: int) -> TemplateStoreRef | None:

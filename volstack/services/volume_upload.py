@@ -17,6 +17,17 @@ FORMATS = {"QCOW2": "qcow2", "RAW": "raw"}
 def create(s, ctx, *, name, url, zoneid, format, checksum=None, diskofferingid=None, imagestoreuuid=None) -> Volume:
     """The volume row (Allocated) with where its bytes will land; the job downloads them."""
     url = templates.check_url(url)
+    vol, store = new_upload(s, ctx, name=name, zoneid=zoneid, format=format, checksum=checksum,
+                            diskofferingid=diskofferingid, imagestoreuuid=imagestoreuuid)
+    vol.details = {"upload": {**vol.details["upload"], "url": url}}
+    events.record(s, ctx, "VOLUME.UPLOAD", f"Volume {name} being uploaded from {url}", resource_type="Volume",
+                  resource_uuid=vol.uuid)
+    return vol
+
+
+def new_upload(s, ctx, *, name, zoneid, format, checksum=None, diskofferingid=None, imagestoreuuid=None):
+    """(volume row, store): a volume whose image will land on a writable store of the zone (uploadVolume
+    from a URL, or getUploadParamsForVolume from a browser)."""
     fmt = (format or "").upper()
     if fmt not in FORMATS:
         raise InvalidParameter(f"Invalid format {format}: KVM volumes are uploaded as QCOW2 or RAW")
@@ -34,11 +45,8 @@ def create(s, ctx, *, name, url, zoneid, format, checksum=None, diskofferingid=N
     offering = offerings.get_disk_offering(s, ctx, diskofferingid) if diskofferingid else None
     vol = volumes.new_volume(s, ctx, name=name, zone_id=zone.id, size=0, offering=offering)
     vol.format = fmt
-    vol.details = {"upload": {"store": store.uuid, "path": f"volume-{vol.uuid}.{FORMATS[fmt]}", "url": url,
-                              "checksum": checksum}}
-    events.record(s, ctx, "VOLUME.UPLOAD", f"Volume {name} being uploaded from {url}", resource_type="Volume",
-                  resource_uuid=vol.uuid)
-    return vol
+    vol.details = {"upload": {"store": store.uuid, "path": f"volume-{vol.uuid}.{FORMATS[fmt]}", "checksum": checksum}}
+    return vol, store
 
 
 def download(s, ctx, vol: Volume, progress=None) -> Volume:
@@ -92,7 +100,8 @@ volumes.expunge_hooks.append(_remove_store_copy)
 
 
 def store_objects(s, store) -> list[tuple]:
-    rows = s.scalars(select(Volume).where(Volume.state.in_(("UploadOp", "Uploaded", "UploadError", "Copying")),
+    rows = s.scalars(select(Volume).where(Volume.state.in_(("UploadOp", "Uploaded", "UploadError", "Copying",
+                                                            "NotUploaded", "UploadInProgress")),
                                           Volume.removed.is_(None)))
     return [("volume", v.uuid, v.name, v.details["upload"]["path"]) for v in rows
             if (v.details or {}).get("upload", {}).get("store") == store.uuid]

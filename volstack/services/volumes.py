@@ -337,6 +337,9 @@ def destroy(s, ctx, vol: Volume, expunge=False) -> Volume:
 def recover(s, ctx, vol: Volume) -> Volume:
     if vol.state != "Destroy":
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only destroyed volumes can be recovered")
+    if not vol.pool_id and (vol.details or {}).get("upload") and not vol.size:
+        raise InvalidParameter(f"Volume {vol.name} never finished its upload, so there is nothing to recover; "
+                               "upload the file again as a new volume")
     event = "RecoverRequested" if vol.pool_id else "RecoverUploaded" if (vol.details or {}).get("upload") \
         else "RecoverAllocated"
     VOLUME.fire(s, vol, event, destroyed_at=None)

@@ -30,6 +30,10 @@ def _status(r, lk):
     if ready:
         return "Successfully Installed" if iso else "Download Complete"
     for ref, _ in refs:
+        if ref.download_state == "UPLOAD_IN_PROGRESS":
+            return f"{ref.download_pct}% Uploaded"
+        if ref.download_state == "NOT_UPLOADED":
+            return "Not Uploaded"
         if ref.download_state == "DOWNLOAD_IN_PROGRESS":
             return ("Installing ISO" if iso else "Installing Template") if ref.download_pct >= 100 \
                 else f"{ref.download_pct}% Downloaded"

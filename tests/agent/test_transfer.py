@@ -1,0 +1,85 @@
+"""The agent's transfer helpers on their own: the streaming multipart reader and Range parsing."""
+import io
+
+import pytest
+
+from volstack import transfer_signing as signing
+from volstack.agent import transfer
+
+
+def form(boundary, parts):
+    out = b""
+    for name, filename, data in parts:
+        fn = f'; filename="{filename}"' if filename else ""
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"{fn}\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1 << 20])
+def test_multipart_file_part_is_streamed_exactly_whatever_the_chunking(monkeypatch, chunk):
+    monkeypatch.setattr(transfer, "CHUNK", chunk)
+    boundary = "----WebKitFormBoundaryAbc123"
+    tricky = b"\r\n--" + b"----WebKitFormBoundaryAbc12" + b"\r\n--x" + bytes(range(256)) * 3 + b"\r\n"
+    body = form(boundary, [("name", None, b"disk"), ("file", "disk.qcow2", tricky), ("after", None, b"z" * 50)])
+    got = bytearray()
+    found = transfer._multipart(transfer._Body(io.BytesIO(body), len(body)), boundary.encode(), got.extend)
+    assert found and bytes(got) == tricky
+
+
+def test_a_form_without_a_file_or_cut_short_is_refused():
+    body = form("b", [("name", None, b"x")])
+    assert transfer._multipart(transfer._Body(io.BytesIO(body), len(body)), b"b", lambda d: None) is False
+    body = form("b", [("file", "f", b"y" * 100)])[:-30]
+    with pytest.raises(transfer.Interrupted):
+        transfer._multipart(transfer._Body(io.BytesIO(body), len(body) + 30), b"b", lambda d: None)
+
+
+@pytest.mark.parametrize("header,want", [(None, None), ("bytes=0-", (0, 99)), ("bytes=10-19", (10, 19)),
+                                         ("bytes=-5", (95, 99)), ("bytes=90-500", (90, 99)),
+                                         ("bytes=1-2,5-6", None), ("items=1-2", None)])
+def test_ranges(header, want):
+    assert transfer._range(header, 100) == want
+
+
+@pytest.mark.parametrize("header", ["bytes=100-", "bytes=50-10", "bytes=-0"])
+def test_unsatisfiable_ranges(header):
+    with pytest.raises(ValueError):
+        transfer._range(header, 100)
+
+
+def test_signatures_bind_path_expiry_and_host_key():
+    url, expires = signing.download_url("http://h:1", "token-a", {"name": "x"}, "x.qcow2", 60)
+    path, query = url[len("http://h:1"):].split("?")
+    metadata = path.split("/")[3]
+    sig = query.split("signature=")[1]
+    assert signing.verify("token-a", metadata, path, expires, sig)["name"] == "x"
+    for args in (("token-b", metadata, path, expires, sig), ("token-a", metadata, path + "y", expires, sig),
+                 ("token-a", metadata, path, signing.expiry(3600), sig), ("token-a", metadata, path, expires, "")):
+        with pytest.raises(signing.Refused):
+            signing.verify(*args)
+    with pytest.raises(signing.Refused, match="expired"):
+        past = signing.expiry(-1)
+        signing.verify("token-a", metadata, path, past, signing.sign("token-a", metadata, path, past))
+
+
+def test_an_upload_cut_short_by_an_agent_restart_fails_with_the_reason_and_leaves_no_file(tmp_path):
+    import json
+    import time
+
+    from agentproc import AgentProcess
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / ".vol.qcow2.part").write_bytes(b"QFI\xfb partial")
+    (tmp_path / "agent" / "uploads").mkdir(parents=True)
+    (tmp_path / "agent" / "uploads" / "abc-1.json").write_text(json.dumps({
+        "id": "abc-1", "state": "in_progress", "received": 10, "total": 100, "name": "vol.qcow2",
+        "pool": {"uuid": "s1", "type": "Filesystem", "path": str(store)}, "expires_at": time.time() + 600}))
+    agent = AgentProcess(tmp_path / "agent", hypervisor="simulator").start()
+    try:
+        st = agent.client.call("upload_status", id="abc-1")
+        assert st["state"] == "failed" and "restarted" in st["error"]
+        assert sorted(p.name for p in store.iterdir()) == []
+        assert agent.client.call("upload_status", id="never")["state"] == "none"
+    finally:
+        agent.stop()

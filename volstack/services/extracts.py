@@ -1,0 +1,179 @@
+"""extractTemplate, extractIso, extractVolume: a signed, expiring HTTP URL on a zone host's agent that
+streams the object from its image store (agent/transfer.py).
+
+The URL lives `extract.url.expiration.interval` seconds. A volume on primary storage is first copied to
+a writable image store as a flat qcow2 (as CloudStack does); the URL serves that copy, which the
+cleanup (every `extract.url.cleanup.interval`) deletes once the URL expired. Only HTTP_DOWNLOAD:
+FTP_UPLOAD is refused, as in current CloudStack.
+"""
+import logging
+import re
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from volstack.db.image_models import ImageStore, ImageTransfer, Template
+from volstack.db.models import utcnow
+from volstack.db.storage_models import StoragePool, VirtualMachine, Volume
+from volstack.drivers import driver_for
+from volstack.drivers.hosts import channel, run_long
+from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceUnavailable
+from volstack.services import events, imagestores, infra, settings as S, templates
+from volstack.services.context import check_access
+from volstack.transfer_signing import parse_expiry
+
+log = logging.getLogger("volstack.extracts")
+
+
+def _check_request(s, ctx, mode) -> None:
+    if not ctx.is_root_admin and S.Settings.value_in(s, S.DISABLE_EXTRACTION):
+        raise PermissionDenied("Extraction has been disabled by admin (disable.extraction=true)")
+    m = (mode or "").upper()
+    if m == "FTP_UPLOAD":
+        raise InvalidParameter("Extract mode FTP_UPLOAD is not supported: use mode=HTTP_DOWNLOAD and download the "
+                               "returned url")
+    if m != "HTTP_DOWNLOAD":
+        raise InvalidParameter(f"Please specify a valid extract mode: HTTP_DOWNLOAD (got {mode!r})")
+
+
+def _filename(name: str, path: str) -> str:
+    ext = path.rsplit(".", 1)[-1] if "." in path else "img"
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('._') or 'image'}.{ext}"
+
+
+def _publish(s, tr: ImageTransfer, store: ImageStore, host, name: str) -> ImageTransfer:
+    seconds = S.Settings.value_in(s, S.EXTRACT_URL_EXPIRATION)
+    tr.url, expires = imagestores.signed_download(host, store, tr.install_path, _filename(name, tr.install_path),
+                                                  seconds)
+    tr.expires, tr.state, tr.host_id = parse_expiry(expires).replace(tzinfo=None), "Ready", host.id
+    return tr
+
+
+def extract_template(s, ctx, t: Template, *, mode, zoneid=None) -> ImageTransfer:
+    _check_request(s, ctx, mode)
+    what = "ISO" if t.format == "ISO" else "template"
+    if t.template_type == "SYSTEM":
+        raise InvalidParameter(f"Unable to extract the {what} {t.name} as it is a default System template")
+    if not t.extractable and not ctx.is_root_admin:
+        raise PermissionDenied(f"The {what} {t.name} is not allowed to be extracted (isextractable=false)")
+    check_access(s, ctx, t.account_id, what)
+    if t.direct_download:
+        raise InvalidParameter(f"The {what} {t.name} is a direct-download {what}: it is on no image store; "
+                               f"download it from {t.url}")
+    zones = [infra.get_zone(s, zoneid)] if zoneid else None
+    ref = None
+    for zone_id in ([z.id for z in zones] if zones else templates.zone_ids(s, t)):
+        ref = templates.ready_in_zone(s, t, zone_id)
+        if ref is not None:
+            break
+    if ref is None:
+        raise InvalidParameter(f"The {what} {t.name} has not been downloaded to an image store"
+                               + (f" in zone {zones[0].name}" if zones else "") + " yet")
+    store = s.get(ImageStore, ref.store_id)
+    tr = ImageTransfer(kind="extract", object_type="Iso" if what == "ISO" else "Template", object_id=t.id,
+                       object_uuid=t.uuid, account_id=t.account_id, zone_id=store.zone_id, store_id=store.id,
+                       install_path=ref.install_path, mode="HTTP_DOWNLOAD", state="Creating", expires=utcnow())
+    _publish(s, tr, store, imagestores.serving_host(s, store), t.name)
+    s.add(tr)
+    s.flush()
+    events.record(s, ctx, "ISO.EXTRACT" if what == "ISO" else "TEMPLATE.EXTRACT",
+                  f"Extract URL for {what} {t.name} created, valid until {tr.expires:%Y-%m-%d %H:%M:%S} UTC",
+                  resource_type="Template", resource_uuid=t.uuid)
+    return tr
+
+
+def check_volume(s, ctx, vol: Volume, *, mode, zoneid) -> None:
+    """CloudStack's rules for extractVolume, before any copying."""
+    _check_request(s, ctx, mode)
+    zone = infra.get_zone(s, zoneid)
+    if vol.zone_id != zone.id:
+        raise InvalidParameter(f"Volume {vol.name} is not in zone {zone.name}")
+    if vol.pool_id is None:
+        raise InvalidParameter(f"Volume {vol.name} ({vol.state}) is on no storage pool, so it cannot be extracted")
+    if vol.vm_id is not None:
+        vm = s.get(VirtualMachine, vol.vm_id)
+        if vm is not None and vm.state != "Stopped":
+            raise PermissionDenied(f"Invalid state of volume {vol.name}: it should be either detached or its VM "
+                                   f"{vm.name} stopped (the VM is {vm.state})")
+    if vol.volume_type != "DATADISK" and vol.template_id is not None:
+        t = s.get(Template, vol.template_id)
+        if t is not None and (not t.extractable or t.template_type == "SYSTEM") and not ctx.is_root_admin:
+            raise PermissionDenied(f"Volume {vol.name} is not allowed to be extracted: its template {t.name} is not "
+                                   "extractable")
+    if vol.state != "Ready":
+        raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be extracted")
+
+
+def extract_volume(s, ctx, vol: Volume, *, mode, zoneid, progress=None) -> ImageTransfer:
+    """The extractVolume job: copy the volume to a store (flat qcow2), then sign a URL for that copy."""
+    from volstack.services.pools import hosts_in_scope
+    check_volume(s, ctx, vol, mode=mode, zoneid=zoneid)
+    stores = imagestores.writable_stores(s, vol.zone_id)
+    if not stores:
+        raise ResourceUnavailable(f"No writable image store in the zone of volume {vol.name} to extract it to; add "
+                                  "one with addImageStore")
+    store = stores[0]
+    pool = s.get(StoragePool, vol.pool_id)
+    copiers = hosts_in_scope(s, pool)
+    if not copiers:
+        raise ResourceUnavailable(f"No Up host reaches storage pool {pool.name} to read volume {vol.name}")
+    server = imagestores.serving_host(s, store)
+    seconds = S.Settings.value_in(s, S.EXTRACT_URL_EXPIRATION)
+    tr = ImageTransfer(kind="extract", object_type="Volume", object_id=vol.id, object_uuid=vol.uuid,
+                       account_id=vol.account_id, zone_id=vol.zone_id, store_id=store.id, own_copy=True,
+                       install_path="", mode="HTTP_DOWNLOAD", state="Creating",
+                       expires=utcnow() + timedelta(seconds=seconds))
+    s.add(tr)
+    s.flush()
+    tr.install_path = f"extract-{tr.uuid}.qcow2"
+    s.commit()          # a crash during the copy leaves a row the cleanup settles once it expires
+    try:
+        run_long(channel(copiers[0]), "volume_copy", progress, src_pool=driver_for(pool.provider).spec(pool),
+                 src_name=vol.path, src_format=vol.format.lower(), dst_pool=imagestores.spec(store),
+                 dst_name=tr.install_path, format="qcow2")
+    except CloudError as exc:
+        tr.state, tr.error, tr.removed = "Expired", exc.text, utcnow()
+        s.commit()
+        raise
+    _publish(s, tr, store, server, vol.name)
+    events.record(s, ctx, "VOLUME.EXTRACT", f"Volume {vol.name} copied to image store {store.name} for extraction; "
+                  f"URL valid until {tr.expires:%Y-%m-%d %H:%M:%S} UTC", resource_type="Volume", resource_uuid=vol.uuid)
+    return tr
+
+
+def cleanup(db, now: datetime | None = None) -> int:
+    """Expired extract URLs: their own store copies are deleted (retried next time if the store cannot be
+    reached). Returns how many were settled."""
+    now = now or utcnow()
+    with db.session(readonly=True) as s:
+        ids = list(s.scalars(select(ImageTransfer.id).where(ImageTransfer.kind == "extract",
+                                                            ImageTransfer.removed.is_(None),
+                                                            ImageTransfer.expires <= now)))
+    done = 0
+    for tid in ids:
+        with db.session() as s:
+            tr = s.get(ImageTransfer, tid)
+            store = s.get(ImageStore, tr.store_id)
+            if tr.own_copy and store is not None and store.removed is None:
+                try:
+                    channel(imagestores.host_for(s, store)).call("volume_delete", pool=imagestores.spec(store),
+                                                                 name=tr.install_path)
+                except CloudError as exc:
+                    log.warning("extract copy %s on image store %s: %s (will retry)", tr.install_path, store.name,
+                                exc.text)
+                    continue
+            tr.state, tr.removed = "Expired", utcnow()
+            done += 1
+    return done
+
+
+def store_objects(s, store) -> list[tuple]:
+    """Extract copies of volumes on the store (listImageStoreObjects, deleteImageStore)."""
+    rows = s.execute(select(ImageTransfer.install_path, Volume.uuid, Volume.name)
+                     .join(Volume, Volume.id == ImageTransfer.object_id)
+                     .where(ImageTransfer.kind == "extract", ImageTransfer.own_copy.is_(True),
+                            ImageTransfer.removed.is_(None), ImageTransfer.store_id == store.id))
+    return [("volume", r.uuid, r.name, r.install_path) for r in rows]
+
+
+imagestores.object_sources.append(store_objects)
