@@ -371,12 +371,13 @@ class RbdPool(Pool):
         max_depth (0: never)."""
         check_name(parent), check_name(name)
         rbd = self._rbd()
-        if snapshot == BASE_SNAP:           # a base copied in by volume_copy gets its protected snapshot now
-            with self.image(parent) as img:
-                if BASE_SNAP not in {s["name"] for s in img.list_snaps()}:
-                    img.create_snap(BASE_SNAP)
-                if not img.is_protected_snap(BASE_SNAP):
-                    img.protect_snap(BASE_SNAP)
+        with self.image(parent) as img:     # format 1 clones need a protected parent snapshot
+            if snapshot not in {s["name"] for s in img.list_snaps()}:
+                if snapshot != BASE_SNAP:
+                    raise NotFound(f"RBD image {parent} has no snapshot {snapshot}")
+                img.create_snap(BASE_SNAP)  # a base copied in by volume_copy gets its snapshot now
+            if not img.is_protected_snap(snapshot):
+                img.protect_snap(snapshot)
         with self.ioctx() as io:
             if name not in rbd.RBD().list(io):
                 rbd.RBD().clone(io, parent, snapshot, io, name, features=rbd.RBD_FEATURE_LAYERING)
@@ -422,8 +423,11 @@ class RbdPool(Pool):
             img.rollback_to_snap(snap)
             return {"name": name, "snapshot": snap, "size": img.size()}
 
-    def snapshot_remove(self, name: str, snap: str) -> bool:
-        """False when it was already gone; Busy while clones still depend on it."""
+    def snapshot_remove(self, name: str, snap: str, flatten_children: bool = False) -> bool:
+        """False when it was already gone (or the image is); Busy while clones still depend on it, unless
+        flatten_children: then the clones in this pool are flattened first (each becomes a full copy)."""
+        if not self.exists(name):
+            return False
         with self.image(name) as img:
             if snap not in {s["name"] for s in img.list_snaps()}:
                 return False
@@ -431,17 +435,32 @@ class RbdPool(Pool):
                 img.set_snap(snap)
                 children = list(img.list_children())
                 img.set_snap(None)
-                if children:
+                if children and flatten_children and all(c[0] == self.pool for c in children):
+                    for _, child in children:
+                        self.flatten(child)
+                elif children:
                     raise Busy(f"snapshot {name}@{snap} has {len(children)} clone(s) "
                                f"({', '.join(c[1] for c in children[:3])}); flatten or delete them first")
                 img.unprotect_snap(snap)
             img.remove_snap(snap)
             return True
 
-    def export_diff(self, name: str, out, to_snap: str, from_snap: str | None = None, chunk: int = 4 << 20) -> int:
+    def purge_snapshots(self, name: str) -> list:
+        """Remove every snapshot of a volume's image but a template base's, flattening their clones, so the
+        image can be deleted (the snapshots' backups on image stores are not touched)."""
+        if not self.exists(name):
+            return []
+        gone = [s["name"] for s in self.snapshots(name) if s["name"] != BASE_SNAP]
+        for snap in gone:
+            self.snapshot_remove(name, snap, flatten_children=True)
+        return gone
+
+    def export_diff(self, name: str, out, to_snap: str, from_snap: str | None = None, chunk: int = 4 << 20,
+                    progress=None) -> int:
         """Write the changes between from_snap (None: since creation) and to_snap to the file object out in
         `rbd export-diff` format v1 (so `rbd import-diff` applies it); returns the data bytes written."""
         written = 0
+        progress = progress or (lambda p: None)
         with self.image(name, snapshot=to_snap, read_only=True) as img:
             size = img.size()
             out.write(b"rbd diff v1\n")
@@ -451,6 +470,7 @@ class RbdPool(Pool):
             out.write(b"s" + struct.pack("<Q", size))
             extents = []
             img.diff_iterate(0, size, from_snap, lambda off, length, exists: extents.append((off, length, exists)))
+            total = sum(length for _, length, exists in extents if exists) or 1
             for off, length, exists in extents:
                 if not exists:
                     out.write(b"z" + struct.pack("<QQ", off, length))
@@ -462,6 +482,7 @@ class RbdPool(Pool):
                     out.write(img.read(pos, n))
                     pos += n
                     written += n
+                    progress(written * 100 // total)
             out.write(b"e")
         return written
 
