@@ -410,6 +410,7 @@ class Agent:
             return dict(rec["result"], reused=True)
         # finished (the final name appears only after verification) but stopped before the result was saved
         fmt = download.unpack.KVM_FORMATS[rec["request"]["format"]]
+        fmt = fmt if fmt in pool.formats else pool.formats[0]          # a qcow2 template lands raw on RBD
         have = images.info(pool, name, fmt)
         parsed = download.unpack.parse_checksum(rec["request"]["checksum"])
         return {"path": name, "format": fmt, "image_format": rec["request"]["format"], "size": have["size"],
