@@ -339,3 +339,26 @@ def test_direct_download_template_lands_in_an_rbd_base_image_and_roots_are_its_c
     assert not [i for i in ceph.images() if i.startswith(".")], "no half-made image is left"
     work = list((tmp_path / "agent1").glob("downloads/*.image")) + list((tmp_path / "agent1").glob("downloads/*.download"))
     assert work == [], "the staging files are gone"
+
+
+def test_heartbeat_resumes_after_an_agent_restart_at_the_next_host_check(kvm, ceph, server):
+    """A restarted agent keeps no pool secrets: the management server notices the new boot id at its next host
+    check and connects the host's RBD pools again, so the host beats without waiting for pool statistics."""
+    import signal
+
+    from volstack.services import agents
+    from volstack.services.context import system_context
+    api = kvm["api"]
+    pool = create_rbd_pool(kvm, ceph, name="hb2", **{"details[0].heartbeatinterval": "1"})
+    spec = ceph.spec(uuid=pool["id"])
+    first = kvm["agents"][0].client
+    beats = lambda: first.call("rbd_heartbeats", pool=spec)["hosts"]   # noqa: E731
+    wait_until("both hosts beat", lambda: {"rbdkvm1", "rbdkvm2"} <= set(beats()), timeout=30)
+    kvm["agents"][1].restart(signal.SIGKILL, keep_port=True)
+    restarted = time.time()
+    agents.check_hosts(server.db, system_context())
+    wait_until("the restarted host beats again", lambda: beats()["rbdkvm2"]["time"] > restarted, timeout=15)
+    reconnects = api.listEvents(type="HOST.RECONNECT", listall=True)["event"]
+    assert any("rbdkvm2 restarted" in e["description"] and "hb2" in e["description"] for e in reconnects)
+    agents.check_hosts(server.db, system_context())          # same boot id: nothing is reconnected again
+    assert len(api.listEvents(type="HOST.RECONNECT", listall=True)["event"]) == len(reconnects)

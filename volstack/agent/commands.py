@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+import uuid
 from contextlib import contextmanager
 
 from volstack import __version__
@@ -48,6 +49,7 @@ class Agent:
         self._held: dict[tuple, tuple[str, bool, int]] = {}   # key -> (what, shared, holders)
         self._guard = threading.Lock()
         self._nfs = None
+        self.boot = uuid.uuid4().hex          # new at every start: the management server notices a restart
         self.commands = {name.removeprefix("cmd_"): getattr(self, name) for name in dir(self)
                          if name.startswith("cmd_")}
 
@@ -57,7 +59,7 @@ class Agent:
         caps = self.hv.capabilities()
         caps["nfs_driver"] = self._nfs
         return {"protocol": PROTOCOL, "hostname": self.hostname, "hypervisor": self.hv.name,
-                "version": __version__, "capabilities": caps}
+                "version": __version__, "capabilities": caps, "boot": self.boot}
 
     def run(self, cmd: str, args: dict, progress=None) -> dict:
         fn = self.commands.get(cmd) if isinstance(cmd, str) else None
