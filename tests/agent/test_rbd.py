@@ -291,3 +291,26 @@ def test_backup_chain_restores_into_rbd_and_file_pools(agent, ceph, rbd_spec, po
     assert "parent" not in ceph.image_info(clone["path"]) and digest(rbd_spec, clone["path"], 16) == at_s2
     c.call("volume_delete", pool=rbd_spec, name=vol)
     assert not [i for i in ceph.images() if i.startswith(".")], "no half-made image is left"
+
+
+def test_backups_on_an_nfs_image_store(agent, ceph, rbd_spec, nfs_pool):
+    """A store reached only through qemu-img's nfs driver: the diff files are written and read back byte for
+    byte through the agent's work directory, and the chain restores from there."""
+    nfs, export_dir = nfs_pool
+    c, vol = agent.client, name()
+    c.call("volume_create", pool=rbd_spec, name=vol, size=16 * MiB, format="raw")
+    fill(rbd_spec, vol, seed=7, mib=3)
+    c.call("rbd_snapshot_create", pool=rbd_spec, name=vol, snapshot="s1")
+    fill(rbd_spec, vol, seed=8, mib=1, offset_mib=12)
+    c.call("rbd_snapshot_create", pool=rbd_spec, name=vol, snapshot="s2")
+    c.call("rbd_export_diff", pool=rbd_spec, name=vol, snapshot="s1", dst_pool=nfs, dst_name="s1.rbddiff")
+    inc = c.call("rbd_export_diff", pool=rbd_spec, name=vol, snapshot="s2", from_snapshot="s1", dst_pool=nfs,
+                 dst_name="s2.rbddiff")
+    assert inc["data_bytes"] == MiB and (export_dir / "s2.rbddiff").stat().st_size >= inc["physical_size"]
+    copy = name("from-nfs")
+    c.call("rbd_restore", chain=[{"pool": nfs, "name": "s1.rbddiff"}, {"pool": nfs, "name": "s2.rbddiff"}],
+           dst_pool=rbd_spec, dst_name=copy)
+    assert digest(rbd_spec, copy, 16) == digest(rbd_spec, vol, 16, snapshot="s2")
+    assert not list((agent.state_dir / "rbd-work").iterdir()), "the staged copies are removed"
+    c.call("rbd_snapshot_purge", pool=rbd_spec, name=vol)
+    c.call("volume_delete", pool=rbd_spec, name=vol)
