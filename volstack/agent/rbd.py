@@ -456,10 +456,10 @@ class RbdPool(Pool):
         return gone
 
     def export_diff(self, name: str, out, to_snap: str, from_snap: str | None = None, chunk: int = 4 << 20,
-                    progress=None) -> int:
+                    progress=None, window: int = 8) -> int:
         """Write the changes between from_snap (None: since creation) and to_snap to the file object out in
-        `rbd export-diff` format v1 (so `rbd import-diff` applies it); returns the data bytes written."""
-        written = 0
+        `rbd export-diff` format v1 (so `rbd import-diff` applies it); returns the data bytes written. Up to
+        `window` reads are in flight at once (as `rbd export` does), written in order."""
         progress = progress or (lambda p: None)
         with self.image(name, snapshot=to_snap, read_only=True) as img:
             size = img.size()
@@ -470,20 +470,48 @@ class RbdPool(Pool):
             out.write(b"s" + struct.pack("<Q", size))
             extents = []
             img.diff_iterate(0, size, from_snap, lambda off, length, exists: extents.append((off, length, exists)))
-            total = sum(length for _, length, exists in extents if exists) or 1
+            records = []          # ("z", offset, length) or ("w", offset, length) of at most chunk bytes
             for off, length, exists in extents:
                 if not exists:
-                    out.write(b"z" + struct.pack("<QQ", off, length))
+                    records.append(("z", off, length))
                     continue
-                pos = off
-                while pos < off + length:
-                    n = min(chunk, off + length - pos)
-                    out.write(b"w" + struct.pack("<QQ", pos, n))
-                    out.write(img.read(pos, n))
-                    pos += n
-                    written += n
+                records += [("w", pos, min(chunk, off + length - pos)) for pos in range(off, off + length, chunk)]
+            reads = [r for r in records if r[0] == "w"]
+            total = sum(n for _, _, n in reads) or 1
+            done, cond, issued, written, completed = {}, threading.Condition(), 0, 0, [0]
+
+            def issue(i):
+                def finished(completion, data, i=i):
+                    with cond:
+                        done[i] = data if completion.get_return_value() >= 0 else completion.get_return_value()
+                        completed[0] += 1
+                        cond.notify()
+                img.aio_read(reads[i][1], reads[i][2], finished)
+            k = 0
+            try:
+                for kind, off, length in records:
+                    if kind == "z":
+                        out.write(b"z" + struct.pack("<QQ", off, length))
+                        continue
+                    while issued < len(reads) and issued < k + window:
+                        issue(issued)
+                        issued += 1
+                    with cond:
+                        while k not in done:
+                            cond.wait()
+                        data = done.pop(k)
+                    if not isinstance(data, bytes) or len(data) != length:
+                        raise Failed(f"reading {name}@{to_snap} at {off} failed"
+                                     + (f" (error {data})" if isinstance(data, int) else ""))
+                    out.write(b"w" + struct.pack("<QQ", off, length))
+                    out.write(data)
+                    k, written = k + 1, written + length
                     progress(written * 100 // total)
-            out.write(b"e")
+                out.write(b"e")
+            finally:
+                with cond:                  # no callback may outlive the image it reads from
+                    while completed[0] < issued:
+                        cond.wait()
         return written
 
 
