@@ -18,11 +18,9 @@ class AgentProcess:
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
-    def start(self, timeout: float = 30, same_port: bool = False) -> "AgentProcess":
-        """same_port: listen where the last run did, so the management server finds the host again."""
-        port = self.url.rsplit(":", 1)[1].rstrip("/") if same_port and self.url else "0"
+    def start(self, timeout: float = 30, listen: str = "127.0.0.1:0") -> "AgentProcess":
         cmd = [sys.executable, "-m", "volstack.agent", "--state-dir", str(self.state_dir), "--name", self.name,
-               "--hypervisor", self.hypervisor, "--listen", f"127.0.0.1:{port}"]
+               "--hypervisor", self.hypervisor, "--listen", listen]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         if self._token:
             env["VOLSTACK_AGENT_TOKEN"] = self._token
@@ -49,9 +47,11 @@ class AgentProcess:
             self.proc.wait(timeout=20)
         self.proc = None
 
-    def restart(self, sig=signal.SIGKILL) -> "AgentProcess":
+    def restart(self, sig=signal.SIGKILL, keep_port: bool = False) -> "AgentProcess":
+        """keep_port: listen on the same address again (the management server knows the host by its URL)."""
+        listen = self.url.removeprefix("http://").rstrip("/") if keep_port else "127.0.0.1:0"
         self.stop(sig)
-        return self.start()
+        return self.start(listen=listen)
 
     def guest_pids(self) -> list[int]:
         pids = []

@@ -292,3 +292,73 @@ def test_root_volumes_from_a_template_are_clones_of_its_protected_base_snapshot(
         kvm["vms"].remove(vm["id"])
     assert template_cache.cleanup(server.db, system_context()) == 1
     assert base not in ceph.images(), "the base goes once no clone needs it"
+
+
+def test_direct_download_template_lands_in_an_rbd_base_image_and_roots_are_its_clones(kvm, ceph, tmp_path):
+    """Issue 5 item 3: a directdownload template deployed on an RBD pool is fetched by the host straight into a
+    base image (no image store), which gets the protected base snapshot ROOT volumes are cloned from; when the
+    source changes the next deploy fetches a new base and older clones keep theirs."""
+    from httpserver import FileServer
+    from test_templates import allow_loopback, qemu_bytes
+    api = kvm["api"]
+    allow_loopback(api)
+    pool = create_rbd_pool(kvm, ceph, name="dd")
+    spec = ceph.spec(uuid=pool["id"])
+    with FileServer() as web:
+        url = web.add("/dd.qcow2", data=qemu_bytes(tmp_path, "dd.qcow2", 2, fill=0x71))
+        t = api.registerTemplate(name="dd", url=url, format="QCOW2", hypervisor="KVM", zoneid=kvm["zone"]["id"],
+                                 directdownload=True)["template"][0]
+        vms = [api.deployVirtualMachine(zoneid=kvm["zone"]["id"], serviceofferingid=kvm["so"]["id"],
+                                        templateid=t["id"], hostid=kvm["hosts"][0]["id"])["virtualmachine"]
+               for _ in range(2)]
+        kvm["vms"] += [v["id"] for v in vms]
+        assert len([r for r in web.requests if r[0] == "GET"]) == 1, "fetched once for both deploys"
+        base = f"tmpl-{t['id']}"
+        assert ceph.image_info(base)["size"] == GIB
+        snaps = json.loads(ceph.rbd("snap", "ls", "--format", "json", f"{ceph.pool}/{base}"))
+        assert [s["name"] for s in snaps] == ["volstack-base"]
+        assert json.loads(ceph.rbd("info", "--format", "json", f"{ceph.pool}/{base}@volstack-base"))["protected"] \
+            == "true"
+        for vm in vms:
+            root = api.listVolumes(virtualmachineid=vm["id"], type="ROOT")["volume"][0]
+            assert root["storageid"] == pool["id"]
+            parent = ceph.image_info(root["path"])["parent"]
+            assert (parent["image"], parent["snapshot"]) == (base, "volstack-base")
+            with RbdPool(spec, "test").image(root["path"], read_only=True) as img:
+                assert img.read(0, 2 * MIB) == b"\x71" * (2 * MIB)
+        web.add("/dd.qcow2", data=qemu_bytes(tmp_path, "dd2.qcow2", 1, fill=0x72))
+        vm = api.deployVirtualMachine(zoneid=kvm["zone"]["id"], serviceofferingid=kvm["so"]["id"], templateid=t["id"],
+                                      hostid=kvm["hosts"][0]["id"])["virtualmachine"]
+        kvm["vms"].append(vm["id"])
+    root = api.listVolumes(virtualmachineid=vm["id"], type="ROOT")["volume"][0]
+    assert ceph.image_info(root["path"])["parent"]["image"] == f"{base}-1", "the changed source is a new base"
+    with RbdPool(spec, "test").image(root["path"], read_only=True) as img:
+        assert img.read(0, MIB) == b"\x72" * MIB
+    old = api.listVolumes(virtualmachineid=vms[0]["id"], type="ROOT")["volume"][0]
+    assert ceph.image_info(old["path"])["parent"]["image"] == base, "older clones keep their base"
+    assert not [i for i in ceph.images() if i.startswith(".")], "no half-made image is left"
+    work = list((tmp_path / "agent1").glob("downloads/*.image")) + list((tmp_path / "agent1").glob("downloads/*.download"))
+    assert work == [], "the staging files are gone"
+
+
+def test_heartbeat_resumes_after_an_agent_restart_at_the_next_host_check(kvm, ceph, server):
+    """A restarted agent keeps no pool secrets: the management server notices the new boot id at its next host
+    check and connects the host's RBD pools again, so the host beats without waiting for pool statistics."""
+    import signal
+
+    from volstack.services import agents
+    from volstack.services.context import system_context
+    api = kvm["api"]
+    pool = create_rbd_pool(kvm, ceph, name="hb2", **{"details[0].heartbeatinterval": "1"})
+    spec = ceph.spec(uuid=pool["id"])
+    first = kvm["agents"][0].client
+    beats = lambda: first.call("rbd_heartbeats", pool=spec)["hosts"]   # noqa: E731
+    wait_until("both hosts beat", lambda: {"rbdkvm1", "rbdkvm2"} <= set(beats()), timeout=30)
+    kvm["agents"][1].restart(signal.SIGKILL, keep_port=True)
+    restarted = time.time()
+    agents.check_hosts(server.db, system_context())
+    wait_until("the restarted host beats again", lambda: beats()["rbdkvm2"]["time"] > restarted, timeout=15)
+    reconnects = api.listEvents(type="HOST.RECONNECT", listall=True)["event"]
+    assert any("rbdkvm2 restarted" in e["description"] and "hb2" in e["description"] for e in reconnects)
+    agents.check_hosts(server.db, system_context())          # same boot id: nothing is reconnected again
+    assert len(api.listEvents(type="HOST.RECONNECT", listall=True)["event"]) == len(reconnects)

@@ -26,12 +26,13 @@ def test_a_vm_its_host_no_longer_runs_becomes_stopped_with_an_event(tmp_path):
                       for n in ("keep", "lose"))
         assert keep["state"] == lose["state"] == "Running"
 
+        listen = agent.url.removeprefix("http://").rstrip("/")
         agent.stop()                                  # the host "reboots": one guest does not come back
         state = tmp_path / "agent" / "simulator.json"
         vms = json.loads(state.read_text())
         del vms[lose["id"]]
         state.write_text(json.dumps(vms))
-        agent.start(same_port=True)
+        agent.start(listen=listen)   # where the management server knows it
 
         stopped = wait_until("the heartbeat to stop the lost VM",
                              lambda: api.listVirtualMachines(id=lose["id"])["virtualmachine"][0]["state"] == "Stopped")

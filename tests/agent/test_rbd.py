@@ -246,3 +246,71 @@ def test_stuck_osds_fail_an_operation_in_seconds(make_agent, ceph, rbd_spec, mon
     finally:
         os.kill(osd, signal.SIGCONT)
     a.client.call("volume_create", pool=rbd_spec, name=name(), size=MiB, format="raw")
+
+
+def test_backup_chain_restores_into_rbd_and_file_pools(agent, ceph, rbd_spec, pool, tmp_path):
+    """Snapshot backups as export-diff files: full, then only the changes; a diff from a snapshot the image no
+    longer has becomes a full one; the chain restores into a new RBD image, in place over a volume (its own
+    snapshots kept), and into a file pool as qcow2."""
+    c, vol = agent.client, name()
+    c.call("volume_create", pool=rbd_spec, name=vol, size=16 * MiB, format="raw")
+    fill(rbd_spec, vol, seed=1, mib=4)
+    c.call("rbd_snapshot_create", pool=rbd_spec, name=vol, snapshot="s1")
+    full = c.call("rbd_export_diff", pool=rbd_spec, name=vol, snapshot="s1", from_snapshot="gone", dst_pool=pool,
+                  dst_name="s1.rbddiff")
+    assert full["full"] and full["data_bytes"] == 4 * MiB and full["size"] == 16 * MiB
+    fill(rbd_spec, vol, seed=2, mib=1, offset_mib=9)
+    with RbdPool(rbd_spec, "t").image(vol) as img:
+        img.write_zeroes(MiB, MiB)                   # a discard in the guest: a zero record in the diff
+    c.call("rbd_snapshot_create", pool=rbd_spec, name=vol, snapshot="s2")
+    inc = c.call("rbd_export_diff", pool=rbd_spec, name=vol, snapshot="s2", from_snapshot="s1", dst_pool=pool,
+                 dst_name="s2.rbddiff")
+    assert not inc["full"] and inc["data_bytes"] <= 4 * MiB and inc["physical_size"] < full["physical_size"]
+    at_s2 = digest(rbd_spec, vol, 16, snapshot="s2")
+    chain = [{"pool": pool, "name": "s1.rbddiff"}, {"pool": pool, "name": "s2.rbddiff"}]
+    new = name("new")
+    made = c.call("rbd_restore", chain=chain, dst_pool=rbd_spec, dst_name=new)
+    assert made["size"] == 16 * MiB and digest(rbd_spec, new, 16) == at_s2
+    fill(rbd_spec, vol, seed=3, mib=16)             # the volume changes completely, then is restored in place
+    c.call("rbd_restore", chain=chain[:1], dst_pool=rbd_spec, dst_name=vol, replace=True)
+    assert digest(rbd_spec, vol, 16) == digest(rbd_spec, vol, 16, snapshot="s1")
+    assert {s["name"] for s in c.call("rbd_info", pool=rbd_spec, name=vol)["snapshots"]} == {"s1", "s2"}
+    c.call("rbd_restore", chain=chain, dst_pool=pool, dst_name="file.qcow2", format="qcow2")
+    out = tmp_path / "file.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", os.path.join(pool["path"], "file.qcow2"),
+                    str(out)], check=True)
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == at_s2
+    # a qcow2 backup (a file pool's snapshot) written over an RBD volume in place
+    c.call("rbd_restore", src_pool=pool, src_name="file.qcow2", src_format="qcow2", dst_pool=rbd_spec,
+           dst_name=vol, replace=True)
+    assert digest(rbd_spec, vol, 16) == at_s2
+    # a clone of a volume snapshot; purging the volume's snapshots flattens it first
+    clone = c.call("rbd_clone", pool=rbd_spec, parent=vol, snapshot="s2", name=name("clone"))
+    assert ceph.image_info(clone["path"])["parent"]["snapshot"] == "s2"
+    assert sorted(c.call("rbd_snapshot_purge", pool=rbd_spec, name=vol)["removed"]) == ["s1", "s2"]
+    assert "parent" not in ceph.image_info(clone["path"]) and digest(rbd_spec, clone["path"], 16) == at_s2
+    c.call("volume_delete", pool=rbd_spec, name=vol)
+    assert not [i for i in ceph.images() if i.startswith(".")], "no half-made image is left"
+
+
+def test_backups_on_an_nfs_image_store(agent, ceph, rbd_spec, nfs_pool):
+    """A store reached only through qemu-img's nfs driver: the diff files are written and read back byte for
+    byte through the agent's work directory, and the chain restores from there."""
+    nfs, export_dir = nfs_pool
+    c, vol = agent.client, name()
+    c.call("volume_create", pool=rbd_spec, name=vol, size=16 * MiB, format="raw")
+    fill(rbd_spec, vol, seed=7, mib=3)
+    c.call("rbd_snapshot_create", pool=rbd_spec, name=vol, snapshot="s1")
+    fill(rbd_spec, vol, seed=8, mib=1, offset_mib=12)
+    c.call("rbd_snapshot_create", pool=rbd_spec, name=vol, snapshot="s2")
+    c.call("rbd_export_diff", pool=rbd_spec, name=vol, snapshot="s1", dst_pool=nfs, dst_name="s1.rbddiff")
+    inc = c.call("rbd_export_diff", pool=rbd_spec, name=vol, snapshot="s2", from_snapshot="s1", dst_pool=nfs,
+                 dst_name="s2.rbddiff")
+    assert inc["data_bytes"] == MiB and (export_dir / "s2.rbddiff").stat().st_size >= inc["physical_size"]
+    copy = name("from-nfs")
+    c.call("rbd_restore", chain=[{"pool": nfs, "name": "s1.rbddiff"}, {"pool": nfs, "name": "s2.rbddiff"}],
+           dst_pool=rbd_spec, dst_name=copy)
+    assert digest(rbd_spec, copy, 16) == digest(rbd_spec, vol, 16, snapshot="s2")
+    assert not list((agent.state_dir / "rbd-work").iterdir()), "the staged copies are removed"
+    c.call("rbd_snapshot_purge", pool=rbd_spec, name=vol)
+    c.call("volume_delete", pool=rbd_spec, name=vol)

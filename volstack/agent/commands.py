@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+import uuid
 from contextlib import contextmanager
 
 from volstack import __version__
@@ -48,6 +49,7 @@ class Agent:
         self._held: dict[tuple, tuple[str, bool, int]] = {}   # key -> (what, shared, holders)
         self._guard = threading.Lock()
         self._nfs = None
+        self.boot = uuid.uuid4().hex          # new at every start: the management server notices a restart
         self.commands = {name.removeprefix("cmd_"): getattr(self, name) for name in dir(self)
                          if name.startswith("cmd_")}
 
@@ -57,7 +59,7 @@ class Agent:
         caps = self.hv.capabilities()
         caps["nfs_driver"] = self._nfs
         return {"protocol": PROTOCOL, "hostname": self.hostname, "hypervisor": self.hv.name,
-                "version": __version__, "capabilities": caps}
+                "version": __version__, "capabilities": caps, "boot": self.boot}
 
     def run(self, cmd: str, args: dict, progress=None) -> dict:
         fn = self.commands.get(cmd) if isinstance(cmd, str) else None
@@ -276,26 +278,46 @@ class Agent:
 
     def cmd_rbd_snapshot_delete(self, args, progress):
         pool, name = self.rbd_pool(args), images.check_name(arg(args, "name"))
-        return {"removed": pool.snapshot_remove(name, images.check_name(arg(args, "snapshot")))}
+        return {"removed": pool.snapshot_remove(name, images.check_name(arg(args, "snapshot")),
+                                                arg(args, "flatten_children", bool, False))}
+
+    def cmd_rbd_snapshot_purge(self, args, progress):
+        """Before a volume's image is deleted: its snapshots go (clones of them are flattened)."""
+        pool, name = self.rbd_pool(args), images.check_name(arg(args, "name"))
+        with self.hold(pool, name, "losing its snapshots"):
+            return {"removed": pool.purge_snapshots(name)}
+
+    def _work_dir(self) -> str:
+        return os.path.join(os.path.dirname(self._downloads_dir()), "rbd-work")
 
     def cmd_rbd_export_diff(self, args, progress):
-        """The changes of name between from_snapshot (absent: all data) and snapshot, in `rbd export-diff`
-        format, written to dst_name in a directory pool (image-store backup: the snapshots issue)."""
+        """Back a snapshot up to dst_pool/dst_name in `rbd export-diff` format: only the changes since
+        from_snapshot while the image still has it, else the whole image (agent/rbd_snapshots.py)."""
+        from volstack.agent import rbd_snapshots
         pool, name = self.rbd_pool(args), images.check_name(arg(args, "name"))
-        dst = self.pool(args, "dst_pool")
-        if not isinstance(dst, images.DirectoryPool):
-            raise InvalidArgument("dst_pool must be a directory pool (Filesystem or SharedMountPoint)")
-        dst_name = images.check_name(arg(args, "dst_name"))
-        part = dst.target(images.part_name(dst_name))
-        try:
-            with self.hold(pool, name, "being exported", shared=True), open(part, "wb") as out:
-                n = pool.export_diff(name, out, images.check_name(arg(args, "snapshot")),
-                                     arg(args, "from_snapshot", str, None))
-            dst.rename(images.part_name(dst_name), dst_name)
-        except BaseException:
-            dst.remove(images.part_name(dst_name))
-            raise
-        return {"path": dst_name, "data_bytes": n}
+        dst, dst_name = self.pool(args, "dst_pool"), images.check_name(arg(args, "dst_name"))
+        with self.hold(pool, name, "being exported", shared=True), self.hold(dst, dst_name, "being written"):
+            return rbd_snapshots.export(pool, name, images.check_name(arg(args, "snapshot")),
+                                        arg(args, "from_snapshot", str, None), dst, dst_name, self._work_dir(),
+                                        progress)
+
+    def cmd_rbd_restore(self, args, progress):
+        """dst_pool/dst_name from backups: `chain` [{pool, name}] of export-diff files (full first), or the image
+        src_pool/src_name (src_format) into an RBD image. replace: revert an existing volume."""
+        from volstack.agent import rbd_snapshots
+        dst, dst_name = self.pool(args, "dst_pool"), images.check_name(arg(args, "dst_name"))
+        replace = arg(args, "replace", bool, False)
+        with self.hold(dst, dst_name, "being restored"):
+            if args.get("src_pool") is not None:
+                src, src_name = self.pool(args, "src_pool"), images.check_name(arg(args, "src_name"))
+                return rbd_snapshots.restore_image(self.hv, src, src_name, arg(args, "src_format"),
+                                                   self.rbd_pool(args, "dst_pool"), dst_name, progress)
+            chain = arg(args, "chain", list)
+            if not all(isinstance(c, dict) for c in chain):
+                raise InvalidArgument("chain must be a list of {pool, name}")
+            files = [(self.pool(c), images.check_name(arg(c, "name"))) for c in chain]
+            return rbd_snapshots.restore(self.hv, files, dst, dst_name, arg(args, "format", str, "raw"), replace,
+                                         self._work_dir(), progress)
 
     def cmd_rbd_heartbeats(self, args, progress):
         from volstack.agent.rbd import read_heartbeats
@@ -394,6 +416,7 @@ class Agent:
             return dict(rec["result"], reused=True)
         # finished (the final name appears only after verification) but stopped before the result was saved
         fmt = download.unpack.KVM_FORMATS[rec["request"]["format"]]
+        fmt = fmt if fmt in pool.formats else pool.formats[0]          # a qcow2 template lands raw on RBD
         have = images.info(pool, name, fmt)
         parsed = download.unpack.parse_checksum(rec["request"]["checksum"])
         return {"path": name, "format": fmt, "image_format": rec["request"]["format"], "size": have["size"],

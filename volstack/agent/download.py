@@ -294,7 +294,7 @@ def download(pool: images.Pool, name: str, image_format: str, *, urls=None, meta
         prog.set(92)
         have = unpack.check_image(paths["image"], image_format)
         prog.set(95)
-        place(pool, name, paths, fmt, prog)
+        fmt = place(pool, name, paths, fmt, prog)
         have = images.info(pool, name, fmt) if not paths["local"] else have
         prog.set(100)
     except BaseException as e:
@@ -316,8 +316,9 @@ def download(pool: images.Pool, name: str, image_format: str, *, urls=None, meta
             "refused": src["refused"]}
 
 
-def place(pool: images.Pool, name: str, paths: dict, fmt: str, prog: "_Progress | None" = None) -> None:
-    """Put the verified image at paths["image"] under its final name in pool (see temp_paths)."""
+def place(pool: images.Pool, name: str, paths: dict, fmt: str, prog: "_Progress | None" = None) -> str:
+    """Put the verified image at paths["image"] under its final name in pool (see temp_paths); returns the format
+    it has there (an RBD pool holds raw)."""
     if paths["local"]:
         final = pool.target(name)
         try:
@@ -329,11 +330,12 @@ def place(pool: images.Pool, name: str, paths: dict, fmt: str, prog: "_Progress 
                 raise
             os.rename(paths["image"], final)     # no hard links on this filesystem
         _unlink(paths["image"])
-        return
+        return fmt
     local = images.DirectoryPool({"uuid": "download-work", "path": paths["dir"]}, "localhost")
-    images.copy(local, os.path.basename(paths["image"]), pool, name, fmt,
-                prog and (lambda p: prog.set(95 + int(p * 4 / 100))), src_format=fmt)
+    placed = images.copy(local, os.path.basename(paths["image"]), pool, name, fmt,
+                         prog and (lambda p: prog.set(95 + int(p * 4 / 100))), src_format=fmt)
     _unlink(paths["image"])
+    return placed["format"]
 
 
 def check_source(urls=None, known: dict | None = None, policy: Policy | None = None, metalink_url=None) -> dict:

@@ -371,12 +371,13 @@ class RbdPool(Pool):
         max_depth (0: never)."""
         check_name(parent), check_name(name)
         rbd = self._rbd()
-        if snapshot == BASE_SNAP:           # a base copied in by volume_copy gets its protected snapshot now
-            with self.image(parent) as img:
-                if BASE_SNAP not in {s["name"] for s in img.list_snaps()}:
-                    img.create_snap(BASE_SNAP)
-                if not img.is_protected_snap(BASE_SNAP):
-                    img.protect_snap(BASE_SNAP)
+        with self.image(parent) as img:     # format 1 clones need a protected parent snapshot
+            if snapshot not in {s["name"] for s in img.list_snaps()}:
+                if snapshot != BASE_SNAP:
+                    raise NotFound(f"RBD image {parent} has no snapshot {snapshot}")
+                img.create_snap(BASE_SNAP)  # a base copied in by volume_copy gets its snapshot now
+            if not img.is_protected_snap(snapshot):
+                img.protect_snap(snapshot)
         with self.ioctx() as io:
             if name not in rbd.RBD().list(io):
                 rbd.RBD().clone(io, parent, snapshot, io, name, features=rbd.RBD_FEATURE_LAYERING)
@@ -422,8 +423,11 @@ class RbdPool(Pool):
             img.rollback_to_snap(snap)
             return {"name": name, "snapshot": snap, "size": img.size()}
 
-    def snapshot_remove(self, name: str, snap: str) -> bool:
-        """False when it was already gone; Busy while clones still depend on it."""
+    def snapshot_remove(self, name: str, snap: str, flatten_children: bool = False) -> bool:
+        """False when it was already gone (or the image is); Busy while clones still depend on it, unless
+        flatten_children: then the clones in this pool are flattened first (each becomes a full copy)."""
+        if not self.exists(name):
+            return False
         with self.image(name) as img:
             if snap not in {s["name"] for s in img.list_snaps()}:
                 return False
@@ -431,17 +435,32 @@ class RbdPool(Pool):
                 img.set_snap(snap)
                 children = list(img.list_children())
                 img.set_snap(None)
-                if children:
+                if children and flatten_children and all(c[0] == self.pool for c in children):
+                    for _, child in children:
+                        self.flatten(child)
+                elif children:
                     raise Busy(f"snapshot {name}@{snap} has {len(children)} clone(s) "
                                f"({', '.join(c[1] for c in children[:3])}); flatten or delete them first")
                 img.unprotect_snap(snap)
             img.remove_snap(snap)
             return True
 
-    def export_diff(self, name: str, out, to_snap: str, from_snap: str | None = None, chunk: int = 4 << 20) -> int:
+    def purge_snapshots(self, name: str) -> list:
+        """Remove every snapshot of a volume's image but a template base's, flattening their clones, so the
+        image can be deleted (the snapshots' backups on image stores are not touched)."""
+        if not self.exists(name):
+            return []
+        gone = [s["name"] for s in self.snapshots(name) if s["name"] != BASE_SNAP]
+        for snap in gone:
+            self.snapshot_remove(name, snap, flatten_children=True)
+        return gone
+
+    def export_diff(self, name: str, out, to_snap: str, from_snap: str | None = None, chunk: int = 4 << 20,
+                    progress=None, window: int = 8) -> int:
         """Write the changes between from_snap (None: since creation) and to_snap to the file object out in
-        `rbd export-diff` format v1 (so `rbd import-diff` applies it); returns the data bytes written."""
-        written = 0
+        `rbd export-diff` format v1 (so `rbd import-diff` applies it); returns the data bytes written. Up to
+        `window` reads are in flight at once (as `rbd export` does), written in order."""
+        progress = progress or (lambda p: None)
         with self.image(name, snapshot=to_snap, read_only=True) as img:
             size = img.size()
             out.write(b"rbd diff v1\n")
@@ -451,18 +470,48 @@ class RbdPool(Pool):
             out.write(b"s" + struct.pack("<Q", size))
             extents = []
             img.diff_iterate(0, size, from_snap, lambda off, length, exists: extents.append((off, length, exists)))
+            records = []          # ("z", offset, length) or ("w", offset, length) of at most chunk bytes
             for off, length, exists in extents:
                 if not exists:
-                    out.write(b"z" + struct.pack("<QQ", off, length))
+                    records.append(("z", off, length))
                     continue
-                pos = off
-                while pos < off + length:
-                    n = min(chunk, off + length - pos)
-                    out.write(b"w" + struct.pack("<QQ", pos, n))
-                    out.write(img.read(pos, n))
-                    pos += n
-                    written += n
-            out.write(b"e")
+                records += [("w", pos, min(chunk, off + length - pos)) for pos in range(off, off + length, chunk)]
+            reads = [r for r in records if r[0] == "w"]
+            total = sum(n for _, _, n in reads) or 1
+            done, cond, issued, written, completed = {}, threading.Condition(), 0, 0, [0]
+
+            def issue(i):
+                def finished(completion, data, i=i):
+                    with cond:
+                        done[i] = data if completion.get_return_value() >= 0 else completion.get_return_value()
+                        completed[0] += 1
+                        cond.notify()
+                img.aio_read(reads[i][1], reads[i][2], finished)
+            k = 0
+            try:
+                for kind, off, length in records:
+                    if kind == "z":
+                        out.write(b"z" + struct.pack("<QQ", off, length))
+                        continue
+                    while issued < len(reads) and issued < k + window:
+                        issue(issued)
+                        issued += 1
+                    with cond:
+                        while k not in done:
+                            cond.wait()
+                        data = done.pop(k)
+                    if not isinstance(data, bytes) or len(data) != length:
+                        raise Failed(f"reading {name}@{to_snap} at {off} failed"
+                                     + (f" (error {data})" if isinstance(data, int) else ""))
+                    out.write(b"w" + struct.pack("<QQ", off, length))
+                    out.write(data)
+                    k, written = k + 1, written + length
+                    progress(written * 100 // total)
+                out.write(b"e")
+            finally:
+                with cond:                  # no callback may outlive the image it reads from
+                    while completed[0] < issued:
+                        cond.wait()
         return written
 
 

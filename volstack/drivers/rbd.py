@@ -165,24 +165,46 @@ class RbdPrimaryDriver(DefaultPrimaryDriver):
         return ch.call("rbd_clone", pool=self.spec(pool), parent=base, snapshot="volstack-base", name=volume.path,
                        size=volume.size, max_depth=depth)
 
-    # ---------------------------------------------------------------- hooks for the snapshots issue
+    def delete_volume(self, ch, pool, volume) -> None:
+        """The image's snapshots go first (their clones are flattened; backups on image stores stay)."""
+        ch.call("rbd_snapshot_purge", pool=self.spec(pool), name=volume.path)
+        super().delete_volume(ch, pool, volume)
+
+    # ---------------------------------------------------------------- snapshots (services/snapshots_rbd.py)
+
+    def snapshots(self, ch, pool, volume) -> set:
+        """Names of the RBD snapshots the volume's image has now (empty when the image is gone)."""
+        from volstack.errors import NotFound
+        try:
+            return {x["name"] for x in ch.call("rbd_info", pool=self.spec(pool), name=volume.path)["snapshots"]}
+        except NotFound:
+            return set()
 
     def take_snapshot(self, ch, pool, volume, snap_name: str) -> dict:
-        """Snapshots issue: a native RBD snapshot of the volume's image."""
+        """A native RBD snapshot of the volume's image (crash-consistent for a running guest)."""
         return ch.call("rbd_snapshot_create", pool=self.spec(pool), name=volume.path, snapshot=snap_name)
 
     def revert_snapshot(self, ch, pool, volume, snap_name: str) -> dict:
-        """Snapshots issue: roll the image back (the agent refuses while a running guest uses it)."""
+        """Roll the image back (the agent refuses while a running guest uses it)."""
         return ch.call("rbd_snapshot_rollback", pool=self.spec(pool), name=volume.path, snapshot=snap_name)
 
-    def delete_snapshot(self, ch, pool, volume, snap_name: str) -> None:
-        """Snapshots issue: remove the RBD snapshot (refused while clones depend on it)."""
-        ch.call("rbd_snapshot_delete", pool=self.spec(pool), name=volume.path, snapshot=snap_name)
+    def delete_snapshot(self, ch, pool, volume, snap_name: str, flatten_children: bool = False) -> bool:
+        """Remove the RBD snapshot; its clones are flattened first with flatten_children, else it is refused
+        while they exist (Busy)."""
+        return ch.call("rbd_snapshot_delete", pool=self.spec(pool), name=volume.path, snapshot=snap_name,
+                       flatten_children=flatten_children)["removed"]
 
     def backup_snapshot(self, ch, pool, volume, snap_name: str, dst_spec: dict, dst_name: str,
                         since: str | None = None, progress=None) -> dict:
-        """Snapshots issue: stream the snapshot (or only its changes since `since`) to a directory pool in
+        """Stream the snapshot (or only its changes since `since`, while the image has it) to an image store in
         `rbd export-diff` format."""
         from volstack.drivers.hosts import run_long
         return run_long(ch, "rbd_export_diff", progress, pool=self.spec(pool), name=volume.path,
                         snapshot=snap_name, from_snapshot=since, dst_pool=dst_spec, dst_name=dst_name)
+
+    def clone_snapshot(self, ch, pool, parent, snap_name: str, volume) -> dict:
+        """A new volume as a clone of another volume's (protected) snapshot in this pool."""
+        volume.format = "RAW"
+        depth = int((pool.details or {}).get("clonemaxdepth") or CLONE_MAX_DEPTH)
+        return ch.call("rbd_clone", pool=self.spec(pool), parent=parent.path, snapshot=snap_name, name=volume.path,
+                       size=volume.size, max_depth=depth)

@@ -36,7 +36,8 @@ def _kvm_connect(s, host: Host, url, username, password) -> None:
     host.name, host.ip_address = name, p.hostname
     host.credential = crypto.encrypt(password)
     host.version, host.state, host.last_ping = hello.get("version"), "Up", utcnow()
-    host.details = {"capabilities": hello.get("capabilities", {}), "agent_hypervisor": hello.get("hypervisor")}
+    host.details = {"capabilities": hello.get("capabilities", {}), "agent_hypervisor": hello.get("hypervisor"),
+                    "agent_boot": hello.get("boot")}
 
 
 infra.register_host_connector("KVM", _kvm_connect)
@@ -48,7 +49,7 @@ def check_hosts(db, ctx, down_after_seconds: float = 30) -> None:
         hosts = list(s.scalars(select(Host).where(Host.hypervisor == "KVM")))
     for host in hosts:
         try:
-            channel(host).hello()
+            boot = channel(host).hello().get("boot")
             alive = True
         except CloudError:
             alive = False
@@ -61,12 +62,40 @@ def check_hosts(db, ctx, down_after_seconds: float = 30) -> None:
                     events.record(s, ctx, "HOST.UP", f"Host {row.name} is reachable again", resource_type="Host",
                                   resource_uuid=row.uuid)
                 row.state, row.last_ping = "Up", utcnow()
+                if boot and boot != (row.details or {}).get("agent_boot"):
+                    row.details = {**(row.details or {}), "agent_boot": boot}
+                    s.commit()
+                    _reconnect_pools(s, ctx, row)
             elif row.state == "Up" and (row.last_ping is None or utcnow() - row.last_ping > timedelta(seconds=down_after_seconds)):
                 row.state = "Down"
                 events.record(s, ctx, "HOST.DOWN", f"Host {row.name} stopped answering", level="WARN",
                               resource_type="Host", resource_uuid=row.uuid)
         if alive:
             vm_sync.sync_host(db, ctx, host)
+
+
+def _reconnect_pools(s, ctx, host: Host) -> None:
+    """The agent restarted (a new boot id): it keeps no pool secrets, so the pools that need the host's own
+    activity (an RBD pool's heartbeat) are connected again now rather than at their next statistics."""
+    from volstack.db.storage_models import StoragePoolHost
+    from volstack.drivers import driver_for
+    pools = s.scalars(select(StoragePool).join(StoragePoolHost, StoragePoolHost.pool_id == StoragePool.id)
+                      .where(StoragePoolHost.host_id == host.id, StoragePool.state.in_(("Up", "Disabled")))
+                      .order_by(StoragePool.id))
+    done, failed = [], []
+    for pool in pools:
+        drv = driver_for(pool.provider)
+        if not drv.CAPABILITIES.get("heartbeat"):
+            continue
+        try:
+            channel(host).call("pool_connect", pool=drv.spec(pool))
+            done.append(pool.name)
+        except CloudError as exc:
+            failed.append(f"{pool.name} ({exc.text})")
+    if done or failed:
+        events.record(s, ctx, "HOST.RECONNECT", f"The agent of host {host.name} restarted; storage pools connected "
+                      f"again: {', '.join(done) or 'none'}" + (f"; failed: {'; '.join(failed)}" if failed else ""),
+                      level="WARN" if failed else "INFO", resource_type="Host", resource_uuid=host.uuid)
 
 
 def refresh_pool_stats(db) -> None:

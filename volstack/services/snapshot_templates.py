@@ -5,7 +5,7 @@ from volstack.db.image_models import ImageStore, Template, TemplateStoreRef, Tem
 from volstack.db.snapshot_models import Snapshot
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import InvalidParameter, PermissionDenied, ResourceUnavailable
-from volstack.services import accounts, catalog, events, imagestores, template_sources, templates
+from volstack.services import accounts, catalog, events, imagestores, snapshots_rbd, template_sources, templates
 
 
 def create_row(s, ctx, snap: Snapshot, *, name, displaytext=None, ostypeid=None, ispublic=False, isfeatured=False,
@@ -44,6 +44,8 @@ def copy_to_store(s, ctx, t: Template, progress=None) -> Template:
     def copy(ref, dst, report):
         if snap.state != "BackedUp":
             raise InvalidParameter(f"Snapshot {snap.name} became {snap.state} before its template was made")
+        if snapshots_rbd.owns(snap):        # an RBD backup chain, not a flat qcow2
+            return snapshots_rbd.copy_to_store(s, snap, dst, ref.install_path, report)
         return run_long(channel(imagestores.host_for(s, dst)), "volume_copy", report, src_pool=imagestores.spec(src),
                         src_name=snap.install_path, src_format="qcow2", dst_pool=imagestores.spec(dst),
                         dst_name=ref.install_path, format="qcow2")

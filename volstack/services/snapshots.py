@@ -18,7 +18,7 @@ from volstack.drivers import driver_for
 from volstack.drivers.default import serial_of
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
-from volstack.services import accounts, events, imagestores, infra, lookup, offerings, volumes
+from volstack.services import accounts, events, imagestores, infra, lookup, offerings, snapshots_rbd, volumes
 from volstack.services import templates  # noqa: F401  (registers the secondary-storage counter this one adds to)
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
@@ -49,11 +49,7 @@ def _vm_of(s, vol) -> VirtualMachine | None:
 
 
 def _file_pool(s, vol) -> StoragePool:
-    pool = s.get(StoragePool, vol.pool_id)
-    if driver_for(pool.provider).CAPABILITIES.get("native_snapshot"):      # RBD: its own primitives, not wired yet
-        raise InvalidParameter(f"Volume {vol.name} is on {pool.pool_type} pool {pool.name}: volstack takes volume "
-                               "snapshots on file pools (NFS, SharedMountPoint, local) only for now")
-    return pool
+    return s.get(StoragePool, vol.pool_id)      # RBD pools (native_snapshot) dispatch to snapshots_rbd below
 
 
 def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None) -> Snapshot:
@@ -133,9 +129,12 @@ def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
     s.commit()
     spec = driver_for(pool.provider).spec(pool)
     try:
-        res = run_long(channel(host), "snapshot_take", progress, pool=spec, name=vol.path,
-                       format=vol.format.lower(), snapshot=f"snap-{snap.uuid}", vm=vm.uuid if vm else None,
-                       serial=serial_of(vol) if vm else None)
+        if snapshots_rbd.native(pool):
+            res = snapshots_rbd.take_on_primary(channel(host), pool, vol, snap)
+        else:
+            res = run_long(channel(host), "snapshot_take", progress, pool=spec, name=vol.path,
+                           format=vol.format.lower(), snapshot=f"snap-{snap.uuid}", vm=vm.uuid if vm else None,
+                           serial=serial_of(vol) if vm else None)
     except CloudError as exc:
         SNAPSHOT.fire(s, snap, "OperationFailed", error=f"taking the snapshot on {pool.name} failed: {exc.text}")
         volumes.host_work_failed(s, vol, exc, error=f"snapshot {snap.name} failed: {exc.text}")
@@ -175,6 +174,8 @@ def backup_task(s, ctx, snapshot_uuid: str, progress=None) -> Snapshot:
 
 def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host: Host, progress=None) -> None:
     """CreatedOnPrimary → BackingUp → BackedUp on the writable store with the most free space."""
+    if snapshots_rbd.owns(snap):
+        return snapshots_rbd.backup(s, ctx, snap, vol, pool, host, progress)
     stores = imagestores.writable_stores(s, snap.zone_id)
     if not stores:
         raise ResourceUnavailable("No writable image store in the zone to back the snapshot up to; the snapshot "
@@ -225,6 +226,8 @@ def delete(s, ctx, snap: Snapshot) -> None:
     was = snap.state
     SNAPSHOT.fire(s, snap, "DestroyRequested")
     s.commit()
+    if snapshots_rbd.owns(snap):
+        return snapshots_rbd.delete(s, ctx, snap, was)
     try:
         store = _store_of(s, snap)
         if store is not None and snap.install_path:
@@ -269,6 +272,8 @@ def revert(s, ctx, snap: Snapshot, progress=None) -> Snapshot:
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be reverted")
     pool = _file_pool(s, vol)
     host, _ = _host_for(s, vol, pool)
+    if snapshots_rbd.native(pool) or snapshots_rbd.owns(snap):
+        return snapshots_rbd.revert(s, ctx, snap, vol, pool, host, progress)
     store = _store_of(s, snap)
     volumes.begin_host_work(s, vol, "RevertSnapshotRequested")
     try:
@@ -354,6 +359,8 @@ def copy_to_primary(s, ctx, vol: Volume, pool: StoragePool, host, progress=None)
     store = _store_of(s, snap) if snap is not None and snap.state == "BackedUp" else None
     if store is None:
         raise ResourceUnavailable(f"Snapshot {vol.details['snapshot']} of volume {vol.name} is no longer backed up")
+    if snapshots_rbd.owns(snap):
+        return snapshots_rbd.copy_to_primary(s, ctx, vol, snap, pool, host, progress)
     drv = driver_for(pool.provider)
     res = run_long(channel(host), "volume_copy", progress, src_pool=imagestores.spec(store),
                    src_name=snap.install_path, src_format="qcow2", dst_pool=drv.spec(pool), dst_name=vol.path,
@@ -402,7 +409,8 @@ def _movable(s, store) -> list:
     from volstack.services.store_migration import Item
     rows = s.scalars(select(Snapshot).where(Snapshot.store_id == store.id, Snapshot.state == "BackedUp",
                                             Snapshot.removed.is_(None)))
-    return [Item("snapshot", r.id, r.uuid, r.name, r.install_path, r.physical_size or r.size, "QCOW2") for r in rows]
+    return [Item("snapshot", r.id, r.uuid, r.name, r.install_path, r.physical_size or r.size,
+                 "RAW" if snapshots_rbd.owns(r) else "QCOW2") for r in rows]     # RAW: an RBD diff copied byte for byte
 
 
 def _repoint(s, item, src, dst) -> bool:
