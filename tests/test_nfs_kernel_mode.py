@@ -4,7 +4,7 @@ import pytest
 from cs import CloudStackApiException
 
 from agentproc import AgentProcess
-from support import client
+from support import add_datacenter, client
 from volstack.agent.nfsmount import kernel_client_problem
 
 
@@ -12,12 +12,8 @@ from volstack.agent.nfsmount import kernel_client_problem
 def kvm_host(server, tmp_path):
     agent = AgentProcess(tmp_path / "agent", name="kmode").start()
     api = client(server)
-    zone = api.createZone(name="nz", networktype="Advanced")["zone"]
-    pod = api.createPod(name="np", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="nc", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
-                        clustertype="CloudManaged")["cluster"][0]
-    api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM", url=agent.url,
-                username="root", password=agent.token)
+    dc = add_datacenter(api, "nz", "np", "nc", [agent])
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
     yield api, dict(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"])
     agent.stop()
 

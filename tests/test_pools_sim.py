@@ -2,18 +2,15 @@
 import pytest
 from cs import CloudStackApiException
 
-from support import client
+from support import add_datacenter, client
 
 
 @pytest.fixture
 def sim(server):
     api = client(server)
-    zone = api.createZone(name="pz", networktype="Advanced")["zone"]
-    pod = api.createPod(name="pp", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="pc", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator",
-                        clustertype="CloudManaged")["cluster"][0]
-    host = api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="Simulator",
-                       url="http://sim1")["host"][0]
+    dc = add_datacenter(api, "pz", "pp", "pc", ["http://sim1"])
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
+    host = dc["host"]
     return api, zone, pod, cl, host
 
 

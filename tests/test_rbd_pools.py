@@ -25,15 +25,12 @@ def short_osd_timeout(monkeypatch):
 
 @pytest.fixture
 def kvm(server, tmp_path, ceph):
-    from support import client
+    from support import add_datacenter, client
     agents = [AgentProcess(tmp_path / f"agent{i}", name=f"rbdkvm{i}").start() for i in (1, 2)]
     api = client(server)
-    zone = api.createZone(name="rz", networktype="Advanced")["zone"]
-    pod = api.createPod(name="rp", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="rc", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
-                        clustertype="CloudManaged")["cluster"][0]
-    hosts = [api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM", url=a.url,
-                         username="root", password=a.token)["host"][0] for a in agents]
+    dc = add_datacenter(api, "rz", "rp", "rc", agents)
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
+    hosts = dc["hosts"]
     so = api.createServiceOffering(name="tiny", cpunumber=1, cpuspeed=500, memory=128, rootdisksize=1,
                                    displaytext="tiny")["serviceoffering"]
     ctx = dict(api=api, zone=zone, pod=pod, cluster=cl, hosts=hosts, agents=agents, so=so, vms=[])

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from support import client
+from support import add_datacenter, client
 from test_templates import add_store, cloud, error_of  # noqa: F401  (cloud is a fixture)
 from volstack.api.commands.snapshot_policies import recurring_submitter
 from volstack.db.engine import Database
@@ -92,11 +92,8 @@ def test_bad_schedules_and_time_zones_say_what_to_send(interval, schedule, tz, e
 
 def _sim_dc(ms, store=True):
     api = client(ms)
-    zone = api.createZone(name="pz", networktype="Advanced")["zone"]
-    pod = api.createPod(name="pp", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="pc", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator",
-                        clustertype="CloudManaged")["cluster"][0]
-    api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="Simulator", url="http://simp")
+    dc = add_datacenter(api, "pz", "pp", "pc", ["http://simp"])
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
     api.createStoragePool(name="pool", url="nfs://10.0.0.1/pool", zoneid=zone["id"], podid=pod["id"],
                           clusterid=cl["id"])
     if store:

@@ -8,7 +8,7 @@ import pytest
 from agentproc import AgentProcess
 from guest import GuestConsole, GuestError, guest_image_dir, pattern_sha256
 from helpers import wait_job
-from support import client
+from support import add_datacenter, client
 
 GIB = 2 ** 30
 MIB = 2 ** 20
@@ -19,12 +19,9 @@ pytestmark = pytest.mark.slow
 def kvm(server, tmp_path, nfs_pool):
     agents = [AgentProcess(tmp_path / f"agent{i}", name=f"kvm{i}").start() for i in (1, 2)]
     api = client(server)
-    zone = api.createZone(name="kz", networktype="Advanced")["zone"]
-    pod = api.createPod(name="kp", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="kc", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
-                        clustertype="CloudManaged")["cluster"][0]
-    hosts = [api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM", url=a.url,
-                         username="root", password=a.token)["host"][0] for a in agents]
+    dc = add_datacenter(api, "kz", "kp", "kc", agents)
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
+    hosts = dc["hosts"]
     nfs_url, nfs_dir = nfs_pool
     nfs = api.createStoragePool(name="nfs", url=nfs_url, zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"])["storagepool"]
     locals_ = []

@@ -4,7 +4,7 @@ import pytest
 from cs import CloudStackApiException
 
 from agentproc import wait_until
-from support import client
+from support import add_datacenter, client
 
 GIB = 2 ** 30
 
@@ -12,12 +12,9 @@ GIB = 2 ** 30
 @pytest.fixture
 def dc(server):
     api = client(server)
-    zone = api.createZone(name="lz", networktype="Advanced")["zone"]
-    pod = api.createPod(name="lp", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="lc", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator",
-                        clustertype="CloudManaged")["cluster"][0]
-    host = api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="Simulator",
-                       url="http://siml")["host"][0]
+    dc = add_datacenter(api, "lz", "lp", "lc", ["http://siml"])
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
+    host = dc["host"]
     pool = api.createStoragePool(name="p", url="nfs://10.0.0.3/p", zoneid=zone["id"], podid=pod["id"],
                                  clusterid=cl["id"], capacitybytes=100 * GIB)["storagepool"]
 

@@ -3,7 +3,7 @@ leave the VM running on its source with the reason."""
 import pytest
 from cs import CloudStackApiException
 
-from support import client
+from support import add_datacenter, client
 
 GIB = 2 ** 30
 
@@ -11,12 +11,9 @@ GIB = 2 ** 30
 @pytest.fixture
 def two(server):
     api = client(server)
-    zone = api.createZone(name="mz", networktype="Advanced")["zone"]
-    pod = api.createPod(name="mp", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="mc", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator",
-                        clustertype="CloudManaged")["cluster"][0]
-    hosts = [api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="Simulator",
-                         url=f"http://simm{i}")["host"][0] for i in (1, 2)]
+    dc = add_datacenter(api, "mz", "mp", "mc", [f"http://simm{i}" for i in (1, 2)])
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
+    hosts = dc["hosts"]
     shared = api.createStoragePool(name="shared", url="nfs://10.0.0.9/shared", zoneid=zone["id"], podid=pod["id"],
                                    clusterid=cl["id"], capacitybytes=100 * GIB)["storagepool"]
     local = api.createStoragePool(name="local1", url="file://localhost/var/local1", zoneid=zone["id"], scope="host",

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from sqlalchemy import select
 
-from support import client
+from support import add_datacenter, client
 from test_templates import cloud, error_of, qemu_io  # noqa: F401  (cloud is a fixture)
 from test_volumes_sim import dc  # noqa: F401  (a fixture: a zone of in-memory Simulator hosts)
 from volstack.db.snapshot_models import Snapshot
@@ -179,12 +179,8 @@ def qemu_cloud(server, tmp_path):
     from guest import guest_image_dir
     agent = AgentProcess(tmp_path / "agent", name="kvm1").start()
     api = client(server)
-    zone = api.createZone(name="qz", networktype="Advanced")["zone"]
-    pod = api.createPod(name="qp", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="qc", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
-                        clustertype="CloudManaged")["cluster"][0]
-    api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM", url=agent.url,
-                username="root", password=agent.token)
+    dc = add_datacenter(api, "qz", "qp", "qc", [agent])
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
     (tmp_path / "primary").mkdir()
     api.createStoragePool(name="primary", url=f"SharedMountPoint://localhost{tmp_path / 'primary'}",
                           zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"])
@@ -299,12 +295,8 @@ def test_vm_snapshots_on_an_nfs_pool_through_qemus_nfs_client(server, tmp_path, 
     agent = AgentProcess(tmp_path / "agent", hypervisor="simulator", name="kvm1").start()
     try:
         api = client(server)
-        zone = api.createZone(name="nz", networktype="Advanced")["zone"]
-        pod = api.createPod(name="np", zoneid=zone["id"])["pod"]
-        cl = api.addCluster(clustername="nc", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
-                            clustertype="CloudManaged")["cluster"][0]
-        api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM", url=agent.url,
-                    username="root", password=agent.token)
+        dc = add_datacenter(api, "nz", "np", "nc", [agent])
+        zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
         url, export = nfs_pool
         api.createStoragePool(name="nfs", url=url, zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"])
         so = api.createServiceOffering(name="s", cpunumber=1, cpuspeed=500, memory=128,

@@ -3,7 +3,7 @@ run (here: a host whose guests vanished across an agent restart, as after a host
 import json
 
 from agentproc import AgentProcess, wait_until
-from support import client, start_server
+from support import add_datacenter, client, start_server
 
 
 def test_a_vm_its_host_no_longer_runs_becomes_stopped_with_an_event(tmp_path):
@@ -11,12 +11,8 @@ def test_a_vm_its_host_no_longer_runs_becomes_stopped_with_an_event(tmp_path):
     agent = AgentProcess(tmp_path / "agent", hypervisor="simulator", name="kvm1").start()
     try:
         api = client(ms)
-        zone = api.createZone(name="z", networktype="Advanced")["zone"]
-        pod = api.createPod(name="p", zoneid=zone["id"])["pod"]
-        cl = api.addCluster(clustername="c", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
-                            clustertype="CloudManaged")["cluster"][0]
-        api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM", url=agent.url,
-                    username="root", password=agent.token)
+        dc = add_datacenter(api, "z", "p", "c", [agent])
+        zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
         (tmp_path / "primary").mkdir()
         api.createStoragePool(name="primary", url=f"SharedMountPoint://localhost{tmp_path / 'primary'}",
                               zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"])

@@ -2,7 +2,7 @@
 import pytest
 from cs import CloudStackApiException
 
-from support import client
+from support import add_datacenter, client
 
 GIB = 2 ** 30
 
@@ -10,12 +10,9 @@ GIB = 2 ** 30
 @pytest.fixture
 def dc(server):
     api = client(server)
-    zone = api.createZone(name="vz", networktype="Advanced")["zone"]
-    pod = api.createPod(name="vp", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="vc", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator",
-                        clustertype="CloudManaged")["cluster"][0]
-    host = api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="Simulator",
-                       url="http://simv")["host"][0]
+    dc = add_datacenter(api, "vz", "vp", "vc", ["http://simv"])
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
+    host = dc["host"]
     pool = api.createStoragePool(name="fast", url="nfs://10.0.0.1/fast", zoneid=zone["id"], podid=pod["id"],
                                  clusterid=cl["id"], tags="ssd", capacitybytes=100 * GIB)["storagepool"]
     api.createStoragePool(name="slow", url="nfs://10.0.0.1/slow", zoneid=zone["id"], podid=pod["id"],

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from clienttools import playbook_runner
-from support import client
+from support import add_datacenter, client
 
 PLAYBOOK = Path(__file__).with_name("playbook_images.yml")
 
@@ -14,11 +14,8 @@ PLAYBOOK = Path(__file__).with_name("playbook_images.yml")
 @pytest.fixture
 def dc(server):
     api = client(server)
-    zone = api.createZone(name="ans-img-zone", networktype="Advanced")["zone"]
-    pod = api.createPod(name="ans-img-pod", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="ans-img-cluster", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator",
-                        clustertype="CloudManaged")["cluster"][0]
-    api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="Simulator", url="http://ans-sim")
+    dc = add_datacenter(api, "ans-img-zone", "ans-img-pod", "ans-img-cluster", ["http://ans-sim"])
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
     return dict(api=api, zone=zone)
 
 

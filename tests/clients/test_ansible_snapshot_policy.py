@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from clienttools import playbook_runner
-from support import client
+from support import add_datacenter, client
 
 PLAYBOOK = Path(__file__).with_name("playbook_snapshot_policy.yml")
 
@@ -15,11 +15,8 @@ PLAYBOOK = Path(__file__).with_name("playbook_snapshot_policy.yml")
 @pytest.fixture
 def volume(server):
     api = client(server)
-    zone = api.createZone(name="ans-snap-zone", networktype="Advanced")["zone"]
-    pod = api.createPod(name="ans-snap-pod", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="ans-snap-cluster", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator",
-                        clustertype="CloudManaged")["cluster"][0]
-    api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="Simulator", url="http://ans-snap")
+    dc = add_datacenter(api, "ans-snap-zone", "ans-snap-pod", "ans-snap-cluster", ["http://ans-snap"])
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
     api.createStoragePool(name="ans-snap-pool", url="nfs://10.0.0.1/pool", zoneid=zone["id"], podid=pod["id"],
                           clusterid=cl["id"])
     so = api.createServiceOffering(name="ans-small", cpunumber=1, cpuspeed=500, memory=256,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from clienttools import playbook_runner
-from support import client
+from support import add_datacenter, client
 
 PLAYBOOK = Path(__file__).with_name("playbook_storage.yml")
 GIB = 2 ** 30
@@ -23,12 +23,9 @@ def playbook(server, tmp_path):
 def dc(server):
     """The Simulator datacenter the playbook names: ans-zone / ans-pod / ans-cluster with one Up host."""
     api = client(server)
-    zone = api.createZone(name="ans-zone", networktype="Advanced")["zone"]
-    pod = api.createPod(name="ans-pod", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="ans-cluster", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator",
-                        clustertype="CloudManaged")["cluster"][0]
-    host = api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="Simulator",
-                       url="http://ans-sim")["host"][0]
+    dc = add_datacenter(api, "ans-zone", "ans-pod", "ans-cluster", ["http://ans-sim"])
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
+    host = dc["host"]
     return dict(api=api, zone=zone, pod=pod, cluster=cl, host=host)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from clienttools import playbook_runner
-from support import client
+from support import add_datacenter, client
 
 PLAYBOOK = Path(__file__).with_name("playbook_vmsnapshot.yml")
 
@@ -14,11 +14,8 @@ PLAYBOOK = Path(__file__).with_name("playbook_vmsnapshot.yml")
 @pytest.fixture
 def vm(server):
     api = client(server)
-    zone = api.createZone(name="ans-vms-zone", networktype="Advanced")["zone"]
-    pod = api.createPod(name="ans-vms-pod", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="ans-vms-cluster", zoneid=zone["id"], podid=pod["id"], hypervisor="Simulator",
-                        clustertype="CloudManaged")["cluster"][0]
-    api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="Simulator", url="http://ans-vms")
+    dc = add_datacenter(api, "ans-vms-zone", "ans-vms-pod", "ans-vms-cluster", ["http://ans-vms"])
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
     api.createStoragePool(name="ans-vms-nfs", url="nfs://10.0.0.1/vms", zoneid=zone["id"], podid=pod["id"],
                           clusterid=cl["id"])
     so = api.createServiceOffering(name="ans-small", cpunumber=1, cpuspeed=500, memory=256,
