@@ -190,3 +190,24 @@ def test_direct_download_checksum_is_verified_at_registration(cloud, web):      
                                                        zoneid=cloud["zone"]["id"], directdownload=True, checksum=good))
     assert code == 431 and "404" in text
     assert len(api.listTemplates(templatefilter="all")["template"]) == 2
+
+
+def test_a_direct_download_iso_is_checked_then_fetched_straight_into_the_pool(cloud, web, iso_bytes):  # noqa: F811
+    api, tmp = cloud["api"], cloud["tmp"]
+    allow_loopback(api)
+    vm = api.deployVirtualMachine(zoneid=cloud["zone"]["id"], serviceofferingid=cloud["so"]["id"],
+                                  rootdisksize=1)["virtualmachine"]
+    # paced to 4 MiB/s, the check of the 16 MB ISO lasts seconds: long enough to be seen under way
+    url = web.add("/dd.iso", data=iso_bytes, rate=4 << 20)
+    iso = api.registerIso(name="dd-iso", url=url, zoneid=cloud["zone"]["id"], directdownload=True,
+                          checksum="{SHA-512}" + hashlib.sha512(iso_bytes).hexdigest())["iso"][0]
+    code, text = error_of(lambda: api.attachIso(id=iso["id"], virtualmachineid=vm["id"]))
+    assert code == 431 and "ISO dd-iso is still being checked against its checksum" in text
+    deadline = time.monotonic() + 60
+    while not (listed := api.listIsos(isofilter="all", id=iso["id"])["iso"][0])["isready"]:
+        assert listed["status"].startswith("Checking the checksum") and time.monotonic() < deadline, listed
+        time.sleep(0.05)
+    web.add("/dd.iso", data=iso_bytes)                                        # full speed for the fetch itself
+    vm = api.attachIso(id=iso["id"], virtualmachineid=vm["id"])["virtualmachine"]
+    assert vm["isoid"] == iso["id"]
+    assert (tmp / "primary" / f"tmpl-{iso['id']}").read_bytes() == iso_bytes      # never touched an image store
