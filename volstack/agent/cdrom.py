@@ -30,13 +30,12 @@ class QemuCdrom:
 
     def _insert(self, q, rec: dict, medium: dict | None) -> None:
         """Put medium in the drive (None: empty it), replacing what was there."""
-        from volstack.agent.qemu import _add_objects
         node = None
         if medium is not None:
             pool = images.open_pool(medium["pool"], self.hostname)
             node = self._new_node(rec)
             try:
-                _add_objects(q, pool)
+                self._add_objects(q, pool)
                 q.execute("blockdev-add", {"driver": "raw", "node-name": node, "read-only": True,
                                            "file": pool.blockdev(medium["name"])})
             except QmpError as e:

@@ -52,6 +52,7 @@ def _add_objects(q: Qmp, pool) -> None:
 
 class QemuHypervisor(QemuMigration, QemuCdrom):
     name = "qemu"
+    _add_objects = staticmethod(_add_objects)      # for the mixins
 
     def __init__(self, state_dir: str, hostname: str):
         self.root = os.path.join(state_dir, "vms")
