@@ -28,7 +28,8 @@ def register_iso(c, web, data, name="tiny-iso", **kw):
     deadline = time.monotonic() + 60
     while True:
         iso = c["api"].listIsos(isofilter="all", id=iso["id"])["iso"][0]
-        if iso["isready"] or "Downloaded" not in iso["status"] and iso["status"] != "Processing":
+        if iso["isready"] or not (iso["status"].endswith("Downloaded") or iso["status"] in ("Processing",
+                                                                                        "Installing ISO")):
             return iso
         assert time.monotonic() < deadline, iso
         time.sleep(0.1)
