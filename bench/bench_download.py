@@ -2,7 +2,8 @@
 
 7. A metalink download from 3 mirrors, each paced to the same rate, against one such mirror alone.
 8. An unthrottled single-source download (checksum verified, format probed, placed in a directory pool)
-   against `curl -o` of the same URL.
+   against `curl -o` of the same URL; and the registration-time checksum check of a direct-download
+   template (fetch and SHA-256, nothing stored: `download.verify`) against the same curl.
 
 The HTTP servers (tests/httpserver.py) run in a child process, so they do not share this process's GIL
 with the downloader (curl does not either). Everything listens on 127.0.0.1 and lives in the run's
@@ -82,6 +83,14 @@ def _download(pool_dir: Path, name: str, checksum: str, **source) -> float:
     return elapsed, r
 
 
+def _verify(checksum: str, urls: list) -> float:
+    from volstack.agent import download
+    t0 = time.perf_counter()
+    r = download.verify(urls, checksum="{SHA-256}" + checksum, policy=download.Policy(allowed_cidrs=("127.0.0.0/8",)))
+    assert r["verified"]
+    return time.perf_counter() - t0
+
+
 def _curl(url: str, out: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run(["curl", "-s", "-f", "-o", str(out), url], check=True)
@@ -122,17 +131,20 @@ def rows(tmp: Path, cfg: dict) -> list[tuple]:
     digest = _file(src, size)
     m = Mirrors(src, 0, 1)
     try:
-        ours, curl = [], []
+        ours, curl, check = [], [], []
         for i in range(cfg["dl_rounds"] + 1):
-            pair = [lambda: ours.append(_download(pool, "plain", digest, urls=m.urls)[0]),
-                    lambda: curl.append(_curl(m.urls[0], tmp / "curl.out"))]
-            for f in (pair if i % 2 == 0 else pair[::-1]):
+            trio = [lambda: ours.append(_download(pool, "plain", digest, urls=m.urls)[0]),
+                    lambda: curl.append(_curl(m.urls[0], tmp / "curl.out")),
+                    lambda: check.append(_verify(digest, m.urls))]
+            for f in (trio if i % 2 == 0 else trio[::-1]):
                 f()
     finally:
         m.stop()
     mib = size / MIB
     out.append((f"one source, unthrottled, {mib:.0f} MiB (SHA-256 + probe)", f"{mib / min(ours):,.0f} MiB/s",
                 f"{mib / min(curl):,.0f} MiB/s (curl -o)", min(curl) / min(ours)))
+    out.append((f"registration checksum check, {mib:.0f} MiB (fetch + SHA-256)", f"{mib / min(check):,.0f} MiB/s",
+                f"{mib / min(curl):,.0f} MiB/s (curl -o)", min(curl) / min(check)))
     shutil.rmtree(tmp)
     return out
 

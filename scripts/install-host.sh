@@ -2,7 +2,7 @@
 # Installs the Debian packages a volstack KVM host needs, and the storage tests with it:
 #   QEMU + qemu-img (with the nfs/iscsi/rbd block drivers), a userspace NFS server (nfs-ganesha + rpcbind),
 #   libnfs client tools (nfs-ls, nfs-cp), busybox-static (the tiny test guest's userland,
-#   see scripts/build-guest.sh), the tools of scripts/build-template.sh, and Ceph: librados/librbd's
+#   see scripts/build-guest.sh), the tools of scripts/build-template.sh and build-iso.sh, and Ceph: librados/librbd's
 #   Python bindings for the agent's RBD pools, plus ceph-mon/ceph-osd/ceph-mgr/ceph-common for the
 #   one-node test cluster (scripts/ceph-up.sh), curl, bzip2, xz-utils, zip for the download tests and
 #   benchmark. Safe to run again: apt-get runs only when something is missing.
@@ -21,6 +21,8 @@ pkgs=(
   dosfstools          # mkfs.fat, mtools, syslinux: the built-in template's bootable disk,
   mtools              #   made without mounting anything (scripts/build-template.sh)
   syslinux
+  isolinux            # ISOLINUX and xorriso: the tiny guest as a bootable ISO (scripts/build-iso.sh) for the
+  xorriso             #   ISO tests (registerIso, attachIso, deploy from an ISO)
   curl                # the download benchmark's reference (bench/bench_download.py)
   bzip2 xz-utils zip  # the download tests compress real images with the real tools
   python3-rados       # librados Python binding (agent: RBD pools, heartbeat objects); see docs/architecture.md

@@ -142,3 +142,17 @@ def test_find_hosts_for_migration_says_why_a_host_is_unsuitable(two):
     api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])
     found = api.findHostsForMigration(virtualmachineid=vm["id"])["host"][0]
     assert found["suitableformigration"] is False and "pins the VM" in found["notsuitablereason"]
+
+
+def test_an_attached_iso_travels_from_its_copy_on_the_shared_pool(two, tmp_path):
+    from volstack.drivers.hosts import SimulatedHost
+    api, vm, hosts = two["api"], two["vm"], two["hosts"]
+    api.addImageStore(name="s", provider="Filesystem", url=f"file://{tmp_path}", zoneid=two["zone"]["id"])
+    api.updateConfiguration(name="secstorage.allowed.internal.sites", value="127.0.0.1/32")
+    iso = api.registerIso(name="iso", url="http://127.0.0.1/x.iso", zoneid=two["zone"]["id"])["iso"][0]
+    api.attachIso(id=iso["id"], virtualmachineid=vm["id"])       # the simulated copy is ready at once
+    assert SimulatedHost(hosts[0]["id"]).state["vms"][vm["id"]]["cdrom"] == f"tmpl-{iso['id']}"
+    assert f"tmpl-{iso['id']}" in SimulatedHost(hosts[0]["id"]).state["pools"][two["shared"]["id"]]
+    moved = api.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=hosts[1]["id"])["virtualmachine"]
+    assert moved["isoid"] == iso["id"]
+    assert SimulatedHost(hosts[1]["id"]).state["vms"][vm["id"]]["cdrom"] == f"tmpl-{iso['id']}"

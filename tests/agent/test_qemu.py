@@ -20,10 +20,13 @@ def disk(pool, name, serial, device_id, fmt="qcow2", qos=None):
 
 
 def blocks(vm):
-    """{serial: query-block entry} read through the VM's second monitor."""
+    """{serial: query-block entry} of the VM's disks, read through its second monitor (the CD drive every
+    guest has is left out: see cdrom())."""
     with Qmp(vm["monitor"]) as q:
         out = {}
         for b in q.execute("query-block"):
+            if b["qdev"] == "cd0":
+                continue
             dev = b["qdev"].split("/")[3] if b["qdev"].startswith("/machine") else b["qdev"]
             out[q.execute("qom-get", {"path": f"/machine/peripheral/{dev}", "property": "serial"})] = b
         return out

@@ -21,7 +21,7 @@ def test_simulated_guests(sim_agent, pool, pool2):
     with pytest.raises(errors.NotFound, match="volume missing does not exist"):
         c.call("vm_start", name="s1", memory_mb=64, cpus=1, disks=[{**root, "name": "missing"}])
     vm = c.call("vm_start", name="s1", uuid="u-1", memory_mb=64, cpus=1, disks=[root])
-    assert vm == {"name": "s1", "uuid": "u-1", "state": "Running", "disks": ["ROOT"]}
+    assert vm == {"name": "s1", "uuid": "u-1", "state": "Running", "disks": ["ROOT"], "cdrom": None}
     c.call("disk_attach", vm="s1", disk=data)
     with pytest.raises(errors.ResourceInUse):
         c.call("volume_delete", pool=pool, name="data")

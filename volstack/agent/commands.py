@@ -187,6 +187,13 @@ class Agent:
     def cmd_disk_resize(self, args, progress):
         return self.hv.resize(images.check_name(arg(args, "vm")), arg(args, "serial"), arg(args, "size", int))
 
+    def cmd_cdrom_insert(self, args, progress):
+        """medium: {pool, name} of an ISO image (raw) on a pool; replaces what the drive held."""
+        return self.hv.insert_cd(images.check_name(arg(args, "vm")), arg(args, "medium", dict))
+
+    def cmd_cdrom_eject(self, args, progress):
+        return self.hv.eject_cd(images.check_name(arg(args, "vm")))
+
     # ---- live migration of a guest to another host (see agent/migration.py for the steps)
 
     def cmd_vm_migrate_spec(self, args, progress):
@@ -455,6 +462,13 @@ class Agent:
             if known is not None:
                 result["changed"], result["change_reason"] = download.compare(known, result.get("validators") or {})
             return result
+
+    def cmd_template_verify(self, args, progress):
+        """Fetch and hash the source without storing it (a direct-download template's registration check)."""
+        policy, opts = self._download_options(args)
+        return download.verify(args.get("urls"), arg(args, "metalink", str, None), arg(args, "checksum", str, None),
+                               policy, opts.get("location"), lambda percent, done: progress(percent),
+                               opts.get("attempts", 3))
 
     def cmd_template_check_source(self, args, progress):
         policy, _ = self._download_options(args)

@@ -4,6 +4,7 @@
                       policy=Policy(allowed_cidrs=["10.0.0.0/8"]), work_dir="/var/lib/volstack/downloads",
                       progress=lambda percent, done_bytes: …)
     check_source(["https://a/img.qcow2.bz2"], result["validators"], policy)   # {"changed", "reason", …}
+    verify(["https://a/img.qcow2.bz2"], checksum="{SHA-256}…", policy=policy)  # hash only, nothing stored
 
 The order of work: sources (metalink mirrors ordered by location then priority, each URL checked against
 the policy) -> bytes (in parallel Range segments over several mirrors when they all support ranges,
@@ -30,7 +31,8 @@ from volstack.agent import fetch, images, metalink, unpack
 from volstack.agent.errors import Failed, InvalidArgument, Unavailable
 from volstack.agent.fetch import Policy
 
-__all__ = ["Policy", "download", "check_source", "compare", "resolve_sources", "temp_paths", "cleanup", "place"]
+__all__ = ["Policy", "download", "verify", "check_source", "compare", "resolve_sources", "temp_paths", "cleanup",
+           "place"]
 
 ATTEMPTS = 3
 MIN_SEGMENTED = 4 << 20      # below this, one stream is as fast as several
@@ -256,14 +258,11 @@ def download(pool: images.Pool, name: str, image_format: str, *, urls=None, meta
         raise InvalidArgument(f"format {image_format!r} is not a KVM template format: use QCOW2, RAW or ISO")
     if not isinstance(attempts, int) or not 1 <= attempts <= 10:
         raise InvalidArgument("attempts must be 1 to 10")
-    expected = unpack.parse_checksum(checksum)
     policy = policy or Policy()
     if pool.exists(name):
         raise InvalidArgument(f"{name} already exists in pool {pool.uuid}")
     src = resolve_sources(urls, metalink_url, policy, location)
-    if expected is None and src["hashes"]:
-        alg = next(a for a in unpack.STRONGEST if a in src["hashes"])
-        expected = (alg, src["hashes"][alg])
+    expected = _expected(checksum, src)
     algorithm = expected[0] if expected else "sha256"
     paths = temp_paths(pool, name, work_dir)
     os.makedirs(paths["dir"], exist_ok=True)
@@ -286,8 +285,7 @@ def download(pool: images.Pool, name: str, image_format: str, *, urls=None, meta
                 break
             mismatches.append(f"attempt {attempt} from {', '.join(got['mirrors']) or 'no mirror'}: {bad}")
             if not got["segmented"]:     # a single mirror served these bytes: try it last from now on
-                suspects += [u for u in got["mirrors"] if u not in suspects]
-            urls_now = [u for u in src["urls"] if u not in suspects] + suspects
+                urls_now = _suspect_last(src["urls"], suspects, got["mirrors"])
         else:
             what = f"checksum mismatch: expected {unpack.label(*expected)}" if expected else "unusable data"
             raise InvalidArgument(f"{what} after {attempts} attempts; got " + "; ".join(mismatches))
@@ -314,6 +312,55 @@ def download(pool: images.Pool, name: str, image_format: str, *, urls=None, meta
             "compression": got["compression"], "source": first, "mirrors": got["mirrors"],
             "segmented": got["segmented"], "attempts": attempt, "validators": got["validators"],
             "refused": src["refused"]}
+
+
+def _expected(checksum, src: dict) -> tuple | None:
+    """(algorithm, hex) to check: the registered checksum, else the strongest hash a metalink gives."""
+    expected = unpack.parse_checksum(checksum)
+    if expected is None and src["hashes"]:
+        alg = next(a for a in unpack.STRONGEST if a in src["hashes"])
+        expected = (alg, src["hashes"][alg])
+    return expected
+
+
+def _suspect_last(urls: list, suspects: list, served: dict) -> list:
+    """The URLs to try next: mirrors that served bad bytes (added to suspects) go to the end."""
+    suspects += [u for u in served if u not in suspects]
+    return [u for u in urls if u not in suspects] + suspects
+
+
+def verify(urls=None, metalink_url=None, checksum=None, policy: Policy | None = None, location: str | None = None,
+           progress=None, attempts: int = ATTEMPTS) -> dict:
+    """Fetch the source and hash it without keeping the bytes: the registration-time checksum check of a
+    direct-download template. Same sources, order and retry rule as download() (a mirror that served bad
+    bytes is tried last); the checksum is of the bytes as downloaded, so nothing is unpacked. Returns
+    {"checksum", "verified": True, "downloaded", "mirrors", "validators", "attempts"}; a mismatch on every
+    attempt is an InvalidArgument naming each attempt's digest."""
+    if not isinstance(attempts, int) or not 1 <= attempts <= 10:
+        raise InvalidArgument("attempts must be 1 to 10")
+    policy = policy or Policy()
+    src = resolve_sources(urls, metalink_url, policy, location)
+    expected = _expected(checksum, src)
+    if expected is None:
+        raise InvalidArgument("nothing to verify: give a checksum (or a metalink that lists a hash)")
+    prog = _Progress(progress, src["size"])
+    mismatches, suspects, urls_now = [], [], list(src["urls"])
+    for attempt in range(1, attempts + 1):
+        digest = hashlib.new(expected[0])
+        pipe = Pipeline(digest.update)
+        try:
+            got = fetch.stream(urls_now, pipe.write, prog.bytes_done, policy)
+        finally:
+            pipe.close()
+        if digest.hexdigest() == expected[1]:
+            prog.set(100)
+            return {"checksum": unpack.label(*expected), "verified": True, "downloaded": got["size"],
+                    "mirrors": got["mirrors"], "validators": got["validators"], "attempts": attempt}
+        mismatches.append(f"attempt {attempt} from {', '.join(got['mirrors']) or 'no mirror'}: "
+                          f"{unpack.label(expected[0], digest.hexdigest())}")
+        urls_now = _suspect_last(src["urls"], suspects, got["mirrors"])
+    raise InvalidArgument(f"checksum mismatch: expected {unpack.label(*expected)} after {attempts} attempts; got "
+                          + "; ".join(mismatches))
 
 
 def place(pool: images.Pool, name: str, paths: dict, fmt: str, prog: "_Progress | None" = None) -> str:

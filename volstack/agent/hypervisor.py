@@ -5,6 +5,7 @@ An adapter (qemu.QemuHypervisor, simulator.SimulatedHypervisor) implements:
     capabilities() -> dict                  kvm, tcg, qemu_version, max_data_disks
     start(vm) / stop(name, forced, timeout) / reboot(name) / destroy(name) / list()
     attach(vm, disk) / detach(vm, serial, timeout) / set_qos(vm, serial, qos) / stats(vm)
+    insert_cd(vm, medium) / eject_cd(vm)    the CD-ROM drive every guest has: an ISO in, or out (attachIso)
     resize(vm, serial, size) / mirror(vm, serial, dst_pool, dst_name, fmt, progress)
     in_use(pool_uuid, name) -> str | None   the guest using an image, for refusing a delete
     recover_mirror(args) -> dict | None     after a restart: the result if a mirror finished, else clean up
@@ -76,8 +77,19 @@ def check_disk(disk, hostname: str) -> dict:
             "device_id": device_id, "qos": check_qos(disk.get("qos"))}
 
 
+def check_medium(medium, hostname: str) -> dict | None:
+    """What goes in the CD-ROM drive: an ISO image (raw) on a pool, or None for an empty drive."""
+    if medium is None:
+        return None
+    if not isinstance(medium, dict):
+        raise InvalidArgument("cdrom must be an object with pool and name (an ISO image on the pool), or null")
+    pool = images.open_pool(medium.get("pool"), hostname)
+    return {"pool": medium["pool"], "pool_uuid": pool.uuid, "name": images.check_name(medium.get("name"))}
+
+
 def runs(rec: dict) -> bool:
-    """Whether a guest really runs (a kernel, or a root disk to boot): TCG, virtio disks, graceful stop."""
+    """Whether a guest really runs (a kernel, or firmware booting its root disk or CD): TCG, virtio disks,
+    graceful stop."""
     return bool(rec.get("kernel") or rec.get("boot"))
 
 
@@ -100,8 +112,9 @@ def check_vm(vm, hostname: str) -> dict:
     if append is not None and (not isinstance(append, str) or "\0" in append or "\n" in append):
         raise InvalidArgument("append must be a single-line string")
     boot = vm.get("boot")
-    if boot not in (None, "disk"):
-        raise InvalidArgument(f"boot must be \"disk\" (boot the root disk) or absent, not {boot!r}")
+    if boot not in (None, "disk", "cdrom"):
+        raise InvalidArgument(f"boot must be \"disk\" (the root disk first, then the CD) or \"cdrom\" (the CD "
+                              f"first) or absent, not {boot!r}")
     if boot and vm.get("kernel"):
         raise InvalidArgument("a VM boots either its kernel or its root disk, not both")
     disks = [check_disk(d, hostname) for d in vm.get("disks") or []]
@@ -111,7 +124,7 @@ def check_vm(vm, hostname: str) -> dict:
     if len(disks) > MAX_DATA_DISKS + 1:
         raise InvalidArgument(f"a VM has at most {MAX_DATA_DISKS} data disks besides its root disk")
     return {"name": name, "uuid": vm.get("uuid") or "", "memory_mb": mem, "cpus": cpus, "kernel": vm.get("kernel"),
-            "initrd": vm.get("initrd"), "append": append, "boot": boot,
+            "initrd": vm.get("initrd"), "append": append, "boot": boot, "cdrom": check_medium(vm.get("cdrom"), hostname),
             "disks": sorted(disks, key=lambda d: d["device_id"])}
 
 

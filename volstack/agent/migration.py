@@ -2,7 +2,8 @@
 
 The management server drives four steps, each an idempotent agent command:
 
-    source  migrate_spec(name)           the guest as it runs: memory, cpus, boot, disks with their slots
+    source  migrate_spec(name)           the guest as it runs: memory, cpus, boot, disks with their slots,
+                                         the ISO in its CD drive
     dest    migrate_prepare(spec, addr)  an incoming QEMU (`-incoming defer`) with the same devices in the
                                          same slots, listening on addr; returns the tcp uri
     source  migrate(name, uri)           QMP `migrate`, progress from the RAM counters, until completed;
@@ -34,7 +35,7 @@ class QemuMigration:
         os.makedirs(self._dir(name), exist_ok=True)
         os.makedirs(socks, exist_ok=True)
         rec = {k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus", "kernel", "initrd", "append", "boot")}
-        rec.update({"bus": "virtio" if hv.runs(rec) else "scsi", "disks": {}, "next_node": 0,
+        rec.update({"bus": "virtio" if hv.runs(rec) else "scsi", "disks": {}, "cdrom": None, "next_node": 0,
                     "qmp": os.path.join(socks, "qmp.sock"), "monitor": os.path.join(socks, "monitor.sock"),
                     "console": os.path.join(socks, "console.sock")})
         for sock in ("qmp", "monitor", "console"):
@@ -57,6 +58,8 @@ class QemuMigration:
                      for d in sorted(rec["disks"].values(), key=lambda d: d["slot"]) if d.get("node")]
             spec = {k: rec.get(k) for k in ("name", "uuid", "memory_mb", "cpus", "kernel", "initrd", "append", "boot",
                                             "accel")}
+            cd = rec.get("cdrom")       # the ISO in the CD drive travels: the destination opens it too
+            spec["cdrom"] = {"pool": cd["pool"], "name": cd["name"]} if cd and cd.get("node") else None
             return {"spec": {**spec, "disks": disks}, "running": status == "running"}
 
     def migrate_prepare(self, vm: dict, address: str) -> dict:
@@ -82,6 +85,8 @@ class QemuMigration:
                 if not images.open_pool(d["pool"], self.hostname).exists(d["name"]):
                     raise NotFound(f"volume {d['name']} does not exist in pool {d['pool_uuid']} as seen from host "
                                    f"{self.hostname}")
+            if spec["cdrom"]:
+                self._check_medium_exists(spec["cdrom"])
             rec = self._new_record(spec)
             rec["incoming"] = {"accel": accel, "uri": None}
             self._save(rec)
@@ -90,6 +95,8 @@ class QemuMigration:
                 with self._qmp(rec) as q:
                     for d in spec["disks"]:
                         self._plug(q, rec, d, slot=by_serial[d["serial"]])
+                    if spec["cdrom"]:
+                        self._insert(q, rec, spec["cdrom"])
                     q.execute("migrate-incoming", {"uri": f"tcp:{address}:0"})
                     port = q.execute("query-migrate")["socket-address"][0]["port"]
             except BaseException as e:

@@ -9,7 +9,8 @@ from the pid file (checked against the process's command line) and its monitor.
 Guests with a kernel, or with a root disk to boot (templates), run under TCG (KVM here is
 paravirtual and cannot boot a stock kernel) and get virtio-blk disks, one pcie-root-port each. Guests without a kernel are started paused (`-S`) under
 KVM when it works; nothing in them can acknowledge a virtio unplug, so their disks are scsi-hd on a
-virtio-scsi controller, which unplugs at once. Disks are found by serial either way.
+virtio-scsi controller, which unplugs at once. Disks are found by serial either way. Every guest has
+one CD-ROM drive for ISOs (agent/cdrom.py).
 """
 import hashlib
 import json
@@ -23,6 +24,7 @@ import time
 
 from volstack.agent import hypervisor as hv
 from volstack.agent import images
+from volstack.agent.cdrom import QemuCdrom, cd_device
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound
 from volstack.agent.migration import QemuMigration
 from volstack.agent.qmp import Qmp, QmpError, QmpGone
@@ -48,8 +50,9 @@ def _add_objects(q: Qmp, pool) -> None:
                 raise Failed(f"QEMU refused the access object of pool {pool.uuid}: {e.desc}") from None
 
 
-class QemuHypervisor(QemuMigration):
+class QemuHypervisor(QemuMigration, QemuCdrom):
     name = "qemu"
+    _add_objects = staticmethod(_add_objects)      # for the mixins
 
     def __init__(self, state_dir: str, hostname: str):
         self.root = os.path.join(state_dir, "vms")
@@ -137,7 +140,7 @@ class QemuHypervisor(QemuMigration):
         state = ("Incoming" if rec.get("incoming") else "Running") if self._pid(rec) else "Stopped"
         return {"name": rec["name"], "uuid": rec["uuid"], "state": state,
                 "disks": [d["serial"] for d in disks], "console": rec["console"], "monitor": rec["monitor"],
-                "accel": rec.get("accel")}
+                "accel": rec.get("accel"), "cdrom": (rec.get("cdrom") or {}).get("name")}
 
     # ---- guests
 
@@ -159,6 +162,8 @@ class QemuHypervisor(QemuMigration):
             for d in spec["disks"]:
                 if not images.open_pool(d["pool"], self.hostname).exists(d["name"]):
                     raise NotFound(f"volume {d['name']} does not exist in pool {d['pool_uuid']}")
+            if spec["cdrom"]:
+                self._check_medium_exists(spec["cdrom"])
             rec = self._new_record(spec)
             self._save(rec)
             self._launch(rec)
@@ -166,6 +171,8 @@ class QemuHypervisor(QemuMigration):
                 with self._qmp(rec) as q:
                     for d in spec["disks"]:
                         self._plug(q, rec, d)
+                    if spec["cdrom"]:
+                        self._insert(q, rec, spec["cdrom"])
                     if hv.runs(rec):
                         q.execute("cont")
             except BaseException:
@@ -191,6 +198,7 @@ class QemuHypervisor(QemuMigration):
             base += ["-device", f"pcie-root-port,id=rp{i},chassis={i + 1},bus=pcie.0,addr={slot:#x}.{fn}"
                                 + (",multifunction=on" if fn == 0 else "")]
         base += ["-device", f"virtio-scsi-pci,id=scsi0,bus=pcie.0,addr={2 + (SLOTS + 7) // 8:#x}.0"]
+        base += cd_device(rec.get("boot"))
         if rec["kernel"]:
             base += ["-kernel", rec["kernel"]] + (["-initrd", rec["initrd"]] if rec["initrd"] else [])
             base += ["-append", rec["append"]] if rec["append"] else []
@@ -273,8 +281,10 @@ class QemuHypervisor(QemuMigration):
     def in_use(self, pool_uuid: str, name: str) -> str | None:
         for vm in os.listdir(self.root):
             rec = self._load(vm)
-            if rec and any(d["pool_uuid"] == pool_uuid and d["name"] == name for d in rec["disks"].values()) \
-                    and self._pid(rec):
+            if rec is None:
+                continue
+            media = [*rec["disks"].values(), *([rec["cdrom"]] if rec.get("cdrom") else [])]
+            if any(d["pool_uuid"] == pool_uuid and d["name"] == name for d in media) and self._pid(rec):
                 return vm
         return None
 
@@ -307,7 +317,7 @@ class QemuHypervisor(QemuMigration):
         if rec["bus"] == "virtio":
             dev.update({"driver": "virtio-blk-pci", "bus": f"rp{slot}"})
             if rec.get("boot") and d["device_id"] == 0:
-                dev["bootindex"] = 0
+                dev["bootindex"] = 1 if rec["boot"] == "cdrom" else 0
         else:
             dev.update({"driver": "scsi-hd", "bus": "scsi0.0", "scsi-id": slot, "lun": 0})
         try:

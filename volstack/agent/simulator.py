@@ -54,7 +54,8 @@ class SimulatedHypervisor:
 
     def _describe(self, vm: dict) -> dict:
         disks = sorted(vm["disks"].values(), key=lambda d: d["device_id"])
-        return {"name": vm["name"], "uuid": vm["uuid"], "state": vm["state"], "disks": [d["serial"] for d in disks]}
+        return {"name": vm["name"], "uuid": vm["uuid"], "state": vm["state"], "disks": [d["serial"] for d in disks],
+                "cdrom": (vm.get("cdrom") or {}).get("name")}
 
     def list(self) -> dict:
         with self._lock:
@@ -66,10 +67,10 @@ class SimulatedHypervisor:
             old = self.vms.get(spec["name"])
             if old is not None and old["state"] == "Running":
                 return self._describe(old)
-            for d in spec["disks"]:
+            for d in spec["disks"] + ([spec["cdrom"]] if spec["cdrom"] else []):
                 self._exists(d)
             now = time.time()
-            self.vms[spec["name"]] = {**{k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus")},
+            self.vms[spec["name"]] = {**{k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus", "boot", "cdrom")},
                                       "state": "Running",
                                       "disks": {d["serial"]: {**d, "since": now} for d in spec["disks"]}}
             self._save()
@@ -98,8 +99,8 @@ class SimulatedHypervisor:
     def in_use(self, pool_uuid: str, name: str) -> str | None:
         with self._lock:
             for vm in self.vms.values():
-                if vm["state"] == "Running" and any(d["pool_uuid"] == pool_uuid and d["name"] == name
-                                                    for d in vm["disks"].values()):
+                media = [*vm["disks"].values(), *([vm["cdrom"]] if vm.get("cdrom") else [])]
+                if vm["state"] == "Running" and any(d["pool_uuid"] == pool_uuid and d["name"] == name for d in media):
                     return vm["name"]
             return None
 
@@ -119,6 +120,19 @@ class SimulatedHypervisor:
             rec["disks"][d["serial"]] = {**d, "since": time.time()}
             self._save()
             return {"serial": d["serial"]}
+
+    def insert_cd(self, vm: str, medium: dict) -> dict:
+        m = hv.check_medium(medium, self.hostname)
+        with self._lock:
+            rec = self._need(vm)
+            if m is not None:
+                self._exists(m)
+            rec["cdrom"] = m
+            self._save()
+            return {"cdrom": m and m["name"]}
+
+    def eject_cd(self, vm: str) -> dict:
+        return self.insert_cd(vm, None)
 
     def detach(self, vm: str, serial: str, timeout: float = 30) -> dict:
         with self._lock:
@@ -192,7 +206,9 @@ class SimulatedHypervisor:
             disks = [{k: d[k] for k in ("pool", "name", "format", "serial", "device_id", "qos")} | {"slot": i}
                      for i, d in enumerate(sorted(rec["disks"].values(), key=lambda d: d["device_id"]))]
             spec = {k: rec[k] for k in ("name", "uuid", "memory_mb", "cpus")}
-            return {"spec": {**spec, "kernel": None, "initrd": None, "append": None, "disks": disks},
+            cd = rec.get("cdrom")
+            return {"spec": {**spec, "kernel": None, "initrd": None, "append": None, "boot": rec.get("boot"),
+                             "cdrom": cd and {"pool": cd["pool"], "name": cd["name"]}, "disks": disks},
                     "running": True}
 
     def migrate_prepare(self, vm: dict, address: str) -> dict:
@@ -205,10 +221,10 @@ class SimulatedHypervisor:
                 if old["state"] == "Running":
                     raise Busy(f"VM {spec['name']} already runs on host {self.hostname}")
                 return {"uri": old["uri"]}
-            for d in spec["disks"]:
+            for d in spec["disks"] + ([spec["cdrom"]] if spec["cdrom"] else []):
                 self._exists(d)
             now, uri = time.time(), f"tcp:{address}:0"
-            self.vms[spec["name"]] = {**{k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus")},
+            self.vms[spec["name"]] = {**{k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus", "boot", "cdrom")},
                                       "state": "Incoming", "uri": uri,
                                       "disks": {d["serial"]: {**d, "since": now} for d in spec["disks"]}}
             self._save()

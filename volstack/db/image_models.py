@@ -54,6 +54,10 @@ class Template(OwnedEntity, Base):
     source_volume_id: Mapped[int | None] = mapped_column(Integer)      # createTemplate from a volume
     source_snapshot_id: Mapped[int | None] = mapped_column(Integer)    # createTemplate from a snapshot
     state: Mapped[str] = mapped_column(String(16), default="Active")   # Active, Inactive
+    # a direct-download template registered with a checksum: its source is fetched and hashed once
+    verify_state: Mapped[str | None] = mapped_column(String(16))       # None (not asked), Checking, Verified, Failed
+    verify_pct: Mapped[int] = mapped_column(Integer, default=0)
+    verify_error: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict] = mapped_column(JSON, default=dict)
     removed: Mapped[datetime | None] = mapped_column(DateTime)
 

@@ -118,6 +118,8 @@ class VirtualMachine(OwnedEntity, Base):
     last_host_id: Mapped[int | None] = mapped_column(ForeignKey("host.id"))
     service_offering_id: Mapped[int] = mapped_column(ForeignKey("service_offering.id"))
     template_id: Mapped[int | None] = mapped_column(Integer)
+    iso_id: Mapped[int | None] = mapped_column(Integer)                 # the ISO in its CD drive (attachIso)
+    iso_pool_id: Mapped[int | None] = mapped_column(Integer)            # the pool holding that ISO's cached copy
     hypervisor: Mapped[str] = mapped_column(String(32), default="KVM")
     details: Mapped[dict] = mapped_column(JSON, default=dict)
     destroyed_at: Mapped[datetime | None] = mapped_column(DateTime)     # the expunge sweep counts from here

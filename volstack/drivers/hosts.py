@@ -82,6 +82,17 @@ class SimulatedHost:
     def _certificate_remove(self, alias, **_):
         return {"removed": self.state.setdefault("certs", {}).pop(alias, None) is not None}
 
+    def _template_verify(self, checksum=None, **_):
+        return {"checksum": checksum, "verified": True, "mirrors": {}, "downloaded": 0}
+
+    def _cdrom_insert(self, vm, medium):
+        self.state["vms"].setdefault(vm, {"state": "Running", "disks": []})["cdrom"] = medium["name"]
+        return {"cdrom": medium["name"]}
+
+    def _cdrom_eject(self, vm):
+        self.state["vms"].get(vm, {}).pop("cdrom", None)
+        return {"cdrom": None}
+
     def _template_check_source(self, validators=None, **_):
         return {"changed": False, "reason": "unchanged", "validators": validators or {}}
 
@@ -112,8 +123,9 @@ class SimulatedHost:
         return {"entries": [{"name": n, "isdirectory": False, "size": sz, "format": "qcow2"}
                             for n, sz in sorted(self._images(pool).items())]}
 
-    def _vm_start(self, name, disks=(), **_):
-        self.state["vms"][name] = {"state": "Running", "disks": [d["serial"] for d in disks]}
+    def _vm_start(self, name, disks=(), cdrom=None, **_):
+        self.state["vms"][name] = {"state": "Running", "disks": [d["serial"] for d in disks],
+                                   **({"cdrom": cdrom["name"]} if cdrom else {})}
         return {"state": "Running"}
 
     def _vm_stop(self, name, forced=False):
@@ -137,13 +149,14 @@ class SimulatedHost:
         vm = self.state["vms"].get(name)
         if vm is None:
             raise ResourceUnavailable(f"VM {name} is not running on this simulated host")
-        return {"spec": {"name": name, "disks": list(vm["disks"])}, "running": True}
+        return {"spec": {"name": name, "disks": list(vm["disks"]), "cdrom": vm.get("cdrom")}, "running": True}
 
     def _vm_migrate_prepare(self, vm, address):
         have = self.state["vms"].get(vm["name"])
         if have is not None and have["state"] == "Running":
             raise ResourceUnavailable(f"VM {vm['name']} already runs on this simulated host")
-        self.state["vms"][vm["name"]] = {"state": "Incoming", "disks": list(vm["disks"])}
+        self.state["vms"][vm["name"]] = {"state": "Incoming", "disks": list(vm["disks"]),
+                                         **({"cdrom": vm["cdrom"]} if vm.get("cdrom") else {})}
         return {"uri": f"tcp:{address}:0"}
 
     def _vm_migrate(self, name, uri, **_):

@@ -1,6 +1,7 @@
 """Templates on primary storage: the first ROOT volume from a template on a pool seeds one cached copy
 there (from the zone's image store, or straight from the source URL for direct-download templates);
-every ROOT volume on that pool is a linked clone of it. Unused copies are garbage-collected.
+every ROOT volume on that pool is a linked clone of it. ISOs are cached the same way (raw) for the VMs
+they are attached to (services/isos.py). Unused copies are garbage-collected.
 
 Concurrent deploys of one template to one pool seed it exactly once: the template_spool_ref row is
 inserted (unique on template and pool) and committed before any copying; whoever loses the insert
@@ -15,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from volstack.db.image_models import ImageStore, Template, TemplatePoolRef
 from volstack.db.models import Host, utcnow
-from volstack.db.storage_models import StoragePool, Volume
+from volstack.db.storage_models import StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceUnavailable
@@ -222,10 +223,13 @@ def prepare(s, ctx, t: Template, zone_id: int, pool: StoragePool | None = None, 
 
 def in_use(s, ref: TemplatePoolRef) -> int:
     """Volumes on the pool that may be linked clones of the copy (migrated-in copies are flat, but erring
-    on the side of keeping the base costs only space)."""
-    return s.scalar(select(func.count()).select_from(Volume).where(
+    on the side of keeping the base costs only space), and VMs whose attached ISO is this copy."""
+    clones = s.scalar(select(func.count()).select_from(Volume).where(
         Volume.template_id == ref.template_id, Volume.pool_id == ref.pool_id, Volume.removed.is_(None),
         Volume.state != "Expunged"))
+    return clones + s.scalar(select(func.count()).select_from(VirtualMachine).where(
+        VirtualMachine.iso_id == ref.template_id, VirtualMachine.iso_pool_id == ref.pool_id,
+        VirtualMachine.removed.is_(None)))
 
 
 def cleanup(db, ctx) -> int:

@@ -3,14 +3,16 @@ permissions, deletion. Copies on primary pools (the cache ROOT volumes clone) ar
 
 A registered template gets one template_store_ref per zone on a writable image store; a background
 task asks a host agent to download it there (checksum verified, image probed once). Direct-download
-templates get no store copy at all: hosts fetch them straight to primary at deploy time.
+templates get no store copy at all: hosts fetch them straight to primary at deploy time; one registered
+with a checksum is fetched and hashed once by a zone host in the background (verify_source) and is usable
+only once that check passed.
 """
 import ipaddress
 import logging
 import re
 from urllib.parse import urlparse
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import and_, exists, func, or_, select
 
 from volstack.db.image_models import (ImageStore, Template, TemplatePermission, TemplatePoolRef, TemplateStoreRef,
                                       TemplateZone)
@@ -25,7 +27,7 @@ from volstack.services.listing import ListQuery, keyword_filter, paginate
 log = logging.getLogger("volstack.templates")
 lookup.register_entity("Template", Template)
 lookup.register_entity("Iso", Template)
-FORMATS = {"QCOW2": "qcow2", "RAW": "raw", "ISO": "iso"}
+FORMATS = {"QCOW2": "qcow2", "RAW": "raw", "ISO": "raw"}      # qemu's format of each (an ISO is raw bytes)
 EXTENSIONS = {"QCOW2": "qcow2", "RAW": "raw", "ISO": "iso"}
 DIGESTS = {"MD5": 32, "SHA-1": 40, "SHA-224": 56, "SHA-256": 64, "SHA-384": 96, "SHA-512": 128}
 FILTERS = ("featured", "self", "selfexecutable", "sharedexecutable", "executable", "community", "all")
@@ -152,6 +154,8 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
     if directdownload:
         for z in zones:
             _check_source_from(s, t, z)
+        if checksum:          # the caller queues verify_source: the bytes are checked in the background
+            t.verify_state, t.verify_pct = "Checking", 0
     s.add(t)
     s.flush()
     refs = []
@@ -182,6 +186,43 @@ def _check_source_from(s, t: Template, zone) -> None:
     except CloudError as exc:
         raise InvalidParameter(f"Host {hosts[0].name} cannot use {t.url} for a direct-download template: "
                                f"{exc.text}") from None
+
+
+def verify_source(s, ctx, template_id: int, progress=None) -> dict:
+    """The registration check of a direct-download template with a checksum: a zone host fetches the source
+    and hashes it without storing it (agent template_verify, the deploy-time download's rules: mirrors in
+    order, three attempts). The template is Verified or Failed with the reason, committed either way."""
+    t = s.get(Template, template_id)
+    if t is None or t.removed is not None or t.verify_state != "Checking":
+        return {}
+    zone_ids = list(s.scalars(select(TemplateZone.zone_id).where(TemplateZone.template_id == t.id)
+                              .order_by(TemplateZone.id)))
+    hosts = [h for z in zone_ids for h in imagestores.hosts_for(s, z) if h.hypervisor == "KVM"]
+    args = download_args(s, t)
+
+    def report(pct):
+        t.verify_pct = min(int(pct), 99)
+        if progress:
+            progress(int(pct))      # commits
+        else:
+            s.commit()
+    try:
+        if not hosts:
+            raise ResourceUnavailable("no KVM host is Up in its zones to fetch the source")
+        res = run_long(channel(hosts[0]), "template_verify", report, checksum=t.checksum, options=args["options"],
+                       **{k: args[k] for k in ("urls", "metalink") if k in args})
+    except CloudError as exc:
+        t.verify_state, t.verify_error = "Failed", f"checksum check of {t.url} failed: {exc.text}"
+        events.record(s, ctx, "TEMPLATE.DIRECT.DOWNLOAD", f"{t.name}: {t.verify_error}", level="ERROR",
+                      resource_type="Template", resource_uuid=t.uuid)
+        s.commit()
+        return {"error": t.verify_error}
+    t.verify_state, t.verify_pct, t.verify_error = "Verified", 100, None
+    events.record(s, ctx, "TEMPLATE.DIRECT.DOWNLOAD", f"The source of {t.name} matches its checksum "
+                  f"{res.get('checksum')} (read from {', '.join(res.get('mirrors') or [])} on host {hosts[0].name})",
+                  resource_type="Template", resource_uuid=t.uuid)
+    s.commit()
+    return {"checksum": res.get("checksum")}
 
 
 def _users_may_publish(s, ctx) -> bool:
@@ -268,12 +309,25 @@ def ready_in_zone(s, t: Template, zone_id: int) -> TemplateStoreRef | None:
 
 def is_ready(s, t: Template, zone_id: int | None = None) -> bool:
     if t.direct_download:
-        return True
+        return t.verify_state in (None, "Verified")
     stmt = select(TemplateStoreRef.id).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id).where(
         TemplateStoreRef.template_id == t.id, TemplateStoreRef.state == "Ready", ImageStore.removed.is_(None))
     if zone_id is not None:
         stmt = stmt.where(ImageStore.zone_id == zone_id)
     return s.scalar(stmt.limit(1)) is not None
+
+
+def check_ready(s, t: Template, zone) -> None:
+    """Refuse, with the reason, a template or ISO that cannot be used in zone yet (deploys, attachIso)."""
+    kind = "ISO" if t.format == "ISO" else "Template"
+    if t.direct_download and t.verify_state == "Failed":
+        raise InvalidParameter(f"{kind} {t.name} cannot be used: its {t.verify_error}. Register it again with the "
+                               "right checksum or URL")
+    if t.direct_download and t.verify_state == "Checking":
+        raise InvalidParameter(f"{kind} {t.name} is still being checked against its checksum ({t.verify_pct}% "
+                               "read); use it once listTemplates shows it ready")
+    if not is_ready(s, t, zone.id):
+        raise InvalidParameter(f"{kind} {t.name} is not ready in zone {zone.name} yet (see its status in listTemplates)")
 
 
 def list_templates(s, ctx, q: ListQuery, *, is_iso: bool, templatefilter="executable", **f):
@@ -325,7 +379,8 @@ def list_templates(s, ctx, q: ListQuery, *, is_iso: bool, templatefilter="execut
         pool = get_pool(s, f["storageid"])
         stmt = stmt.where(exists().where(TemplatePoolRef.template_id == Template.id, TemplatePoolRef.pool_id == pool.id))
     ready = exists().where(TemplateStoreRef.template_id == Template.id, TemplateStoreRef.state == "Ready")
-    ready = or_(Template.direct_download.is_(True), ready)
+    ready = or_(and_(Template.direct_download.is_(True),
+                     or_(Template.verify_state.is_(None), Template.verify_state == "Verified")), ready)
     # isready=false filters nothing (as in CloudStack: cs_iso always sends is_ready, default false)
     if flt in READY_ONLY or (flt == "executable" and not ctx.is_admin) or f.get("isready"):
         stmt = stmt.where(ready)
@@ -426,8 +481,16 @@ def delete(s, ctx, t: Template, *, forced=False, zoneid=None) -> list[int]:
     """Mark the template (or its copies in one zone) removed; returns store copies whose files the caller's
     cleanup task deletes. Cached copies on primary go with the storage cleanup once no volume needs them."""
     _owner_or_admin(s, ctx, t)
-    users = s.scalar(select(func.count()).select_from(VirtualMachine).where(VirtualMachine.template_id == t.id,
-                                                                            VirtualMachine.removed.is_(None)))
+    if t.format == "ISO":          # as CloudStack: refused while attached; VMs installed from it do not need it
+        from volstack.services import isos
+        names = isos.holders(s, t)
+        if names:
+            raise InvalidParameter(f"ISO {t.name} is attached to virtual machine(s) {', '.join(names)}; detach it "
+                                   "(detachIso) before deleting it")
+        users = 0
+    else:
+        users = s.scalar(select(func.count()).select_from(VirtualMachine).where(VirtualMachine.template_id == t.id,
+                                                                                VirtualMachine.removed.is_(None)))
     if users and not forced:
         raise ResourceInUse(f"Template {t.name} is used by {users} virtual machine(s); pass forced=true to delete it "
                             "anyway (their volumes keep working)")

@@ -46,6 +46,13 @@ def placement_problem(s, vm, target: Host, volume_map: dict) -> str | None:
         elif not s.scalar(select(StoragePoolHost.id).where(StoragePoolHost.pool_id == pool.id,
                                                            StoragePoolHost.host_id == target.id)):
             return f"host {target.name} has not connected storage pool {pool.name} (volume {vol.name})"
+    if vm.iso_id is not None and vm.iso_pool_id is not None and vm.state == "Running":
+        # the ISO in the CD drive travels: the destination opens the same copy
+        pool = s.get(StoragePool, vm.iso_pool_id)
+        if not s.scalar(select(StoragePoolHost.id).where(StoragePoolHost.pool_id == pool.id,
+                                                         StoragePoolHost.host_id == target.id)):
+            return (f"the ISO attached to the VM is on storage pool {pool.name}, which host {target.name} has not "
+                    "connected; detach it (detachIso) before migrating")
     return None
 
 

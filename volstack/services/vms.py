@@ -36,9 +36,18 @@ def deploy(s, ctx, *, zoneid, serviceofferingid, name=None, displayname=None, di
                                "rootdisksize cannot override it")
     root_bytes = so.root_disk_size or (rootdisksize * GIB if rootdisksize else 0)
     template = template_for_deploy(s, ctx, templateid, zone, root_bytes) if templateid else None
-    if template is not None and template.format != "ISO":
+    iso = template if template is not None and template.format == "ISO" else None
+    if iso is not None:
+        # as CloudStack: the disk offering (and size, for a custom one) makes the blank ROOT disk the ISO installs on
+        if not diskofferingid:
+            raise InvalidParameter(f"Installing from ISO {iso.name} requires a disk offering for the root disk: pass "
+                                   "diskofferingid (and size in GB for a custom offering)")
+        root_offering = offerings.get_disk_offering(s, ctx, diskofferingid)
+        root_bytes = max(offerings.disk_size_for(root_offering, size, s=s), rootdisksize * GIB if rootdisksize else 0)
+        diskofferingid = None     # no data disk: the offering was the root's
+    elif template is not None:
         root_bytes = max(root_bytes, template.size or 0)
-    if root_bytes <= 0 and template is not None and template.format != "ISO":
+    if root_bytes <= 0 and template is not None and iso is None:
         root_bytes = 0            # sized from the template when its first copy is fetched (direct download)
     elif root_bytes <= 0:
         raise InvalidParameter("Pass rootdisksize (GB): there is no template to take the root disk size from and the "
@@ -57,13 +66,13 @@ def deploy(s, ctx, *, zoneid, serviceofferingid, name=None, displayname=None, di
             raise InvalidParameter("Only the root administrator may set a VM's boot kernel (host paths)")
     vm = VirtualMachine(name=name, display_name=displayname or name, zone_id=zone.id, service_offering_id=so.id,
                         account_id=ctx.account_id, domain_id=ctx.domain_id, hypervisor=hv, details=dict(details or {}),
-                        template_id=template.id if template else None)
+                        template_id=template.id if template else None, iso_id=iso.id if iso else None)
     s.add(vm)
     s.flush()
     root = volumes.new_volume(s, ctx, name=f"ROOT-{vm.id}", zone_id=zone.id, size=root_bytes, offering=root_offering,
                               volume_type="ROOT", hypervisor=hv)
     root.vm_id, root.device_id = vm.id, 0
-    if template is not None and template.format != "ISO":
+    if template is not None and iso is None:
         root.template_id = template.id
     if diskofferingid:
         do = offerings.get_disk_offering(s, ctx, diskofferingid)
@@ -81,8 +90,7 @@ def template_for_deploy(s, ctx, templateid, zone, root_bytes):
     than an explicitly asked root size."""
     from volstack.services import templates
     t = templates.get_template(s, ctx, templateid)
-    if not templates.is_ready(s, t, zone.id):
-        raise InvalidParameter(f"Template {t.name} is not ready in zone {zone.name} yet (see its status in listTemplates)")
+    templates.check_ready(s, t, zone)
     if t.format != "ISO" and root_bytes and t.size and root_bytes < t.size:
         raise InvalidParameter(f"The root disk size ({root_bytes // GIB} GB) is smaller than template {t.name} "
                                f"({-(-t.size // GIB)} GB); rootdisksize can only grow it")
@@ -92,12 +100,16 @@ def template_for_deploy(s, ctx, templateid, zone, root_bytes):
 
 
 def _boot(s, vm) -> str | None:
-    """A VM from a template boots its root disk; one with host kernel details boots the kernel."""
-    if (vm.details or {}).get("kernel") or not vm.template_id:
+    """A VM with host kernel details boots the kernel. Otherwise a bootable ISO in its CD drive boots first
+    (as CloudStack's KVM boot order: CD, then hard disk), then the root disk of a VM from a template or an
+    ISO; a VM with neither has nothing to boot."""
+    if (vm.details or {}).get("kernel"):
         return None
     from volstack.db.image_models import Template
-    t = s.get(Template, vm.template_id)
-    return "disk" if t is not None and t.format != "ISO" else None
+    iso = s.get(Template, vm.iso_id) if vm.iso_id else None
+    if iso is not None and iso.bootable:
+        return "cdrom"
+    return "disk" if vm.template_id else None
 
 
 def _zone_hypervisor(s, zone_id) -> str:
@@ -156,9 +168,11 @@ def _start_on(s, ctx, vm, host) -> None:
     for vol in vols:
         pool = s.get(StoragePool, vol.pool_id)
         disks.append(driver_for(pool.provider).disk(pool, vol, vol.device_id, volumes.qos_for(s, vol)))
+    from volstack.services import isos
+    cdrom = isos.medium_at_start(s, ctx, vm, host)
     channel(host).call("vm_start", name=vm.uuid, uuid=vm.uuid, memory_mb=so.ram_size or 256, cpus=so.cpu or 1,
                        kernel=(vm.details or {}).get("kernel"), initrd=(vm.details or {}).get("initrd"),
-                       append=(vm.details or {}).get("append"), disks=disks, boot=_boot(s, vm))
+                       append=(vm.details or {}).get("append"), disks=disks, boot=_boot(s, vm), cdrom=cdrom)
 
 
 def stop(s, ctx, vm, forced=False) -> VirtualMachine:
@@ -287,6 +301,10 @@ def list_vms(s, ctx, q: ListQuery, **f):
     if f.get("storageid"):
         stmt = stmt.where(VirtualMachine.id.in_(select(Volume.vm_id).join(StoragePool, StoragePool.id == Volume.pool_id)
                                                 .where(StoragePool.uuid == f["storageid"])))
+    for key, column in (("isoid", VirtualMachine.iso_id), ("templateid", VirtualMachine.template_id)):
+        if f.get(key):
+            from volstack.db.image_models import Template
+            stmt = stmt.where(column == select(Template.id).where(Template.uuid == f[key]).scalar_subquery())
     stmt = stmt.where(*keyword_filter(q, VirtualMachine.name, VirtualMachine.display_name))
     return paginate(s, stmt, q)
 

@@ -23,7 +23,9 @@ def _zone_id(r, lk):
 
 def _status(r, lk):
     if r.direct_download:
-        return "Bypassed Secondary Storage"
+        if r.verify_state == "Checking":
+            return f"Checking the checksum: {r.verify_pct}% read"
+        return r.verify_error if r.verify_state == "Failed" else "Bypassed Secondary Storage"
     iso = r.format == "ISO"
     refs = _refs(r, lk)
     ready = [ref for ref, _ in refs if ref.download_state == "DOWNLOADED"]
@@ -134,6 +136,8 @@ def _register(req, p, is_iso):
                                  templatetype=p.templatetype, details=(p.details or {}).get("0"), is_iso=is_iso)
     for ref in refs:
         req.start_task("templateDownload", {"ref": ref.id}, t.uuid)
+    if t.verify_state == "Checking":
+        req.start_task("templateVerify", {"template": t.id}, t.uuid)
     view = ISO if is_iso else TEMPLATE
     return Lst(view.key, [view.render(t, Lookups(req.s))], 1)
 
@@ -168,6 +172,11 @@ def register_iso(req, p):
 @API.task("templateDownload", instance_type="Template", on_interrupt="retry")
 def template_download(req, p):
     return templates.download_to_store(req.s, req.ctx, p["ref"], req.progress)
+
+
+@API.task("templateVerify", instance_type="Template", on_interrupt="retry")
+def template_verify(req, p):
+    return templates.verify_source(req.s, req.ctx, p["template"], req.progress)
 
 
 LIST_FILTERS = [

@@ -1,5 +1,5 @@
 """VM commands, as much as storage needs: deploy, start/stop/reboot, destroy/recover/expunge, migration,
-service offering changes."""
+service offering changes, ISOs in the CD drive."""
 from volstack.api.commands.common import list_query, lst, obj
 from volstack.api.commands.volumes import _owner_fields, _template_attr
 from volstack.api.registry import API, BOOLEAN, LIST, LONG, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F, Param as P, Success, View
@@ -7,6 +7,11 @@ from volstack.api.views import HOST, _a, _date, _ref
 from volstack.db import models as m
 from volstack.db import storage_models as sm
 from volstack.services import vms
+
+def _iso_attr(attr):
+    from volstack.db.image_models import Template
+    return lambda r, lk: lk.attr(Template, r.iso_id, attr)
+
 
 VIRTUALMACHINE = View("virtualmachine", [
     F("id", "the ID of the virtual machine", _a("uuid")),
@@ -23,6 +28,9 @@ VIRTUALMACHINE = View("virtualmachine", [
     F("templateid", "the ID of the template for the virtual machine. A -1 is returned if the virtual machine was created from an ISO file.", _template_attr("uuid")),
     F("templatename", "the name of the template for the virtual machine", _template_attr("name")),
     F("templatedisplaytext", " an alternate display text of the template for the virtual machine", _template_attr("display_text")),
+    F("isoid", "the ID of the ISO attached to the virtual machine", _iso_attr("uuid")),
+    F("isoname", "the name of the ISO attached to the virtual machine", _iso_attr("name")),
+    F("isodisplaytext", "an alternate display text of the ISO attached to the virtual machine", _iso_attr("display_text")),
     F("rootdeviceid", "device ID of the root volume", lambda r, lk: 0, "long"),
     F("rootdevicetype", "device type of the root volume", lambda r, lk: "ROOT"),
     F("created", "the date when this virtual machine was created", _date("created"), "date"),
@@ -145,10 +153,34 @@ def migrate_vm_with_volume(req, p):
     P("zoneid", UUID, "the availability zone ID", entity="Zone"),
     P("hostid", UUID, "the host ID", entity="Host"),
     P("storageid", UUID, "the storage ID where vm's volumes belong to", entity="StoragePool"),
+    P("isoid", UUID, "list vms by iso", entity="Iso"),
+    P("templateid", UUID, "list vms by template", entity="Template"),
     *OWNER_LIST_PARAMS], view=VIRTUALMACHINE, is_list=True, access=USER)
 def list_vms(req, p):
-    return lst(req, VIRTUALMACHINE, vms.list_vms(req.s, req.ctx, list_query(req, p),
-                                                 **{k: p.get(k) for k in ("id", "ids", "name", "state", "zoneid", "hostid", "storageid")}))
+    keys = ("id", "ids", "name", "state", "zoneid", "hostid", "storageid", "isoid", "templateid")
+    return lst(req, VIRTUALMACHINE, vms.list_vms(req.s, req.ctx, list_query(req, p), **{k: p.get(k) for k in keys}))
+
+
+@API.command("attachIso", "Attaches an ISO to a virtual machine: a running guest gets it in its CD-ROM drive at "
+             "once, a stopped one starts with it. A VM holds one ISO.", [
+    P("id", UUID, "the ID of the ISO file", required=True, entity="Iso"),
+    P("virtualmachineid", UUID, "the ID of the virtual machine", required=True, entity="VirtualMachine"),
+    P("forced", BOOLEAN, "replace the ISO the VM already has (without it, attaching to a VM that has one is refused)"),
+], view=VIRTUALMACHINE, is_async=True, access=USER, instance_type="VirtualMachine", instance_param="virtualmachineid")
+def attach_iso(req, p):
+    from volstack.services import isos, templates
+    vm = vms.get_vm(req.s, req.ctx, p.virtualmachineid)
+    iso = templates.get_template(req.s, req.ctx, p.id, is_iso=True)
+    return obj(req, VIRTUALMACHINE, isos.attach(req.s, req.ctx, vm, iso, forced=bool(p.forced), progress=req.progress))
+
+
+@API.command("detachIso", "Detaches any ISO file (if any) currently attached to a virtual machine.", [
+    P("virtualmachineid", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine"),
+    P("forced", BOOLEAN, "unused on KVM: the CD is always ejected at once, even if the guest locked the tray"),
+], view=VIRTUALMACHINE, is_async=True, access=USER, instance_type="VirtualMachine", instance_param="virtualmachineid")
+def detach_iso(req, p):
+    from volstack.services import isos
+    return obj(req, VIRTUALMACHINE, isos.detach(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.virtualmachineid)))
 
 
 _CHANGE_PARAMS = [
