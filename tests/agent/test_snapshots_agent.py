@@ -47,7 +47,7 @@ def test_live_snapshot_is_point_in_time_while_the_guest_writes(agent, pool, pool
     guest_io(vm, "disk0", "write -P 0x22 0 8M")
     assert [j["status"] for j in backup_jobs(vm)] == ["running"]     # the writes came before the copy ended
     taken = c.wait_task(task)
-    assert taken == {"kind": "file", "name": "snap-a.qcow2", "size": 16 * MiB}
+    assert taken == {"kind": "file", "name": "snap-a.qcow2", "size": 16 * MiB, "incremental": False}
     guest_io(vm, "disk0", "read -P 0x22 0 8M")
     qemu_io(os.path.join(pool["path"], "snap-a.qcow2"), "read -P 0x11 0 8M")
     with Qmp(vm["monitor"]) as q:                       # nothing of the backup is left in the guest
@@ -73,7 +73,7 @@ def test_internal_snapshot_of_an_idle_volume(agent, pool, pool2):
     image = os.path.join(pool["path"], "idle")
     qemu_io(image, "write -P 0x33 0 1M")
     args = dict(pool=pool, name="idle", format="qcow2", snapshot="snap-b")
-    assert c.call("snapshot_take", **args) == {"kind": "internal", "name": "snap-b", "size": 8 * MiB}
+    assert c.call("snapshot_take", **args) == {"kind": "internal", "name": "snap-b", "size": 8 * MiB, "incremental": False}
     assert c.call("snapshot_take", **args)["kind"] == "internal"          # idempotent
     qemu_io(image, "write -P 0x44 0 1M")
     c.call("snapshot_backup", pool=pool, name="idle", format="qcow2", kind="internal", primary="snap-b",

@@ -446,7 +446,8 @@ class Agent:
         return done
 
     # ---- snapshots (agent/snapshots.py). A primary copy is (kind, name): "internal" = a qcow2 snapshot
-    # named `name` inside the volume image, "file" = the flat qcow2 `name` in the volume's pool.
+    # named `name` inside the volume image, "file" = the flat qcow2 `name` in the volume's pool, "delta" = an
+    # incremental qcow2 `name` in the volume's pool whose header names its parent's backup.
 
     def cmd_snapshot_take(self, args, progress):
         from volstack.agent import snapshots
@@ -454,7 +455,14 @@ class Agent:
         with self.hold(pool, name, "being snapshotted"):
             return snapshots.take(self.hv, pool, name, arg(args, "format"), arg(args, "snapshot"),
                                   arg(args, "vm", str, None), arg(args, "serial", str, None), progress,
-                                  arg(args, "speed", int, 0))
+                                  arg(args, "speed", int, 0), arg(args, "bitmap", str, None),
+                                  arg(args, "parent", dict, None))
+
+    def cmd_snapshot_merge(self, args, progress):
+        from volstack.agent import snapshots
+        pool, name = self.pool(args), images.check_name(arg(args, "name"))
+        with self.hold(pool, name, "taking in its parent"):
+            return snapshots.merge(pool, name, arg(args, "backing", str, None))
 
     def cmd_snapshot_backup(self, args, progress):
         from volstack.agent import snapshots

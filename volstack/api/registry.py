@@ -67,6 +67,8 @@ class Command:
     instance_type: str | None = None  # jobinstancetype and the sync key's prefix
     instance_param: str | None = None # the parameter naming the object the job works on
     on_interrupt: str = "fail"        # what reconciliation does if the server dies mid-job: fail | retry
+    sync: Callable | None = None      # sync(req, p, instance) -> (sync key, queue key): what the job waits for
+                                      # (default: its instance; a queue key shares a limited number of slots)
 
     def allowed(self, account_type: int) -> bool:
         need = {ROOT: (1,), DOMAIN: (1, 2), USER: (0, 1, 2)}[self.access]

@@ -7,7 +7,14 @@ point-in-time file copy of a running guest's disk made by QEMU's backup job) →
 qcow2 `<uuid>.qcow2` on a writable image store of the zone), after which the primary copy is removed. The
 volume stays Snapshotting until then, so nothing moves, resizes or reverts it under the backup. A failed
 backup goes back to CreatedOnPrimary with the reason (the primary copy is kept); a failed take is Error.
+
+Incremental (qcow2 volumes, `kvm.incremental.snapshot`): each snapshot starts a dirty bitmap in the volume
+image; the next one copies only what that bitmap marks and is stored beside its parent's backup with the
+parent as its backing file (`parent_id`), up to `snapshot.delta.max` incrementals after a full one. Deleting
+a snapshot that has a child first merges its data into the child, so no other snapshot loses anything.
 """
+import os
+
 from sqlalchemy import func, select
 
 from volstack.db.image_models import ImageStore
@@ -107,6 +114,63 @@ def _host_for(s, vol, pool) -> tuple[Host, VirtualMachine | None]:
     return hosts[0], None
 
 
+def job_keys(s, snapshot_uuid: str, throttled: bool = False) -> tuple[str, str | None]:
+    """(sync key, queue key) of a snapshot job. Every snapshot job of a volume waits for the others (a new
+    incremental, a backup and a merge of one chain never interleave) and for the volume's own jobs; a take is
+    also queued on its host for concurrent.snapshots.threshold.perhost."""
+    snap = s.scalar(select(Snapshot).where(Snapshot.uuid == snapshot_uuid))
+    vol = s.get(Volume, snap.volume_id)
+    host = None
+    if throttled and vol.pool_id is not None:
+        try:
+            host = _host_for(s, vol, s.get(StoragePool, vol.pool_id))[0]
+        except CloudError:
+            pass                      # the job says why when it runs
+    return f"Volume:{vol.uuid}", host and f"snapshothost:{host.uuid}"
+
+
+# ---------------------------------------------------------------- incremental chains
+
+def _holds_chains(store) -> bool:
+    # Chains name their parent by a bare file name; QEMU 7.2's userspace NFS driver resolves such a name against
+    # the image's own URL (nfs://h/e/top.qcow2/parent.qcow2), so chains live only on stores reached as directories.
+    return imagestores.spec(store)["type"] != "NetworkFilesystem"
+
+
+def _depth(s, snap) -> int:
+    """Incrementals from snap down to its full backup."""
+    n = 0
+    while snap is not None and snap.parent_id is not None:
+        n, snap = n + 1, s.get(Snapshot, snap.parent_id)
+    return n
+
+
+def _children(s, snap) -> list[Snapshot]:
+    return list(s.scalars(select(Snapshot).where(Snapshot.parent_id == snap.id, Snapshot.removed.is_(None),
+                                                 Snapshot.state.notin_(("Destroyed", "Error")))))
+
+
+def _incremental_plan(s, snap, vol) -> tuple[str | None, Snapshot | None]:
+    """(the dirty bitmap to start with this snapshot, the snapshot to be incremental to). The agent checks the
+    parent's bitmap is really in the image; here: the newest snapshot of the volume, backed up on a writable
+    store that holds chains, with fewer than snapshot.delta.max incrementals above its full backup."""
+    pool = s.get(StoragePool, vol.pool_id)
+    cluster = pool.cluster_id if pool is not None else None
+    if vol.format.lower() != "qcow2" or not S.Settings.value_in(s, S.KVM_INCREMENTAL_SNAPSHOT, cluster=cluster,
+                                                                zone=vol.zone_id):
+        return None, None
+    bitmap = f"volstack-{snap.uuid}"
+    last = s.scalar(select(Snapshot).where(Snapshot.volume_id == vol.id, Snapshot.id != snap.id,
+                                           Snapshot.removed.is_(None), Snapshot.state.notin_(("Allocated", "Error")))
+                    .order_by(Snapshot.id.desc()).limit(1))
+    store = _store_of(s, last) if last is not None and last.state == "BackedUp" else None
+    if store is None or store.readonly or store.removed is not None or not _holds_chains(store):
+        return bitmap, None
+    if _depth(s, last) + 1 > S.Settings.value_in(s, S.SNAPSHOT_DELTA_MAX):
+        return bitmap, None
+    return bitmap, last
+
+
 def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
     """The job of createSnapshot: take on primary, back up, remove the primary copy. With start_backup
     (asyncbackup=true) the job ends at CreatedOnPrimary and start_backup() queues the backup as a task; the
@@ -125,20 +189,25 @@ def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
         SNAPSHOT.fire(s, snap, "OperationFailed", error=exc.text)
         s.commit()
         raise
+    bitmap, parent = _incremental_plan(s, snap, vol)
     SNAPSHOT.fire(s, snap, "CreateRequested", pool_id=pool.id)
     s.commit()
     spec = driver_for(pool.provider).spec(pool)
     try:
         res = run_long(channel(host), "snapshot_take", progress, pool=spec, name=vol.path,
                        format=vol.format.lower(), snapshot=f"snap-{snap.uuid}", vm=vm.uuid if vm else None,
-                       serial=serial_of(vol) if vm else None)
+                       serial=serial_of(vol) if vm else None, bitmap=bitmap,
+                       parent={"bitmap": f"volstack-{parent.uuid}", "backing": parent.install_path} if parent else None)
     except CloudError as exc:
         SNAPSHOT.fire(s, snap, "OperationFailed", error=f"taking the snapshot on {pool.name} failed: {exc.text}")
         volumes.host_work_failed(s, vol, exc, error=f"snapshot {snap.name} failed: {exc.text}")
+    incremental = bool(res.get("incremental")) and parent is not None
     SNAPSHOT.fire(s, snap, "OperationSucceeded", primary_kind=res["kind"], primary_name=res["name"],
-                  size=res.get("size") or snap.size)
+                  size=res.get("size") or snap.size, parent_id=parent.id if incremental else None)
     events.record(s, ctx, "SNAPSHOT.CREATE", f"Snapshot {snap.name} taken on storage pool {pool.name}"
-                  + (f" while VM {vm.name} runs" if vm else ""), resource_type="Snapshot", resource_uuid=snap.uuid)
+                  + (f" while VM {vm.name} runs" if vm else "")
+                  + (f", incremental to snapshot {parent.name}" if incremental else ""),
+                  resource_type="Snapshot", resource_uuid=snap.uuid)
     s.commit()
     if start_backup is not None:
         start_backup()
@@ -170,12 +239,21 @@ def backup_task(s, ctx, snapshot_uuid: str, progress=None) -> Snapshot:
 
 
 def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host: Host, progress=None) -> None:
-    """CreatedOnPrimary → BackingUp → BackedUp on the writable store with the most free space."""
-    stores = imagestores.writable_stores(s, snap.zone_id)
-    if not stores:
-        raise ResourceUnavailable("No writable image store in the zone to back the snapshot up to; the snapshot "
-                                  "stays on primary storage")
-    store = stores[0]
+    """CreatedOnPrimary → BackingUp → BackedUp on the writable store with the most free space (an incremental:
+    beside its parent's backup)."""
+    if snap.parent_id is not None:
+        parent = s.get(Snapshot, snap.parent_id)
+        store = _store_of(s, parent) if parent.state == "BackedUp" else None
+        if store is None or store.readonly or store.removed is not None:
+            raise ResourceUnavailable(f"Snapshot {snap.name} is incremental to snapshot {parent.name}, whose backup "
+                                      "is no longer on a writable image store; the snapshot stays on primary storage "
+                                      "(delete it; the next snapshot of the volume is a full one)")
+    else:
+        stores = imagestores.writable_stores(s, snap.zone_id)
+        if not stores:
+            raise ResourceUnavailable("No writable image store in the zone to back the snapshot up to; the snapshot "
+                                      "stays on primary storage")
+        store = stores[0]
     dst_name = f"{snap.uuid}.qcow2"
     SNAPSHOT.fire(s, snap, "BackupToSecondary", store_id=store.id, install_path=dst_name)
     s.commit()
@@ -209,6 +287,28 @@ def _store_of(s, snap) -> ImageStore | None:
     return s.get(ImageStore, snap.store_id) if snap.store_id else None
 
 
+def _merge_into_children(s, snap, store) -> None:
+    """Before snap's backup goes, every backup that reads it takes in the data it still needs (the child's
+    backing becomes snap's own). Who reads whom comes from the files' headers, so a merge interrupted between
+    the store and the database is finished rather than undone."""
+    sibs = list(s.scalars(select(Snapshot).where(Snapshot.volume_id == snap.volume_id, Snapshot.store_id == store.id,
+                                                 Snapshot.removed.is_(None), Snapshot.state == "BackedUp",
+                                                 Snapshot.id != snap.id)))
+    if not any(r.parent_id is not None for r in [snap, *sibs]):
+        return                                            # no incremental of this volume here: nothing reads snap
+    ch, spec = channel(imagestores.host_for(s, store)), imagestores.spec(store)
+
+    def backing(r):
+        b = ch.call("volume_info", pool=spec, name=r.install_path, format="qcow2").get("backing")
+        return b and os.path.basename(b)
+    new = backing(snap)
+    by_path = {r.install_path: r for r in sibs}
+    for child in (r for r in sibs if backing(r) == snap.install_path):
+        run_long(ch, "snapshot_merge", None, pool=spec, name=child.install_path, backing=new)
+        child.parent_id = by_path[new].id if new in by_path else None
+        s.commit()
+
+
 def delete(s, ctx, snap: Snapshot) -> None:
     """deleteSnapshot: the store copy and any primary copy go, then the row is Destroyed."""
     if snap.state not in ("BackedUp", "CreatedOnPrimary", "Error"):
@@ -218,12 +318,17 @@ def delete(s, ctx, snap: Snapshot) -> None:
     if users:
         raise ResourceInUse(f"Snapshot {snap.name} is still needed by volume(s) {', '.join(users)} created from it "
                             "and not yet attached; attach or delete them first")
+    waiting = [c.name for c in _children(s, snap) if c.state != "BackedUp"]
+    if waiting:
+        raise ResourceInUse(f"Snapshot {snap.name} is the parent of incremental snapshot(s) {', '.join(waiting)}, "
+                            "which are not backed up yet; delete them or wait for their backup first")
     was = snap.state
     SNAPSHOT.fire(s, snap, "DestroyRequested")
     s.commit()
     try:
         store = _store_of(s, snap)
         if store is not None and snap.install_path:
+            _merge_into_children(s, snap, store)
             channel(imagestores.host_for(s, store)).call("volume_delete", pool=imagestores.spec(store),
                                                          name=snap.install_path)
         if snap.pool_id and snap.primary_name:
@@ -391,18 +496,34 @@ def settle_interrupted(db, ctx, snapshot_uuid: str, cmd: str) -> None:
                       resource_type="Snapshot", resource_uuid=snap.uuid)
 
 
+def settle_expired(db, ctx, snapshot_uuid: str, cmd: str, minutes: int) -> str:
+    """A snapshot job that waited for a slot of its host longer than job.expire.minutes: the snapshot becomes
+    Error with the reason, which is also the job's error text."""
+    with db.session() as s:
+        snap = s.scalar(select(Snapshot).where(Snapshot.uuid == snapshot_uuid))
+        text = (f"{cmd} waited more than {minutes} minutes (job.expire.minutes) for one of the snapshot slots of its "
+                "host (concurrent.snapshots.threshold.perhost) and was cancelled; take the snapshot again later")
+        if snap is not None and snap.state == "Allocated":
+            snap.state, snap.error = "Error", text
+            events.record(s, ctx, "SNAPSHOT.CREATE", f"Snapshot {snap.name}: {text}", level="ERROR",
+                          resource_type="Snapshot", resource_uuid=snap.uuid)
+        return text
+
+
 def _movable(s, store) -> list:
     from volstack.services.store_migration import Item
     rows = s.scalars(select(Snapshot).where(Snapshot.store_id == store.id, Snapshot.state == "BackedUp",
                                             Snapshot.removed.is_(None)))
-    return [Item("snapshot", r.id, r.uuid, r.name, r.install_path, r.physical_size or r.size, "QCOW2") for r in rows]
+    # a backup its incremental children still read stays until they have moved (the copy of a leaf is flat)
+    return [Item("snapshot", r.id, r.uuid, r.name, r.install_path, r.physical_size or r.size, "QCOW2") for r in rows
+            if not _children(s, r)]
 
 
 def _repoint(s, item, src, dst) -> bool:
     snap = s.get(Snapshot, item.ref_id)
     if snap.state != "BackedUp" or snap.removed is not None:
         raise InvalidParameter(f"it became {snap.state} while being copied; its copy on {dst.name} is not used")
-    snap.store_id = dst.id
+    snap.store_id, snap.parent_id = dst.id, None      # the copy reads through the chain: a full backup now
     return True
 
 

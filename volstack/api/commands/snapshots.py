@@ -7,6 +7,7 @@ from volstack.api.views import _a, _date, _ref
 from volstack.db import models as m
 from volstack.db import storage_models as sm
 from volstack.db.image_models import ImageStore
+from volstack.db.snapshot_models import Snapshot
 from volstack.services import snapshots
 
 
@@ -47,12 +48,17 @@ SNAPSHOT = View("snapshot", [
       lambda r, lk: lk.attr(ImageStore, r.store_id, "name") if _on_store(r, lk) else None),
     F("datastoretype", "type of the datastore holding the snapshot",
       lambda r, lk: "Image" if _on_store(r, lk) else ("Primary" if r.primary_name else None)),
+    F("parent", "the ID of the snapshot this incremental one is based on",
+      lambda r, lk: lk.attr(Snapshot, r.parent_id, "uuid") if r.parent_id else None),
+    F("parentname", "the name of the snapshot this incremental one is based on",
+      lambda r, lk: lk.attr(Snapshot, r.parent_id, "name") if r.parent_id else None),
     F("status", "why the last operation on the snapshot failed", _a("error")),
     F("created", "the date the snapshot was created", _date("created"), "date"),
     *_owner_fields(),
 ])
 
-SNAP_JOB = dict(is_async=True, access=USER, instance_type="Snapshot", instance_param="id")
+SNAP_JOB = dict(is_async=True, access=USER, instance_type="Snapshot", instance_param="id",
+                sync=lambda req, p, uuid: snapshots.job_keys(req.s, uuid))
 
 
 @API.command("createSnapshot", "Creates an instant snapshot of a volume: taken on primary storage (live, disk only, "
@@ -70,11 +76,12 @@ SNAP_JOB = dict(is_async=True, access=USER, instance_type="Snapshot", instance_p
     P("account", STRING, "The account of the snapshot. The account parameter must be used with the domainId parameter."),
     P("domainid", UUID, "The domain ID of the snapshot. If used with the account parameter, it specifies the domain "
       "the account is in.", entity="Domain"),
-], view=SNAPSHOT, **SNAP_JOB,
+], view=SNAPSHOT, **{**SNAP_JOB, "sync": lambda req, p, uuid: snapshots.job_keys(req.s, uuid, throttled=True)},
    prepare=lambda req, p: _create_row(req, p).uuid)
 def create_snapshot(req, p):
     snap = snapshots.get_snapshot(req.s, req.ctx, p.id)
-    start = (lambda: req.start_task("snapshotBackup", {"snapshot": snap.uuid}, snap.uuid)) if p.asyncbackup else None
+    start = (lambda: req.start_task("snapshotBackup", {"snapshot": snap.uuid}, snap.uuid,
+                                    snapshots.job_keys(req.s, snap.uuid)[0])) if p.asyncbackup else None
     return obj(req, SNAPSHOT, snapshots.take(req.s, req.ctx, snap, req.progress, start))
 
 
