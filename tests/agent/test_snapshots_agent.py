@@ -84,3 +84,70 @@ def test_internal_snapshot_of_an_idle_volume(agent, pool, pool2):
     assert c.call("snapshot_delete_primary", pool=pool, name="idle", kind="internal", primary="snap-b") == \
         {"removed": False}
     qemu_io(image, "read -P 0x44 0 1M")
+
+
+def bitmaps(path):
+    import json
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)], check=True, capture_output=True,
+                         text=True).stdout
+    return [b["name"] for b in json.loads(out)["format-specific"]["data"].get("bitmaps") or []]
+
+
+def test_incremental_copies_carry_only_the_changes_live_and_idle(agent, pool, pool2):
+    """A chain full <- live delta <- idle delta on the 'store' (pool2): each delta holds only what was written
+    since its parent, reads back as the whole disk, and a lost or unusable bitmap gives a full copy instead."""
+    c = agent.client
+    image = os.path.join(pool["path"], "data")
+    store = lambda n: os.path.join(pool2["path"], n)       # noqa: E731
+    c.call("volume_create", pool=pool, name="data", size=32 * MiB, format="qcow2")
+    qemu_io(image, "write -P 0x11 0 16M")
+    full = c.call("snapshot_take", pool=pool, name="data", format="qcow2", snapshot="snap-1", bitmap="volstack-1")
+    assert full["kind"] == "internal" and bitmaps(image) == ["volstack-1"]
+    c.call("snapshot_backup", pool=pool, name="data", format="qcow2", kind="internal", primary="snap-1",
+           dst_pool=pool2, dst_name="1.qcow2")
+
+    vm = c.call("vm_start", name="vm1", uuid="0b9a9d1e-3f0f-4c9e-8d4e-3f1a2b3c4d5f", memory_mb=64, cpus=1,
+                disks=[{"pool": pool, "name": "data", "format": "qcow2", "serial": "DATA-1", "device_id": 0}])
+    guest_io(vm, "disk0", "write -P 0x22 1M 256k")                 # tracked by the bitmap QEMU loaded
+    live = c.call("snapshot_take", pool=pool, name="data", format="qcow2", snapshot="snap-2", vm="vm1",
+                  serial="DATA-1", bitmap="volstack-2", parent={"bitmap": "volstack-1", "backing": "1.qcow2"})
+    assert (live["kind"], live["incremental"]) == ("delta", True)
+    two = c.call("snapshot_backup", pool=pool, name="data", format="qcow2", kind="delta", primary="snap-2.qcow2",
+                 dst_pool=pool2, dst_name="2.qcow2")
+    assert two["backing"] == "1.qcow2" and two["physical_size"] < 2 * MiB
+    guest_io(vm, "disk0", "write -P 0x33 2M 64k")
+    c.call("vm_stop", name="vm1")                                  # QEMU stores the bitmap as it closes the image
+    assert bitmaps(image) == ["volstack-2"]
+
+    idle = c.call("snapshot_take", pool=pool, name="data", format="qcow2", snapshot="snap-3", bitmap="volstack-3",
+                  parent={"bitmap": "volstack-2", "backing": "2.qcow2"})
+    assert (idle["kind"], idle["incremental"]) == ("delta", True) and bitmaps(image) == ["volstack-3"]
+    three = c.call("snapshot_backup", pool=pool, name="data", format="qcow2", kind="delta", primary="snap-3.qcow2",
+                   dst_pool=pool2, dst_name="3.qcow2")
+    assert three["backing"] == "2.qcow2" and three["physical_size"] < MiB
+    for cmd in ("read -P 0x11 0 1M", "read -P 0x22 1M 256k", "read -P 0x11 1280k 768k", "read -P 0x33 2M 64k",
+                "read -P 0x11 3M 13M"):
+        qemu_io(store("3.qcow2"), cmd)
+    qemu_io(store("2.qcow2"), "read -P 0x11 2M 64k")
+
+    # merge: 3 takes in 2 (the middle goes), then 3 takes in 1 (the full goes): 3 alone still reads the same
+    assert c.call("snapshot_merge", pool=pool2, name="3.qcow2", backing="1.qcow2")["size"] == 32 * MiB
+    os.unlink(store("2.qcow2"))
+    c.call("snapshot_merge", pool=pool2, name="3.qcow2", backing="1.qcow2")        # idempotent
+    c.call("snapshot_merge", pool=pool2, name="3.qcow2")
+    os.unlink(store("1.qcow2"))
+    for cmd in ("read -P 0x22 1M 256k", "read -P 0x33 2M 64k", "read -P 0x11 3M 13M"):
+        qemu_io(store("3.qcow2"), cmd)
+
+    # no usable parent bitmap: a full copy, never a wrong delta
+    again = c.call("snapshot_take", pool=pool, name="data", format="qcow2", snapshot="snap-4", bitmap="volstack-4",
+                   parent={"bitmap": "volstack-9", "backing": "3.qcow2"})
+    assert (again["kind"], again["incremental"]) == ("internal", False) and bitmaps(image) == ["volstack-4"]
+    vm = c.call("vm_start", name="vm1", uuid="0b9a9d1e-3f0f-4c9e-8d4e-3f1a2b3c4d5f", memory_mb=64, cpus=1,
+                disks=[{"pool": pool, "name": "data", "format": "qcow2", "serial": "DATA-1", "device_id": 0}])
+    guest_io(vm, "disk0", "write -P 0x44 0 64k")
+    agent.kill_guests()                     # QEMU dies with the image open: the bitmap no longer covers every write
+    wait_until("the killed guest gone", lambda: c.call("vm_list")["vms"][0]["state"] == "Stopped")
+    lost = c.call("snapshot_take", pool=pool, name="data", format="qcow2", snapshot="snap-5", bitmap="volstack-5",
+                  parent={"bitmap": "volstack-4", "backing": "3.qcow2"})
+    assert (lost["kind"], lost["incremental"]) == ("internal", False) and bitmaps(image) == ["volstack-5"]
