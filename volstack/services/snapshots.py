@@ -70,7 +70,7 @@ def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None) -> 
     if locationtype and locationtype.upper() != "SECONDARY":
         raise InvalidParameter(f"locationtype {locationtype} is not supported for file pools: snapshots are backed "
                                "up to an image store (locationtype=SECONDARY)")
-    if vol.state != "Ready" or vol.pool_id is None:
+    if vol.state not in ("Ready", "Snapshotting") or vol.pool_id is None:     # Snapshotting: the job queues behind
         hint = "wait for its operation to finish" if vol.state in ("Migrating", "Resizing", "Snapshotting",
                                                                     "RevertSnapshotting", "Attaching", "Creating",
                                                                     "Copying") \
