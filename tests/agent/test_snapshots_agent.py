@@ -130,14 +130,26 @@ def test_incremental_copies_carry_only_the_changes_live_and_idle(agent, pool, po
         qemu_io(store("3.qcow2"), cmd)
     qemu_io(store("2.qcow2"), "read -P 0x11 2M 64k")
 
-    # merge: 3 takes in 2 (the middle goes), then 3 takes in 1 (the full goes): 3 alone still reads the same
-    assert c.call("snapshot_merge", pool=pool2, name="3.qcow2", backing="1.qcow2")["size"] == 32 * MiB
-    os.unlink(store("2.qcow2"))
-    c.call("snapshot_merge", pool=pool2, name="3.qcow2", backing="1.qcow2")        # idempotent
-    c.call("snapshot_merge", pool=pool2, name="3.qcow2")
-    os.unlink(store("1.qcow2"))
+    # the middle backup goes: 3 (smaller) is committed into 2, whose file becomes 3's (its backing is 1)
+    merged = c.call("snapshot_merge", pool=pool2, name="3.qcow2", parent="2.qcow2", backing="1.qcow2")
+    assert merged["backing"] == "1.qcow2" and not os.path.exists(store("2.qcow2"))
+    assert c.call("snapshot_merge", pool=pool2, name="3.qcow2", parent="2.qcow2", backing="1.qcow2") == merged
+    for cmd in ("read -P 0x11 0 1M", "read -P 0x22 1M 256k", "read -P 0x33 2M 64k", "read -P 0x11 3M 13M"):
+        qemu_io(store("3.qcow2"), cmd)
+    # the full one goes: 3 is committed into it and takes its place, a full backup now
+    assert c.call("snapshot_merge", pool=pool2, name="3.qcow2", parent="1.qcow2")["backing"] is None
+    assert not os.path.exists(store("1.qcow2"))
     for cmd in ("read -P 0x22 1M 256k", "read -P 0x33 2M 64k", "read -P 0x11 3M 13M"):
         qemu_io(store("3.qcow2"), cmd)
+    # a child bigger than its parent takes the parent's data in instead (rebase); the parent stays untouched
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", store("small"), "8M"], check=True)
+    qemu_io(store("small"), "write -P 0x55 0 64k")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "small", "-F", "qcow2", store("big")], check=True)
+    qemu_io(store("big"), "write -P 0x66 1M 4M")
+    assert c.call("snapshot_merge", pool=pool2, name="big", parent="small")["backing"] is None
+    qemu_io(store("big"), "read -P 0x55 0 64k")
+    qemu_io(store("big"), "read -P 0x66 1M 4M")
+    qemu_io(store("small"), "read -P 0 1M 4M")
 
     # no usable parent bitmap: a full copy, never a wrong delta
     again = c.call("snapshot_take", pool=pool, name="data", format="qcow2", snapshot="snap-4", bitmap="volstack-4",

@@ -462,7 +462,7 @@ class Agent:
         from volstack.agent import snapshots
         pool, name = self.pool(args), images.check_name(arg(args, "name"))
         with self.hold(pool, name, "taking in its parent"):
-            return snapshots.merge(pool, name, arg(args, "backing", str, None))
+            return snapshots.merge(pool, name, images.check_name(arg(args, "parent")), arg(args, "backing", str, None))
 
     def cmd_snapshot_backup(self, args, progress):
         from volstack.agent import snapshots

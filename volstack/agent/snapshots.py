@@ -141,22 +141,36 @@ def backup(pool, name: str, fmt: str, kind: str, primary: str, dst, dst_name: st
             "backing": have["backing"] and os.path.basename(have["backing"])}
 
 
-def merge(pool, name: str, backing: str | None) -> dict:
-    """Make backup `name` independent of its parent: the parent's data it still reads is copied into it and
-    its backing file becomes `backing` (the grandparent, by bare name) or none. `qemu-img rebase` only ever
-    adds to `name` data it already reads, and switches the header last, so an interruption loses nothing."""
-    images.check_name(name)
+def merge(pool, name: str, parent: str, backing: str | None) -> dict:
+    """Backup `name` stops needing its parent backup `parent` (which is about to go): afterwards `name` reads the
+    same data with `backing` (the grandparent, a bare name) or nothing behind it. The smaller side is copied:
+    - the child's own data into the parent (`qemu-img commit`), then the parent's file is renamed over the
+      child's: cheap when the parent is a big full backup and the child a small delta (retention's usual case);
+    - the parent's data the child still reads into the child (`qemu-img rebase`), which switches the child's
+      header last.
+    Either way `name` reads the same bytes at every moment, so an interruption loses nothing (an interrupted
+    commit leaves the parent half-merged: it must not be used again, only deleted through this merge)."""
+    images.check_name(name), images.check_name(parent)
     if backing is not None:
         images.check_name(backing)
     if not getattr(pool, "holds_chains", False):
         raise InvalidArgument(f"pool {pool.uuid} does not hold backing chains")
     have = images.info(pool, name, "qcow2")
-    if (have["backing"] and os.path.basename(have["backing"])) == backing:
-        return {"path": name, "size": have["size"], "physical_size": have["physical_size"]}
-    images.qemu_img(["rebase", "-q", "-f", "qcow2", *(["-F", "qcow2"] if backing else []), "-b", backing or "",
-                     pool.target(name)], f"merge the parent of backup {name} into it", timeout=None, pools=(pool,))
+    now = have["backing"] and os.path.basename(have["backing"])
+    if now == parent and pool.exists(parent):
+        if have["physical_size"] < images.info(pool, parent, "qcow2")["physical_size"]:
+            images.qemu_img(["commit", "-q", "-d", "-f", "qcow2", pool.target(name)],
+                            f"merge backup {name} into its parent {parent}", timeout=None, pools=(pool,))
+            pool.rename(parent, name)
+        else:
+            images.qemu_img(["rebase", "-q", "-f", "qcow2", *(["-F", "qcow2"] if backing else []), "-b",
+                             backing or "", pool.target(name)], f"merge the parent of backup {name} into it",
+                            timeout=None, pools=(pool,))
+    elif now != backing:
+        raise InvalidArgument(f"backup {name} is based on {now or 'nothing'}, not on {parent} or {backing}")
     have = images.info(pool, name, "qcow2")
-    return {"path": name, "size": have["size"], "physical_size": have["physical_size"]}
+    return {"path": name, "size": have["size"], "physical_size": have["physical_size"],
+            "backing": have["backing"] and os.path.basename(have["backing"])}
 
 
 def delete_primary(hv, pool, name: str, kind: str, primary: str) -> dict:

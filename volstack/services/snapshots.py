@@ -304,8 +304,10 @@ def _merge_into_children(s, snap, store) -> None:
     new = backing(snap)
     by_path = {r.install_path: r for r in sibs}
     for child in (r for r in sibs if backing(r) == snap.install_path):
-        run_long(ch, "snapshot_merge", None, pool=spec, name=child.install_path, backing=new)
+        res = run_long(ch, "snapshot_merge", None, pool=spec, name=child.install_path, parent=snap.install_path,
+                       backing=new)
         child.parent_id = by_path[new].id if new in by_path else None
+        child.physical_size = res.get("physical_size") or child.physical_size
         s.commit()
 
 
@@ -486,6 +488,10 @@ def settle_interrupted(db, ctx, snapshot_uuid: str, cmd: str) -> None:
             return
         reason = f"{cmd} was interrupted because the management server running it stopped"
         to = back[snap.state] or ("BackedUp" if snap.store_id else "CreatedOnPrimary")
+        if snap.state == "Destroying" and _children(s, snap):
+            # a merge into its child may have begun: its file may hold the child's data now, so it is never
+            # used again; deleting it (which finishes the merge) is all that remains
+            to, reason = "Error", reason + "; it was being merged into its incremental child"
         if snap.state == "BackingUp":
             snap.store_id, snap.install_path = None, None
         snap.state, snap.error = to, reason
