@@ -226,6 +226,21 @@ def test_an_interrupted_delete_of_a_parent_is_never_used_again_but_still_deletes
     qemu_io(tmp / "store" / f"{b['id']}.qcow2", "read -P 0x22 0 64k")
     qemu_io(tmp / "store" / f"{b['id']}.qcow2", "read -P 0x11 64k 8128k")
 
+    # interrupted after the store's merge, before the database heard of it: the next delete only tidies up
+    qemu_io(image, "write -P 0x33 0 64k")
+    c = api.createSnapshot(volumeid=vol["id"])["snapshot"]
+    assert c["parent"] == b["id"]
+    store = {"uuid": "s", "type": "Filesystem", "path": str(tmp / "store")}
+    cloud["agent"].client.call("snapshot_merge", pool=store, name=f"{c['id']}.qcow2", parent=f"{b['id']}.qcow2")
+    with server.db.session() as s:
+        s.scalar(select(Snapshot).where(Snapshot.uuid == b["id"])).state = "Destroying"
+    snapshots.settle_interrupted(server.db, system_context(), b["id"], "deleteSnapshot")
+    api.deleteSnapshot(id=b["id"])
+    assert api.listSnapshots()["snapshot"] == [api.listSnapshots(id=c["id"])["snapshot"][0]]
+    assert "parent" not in api.listSnapshots(id=c["id"])["snapshot"][0]
+    qemu_io(tmp / "store" / f"{c['id']}.qcow2", "read -P 0x33 0 64k")
+    qemu_io(tmp / "store" / f"{c['id']}.qcow2", "read -P 0x11 64k 8128k")
+
 
 def test_backups_on_an_nfs_store_stay_full(dc):
     """Chains need a store reached as a directory (QEMU's NFS driver misreads bare backing names)."""

@@ -287,10 +287,11 @@ def _store_of(s, snap) -> ImageStore | None:
     return s.get(ImageStore, snap.store_id) if snap.store_id else None
 
 
-def _merge_into_children(s, snap, store) -> None:
+def _merge_into_children(s, snap, store, began: list) -> None:
     """Before snap's backup goes, every backup that reads it takes in the data it still needs (the child's
     backing becomes snap's own). Who reads whom comes from the files' headers, so a merge interrupted between
-    the store and the database is finished rather than undone."""
+    the store and the database is finished rather than undone; parent_id follows the headers afterwards.
+    `began` gets an entry once a merge has started (from then on snap's file may hold its child's data)."""
     sibs = list(s.scalars(select(Snapshot).where(Snapshot.volume_id == snap.volume_id, Snapshot.store_id == store.id,
                                                  Snapshot.removed.is_(None), Snapshot.state == "BackedUp",
                                                  Snapshot.id != snap.id)))
@@ -301,14 +302,19 @@ def _merge_into_children(s, snap, store) -> None:
     def backing(r):
         b = ch.call("volume_info", pool=spec, name=r.install_path, format="qcow2").get("backing")
         return b and os.path.basename(b)
-    new = backing(snap)
     by_path = {r.install_path: r for r in sibs}
-    for child in (r for r in sibs if backing(r) == snap.install_path):
+    children = [r for r in sibs if backing(r) == snap.install_path]
+    new = backing(snap) if children else None
+    for child in children:
+        began.append(child)
         res = run_long(ch, "snapshot_merge", None, pool=spec, name=child.install_path, parent=snap.install_path,
                        backing=new)
-        child.parent_id = by_path[new].id if new in by_path else None
         child.physical_size = res.get("physical_size") or child.physical_size
-        s.commit()
+    for r in sibs:
+        if r.parent_id == snap.id or r in children:
+            b = backing(r)
+            r.parent_id = by_path[b].id if b in by_path else None
+    s.commit()
 
 
 def delete(s, ctx, snap: Snapshot) -> None:
@@ -324,13 +330,13 @@ def delete(s, ctx, snap: Snapshot) -> None:
     if waiting:
         raise ResourceInUse(f"Snapshot {snap.name} is the parent of incremental snapshot(s) {', '.join(waiting)}, "
                             "which are not backed up yet; delete them or wait for their backup first")
-    was = snap.state
+    was, began = snap.state, []
     SNAPSHOT.fire(s, snap, "DestroyRequested")
     s.commit()
     try:
         store = _store_of(s, snap)
         if store is not None and snap.install_path:
-            _merge_into_children(s, snap, store)
+            _merge_into_children(s, snap, store, began)
             channel(imagestores.host_for(s, store)).call("volume_delete", pool=imagestores.spec(store),
                                                          name=snap.install_path)
         if snap.pool_id and snap.primary_name:
@@ -344,8 +350,10 @@ def delete(s, ctx, snap: Snapshot) -> None:
             channel(hosts[0]).call("snapshot_delete_primary", pool=driver_for(pool.provider).spec(pool),
                                    name=vol.path, kind=snap.primary_kind, primary=snap.primary_name)
     except CloudError as exc:
-        SNAPSHOT.fire(s, snap, "OperationFailed" if was == "BackedUp" else "OperationFailedOnPrimary",
-                      error=f"delete failed: {exc.text}")
+        event = "MergeFailed" if began or was == "Error" else \
+            "OperationFailed" if was == "BackedUp" else "OperationFailedOnPrimary"
+        SNAPSHOT.fire(s, snap, event, error=f"delete failed: {exc.text}" + (
+            "; it was being merged into its incremental child and is only kept to be deleted again" if began else ""))
         s.commit()
         raise
     SNAPSHOT.fire(s, snap, "OperationSucceeded", removed=utcnow())
