@@ -163,3 +163,26 @@ def test_incremental_copies_carry_only_the_changes_live_and_idle(agent, pool, po
     lost = c.call("snapshot_take", pool=pool, name="data", format="qcow2", snapshot="snap-5", bitmap="volstack-5",
                   parent={"bitmap": "volstack-4", "backing": "3.qcow2"})
     assert (lost["kind"], lost["incremental"]) == ("internal", False) and bitmaps(image) == ["volstack-5"]
+
+
+def test_a_live_copy_cut_by_an_agent_crash_leaves_nothing_in_the_guest_that_blocks_the_next(agent, pool):
+    c = agent.client
+    c.call("volume_create", pool=pool, name="data", size=16 * MiB, format="qcow2")
+    qemu_io(os.path.join(pool["path"], "data"), "write -P 0x11 0 16M")
+    vm = c.call("vm_start", name="vm1", uuid="0b9a9d1e-3f0f-4c9e-8d4e-3f1a2b3c4d60", memory_mb=64, cpus=1,
+                disks=[{"pool": pool, "name": "data", "format": "qcow2", "serial": "DATA-1", "device_id": 0}])
+    task = c.call_async("snapshot_take", pool=pool, name="data", format="qcow2", snapshot="snap-a", vm="vm1",
+                        serial="DATA-1", speed=MiB, bitmap="volstack-a")
+    wait_until("the backup job to start", lambda: backup_jobs(vm), timeout=10)
+    agent.restart()
+    c = agent.client
+    with pytest.raises(errors.CloudError):
+        c.wait_task(task)                                 # failed: agent restarted
+    taken = c.call("snapshot_take", pool=pool, name="data", format="qcow2", snapshot="snap-b", vm="vm1",
+                   serial="DATA-1", bitmap="volstack-b")
+    assert taken["kind"] == "file"
+    qemu_io(os.path.join(pool["path"], "snap-b.qcow2"), "read -P 0x11 0 16M")
+    with Qmp(vm["monitor"]) as q:
+        assert q.execute("query-jobs") == []
+        assert not [n for n in q.execute("query-named-block-nodes") if ".part" in (n.get("file") or "")]
+    assert sorted(os.listdir(pool["path"])) == ["data", "snap-b.qcow2"]

@@ -264,6 +264,28 @@ def _run_backup(monitor, device: str, target: str, job: str, have: dict, bitmap,
         time.sleep(0.1)
 
 
+def _clear_leftovers(q: Qmp, job: str, dst) -> None:
+    """What an agent that died during a live copy left in the guest: the backup job (its id would clash) and
+    the copy's target node with its partial file."""
+    state = next((j for j in q.execute("query-jobs") if j["id"] == job), None)
+    if state is not None and state["status"] != "concluded":
+        q.execute("job-cancel", {"id": job})
+        deadline = time.monotonic() + 30
+        while state is not None and state["status"] != "concluded" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            state = next((j for j in q.execute("query-jobs") if j["id"] == job), None)
+    if state is not None:
+        q.execute("job-dismiss", {"id": job})
+    for n in q.execute("query-named-block-nodes", {"flat": True}):
+        name = os.path.basename(n.get("file") or "")
+        if n.get("drv") == "qcow2" and name.startswith(".snap-") and name.endswith(".part"):
+            try:
+                q.execute("blockdev-del", {"node-name": n["node-name"]})
+            except QmpError:
+                continue
+            dst.remove(name)
+
+
 def _live_copy(hv, vm: str, serial: str, dst, dst_name: str, progress, speed: int, bitmap, parent) -> str:
     """The copy of a running guest's disk by QEMU's backup job (copy-before-write: the guest keeps running and
     writing); incremental when the parent's bitmap is there and usable. Returns the kind made."""
@@ -274,10 +296,12 @@ def _live_copy(hv, vm: str, serial: str, dst, dst_name: str, progress, speed: in
     def monitor():
         with hv._lock(vm), hv._qmp(rec) as q:
             yield q
+    job = f"backup-{serial}"
     with hv._lock(vm):
         rec = hv._running(hv._need(vm))
         disk = hv._disk(rec, serial)
         with hv._qmp(rec) as q:
+            _clear_leftovers(q, job, dst)
             size = hv._inserted(q, rec, disk)["image"]["virtual-size"]
             have = _node_bitmaps(q, disk["node"]) if bitmap or parent else {}
         if parent is not None and not have.get(parent["bitmap"]):
@@ -292,7 +316,7 @@ def _live_copy(hv, vm: str, serial: str, dst, dst_name: str, progress, speed: in
             dst.remove(part)
             raise Failed(f"cannot start the backup of disk {serial} of VM {vm}: {e.desc}") from None
     try:
-        error = _run_backup(monitor, disk["node"], node, f"backup-{serial}", have, bitmap, parent, speed, progress)
+        error = _run_backup(monitor, disk["node"], node, job, have, bitmap, parent, speed, progress)
     except QmpError as e:
         error = e.desc
     with monitor() as q:
