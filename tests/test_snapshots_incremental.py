@@ -49,6 +49,7 @@ def test_incremental_chain_small_deltas_delete_middle_newest_and_full_restore_wi
     qemu_io(image, "write -P 0x33 64M 1M")
     s3 = api.createSnapshot(volumeid=vol["id"], name="s3")["snapshot"]
     assert s3["parent"] == s2["id"] and s3["physicalsize"] < 2 * MIB
+    assert s3["chainsize"] == s1["physicalsize"] + s2["physicalsize"] + s3["physicalsize"]
     assert _chain(store / f"{s3['id']}.qcow2") == [f"{x['id']}.qcow2" for x in (s3, s2, s1)]
     assert sorted(p.name for p in (tmp / "primary").iterdir() if "snap" in p.name) == []
 

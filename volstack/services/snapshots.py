@@ -13,11 +13,8 @@ image; the next one copies only what that bitmap marks and is stored beside its 
 parent as its backing file (`parent_id`), up to `snapshot.delta.max` incrementals after a full one. Deleting
 a snapshot that has a child first merges its data into the child, so no other snapshot loses anything.
 """
-import os
-
 from sqlalchemy import func, select
 
-from volstack.db.image_models import ImageStore
 from volstack.db.models import Host, utcnow
 from volstack.db.snapshot_models import Snapshot
 from volstack.db.storage_models import DiskOffering, StoragePool, VirtualMachine, Volume
@@ -26,6 +23,7 @@ from volstack.drivers.default import serial_of
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
 from volstack.services import accounts, events, imagestores, infra, lookup, offerings, volumes
+from volstack.services import snapshot_chains as chains
 from volstack.services import templates  # noqa: F401  (registers the secondary-storage counter this one adds to)
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
@@ -129,48 +127,6 @@ def job_keys(s, snapshot_uuid: str, throttled: bool = False) -> tuple[str, str |
     return f"Volume:{vol.uuid}", host and f"snapshothost:{host.uuid}"
 
 
-# ---------------------------------------------------------------- incremental chains
-
-def _holds_chains(store) -> bool:
-    # Chains name their parent by a bare file name; QEMU 7.2's userspace NFS driver resolves such a name against
-    # the image's own URL (nfs://h/e/top.qcow2/parent.qcow2), so chains live only on stores reached as directories.
-    return imagestores.spec(store)["type"] != "NetworkFilesystem"
-
-
-def _depth(s, snap) -> int:
-    """Incrementals from snap down to its full backup."""
-    n = 0
-    while snap is not None and snap.parent_id is not None:
-        n, snap = n + 1, s.get(Snapshot, snap.parent_id)
-    return n
-
-
-def _children(s, snap) -> list[Snapshot]:
-    return list(s.scalars(select(Snapshot).where(Snapshot.parent_id == snap.id, Snapshot.removed.is_(None),
-                                                 Snapshot.state.notin_(("Destroyed", "Error")))))
-
-
-def _incremental_plan(s, snap, vol) -> tuple[str | None, Snapshot | None]:
-    """(the dirty bitmap to start with this snapshot, the snapshot to be incremental to). The agent checks the
-    parent's bitmap is really in the image; here: the newest snapshot of the volume, backed up on a writable
-    store that holds chains, with fewer than snapshot.delta.max incrementals above its full backup."""
-    pool = s.get(StoragePool, vol.pool_id)
-    cluster = pool.cluster_id if pool is not None else None
-    if vol.format.lower() != "qcow2" or not S.Settings.value_in(s, S.KVM_INCREMENTAL_SNAPSHOT, cluster=cluster,
-                                                                zone=vol.zone_id):
-        return None, None
-    bitmap = f"volstack-{snap.uuid}"
-    last = s.scalar(select(Snapshot).where(Snapshot.volume_id == vol.id, Snapshot.id != snap.id,
-                                           Snapshot.removed.is_(None), Snapshot.state.notin_(("Allocated", "Error")))
-                    .order_by(Snapshot.id.desc()).limit(1))
-    store = _store_of(s, last) if last is not None and last.state == "BackedUp" else None
-    if store is None or store.readonly or store.removed is not None or not _holds_chains(store):
-        return bitmap, None
-    if _depth(s, last) + 1 > S.Settings.value_in(s, S.SNAPSHOT_DELTA_MAX):
-        return bitmap, None
-    return bitmap, last
-
-
 def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
     """The job of createSnapshot: take on primary, back up, remove the primary copy. With start_backup
     (asyncbackup=true) the job ends at CreatedOnPrimary and start_backup() queues the backup as a task; the
@@ -189,7 +145,7 @@ def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
         SNAPSHOT.fire(s, snap, "OperationFailed", error=exc.text)
         s.commit()
         raise
-    bitmap, parent = _incremental_plan(s, snap, vol)
+    bitmap, parent = chains.incremental_plan(s, snap, vol)
     SNAPSHOT.fire(s, snap, "CreateRequested", pool_id=pool.id)
     s.commit()
     spec = driver_for(pool.provider).spec(pool)
@@ -243,7 +199,7 @@ def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host: Host, p
     beside its parent's backup)."""
     if snap.parent_id is not None:
         parent = s.get(Snapshot, snap.parent_id)
-        store = _store_of(s, parent) if parent.state == "BackedUp" else None
+        store = chains.store_of(s, parent) if parent.state == "BackedUp" else None
         if store is None or store.readonly or store.removed is not None:
             raise ResourceUnavailable(f"Snapshot {snap.name} is incremental to snapshot {parent.name}, whose backup "
                                       "is no longer on a writable image store; the snapshot stays on primary storage "
@@ -283,40 +239,6 @@ def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host: Host, p
                   resource_type="Snapshot", resource_uuid=snap.uuid)
 
 
-def _store_of(s, snap) -> ImageStore | None:
-    return s.get(ImageStore, snap.store_id) if snap.store_id else None
-
-
-def _merge_into_children(s, snap, store, began: list) -> None:
-    """Before snap's backup goes, every backup that reads it takes in the data it still needs (the child's
-    backing becomes snap's own). Who reads whom comes from the files' headers, so a merge interrupted between
-    the store and the database is finished rather than undone; parent_id follows the headers afterwards.
-    `began` gets an entry once a merge has started (from then on snap's file may hold its child's data)."""
-    sibs = list(s.scalars(select(Snapshot).where(Snapshot.volume_id == snap.volume_id, Snapshot.store_id == store.id,
-                                                 Snapshot.removed.is_(None), Snapshot.state == "BackedUp",
-                                                 Snapshot.id != snap.id)))
-    if not any(r.parent_id is not None for r in [snap, *sibs]):
-        return                                            # no incremental of this volume here: nothing reads snap
-    ch, spec = channel(imagestores.host_for(s, store)), imagestores.spec(store)
-
-    def backing(r):
-        b = ch.call("volume_info", pool=spec, name=r.install_path, format="qcow2").get("backing")
-        return b and os.path.basename(b)
-    by_path = {r.install_path: r for r in sibs}
-    children = [r for r in sibs if backing(r) == snap.install_path]
-    new = backing(snap) if children else None
-    for child in children:
-        began.append(child)
-        res = run_long(ch, "snapshot_merge", None, pool=spec, name=child.install_path, parent=snap.install_path,
-                       backing=new)
-        child.physical_size = res.get("physical_size") or child.physical_size
-    for r in sibs:
-        if r.parent_id == snap.id or r in children:
-            b = backing(r)
-            r.parent_id = by_path[b].id if b in by_path else None
-    s.commit()
-
-
 def delete(s, ctx, snap: Snapshot) -> None:
     """deleteSnapshot: the store copy and any primary copy go, then the row is Destroyed."""
     if snap.state not in ("BackedUp", "CreatedOnPrimary", "Error"):
@@ -326,7 +248,7 @@ def delete(s, ctx, snap: Snapshot) -> None:
     if users:
         raise ResourceInUse(f"Snapshot {snap.name} is still needed by volume(s) {', '.join(users)} created from it "
                             "and not yet attached; attach or delete them first")
-    waiting = [c.name for c in _children(s, snap) if c.state != "BackedUp"]
+    waiting = [c.name for c in chains.children(s, snap) if c.state != "BackedUp"]
     if waiting:
         raise ResourceInUse(f"Snapshot {snap.name} is the parent of incremental snapshot(s) {', '.join(waiting)}, "
                             "which are not backed up yet; delete them or wait for their backup first")
@@ -334,9 +256,9 @@ def delete(s, ctx, snap: Snapshot) -> None:
     SNAPSHOT.fire(s, snap, "DestroyRequested")
     s.commit()
     try:
-        store = _store_of(s, snap)
+        store = chains.store_of(s, snap)
         if store is not None and snap.install_path:
-            _merge_into_children(s, snap, store, began)
+            chains.merge_into_children(s, snap, store, began)
             channel(imagestores.host_for(s, store)).call("volume_delete", pool=imagestores.spec(store),
                                                          name=snap.install_path)
         if snap.pool_id and snap.primary_name:
@@ -379,7 +301,7 @@ def revert(s, ctx, snap: Snapshot, progress=None) -> Snapshot:
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be reverted")
     pool = _file_pool(s, vol)
     host, _ = _host_for(s, vol, pool)
-    store = _store_of(s, snap)
+    store = chains.store_of(s, snap)
     volumes.begin_host_work(s, vol, "RevertSnapshotRequested")
     try:
         res = run_long(channel(host), "snapshot_revert", progress, pool=driver_for(pool.provider).spec(pool),
@@ -459,7 +381,7 @@ def new_volume(s, ctx, *, snapshotid, name=None, zoneid=None, diskofferingid=Non
 def copy_to_primary(s, ctx, vol: Volume, pool: StoragePool, host, progress=None) -> dict:
     """volumes.realize's hook: the snapshot's store copy becomes the volume's first image on pool."""
     snap = s.scalar(select(Snapshot).where(Snapshot.uuid == vol.details["snapshot"]))
-    store = _store_of(s, snap) if snap is not None and snap.state == "BackedUp" else None
+    store = chains.store_of(s, snap) if snap is not None and snap.state == "BackedUp" else None
     if store is None:
         raise ResourceUnavailable(f"Snapshot {vol.details['snapshot']} of volume {vol.name} is no longer backed up")
     drv = driver_for(pool.provider)
@@ -496,7 +418,7 @@ def settle_interrupted(db, ctx, snapshot_uuid: str, cmd: str) -> None:
             return
         reason = f"{cmd} was interrupted because the management server running it stopped"
         to = back[snap.state] or ("BackedUp" if snap.store_id else "CreatedOnPrimary")
-        if snap.state == "Destroying" and _children(s, snap):
+        if snap.state == "Destroying" and chains.children(s, snap):
             # a merge into its child may have begun: its file may hold the child's data now, so it is never
             # used again; deleting it (which finishes the merge) is all that remains
             to, reason = "Error", reason + "; it was being merged into its incremental child"
@@ -530,7 +452,7 @@ def _movable(s, store) -> list:
                                             Snapshot.removed.is_(None)))
     # a backup its incremental children still read stays until they have moved (the copy of a leaf is flat)
     return [Item("snapshot", r.id, r.uuid, r.name, r.install_path, r.physical_size or r.size, "QCOW2") for r in rows
-            if not _children(s, r)]
+            if not chains.children(s, r)]
 
 
 def _repoint(s, item, src, dst) -> bool:

@@ -19,6 +19,17 @@ def _on_store(r, lk) -> bool:
     return r.store_id is not None and r.install_path is not None and r.state in ("BackedUp", "Copying", "Destroying")
 
 
+def _chain_size(r, lk) -> int | None:
+    """Bytes on the store of an incremental snapshot and every backup it reads (CloudStack's chainsize)."""
+    if r.parent_id is None:
+        return None
+    total, row = 0, r
+    while row is not None:
+        total += row.physical_size or 0
+        row = lk.get(Snapshot, row.parent_id) if row.parent_id else None
+    return total
+
+
 SNAPSHOT = View("snapshot", [
     F("id", "ID of the snapshot", _a("uuid")),
     F("name", "name of the snapshot", _a("name")),
@@ -52,6 +63,8 @@ SNAPSHOT = View("snapshot", [
       lambda r, lk: lk.attr(Snapshot, r.parent_id, "uuid") if r.parent_id else None),
     F("parentname", "the name of the snapshot this incremental one is based on",
       lambda r, lk: lk.attr(Snapshot, r.parent_id, "name") if r.parent_id else None),
+    F("chainsize", "chain size of snapshot including all parent snapshots. Shown only for incremental snapshots",
+      _chain_size, "long"),
     F("status", "why the last operation on the snapshot failed", _a("error")),
     F("created", "the date the snapshot was created", _date("created"), "date"),
     *_owner_fields(),
