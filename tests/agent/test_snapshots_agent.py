@@ -47,7 +47,8 @@ def test_live_snapshot_is_point_in_time_while_the_guest_writes(agent, pool, pool
     guest_io(vm, "disk0", "write -P 0x22 0 8M")
     assert [j["status"] for j in backup_jobs(vm)] == ["running"]     # the writes came before the copy ended
     taken = c.wait_task(task)
-    assert taken == {"kind": "file", "name": "snap-a.qcow2", "size": 16 * MiB, "incremental": False}
+    assert {k: taken[k] for k in ("kind", "name", "size", "incremental")} == \
+        {"kind": "file", "name": "snap-a.qcow2", "size": 16 * MiB, "incremental": False}
     guest_io(vm, "disk0", "read -P 0x22 0 8M")
     qemu_io(os.path.join(pool["path"], "snap-a.qcow2"), "read -P 0x11 0 8M")
     with Qmp(vm["monitor"]) as q:                       # nothing of the backup is left in the guest
@@ -186,3 +187,19 @@ def test_a_live_copy_cut_by_an_agent_crash_leaves_nothing_in_the_guest_that_bloc
         assert q.execute("query-jobs") == []
         assert not [n for n in q.execute("query-named-block-nodes") if ".part" in (n.get("file") or "")]
     assert sorted(os.listdir(pool["path"])) == ["data", "snap-b.qcow2"]
+
+
+def test_a_live_copy_goes_straight_to_the_store_when_it_is_reachable(agent, pool, pool2, tmp_path):
+    c = agent.client
+    c.call("volume_create", pool=pool, name="data", size=16 * MiB, format="qcow2")
+    qemu_io(os.path.join(pool["path"], "data"), "write -P 0x11 0 4M")
+    c.call("vm_start", name="vm1", uuid="0b9a9d1e-3f0f-4c9e-8d4e-3f1a2b3c4d61", memory_mb=64, cpus=1,
+           disks=[{"pool": pool, "name": "data", "format": "qcow2", "serial": "DATA-1", "device_id": 0}])
+    args = dict(pool=pool, name="data", format="qcow2", vm="vm1", serial="DATA-1")
+    taken = c.call("snapshot_take", snapshot="snap-a", dst_pool=pool2, dst_name="a.qcow2", **args)
+    assert (taken["kind"], taken["name"]) == ("stored", "a.qcow2") and sorted(os.listdir(pool["path"])) == ["data"]
+    qemu_io(os.path.join(pool2["path"], "a.qcow2"), "read -P 0x11 0 4M")
+    assert c.call("snapshot_take", snapshot="snap-a", dst_pool=pool2, dst_name="a.qcow2", **args) == taken
+    gone = {"uuid": "gone", "type": "Filesystem", "path": str(tmp_path / "no-such-store")}
+    kept = c.call("snapshot_take", snapshot="snap-b", dst_pool=gone, dst_name="b.qcow2", **args)
+    assert (kept["kind"], kept["name"]) == ("file", "snap-b.qcow2")       # the store is away: kept on primary

@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+import contextlib
 from contextlib import contextmanager
 
 from volstack import __version__
@@ -452,11 +453,14 @@ class Agent:
     def cmd_snapshot_take(self, args, progress):
         from volstack.agent import snapshots
         pool, name = self.pool(args), images.check_name(arg(args, "name"))
-        with self.hold(pool, name, "being snapshotted"):
+        dst = self.pool(args, "dst_pool") if args.get("dst_pool") is not None else None
+        dst_name = images.check_name(arg(args, "dst_name")) if dst is not None else None
+        with self.hold(pool, name, "being snapshotted"), \
+                (self.hold(dst, dst_name, "being copied to") if dst is not None else contextlib.nullcontext()):
             return snapshots.take(self.hv, pool, name, arg(args, "format"), arg(args, "snapshot"),
                                   arg(args, "vm", str, None), arg(args, "serial", str, None), progress,
                                   arg(args, "speed", int, 0), arg(args, "bitmap", str, None),
-                                  arg(args, "parent", dict, None))
+                                  arg(args, "parent", dict, None), dst, dst_name)
 
     def cmd_snapshot_merge(self, args, progress):
         from volstack.agent import snapshots

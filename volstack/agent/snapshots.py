@@ -32,7 +32,7 @@ import time
 from contextlib import contextmanager
 
 from volstack.agent import images
-from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound
+from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound, Unavailable
 from volstack.agent.qmp import Qmp, QmpError, QmpGone
 
 KINDS = ("internal", "file", "delta")
@@ -69,15 +69,18 @@ def _bitmap_cmd(pool, name: str, *args) -> None:
 def _described(pool, file_name: str) -> dict:
     have = images.info(pool, file_name, "qcow2")
     return {"kind": "delta" if have["backing"] else "file", "name": file_name, "size": have["size"],
-            "incremental": bool(have["backing"])}
+            "physical_size": have["physical_size"], "incremental": bool(have["backing"])}
 
 
 def take(hv, pool, name: str, fmt: str, snapshot: str, vm: str | None, serial: str | None, progress,
-         speed: int = 0, bitmap: str | None = None, parent: dict | None = None) -> dict:
-    """The primary copy of volume `name` as snapshot `snapshot`: {"kind", "name", "size", "incremental"}.
-    speed: bytes per second the live copy of a running guest's disk may use (0: unlimited). bitmap: the dirty
-    bitmap to start at this snapshot (incremental tracking on). parent: {"bitmap", "backing"} of the snapshot
-    to be incremental to; when its bitmap is missing or unusable the copy is full."""
+         speed: int = 0, bitmap: str | None = None, parent: dict | None = None, dst=None,
+         dst_name: str | None = None) -> dict:
+    """The primary copy of volume `name` as snapshot `snapshot`: {"kind", "name", "size", "physical_size",
+    "incremental"}. speed: bytes per second the live copy of a running guest's disk may use (0: unlimited).
+    bitmap: the dirty bitmap to start at this snapshot (incremental tracking on). parent: {"bitmap", "backing"}
+    of the snapshot to be incremental to; when its bitmap is missing or unusable the copy is full. dst/dst_name:
+    the backup's place on the image store: a copy that has to be made anyway (live, or a delta) is written
+    there at once, so the data moves once (kind "stored", nothing on primary)."""
     images.check_name(name), images.check_name(snapshot), images.check_format(fmt)
     for b in (bitmap, (parent or {}).get("bitmap")):
         if b is not None and not (isinstance(b, str) and b.startswith(BITMAP) and len(b) < 1024):
@@ -92,16 +95,24 @@ def take(hv, pool, name: str, fmt: str, snapshot: str, vm: str | None, serial: s
     if user is not None and (user != vm or not serial):
         raise Busy(f"volume {name} is attached to running VM {user}; ask for a live snapshot of that VM's disk")
     file_name = f"{snapshot}.qcow2"
-    if pool.exists(file_name):
+    if pool.exists(file_name):                  # a primary copy from an earlier attempt
         return _described(pool, file_name)
-    if user is not None and getattr(hv, "backup_disk", None) is None:      # a real QEMU has the image open
-        kind = _live_copy(hv, vm, serial, pool, file_name, progress, speed, bitmap, parent)
-        return {**_described(pool, file_name), "kind": kind}
-    # nobody holds the image open (an idle volume, or a simulated guest): the agent's hold keeps it still
-    have = _offline_bitmaps(pool, name) if bitmap or parent else {}
-    if parent is not None and have.get(parent["bitmap"]):
-        _offline_delta(pool, name, file_name, bitmap, parent, progress)
-        return _described(pool, file_name)
+    live = user is not None and getattr(hv, "backup_disk", None) is None    # a real QEMU has the image open
+    # otherwise nobody holds the image open (an idle volume, or a simulated guest): the agent's hold keeps it still
+    have = _offline_bitmaps(pool, name) if not live and (bitmap or parent) else {}
+    if live or (parent is not None and have.get(parent["bitmap"])):
+        try:
+            if dst is not None and dst.exists(images.check_name(dst_name)):
+                return {**_described(dst, dst_name), "kind": "stored"}
+        except Unavailable:
+            dst = None                          # the store is out of reach: the copy stays on primary for now
+        where, where_name = (dst, dst_name) if dst is not None else (pool, file_name)
+        if live:
+            kind = _live_copy(hv, vm, serial, where, where_name, progress, speed, bitmap, parent)
+        else:
+            _offline_delta(pool, name, where, where_name, bitmap, parent, progress)
+            kind = "delta"
+        return {**_described(where, where_name), "kind": "stored" if dst is not None else kind}
     for b in have:
         _bitmap_cmd(pool, name, "--remove", b)
     if user is not None:
@@ -278,7 +289,7 @@ def _clear_leftovers(q: Qmp, job: str, dst) -> None:
         q.execute("job-dismiss", {"id": job})
     for n in q.execute("query-named-block-nodes", {"flat": True}):
         name = os.path.basename(n.get("file") or "")
-        if n.get("drv") == "qcow2" and name.startswith(".snap-") and name.endswith(".part"):
+        if n.get("drv") == "qcow2" and name.startswith(".") and name.endswith(".part"):      # images.part_name
             try:
                 q.execute("blockdev-del", {"node-name": n["node-name"]})
             except QmpError:
@@ -359,13 +370,13 @@ def _storage_daemon():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _offline_delta(pool, name: str, file_name: str, bitmap, parent: dict, progress) -> None:
-    """The incremental copy of an idle volume, by the same backup job in a qemu-storage-daemon; the daemon
-    stores the new bitmap in the image when it closes it."""
+def _offline_delta(pool, name: str, dst, file_name: str, bitmap, parent: dict, progress) -> None:
+    """The incremental copy of an idle volume into dst, by the same backup job in a qemu-storage-daemon; the
+    daemon stores the new bitmap in the image when it closes it."""
     part = images.part_name(file_name)
-    pool.remove(part)
+    dst.remove(part)
     size = images.info(pool, name, "qcow2")["size"]
-    spec = _target(pool, part, size, parent["backing"])
+    spec = _target(dst, part, size, parent["backing"])
     with _storage_daemon() as sock:
         def monitor():
             return Qmp(sock)
@@ -381,6 +392,6 @@ def _offline_delta(pool, name: str, file_name: str, bitmap, parent: dict, progre
             for node in ("copy", "vol"):
                 q.execute("blockdev-del", {"node-name": node})
     if error:
-        pool.remove(part)
+        dst.remove(part)
         raise Failed(f"the incremental copy of volume {name} failed: {error}")
-    pool.rename(part, file_name)
+    dst.rename(part, file_name)

@@ -128,9 +128,10 @@ def job_keys(s, snapshot_uuid: str, throttled: bool = False) -> tuple[str, str |
 
 
 def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
-    """The job of createSnapshot: take on primary, back up, remove the primary copy. With start_backup
-    (asyncbackup=true) the job ends at CreatedOnPrimary and start_backup() queues the backup as a task; the
-    volume stays Snapshotting until that task is done."""
+    """The job of createSnapshot: take on primary, back up, remove the primary copy. A copy the take makes
+    anyway (a running guest's disk, a delta) is written straight to its place on the store instead, so the
+    data moves once (Creating → BackedUp). With start_backup (asyncbackup=true) the job ends at CreatedOnPrimary
+    and start_backup() queues the backup as a task; the volume stays Snapshotting until that task is done."""
     vol = s.get(Volume, snap.volume_id)
     try:
         if vol.state != "Ready":
@@ -146,6 +147,9 @@ def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
         s.commit()
         raise
     bitmap, parent = chains.incremental_plan(s, snap, vol)
+    store = None
+    if start_backup is None:
+        store = chains.store_of(s, parent) if parent else next(iter(imagestores.writable_stores(s, snap.zone_id)), None)
     SNAPSHOT.fire(s, snap, "CreateRequested", pool_id=pool.id)
     s.commit()
     spec = driver_for(pool.provider).spec(pool)
@@ -153,17 +157,25 @@ def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
         res = run_long(channel(host), "snapshot_take", progress, pool=spec, name=vol.path,
                        format=vol.format.lower(), snapshot=f"snap-{snap.uuid}", vm=vm.uuid if vm else None,
                        serial=serial_of(vol) if vm else None, bitmap=bitmap,
-                       parent={"bitmap": f"volstack-{parent.uuid}", "backing": parent.install_path} if parent else None)
+                       parent={"bitmap": f"volstack-{parent.uuid}", "backing": parent.install_path} if parent else None,
+                       dst_pool=imagestores.spec(store) if store else None, dst_name=store and f"{snap.uuid}.qcow2")
     except CloudError as exc:
         SNAPSHOT.fire(s, snap, "OperationFailed", error=f"taking the snapshot on {pool.name} failed: {exc.text}")
         volumes.host_work_failed(s, vol, exc, error=f"snapshot {snap.name} failed: {exc.text}")
     incremental = bool(res.get("incremental")) and parent is not None
+    taken = (f"Snapshot {snap.name} taken on storage pool {pool.name}" + (f" while VM {vm.name} runs" if vm else "")
+             + (f", incremental to snapshot {parent.name}" if incremental else ""))
+    if res["kind"] == "stored":
+        SNAPSHOT.fire(s, snap, "OperationNotPerformed", size=res.get("size") or snap.size, store_id=store.id,
+                      install_path=res["name"], physical_size=res.get("physical_size"),
+                      parent_id=parent.id if incremental else None)
+        events.record(s, ctx, "SNAPSHOT.CREATE", f"{taken}, straight to image store {store.name}",
+                      resource_type="Snapshot", resource_uuid=snap.uuid)
+        VOLUME.fire(s, vol, "OperationSucceeded")
+        return snap
     SNAPSHOT.fire(s, snap, "OperationSucceeded", primary_kind=res["kind"], primary_name=res["name"],
                   size=res.get("size") or snap.size, parent_id=parent.id if incremental else None)
-    events.record(s, ctx, "SNAPSHOT.CREATE", f"Snapshot {snap.name} taken on storage pool {pool.name}"
-                  + (f" while VM {vm.name} runs" if vm else "")
-                  + (f", incremental to snapshot {parent.name}" if incremental else ""),
-                  resource_type="Snapshot", resource_uuid=snap.uuid)
+    events.record(s, ctx, "SNAPSHOT.CREATE", taken, resource_type="Snapshot", resource_uuid=snap.uuid)
     s.commit()
     if start_backup is not None:
         start_backup()
