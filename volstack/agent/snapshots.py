@@ -256,6 +256,7 @@ def _run_backup(monitor, device: str, target: str, job: str, have: dict, bitmap,
     actions.append({"type": "blockdev-backup", "data": backup})
     with monitor() as q:
         q.execute("transaction", {"actions": actions})
+    pause = 0.01                    # small deltas end within milliseconds; long copies are polled every 0.1 s
     while True:
         with monitor() as q:
             state = next((j for j in q.execute("query-jobs") if j["id"] == job), None)
@@ -272,7 +273,8 @@ def _run_backup(monitor, device: str, target: str, job: str, have: dict, bitmap,
                 return error
             if state.get("total-progress"):
                 progress(min(99, int(state["current-progress"] * 100 / state["total-progress"])))
-        time.sleep(0.1)
+        time.sleep(pause)
+        pause = min(0.1, pause * 1.5)
 
 
 def _clear_leftovers(q: Qmp, job: str, dst) -> None:
