@@ -1,6 +1,7 @@
 """volstack benchmarks, each printed as a ratio against a limit measured in the same run.
 
-    .venv/bin/python bench/run.py [--quick] [--no-pg] [--profile] [--no-storage | --storage-only | --rbd]
+    .venv/bin/python bench/run.py [--quick] [--no-pg] [--profile]
+                                  [--no-storage | --storage-only | --rbd | --snapshots-only]
                                   [--download | --download-only]
 
 The storage figures (4, 5) start a `volstack agent` with a QEMU guest and use the machine's one nfs-ganesha
@@ -23,16 +24,19 @@ import bench_download  # noqa: E402
 import bench_transfers  # noqa: E402
 import bench_jobs  # noqa: E402
 import bench_rbd  # noqa: E402
+import bench_snapshots  # noqa: E402
 import bench_storage  # noqa: E402
 import bench_templates  # noqa: E402
 import loadgen  # noqa: E402
 
 QUICK = dict(rounds=1, duration=1.5, jobs=600, async_jobs=120, inproc=300,
              attach_n=15, mig_mib=64, mig_rounds=2, sim_pairs=120,
-             dl_rate_mib=32, dl_paced_mib=64, dl_plain_mib=256, dl_rounds=2, tmpl_mib=128, root_n=5)
+             dl_rate_mib=32, dl_paced_mib=64, dl_plain_mib=256, dl_rounds=2, tmpl_mib=128, root_n=5,
+             snap_mib=64, snap_rounds=2)
 FULL = dict(rounds=2, duration=5.0, jobs=3000, async_jobs=400, inproc=1000,
             attach_n=30, mig_mib=256, mig_rounds=5, sim_pairs=400,
-            dl_rate_mib=32, dl_paced_mib=192, dl_plain_mib=1024, dl_rounds=3, tmpl_mib=512, root_n=10)
+            dl_rate_mib=32, dl_paced_mib=192, dl_plain_mib=1024, dl_rounds=3, tmpl_mib=512, root_n=10,
+            snap_mib=256, snap_rounds=3)
 
 
 def main() -> None:
@@ -46,12 +50,13 @@ def main() -> None:
     which.add_argument("--no-storage", action="store_true", help="skip the storage figures (4-6)")
     which.add_argument("--storage-only", action="store_true", help="only the storage figures (4-6)")
     which.add_argument("--rbd", action="store_true", help="only the RBD figures, on a throwaway Ceph cluster")
+    which.add_argument("--snapshots-only", action="store_true", help="only the snapshot figures (12)")
     dl = ap.add_mutually_exclusive_group()
     dl.add_argument("--download", action="store_true", help="also the template download figures (8, 9)")
     dl.add_argument("--download-only", action="store_true", help="only the template download figures (8, 9)")
     tr = ap.add_mutually_exclusive_group()
-    tr.add_argument("--transfers", action="store_true", help="also the extract/upload figures (10, 11)")
-    tr.add_argument("--transfers-only", action="store_true", help="only the extract/upload figures (10, 11)")
+    tr.add_argument("--transfers", action="store_true", help="also the extract/upload figures (11)")
+    tr.add_argument("--transfers-only", action="store_true", help="only the extract/upload figures (11)")
     args = ap.parse_args()
     cfg = QUICK if args.quick else FULL
     logging.basicConfig(level=logging.WARNING)
@@ -63,6 +68,8 @@ def main() -> None:
             args.storage_only = args.no_storage = True
         if args.rbd:
             rows += bench_rbd.rbd_rows(Path(tmp), cfg)
+        elif args.snapshots_only:
+            rows += bench_snapshots.rows(Path(tmp), cfg)
         elif not args.storage_only:
             rows, async_result = api_rows(Path(tmp), cfg, args)
             n = cfg["jobs"]
@@ -75,10 +82,11 @@ def main() -> None:
                          "empty SQLite jobs above", a.rate / j["jobs"]))
             if not args.no_pg:
                 rows += pg_rows(n)
-        if not args.no_storage and not args.rbd:
+        if not args.no_storage and not args.rbd and not args.snapshots_only:
             rows += bench_storage.real_rows(Path(tmp), cfg)
             rows += bench_storage.sim_rows(Path(tmp), cfg, args.procs, args.threads, empty_jobs)
             rows += bench_templates.rows(Path(tmp), cfg)
+            rows += bench_snapshots.rows(Path(tmp), cfg)
         if args.download or args.download_only:
             rows += bench_download.rows(Path(tmp), cfg)
         if args.transfers or args.transfers_only:

@@ -34,11 +34,18 @@ class ManagementServer:
         self.api = ApiApp(self)
         self.jobs = JobEngine(self.db, self.api.execute_job, self.api.on_interrupt, workers=workers, name=name,
                               heartbeat_seconds=heartbeat_seconds,
-                              expire_minutes=lambda: self.settings.get(S.JOB_EXPIRE_MINUTES))
+                              expire_minutes=lambda: self.settings.get(S.JOB_EXPIRE_MINUTES),
+                              queue_limit=self._queue_limit, expired=self.api.on_expired)
         self._http = None
         self._thread = None
         self._cache: dict = {}
         self._add_periodic_tasks()
+
+    def _queue_limit(self, queue_key: str):
+        """Throttled job queues: snapshot jobs per host (CloudStack's snapshothost sync queue)."""
+        if queue_key.startswith("snapshothost:"):
+            return self.settings.get(S.CONCURRENT_SNAPSHOTS_PER_HOST)
+        return None
 
     def _add_periodic_tasks(self) -> None:
         from volstack.services import agents

@@ -4,6 +4,7 @@
 idempotent by itself (creating an identical existing volume succeeds, deleting a missing one
 succeeds, attaching an attached disk succeeds), on top of the server's request-id replay.
 """
+import contextlib
 import json
 import os
 import re
@@ -493,15 +494,26 @@ class Agent:
         return transfer.status(self, arg(args, "id"))
 
     # ---- snapshots (agent/snapshots.py). A primary copy is (kind, name): "internal" = a qcow2 snapshot
-    # named `name` inside the volume image, "file" = the flat qcow2 `name` in the volume's pool.
+    # named `name` inside the volume image, "file" = the flat qcow2 `name` in the volume's pool, "delta" = an
+    # incremental qcow2 `name` in the volume's pool whose header names its parent's backup.
 
     def cmd_snapshot_take(self, args, progress):
         from volstack.agent import snapshots
         pool, name = self.pool(args), images.check_name(arg(args, "name"))
-        with self.hold(pool, name, "being snapshotted"):
+        dst = self.pool(args, "dst_pool") if args.get("dst_pool") is not None else None
+        dst_name = images.check_name(arg(args, "dst_name")) if dst is not None else None
+        with self.hold(pool, name, "being snapshotted"), \
+                (self.hold(dst, dst_name, "being copied to") if dst is not None else contextlib.nullcontext()):
             return snapshots.take(self.hv, pool, name, arg(args, "format"), arg(args, "snapshot"),
                                   arg(args, "vm", str, None), arg(args, "serial", str, None), progress,
-                                  arg(args, "speed", int, 0))
+                                  arg(args, "speed", int, 0), arg(args, "bitmap", str, None),
+                                  arg(args, "parent", dict, None), dst, dst_name)
+
+    def cmd_snapshot_merge(self, args, progress):
+        from volstack.agent import snapshots
+        pool, name = self.pool(args), images.check_name(arg(args, "name"))
+        with self.hold(pool, name, "taking in its parent"):
+            return snapshots.merge(pool, name, images.check_name(arg(args, "parent")), arg(args, "backing", str, None))
 
     def cmd_snapshot_backup(self, args, progress):
         from volstack.agent import snapshots

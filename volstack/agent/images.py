@@ -76,6 +76,7 @@ class Pool:
     preallocation: dict                     # provisioning -> {format: qemu-img preallocation or None}
     formats = FORMATS                       # image formats the pool can hold
     make_image = None                       # (name, size, fmt): the pool creates images itself (not qemu-img)
+    holds_chains = False                    # qcow2 chains by bare backing names open through target()
 
     def qmp_objects(self) -> list:          # QMP object-add arguments QEMU needs before blockdev()
         return []
@@ -89,6 +90,7 @@ class Pool:
 
 
 class DirectoryPool(Pool):
+    holds_chains = True       # (QEMU 7.2's nfs driver resolves a bare backing name against the image's own URL)
     preallocation = {"thin": {"qcow2": "off", "raw": "off"},
                      "sparse": {"qcow2": "metadata", "raw": "off"},
                      "fat": {"qcow2": "falloc", "raw": "full"}}

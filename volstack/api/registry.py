@@ -66,9 +66,10 @@ class Command:
     prepare: Callable | None = None   # prepare(req, p) -> uuid of the row created before the job (async create)
     instance_type: str | None = None  # jobinstancetype and the sync key's prefix
     instance_param: str | None = None # the parameter naming the object the job works on
-    sync_on: Callable | None = None   # sync_on(req, p) -> sync key, to serialize with another object's jobs
     on_interrupt: str = "fail"        # what reconciliation does if the server dies mid-job: fail | retry
     writes: bool = False              # a get* command that creates something (getUploadParamsFor*)
+    sync: Callable | None = None      # sync(req, p, instance) -> (sync key, queue key): what the job waits for
+                                      # (default: its instance; a queue key shares a limited number of slots)
 
     def allowed(self, account_type: int) -> bool:
         need = {ROOT: (1,), DOMAIN: (1, 2), USER: (0, 1, 2)}[self.access]

@@ -26,12 +26,13 @@ class Req:
     cmd: Command
     progress: object = None   # in a job: progress(percent, proc_status=None) records how far it got
 
-    def start_task(self, name: str, params: dict, instance_uuid: str | None = None):
-        """Queue a declared background task in this request's transaction (it runs once that commits)."""
+    def start_task(self, name: str, params: dict, instance_uuid: str | None = None, sync_key: str | None = None):
+        """Queue a declared background task in this request's transaction (it runs once that commits); it waits
+        for the jobs of sync_key (default: of its instance)."""
         task = API.tasks[name]
         return self.ms.jobs.submit(self.s, cmd=name, params=params, ctx=self.ctx, instance_type=task.instance_type,
-                                   instance_uuid=instance_uuid,
-                                   sync_key=f"{task.instance_type}:{instance_uuid}" if instance_uuid else None)
+                                   instance_uuid=instance_uuid, sync_key=sync_key or (
+                                       f"{task.instance_type}:{instance_uuid}" if instance_uuid else None))
 
 
 class ApiApp:
@@ -159,10 +160,12 @@ class ApiApp:
                     instance = cmd.prepare(req, p)
                     result["id"] = instance
                     p[cmd.instance_param or "id"] = instance
-                sync_key = cmd.sync_on(req, p) if cmd.sync_on else \
-                    f"{cmd.instance_type}:{instance}" if cmd.instance_type and instance else None
+                sync_key = f"{cmd.instance_type}:{instance}" if cmd.instance_type and instance else None
+                queue_key = None
+                if cmd.sync is not None:
+                    sync_key, queue_key = cmd.sync(req, p, instance)
                 job = self.ms.jobs.submit(s, cmd=cmd.name, params=dict(p), ctx=ctx, instance_type=cmd.instance_type,
-                                          instance_uuid=instance, sync_key=sync_key)
+                                          instance_uuid=instance, sync_key=sync_key, queue_key=queue_key)
                 result["jobid"] = job.uuid
         if not cmd.readonly:
             self.ms.jobs.wake()      # the job (or tasks a sync command queued) is committed now
@@ -205,6 +208,17 @@ class ApiApp:
                 log.exception("settling %s %s after an interrupted %s failed", job.instance_type,
                               job.instance_uuid, job.cmd)
         return action
+
+
+    def on_expired(self, job: AsyncJob) -> str:
+        """A job waited in a throttled queue past job.expire.minutes: its object gets the reason; returns the
+        job's error text."""
+        from volstack.services import snapshots
+        from volstack.services.context import system_context
+        if job.instance_type == "Snapshot" and job.instance_uuid:
+            return snapshots.settle_expired(self.ms.db, system_context(), job.instance_uuid, job.cmd,
+                                            self.ms.settings.get(S.JOB_EXPIRE_MINUTES))
+        return f"{job.cmd} waited longer than job.expire.minutes for a free slot and was cancelled; submit it again"
 
 
 def _header_safe(text: str) -> str:

@@ -208,6 +208,7 @@ class AsyncJob(Entity, Base):
     instance_type: Mapped[str | None] = mapped_column(String(32))
     instance_uuid: Mapped[str | None] = mapped_column(String(40))
     sync_key: Mapped[str | None] = mapped_column(String(128), index=True)
+    queue_key: Mapped[str | None] = mapped_column(String(128))    # a throttled queue (jobs/engine.py)
     owner_msid: Mapped[int | None] = mapped_column(Integer)
     started: Mapped[datetime | None] = mapped_column(DateTime)
     completed: Mapped[datetime | None] = mapped_column(DateTime)

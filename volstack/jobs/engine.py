@@ -5,6 +5,8 @@
   management servers can never both claim it.
 - Jobs on one object share a sync key; the key's row in async_job_lock (a primary key) lets only one
   of them run at a time, in submission order.
+- A queue key (e.g. the host of a snapshot) admits at most queue_limit(key) running jobs: each holds one of
+  the rows `<key>#0..n-1` in async_job_lock. Jobs waiting for a slot longer than job.expire.minutes fail.
 - There is no wall-clock limit: a job runs as long as it runs. Progress is recorded as it is reported.
 - Every server heartbeats in mshost. Running jobs of a server that stopped heartbeating (or that
   restarted) are reconciled: retried when the command is declared safe to retry, else failed with a
@@ -44,11 +46,15 @@ class JobProgress:
 
 class JobEngine:
     """executor(job: AsyncJob, progress: JobProgress) -> jobresult dict; raises CloudError on failure.
-    interrupted(job: AsyncJob) -> "retry" | "fail": what to do with a job whose server died."""
+    interrupted(job: AsyncJob) -> "retry" | "fail": what to do with a job whose server died.
+    queue_limit(queue key) -> int | None: running jobs a queue admits (None or < 1: unlimited).
+    expired(job: AsyncJob) -> str: settles the object of a job that waited too long in a queue; the error text."""
 
     def __init__(self, db, executor, interrupted=lambda job: "fail", *, workers: int = 4, name: str | None = None,
-                 heartbeat_seconds: float = 5.0, expire_minutes=lambda: 1440):
+                 heartbeat_seconds: float = 5.0, expire_minutes=lambda: 1440, queue_limit=lambda key: None,
+                 expired=lambda job: f"{job.cmd} waited longer than job.expire.minutes in its queue and was cancelled"):
         self.db, self.executor, self.interrupted = db, executor, interrupted
+        self.queue_limit, self.expired = queue_limit, expired
         self.workers = workers
         self.name = name or socket.gethostname()
         self.heartbeat_seconds = heartbeat_seconds
@@ -96,11 +102,11 @@ class JobEngine:
     # ------------------------------------------------------------ submit
 
     def submit(self, s, *, cmd: str, params: dict, ctx, instance_type=None, instance_uuid=None,
-               sync_key=None) -> AsyncJob:
+               sync_key=None, queue_key=None) -> AsyncJob:
         """Add a job in the caller's session; it becomes visible to workers when that commits."""
         job = AsyncJob(cmd=cmd, params=params, account_id=ctx.account_id, user_id=ctx.user_id,
                        domain_id=ctx.domain_id, instance_type=instance_type, instance_uuid=instance_uuid,
-                       sync_key=sync_key)
+                       sync_key=sync_key, queue_key=queue_key)
         s.add(job)
         s.flush()
         return job
@@ -126,13 +132,15 @@ class JobEngine:
 
     def _claim(self) -> AsyncJob | None:
         with self.db.session(readonly=True) as s:
-            candidates = s.execute(select(AsyncJob.id, AsyncJob.sync_key)
+            candidates = s.execute(select(AsyncJob.id, AsyncJob.sync_key, AsyncJob.queue_key)
                                    .where(AsyncJob.status == PENDING, AsyncJob.running.is_(False))
                                    .order_by(AsyncJob.id).limit(32)).all()
-        blocked = set()
+        blocked, limits = set(), {}
         for job in candidates:
-            if job.sync_key in blocked:
+            if job.sync_key in blocked or job.queue_key in blocked:
                 continue
+            if job.queue_key and job.queue_key not in limits:      # read before the claim's write transaction
+                limits[job.queue_key] = self.queue_limit(job.queue_key)
             try:
                 with self.db.session() as s:
                     if job.sync_key:
@@ -145,6 +153,10 @@ class JobEngine:
                             continue
                         s.add(JobLock(sync_key=job.sync_key, job_id=job.id))
                         s.flush()
+                    if job.queue_key and not self._take_slot(s, job, limits[job.queue_key]):
+                        s.rollback()
+                        blocked.add(job.queue_key)
+                        continue
                     res = s.execute(update(AsyncJob).where(AsyncJob.id == job.id, AsyncJob.status == PENDING,
                                                            AsyncJob.running.is_(False))
                                     .values(running=True, owner_msid=self.msid, started=utcnow(), last_update=utcnow()))
@@ -152,9 +164,22 @@ class JobEngine:
                         s.rollback()
                         continue
                     return s.get(AsyncJob, job.id)
-            except IntegrityError:
-                blocked.add(job.sync_key)     # another job of the same object is running
+            except IntegrityError:            # another job of the same object is running, or a slot was taken
+                blocked.update(k for k in (job.sync_key, job.queue_key) if k)
         return None
+
+    @staticmethod
+    def _take_slot(s, job, limit) -> bool:
+        """One of the queue's `limit` slots for job (a row `<queue key>#i`); False when all are held."""
+        if not limit or limit < 1:
+            return True
+        held = set(s.scalars(select(JobLock.sync_key).where(JobLock.sync_key.like(f"{job.queue_key}#%"))))
+        free = next((i for i in range(limit) if f"{job.queue_key}#{i}" not in held), None)
+        if free is None:
+            return False
+        s.add(JobLock(sync_key=f"{job.queue_key}#{free}", job_id=job.id))
+        s.flush()                 # a racing server's insert of the same slot fails here (IntegrityError)
+        return True
 
     def _run(self, job: AsyncJob) -> None:
         progress = JobProgress(self, job.id, job.uuid)
@@ -241,7 +266,26 @@ class JobEngine:
         return len(orphans)
 
     def expire(self) -> int:
+        """Delete finished jobs older than job.expire.minutes and fail queued ones that waited that long."""
         cutoff = utcnow() - timedelta(minutes=self.expire_minutes())
         with self.db.session() as s:
             res = s.execute(delete(AsyncJob).where(AsyncJob.status != PENDING, AsyncJob.completed < cutoff))
-            return res.rowcount
+            stale = list(s.scalars(select(AsyncJob).where(AsyncJob.status == PENDING, AsyncJob.running.is_(False),
+                                                          AsyncJob.queue_key.isnot(None), AsyncJob.created < cutoff)))
+        for job in stale:
+            with self.db.session() as s:      # claimed meanwhile? then it runs: only a still-waiting job fails
+                if s.execute(update(AsyncJob).where(AsyncJob.id == job.id, AsyncJob.status == PENDING,
+                                                    AsyncJob.running.is_(False))
+                             .values(running=True, owner_msid=self.msid)).rowcount != 1:
+                    continue
+            try:
+                text = self.expired(job)
+            except Exception:
+                log.exception("settling the object of expired job %s failed", job.uuid)
+                text = f"{job.cmd} waited longer than job.expire.minutes in its queue and was cancelled"
+            with self.db.session() as s:
+                s.execute(update(AsyncJob).where(AsyncJob.id == job.id)
+                          .values(status=FAILED, running=False, result_code=534, result_type="object",
+                                  result={"errorcode": 534, "errortext": text}, completed=utcnow(),
+                                  last_update=utcnow()))
+        return res.rowcount + len(stale)

@@ -116,7 +116,8 @@ SNAPSHOT = Lifecycle("snapshot", "state", {
     "BackedUp": {"DestroyRequested": "Destroying", "CopyingRequested": "Copying"},
     "Copying": {"OperationSucceeded": "BackedUp", "OperationFailed": "BackedUp"},
     "Destroying": {"OperationSucceeded": "Destroyed", "OperationFailed": "BackedUp",
-                   "OperationFailedOnPrimary": "CreatedOnPrimary"},     # a snapshot never backed up
+                   "OperationFailedOnPrimary": "CreatedOnPrimary",      # a snapshot never backed up
+                   "MergeFailed": "Error"},       # its backup may hold part of its incremental child's data
     "Destroyed": {},
     "Error": {"DestroyRequested": "Destroying"},
 })

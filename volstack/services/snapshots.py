@@ -7,10 +7,14 @@ point-in-time file copy of a running guest's disk made by QEMU's backup job) →
 qcow2 `<uuid>.qcow2` on a writable image store of the zone), after which the primary copy is removed. The
 volume stays Snapshotting until then, so nothing moves, resizes or reverts it under the backup. A failed
 backup goes back to CreatedOnPrimary with the reason (the primary copy is kept); a failed take is Error.
+
+Incremental (qcow2 volumes, `kvm.incremental.snapshot`): each snapshot starts a dirty bitmap in the volume
+image; the next one copies only what that bitmap marks and is stored beside its parent's backup with the
+parent as its backing file (`parent_id`), up to `snapshot.delta.max` incrementals after a full one. Deleting
+a snapshot that has a child first merges its data into the child, so no other snapshot loses anything.
 """
 from sqlalchemy import func, select
 
-from volstack.db.image_models import ImageStore
 from volstack.db.models import Host, utcnow
 from volstack.db.snapshot_models import Snapshot
 from volstack.db.storage_models import DiskOffering, StoragePool, VirtualMachine, Volume
@@ -19,6 +23,7 @@ from volstack.drivers.default import serial_of
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
 from volstack.services import accounts, events, imagestores, infra, lookup, offerings, snapshots_rbd, volumes
+from volstack.services import snapshot_chains as chains
 from volstack.services import templates  # noqa: F401  (registers the secondary-storage counter this one adds to)
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
@@ -62,7 +67,7 @@ def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None) -> 
     if locationtype and locationtype.upper() != "SECONDARY":
         raise InvalidParameter(f"locationtype {locationtype} is not supported for file pools: snapshots are backed "
                                "up to an image store (locationtype=SECONDARY)")
-    if vol.state != "Ready" or vol.pool_id is None:
+    if vol.state not in ("Ready", "Snapshotting") or vol.pool_id is None:     # Snapshotting: the job queues behind
         hint = "wait for its operation to finish" if vol.state in ("Migrating", "Resizing", "Snapshotting",
                                                                     "RevertSnapshotting", "Attaching", "Creating",
                                                                     "Copying") \
@@ -107,10 +112,26 @@ def _host_for(s, vol, pool) -> tuple[Host, VirtualMachine | None]:
     return hosts[0], None
 
 
+def job_keys(s, snapshot_uuid: str, throttled: bool = False) -> tuple[str, str | None]:
+    """(sync key, queue key) of a snapshot job. Every snapshot job of a volume waits for the others (a new
+    incremental, a backup and a merge of one chain never interleave) and for the volume's own jobs; a take is
+    also queued on its host for concurrent.snapshots.threshold.perhost."""
+    snap = s.scalar(select(Snapshot).where(Snapshot.uuid == snapshot_uuid))
+    vol = s.get(Volume, snap.volume_id)
+    host = None
+    if throttled and vol.pool_id is not None:
+        try:
+            host = _host_for(s, vol, s.get(StoragePool, vol.pool_id))[0]
+        except CloudError:
+            pass                      # the job says why when it runs
+    return f"Volume:{vol.uuid}", host and f"snapshothost:{host.uuid}"
+
+
 def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
-    """The job of createSnapshot: take on primary, back up, remove the primary copy. With start_backup
-    (asyncbackup=true) the job ends at CreatedOnPrimary and start_backup() queues the backup as a task; the
-    volume stays Snapshotting until that task is done."""
+    """The job of createSnapshot: take on primary, back up, remove the primary copy. A copy the take makes
+    anyway (a running guest's disk, a delta) is written straight to its place on the store instead, so the
+    data moves once (Creating → BackedUp). With start_backup (asyncbackup=true) the job ends at CreatedOnPrimary
+    and start_backup() queues the backup as a task; the volume stays Snapshotting until that task is done."""
     vol = s.get(Volume, snap.volume_id)
     try:
         if vol.state != "Ready":
@@ -125,6 +146,12 @@ def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
         SNAPSHOT.fire(s, snap, "OperationFailed", error=exc.text)
         s.commit()
         raise
+    bitmap, parent = (None, None) if snapshots_rbd.native(pool) else chains.incremental_plan(s, snap, vol)
+    if parent is not None and snapshots_rbd.owns(parent):      # the volume moved off RBD: start a qcow2 chain
+        parent = None
+    store = None
+    if start_backup is None:
+        store = chains.store_of(s, parent) if parent else next(iter(imagestores.writable_stores(s, snap.zone_id)), None)
     SNAPSHOT.fire(s, snap, "CreateRequested", pool_id=pool.id)
     s.commit()
     spec = driver_for(pool.provider).spec(pool)
@@ -134,14 +161,26 @@ def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
         else:
             res = run_long(channel(host), "snapshot_take", progress, pool=spec, name=vol.path,
                            format=vol.format.lower(), snapshot=f"snap-{snap.uuid}", vm=vm.uuid if vm else None,
-                           serial=serial_of(vol) if vm else None)
+                           serial=serial_of(vol) if vm else None, bitmap=bitmap,
+                           parent={"bitmap": f"volstack-{parent.uuid}", "backing": parent.install_path} if parent else None,
+                           dst_pool=imagestores.spec(store) if store else None, dst_name=store and f"{snap.uuid}.qcow2")
     except CloudError as exc:
         SNAPSHOT.fire(s, snap, "OperationFailed", error=f"taking the snapshot on {pool.name} failed: {exc.text}")
         volumes.host_work_failed(s, vol, exc, error=f"snapshot {snap.name} failed: {exc.text}")
+    incremental = bool(res.get("incremental")) and parent is not None
+    taken = (f"Snapshot {snap.name} taken on storage pool {pool.name}" + (f" while VM {vm.name} runs" if vm else "")
+             + (f", incremental to snapshot {parent.name}" if incremental else ""))
+    if res["kind"] == "stored":
+        SNAPSHOT.fire(s, snap, "OperationNotPerformed", size=res.get("size") or snap.size, store_id=store.id,
+                      install_path=res["name"], physical_size=res.get("physical_size"),
+                      parent_id=parent.id if incremental else None)
+        events.record(s, ctx, "SNAPSHOT.CREATE", f"{taken}, straight to image store {store.name}",
+                      resource_type="Snapshot", resource_uuid=snap.uuid)
+        VOLUME.fire(s, vol, "OperationSucceeded")
+        return snap
     SNAPSHOT.fire(s, snap, "OperationSucceeded", primary_kind=res["kind"], primary_name=res["name"],
-                  size=res.get("size") or snap.size)
-    events.record(s, ctx, "SNAPSHOT.CREATE", f"Snapshot {snap.name} taken on storage pool {pool.name}"
-                  + (f" while VM {vm.name} runs" if vm else ""), resource_type="Snapshot", resource_uuid=snap.uuid)
+                  size=res.get("size") or snap.size, parent_id=parent.id if incremental else None)
+    events.record(s, ctx, "SNAPSHOT.CREATE", taken, resource_type="Snapshot", resource_uuid=snap.uuid)
     s.commit()
     if start_backup is not None:
         start_backup()
@@ -173,14 +212,23 @@ def backup_task(s, ctx, snapshot_uuid: str, progress=None) -> Snapshot:
 
 
 def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host: Host, progress=None) -> None:
-    """CreatedOnPrimary → BackingUp → BackedUp on the writable store with the most free space."""
+    """CreatedOnPrimary → BackingUp → BackedUp on the writable store with the most free space (an incremental:
+    beside its parent's backup)."""
     if snapshots_rbd.owns(snap):
         return snapshots_rbd.backup(s, ctx, snap, vol, pool, host, progress)
-    stores = imagestores.writable_stores(s, snap.zone_id)
-    if not stores:
-        raise ResourceUnavailable("No writable image store in the zone to back the snapshot up to; the snapshot "
-                                  "stays on primary storage")
-    store = stores[0]
+    if snap.parent_id is not None:
+        parent = s.get(Snapshot, snap.parent_id)
+        store = chains.store_of(s, parent) if parent.state == "BackedUp" else None
+        if store is None or store.readonly or store.removed is not None:
+            raise ResourceUnavailable(f"Snapshot {snap.name} is incremental to snapshot {parent.name}, whose backup "
+                                      "is no longer on a writable image store; the snapshot stays on primary storage "
+                                      "(delete it; the next snapshot of the volume is a full one)")
+    else:
+        stores = imagestores.writable_stores(s, snap.zone_id)
+        if not stores:
+            raise ResourceUnavailable("No writable image store in the zone to back the snapshot up to; the snapshot "
+                                      "stays on primary storage")
+        store = stores[0]
     dst_name = f"{snap.uuid}.qcow2"
     SNAPSHOT.fire(s, snap, "BackupToSecondary", store_id=store.id, install_path=dst_name)
     s.commit()
@@ -210,10 +258,6 @@ def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host: Host, p
                   resource_type="Snapshot", resource_uuid=snap.uuid)
 
 
-def _store_of(s, snap) -> ImageStore | None:
-    return s.get(ImageStore, snap.store_id) if snap.store_id else None
-
-
 def delete(s, ctx, snap: Snapshot) -> None:
     """deleteSnapshot: the store copy and any primary copy go, then the row is Destroyed."""
     if snap.state not in ("BackedUp", "CreatedOnPrimary", "Error"):
@@ -223,14 +267,19 @@ def delete(s, ctx, snap: Snapshot) -> None:
     if users:
         raise ResourceInUse(f"Snapshot {snap.name} is still needed by volume(s) {', '.join(users)} created from it "
                             "and not yet attached; attach or delete them first")
-    was = snap.state
+    waiting = [c.name for c in chains.children(s, snap) if c.state != "BackedUp"]
+    if waiting:
+        raise ResourceInUse(f"Snapshot {snap.name} is the parent of incremental snapshot(s) {', '.join(waiting)}, "
+                            "which are not backed up yet; delete them or wait for their backup first")
+    was, began = snap.state, []
     SNAPSHOT.fire(s, snap, "DestroyRequested")
     s.commit()
     if snapshots_rbd.owns(snap):
         return snapshots_rbd.delete(s, ctx, snap, was)
     try:
-        store = _store_of(s, snap)
+        store = chains.store_of(s, snap)
         if store is not None and snap.install_path:
+            chains.merge_into_children(s, snap, store, began)
             channel(imagestores.host_for(s, store)).call("volume_delete", pool=imagestores.spec(store),
                                                          name=snap.install_path)
         if snap.pool_id and snap.primary_name:
@@ -244,8 +293,10 @@ def delete(s, ctx, snap: Snapshot) -> None:
             channel(hosts[0]).call("snapshot_delete_primary", pool=driver_for(pool.provider).spec(pool),
                                    name=vol.path, kind=snap.primary_kind, primary=snap.primary_name)
     except CloudError as exc:
-        SNAPSHOT.fire(s, snap, "OperationFailed" if was == "BackedUp" else "OperationFailedOnPrimary",
-                      error=f"delete failed: {exc.text}")
+        event = "MergeFailed" if began or was == "Error" else \
+            "OperationFailed" if was == "BackedUp" else "OperationFailedOnPrimary"
+        SNAPSHOT.fire(s, snap, event, error=f"delete failed: {exc.text}" + (
+            "; it was being merged into its incremental child and is only kept to be deleted again" if began else ""))
         s.commit()
         raise
     SNAPSHOT.fire(s, snap, "OperationSucceeded", removed=utcnow())
@@ -274,7 +325,7 @@ def revert(s, ctx, snap: Snapshot, progress=None) -> Snapshot:
     host, _ = _host_for(s, vol, pool)
     if snapshots_rbd.native(pool) or snapshots_rbd.owns(snap):
         return snapshots_rbd.revert(s, ctx, snap, vol, pool, host, progress)
-    store = _store_of(s, snap)
+    store = chains.store_of(s, snap)
     volumes.begin_host_work(s, vol, "RevertSnapshotRequested")
     try:
         res = run_long(channel(host), "snapshot_revert", progress, pool=driver_for(pool.provider).spec(pool),
@@ -356,7 +407,7 @@ def new_volume(s, ctx, *, snapshotid, name=None, zoneid=None, diskofferingid=Non
 def copy_to_primary(s, ctx, vol: Volume, pool: StoragePool, host, progress=None) -> dict:
     """volumes.realize's hook: the snapshot's store copy becomes the volume's first image on pool."""
     snap = s.scalar(select(Snapshot).where(Snapshot.uuid == vol.details["snapshot"]))
-    store = _store_of(s, snap) if snap is not None and snap.state == "BackedUp" else None
+    store = chains.store_of(s, snap) if snap is not None and snap.state == "BackedUp" else None
     if store is None:
         raise ResourceUnavailable(f"Snapshot {vol.details['snapshot']} of volume {vol.name} is no longer backed up")
     if snapshots_rbd.owns(snap):
@@ -395,6 +446,10 @@ def settle_interrupted(db, ctx, snapshot_uuid: str, cmd: str) -> None:
             return
         reason = f"{cmd} was interrupted because the management server running it stopped"
         to = back[snap.state] or ("BackedUp" if snap.store_id else "CreatedOnPrimary")
+        if snap.state == "Destroying" and chains.children(s, snap):
+            # a merge into its child may have begun: its file may hold the child's data now, so it is never
+            # used again; deleting it (which finishes the merge) is all that remains
+            to, reason = "Error", reason + "; it was being merged into its incremental child"
         if snap.state == "BackingUp":
             snap.store_id, snap.install_path = None, None
         snap.state, snap.error = to, reason
@@ -405,19 +460,36 @@ def settle_interrupted(db, ctx, snapshot_uuid: str, cmd: str) -> None:
                       resource_type="Snapshot", resource_uuid=snap.uuid)
 
 
+def settle_expired(db, ctx, snapshot_uuid: str, cmd: str, minutes: int) -> str:
+    """A snapshot job that waited for a slot of its host longer than job.expire.minutes: the snapshot becomes
+    Error with the reason, which is also the job's error text."""
+    with db.session() as s:
+        snap = s.scalar(select(Snapshot).where(Snapshot.uuid == snapshot_uuid))
+        text = (f"{cmd} waited more than {minutes} minutes (job.expire.minutes) for one of the snapshot slots of its "
+                "host (concurrent.snapshots.threshold.perhost) and was cancelled; take the snapshot again later")
+        if snap is not None and snap.state == "Allocated":
+            snap.state, snap.error = "Error", text
+            events.record(s, ctx, "SNAPSHOT.CREATE", f"Snapshot {snap.name}: {text}", level="ERROR",
+                          resource_type="Snapshot", resource_uuid=snap.uuid)
+        return text
+
+
 def _movable(s, store) -> list:
     from volstack.services.store_migration import Item
     rows = s.scalars(select(Snapshot).where(Snapshot.store_id == store.id, Snapshot.state == "BackedUp",
                                             Snapshot.removed.is_(None)))
+    # a backup its incremental children still read stays until they have moved (the copy of a leaf is flat); an
+    # RBD diff is copied byte for byte (RAW) and restored through its chain wherever each file is
     return [Item("snapshot", r.id, r.uuid, r.name, r.install_path, r.physical_size or r.size,
-                 "RAW" if snapshots_rbd.owns(r) else "QCOW2") for r in rows]     # RAW: an RBD diff copied byte for byte
+                 "RAW" if snapshots_rbd.owns(r) else "QCOW2") for r in rows
+            if snapshots_rbd.owns(r) or not chains.children(s, r)]
 
 
 def _repoint(s, item, src, dst) -> bool:
     snap = s.get(Snapshot, item.ref_id)
     if snap.state != "BackedUp" or snap.removed is not None:
         raise InvalidParameter(f"it became {snap.state} while being copied; its copy on {dst.name} is not used")
-    snap.store_id = dst.id
+    snap.store_id, snap.parent_id = dst.id, None      # the copy reads through the chain: a full backup now
     return True
 
 

@@ -7,6 +7,7 @@ from volstack.api.views import _a, _date, _ref
 from volstack.db import models as m
 from volstack.db import storage_models as sm
 from volstack.db.image_models import ImageStore
+from volstack.db.snapshot_models import Snapshot
 from volstack.services import snapshots
 
 
@@ -16,6 +17,17 @@ def _vol(name):
 
 def _on_store(r, lk) -> bool:
     return r.store_id is not None and r.install_path is not None and r.state in ("BackedUp", "Copying", "Destroying")
+
+
+def _chain_size(r, lk) -> int | None:
+    """Bytes on the store of an incremental snapshot and every backup it reads (CloudStack's chainsize)."""
+    if r.parent_id is None:
+        return None
+    total, row = 0, r
+    while row is not None:
+        total += row.physical_size or 0
+        row = lk.get(Snapshot, row.parent_id) if row.parent_id else None
+    return total
 
 
 SNAPSHOT = View("snapshot", [
@@ -46,12 +58,19 @@ SNAPSHOT = View("snapshot", [
       lambda r, lk: lk.attr(ImageStore, r.store_id, "name") if _on_store(r, lk) else None),
     F("datastoretype", "type of the datastore holding the snapshot",
       lambda r, lk: "Image" if _on_store(r, lk) else ("Primary" if r.primary_name else None)),
+    F("parent", "the ID of the snapshot this incremental one is based on",
+      lambda r, lk: lk.attr(Snapshot, r.parent_id, "uuid") if r.parent_id else None),
+    F("parentname", "the name of the snapshot this incremental one is based on",
+      lambda r, lk: lk.attr(Snapshot, r.parent_id, "name") if r.parent_id else None),
+    F("chainsize", "chain size of snapshot including all parent snapshots. Shown only for incremental snapshots",
+      _chain_size, "long"),
     F("status", "why the last operation on the snapshot failed", _a("error")),
     F("created", "the date the snapshot was created", _date("created"), "date"),
     *_owner_fields(),
 ])
 
-SNAP_JOB = dict(is_async=True, access=USER, instance_type="Snapshot", instance_param="id")
+SNAP_JOB = dict(is_async=True, access=USER, instance_type="Snapshot", instance_param="id",
+                sync=lambda req, p, uuid: snapshots.job_keys(req.s, uuid))
 
 
 @API.command("createSnapshot", "Creates an instant snapshot of a volume: taken on primary storage (live, disk only, "
@@ -69,11 +88,12 @@ SNAP_JOB = dict(is_async=True, access=USER, instance_type="Snapshot", instance_p
     P("account", STRING, "The account of the snapshot. The account parameter must be used with the domainId parameter."),
     P("domainid", UUID, "The domain ID of the snapshot. If used with the account parameter, it specifies the domain "
       "the account is in.", entity="Domain"),
-], view=SNAPSHOT, **SNAP_JOB,
+], view=SNAPSHOT, **{**SNAP_JOB, "sync": lambda req, p, uuid: snapshots.job_keys(req.s, uuid, throttled=True)},
    prepare=lambda req, p: _create_row(req, p).uuid)
 def create_snapshot(req, p):
     snap = snapshots.get_snapshot(req.s, req.ctx, p.id)
-    start = (lambda: req.start_task("snapshotBackup", {"snapshot": snap.uuid}, snap.uuid)) if p.asyncbackup else None
+    start = (lambda: req.start_task("snapshotBackup", {"snapshot": snap.uuid}, snap.uuid,
+                                    snapshots.job_keys(req.s, snap.uuid)[0])) if p.asyncbackup else None
     return obj(req, SNAPSHOT, snapshots.take(req.s, req.ctx, snap, req.progress, start))
 
 

@@ -48,7 +48,7 @@ def _vm_of_snapshot(req, p) -> str:
 
 
 VMSNAP_JOB = dict(is_async=True, access=USER, instance_type="VmSnapshot", instance_param="vmsnapshotid",
-                  sync_on=_vm_of_snapshot)
+                  sync=lambda req, p, uuid: (_vm_of_snapshot(req, p), None))
 
 
 @API.command("createVMSnapshot", "Creates a snapshot for a VM: all its disks at one instant, and its memory with "
@@ -59,7 +59,7 @@ VMSNAP_JOB = dict(is_async=True, access=USER, instance_type="VmSnapshot", instan
     P("snapshotmemory", BOOLEAN, "snapshot memory if true"),
     P("quiescevm", BOOLEAN, "quiesce vm if true (needs a guest agent: refused)"),
 ], view=VMSNAPSHOT, is_async=True, access=USER, instance_type="VmSnapshot", instance_param="id",
-   sync_on=lambda req, p: f"VirtualMachine:{p.virtualmachineid}",
+   sync=lambda req, p, uuid: (f"VirtualMachine:{p.virtualmachineid}", None),
    prepare=lambda req, p: vm_snapshots.create(req.s, req.ctx, virtualmachineid=p.virtualmachineid, name=p.name,
                                               description=p.description, snapshotmemory=bool(p.snapshotmemory),
                                               quiescevm=bool(p.quiescevm)).uuid)
