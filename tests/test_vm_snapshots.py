@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from support import add_datacenter, client
-from test_templates import cloud, error_of, qemu_io  # noqa: F401  (cloud is a fixture)
+from test_templates import add_store, cloud, error_of, img_info, qemu_io  # noqa: F401  (cloud is a fixture)
 from test_volumes_sim import dc  # noqa: F401  (a fixture: a zone of in-memory Simulator hosts)
 from volstack.db.snapshot_models import Snapshot
 from volstack.db.vm_snapshot_models import VMSnapshot
@@ -168,6 +168,30 @@ def test_stopped_vm_snapshots_of_all_disks_revert_and_delete_the_middle_one(clou
     api.startVirtualMachine(id=vm["id"])
     api.destroyVirtualMachine(id=vm["id"], expunge=True)
     assert _snapshot_names(images[1]) == []            # the detached data disk keeps no VM snapshot
+
+
+def test_a_vm_snapshot_revert_drops_the_incremental_bitmaps_so_the_next_backup_is_full(cloud):
+    """With kvm.incremental.snapshot on, a volume snapshot leaves a dirty bitmap in the image; qemu-img refuses to
+    apply an internal snapshot under it, and after the rollback it would not cover the change anyway."""
+    api, tmp = cloud["api"], cloud["tmp"]
+    add_store(cloud)
+    api.updateConfiguration(name="kvm.incremental.snapshot", value="true")
+    custom = api.createDiskOffering(name="c", customized=True, displaytext="c")["diskoffering"]
+    vm, data = _vm_with_data(api, cloud["zone"], cloud["so"], custom)
+    image = tmp / "primary" / data["path"]
+    api.stopVirtualMachine(id=vm["id"])
+    qemu_io(image, "write -P 0x11 0 1M")
+    full = api.createSnapshot(volumeid=data["id"])["snapshot"]
+    assert full["state"] == "BackedUp" and "parent" not in full
+    assert [b["name"] for b in img_info(image)["format-specific"]["data"].get("bitmaps", [])] == [f"volstack-{full['id']}"]
+    vs = api.createVMSnapshot(virtualmachineid=vm["id"], name="before")["vmsnapshot"]
+    qemu_io(image, "write -P 0x22 0 1M")
+    api.revertToVMSnapshot(vmsnapshotid=vs["id"])
+    qemu_io(image, "read -P 0x11 0 1M")
+    assert not img_info(image)["format-specific"]["data"].get("bitmaps")
+    qemu_io(image, "write -P 0x33 1M 1M")
+    after = api.createSnapshot(volumeid=data["id"])["snapshot"]
+    assert after["state"] == "BackedUp" and "parent" not in after, "a full backup, not an incremental one"
 
 
 # ---------------------------------------------------------------- real QEMU guests (TCG)

@@ -66,6 +66,20 @@ def _bitmap_cmd(pool, name: str, *args) -> None:
                     f"dirty bitmap of volume {name}", pools=(pool,))
 
 
+def drop_bitmaps(pool, name: str) -> None:
+    """Before an image is rolled back in place (a VM snapshot revert): our bitmaps would no longer say what changed
+    since the last backup (and qemu-img refuses to apply a snapshot under them), so they go; the volume's next
+    snapshot is then a full one."""
+    for b in _offline_bitmaps(pool, name):
+        _bitmap_cmd(pool, name, "--remove", b)
+
+
+def drop_node_bitmaps(q: Qmp, node: str) -> None:
+    """drop_bitmaps for a disk a running guest has open."""
+    for b in _node_bitmaps(q, node):
+        q.execute("block-dirty-bitmap-remove", {"node": node, "name": b})
+
+
 def _described(pool, file_name: str) -> dict:
     have = images.info(pool, file_name, "qcow2")
     return {"kind": "delta" if have["backing"] else "file", "name": file_name, "size": have["size"],

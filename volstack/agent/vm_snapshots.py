@@ -17,7 +17,7 @@ from contextlib import ExitStack
 
 from volstack.agent import images
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound
-from volstack.agent.snapshots import _internal_names
+from volstack.agent.snapshots import _internal_names, drop_bitmaps, drop_node_bitmaps
 
 ACTIONS = ("create", "revert", "delete")
 
@@ -84,6 +84,7 @@ def _at_rest(hv, action, disks, tag, memory) -> dict:
         if lacking:
             raise NotFound(f"volume(s) {', '.join(lacking)} do not hold VM snapshot {tag}; nothing was reverted")
         for pool, name, _ in disks:
+            drop_bitmaps(pool, name)
             _img(pool, name, "-a", tag)
         return {"disks": [serial for _, _, serial in disks]}
     made = []
@@ -147,6 +148,9 @@ def _live(hv, action, rec, disks, tag, memory, progress) -> dict:
                             {"type": "blockdev-snapshot-internal-sync", "data": {"device": d["node"], "name": tag}}
                             for d in nodes]})
                         return {"disks": [serial for _, _, serial in disks]}
+                if action == "revert":
+                    for d in nodes:
+                        drop_node_bitmaps(q, d["node"])
                 job = f"vmsnap-{action}-{tag[:8]}"
                 q.execute(f"snapshot-{'save' if action == 'create' else 'load'}",
                           {"job-id": job, "tag": tag, "vmstate": root["node"], "devices": [d["node"] for d in nodes]})
