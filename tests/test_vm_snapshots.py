@@ -47,6 +47,7 @@ def test_vm_snapshot_rules_tree_and_expunge_on_simulator_hosts(dc, server):
     assert listed["count"] == 2 and [x["displayname"] for x in listed["vmSnapshot"]] == ["s1", "s2"]
     assert _snaps(api, vm)["s1"]["current"] is False
     assert api.listVMSnapshot(name="s2")["vmSnapshot"][0]["id"] == s2["id"]
+    assert api.listVMSnapshot(name=s1["name"])["vmSnapshot"][0]["id"] == s1["id"]     # or by its own name
     assert api.listVMSnapshot(vmsnapshotid=s1["id"])["count"] == 1
     # another tenant neither sees, reverts, deletes nor snapshots
     acc = api.createAccount(username="bob", password="pw-bob", accounttype=0)["account"]

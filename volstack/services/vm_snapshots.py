@@ -14,7 +14,7 @@ and its volumes cannot be reverted to volume snapshots (`volumes.operation_check
 expunge. The snapshots form a tree as in CloudStack: each new one's parent is the VM's `current` snapshot, a revert
 makes its target current, and deleting one hands its children to its parent.
 """
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from volstack.db.models import Host, utcnow
 from volstack.db.snapshot_models import Snapshot
@@ -339,8 +339,8 @@ def list_vm_snapshots(s, ctx, q: ListQuery, **f):
     if f.get("virtualmachineid"):
         stmt = stmt.where(VMSnapshot.vm_id == s.scalar(select(VirtualMachine.id).where(
             VirtualMachine.uuid == f["virtualmachineid"])))
-    if f.get("name"):
-        stmt = stmt.where(VMSnapshot.display_name == f["name"])
+    if f.get("name"):            # CloudStack: the snapshot's name or its display name
+        stmt = stmt.where(or_(VMSnapshot.display_name == f["name"], VMSnapshot.name == f["name"]))
     stmt = stmt.where(*keyword_filter(q, VMSnapshot.name, VMSnapshot.display_name, VMSnapshot.description))
     return paginate(s, stmt, q)
 
