@@ -193,6 +193,11 @@ def test_a_user_policy_stays_within_the_account_snapshot_limit(sim):
     assert code == 431 and "snapshot limit of account ann (2)" in msg
     assert _policy(ann, vol, maxsnaps=2)["maxsnaps"] == 2
     assert ann.listSnapshotPolicies()["count"] == 1
+    # a policy hidden by an admin (fordisplay=false) is not listed to its regular user, even when asked for
+    hidden = api.updateSnapshotPolicy(id=ann.listSnapshotPolicies()["snapshotpolicy"][0]["id"], fordisplay=False)
+    assert ann.listSnapshotPolicies() == {} and ann.listSnapshotPolicies(fordisplay=False) == {}
+    assert api.listSnapshotPolicies(volumeid=vol["id"], fordisplay=False)["count"] == 1
+    api.updateSnapshotPolicy(id=hidden["snapshotpolicy"]["id"], fordisplay=True)
     # an admin finds the policies of a user's volume by volumeid without listall (Ansible asks so)
     assert api.listSnapshotPolicies() == {} and api.listSnapshotPolicies(volumeid=vol["id"])["count"] == 1
     code, _ = error_of(lambda: ann.listSnapshotPolicies(volumeid=sim["root"]["id"]))

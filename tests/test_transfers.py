@@ -2,14 +2,17 @@
 images on a Filesystem image store) serves and takes the bytes; plain `requests` plays the browser."""
 import hashlib
 import subprocess
+import time
 from datetime import timedelta
 
 import pytest
 import requests
+from sqlalchemy import select
 
 import test_templates
 from test_templates import add_store, error_of, img_info, qemu_bytes, qemu_io, store_files, templates_with_data
 
+from volstack.db.image_models import ImageTransfer
 from volstack.db.models import utcnow
 from volstack.services import extracts, post_uploads
 from volstack.services.context import system_context
@@ -166,6 +169,13 @@ def test_browser_upload_of_a_qcow2_becomes_an_uploaded_volume_that_moves_to_prim
     assert vol["state"] == "Uploaded" and vol["size"] == 2 ** 30
     assert all_files(tmp / "store") == [f"volume-{vol['id']}.qcow2"]
     assert (tmp / "store" / f"volume-{vol['id']}.qcow2").read_bytes() == data
+    # another management server that asked the agent before this one settled the upload, and settles after it,
+    # changes nothing (it used to take the Uploaded volume for deleted and remove its file)
+    with cloud["server"].db.session() as s:
+        tr = s.scalar(select(ImageTransfer).where(ImageTransfer.object_uuid == vol["id"]))
+        late = {"state": "done", "result": {"size": 2 ** 30, "physical_size": len(data)}}
+        assert post_uploads.settle(s, system_context(), tr, late, time.time()) is False
+    assert all_files(tmp / "store") == [f"volume-{vol['id']}.qcow2"]
     again = browser_post(params, data)                      # one object takes one upload
     assert again.status_code == 409
 
@@ -266,11 +276,6 @@ def test_browser_upload_of_a_template_and_an_iso_makes_them_ready_on_the_store(c
 
 def test_an_upload_in_progress_shows_then_a_stalled_one_ends_in_upload_error(cloud):
     """What the monitor does with the agent's in-progress reports (settle() is the monitor's second half)."""
-    import time
-
-    from sqlalchemy import select
-
-    from volstack.db.image_models import ImageTransfer
     api = cloud["api"]
     add_store(cloud)
     params = api.getUploadParamsForVolume(name="slow", zoneid=cloud["zone"]["id"], format="RAW")["getuploadparams"]

@@ -47,6 +47,7 @@ def test_vm_snapshot_rules_tree_and_expunge_on_simulator_hosts(dc, server):
     assert listed["count"] == 2 and [x["displayname"] for x in listed["vmSnapshot"]] == ["s1", "s2"]
     assert _snaps(api, vm)["s1"]["current"] is False
     assert api.listVMSnapshot(name="s2")["vmSnapshot"][0]["id"] == s2["id"]
+    assert api.listVMSnapshot(name=s1["name"])["vmSnapshot"][0]["id"] == s1["id"]     # or by its own name
     assert api.listVMSnapshot(vmsnapshotid=s1["id"])["count"] == 1
     # another tenant neither sees, reverts, deletes nor snapshots
     acc = api.createAccount(username="bob", password="pw-bob", accounttype=0)["account"]
@@ -310,6 +311,27 @@ def test_live_vm_snapshots_of_a_writing_guest_disk_only_and_with_memory(qemu_clo
     for vol in (root, data):
         assert _snapshot_names(c["tmp"] / "primary" / vol["path"]) == []
     api.resizeVolume(id=data["id"], size=2)          # no VM snapshots left: the volume may change again
+
+
+@pytest.mark.slow
+def test_expunge_takes_the_vm_snapshot_out_of_a_former_data_disk_another_guest_runs(qemu_cloud):
+    """A destroyed VM's data disks are detached and may be attached to another running VM before the expunge: that
+    guest's QEMU has the image open, so the snapshot leaves it through QMP instead of blocking the expunge."""
+    c, api = qemu_cloud, qemu_cloud["api"]
+    at = dict(zoneid=c["zone"]["id"], serviceofferingid=c["so"]["id"], rootdisksize=1, **c["boot"])
+    g1 = api.deployVirtualMachine(name="g1", **at)["virtualmachine"]
+    data = api.createVolume(name="data", zoneid=c["zone"]["id"], diskofferingid=c["custom"]["id"], size=1)["volume"]
+    data = api.attachVolume(id=data["id"], virtualmachineid=g1["id"])["volume"]
+    api.stopVirtualMachine(id=g1["id"], forced=True)
+    snap = api.createVMSnapshot(virtualmachineid=g1["id"], name="before")["vmsnapshot"]
+    image = c["tmp"] / "primary" / data["path"]
+    assert _snapshot_names(image) == [snap["id"]]
+    api.destroyVirtualMachine(id=g1["id"])                 # the data disk is detached; the VM snapshot stays
+    g2 = api.deployVirtualMachine(name="g2", **at)["virtualmachine"]
+    api.attachVolume(id=data["id"], virtualmachineid=g2["id"])
+    api.expungeVirtualMachine(id=g1["id"])
+    assert api.listVMSnapshot(listall=True) == {} and _snapshot_names(image) == []
+    assert api.listVirtualMachines(id=g2["id"])["virtualmachine"][0]["state"] == "Running"
 
 
 @pytest.mark.slow

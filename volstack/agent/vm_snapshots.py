@@ -24,10 +24,12 @@ ACTIONS = ("create", "revert", "delete")
 
 def run(agent, action: str, args: dict, progress) -> dict:
     """vm_snapshot_<action>: args vm, tag, running (the control plane's view of the VM), memory, disks
-    [{pool, name, format, serial}] with the ROOT disk first."""
+    [{pool, name, format, serial}] with the ROOT disk first. Without vm the disks are taken as at rest (a
+    destroyed VM's former data disks; each is still refused while a running guest uses it)."""
     from volstack.agent.commands import arg
     assert action in ACTIONS
-    vm, tag = images.check_name(arg(args, "vm")), images.check_name(arg(args, "tag"))
+    vm, tag = arg(args, "vm", str, None), images.check_name(arg(args, "tag"))
+    vm = images.check_name(vm) if vm is not None else None
     disks = []
     for d in arg(args, "disks", list):
         if not isinstance(d, dict) or images.check_format(d.get("format")) != "qcow2":
@@ -36,10 +38,12 @@ def run(agent, action: str, args: dict, progress) -> dict:
     if not disks:
         raise InvalidArgument("a VM snapshot needs at least one disk")
     memory, running = arg(args, "memory", bool, False), arg(args, "running", bool, False)
+    if vm is None and (running or action != "delete"):
+        raise InvalidArgument("vm is required unless deleting a VM snapshot from disks at rest")
     with ExitStack() as held:
         for pool, name, _ in disks:
             held.enter_context(agent.hold(pool, name, f"in a VM snapshot {action}"))
-        rec = _guest(agent.hv, vm, running)
+        rec = _guest(agent.hv, vm, running) if vm is not None else None
         if rec is None:
             return _at_rest(agent.hv, action, disks, tag, memory)
         return _live(agent.hv, action, rec, disks, tag, memory, progress)

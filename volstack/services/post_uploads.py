@@ -28,6 +28,7 @@ from volstack.transfer_signing import parse_expiry
 
 log = logging.getLogger("volstack.uploads")
 GIB = 1024 ** 3
+OPEN = ("NotUploaded", "UploadInProgress")      # transfers the monitor still asks about
 
 
 def _params(s, store: ImageStore, obj, object_type: str, path: str, fmt: str, checksum, limit: S.ConfigKey):
@@ -73,7 +74,7 @@ def monitor(db, ctx, now: float | None = None) -> int:
     with db.session(readonly=True) as s:
         open_ = [(tr.id, tr.host_id, tr.object_uuid) for tr in s.scalars(
             select(ImageTransfer).where(ImageTransfer.kind == "upload", ImageTransfer.removed.is_(None),
-                                        ImageTransfer.state.in_(("NotUploaded", "UploadInProgress"))))]
+                                        ImageTransfer.state.in_(OPEN)))]
         hosts = {h.id: h for h in s.scalars(select(Host).where(Host.id.in_({h for _, h, _ in open_})))}
     changed = 0
     for tid, host_id, uuid in open_:
@@ -84,13 +85,18 @@ def monitor(db, ctx, now: float | None = None) -> int:
         except CloudError as exc:
             log.warning("upload %s: cannot ask host %s: %s", uuid, host.name, exc.text)
             continue
-        with db.session() as s:
-            changed += settle(s, ctx, s.get(ImageTransfer, tid), st, asked)
+        try:
+            with db.session() as s:
+                changed += settle(s, ctx, s.get(ImageTransfer, tid), st, asked)
+        except CloudError as exc:           # e.g. moved concurrently by another server: the next pass sees it
+            log.warning("upload %s: %s", uuid, exc.text)
     return changed
 
 
 def settle(s, ctx, tr: ImageTransfer, st: dict, asked: float) -> bool:
     """Apply what the agent reported (st, read at time `asked`) to the transfer and its object."""
+    if tr.removed is not None or tr.state not in OPEN:
+        return False            # settled since it was read, e.g. by another management server's monitor
     timeout = S.Settings.value_in(s, S.UPLOAD_OPERATION_TIMEOUT) * 60
     expires = tr.expires.replace(tzinfo=timezone.utc).timestamp()
     state = st.get("state")

@@ -240,8 +240,9 @@ def list_policies(s, ctx, q: ListQuery, *, id=None, volumeid=None, fordisplay=No
     if not (id or volumeid):
         stmt = stmt.where(*owner_filter(s, ctx, Volume, listall=q.listall, isrecursive=q.isrecursive,
                                         account=q.account, domain_uuid=q.domainid))
-    # CloudStack lists displayed policies unless asked for the hidden ones
-    stmt = stmt.where(SnapshotPolicy.display.is_(True if fordisplay is None else fordisplay))
+    # CloudStack lists displayed policies unless the root admin asks for the hidden ones
+    hidden = fordisplay is False and ctx.is_root_admin
+    stmt = stmt.where(SnapshotPolicy.display.is_(not hidden))
     return paginate(s, stmt, q)
 
 

@@ -14,7 +14,7 @@ and its volumes cannot be reverted to volume snapshots (`volumes.operation_check
 expunge. The snapshots form a tree as in CloudStack: each new one's parent is the VM's `current` snapshot, a revert
 makes its target current, and deleting one hands its children to its parent.
 """
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from volstack.db.models import Host, utcnow
 from volstack.db.snapshot_models import Snapshot
@@ -283,14 +283,15 @@ def delete(s, ctx, snap: VMSnapshot, progress=None) -> None:
     vols = [v for v in _volumes_of(s, snap) if v.pool_id is not None]
     VM_SNAPSHOT.fire(s, snap, "ExpungeRequested")
     s.commit()
-    if vols:
-        running = vm.state == "Running" and vm.removed is None
-        try:
-            host = _host(s, vm if running else None, vols)
-            channel(host).call("vm_snapshot_delete", vm=vm.uuid, tag=snap.uuid, running=running,
-                               disks=_disk_specs(s, vols))
-        except CloudError as exc:
-            _failed(s, ctx, snap, [], exc, "deleting the VM snapshot", "VMSNAPSHOT.DELETE")
+    # disks at rest name the snapshot's VM unless it runs: the agent checks that no QEMU of it is live
+    at_rest_vm = vm.uuid if vm.state != "Running" or vm.removed is not None else None
+    try:
+        for guest, disks in _by_guest(s, vols):
+            channel(_host(s, guest, disks)).call("vm_snapshot_delete", vm=guest.uuid if guest else at_rest_vm,
+                                                 tag=snap.uuid, running=guest is not None,
+                                                 disks=_disk_specs(s, disks))
+    except CloudError as exc:
+        _failed(s, ctx, snap, [], exc, "deleting the VM snapshot", "VMSNAPSHOT.DELETE")
     for child in s.scalars(select(VMSnapshot).where(VMSnapshot.parent_id == snap.id)):
         child.parent_id = snap.parent_id
     if snap.current and snap.parent_id:
@@ -298,6 +299,17 @@ def delete(s, ctx, snap: VMSnapshot, progress=None) -> None:
     VM_SNAPSHOT.fire(s, snap, "OperationSucceeded", current=False, removed=utcnow())
     events.record(s, ctx, "VMSNAPSHOT.DELETE", f"VM snapshot {snap.display_name} of VM {vm.name} deleted",
                   resource_type="VmSnapshot", resource_uuid=snap.uuid)
+
+
+def _by_guest(s, vols) -> list[tuple[VirtualMachine | None, list[Volume]]]:
+    """The disks grouped by the running guest that has them open (None: at rest). A data disk of a destroyed VM
+    may since be attached to another VM: that VM's QEMU removes the snapshot from it."""
+    groups: dict = {}
+    for vol in vols:
+        owner = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
+        guest = owner if owner is not None and owner.state == "Running" and owner.removed is None else None
+        groups.setdefault(guest.id if guest else None, (guest, []))[1].append(vol)
+    return list(groups.values())
 
 
 def _delete_all(s, ctx, vm) -> None:
@@ -327,8 +339,8 @@ def list_vm_snapshots(s, ctx, q: ListQuery, **f):
     if f.get("virtualmachineid"):
         stmt = stmt.where(VMSnapshot.vm_id == s.scalar(select(VirtualMachine.id).where(
             VirtualMachine.uuid == f["virtualmachineid"])))
-    if f.get("name"):
-        stmt = stmt.where(VMSnapshot.display_name == f["name"])
+    if f.get("name"):            # CloudStack: the snapshot's name or its display name
+        stmt = stmt.where(or_(VMSnapshot.display_name == f["name"], VMSnapshot.name == f["name"]))
     stmt = stmt.where(*keyword_filter(q, VMSnapshot.name, VMSnapshot.display_name, VMSnapshot.description))
     return paginate(s, stmt, q)
 
