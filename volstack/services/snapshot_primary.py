@@ -12,6 +12,8 @@ snapshot on RBD) but never starts or continues an incremental chain, and goes Cr
 - It is lost with its volume: deleting the volume destroys it (CloudStack #5433/#6057), and a volume with
   snapshots only on primary cannot be migrated (CloudStack's SnapshotHelper refuses it too): they would be lost.
 """
+from types import SimpleNamespace
+
 from sqlalchemy import select
 
 from volstack.db.models import Host, utcnow
@@ -59,7 +61,7 @@ def finish(s, ctx, snap: Snapshot, pool: StoragePool, taken: str, res: dict) -> 
 
 def _pool_of(s, snap: Snapshot) -> StoragePool:
     pool = s.get(StoragePool, snap.pool_id) if snap.pool_id else None
-    if pool is None or pool.removed is not None:
+    if pool is None:
         raise ResourceUnavailable(f"Snapshot {snap.name} was kept on a primary storage pool that no longer exists")
     return pool
 
@@ -169,8 +171,10 @@ volumes.operation_checks.append(_no_migration)
 
 def _lost_with_volume(s, vol: Volume) -> None:
     """volumes.expunge_hooks: snapshots only on primary go with their volume (CloudStack marks them Destroyed);
-    internal and RBD snapshots went with the image, file copies beside it are removed here."""
+    internal and RBD snapshots went with the image, file copies beside it are removed here. The hook has no
+    caller context: the events go to the snapshot's owner."""
     for snap in s.scalars(select(Snapshot).where(Snapshot.volume_id == vol.id, *only_on_primary())):
+        owner = SimpleNamespace(account_id=snap.account_id, domain_id=snap.domain_id, user_id=None, job_uuid=None)
         if snap.primary_kind in ("file", "delta"):
             try:
                 pool = _pool_of(s, snap)
@@ -178,13 +182,13 @@ def _lost_with_volume(s, vol: Volume) -> None:
                                                       .spec(pool), name=vol.path, kind=snap.primary_kind,
                                                       primary=snap.primary_name)
             except CloudError as exc:
-                events.record(s, None, "SNAPSHOT.DELETE", f"Snapshot {snap.name}: its copy {snap.primary_name} could "
+                events.record(s, owner, "SNAPSHOT.DELETE", f"Snapshot {snap.name}: its copy {snap.primary_name} could "
                               f"not be removed with volume {vol.name}: {exc.text}", level="WARN",
                               resource_type="Snapshot", resource_uuid=snap.uuid)
         SNAPSHOT.fire(s, snap, "DestroyRequested")
         SNAPSHOT.fire(s, snap, "OperationSucceeded", removed=utcnow(), backup_retry_at=None,
                       error=f"volume {vol.name} was deleted and the snapshot was only on primary storage")
-        events.record(s, None, "SNAPSHOT.DELETE", f"Snapshot {snap.name} deleted with volume {vol.name} (it was only "
+        events.record(s, owner, "SNAPSHOT.DELETE", f"Snapshot {snap.name} deleted with volume {vol.name} (it was only "
                       "on primary storage)", resource_type="Snapshot", resource_uuid=snap.uuid)
 
 
