@@ -66,13 +66,13 @@ def _pool_of(s, snap: Snapshot) -> StoragePool:
     return pool
 
 
-def _host_reaching(s, pool: StoragePool, host: Host | None = None) -> Host:
+def _hosts(s, pool: StoragePool) -> list[Host]:
     from volstack.services.pools import hosts_in_scope
-    hosts = hosts_in_scope(s, pool)
-    if host is not None:
-        if any(h.id == host.id for h in hosts):
-            return host
-        raise ResourceUnavailable(f"Host {host.name} does not reach storage pool {pool.name}")
+    return hosts_in_scope(s, pool)
+
+
+def _host_reaching(s, pool: StoragePool) -> Host:
+    hosts = _hosts(s, pool)
     if not hosts:
         raise ResourceUnavailable(f"No Up host reaches storage pool {pool.name}")
     return hosts[0]
@@ -110,12 +110,10 @@ def copy_to_primary(s, ctx, vol: Volume, snap: Snapshot, pool: StoragePool, host
                                       f"it can only be created on that pool, not on {pool.name} (use a disk offering "
                                       "whose tags select it)")
         return snapshots_rbd.copy_to_primary(s, ctx, vol, snap, pool, host, progress)
-    try:
-        _host_reaching(s, src_pool, host)
-    except ResourceUnavailable:
+    if not any(h.id == host.id for h in _hosts(s, src_pool)):
         raise ResourceUnavailable(f"Snapshot {snap.name} is kept only on storage pool {src_pool.name}, which host "
                                   f"{host.name} (where volume {vol.name} is being created) does not reach: attach the "
-                                  "volume to a VM on a host of that pool") from None
+                                  "volume to a VM on a host of that pool")
     drv = driver_for(pool.provider)
     if snapshots_rbd.native(pool):
         vol.format = "RAW"
