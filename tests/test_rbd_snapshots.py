@@ -147,6 +147,35 @@ def test_delta_max_zero_makes_every_backup_full_and_a_rollback_needs_no_store(kv
     assert not any("changes since" in d for d in _events(api, "SNAPSHOT.BACKUP"))
 
 
+def test_kept_on_primary_rolls_back_clones_and_outlives_later_backups_but_not_its_volume(kvm, ceph, tmp_path):
+    api = kvm["api"]
+    store = _store(kvm, tmp_path)
+    pool = create_rbd_pool(kvm, ceph, name="keep")
+    spec = ceph.spec(uuid=pool["id"])
+    vm = paused_vm(kvm)
+    vol, _ = _rbd_volume(kvm, ceph, vm, name="k")
+    a = _write(spec, vol["path"], seed=7, mib=2)
+    p = api.createSnapshot(volumeid=vol["id"], name="p", locationtype="PRIMARY")["snapshot"]
+    assert (p["state"], p["locationtype"]) == ("BackedUp", "PRIMARY") and not list(store.iterdir())
+    _write(spec, vol["path"], seed=8, mib=2)
+    s = api.createSnapshot(volumeid=vol["id"], name="s")["snapshot"]       # a backup trims older ones, not p
+    assert s["locationtype"] == "SECONDARY" and "parent" not in s
+    assert sorted(_rbd_snaps(ceph, vol["path"])) == sorted([f"snap-{p['id']}", f"snap-{s['id']}"])
+    with pytest.raises(CloudStackApiException) as e:
+        api.createTemplate(name="t", displaytext="t", snapshotid=p["id"])
+    assert e.value.error["errorcode"] == 431 and "locationtype=SECONDARY" in e.value.error["errortext"]
+    v = api.createVolume(name="from-p", snapshotid=p["id"])["volume"]          # a clone of the kept snapshot
+    v = api.attachVolume(id=v["id"], virtualmachineid=vm["id"])["volume"]
+    assert ceph.image_info(v["path"])["parent"]["snapshot"] == f"snap-{p['id']}" and _read(spec, v["path"], 2) == a
+    api.detachVolume(id=vol["id"])
+    api.revertSnapshot(id=p["id"])
+    assert _read(spec, vol["path"], 2) == a
+    assert any("rolled back" in d for d in _events(api, "SNAPSHOT.REVERT"))
+    api.deleteVolume(id=vol["id"])                  # p goes with its image (the clone is flattened), s lives on
+    assert [x["name"] for x in api.listSnapshots(listall=True)["snapshot"]] == ["s"]
+    assert "parent" not in ceph.image_info(v["path"]) and _read(spec, v["path"], 2) == a
+
+
 def test_acceptance_guest_data_survives_snapshot_revert_and_migration_rbd_nfs_rbd(kvm, ceph, tmp_path, nfs_pool):
     """Issue 5 acceptance: a TCG guest writes to its RBD data volume; the data survives snapshot -> revert ->
     migrate RBD -> NFS -> RBD, checked by the guest itself each time."""

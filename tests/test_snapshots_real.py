@@ -2,6 +2,7 @@
 pool and a Filesystem image store. The guest writes known data while live snapshots are taken; the bytes are
 checked inside the guest."""
 import hashlib
+import subprocess
 import time
 
 import pytest
@@ -108,5 +109,48 @@ def test_live_incremental_snapshots_while_the_guest_writes_and_revert_to_the_sec
         assert con.checksum(ser, 4, offset_mib=2) == pattern_sha256(3, 4)
         assert con.checksum(ser, 2, offset_mib=6) == sha(pattern_bytes(1, 8)[6 * MIB:])
         assert con.checksum(ser, 16, offset_mib=64) == pattern_sha256(5, 16)     # the writer had finished by s3
+    finally:
+        con.close()
+
+
+def test_snapshots_kept_on_primary_of_a_real_guest(kvm):
+    """snapshot.backup.to.secondary=false: a live snapshot (QEMU's backup job into a file beside the disk) and an
+    idle one (internal) stay on the pool; the internal one is deleted through the running guest's QEMU; a revert
+    from primary gives the guest its data back."""
+    api, image, local = kvm["api"], kvm["image"], kvm["tmp"] / "local"
+    api.updateConfiguration(name="snapshot.backup.to.secondary", value="false")
+    vm = api.deployVirtualMachine(zoneid=kvm["zone"]["id"], serviceofferingid=kvm["so"]["id"],
+                                  **{"details[0].kernel": str(image / "vmlinuz"),
+                                     "details[0].initrd": str(image / "initrd.img"),
+                                     "details[0].append": "console=ttyS0 quiet panic=-1"})["virtualmachine"]
+    kvm["vms"].append(vm["id"])
+    con = console(kvm, vm["id"])
+    vol = api.createVolume(name="data", zoneid=kvm["zone"]["id"], diskofferingid=kvm["custom"]["id"], size=1)["volume"]
+    vol = api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]
+    ser = serial(vol)
+    con.write(ser, seed=1, mib=4)
+    live = api.createSnapshot(volumeid=vol["id"], name="live")["snapshot"]
+    assert (live["state"], live["locationtype"]) == ("BackedUp", "PRIMARY")
+    assert (local / f"snap-{live['id']}.qcow2").exists() and not list((kvm["tmp"] / "store").iterdir())
+    con.write(ser, seed=2, mib=4)
+    con.close()
+    api.stopVirtualMachine(id=vm["id"])
+    idle = api.createSnapshot(volumeid=vol["id"], name="idle")["snapshot"]
+    api.startVirtualMachine(id=vm["id"])
+    con = console(kvm, vm["id"])
+    try:
+        assert con.checksum(ser, 4) == pattern_sha256(2, 4)
+        api.deleteSnapshot(id=idle["id"])            # its internal snapshot goes through the guest's QEMU
+        info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(local / vol["path"])], check=True,
+                              capture_output=True, text=True).stdout
+        assert f"snap-{idle['id']}" not in info
+    finally:
+        con.close()
+    api.stopVirtualMachine(id=vm["id"])
+    api.revertSnapshot(id=live["id"])
+    api.startVirtualMachine(id=vm["id"])
+    con = console(kvm, vm["id"])
+    try:
+        assert con.checksum(ser, 4) == pattern_sha256(1, 4)
     finally:
         con.close()

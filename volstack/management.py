@@ -76,6 +76,14 @@ class ManagementServer:
         self.jobs.add_periodic("snapshot scheduler", lambda: self.settings.get(S.SNAPSHOT_POLL_INTERVAL),
                                lambda: self.snapshot_scheduler.run_due() and self.jobs.wake(),
                                at_start=True)     # slots missed while no server ran fire once, now
+        from volstack.api.commands.snapshots import backup_retry_submitter
+        from volstack.services import snapshot_backups
+        retry = backup_retry_submitter(self.jobs)
+        # due retries are looked for every backup.retry.interval, at least every 10 s (a retry is at most that late)
+        self.jobs.add_periodic("snapshot backup retries",
+                               lambda: min(10, self.settings_value(S.BACKUP_RETRY_INTERVAL) or 10),
+                               lambda: snapshot_backups.submit_due(self.db, system_context(), retry) and self.jobs.wake(),
+                               at_start=True)
 
     def _storage_cleanup(self) -> None:
         from volstack.services import template_cache, templates, volumes

@@ -521,7 +521,7 @@ class Agent:
         dst, dst_name = self.pool(args, "dst_pool"), images.check_name(arg(args, "dst_name"))
         with self.hold(pool, name, "being backed up", shared=True), self.hold(dst, dst_name, "being copied to"):
             return snapshots.backup(pool, name, arg(args, "format"), arg(args, "kind"), arg(args, "primary"),
-                                    dst, dst_name, progress)
+                                    dst, dst_name, progress, arg(args, "out_format", str, "qcow2"))
 
     def cmd_snapshot_delete_primary(self, args, progress):
         from volstack.agent import snapshots
@@ -530,8 +530,12 @@ class Agent:
             return snapshots.delete_primary(self.hv, pool, name, arg(args, "kind"), arg(args, "primary"))
 
     def cmd_snapshot_revert(self, args, progress):
+        """From src_pool/src_name (a qcow2), or with `snapshot`: to that internal snapshot of the image."""
         from volstack.agent import snapshots
         pool, name = self.pool(args), images.check_name(arg(args, "name"))
+        if args.get("snapshot") is not None:
+            with self.hold(pool, name, "being reverted"):
+                return snapshots.revert_internal(self.hv, pool, name, arg(args, "snapshot"))
         src, src_name = self.pool(args, "src_pool"), images.check_name(arg(args, "src_name"))
         with self.hold(pool, name, "being reverted"), self.hold(src, src_name, "being copied", shared=True):
             return snapshots.revert(self.hv, pool, name, arg(args, "format"), src, src_name, progress)

@@ -146,23 +146,29 @@ def take(hv, pool, name: str, fmt: str, snapshot: str, vm: str | None, serial: s
     return out
 
 
-def backup(pool, name: str, fmt: str, kind: str, primary: str, dst, dst_name: str, progress) -> dict:
+def backup(pool, name: str, fmt: str, kind: str, primary: str, dst, dst_name: str, progress,
+           out_format: str = "qcow2") -> dict:
     """Copy the primary copy to dst/dst_name: a full one as a flat qcow2, a delta as it is (its header names
-    the parent backup, which is already in dst). A finished copy is returned as it is."""
+    the parent backup, which is already in dst). A finished copy is returned as it is. out_format: a full copy
+    in another format (a volume made from a snapshot kept on primary lands in its pool's format)."""
     if kind not in KINDS:
         raise InvalidArgument(f"kind must be one of {', '.join(KINDS)}")
-    images.check_name(dst_name)
+    images.check_name(dst_name), images.check_format(out_format)
+    if kind == "delta" and out_format != "qcow2":
+        raise InvalidArgument("an incremental copy is only ever a qcow2")
+    if out_format not in dst.formats:
+        out_format = dst.formats[0]
     if not dst.exists(dst_name):
         if kind == "internal":
             if primary not in _internal_names(pool, images.check_name(name)):
                 raise NotFound(f"volume {name} has no snapshot {primary} in pool {pool.uuid}")
-            images.copy(pool, name, dst, dst_name, "qcow2", progress, images.check_format(fmt), snapshot=primary)
+            images.copy(pool, name, dst, dst_name, out_format, progress, images.check_format(fmt), snapshot=primary)
         elif kind == "delta":     # the container's bytes, not its data: unallocated clusters must stay so
             images.copy(pool, images.check_name(primary), dst, dst_name, "raw", progress, "raw")
         else:
-            images.copy(pool, images.check_name(primary), dst, dst_name, "qcow2", progress, "qcow2")
-    have = images.info(dst, dst_name, "qcow2")
-    return {"path": dst_name, "size": have["size"], "physical_size": have["physical_size"], "format": "qcow2",
+            images.copy(pool, images.check_name(primary), dst, dst_name, out_format, progress, "qcow2")
+    have = images.info(dst, dst_name, out_format)
+    return {"path": dst_name, "size": have["size"], "physical_size": have["physical_size"], "format": out_format,
             "backing": have["backing"] and os.path.basename(have["backing"])}
 
 
@@ -216,16 +222,43 @@ def delete_primary(hv, pool, name: str, kind: str, primary: str) -> dict:
 
 
 def revert(hv, pool, name: str, fmt: str, src, src_name: str, progress) -> dict:
-    """Replace volume `name` by the backup src/src_name (in the volume's format), atomically by rename."""
+    """Replace volume `name` by the qcow2 src/src_name (a backup, or a snapshot's file copy on primary), atomically
+    by rename. An image holding internal snapshots (snapshots kept on primary, VM snapshots) is written in place
+    instead, so they survive: not atomic, a failure midway leaves it to be reverted again."""
     images.check_name(name), images.check_format(fmt)
     user = hv.in_use(pool.uuid, name)
     if user is not None:
         raise Busy(f"volume {name} is attached to running VM {user}; stop the VM to revert it")
+    if fmt == "qcow2" and pool.exists(name) and _internal_names(pool, name):
+        size = images.info(src, images.check_name(src_name), "qcow2")["size"]
+        drop_bitmaps(pool, name)      # they would mark the whole rewrite: the next snapshot is a full one
+        images.qemu_img(["resize", "-q", "--shrink", "-f", "qcow2", pool.target(name), str(size)],
+                        f"resize volume {name} to its snapshot's size", pools=(pool,))
+        images.qemu_img(["convert", "-n", "-f", "qcow2", "-O", "qcow2", src.target(src_name), pool.target(name)],
+                        f"write snapshot {src_name} into volume {name}", timeout=None, pools=(src, pool))
+        have = images.info(pool, name, "qcow2")
+        return {"path": name, "size": have["size"], "physical_size": have["physical_size"], "format": fmt}
     staged = f"{name}.revert"
     pool.remove(staged)
     res = images.copy(src, images.check_name(src_name), pool, staged, fmt, progress, "qcow2")
     pool.rename(staged, name)
     return {**res, "path": name}
+
+
+def revert_internal(hv, pool, name: str, snapshot: str) -> dict:
+    """Roll volume `name` back to its internal snapshot `snapshot` (kept on primary); the image's other internal
+    snapshots stay. qemu-img refuses to apply a snapshot under dirty bitmaps, so ours go (the next is full)."""
+    images.check_name(name), images.check_name(snapshot)
+    user = hv.in_use(pool.uuid, name)
+    if user is not None:
+        raise Busy(f"volume {name} is attached to running VM {user}; stop the VM to revert it")
+    if snapshot not in _internal_names(pool, name):
+        raise NotFound(f"volume {name} has no snapshot {snapshot} in pool {pool.uuid}")
+    drop_bitmaps(pool, name)
+    images.qemu_img(["snapshot", "-q", "-a", snapshot, "--image-opts", _qcow2(pool, name)],
+                    f"revert volume {name} to snapshot {snapshot}", pools=(pool,))
+    have = images.info(pool, name, "qcow2")
+    return {"path": name, "size": have["size"], "physical_size": have["physical_size"], "format": "qcow2"}
 
 
 def backup_disk(hv, vm: str, serial: str, dst, dst_name: str, progress, speed: int = 0) -> dict:

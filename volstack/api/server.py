@@ -26,13 +26,20 @@ class Req:
     cmd: Command
     progress: object = None   # in a job: progress(percent, proc_status=None) records how far it got
 
-    def start_task(self, name: str, params: dict, instance_uuid: str | None = None, sync_key: str | None = None):
+    def start_task(self, name: str, params: dict, instance_uuid: str | None = None, sync_key: str | None = None,
+                   queue_key: str | None = None):
         """Queue a declared background task in this request's transaction (it runs once that commits); it waits
-        for the jobs of sync_key (default: of its instance)."""
-        task = API.tasks[name]
-        return self.ms.jobs.submit(self.s, cmd=name, params=params, ctx=self.ctx, instance_type=task.instance_type,
-                                   instance_uuid=instance_uuid, sync_key=sync_key or (
-                                       f"{task.instance_type}:{instance_uuid}" if instance_uuid else None))
+        for the jobs of sync_key (default: of its instance) and for a slot of queue_key (a throttled queue)."""
+        return start_task(self.ms.jobs, self.s, self.ctx, name, params, instance_uuid, sync_key, queue_key)
+
+
+def start_task(jobs, s, ctx, name: str, params: dict, instance_uuid: str | None = None, sync_key: str | None = None,
+               queue_key: str | None = None):
+    """Req.start_task for work the management server starts by itself (periodic tasks), in session s."""
+    task = API.tasks[name]
+    return jobs.submit(s, cmd=name, params=params, ctx=ctx, instance_type=task.instance_type,
+                       instance_uuid=instance_uuid, queue_key=queue_key,
+                       sync_key=sync_key or (f"{task.instance_type}:{instance_uuid}" if instance_uuid else None))
 
 
 class ApiApp:

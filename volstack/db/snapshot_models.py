@@ -2,7 +2,9 @@
 
 A snapshot is taken on the volume's primary pool (`pool_id` + `primary_name`: an internal qcow2 snapshot
 of the volume image, or a file beside it) and backed up to an image store as a flat qcow2 (`store_id` +
-`install_path`). `parent_id` is reserved for incremental chains.
+`install_path`). `parent_id` links an incremental backup to its parent. `location_type` PRIMARY: the snapshot
+stays on primary only (services/snapshot_primary.py); a failed backup is retried at `backup_retry_at`
+(services/snapshot_backups.py).
 """
 from datetime import datetime
 
@@ -31,6 +33,9 @@ class Snapshot(OwnedEntity, Base):
     store_id: Mapped[int | None] = mapped_column(ForeignKey("image_store.id"))
     install_path: Mapped[str | None] = mapped_column(String(1024))
     parent_id: Mapped[int | None] = mapped_column(Integer)
+    location_type: Mapped[str | None] = mapped_column(String(16))        # PRIMARY: kept on primary only, never backed up
+    backup_attempts: Mapped[int] = mapped_column(Integer, default=0)     # failed backups so far (backup.retry)
+    backup_retry_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)   # when the next retry is due
     error: Mapped[str | None] = mapped_column(Text)
     removed: Mapped[datetime | None] = mapped_column(DateTime)
 

@@ -110,8 +110,9 @@ class SimulatedHost:
     def _snapshot_delete_primary(self, pool, primary, **_):
         return {"removed": self._images(pool).pop(primary, None) is not None}
 
-    def _snapshot_revert(self, pool, name, src_pool, src_name, **_):
-        size = self._images(pool)[name] = self._images(src_pool).get(src_name, 0)
+    def _snapshot_revert(self, pool, name, src_pool=None, src_name=None, **_):
+        size = self._images(pool)[name] = self._images(src_pool).get(src_name, 0) if src_pool else \
+            self._images(pool).get(name, 0)
         return {"path": name, "size": size, "physical_size": 0, "format": "qcow2"}
 
     def _vm_snapshot_create(self, disks, **_):           # VM snapshots: nothing to keep, failures injectable

@@ -112,6 +112,7 @@ KVM_SNAPSHOT_ENABLED = _key("kvm.snapshot.enabled", bool, True, "Whether volume 
 KVM_VMSTORAGE_SNAPSHOT = _key("kvm.vmstoragesnapshot.enabled", bool, True, "For live snapshot of virtual machine instance on KVM hypervisor without memory. Requires qemu version 1.6+ (on NFS or Local file system) and qemu-guest-agent installed on guest VM", "Snapshots", (C,))
 VMSNAPSHOT_MAX = _key("vmsnapshot.max", int, 10, "Maximum vm snapshots for a single vm", "Snapshots")
 KVM_INCREMENTAL_SNAPSHOT = _key("kvm.incremental.snapshot", bool, False, "Whether differential snapshots are enabled for KVM or not. When this is enabled, all KVM snapshots will be incremental. Bear in mind that it will generate a new full snapshot when the snapshot chain reaches the limit defined in snapshot.delta.max.", "Snapshots", (C,))
+SNAPSHOT_BACKUP_TO_SECONDARY = _key("snapshot.backup.to.secondary", bool, True, "Indicates whether to always backup primary storage snapshot to secondary storage. When false, snapshots are kept only on primary storage (createSnapshot locationtype overrides it per snapshot).", "Snapshots")
 BACKUP_RETRY = _key("backup.retry", int, 3, "Number of times to retry in creating backup of snapshot on secondary", "Snapshots")
 BACKUP_RETRY_INTERVAL = _key("backup.retry.interval", int, 300, "Time in seconds between retries in backing up snapshot to secondary", "Snapshots")
 SNAPSHOT_POLL_INTERVAL = _key("snapshot.poll.interval", int, 300, "The time interval in seconds when the management server polls for snapshots to be scheduled.", "Snapshots")

@@ -2,7 +2,7 @@
 backups that read it before it goes (services/snapshots.py uses both; docs/architecture.md, Snapshots)."""
 import os
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from volstack.db.image_models import ImageStore
 from volstack.db.snapshot_models import Snapshot
@@ -45,8 +45,10 @@ def incremental_plan(s, snap, vol) -> tuple[str | None, Snapshot | None]:
                                                                 zone=vol.zone_id):
         return None, None
     bitmap = f"volstack-{snap.uuid}"
+    # snapshots kept on primary leave the bitmaps alone, so the chain goes on past them
     last = s.scalar(select(Snapshot).where(Snapshot.volume_id == vol.id, Snapshot.id != snap.id,
-                                           Snapshot.removed.is_(None), Snapshot.state.notin_(("Allocated", "Error")))
+                                           Snapshot.removed.is_(None), Snapshot.state.notin_(("Allocated", "Error")),
+                                           func.coalesce(Snapshot.location_type, "SECONDARY") != "PRIMARY")
                     .order_by(Snapshot.id.desc()).limit(1))
     store = store_of(s, last) if last is not None and last.state == "BackedUp" else None
     if store is None or store.readonly or store.removed is not None or not holds_chains(store):

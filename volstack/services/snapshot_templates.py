@@ -1,18 +1,21 @@
 """createTemplate snapshotid=: a template whose image is a copy of a snapshot's backup, made store to store on a
-zone host (the backup is already a flat qcow2, so the copy is one qemu-img convert)."""
+zone host (the backup is already a flat qcow2, so the copy is one qemu-img convert), or of a snapshot kept on a
+file pool, copied from there by a host of the pool."""
 
 from volstack.db.image_models import ImageStore, Template, TemplateStoreRef, TemplateZone
 from volstack.db.snapshot_models import Snapshot
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import InvalidParameter, PermissionDenied, ResourceUnavailable
-from volstack.services import accounts, catalog, events, imagestores, snapshots_rbd, template_sources, templates
+from volstack.services import (accounts, catalog, events, imagestores, snapshot_primary, snapshots_rbd,
+                               template_sources, templates)
 
 
 def create_row(s, ctx, snap: Snapshot, *, name, displaytext=None, ostypeid=None, ispublic=False, isfeatured=False,
                passwordenabled=False, requireshvm=True, details=None) -> Template:
     """The template row and its store copy (Allocated); the job copies the snapshot's backup."""
-    if snap.state != "BackedUp" or snap.store_id is None:
+    if snap.state != "BackedUp" or (snap.store_id is None and not snapshot_primary.kept(snap)):
         raise InvalidParameter(f"Snapshot {snap.name} is {snap.state}; templates are made from backed-up snapshots")
+    snapshot_primary.check_template_source(snap)
     if ostypeid is not None and catalog.os_type(ostypeid) is None:
         raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
     if (ispublic or isfeatured) and not ctx.is_admin and not templates._users_may_publish(s, ctx):
@@ -39,11 +42,13 @@ def create_row(s, ctx, snap: Snapshot, *, name, displaytext=None, ostypeid=None,
 def copy_to_store(s, ctx, t: Template, progress=None) -> Template:
     """The createTemplate job for a snapshot source."""
     snap = s.get(Snapshot, t.source_snapshot_id)
-    src = s.get(ImageStore, snap.store_id)
+    src = s.get(ImageStore, snap.store_id) if snap.store_id else None
 
     def copy(ref, dst, report):
         if snap.state != "BackedUp":
             raise InvalidParameter(f"Snapshot {snap.name} became {snap.state} before its template was made")
+        if src is None:                     # kept on primary
+            return snapshot_primary.copy_to_store(s, snap, imagestores.spec(dst), ref.install_path, report)
         if snapshots_rbd.owns(snap):        # an RBD backup chain, not a flat qcow2
             return snapshots_rbd.copy_to_store(s, snap, dst, ref.install_path, report)
         return run_long(channel(imagestores.host_for(s, dst)), "volume_copy", report, src_pool=imagestores.spec(src),

@@ -6,7 +6,9 @@ Snapshotting, committed) → CreatedOnPrimary (an internal qcow2 snapshot of a s
 point-in-time file copy of a running guest's disk made by QEMU's backup job) → BackingUp → BackedUp (a flat
 qcow2 `<uuid>.qcow2` on a writable image store of the zone), after which the primary copy is removed. The
 volume stays Snapshotting until then, so nothing moves, resizes or reverts it under the backup. A failed
-backup goes back to CreatedOnPrimary with the reason (the primary copy is kept); a failed take is Error.
+backup goes back to CreatedOnPrimary with the reason (the primary copy is kept) and is retried later
+(services/snapshot_backups.py); a failed take is Error. A snapshot kept on primary only (locationtype PRIMARY, or
+snapshot.backup.to.secondary false) is never backed up: services/snapshot_primary.py.
 
 Incremental (qcow2 volumes, `kvm.incremental.snapshot`): each snapshot starts a dirty bitmap in the volume
 image; the next one copies only what that bitmap marks and is stored beside its parent's backup with the
@@ -23,7 +25,9 @@ from volstack.drivers.default import serial_of
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
 from volstack.services import accounts, events, imagestores, infra, lookup, offerings, snapshots_rbd, volumes
+from volstack.services import snapshot_backups as retries
 from volstack.services import snapshot_chains as chains
+from volstack.services import snapshot_primary as primary
 from volstack.services import templates  # noqa: F401  (registers the secondary-storage counter this one adds to)
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
@@ -64,9 +68,7 @@ def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None) -> 
     if policyid:
         from volstack.services import snapshot_policies
         kind = snapshot_policies.recurring_type(s, ctx, policyid, vol)
-    if locationtype and locationtype.upper() != "SECONDARY":
-        raise InvalidParameter(f"locationtype {locationtype} is not supported for file pools: snapshots are backed "
-                               "up to an image store (locationtype=SECONDARY)")
+    where = primary.location(s, locationtype)
     if vol.state not in ("Ready", "Snapshotting") or vol.pool_id is None:     # Snapshotting: the job queues behind
         hint = "wait for its operation to finish" if vol.state in ("Migrating", "Resizing", "Snapshotting",
                                                                     "RevertSnapshotting", "Attaching", "Creating",
@@ -83,16 +85,17 @@ def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None) -> 
                                "administrator to enable them")
     if vm is not None and vm.state not in ("Running", "Stopped"):
         raise InvalidParameter(f"VM {vm.name} is {vm.state}; snapshot its volume when it is Running or Stopped")
-    if not imagestores.writable_stores(s, vol.zone_id):
+    if where == primary.SECONDARY and not imagestores.writable_stores(s, vol.zone_id):
         raise ResourceUnavailable("No writable image store in the volume's zone to back the snapshot up to: add one "
-                                  "with addImageStore")
+                                  "with addImageStore (or keep the snapshot on primary storage: locationtype=PRIMARY)")
     accounts.check_limit(s, vol.account_id, "snapshot")
-    accounts.check_limit(s, vol.account_id, "secondary_storage", vol.size)
+    if where == primary.SECONDARY:
+        accounts.check_limit(s, vol.account_id, "secondary_storage", vol.size)
     stamp = f"{utcnow():%Y%m%d%H%M%S}"
     snap = Snapshot(name=name or f"{vm.name + '_' if vm else ''}{vol.name}_{stamp}", volume_id=vol.id,
                     volume_type=vol.volume_type, disk_offering_id=vol.disk_offering_id, zone_id=vol.zone_id,
                     size=vol.size, hypervisor=vol.hypervisor or "KVM", account_id=vol.account_id,
-                    domain_id=vol.domain_id, snapshot_type=kind)
+                    domain_id=vol.domain_id, snapshot_type=kind, location_type=where)
     s.add(snap)
     s.flush()
     events.record(s, ctx, "SNAPSHOT.CREATE", f"Snapshot {snap.name} of volume {vol.name} requested",
@@ -146,11 +149,12 @@ def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
         SNAPSHOT.fire(s, snap, "OperationFailed", error=exc.text)
         s.commit()
         raise
-    bitmap, parent = (None, None) if snapshots_rbd.native(pool) else chains.incremental_plan(s, snap, vol)
+    kept = primary.kept(snap)          # kept on primary only: no backup, no part in incremental chains
+    bitmap, parent = (None, None) if snapshots_rbd.native(pool) or kept else chains.incremental_plan(s, snap, vol)
     if parent is not None and snapshots_rbd.owns(parent):      # the volume moved off RBD: start a qcow2 chain
         parent = None
     store = None
-    if start_backup is None:
+    if start_backup is None and not kept:
         store = chains.store_of(s, parent) if parent else next(iter(imagestores.writable_stores(s, snap.zone_id)), None)
     SNAPSHOT.fire(s, snap, "CreateRequested", pool_id=pool.id)
     s.commit()
@@ -170,6 +174,10 @@ def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
     incremental = bool(res.get("incremental")) and parent is not None
     taken = (f"Snapshot {snap.name} taken on storage pool {pool.name}" + (f" while VM {vm.name} runs" if vm else "")
              + (f", incremental to snapshot {parent.name}" if incremental else ""))
+    if kept:
+        primary.finish(s, ctx, snap, pool, taken, res)
+        VOLUME.fire(s, vol, "OperationSucceeded")
+        return snap
     if res["kind"] == "stored":
         SNAPSHOT.fire(s, snap, "OperationNotPerformed", size=res.get("size") or snap.size, store_id=store.id,
                       install_path=res["name"], physical_size=res.get("physical_size"),
@@ -187,7 +195,8 @@ def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
         return snap
     try:
         backup(s, ctx, snap, vol, pool, host, progress)
-    except CloudError:
+    except CloudError as exc:
+        retries.failed(s, ctx, snap, exc.text)
         VOLUME.fire(s, vol, "OperationSucceeded")
         s.commit()
         raise
@@ -195,25 +204,42 @@ def take(s, ctx, snap: Snapshot, progress=None, start_backup=None) -> Snapshot:
     return snap
 
 
-def backup_task(s, ctx, snapshot_uuid: str, progress=None) -> Snapshot:
-    """The asyncbackup task: back up a CreatedOnPrimary snapshot, then release its volume."""
+def backup_task(s, ctx, snapshot_uuid: str, progress=None, retry: bool = False) -> Snapshot:
+    """The snapshotBackup task: back up a CreatedOnPrimary snapshot. After asyncbackup it releases the volume the
+    take left Snapshotting; a retry (snapshot_backups) holds a Ready volume Snapshotting while it copies."""
     snap = s.scalar(select(Snapshot).where(Snapshot.uuid == snapshot_uuid))
     vol = s.get(Volume, snap.volume_id)
+
+    def release():
+        if vol.state == "Snapshotting" and (not retry or held):
+            VOLUME.fire(s, vol, "OperationSucceeded")
+    held = False
+    if snap.state != "CreatedOnPrimary" or snap.removed is not None:
+        release()                     # backed up or deleted meanwhile: nothing to do
+        return snap
+    if retry and vol.state not in ("Ready", "Snapshotting"):
+        retries.failed(s, ctx, snap, f"volume {vol.name} is {vol.state}")
+        return snap
+    if retry and vol.state == "Ready":
+        VOLUME.fire(s, vol, "SnapshotRequested")
+        held = True
+        s.commit()
     try:
         pool = s.get(StoragePool, snap.pool_id)
         backup(s, ctx, snap, vol, pool, _host_for(s, vol, pool)[0], progress)
-    except CloudError:
-        if vol.state == "Snapshotting":
-            VOLUME.fire(s, vol, "OperationSucceeded")
+    except CloudError as exc:
+        retries.failed(s, ctx, snap, exc.text)
+        release()
         s.commit()
         raise
-    VOLUME.fire(s, vol, "OperationSucceeded")
+    release()
     return snap
 
 
 def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host: Host, progress=None) -> None:
     """CreatedOnPrimary → BackingUp → BackedUp on the writable store with the most free space (an incremental:
     beside its parent's backup)."""
+    retries.attempt(snap)
     if snapshots_rbd.owns(snap):
         return snapshots_rbd.backup(s, ctx, snap, vol, pool, host, progress)
     if snap.parent_id is not None:
@@ -241,8 +267,6 @@ def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host: Host, p
         SNAPSHOT.fire(s, snap, "OperationFailed", store_id=None, install_path=None,
                       error=f"backup to image store {store.name} failed (the snapshot is kept on primary storage): "
                             f"{exc.text}")
-        events.record(s, ctx, "SNAPSHOT.BACKUP", f"Snapshot {snap.name}: {snap.error}", level="ERROR",
-                      resource_type="Snapshot", resource_uuid=snap.uuid)
         raise
     SNAPSHOT.fire(s, snap, "OperationSucceeded", physical_size=res.get("physical_size"), size=res["size"],
                   error=None)
@@ -283,15 +307,7 @@ def delete(s, ctx, snap: Snapshot) -> None:
             channel(imagestores.host_for(s, store)).call("volume_delete", pool=imagestores.spec(store),
                                                          name=snap.install_path)
         if snap.pool_id and snap.primary_name:
-            pool = s.get(StoragePool, snap.pool_id)
-            vol = s.get(Volume, snap.volume_id)
-            from volstack.services.pools import hosts_in_scope
-            hosts = hosts_in_scope(s, pool)
-            if not hosts:
-                raise ResourceUnavailable(f"No Up host can reach storage pool {pool.name} to remove the snapshot's "
-                                          "copy there")
-            channel(hosts[0]).call("snapshot_delete_primary", pool=driver_for(pool.provider).spec(pool),
-                                   name=vol.path, kind=snap.primary_kind, primary=snap.primary_name)
+            primary.remove_copy(s, snap)
     except CloudError as exc:
         event = "MergeFailed" if began or was == "Error" else \
             "OperationFailed" if was == "BackedUp" else "OperationFailedOnPrimary"
@@ -328,9 +344,12 @@ def revert(s, ctx, snap: Snapshot, progress=None) -> Snapshot:
     store = chains.store_of(s, snap)
     volumes.begin_host_work(s, vol, "RevertSnapshotRequested")
     try:
-        res = run_long(channel(host), "snapshot_revert", progress, pool=driver_for(pool.provider).spec(pool),
-                       name=vol.path, format=vol.format.lower(), src_pool=imagestores.spec(store),
-                       src_name=snap.install_path)
+        if store is None:             # kept on primary
+            res = primary.revert(s, ctx, snap, vol, pool, host, progress)
+        else:
+            res = run_long(channel(host), "snapshot_revert", progress, pool=driver_for(pool.provider).spec(pool),
+                           name=vol.path, format=vol.format.lower(), src_pool=imagestores.spec(store),
+                           src_name=snap.install_path)
     except CloudError as exc:
         volumes.host_work_failed(s, vol, exc, error=f"revert to snapshot {snap.name} failed: {exc.text}")
     VOLUME.fire(s, vol, "OperationSucceeded", size=res["size"], physical_size=res.get("physical_size"), error=None)
@@ -407,6 +426,8 @@ def new_volume(s, ctx, *, snapshotid, name=None, zoneid=None, diskofferingid=Non
 def copy_to_primary(s, ctx, vol: Volume, pool: StoragePool, host, progress=None) -> dict:
     """volumes.realize's hook: the snapshot's store copy becomes the volume's first image on pool."""
     snap = s.scalar(select(Snapshot).where(Snapshot.uuid == vol.details["snapshot"]))
+    if snap is not None and snap.state == "BackedUp" and primary.kept(snap):
+        return primary.copy_to_primary(s, ctx, vol, snap, pool, host, progress)
     store = chains.store_of(s, snap) if snap is not None and snap.state == "BackedUp" else None
     if store is None:
         raise ResourceUnavailable(f"Snapshot {vol.details['snapshot']} of volume {vol.name} is no longer backed up")
@@ -442,15 +463,19 @@ def settle_interrupted(db, ctx, snapshot_uuid: str, cmd: str) -> None:
             "Destroying": None}
     with db.session() as s:
         snap = s.scalar(select(Snapshot).where(Snapshot.uuid == snapshot_uuid))
+        reason = f"{cmd} was interrupted because the management server running it stopped"
+        if snap is not None and snap.state == "CreatedOnPrimary" and cmd == "snapshotBackup":
+            _backup_not_done(s, ctx, snap, reason)      # stopped before its copy began
+            return
         if snap is None or snap.state not in back:
             return
-        reason = f"{cmd} was interrupted because the management server running it stopped"
         to = back[snap.state] or ("BackedUp" if snap.store_id else "CreatedOnPrimary")
         if snap.state == "Destroying" and chains.children(s, snap):
             # a merge into its child may have begun: its file may hold the child's data now, so it is never
             # used again; deleting it (which finishes the merge) is all that remains
             to, reason = "Error", reason + "; it was being merged into its incremental child"
-        if snap.state == "BackingUp":
+        was = snap.state
+        if was == "BackingUp":
             snap.store_id, snap.install_path = None, None
         snap.state, snap.error = to, reason
         vol = s.get(Volume, snap.volume_id)
@@ -458,6 +483,18 @@ def settle_interrupted(db, ctx, snapshot_uuid: str, cmd: str) -> None:
             vol.state, vol.error = "Ready", reason
         events.record(s, ctx, "SNAPSHOT.RECOVER", f"Snapshot {snap.name}: {reason}; it is {to}", level="WARN",
                       resource_type="Snapshot", resource_uuid=snap.uuid)
+        if was == "BackingUp":
+            retries.failed(s, ctx, snap, reason)
+
+
+def _backup_not_done(s, ctx, snap: Snapshot, reason: str) -> None:
+    """A snapshotBackup task that will not run (interrupted, or expired in its host's queue): the volume an
+    asyncbackup left Snapshotting is released and the backup is retried later."""
+    vol = s.get(Volume, snap.volume_id)
+    if vol is not None and vol.state == "Snapshotting":
+        vol.state = "Ready"
+    snap.error = None
+    retries.failed(s, ctx, snap, reason)
 
 
 def settle_expired(db, ctx, snapshot_uuid: str, cmd: str, minutes: int) -> str:
@@ -467,6 +504,9 @@ def settle_expired(db, ctx, snapshot_uuid: str, cmd: str, minutes: int) -> str:
         snap = s.scalar(select(Snapshot).where(Snapshot.uuid == snapshot_uuid))
         text = (f"{cmd} waited more than {minutes} minutes (job.expire.minutes) for one of the snapshot slots of its "
                 "host (concurrent.snapshots.threshold.perhost) and was cancelled; take the snapshot again later")
+        if snap is not None and snap.state == "CreatedOnPrimary" and cmd == "snapshotBackup":
+            text = text.replace("take the snapshot again later", "the backup is retried later (backup.retry)")
+            _backup_not_done(s, ctx, snap, text)
         if snap is not None and snap.state == "Allocated":
             snap.state, snap.error = "Error", text
             events.record(s, ctx, "SNAPSHOT.CREATE", f"Snapshot {snap.name}: {text}", level="ERROR",

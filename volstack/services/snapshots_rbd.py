@@ -11,7 +11,8 @@
   primary pool gone.
 - **Kept on primary**: the newest backed-up snapshot of each volume stays on its image, as the base of the next
   diff (and so a revert to it is an instant rollback); each backup removes the volume's older snapshots from
-  primary, except those that volumes were cloned from.
+  primary, except those that volumes were cloned from and those kept on primary only (locationtype PRIMARY:
+  never backed up, reverted by rollback, cloned for volumes on the same pool; services/snapshot_primary.py).
 - **revertSnapshot**: `rbd snap rollback` when the snapshot is still on the volume's image, else the chain is
   written into the image in place (its other snapshots stay). A file pool's qcow2 backup can be reverted onto a
   volume that moved to RBD, and an RBD backup onto a volume that moved to a file pool.
@@ -100,9 +101,7 @@ def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host, progres
         SNAPSHOT.fire(s, snap, "OperationFailed", store_id=None, install_path=None,
                       error=f"backup to image store {store.name} failed (the snapshot is kept on storage pool "
                             f"{pool.name}): {exc.text}")
-        events.record(s, ctx, "SNAPSHOT.BACKUP", f"Snapshot {snap.name}: {snap.error}", level="ERROR",
-                      resource_type="Snapshot", resource_uuid=snap.uuid)
-        raise
+        raise                         # the caller records it and schedules a retry (snapshot_backups)
     parent = None if res["full"] else base
     SNAPSHOT.fire(s, snap, "OperationSucceeded", physical_size=res["physical_size"], size=res["size"], error=None,
                   parent_id=parent.id if parent else None)
@@ -117,7 +116,7 @@ def _trim_primary(s, ctx, ch, pool, vol, keep: Snapshot) -> None:
     drv = driver_for(pool.provider)
     for old in s.scalars(select(Snapshot).where(Snapshot.volume_id == vol.id, Snapshot.id != keep.id,
                                                 Snapshot.state == "BackedUp", Snapshot.pool_id == pool.id,
-                                                Snapshot.primary_kind == KIND)):
+                                                Snapshot.primary_kind == KIND, Snapshot.store_id.isnot(None))):
         try:
             drv.delete_snapshot(ch, pool, vol, old.primary_name)
         except ResourceInUse:
@@ -242,13 +241,10 @@ def delete(s, ctx, snap: Snapshot, was: str) -> None:
 
 
 def _forget_primary(s, vol: Volume) -> None:
-    """volumes.expunge_hooks: the driver removed the image's snapshots with it."""
+    """volumes.expunge_hooks: the driver removed the image's snapshots with it; those that were only there are
+    Destroyed by snapshot_primary's hook, the others live on as their backups."""
     for snap in s.scalars(select(Snapshot).where(Snapshot.volume_id == vol.id, Snapshot.primary_kind == KIND,
                                                  Snapshot.pool_id.isnot(None))):
-        if snap.state == "CreatedOnPrimary":       # never backed up: nothing is left of it
-            SNAPSHOT.fire(s, snap, "DestroyRequested")
-            SNAPSHOT.fire(s, snap, "OperationSucceeded", removed=utcnow(),
-                          error=f"volume {vol.name} was deleted before the snapshot was backed up")
         snap.pool_id, snap.primary_kind, snap.primary_name = None, None, None
 
 

@@ -347,8 +347,8 @@ def list_vm_snapshots(s, ctx, q: ListQuery, **f):
 
 # ---------------------------------------------------------------- CloudStack's rules about mixing
 
-def _guard(s, op: str, vm: VirtualMachine, vol: Volume | None) -> None:
-    snaps = of_vm(s, vm.id)
+def _guard(s, op: str, vm: VirtualMachine | None, vol: Volume | None) -> None:
+    snaps = of_vm(s, vm.id) if vm is not None else None
     if not snaps:
         return
     if op == "snapshot":           # a volume snapshot waits only for a VM snapshot operation under way

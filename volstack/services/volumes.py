@@ -149,15 +149,14 @@ expunge_hooks: list = []
 # hook(s, volume, vm) when a volume is detached from vm.
 detach_hooks: list = []
 # check(s, op, vm, volume) raises a CloudError naming what forbids op on a VM's volume (volume None: the VM as a
-# whole); e.g. VM snapshots forbid attach, detach, resize and migrate. ops: attach, detach, resize, migrate,
-# snapshot, revertSnapshot, changeServiceOffering.
+# whole; vm None: a detached volume); e.g. VM snapshots forbid attach, detach, resize and migrate. ops: attach,
+# detach, resize, migrate, snapshot, revertSnapshot, changeServiceOffering.
 operation_checks: list = []
 
 
 def check_operation(s, op: str, vm: VirtualMachine | None, vol: Volume | None = None) -> None:
-    if vm is not None:
-        for check in operation_checks:
-            check(s, op, vm, vol)
+    for check in operation_checks:
+        check(s, op, vm, vol)
 
 
 def realize(s, ctx, vol: Volume, host: Host, cluster_id=None, progress=None) -> StoragePool:

@@ -6,7 +6,7 @@ from volstack.api.registry import (API, BOOLEAN, INTEGER, LIST, OWNER_LIST_PARAM
 from volstack.api.views import _a
 from volstack.db import storage_models as sm
 from volstack.services import snapshot_policies as policies
-from volstack.services import snapshot_scheduler
+from volstack.services import snapshot_scheduler, snapshots
 
 SNAPSHOT_POLICY = View("snapshotpolicy", [
     F("id", "the ID of the snapshot policy", _a("uuid")),
@@ -91,12 +91,13 @@ def snapshot_retention(req, p):
 
 
 def recurring_submitter(jobs):
-    """The scheduler's submit: the createSnapshot job of the recurring snapshot, then its policy's retention as a
-    task with the same sync key, so it runs once the snapshot job has finished."""
+    """The scheduler's submit: the createSnapshot job of the recurring snapshot (the keys of a manual one: after the
+    volume's other jobs, in a snapshot slot of its host), then its policy's retention as a task with the same sync
+    key, so it runs once the snapshot job has finished."""
     def submit(s, ctx, snap, policy) -> str:
-        key = f"Snapshot:{snap.uuid}"
+        key, queue = snapshots.job_keys(s, snap.uuid, throttled=True)
         job = jobs.submit(s, cmd="createSnapshot", params={"id": snap.uuid, "policyid": policy.uuid}, ctx=ctx,
-                          instance_type="Snapshot", instance_uuid=snap.uuid, sync_key=key)
+                          instance_type="Snapshot", instance_uuid=snap.uuid, sync_key=key, queue_key=queue)
         jobs.submit(s, cmd="snapshotRetention", params={"policy": policy.uuid}, ctx=ctx, instance_type="Snapshot",
                     instance_uuid=snap.uuid, sync_key=key)
         return job.uuid

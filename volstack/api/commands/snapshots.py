@@ -3,6 +3,7 @@ from volstack.api.commands.common import list_query, lst, obj
 from volstack.api.commands.volumes import _owner_fields
 from volstack.api.registry import (API, BOOLEAN, LIST, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F,
                                    Param as P, Success, View)
+from volstack.api.server import start_task
 from volstack.api.views import _a, _date, _ref
 from volstack.db import models as m
 from volstack.db import storage_models as sm
@@ -80,8 +81,8 @@ SNAP_JOB = dict(is_async=True, access=USER, instance_type="Snapshot", instance_p
     P("policyid", UUID, "policy id of the snapshot, if this is null, then use MANUAL_POLICY."),
     P("asyncbackup", BOOLEAN, "asynchronous backup if true: the job ends once the snapshot is on primary storage "
       "(CreatedOnPrimary) and the backup to the image store goes on in the background"),
-    P("locationtype", STRING, "Currently applicable only for managed storage. Valid location types: 'primary', "
-      "'secondary'. Default = 'secondary' here"),
+    P("locationtype", STRING, "Valid location types: 'primary' (kept on primary storage only, never backed up), "
+      "'secondary' (backed up to an image store). Default: snapshot.backup.to.secondary"),
     P("quiescevm", BOOLEAN, "quiesce vm if true (needs a guest agent; ignored)"),
     P("zoneids", LIST, "A comma-separated list of IDs of the zones in which the snapshot will be made available "
       "(not supported yet)", entity="Zone"),
@@ -93,14 +94,23 @@ SNAP_JOB = dict(is_async=True, access=USER, instance_type="Snapshot", instance_p
 def create_snapshot(req, p):
     snap = snapshots.get_snapshot(req.s, req.ctx, p.id)
     start = (lambda: req.start_task("snapshotBackup", {"snapshot": snap.uuid}, snap.uuid,
-                                    snapshots.job_keys(req.s, snap.uuid)[0])) if p.asyncbackup else None
+                                    *snapshots.job_keys(req.s, snap.uuid, throttled=True))) if p.asyncbackup else None
     return obj(req, SNAPSHOT, snapshots.take(req.s, req.ctx, snap, req.progress, start))
 
 
 @API.task("snapshotBackup", instance_type="Snapshot")
 def snapshot_backup(req, p):
-    snap = snapshots.backup_task(req.s, req.ctx, p["snapshot"], req.progress)
+    """asyncbackup's backup, or a retry of a failed one (retry=true); both take a snapshot slot of the host."""
+    snap = snapshots.backup_task(req.s, req.ctx, p["snapshot"], req.progress, retry=bool(p.get("retry")))
     return {"snapshot": snap.uuid, "state": snap.state}
+
+
+def backup_retry_submitter(jobs):
+    """snapshot_backups.submit_due's submit: the retry as a snapshotBackup task with the snapshot job keys."""
+    def submit(s, ctx, snap):
+        return start_task(jobs, s, ctx, "snapshotBackup", {"snapshot": snap.uuid, "retry": True}, snap.uuid,
+                          *snapshots.job_keys(s, snap.uuid, throttled=True))
+    return submit
 
 
 def _create_row(req, p):
