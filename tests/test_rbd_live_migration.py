@@ -1,0 +1,144 @@
+"""Issue 5 item 5, live: a volume attached to a running TCG guest moves between an RBD pool and NFS / host-local
+pools through QEMU's mirror (migrateVolume livemigrate=true), and with its VM to another host
+(migrateVirtualMachineWithVolume), while the guest writes to it. Real Ceph, nfs-ganesha, `volstack agent`
+processes with real QEMU; the bytes are checked by the guest itself."""
+import hashlib
+
+import pytest
+
+from agentproc import wait_until
+from guest import GuestConsole, pattern_bytes, pattern_sha256
+from helpers import wait_job
+from support import client
+from test_rbd_pools import create_rbd_pool, kvm  # noqa: F401  (kvm is a fixture)
+from test_storage_real import boot, serial
+
+MIB = 2 ** 20
+pytestmark = pytest.mark.slow
+BG_MIB, BG_AT = 8, 8          # the background writer's region: MiB 8-15 of the disk
+
+
+@pytest.fixture
+def lab(kvm, ceph, nfs_pool, tmp_path):
+    """kvm (two agents) with an RBD pool (tag RBD), an NFS pool (tag NFS), a local pool on the first host and a
+    TCG guest there whose 1 GiB data disk is on RBD with 8 MiB of seed 1 written by the guest."""
+    from guest import guest_image_dir
+    api = kvm["api"]
+    rbd = create_rbd_pool(kvm, ceph, name="ceph")
+    nfs_url, nfs_dir = nfs_pool
+    nfs = api.createStoragePool(name="nfs", url=nfs_url, tags="NFS", **_cluster(kvm))["storagepool"]
+    (tmp_path / "local0").mkdir()
+    local = api.createStoragePool(name="local0", url=f"file://localhost{tmp_path / 'local0'}", scope="host",
+                                  zoneid=kvm["zone"]["id"], hostid=kvm["hosts"][0]["id"])["storagepool"]
+    kvm["so"] = api.createServiceOffering(name="guest", cpunumber=1, cpuspeed=500, memory=256, rootdisksize=1,
+                                          displaytext="guest")["serviceoffering"]
+    kvm["image"] = guest_image_dir()
+    vm, con = boot(kvm, 0)
+    con.sh("echo the-same-guest > /tmp/marker")       # tmpfs: only this very guest instance has it
+    off = api.createDiskOffering(name="rbd", displaytext="rbd", customized=True, tags="RBD")["diskoffering"]
+    vol = api.createVolume(diskofferingid=off["id"], name="live", zoneid=kvm["zone"]["id"], size=1)["volume"]
+    vol = api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]
+    assert vol["storageid"] == rbd["id"] and vol["path"] in ceph.images()
+    dev = con.dev(serial(vol))
+    con.write(serial(vol), seed=1, mib=8)
+    return dict(kvm, rbd=rbd, nfs=nfs, nfs_dir=nfs_dir, local=local, local_dir=tmp_path / "local0", vm=vm, con=con,
+                vol=vol, dev=dev)
+
+
+def _cluster(kvm):
+    return dict(zoneid=kvm["zone"]["id"], podid=kvm["pod"]["id"], clusterid=kvm["cluster"]["id"])
+
+
+class Writer:
+    """A background loop in the guest rewriting MiB 8-15 of the disk, pass after pass, each pass with the next
+    seed (pass p writes seed base+p), so a write lost by a mirror shows as an old pattern. /tmp/bgpos holds the
+    last MiB written ("p i"); it stops after the MiB in progress once /tmp/bgstop exists."""
+
+    def __init__(self, con, dev, base: int):
+        self.con, self.base = con, base
+        con.sh("rm -f /tmp/bgstop /tmp/bgpos /tmp/bgdone")
+        con.sh(f"(p=0; while [ ! -e /tmp/bgstop ]; do i=0; while [ $i -lt {BG_MIB} ] && [ ! -e /tmp/bgstop ]; do "
+               f"yes \"volstack seed=$(({base} + p)) mib=$i\" | head -c 1048576 | dd of={dev} bs=1048576 "
+               f"seek=$(({BG_AT} + i)) iflag=fullblock oflag=direct conv=notrunc 2>/dev/null; "
+               "echo \"$p $i\" > /tmp/bgpos; i=$((i + 1)); done; p=$((p + 1)); done; "
+               "echo done > /tmp/bgdone) >/dev/null 2>&1 &")
+        self.started = self.wait_pos(lambda p: p is not None)
+
+    def pos(self):
+        out = self.con.sh("cat /tmp/bgpos 2>/dev/null", check=False)
+        return tuple(map(int, out[0].split())) if out else None
+
+    def wait_pos(self, ok):
+        return wait_until("the guest's background writer", lambda: (p := self.pos()) if ok(p) else None,
+                          timeout=120, interval=0.2)
+
+    def stop(self) -> str:
+        """Stop after at least one full pass; the sha256 the region must then have."""
+        self.wait_pos(lambda p: p is not None and p[0] >= 1)
+        self.con.sh("touch /tmp/bgstop")
+        wait_until("the writer to stop", lambda: self.con.sh("cat /tmp/bgdone 2>/dev/null", check=False) == ["done"],
+                   timeout=120, interval=0.2)
+        p, i = self.pos()
+        want = b"".join(pattern_bytes(self.base + (p if j <= i else p - 1), j + 1)[j * MIB:] for j in range(BG_MIB))
+        return hashlib.sha256(want).hexdigest()
+
+
+def _live_move(lab, server, pool, seed_base: int, gone):
+    """migrateVolume livemigrate=true while the guest writes; the guest's bytes, the records and the old copy
+    are checked. Returns the volume as the job reported it."""
+    api, con, vol = lab["api"], lab["con"], lab["vol"]
+    before = api.listVolumes(id=vol["id"])["volume"][0]
+    writer = Writer(con, lab["dev"], seed_base)
+    jobid = client(server, fetch_result=False).migrateVolume(volumeid=vol["id"], storageid=pool["id"],
+                                                             livemigrate=True)["jobid"]
+    job = wait_job(server, jobid, polls=30000)
+    assert job["jobstatus"] == 1, job
+    assert writer.pos() != writer.started, "the guest wrote while the volume moved"
+    region = writer.stop()
+    moved = job["jobresult"]["volume"]
+    listed = api.listVolumes(id=vol["id"])["volume"][0]
+    assert (moved["storageid"], listed["storageid"], listed["state"]) == (pool["id"], pool["id"], "Ready")
+    assert listed["path"] == moved["path"] and listed["virtualmachineid"] == lab["vm"]["id"]
+    assert gone(before["path"]), f"the old copy {before['path']} was removed"
+    assert con.checksum(serial(vol), 8) == pattern_sha256(1, 8), "data written before the move"
+    assert con.checksum(serial(vol), BG_MIB, offset_mib=BG_AT) == region, "data written during the move"
+    con.write(serial(vol), seed=seed_base - 1, mib=2, offset_mib=20)       # and after it, on the new image
+    assert con.checksum(serial(vol), 2, offset_mib=20) == pattern_sha256(seed_base - 1, 2)
+    _still_running(lab, 0)
+    return listed
+
+
+def _still_running(lab, host_index: int):
+    """The same guest instance runs, on that host, as the API says."""
+    api, vm = lab["api"], lab["vm"]
+    listed = api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]
+    assert (listed["state"], listed["hostid"]) == ("Running", lab["hosts"][host_index]["id"])
+    there = [v for v in lab["agents"][host_index].client.call("vm_list")["vms"] if v["name"] == vm["id"]]
+    assert there and there[0]["state"] == "Running"
+    assert lab["con"].sh("cat /tmp/marker") == ["the-same-guest"]
+
+
+def _no_key_on_command_lines(lab, ceph):
+    for a in lab["agents"]:
+        for pid in a.guest_pids():
+            assert ceph.key.encode() not in open(f"/proc/{pid}/cmdline", "rb").read()
+
+
+def test_live_migration_rbd_to_nfs_and_local_and_back_while_the_guest_writes(lab, ceph, server):
+    api, vol = lab["api"], lab["vol"]
+    on_nfs = _live_move(lab, server, lab["nfs"], 10,
+                        lambda old: old not in ceph.images())
+    assert (lab["nfs_dir"] / on_nfs["path"]).exists()
+    on_rbd = _live_move(lab, server, lab["rbd"], 20,
+                        lambda old: not (lab["nfs_dir"] / old).exists())
+    assert on_rbd["path"] in ceph.images() and ceph.image_info(on_rbd["path"])["size"] == 2 ** 30
+    on_local = _live_move(lab, server, lab["local"], 30,
+                          lambda old: old not in ceph.images())
+    assert (lab["local_dir"] / on_local["path"]).exists()
+    back = _live_move(lab, server, lab["rbd"], 40,
+                      lambda old: not (lab["local_dir"] / old).exists())
+    assert back["path"] in ceph.images()
+    moves = [e["description"] for e in api.listEvents(type="VOLUME.MIGRATE", listall=True)["event"]]
+    assert sum("while attached" in d for d in moves) == 4 and not any("could not be removed" in d for d in moves)
+    _no_key_on_command_lines(lab, ceph)
+    assert api.listVolumes(id=vol["id"])["volume"][0]["format"] == "RAW"
