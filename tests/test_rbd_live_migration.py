@@ -3,14 +3,16 @@ pools through QEMU's mirror (migrateVolume livemigrate=true), and with its VM to
 (migrateVirtualMachineWithVolume), while the guest writes to it. Real Ceph, nfs-ganesha, `volstack agent`
 processes with real QEMU; the bytes are checked by the guest itself."""
 import hashlib
+import subprocess
 
 import pytest
+from cs import CloudStackApiException
 
 from agentproc import wait_until
 from guest import GuestConsole, pattern_bytes, pattern_sha256
 from helpers import wait_job
 from support import client
-from test_rbd_pools import create_rbd_pool, kvm  # noqa: F401  (kvm is a fixture)
+from test_rbd_pools import create_rbd_pool, kvm, no_secret  # noqa: F401  (kvm is a fixture)
 from test_storage_real import boot, serial
 
 MIB = 2 ** 20
@@ -69,8 +71,10 @@ class Writer:
         return tuple(map(int, out[0].split())) if out else None
 
     def wait_pos(self, ok):
-        return wait_until("the guest's background writer", lambda: (p := self.pos()) if ok(p) else None,
-                          timeout=120, interval=0.2)
+        def probe():
+            p = self.pos()
+            return p if ok(p) else None
+        return wait_until("the guest's background writer", probe, timeout=120, interval=0.2)
 
     def stop(self) -> str:
         """Stop after at least one full pass; the sha256 the region must then have."""
@@ -118,13 +122,18 @@ def _still_running(lab, host_index: int):
     assert lab["con"].sh("cat /tmp/marker") == ["the-same-guest"]
 
 
-def _no_key_on_command_lines(lab, ceph):
+def _key_kept_secret(lab, ceph, tmp_path):
+    """The cephx key is on no QEMU command line, in no log, response or event."""
     for a in lab["agents"]:
         for pid in a.guest_pids():
             assert ceph.key.encode() not in open(f"/proc/{pid}/cmdline", "rb").read()
+    for log in [*tmp_path.glob("*.log"), *tmp_path.glob("agent*/vms/*/*.log")]:
+        assert ceph.key.encode() not in log.read_bytes(), log
+    api = lab["api"]
+    no_secret(ceph, api.listVolumes(listall=True), api.listEvents(listall=True), api.listVirtualMachines(listall=True))
 
 
-def test_live_migration_rbd_to_nfs_and_local_and_back_while_the_guest_writes(lab, ceph, server):
+def test_live_migration_rbd_to_nfs_and_local_and_back_while_the_guest_writes(lab, ceph, server, tmp_path):
     api, vol = lab["api"], lab["vol"]
     on_nfs = _live_move(lab, server, lab["nfs"], 10,
                         lambda old: old not in ceph.images())
@@ -140,5 +149,94 @@ def test_live_migration_rbd_to_nfs_and_local_and_back_while_the_guest_writes(lab
     assert back["path"] in ceph.images()
     moves = [e["description"] for e in api.listEvents(type="VOLUME.MIGRATE", listall=True)["event"]]
     assert sum("while attached" in d for d in moves) == 4 and not any("could not be removed" in d for d in moves)
-    _no_key_on_command_lines(lab, ceph)
-    assert api.listVolumes(id=vol["id"])["volume"][0]["format"] == "RAW"
+
+    # another host's local pool is out of the guest's reach: refused with the reason, nothing moves
+    (tmp_path / "local1").mkdir()
+    other = api.createStoragePool(name="local1", url=f"file://localhost{tmp_path / 'local1'}", scope="host",
+                                  zoneid=lab["zone"]["id"], hostid=lab["hosts"][1]["id"])["storagepool"]
+    with pytest.raises(CloudStackApiException) as e:
+        api.migrateVolume(volumeid=vol["id"], storageid=other["id"], livemigrate=True)
+    assert "local to another host" in e.value.error["errortext"]
+    assert api.listVolumes(id=vol["id"])["volume"][0]["storageid"] == lab["rbd"]["id"]
+    assert list((tmp_path / "local1").iterdir()) == []
+
+    # a qcow2 volume on NFS lands raw on RBD (the guest reads its data through the new format)
+    nfs_off = api.createDiskOffering(name="nfs", displaytext="nfs", customized=True, tags="NFS")["diskoffering"]
+    q = api.createVolume(diskofferingid=nfs_off["id"], name="q", zoneid=lab["zone"]["id"], size=1)["volume"]
+    q = api.attachVolume(id=q["id"], virtualmachineid=lab["vm"]["id"])["volume"]
+    assert q["storageid"] == lab["nfs"]["id"]
+    assert "qcow2" in subprocess.run(["qemu-img", "info", str(lab["nfs_dir"] / q["path"])], capture_output=True,
+                                     text=True).stdout
+    con = lab["con"]
+    con.dev(serial(q))
+    con.write(serial(q), seed=5, mib=4)
+    q = api.migrateVolume(volumeid=q["id"], storageid=lab["rbd"]["id"], livemigrate=True)["volume"]
+    assert q["storageid"] == lab["rbd"]["id"] and q["path"] in ceph.images()
+    assert con.checksum(serial(q), 4) == pattern_sha256(5, 4)
+    _still_running(lab, 0)
+    _key_kept_secret(lab, ceph, tmp_path)
+
+
+def _secrets_in(agent, vm_uuid) -> list[str]:
+    """Ids of the secret objects in the guest's QEMU, asked on its operators' QMP monitor."""
+    from guest import Qmp
+    mon = next(v for v in agent.client.call("vm_list")["vms"] if v["name"] == vm_uuid)["monitor"]
+    q = Qmp(mon)
+    try:
+        return [o["name"] for o in q.cmd("qom-list", path="/objects") if o["type"] == "child<secret>"]
+    finally:
+        q.close()
+
+
+def _move_vm(lab, server, to: int, pool, seed_base: int) -> dict:
+    """migrateVirtualMachineWithVolume to host `to` with the data disk moved to `pool`, while the guest writes to
+    it; returns the disk as listed afterwards."""
+    api, vm, vol = lab["api"], lab["vm"], lab["vol"]
+    writer = Writer(lab["con"], lab["dev"], seed_base)
+    jobid = client(server, fetch_result=False).migrateVirtualMachineWithVolume(
+        virtualmachineid=vm["id"], hostid=lab["hosts"][to]["id"],
+        **{"migrateto[0].volume": vol["id"], "migrateto[0].pool": pool["id"]})["jobid"]
+    job = wait_job(server, jobid, polls=30000)
+    assert job["jobstatus"] == 1, job
+    assert job["jobresult"]["virtualmachine"]["hostid"] == lab["hosts"][to]["id"]
+    assert [v for v in lab["agents"][1 - to].client.call("vm_list")["vms"] if v["name"] == vm["id"]] == [], \
+        "the source's copy is gone"
+    there = next(v for v in lab["agents"][to].client.call("vm_list")["vms"] if v["name"] == vm["id"])
+    lab["con"].close()
+    lab["con"] = writer.con = GuestConsole(there["console"], timeout=60)
+    lab["con"].ping_until_ready(timeout=60)
+    assert writer.pos() != writer.started, "the guest wrote while it moved"
+    region = writer.stop()
+    _still_running(lab, to)
+    con = lab["con"]
+    assert con.checksum(serial(vol), 8) == pattern_sha256(1, 8), "data written before the move"
+    assert con.checksum(serial(vol), BG_MIB, offset_mib=BG_AT) == region, "data written during the move"
+    listed = api.listVolumes(id=vol["id"])["volume"][0]
+    assert (listed["storageid"], listed["state"]) == (pool["id"], "Ready")
+    return listed
+
+
+def test_migrate_vm_with_its_rbd_volume_to_nfs_on_the_other_host_and_back(lab, ceph, server, tmp_path):
+    """The data disk moves RBD -> NFS while the VM moves to the second host, then NFS -> RBD on the way back; a
+    second RBD disk stays in place and the destination's QEMU gets the cephx key only as a secret object."""
+    api, vm, rbd = lab["api"], lab["vm"], lab["rbd"]
+    off = api.listDiskOfferings(name="rbd")["diskoffering"][0]
+    stay = api.createVolume(diskofferingid=off["id"], name="stay", zoneid=lab["zone"]["id"], size=1)["volume"]
+    stay = api.attachVolume(id=stay["id"], virtualmachineid=vm["id"])["volume"]
+    lab["con"].dev(serial(stay))
+    lab["con"].write(serial(stay), seed=2, mib=4)
+    old = lab["vol"]["path"]
+    on_nfs = _move_vm(lab, server, 1, lab["nfs"], 50)
+    assert old not in ceph.images() and (lab["nfs_dir"] / on_nfs["path"]).exists()
+    assert api.listVolumes(id=stay["id"])["volume"][0]["storageid"] == rbd["id"], "the other disk stays on RBD"
+    assert _secrets_in(lab["agents"][1], vm["id"]) == ["volstack-key-" + rbd["id"].replace("-", "")[:40]]
+    _key_kept_secret(lab, ceph, tmp_path)
+    con = lab["con"]
+    assert con.checksum(serial(stay), 4) == pattern_sha256(2, 4)
+    con.write(serial(stay), seed=3, mib=2, offset_mib=4)                 # RBD through the destination's QEMU
+    back = _move_vm(lab, server, 0, rbd, 60)
+    assert back["path"] in ceph.images() and not (lab["nfs_dir"] / on_nfs["path"]).exists()
+    assert lab["con"].checksum(serial(stay), 6) == hashlib.sha256(pattern_bytes(2, 4) + pattern_bytes(3, 2)).hexdigest()
+    _key_kept_secret(lab, ceph, tmp_path)
+    events = [e["description"] for e in api.listEvents(type="VM.MIGRATE", listall=True)["event"]]
+    assert sum("with 1 volume(s)" in d for d in events) == 2
