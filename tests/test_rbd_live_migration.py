@@ -240,3 +240,61 @@ def test_migrate_vm_with_its_rbd_volume_to_nfs_on_the_other_host_and_back(lab, c
     _key_kept_secret(lab, ceph, tmp_path)
     events = [e["description"] for e in api.listEvents(type="VM.MIGRATE", listall=True)["event"]]
     assert sum("with 1 volume(s)" in d for d in events) == 2
+
+
+def _as_if_the_job_died(server, vol_uuid, pool, path):
+    """What migrate() commits before the host works: Migrating, with where the volume is going."""
+    from volstack.db.storage_models import Volume
+    with server.db.session() as s:
+        from sqlalchemy import select
+        vol = s.scalar(select(Volume).where(Volume.uuid == vol_uuid))
+        vol.state = "Migrating"
+        vol.details = {**(vol.details or {}), "migrating_to": {"pool": pool["id"], "path": path, "format": "raw",
+                                                               "live": True}}
+
+
+def _spec(server, pool_uuid):
+    from sqlalchemy import select
+
+    from volstack.db.storage_models import StoragePool
+    from volstack.drivers import driver_for
+    with server.db.session(readonly=True) as s:
+        pool = s.scalar(select(StoragePool).where(StoragePool.uuid == pool_uuid))
+        return driver_for(pool.provider).spec(pool)
+
+
+def test_a_live_move_whose_job_died_is_settled_from_what_the_guest_uses(lab, ceph, server):
+    """The management server running a live migrateVolume stops: the mirror it started may switch the guest to
+    the copy afterwards. Settling asks the guest's host, so the record follows the image the guest really uses."""
+    from volstack.services import vms, volumes
+    from volstack.services.context import system_context
+    api, vol, vm, con = lab["api"], lab["vol"], lab["vm"], lab["con"]
+    agent = lab["agents"][0].client
+    # 1. the mirror switched the guest to NFS after the job died: the volume is recorded there, RBD's image goes
+    _as_if_the_job_died(server, vol["id"], lab["nfs"], vol["path"])
+    agent.call("volume_mirror", vm=vm["id"], serial=serial(vol), dst_pool=_spec(server, lab["nfs"]["id"]),
+               dst_name=vol["path"], format="raw")
+    volumes.settle_interrupted(server.db, system_context(), vol["id"], "migrateVolume")
+    after = api.listVolumes(id=vol["id"])["volume"][0]
+    assert (after["state"], after["storageid"]) == ("Ready", lab["nfs"]["id"])
+    assert vol["path"] not in ceph.images() and (lab["nfs_dir"] / vol["path"]).exists()
+    assert con.checksum(serial(vol), 8) == pattern_sha256(1, 8)
+    recovered = [e["description"] for e in api.listEvents(type="VOLUME.RECOVER", listall=True)["event"]]
+    assert any("already switched to the copy on nfs" in d for d in recovered)
+
+    # 2. a migrateVirtualMachineWithVolume died while the mirror back to RBD was copying: the mirror is stopped,
+    #    its copy removed, and the volume stays on NFS, usable
+    con.write(serial(vol), seed=3, mib=8, offset_mib=8)
+    _as_if_the_job_died(server, vol["id"], lab["rbd"], vol["path"])
+    task = agent.call_async("volume_mirror", vm=vm["id"], serial=serial(vol), dst_pool=_spec(server, lab["rbd"]["id"]),
+                            dst_name=vol["path"], format="raw", speed=1 << 20)
+    wait_until("the mirror to copy", lambda: agent.task(task)["progress"] > 0, timeout=60)
+    vms.settle_interrupted(server.db, system_context(), vm["id"], "migrateVirtualMachineWithVolume")
+    after = api.listVolumes(id=vol["id"])["volume"][0]
+    assert (after["state"], after["storageid"]) == ("Ready", lab["nfs"]["id"])
+    assert "interrupted" in after["status"]
+    assert agent.task(task)["state"] == "failed" and vol["path"] not in ceph.images()
+    assert con.checksum(serial(vol), 16) == hashlib.sha256(pattern_bytes(1, 8) + pattern_bytes(3, 8)).hexdigest()
+    moved = api.migrateVolume(volumeid=vol["id"], storageid=lab["rbd"]["id"], livemigrate=True)["volume"]
+    assert moved["storageid"] == lab["rbd"]["id"] and not (lab["nfs_dir"] / vol["path"]).exists()
+    _still_running(lab, 0)
