@@ -7,13 +7,18 @@ import subprocess
 
 import pytest
 from cs import CloudStackApiException
+from sqlalchemy import select
 
 from agentproc import wait_until
-from guest import GuestConsole, pattern_bytes, pattern_sha256
+from guest import GuestConsole, Qmp, guest_image_dir, pattern_bytes, pattern_sha256
 from helpers import wait_job
 from support import client
 from test_rbd_pools import create_rbd_pool, kvm, no_secret  # noqa: F401  (kvm is a fixture)
 from test_storage_real import boot, serial
+from volstack.db.storage_models import StoragePool, Volume
+from volstack.drivers import driver_for
+from volstack.services import vms, volumes
+from volstack.services.context import system_context
 
 MIB = 2 ** 20
 pytestmark = pytest.mark.slow
@@ -24,7 +29,6 @@ BG_MIB, BG_AT = 8, 8          # the background writer's region: MiB 8-15 of the 
 def lab(kvm, ceph, nfs_pool, tmp_path):
     """kvm (two agents) with an RBD pool (tag RBD), an NFS pool (tag NFS), a local pool on the first host and a
     TCG guest there whose 1 GiB data disk is on RBD with 8 MiB of seed 1 written by the guest."""
-    from guest import guest_image_dir
     api = kvm["api"]
     rbd = create_rbd_pool(kvm, ceph, name="ceph")
     nfs_url, nfs_dir = nfs_pool
@@ -179,7 +183,6 @@ def test_live_migration_rbd_to_nfs_and_local_and_back_while_the_guest_writes(lab
 
 def _secrets_in(agent, vm_uuid) -> list[str]:
     """Ids of the secret objects in the guest's QEMU, asked on its operators' QMP monitor."""
-    from guest import Qmp
     mon = next(v for v in agent.client.call("vm_list")["vms"] if v["name"] == vm_uuid)["monitor"]
     q = Qmp(mon)
     try:
@@ -244,9 +247,7 @@ def test_migrate_vm_with_its_rbd_volume_to_nfs_on_the_other_host_and_back(lab, c
 
 def _as_if_the_job_died(server, vol_uuid, pool, path):
     """What migrate() commits before the host works: Migrating, with where the volume is going."""
-    from volstack.db.storage_models import Volume
     with server.db.session() as s:
-        from sqlalchemy import select
         vol = s.scalar(select(Volume).where(Volume.uuid == vol_uuid))
         vol.state = "Migrating"
         vol.details = {**(vol.details or {}), "migrating_to": {"pool": pool["id"], "path": path, "format": "raw",
@@ -254,10 +255,6 @@ def _as_if_the_job_died(server, vol_uuid, pool, path):
 
 
 def _spec(server, pool_uuid):
-    from sqlalchemy import select
-
-    from volstack.db.storage_models import StoragePool
-    from volstack.drivers import driver_for
     with server.db.session(readonly=True) as s:
         pool = s.scalar(select(StoragePool).where(StoragePool.uuid == pool_uuid))
         return driver_for(pool.provider).spec(pool)
@@ -266,8 +263,6 @@ def _spec(server, pool_uuid):
 def test_a_live_move_whose_job_died_is_settled_from_what_the_guest_uses(lab, ceph, server):
     """The management server running a live migrateVolume stops: the mirror it started may switch the guest to
     the copy afterwards. Settling asks the guest's host, so the record follows the image the guest really uses."""
-    from volstack.services import vms, volumes
-    from volstack.services.context import system_context
     api, vol, vm, con = lab["api"], lab["vol"], lab["vm"], lab["con"]
     agent = lab["agents"][0].client
     # 1. the mirror switched the guest to NFS after the job died: the volume is recorded there, RBD's image goes
