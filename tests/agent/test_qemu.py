@@ -206,3 +206,32 @@ def test_mirror_interrupted_by_an_agent_restart_is_rolled_back(agent, pool, pool
                                    format="raw")
     assert agent.client.wait_task(task) == {"path": "big-moved", "serial": "BIG"}
     assert blocks(vm)["BIG"]["inserted"]["file"] == os.path.join(pool2["path"], "big-moved")
+
+
+@pytest.mark.slow
+def test_cancel_mirror_stops_an_unfinished_mirror_and_says_where_the_disk_is(agent, pool, pool2):
+    """What a management server settling a live migrateVolume whose job died with it asks the host."""
+    c = agent.client
+    c.call("volume_create", pool=pool, name="big", size=64 * MiB, format="raw")
+    with open(os.path.join(pool["path"], "big"), "r+b") as f:
+        f.write(b"\x5a" * (48 * MiB))
+    vm = c.call("vm_start", name="vm1", memory_mb=64, cpus=1, disks=[disk(pool, "big", "BIG", 0, "raw")])
+    here = {"pool_uuid": pool["uuid"], "name": "big", "format": "raw"}
+    task = c.call_async("volume_mirror", vm="vm1", serial="BIG", dst_pool=pool2, dst_name="big-moved",
+                        format="raw", speed=4 * MiB)
+    wait_until("the mirror to make progress", lambda: c.task(task)["progress"] > 0)
+    assert c.call("volume_mirror_cancel", vm="vm1", serial="BIG") == here
+    done = c.task(task)
+    assert done["state"] == "failed" and "management server" in done["error"]
+    with Qmp(vm["monitor"]) as q:
+        assert q.execute("query-jobs") == []
+        assert "big-moved" not in str(q.execute("query-named-block-nodes"))
+    assert blocks(vm)["BIG"]["inserted"]["file"] == os.path.join(pool["path"], "big")
+    assert os.listdir(pool2["path"]) == [], "the half-made copy is removed"
+    # a mirror that switched before the question: the disk is on the copy
+    assert c.call("volume_mirror", vm="vm1", serial="BIG", dst_pool=pool2, dst_name="big-moved",
+                  format="raw") == {"path": "big-moved", "serial": "BIG"}
+    assert c.call("volume_mirror_cancel", vm="vm1", serial="BIG") == {**here, "pool_uuid": pool2["uuid"],
+                                                                        "name": "big-moved"}
+    with pytest.raises(errors.NotFound):
+        c.call("volume_mirror_cancel", vm="vm1", serial="NOPE")

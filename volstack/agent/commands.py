@@ -154,6 +154,10 @@ class Agent:
             return self.hv.mirror(arg(args, "vm"), arg(args, "serial"), args["dst_pool"], dst_name,
                                   arg(args, "format"), progress, arg(args, "speed", int, 0))
 
+    def cmd_volume_mirror_cancel(self, args, progress):
+        return self.hv.cancel_mirror(images.check_name(arg(args, "vm")), arg(args, "serial"),
+                                     arg(args, "timeout", (int, float), 30))
+
     # ---- guests
 
     def cmd_vm_start(self, args, progress):

@@ -9,6 +9,7 @@ An adapter (qemu.QemuHypervisor, simulator.SimulatedHypervisor) implements:
     resize(vm, serial, size) / mirror(vm, serial, dst_pool, dst_name, fmt, progress)
     in_use(pool_uuid, name) -> str | None   the guest using an image, for refusing a delete
     recover_mirror(args) -> dict | None     after a restart: the result if a mirror finished, else clean up
+    cancel_mirror(vm, serial) -> dict       stop a mirror that has not switched yet; where the disk is now
     migrate_spec(name) / migrate_prepare(vm, address) / migrate(name, uri, progress, speed) /
     migrate_finish(name, resume) / migrate_abort(name) / migrate_resume(name)    live migration to
                                             another host (agent/migration.py); recover_migrate(args)

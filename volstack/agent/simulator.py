@@ -189,6 +189,18 @@ class SimulatedHypervisor:
             self._save()
         return {"path": result["path"], "serial": serial}
 
+    def cancel_mirror(self, vm: str, serial: str, timeout: float = 30) -> dict:
+        """A simulated mirror is one copy that cannot be stopped midway: wait for it, say where the disk is."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                d = self._disk(self._need(vm), serial)
+                if not d.get("migrating"):
+                    return {"pool_uuid": d["pool_uuid"], "name": d["name"], "format": d["format"]}
+            if time.monotonic() >= deadline:
+                raise Busy(f"the migration of disk {serial} of VM {vm} did not end within {timeout:.0f} s")
+            time.sleep(0.05)
+
     def recover_mirror(self, args: dict) -> dict | None:
         with self._lock:
             d = self.vms.get(args.get("vm"), {}).get("disks", {}).get(args.get("serial"))

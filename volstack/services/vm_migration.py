@@ -71,7 +71,7 @@ def _address(host: Host) -> str:
 
 def live_migrate(s, ctx, vm: VirtualMachine, target: Host | None, volume_map: dict, progress=None) -> VirtualMachine:
     """volume_map: {Volume: StoragePool} to move with the live mirror before the VM moves."""
-    from volstack.services import volumes
+    from volstack.services import volume_migration
     source = s.get(Host, vm.host_id)
     by_id = {v.id: p for v, p in volume_map.items()}
     if target is None:
@@ -90,7 +90,7 @@ def live_migrate(s, ctx, vm: VirtualMachine, target: Host | None, volume_map: di
         raise InvalidParameter(f"Cannot live-migrate VM {vm.name} to host {target.name}: {problem}")
     for vol, pool in volume_map.items():
         if vol.pool_id != pool.id:
-            volumes.migrate(s, ctx, vol, pool, livemigrate=True, progress=progress)
+            volume_migration.migrate(s, ctx, vol, pool, livemigrate=True, progress=progress)
     VM.fire(s, vm, "MigrationRequested", details={**(vm.details or {}), "migrating_to": target.uuid})
     s.commit()                  # pollers see Migrating; a crash leaves a state settle() can resolve
     src, dst = channel(source), channel(target)

@@ -20,7 +20,7 @@ from volstack.db.storage_models import DiskOffering, ServiceOffering, StoragePoo
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
 from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter
-from volstack.services import accounts, allocator, events, offerings, volumes
+from volstack.services import accounts, allocator, events, offerings, volume_migration, volumes
 from volstack.services.lifecycle import VOLUME
 
 GIB = 1024 ** 3
@@ -104,7 +104,7 @@ def _place_root(s, ctx, vm, root, new_do, host, automigrate, progress) -> None:
     target = allocator.choose(s, zone_id=root.zone_id, size=root.size, offering=new_do,
                               hypervisor=root.hypervisor or vm.hypervisor, host=host, account_id=root.account_id,
                               exclude=(pool.id,))
-    volumes.migrate(s, ctx, root, target, livemigrate=host is not None, progress=progress)
+    volume_migration.migrate(s, ctx, root, target, livemigrate=host is not None, progress=progress)
 
 
 def _grow_root(s, ctx, vm, root, size: int, host) -> None:

@@ -8,7 +8,7 @@ from volstack.db.storage_models import DiskOffering, ServiceOffering, StoragePoo
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
 from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter
-from volstack.services import events, infra, lookup, offerings, volumes
+from volstack.services import events, infra, lookup, offerings, volume_migration, volumes
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import VM, VOLUME
@@ -349,7 +349,13 @@ def settle_interrupted(db, ctx, vm_uuid: str, cmd: str) -> None:
     """A job on this VM died with its management server: ask its host what is true and record that."""
     with db.session() as s:
         vm = s.scalar(select(VirtualMachine).where(VirtualMachine.uuid == vm_uuid))
-        if vm is None or vm.state not in ("Starting", "Stopping", "Migrating"):
+        if vm is None:
+            return
+        # migrateVirtualMachineWithVolume moves volumes before the VM: one may be mid-move (the VM still Running)
+        for vol in s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.state == "Migrating",
+                                                  Volume.removed.is_(None))):
+            volumes.settle(s, ctx, vol, cmd)
+        if vm.state not in ("Starting", "Stopping", "Migrating"):
             return
         if vm.state == "Migrating" and (vm.details or {}).get("migrating_to"):
             from volstack.services import vm_migration
@@ -411,7 +417,7 @@ def migrate(s, ctx, vm, *, hostid=None, storageid=None, volume_map=None, progres
             raise InvalidParameter(f"Volume {vol_uuid} is not attached to VM {vm.name}")
         moves.append((vol, get_pool(s, pool_uuid)))
     for vol, pool in moves:
-        volumes.migrate(s, ctx, vol, pool, livemigrate=vm.state == "Running", progress=progress)
+        volume_migration.migrate(s, ctx, vol, pool, livemigrate=vm.state == "Running", progress=progress)
     if target_host is not None and vm.state == "Stopped":
         vm.last_host_id = target_host.id
     events.record(s, ctx, "VM.MIGRATE", f"VM {vm.name} migrated" + (f" to host {target_host.name}" if target_host else "")

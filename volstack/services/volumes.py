@@ -390,96 +390,6 @@ def expunge_destroyed(db, ctx) -> int:
     return len(ids)
 
 
-# ---------------------------------------------------------------- migration
-
-def _hosts_reaching(s, *pools) -> list[Host]:
-    from volstack.db.storage_models import StoragePoolHost
-    ids = None
-    for pool in pools:
-        have = set(s.scalars(select(StoragePoolHost.host_id).where(StoragePoolHost.pool_id == pool.id)))
-        ids = have if ids is None else ids & have
-    return [h for h in s.scalars(select(Host).where(Host.id.in_(ids or set()), Host.state == "Up")
-                                 .order_by(Host.id))]
-
-
-def migration_problem(s, vol: Volume, pool: StoragePool) -> str | None:
-    """Why vol cannot move to pool (None: it can)."""
-    if pool.id == vol.pool_id:
-        return "the volume is already there"
-    vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
-    host = s.get(Host, vm.host_id) if vm is not None and vm.state == "Running" else None
-
-    class Wanted:          # migration keeps the volume's offering; only placement rules apply
-        storage_type = "local" if pool.scope == "HOST" else "shared"
-        tags = None
-    ok, why = allocator.candidates(s, zone_id=vol.zone_id, size=vol.size, offering=Wanted, hypervisor=vol.hypervisor
-                                   or "KVM", host=host, account_id=vol.account_id)
-    if pool.id not in {p.id for p in ok}:
-        return why.get(pool.name, "not suitable")
-    src = s.get(StoragePool, vol.pool_id)
-    if host is None and not _hosts_reaching(s, src, pool):
-        return f"no Up host reaches both {src.name} and {pool.name}"
-    return None
-
-
-def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=None) -> Volume:
-    if vol.state != "Ready":
-        raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be migrated")
-    vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
-    check_operation(s, "migrate", vm, vol)
-    running = vm is not None and vm.state == "Running"
-    if running and not livemigrate:
-        raise InvalidParameter(f"Volume {vol.name} is attached to running VM {vm.name}: pass livemigrate=true to "
-                               "move it while the guest runs, or stop the VM")
-    problem = migration_problem(s, vol, pool)
-    if problem:
-        from volstack.errors import InsufficientCapacity
-        raise InsufficientCapacity(f"Cannot migrate volume {vol.name} to storage pool {pool.name}: {problem}")
-    src = s.get(StoragePool, vol.pool_id)
-    from volstack.drivers.default import serial_of
-    from volstack.drivers.hosts import run_long
-    begin_host_work(s, vol, "MigrationRequested")
-    if progress:
-        progress(1)
-    new_path = vol.path if src.path != pool.path or src.host_address != pool.host_address else vol.path + "-m"
-    fmt, formats = vol.format.lower(), driver_for(pool.provider).CAPABILITIES.get("image_formats")
-    if formats and fmt not in formats.split(","):
-        fmt = formats.split(",")[0]          # e.g. qcow2 becomes raw on an RBD pool
-    try:
-        if running:
-            host = s.get(Host, vm.host_id)
-            run_long(channel(host), "volume_mirror", progress, vm=vm.uuid, serial=serial_of(vol),
-                     dst_pool=driver_for(pool.provider).spec(pool), dst_name=new_path, format=fmt)
-        else:
-            host = _hosts_reaching(s, src, pool)[0]
-            run_long(channel(host), "volume_copy", progress, src_pool=driver_for(src.provider).spec(src),
-                     src_name=vol.path, dst_pool=driver_for(pool.provider).spec(pool), dst_name=new_path,
-                     format=fmt)
-    except CloudError as exc:
-        host_work_failed(s, vol, exc, error=f"migration to {pool.name} failed, the volume stays on {src.name}: "
-                                            f"{exc.text}")
-    old = Volume(uuid=vol.uuid, path=vol.path, format=vol.format)
-    try:
-        driver_for(src.provider).delete_volume(channel(host if running else _hosts_reaching(s, src)[0]), src, old)
-    except CloudError as exc:
-        events.record(s, ctx, "VOLUME.MIGRATE", f"Volume {vol.name}: the old copy on {src.name} could not be "
-                      f"removed: {exc.text}", level="WARN", resource_type="Volume", resource_uuid=vol.uuid)
-    VOLUME.fire(s, vol, "OperationSucceeded", pool_id=pool.id, last_pool_id=src.id, path=new_path, error=None,
-                format=fmt.upper())
-    events.record(s, ctx, "VOLUME.MIGRATE", f"Volume {vol.name} migrated from {src.name} to {pool.name}"
-                  + (" while attached" if running else ""), resource_type="Volume", resource_uuid=vol.uuid)
-    return vol
-
-
-def pools_for_migration(s, ctx, vol: Volume):
-    """(pool, suitable) for every other pool in the zone, as findStoragePoolsForMigration lists them."""
-    if vol.pool_id is None:
-        raise InvalidParameter(f"Volume {vol.name} is not on any storage pool yet")
-    rows = s.scalars(select(StoragePool).where(StoragePool.zone_id == vol.zone_id, StoragePool.state != "Removed",
-                                               StoragePool.id != vol.pool_id).order_by(StoragePool.id))
-    return [(p, migration_problem(s, vol, p) is None) for p in rows]
-
-
 def _reapply_qos(s, ctx, offering) -> None:
     """A disk offering's rates changed: re-apply them online to every running guest using it."""
     from volstack.drivers.default import serial_of
@@ -495,20 +405,28 @@ offerings.register_qos_listener(_reapply_qos)
 
 
 def settle_interrupted(db, ctx, volume_uuid: str, cmd: str) -> None:
-    """A job on this volume died with its management server: bring the volume back to a stable state
-    with the reason (the host side removes half-made copies itself)."""
-    back = {"Creating": "Allocated", "Migrating": "Ready", "Resizing": "Ready", "Attaching": "Ready",
-            "Snapshotting": "Ready", "RevertSnapshotting": "Ready", "Expunging": "Destroy"}
     with db.session() as s:
         vol = s.scalar(select(Volume).where(Volume.uuid == volume_uuid))
-        if vol is None or vol.state not in back:
-            return
-        reason = f"{cmd} was interrupted because the management server running it stopped"
-        if vol.state == "Creating":
-            vol.pool_id = None
-        vol.state, vol.error = back[vol.state], reason
-        events.record(s, ctx, "VOLUME.RECOVER", f"Volume {vol.name}: {reason}; it is {vol.state} again",
-                      level="WARN", resource_type="Volume", resource_uuid=vol.uuid)
+        if vol is not None:
+            settle(s, ctx, vol, cmd)
+
+
+def settle(s, ctx, vol: Volume, cmd: str) -> None:
+    """A job on this volume died with its management server: bring the volume back to a stable state
+    with the reason (the host side removes half-made copies itself; a move asks the host what happened)."""
+    back = {"Creating": "Allocated", "Migrating": "Ready", "Resizing": "Ready", "Attaching": "Ready",
+            "Snapshotting": "Ready", "RevertSnapshotting": "Ready", "Expunging": "Destroy"}
+    if vol.state not in back:
+        return
+    reason = f"{cmd} was interrupted because the management server running it stopped"
+    if vol.state == "Migrating" and (vol.details or {}).get("migrating_to"):
+        from volstack.services import volume_migration
+        return volume_migration.settle(s, ctx, vol, reason)
+    if vol.state == "Creating":
+        vol.pool_id = None
+    vol.state, vol.error = back[vol.state], reason
+    events.record(s, ctx, "VOLUME.RECOVER", f"Volume {vol.name}: {reason}; it is {vol.state} again",
+                  level="WARN", resource_type="Volume", resource_uuid=vol.uuid)
 
 
 # ---------------------------------------------------------------- statistics (listVolumesMetrics)
@@ -559,6 +477,7 @@ def change_offering(s, ctx, vol: Volume, *, diskofferingid, size_gb=None, shrink
             target = allocator.choose(s, zone_id=vol.zone_id, size=vol.size, offering=new,
                                       hypervisor=vol.hypervisor or "KVM", host=host, account_id=vol.account_id,
                                       exclude=(pool.id,))
+            from volstack.services.volume_migration import migrate
             migrate(s, ctx, vol, target, livemigrate=host is not None, progress=progress)
     target_size = offerings.disk_size_for(new, size_gb, s=s) if (size_gb is not None or not new.customized) else vol.size
     if target_size != vol.size:

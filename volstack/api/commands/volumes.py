@@ -6,7 +6,7 @@ from volstack.api.registry import (API, BOOLEAN, LIST, LONG, OWNER_LIST_PARAMS, 
 from volstack.api.views import _a, _date, _ref
 from volstack.db import models as m
 from volstack.db import storage_models as sm
-from volstack.services import vms, volumes
+from volstack.services import vms, volume_migration, volumes
 
 
 def _pool_attr(name):
@@ -228,7 +228,7 @@ def migrate_volume(req, p):
     from volstack.services import pools
     vol = volumes.get_volume(req.s, req.ctx, p.volumeid)
     pool = pools.get_pool(req.s, p.storageid)
-    vol = volumes.migrate(req.s, req.ctx, vol, pool, bool(p.livemigrate), req.progress)
+    vol = volume_migration.migrate(req.s, req.ctx, vol, pool, bool(p.livemigrate), req.progress)
     if p.newdiskofferingid:
         from volstack.services import offerings
         vol.disk_offering_id = offerings.get_disk_offering(req.s, req.ctx, p.newdiskofferingid).id
@@ -240,7 +240,7 @@ def migrate_volume(req, p):
 def find_pools_for_migration(req, p):
     from volstack.api.registry import Lst
     from volstack.api.views import Lookups
-    rows = volumes.pools_for_migration(req.s, req.ctx, volumes.get_volume(req.s, req.ctx, p.id))
+    rows = volume_migration.pools_for_migration(req.s, req.ctx, volumes.get_volume(req.s, req.ctx, p.id))
     lk = Lookups(req.s)
     items = [{**STORAGEPOOL.render(pool, lk), "suitableformigration": ok} for pool, ok in rows]
     return Lst("storagepool", items, len(items))
