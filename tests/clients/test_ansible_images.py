@@ -15,8 +15,7 @@ PLAYBOOK = Path(__file__).with_name("playbook_images.yml")
 def dc(server):
     api = client(server)
     dc = add_datacenter(api, "ans-img-zone", "ans-img-pod", "ans-img-cluster", ["http://ans-sim"])
-    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
-    return dict(api=api, zone=zone)
+    return dict(api=api, zone=dc["zone"])
 
 
 @pytest.mark.slow
