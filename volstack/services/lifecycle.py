@@ -117,6 +117,7 @@ SNAPSHOT = Lifecycle("snapshot", "state", {
     "Copying": {"OperationSucceeded": "BackedUp", "OperationFailed": "BackedUp"},
     "Destroying": {"OperationSucceeded": "Destroyed", "OperationFailed": "BackedUp",
                    "OperationFailedOnPrimary": "CreatedOnPrimary",      # a snapshot never backed up
+                   "OperationFailedOnError": "Error",                   # a failed one stays failed
                    "MergeFailed": "Error"},       # its backup may hold part of its incremental child's data
     "Destroyed": {},
     "Error": {"DestroyRequested": "Destroying"},

@@ -12,10 +12,13 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
+from volstack.db.image_models import ImageStore
 from volstack.db.models import utcnow
 from volstack.db.snapshot_models import Snapshot
-from volstack.services import events
+from volstack.errors import CloudError, ResourceUnavailable
+from volstack.services import events, imagestores
 from volstack.services import settings as S
+from volstack.services.lifecycle import SNAPSHOT
 
 
 def failed(s, ctx, snap: Snapshot, text: str) -> None:
@@ -37,6 +40,21 @@ def failed(s, ctx, snap: Snapshot, text: str) -> None:
         level = "ERROR"
     events.record(s, ctx, "SNAPSHOT.BACKUP", f"Snapshot {snap.name}: {snap.error}", level=level,
                   resource_type="Snapshot", resource_uuid=snap.uuid)
+
+
+def target_store(s, snap: Snapshot) -> ImageStore:
+    """The writable image store with the most free space in the snapshot's zone, for a full backup."""
+    stores = imagestores.writable_stores(s, snap.zone_id)
+    if not stores:
+        raise ResourceUnavailable("No writable image store in the zone to back the snapshot up to; the snapshot "
+                                  "stays on primary storage")
+    return stores[0]
+
+
+def copy_failed(s, snap: Snapshot, store: ImageStore, kept_on: str, exc: CloudError) -> None:
+    """BackingUp → CreatedOnPrimary with the reason; the caller re-raises, and failed() schedules the retry."""
+    SNAPSHOT.fire(s, snap, "OperationFailed", store_id=None, install_path=None,
+                  error=f"backup to image store {store.name} failed (the snapshot is kept on {kept_on}): {exc.text}")
 
 
 def attempt(snap: Snapshot) -> None:

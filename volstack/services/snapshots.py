@@ -250,11 +250,7 @@ def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host: Host, p
                                       "is no longer on a writable image store; the snapshot stays on primary storage "
                                       "(delete it; the next snapshot of the volume is a full one)")
     else:
-        stores = imagestores.writable_stores(s, snap.zone_id)
-        if not stores:
-            raise ResourceUnavailable("No writable image store in the zone to back the snapshot up to; the snapshot "
-                                      "stays on primary storage")
-        store = stores[0]
+        store = retries.target_store(s, snap)
     dst_name = f"{snap.uuid}.qcow2"
     SNAPSHOT.fire(s, snap, "BackupToSecondary", store_id=store.id, install_path=dst_name)
     s.commit()
@@ -264,9 +260,7 @@ def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host: Host, p
                        format=vol.format.lower(), kind=snap.primary_kind, primary=snap.primary_name,
                        dst_pool=imagestores.spec(store), dst_name=dst_name)
     except CloudError as exc:
-        SNAPSHOT.fire(s, snap, "OperationFailed", store_id=None, install_path=None,
-                      error=f"backup to image store {store.name} failed (the snapshot is kept on primary storage): "
-                            f"{exc.text}")
+        retries.copy_failed(s, snap, store, "primary storage", exc)
         raise
     SNAPSHOT.fire(s, snap, "OperationSucceeded", physical_size=res.get("physical_size"), size=res["size"],
                   error=None)
@@ -280,6 +274,10 @@ def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host: Host, p
                       resource_type="Snapshot", resource_uuid=snap.uuid)
     events.record(s, ctx, "SNAPSHOT.BACKUP", f"Snapshot {snap.name} backed up to image store {store.name}",
                   resource_type="Snapshot", resource_uuid=snap.uuid)
+
+
+# the state a snapshot whose delete failed goes back to, by the state it was deleted from
+FAILED_DELETE = {"BackedUp": "OperationFailed", "Error": "OperationFailedOnError"}
 
 
 def delete(s, ctx, snap: Snapshot) -> None:
@@ -309,8 +307,7 @@ def delete(s, ctx, snap: Snapshot) -> None:
         if snap.pool_id and snap.primary_name:
             primary.remove_copy(s, snap)
     except CloudError as exc:
-        event = "MergeFailed" if began or was == "Error" else \
-            "OperationFailed" if was == "BackedUp" else "OperationFailedOnPrimary"
+        event = "MergeFailed" if began else FAILED_DELETE.get(was, "OperationFailedOnPrimary")
         SNAPSHOT.fire(s, snap, event, error=f"delete failed: {exc.text}" + (
             "; it was being merged into its incremental child and is only kept to be deleted again" if began else ""))
         s.commit()

@@ -33,6 +33,7 @@ from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, ResourceInUse, ResourceUnavailable
 from volstack.services import events, imagestores, volumes
+from volstack.services import snapshot_backups as retries
 from volstack.services import settings as S
 from volstack.services.lifecycle import SNAPSHOT, VOLUME
 
@@ -86,11 +87,7 @@ def _diff_base(s, snap, vol, pool) -> Snapshot | None:
 
 def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host, progress=None) -> None:
     """CreatedOnPrimary → BackingUp → BackedUp: the snapshot, or its changes since the diff base, on a store."""
-    stores = imagestores.writable_stores(s, snap.zone_id)
-    if not stores:
-        raise ResourceUnavailable("No writable image store in the zone to back the snapshot up to; the snapshot "
-                                  "stays on primary storage")
-    store, base = stores[0], _diff_base(s, snap, vol, pool)
+    store, base = retries.target_store(s, snap), _diff_base(s, snap, vol, pool)
     SNAPSHOT.fire(s, snap, "BackupToSecondary", store_id=store.id, install_path=f"{snap.uuid}{DIFF_SUFFIX}")
     s.commit()
     ch, drv = channel(host), driver_for(pool.provider)
@@ -98,9 +95,7 @@ def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host, progres
         res = drv.backup_snapshot(ch, pool, vol, snap.primary_name, imagestores.spec(store), snap.install_path,
                                   since=base.primary_name if base else None, progress=progress)
     except CloudError as exc:
-        SNAPSHOT.fire(s, snap, "OperationFailed", store_id=None, install_path=None,
-                      error=f"backup to image store {store.name} failed (the snapshot is kept on storage pool "
-                            f"{pool.name}): {exc.text}")
+        retries.copy_failed(s, snap, store, f"storage pool {pool.name}", exc)
         raise                         # the caller records it and schedules a retry (snapshot_backups)
     parent = None if res["full"] else base
     SNAPSHOT.fire(s, snap, "OperationSucceeded", physical_size=res["physical_size"], size=res["size"], error=None,
@@ -197,12 +192,23 @@ def _builds_on(s, snap) -> int:
                                                                      Snapshot.install_path.isnot(None)))
 
 
-def _drop_backups(s, snap) -> None:
-    """Remove snap's backup file, then those of deleted ancestors that nothing builds on any more."""
+def _drop_backups(s, ctx, snap) -> None:
+    """Remove snap's backup file, then those of deleted ancestors that nothing builds on any more. Once snap's
+    own file is gone its delete has succeeded: an ancestor that cannot be removed now stays hidden (a warning;
+    deleteImageStore still waits for it) instead of turning snap back into a BackedUp snapshot without a backup."""
+    first = snap
     while snap is not None and snap.install_path and snap.store_id:
         store = s.get(ImageStore, snap.store_id)
-        channel(imagestores.host_for(s, store)).call("volume_delete", pool=imagestores.spec(store),
-                                                     name=snap.install_path)
+        try:
+            channel(imagestores.host_for(s, store)).call("volume_delete", pool=imagestores.spec(store),
+                                                         name=snap.install_path)
+        except CloudError as exc:
+            if snap is first:
+                raise
+            events.record(s, ctx, "SNAPSHOT.DELETE", f"The backup {snap.install_path} of deleted snapshot {snap.name} "
+                          f"could not be removed from image store {store.name} and stays there: {exc.text}",
+                          level="WARN", resource_type="Snapshot", resource_uuid=snap.uuid)
+            return
         snap.install_path, snap.store_id = None, None
         parent = s.get(Snapshot, snap.parent_id) if snap.parent_id else None
         snap = parent if parent is not None and parent.removed is not None and not _builds_on(s, parent) else None
@@ -228,10 +234,10 @@ def delete(s, ctx, snap: Snapshot, was: str) -> None:
             snap.pool_id, snap.primary_kind, snap.primary_name = None, None, None
         kept = bool(_builds_on(s, snap))
         if not kept:
-            _drop_backups(s, snap)
+            _drop_backups(s, ctx, snap)
     except CloudError as exc:
-        SNAPSHOT.fire(s, snap, "OperationFailed" if was == "BackedUp" else "OperationFailedOnPrimary",
-                      error=f"delete failed: {exc.text}")
+        SNAPSHOT.fire(s, snap, {"BackedUp": "OperationFailed", "Error": "OperationFailedOnError"}.get(
+            was, "OperationFailedOnPrimary"), error=f"delete failed: {exc.text}")
         s.commit()
         raise
     SNAPSHOT.fire(s, snap, "OperationSucceeded", removed=utcnow())
