@@ -83,3 +83,21 @@ def test_an_upload_cut_short_by_an_agent_restart_fails_with_the_reason_and_leave
         assert agent.client.call("upload_status", id="never")["state"] == "none"
     finally:
         agent.stop()
+
+
+def test_signing_and_sealing_use_separate_keys():
+    """One key for the HMAC, another for Fernet (v1 used one derived key for both)."""
+    import base64
+    import hmac
+
+    from cryptography.fernet import Fernet, InvalidToken
+    sign_key, seal_key = signing._key("token-a", signing.SIGN_LABEL), signing._key("token-a", signing.SEAL_LABEL)
+    assert sign_key != seal_key
+    url, expires = signing.download_url("http://h:1", "token-a", {"name": "x"}, "x.qcow2", 60)
+    path = url[len("http://h:1"):].split("?")[0]
+    metadata = path.split("/")[3]
+    with pytest.raises(InvalidToken):                       # the signing key does not open the metadata
+        Fernet(base64.urlsafe_b64encode(sign_key)).decrypt(metadata.encode())
+    assert Fernet(base64.urlsafe_b64encode(seal_key)).decrypt(metadata.encode())
+    by_seal_key = hmac.new(seal_key, (metadata + path + expires).encode(), "sha256").hexdigest()
+    assert by_seal_key != url.split("signature=")[1]        # nor does the sealing key sign
