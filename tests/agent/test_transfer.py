@@ -101,3 +101,39 @@ def test_signing_and_sealing_use_separate_keys():
     assert Fernet(base64.urlsafe_b64encode(seal_key)).decrypt(metadata.encode())
     by_seal_key = hmac.new(seal_key, (metadata + path + expires).encode(), "sha256").hexdigest()
     assert by_seal_key != url.split("signature=")[1]        # nor does the sealing key sign
+
+
+def test_a_download_whose_client_stops_reading_ends_and_frees_its_slot_and_its_hold(make_agent, tmp_path):
+    """--transfer-timeout ends a transfer whose client takes nothing; --max-transfers refuses more with a 503."""
+    import socket
+    from urllib.parse import urlsplit
+
+    import requests
+
+    from agentproc import wait_until
+    from volstack.errors import CloudError
+    store = tmp_path / "store"
+    store.mkdir()
+    with open(store / "big.raw", "wb") as f:
+        f.truncate(256 << 20)           # sparse; far more than the socket buffers hold
+    agent = make_agent("simulator", args=("--max-transfers", "1", "--transfer-timeout", "5"))
+    pool = {"uuid": "s1", "type": "Filesystem", "path": str(store)}
+    url, _ = signing.download_url(agent.url, agent.token, {"pool": pool, "name": "big.raw"}, "big.raw", 600)
+    where = urlsplit(url)
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        stalled.connect((where.hostname, where.port))
+        stalled.sendall(f"GET {where.path}?{where.query} HTTP/1.0\r\n\r\n".encode())
+        assert stalled.recv(12) == b"HTTP/1.0 200"              # under way; from now on nobody reads
+        busy = requests.get(url, stream=True, timeout=30)
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "60"
+        assert "--max-transfers" in busy.json()["error"]
+        with pytest.raises(CloudError, match="being downloaded"):      # the download's shared hold
+            agent.client.call("volume_delete", pool=pool, name="big.raw")
+        wait_until("the stalled download to time out",
+                   lambda: requests.head(url, timeout=30).status_code == 200, timeout=60, interval=0.2)
+        agent.client.call("volume_delete", pool=pool, name="big.raw")      # the hold is gone too
+        assert not (store / "big.raw").exists()
+    finally:
+        stalled.close()

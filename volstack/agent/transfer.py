@@ -12,12 +12,17 @@ An upload is streamed to a temporary name (download.temp_paths), hashed as it ar
 the checksum, probed once (unpack.check_image: declared format, no backing or data file) and only then
 put under its final name (download.place). Its outcome is kept in <state>/uploads/<uuid>.json, which
 the management server reads with the `upload_status` command; one object takes one upload.
+
+An agent serves at most `--max-transfers` transfers at once (503 with Retry-After beyond), and a transfer
+whose client neither sends nor takes a byte for `--transfer-timeout` seconds ends: its thread and its
+hold on the store object are freed.
 """
 import hashlib
 import json
 import logging
 import os
 import re
+import threading
 import time
 from contextlib import contextmanager
 from urllib.parse import parse_qs
@@ -30,7 +35,10 @@ log = logging.getLogger("volstack.agent.transfer")
 CHUNK = 1 << 20
 FORM_SLACK = 1 << 20          # what a multipart form may add to the file it carries
 KEEP_RECORDS = 86400          # upload records are kept this long past their URL's expiry
-IDLE_TIMEOUT = 300            # an upload whose client sends nothing for this long fails
+IDLE_TIMEOUT = 300            # seconds a client may send or take nothing before its transfer ends
+# Each transfer is a thread (an upload two: receiving and hashing+writing); 16 at once keep a 10 GbE link
+# busy with clients of 80 MB/s each without letting stalled clients exhaust the agent.
+MAX_TRANSFERS = 16
 
 
 class TooLarge(InvalidArgument):
@@ -41,21 +49,44 @@ class Interrupted(AgentError):
     status = 400
 
 
+class Slots:
+    """The agent's transfer slots: `limit` transfers at once, each ending after `idle` seconds without progress."""
+
+    def __init__(self, limit: int = MAX_TRANSFERS, idle: float = IDLE_TIMEOUT):
+        self.limit, self.idle = limit, idle
+        self._free = threading.BoundedSemaphore(limit)
+
+    def take(self) -> bool:
+        return self._free.acquire(blocking=False)
+
+    def give_back(self) -> None:
+        self._free.release()
+
+
 # ---------------------------------------------------------------- HTTP entry points (agent/server.py)
 
 def handle(h, method: str) -> None:
     """Answer one request under /transfer/ on the BaseHTTPRequestHandler h."""
     srv = h.server.agent_server
+    slots: Slots = srv.transfers
     path = h.path.partition("?")[0]
+    h.connection.settimeout(slots.idle)     # every send and receive: a silent client cannot hold a thread
+    taken = False
     try:
         if method == "OPTIONS":
             return _reply(h, 204, None)
+        taken = slots.take()
+        if not taken:
+            return _reply(h, 503, {"ok": False, "kind": "Busy", "error": f"this host already serves {slots.limit} "
+                                   "transfers (the agent's --max-transfers); try again in a minute"},
+                          {"Retry-After": "60"})
         if method in ("GET", "HEAD") and path.startswith(signing.DOWNLOAD):
             return _download(h, srv, head=method == "HEAD")
         if method == "POST" and path.startswith(signing.UPLOAD):
-            h.connection.settimeout(IDLE_TIMEOUT)   # not for downloads: sendfile needs a blocking socket
             return _upload(h, srv)
         raise NotFound(f"no transfer endpoint {method} {path}")
+    except TimeoutError:
+        log.info("transfer %s %s: the client sent or took nothing for %s s; closed", method, path[:80], slots.idle)
     except signing.Refused as e:
         _reply(h, 403, {"ok": False, "error": str(e), "kind": "Forbidden"})
     except AgentError as e:
@@ -69,6 +100,9 @@ def handle(h, method: str) -> None:
                             "kind": "Failed"})
         except OSError:
             pass
+    finally:
+        if taken:
+            slots.give_back()
 
 
 def _reply(h, status: int, body: dict | None, headers: dict | None = None) -> None:
@@ -97,7 +131,7 @@ def _cors(h) -> None:
 
 @contextmanager
 def _open(pool: images.Pool, name: str):
-    """(size, mtime, read(offset, count), fd or None) of a store object."""
+    """(size, mtime, read(offset, count), file or None) of a store object; the file is for sendfile."""
     if isinstance(pool, images.DirectoryPool):
         try:
             f = open(pool.target(name), "rb")
@@ -105,7 +139,7 @@ def _open(pool: images.Pool, name: str):
             raise NotFound(f"{name} is no longer on the image store") from None
         with f:
             st = os.fstat(f.fileno())
-            yield st.st_size, int(st.st_mtime), lambda off, n: os.pread(f.fileno(), n, off), f.fileno()
+            yield st.st_size, int(st.st_mtime), lambda off, n: os.pread(f.fileno(), n, off), f
     elif hasattr(pool, "reader"):
         with pool.reader(name) as (size, mtime, read):
             yield size, mtime, read, None
@@ -142,7 +176,7 @@ def _download(h, srv, head: bool) -> None:
         raise signing.Refused("this link is not a download link")
     agent = srv.agent
     pool, name = images.open_pool(claims.get("pool"), agent.hostname), images.check_name(claims.get("name"))
-    with agent.hold(pool, name, "being downloaded", shared=True), _open(pool, name) as (size, mtime, read, fd):
+    with agent.hold(pool, name, "being downloaded", shared=True), _open(pool, name) as (size, mtime, read, file):
         etag = f'"{size:x}-{mtime:x}"'
         wanted = h.headers.get("Range")
         if wanted and h.headers.get("If-Range") not in (None, etag):
@@ -166,19 +200,15 @@ def _download(h, srv, head: bool) -> None:
         h.end_headers()
         if head:
             return
-        _send(h, read, fd, first, last + 1)
+        _send(h, read, file, first, last + 1)
 
 
-def _send(h, read, fd, start: int, end: int) -> None:
+def _send(h, read, file, start: int, end: int) -> None:
     pos = start
-    if fd is not None:          # the kernel copies file to socket
+    if file is not None:        # the kernel copies file to socket (socket.sendfile keeps the idle timeout)
         h.wfile.flush()
-        sock = h.connection.fileno()
-        while pos < end:
-            n = os.sendfile(sock, fd, pos, min(end - pos, 16 * CHUNK))
-            if n == 0:
-                raise Failed("the object became shorter while it was being sent")
-            pos += n
+        if h.connection.sendfile(file, start, end - start) < end - start:
+            raise Failed("the object became shorter while it was being sent")
         return
     while pos < end:
         data = read(pos, min(end - pos, CHUNK))
@@ -245,13 +275,17 @@ def recover(agent) -> None:
 class _Body:
     """The request body: exactly `length` bytes, read in chunks."""
 
-    def __init__(self, rfile, length: int):
-        self.rfile, self.left, self.read_bytes = rfile, length, 0
+    def __init__(self, rfile, length: int, idle: float | None = None):
+        self.rfile, self.left, self.read_bytes, self.idle = rfile, length, 0, idle
 
     def read(self) -> bytes:
         if self.left <= 0:
             return b""
-        data = self.rfile.read(min(CHUNK, self.left))
+        try:
+            data = self.rfile.read(min(CHUNK, self.left))
+        except TimeoutError:
+            raise Interrupted(f"nothing arrived for {self.idle} s after {self.read_bytes} bytes: the upload was "
+                              "abandoned") from None
         if not data:
             raise Interrupted(f"the upload was cut short after {self.read_bytes} bytes")
         self.left -= len(data)
@@ -359,7 +393,7 @@ def _receive(h, pool, name, fmt, claims, length, work_dir, rec, rec_path) -> dic
     hasher = hashlib.new(expected[0] if expected else "sha256")
     paths = download.temp_paths(pool, name, work_dir)
     os.makedirs(paths["dir"], exist_ok=True)
-    body = _Body(h.rfile, length)
+    body = _Body(h.rfile, length, h.connection.gettimeout())
     last = [0.0]
     try:
         with open(paths["image"], "wb") as out:
