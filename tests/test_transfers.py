@@ -1,6 +1,7 @@
 """Extract URLs and browser uploads over real HTTP: a real `volstack agent` (simulated guests, real qemu-img
 images on a Filesystem image store) serves and takes the bytes; plain `requests` plays the browser."""
 import hashlib
+import sqlite3
 import subprocess
 import time
 from datetime import timedelta
@@ -14,6 +15,7 @@ from test_templates import add_store, error_of, img_info, qemu_bytes, qemu_io, s
 
 from volstack.db.image_models import ImageTransfer
 from volstack.db.models import utcnow
+from volstack.errors import ResourceUnavailable
 from volstack.services import extracts, post_uploads
 from volstack.services.context import system_context
 
@@ -167,6 +169,7 @@ def test_browser_upload_of_a_qcow2_becomes_an_uploaded_volume_that_moves_to_prim
     assert monitor(cloud) == 1
     vol = api.listVolumes(id=params["id"])["volume"][0]
     assert vol["state"] == "Uploaded" and vol["size"] == 2 ** 30
+    assert cloud["agent"].client.call("upload_status", id=params["id"])["collected"]     # the agent may prune it
     assert all_files(tmp / "store") == [f"volume-{vol['id']}.qcow2"]
     assert (tmp / "store" / f"volume-{vol['id']}.qcow2").read_bytes() == data
     # another management server that asked the agent before this one settled the upload, and settles after it,
@@ -289,7 +292,7 @@ def test_an_upload_in_progress_shows_then_a_stalled_one_ends_in_upload_error(clo
     assert "stalled" in api.listVolumes(id=params["id"])["volume"][0]["status"]
 
 
-def test_a_file_uploaded_for_a_template_deleted_meanwhile_is_removed(cloud):
+def test_a_file_uploaded_for_a_template_deleted_meanwhile_is_removed_outside_any_transaction(cloud, monkeypatch):
     api, tmp = cloud["api"], cloud["tmp"]
     add_store(cloud)
     params = api.getUploadParamsForTemplate(name="gone", displaytext="gone", format="QCOW2", hypervisor="KVM",
@@ -297,5 +300,36 @@ def test_a_file_uploaded_for_a_template_deleted_meanwhile_is_removed(cloud):
     api.deleteTemplate(id=params["id"])
     assert browser_post(params, qemu_bytes(tmp, "g.qcow2", 1)).status_code == 200   # the agent cannot know
     assert all_files(tmp / "store") == [f"{params['id']}.qcow2"]
+
+    # Each removal checks that another writer could commit meanwhile (on SQLite a write session held across
+    # the agent call would block every writer); the first one fails as if the agent were unreachable.
+    calls, real = [], post_uploads.channel
+
+    class Watched:
+        def __init__(self, host):
+            self.inner = real(host)
+
+        def call(self, cmd, **args):
+            if cmd == "volume_delete":
+                con = sqlite3.connect(cloud["server"].db.engine.url.database, timeout=0.5, isolation_level=None)
+                try:
+                    con.execute("BEGIN IMMEDIATE")
+                    con.execute("ROLLBACK")
+                    calls.append("writable")
+                except sqlite3.OperationalError as e:
+                    calls.append(str(e))
+                finally:
+                    con.close()
+                if len(calls) == 1:
+                    raise ResourceUnavailable("cannot reach the agent (the test says so)")
+            return self.inner.call(cmd, **args)
+    monkeypatch.setattr(post_uploads, "channel", Watched)
     monitor(cloud)
-    assert all_files(tmp / "store") == []
+    assert calls == ["writable"] and all_files(tmp / "store") == [f"{params['id']}.qcow2"]   # kept for a retry
+    monitor(cloud)
+    assert calls == ["writable", "writable"] and all_files(tmp / "store") == []
+    with cloud["server"].db.session(readonly=True) as s:
+        tr = s.scalar(select(ImageTransfer).where(ImageTransfer.object_uuid == params["id"]))
+        assert tr.state == "Orphaned" and tr.removed is not None
+    monitor(cloud)
+    assert len(calls) == 2                                  # settled: never asked again

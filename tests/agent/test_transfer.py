@@ -137,3 +137,42 @@ def test_a_download_whose_client_stops_reading_ends_and_frees_its_slot_and_its_h
         assert not (store / "big.raw").exists()
     finally:
         stalled.close()
+
+
+def test_upload_records_are_pruned_before_each_upload_but_never_a_done_one_not_yet_collected(make_agent, tmp_path):
+    import json
+    import time
+
+    import requests
+    store = tmp_path / "store"
+    store.mkdir()
+    pool = {"uuid": "s1", "type": "Filesystem", "path": str(store)}
+    agent = make_agent("simulator")
+    records, now = tmp_path / "state-host1" / "uploads", time.time()
+    records.mkdir(parents=True, exist_ok=True)
+
+    def record(oid, state, expires_at, **more):
+        (records / f"{oid}.json").write_text(json.dumps({"id": oid, "state": state, "pool": pool, "name": oid,
+                                                         "expires_at": expires_at, **more}))
+    record("collected-expired", "done", now - 60, collected=now - 30)
+    record("collected-valid", "done", now + 600, collected=now)          # still refuses a second POST
+    record("done-not-collected", "done", now - 30 * 86400)               # the management server must learn it
+    record("failed-long-ago", "failed", now - 8 * 86400)
+    record("failed-lately", "failed", now - 86400)
+    record("in-progress", "in_progress", now - 30 * 86400)               # a live upload is never touched
+
+    params = signing.upload_params(agent.url, agent.token, {"pool": pool, "name": "new.raw", "format": "RAW",
+                                                            "checksum": None, "max_size": None}, "new-1", 600)
+    r = requests.post(params["postURL"], data=b"\0" * 65536, timeout=30, headers={
+        "X-signature": params["signature"], "X-metadata": params["metadata"], "X-expires": params["expires"]})
+    assert r.status_code == 200, r.text
+    assert sorted(p.stem for p in records.glob("*.json")) == [
+        "collected-valid", "done-not-collected", "failed-lately", "in-progress", "new-1"]
+    assert agent.client.call("upload_status", id="done-not-collected")["state"] == "done"
+
+    assert agent.client.call("upload_collected", id="new-1") == {"collected": True, "state": "done"}
+    assert agent.client.call("upload_status", id="new-1")["collected"]
+    assert agent.client.call("upload_collected", id="in-progress")["collected"] is False
+    assert agent.client.call("upload_collected", id="never") == {"collected": False, "state": "none"}
+    agent.restart()                                                      # start-up prunes by the same rules
+    assert agent.client.call("upload_status", id="done-not-collected")["state"] == "done"

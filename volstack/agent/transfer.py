@@ -11,7 +11,11 @@ keeps no state about URLs; the signed metadata says which store object to serve 
 An upload is streamed to a temporary name (download.temp_paths), hashed as it arrives, checked against
 the checksum, probed once (unpack.check_image: declared format, no backing or data file) and only then
 put under its final name (download.place). Its outcome is kept in <state>/uploads/<uuid>.json, which
-the management server reads with the `upload_status` command; one object takes one upload.
+the management server reads with the `upload_status` command and, once it has settled the object,
+acknowledges with `upload_collected`; one object takes one upload. Records are pruned at start-up and
+before each new upload: collected ones once their parameters expired (until then the record is what
+refuses a second POST), failed ones nobody collected a week past expiry, done ones never before they
+were collected (the file is on the store: the management server must learn it, not abandon it).
 
 An agent serves at most `--max-transfers` transfers at once (503 with Retry-After beyond), and a transfer
 whose client neither sends nor takes a byte for `--transfer-timeout` seconds ends: its thread and its
@@ -34,7 +38,7 @@ from volstack.agent.errors import AgentError, Busy, Failed, InvalidArgument, Not
 log = logging.getLogger("volstack.agent.transfer")
 CHUNK = 1 << 20
 FORM_SLACK = 1 << 20          # what a multipart form may add to the file it carries
-KEEP_RECORDS = 86400          # upload records are kept this long past their URL's expiry
+KEEP_UNCOLLECTED = 7 * 86400  # a failed upload's record nobody collected stays this long past its expiry
 IDLE_TIMEOUT = 300            # seconds a client may send or take nothing before its transfer ends
 # Each transfer is a thread (an upload two: receiving and hashing+writing); 16 at once keep a 10 GbE link
 # busy with clients of 80 MB/s each without letting stalled clients exhaust the agent.
@@ -237,8 +241,12 @@ def _write(path: str, rec: dict) -> None:
     os.replace(path + ".new", path)
 
 
+_records_lock = threading.Lock()        # marking a record collected vs pruning it
+
+
 def status(agent, oid: str) -> dict:
-    """{"state": "none|in_progress|done|failed", "received", "total", "result" | "error", "updated"}."""
+    """{"state": "none|in_progress|done|failed", "received", "total", "result" | "error", "updated",
+    "collected"?}."""
     try:
         with open(_record_path(agent, oid)) as f:
             return json.load(f)
@@ -246,20 +254,51 @@ def status(agent, oid: str) -> dict:
         return {"state": "none"}
 
 
-def recover(agent) -> None:
-    """At start-up: uploads cut short by the agent's death fail with that reason and leave no file;
-    records long past their URL's expiry are dropped."""
+def collected(agent, oid: str) -> dict:
+    """The management server has settled the upload: its record may go once the parameters expired."""
+    path = _record_path(agent, oid)
+    with _records_lock:
+        rec = status(agent, oid)
+        if rec.get("state") not in ("done", "failed"):
+            return {"collected": False, "state": rec.get("state")}
+        if not rec.get("collected"):
+            rec["collected"] = time.time()
+            _write(path, rec)
+    return {"collected": True, "state": rec["state"]}
+
+
+def _each_record(agent):
     d = _records(agent)
     if not os.path.isdir(d):
         return
     for entry in os.scandir(d):
-        if not entry.name.endswith(".json"):
-            continue
-        try:
-            with open(entry.path) as f:
-                rec = json.load(f)
-        except (OSError, ValueError):
-            continue
+        if entry.name.endswith(".json"):
+            try:
+                with open(entry.path) as f:
+                    yield entry.path, json.load(f)
+            except (OSError, ValueError):
+                continue
+
+
+def prune(agent, now: float | None = None) -> int:
+    """Drop the records nobody needs any more (see the module's docstring); returns how many."""
+    now = time.time() if now is None else now
+    dropped = 0
+    with _records_lock:
+        for path, rec in _each_record(agent):
+            expired = rec.get("expires_at", 0)
+            if rec.get("state") == "in_progress" or expired >= now:
+                continue
+            if rec.get("collected") or (rec.get("state") == "failed" and expired + KEEP_UNCOLLECTED < now):
+                os.unlink(path)
+                dropped += 1
+    return dropped
+
+
+def recover(agent) -> None:
+    """At start-up: uploads cut short by the agent's death fail with that reason and leave no file;
+    then the records nobody needs are pruned."""
+    for path, rec in _each_record(agent):
         if rec.get("state") == "in_progress":
             try:
                 download.cleanup(images.open_pool(rec["pool"], agent.hostname), rec["name"], agent.state_dir("downloads"))
@@ -267,9 +306,8 @@ def recover(agent) -> None:
                 log.warning("upload %s: removing its partial file: %s", rec.get("id"), e)
             rec.update(state="failed", error="the host agent restarted during the upload; upload the file again "
                                              "with new upload parameters")
-            _write(entry.path, rec)
-        elif rec.get("expires_at", 0) + KEEP_RECORDS < time.time():
-            os.unlink(entry.path)
+            _write(path, rec)
+    prune(agent)
 
 
 class _Body:
@@ -355,6 +393,7 @@ def _upload(h, srv) -> None:
     rec = {"id": oid, "state": "in_progress", "received": 0, "total": length, "pool": claims["pool"], "name": name,
            "started": time.time(), "expires_at": signing.parse_expiry(h.headers["X-expires"]).timestamp()}
     os.makedirs(os.path.dirname(rec_path), exist_ok=True)
+    prune(agent)            # long-running agents: the directory holds only records still needed
     try:
         fd = os.open(rec_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
