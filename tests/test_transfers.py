@@ -3,14 +3,16 @@ images on a Filesystem image store) serves and takes the bytes; plain `requests`
 import hashlib
 import sqlite3
 import subprocess
+import threading
 import time
 from datetime import timedelta
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import test_templates
+from agentproc import wait_until
 from test_templates import add_store, error_of, img_info, qemu_bytes, qemu_io, store_files, templates_with_data
 
 from volstack.db.image_models import ImageTransfer
@@ -146,6 +148,89 @@ def test_extract_volume_copies_it_to_a_store_and_the_copy_goes_when_the_url_expi
     assert extracts.cleanup(db, now=utcnow() + timedelta(hours=5)) == 1
     assert [n for n in store_files(tmp / "store") if n.startswith("extract-")] == []
     assert requests.get(ex["url"], timeout=30).status_code in (403, 404)
+
+
+def detached_volume(c, name="data"):
+    api = c["api"]
+    vm = api.deployVirtualMachine(zoneid=c["zone"]["id"], serviceofferingid=c["so"]["id"],
+                                  rootdisksize=1)["virtualmachine"]
+    offering = api.createDiskOffering(name=f"{name}-o", disksize=1, displaytext=name)["diskoffering"]
+    vol = api.createVolume(name=name, zoneid=c["zone"]["id"], diskofferingid=offering["id"])["volume"]
+    api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])
+    return api.detachVolume(id=vol["id"])["volume"]
+
+
+def test_an_extract_copy_in_the_making_is_never_cleaned_and_its_url_lives_from_publication(cloud, monkeypatch):
+    """The cleanup may run on another management server, by a clock far ahead: while the extractVolume job
+    is alive its copy stays; a job taken for dead loses the race cleanly and leaves no file behind."""
+    from support import client
+    from volstack.db.models import AsyncJob
+    api, tmp, db = cloud["api"], cloud["tmp"], cloud["server"].db
+    add_store(cloud)
+    api.updateConfiguration(name="extract.url.expiration.interval", value="120")
+    vol = detached_volume(cloud)
+    gate = {"when": "after", "reached": threading.Event(), "go": threading.Event()}
+    real = extracts.run_long
+
+    def gated(*args, **kw):             # the job's copy, held before or after the bytes are written
+        if gate["when"] == "before":
+            gate["reached"].set()
+            assert gate["go"].wait(60)
+        out = real(*args, **kw)
+        if gate["when"] == "after":
+            gate["reached"].set()
+            assert gate["go"].wait(60)
+        return out
+    monkeypatch.setattr(extracts, "run_long", gated)
+    outcome = {}
+
+    def extract():
+        try:
+            outcome["ok"] = client(cloud["server"]).extractVolume(id=vol["id"], mode="HTTP_DOWNLOAD",
+                                                                  zoneid=cloud["zone"]["id"])["volume"]
+        except Exception as e:      # noqa: BLE001 (the test reads it)
+            outcome["error"] = e
+
+    def extract_copies():
+        return [n for n in store_files(tmp / "store") if n.startswith("extract-")]
+
+    worker = threading.Thread(target=extract)
+    worker.start()
+    assert gate["reached"].wait(60)
+    [copy] = extract_copies()
+    assert extracts.cleanup(db, now=utcnow() + timedelta(hours=5)) == 0       # the copy is being made: it stays
+    assert extract_copies() == [copy]
+    published_after = utcnow().replace(microsecond=0)
+    gate["go"].set()
+    worker.join(60)
+    ex = outcome["ok"]
+    with db.session(readonly=True) as s:
+        tr = s.scalar(select(ImageTransfer).where(ImageTransfer.uuid == ex["extractId"]))
+    assert tr.state == "Ready" and tr.removed is None
+    assert tr.expires >= published_after + timedelta(seconds=120)              # counted from publication
+    assert requests.head(ex["url"], timeout=30).status_code == 200
+    assert extracts.cleanup(db, now=tr.expires - timedelta(seconds=1)) == 0
+    assert extracts.cleanup(db, now=tr.expires) == 1
+    assert extract_copies() == []
+
+    # A job whose management server is taken for dead (reconciled as failed) while its copy is still to come:
+    # the cleanup expires the row first, so the late copy is deleted by the job instead of being published.
+    gate.update(when="before", reached=threading.Event(), go=threading.Event())
+    outcome.clear()
+    worker = threading.Thread(target=extract)
+    worker.start()
+    assert gate["reached"].wait(60)
+    with db.session() as s:
+        s.execute(update(AsyncJob).where(AsyncJob.cmd == "extractVolume", AsyncJob.status == 0)
+                  .values(status=2, running=False, result={"errorcode": 530, "errortext": "interrupted"}))
+    assert extracts.cleanup(db) == 1
+    gate["go"].set()
+    worker.join(60)
+    assert "error" in outcome                           # the job had been reported failed
+    wait_until("the job to delete its unpublished copy", lambda: extract_copies() == [])
+    with db.session(readonly=True) as s:
+        rows = s.scalars(select(ImageTransfer).where(ImageTransfer.kind == "extract")).all()
+        assert [(r.state, r.removed is not None) for r in rows] == [("Expired", True)] * 2
 
 
 # ---------------------------------------------------------------- browser uploads
@@ -301,6 +386,7 @@ def test_a_file_uploaded_for_a_template_deleted_meanwhile_is_removed_outside_any
     assert browser_post(params, qemu_bytes(tmp, "g.qcow2", 1)).status_code == 200   # the agent cannot know
     assert all_files(tmp / "store") == [f"{params['id']}.qcow2"]
 
+    api.updateConfiguration(name="upload.monitoring.interval", value="86400")   # only this test's passes
     # Each removal checks that another writer could commit meanwhile (on SQLite a write session held across
     # the agent call would block every writer); the first one fails as if the agent were unreachable.
     calls, real = [], post_uploads.channel
