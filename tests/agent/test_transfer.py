@@ -138,6 +138,21 @@ def test_a_download_whose_client_stops_reading_ends_and_frees_its_slot_and_its_h
     finally:
         stalled.close()
 
+    # an upload whose client stops sending fails with that reason and gives its slot back
+    params = signing.upload_params(agent.url, agent.token, {"pool": pool, "name": "up.raw", "format": "RAW",
+                                                            "checksum": None, "max_size": None}, "up-1", 600)
+    with socket.create_connection((where.hostname, where.port)) as silent:
+        silent.sendall((f"POST {urlsplit(params['postURL']).path} HTTP/1.0\r\nContent-Length: 1000000\r\n"
+                        f"X-signature: {params['signature']}\r\nX-metadata: {params['metadata']}\r\n"
+                        f"X-expires: {params['expires']}\r\n\r\n").encode() + b"\0" * 1000)
+        wait_until("the upload to be under way", lambda: agent.client.call("upload_status", id="up-1")["state"]
+                   == "in_progress")
+        st = wait_until("the silent upload to fail", lambda: (lambda s: s["state"] == "failed" and s)(
+            agent.client.call("upload_status", id="up-1")), timeout=60, interval=0.2)
+        assert "nothing arrived for 5.0 s" in st["error"]
+    assert requests.head(url, timeout=30).status_code != 503
+    assert sorted(p.name for p in store.iterdir()) == []                  # no partial file
+
 
 def test_upload_records_are_pruned_before_each_upload_but_never_a_done_one_not_yet_collected(make_agent, tmp_path):
     import json

@@ -322,8 +322,8 @@ class _Body:
         try:
             data = self.rfile.read(min(CHUNK, self.left))
         except TimeoutError:
-            raise Interrupted(f"nothing arrived for {self.idle} s after {self.read_bytes} bytes: the upload was "
-                              "abandoned") from None
+            raise Interrupted(f"nothing arrived for {self.idle} s: the upload was abandoned; upload the file again "
+                              "with new upload parameters") from None
         if not data:
             raise Interrupted(f"the upload was cut short after {self.read_bytes} bytes")
         self.left -= len(data)
