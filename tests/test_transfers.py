@@ -18,7 +18,7 @@ from test_templates import add_store, error_of, img_info, qemu_bytes, qemu_io, s
 from volstack.db.image_models import ImageTransfer
 from volstack.db.models import utcnow
 from volstack.errors import ResourceUnavailable
-from volstack.services import extracts, post_uploads
+from volstack.services import extracts, imagestores, post_uploads
 from volstack.services.context import system_context
 
 cloud = test_templates.cloud            # the fixture: a zone with a real agent, a pool and a store
@@ -389,7 +389,7 @@ def test_a_file_uploaded_for_a_template_deleted_meanwhile_is_removed_outside_any
     api.updateConfiguration(name="upload.monitoring.interval", value="86400")   # only this test's passes
     # Each removal checks that another writer could commit meanwhile (on SQLite a write session held across
     # the agent call would block every writer); the first one fails as if the agent were unreachable.
-    calls, real = [], post_uploads.channel
+    calls, real = [], imagestores.channel
 
     class Watched:
         def __init__(self, host):
@@ -409,7 +409,7 @@ def test_a_file_uploaded_for_a_template_deleted_meanwhile_is_removed_outside_any
                 if len(calls) == 1:
                     raise ResourceUnavailable("cannot reach the agent (the test says so)")
             return self.inner.call(cmd, **args)
-    monkeypatch.setattr(post_uploads, "channel", Watched)
+    monkeypatch.setattr(imagestores, "channel", Watched)
     monitor(cloud)
     assert calls == ["writable"] and all_files(tmp / "store") == [f"{params['id']}.qcow2"]   # kept for a retry
     monitor(cloud)

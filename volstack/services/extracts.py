@@ -184,14 +184,9 @@ def cleanup(db, now: datetime | None = None) -> int:
                     continue
                 if tr.state != "Expired":
                     EXTRACT.fire(s, tr, "Expire")
-                store = s.get(ImageStore, tr.store_id)
-                copy = tr.own_copy and store is not None and store.removed is None
-                where = (imagestores.host_for(s, store), imagestores.spec(store), store.name) if copy else None
-            if where is not None:
-                host, spec, store_name = where
-                channel(host).call("volume_delete", pool=spec, name=tr.install_path)
-        except CloudError as exc:
-            log.warning("extract URL %s: %s (will retry)", tid, exc.text)
+        except ResourceInUse:           # moved meanwhile (published, or another server's cleanup)
+            continue
+        if tr.own_copy and not imagestores.delete_object(db, tr.store_id, tr.install_path, f"extract URL {tr.uuid}"):
             continue
         with db.session() as s:
             s.execute(update(ImageTransfer).where(ImageTransfer.id == tid, ImageTransfer.state == "Expired",

@@ -154,28 +154,13 @@ def _progress(s, tr, st) -> None:
 
 
 def _remove_orphan(db, tid: int) -> None:
-    """Remove the file of an Orphaned transfer from its store (no transaction open during the agent call)."""
+    """Remove the file of an Orphaned transfer from its store, then the transfer."""
     with db.session(readonly=True) as s:
         tr = s.get(ImageTransfer, tid)
-        store = s.get(ImageStore, tr.store_id)
-        try:
-            where = (None if store is None or store.removed is not None else
-                     (imagestores.host_for(s, store), imagestores.spec(store), store.name))
-        except CloudError as exc:
-            log.warning("upload %s: its object is gone; image store %s: %s (will retry)", tr.object_uuid,
-                        store.name, exc.text)
-            return
-    if where is not None:
-        host, spec, store_name = where
-        try:
-            channel(host).call("volume_delete", pool=spec, name=tr.install_path)
-        except CloudError as exc:
-            log.warning("upload %s: its object is gone; removing %s from image store %s failed: %s (will retry)",
-                        tr.object_uuid, tr.install_path, store_name, exc.text)
-            return
-    with db.session() as s:
-        s.execute(update(ImageTransfer).where(ImageTransfer.id == tid, ImageTransfer.state == ORPHANED,
-                                              ImageTransfer.removed.is_(None)).values(removed=utcnow()))
+    if imagestores.delete_object(db, tr.store_id, tr.install_path, f"upload {tr.object_uuid} (its object is gone)"):
+        with db.session() as s:
+            s.execute(update(ImageTransfer).where(ImageTransfer.id == tid, ImageTransfer.state == ORPHANED,
+                                                  ImageTransfer.removed.is_(None)).values(removed=utcnow()))
 
 
 def _volume(s, ctx, tr, outcome, error, st) -> bool:
