@@ -13,14 +13,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class AgentProcess:
-    def __init__(self, state_dir: Path, hypervisor: str = "qemu", name: str = "host1", token: str | None = None):
+    def __init__(self, state_dir: Path, hypervisor: str = "qemu", name: str = "host1", token: str | None = None,
+                 args: tuple = ()):
+        """args: more `volstack agent` options, e.g. ("--max-transfers", "1")."""
         self.state_dir, self.hypervisor, self.name, self._token = Path(state_dir), hypervisor, name, token
+        self.args = tuple(args)
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
     def start(self, timeout: float = 30, listen: str = "127.0.0.1:0") -> "AgentProcess":
         cmd = [sys.executable, "-m", "volstack.agent", "--state-dir", str(self.state_dir), "--name", self.name,
-               "--hypervisor", self.hypervisor, "--listen", listen]
+               "--hypervisor", self.hypervisor, "--listen", listen, *self.args]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         if self._token:
             env["VOLSTACK_AGENT_TOKEN"] = self._token

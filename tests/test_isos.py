@@ -4,12 +4,12 @@ guests, real storage) and a real HTTP server for the sources."""
 import hashlib
 import json
 import subprocess
-import time
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
 
+from agentproc import wait_until
 from support import ROOT
 from test_templates import add_store, allow_loopback, cloud, error_of, qemu_bytes, wait_template, web  # noqa: F401
 
@@ -25,14 +25,11 @@ def iso_bytes():
 def register_iso(c, web, data, name="tiny-iso", **kw):
     url = web.add(f"/{name}.iso", data=data)
     iso = c["api"].registerIso(name=name, url=url, zoneid=c["zone"]["id"], ispublic=True, **kw)["iso"][0]
-    deadline = time.monotonic() + 60
-    while True:
-        iso = c["api"].listIsos(isofilter="all", id=iso["id"])["iso"][0]
-        if iso["isready"] or not (iso["status"].endswith("Downloaded") or iso["status"] in ("Processing",
-                                                                                        "Installing ISO")):
-            return iso
-        assert time.monotonic() < deadline, iso
-        time.sleep(0.1)
+    def settled():
+        got = c["api"].listIsos(isofilter="all", id=iso["id"])["iso"][0]
+        busy = got["status"].endswith("Downloaded") or got["status"] in ("Processing", "Installing ISO")
+        return got if got["isready"] or not busy else None
+    return wait_until(f"ISO {name} to finish downloading", settled, timeout=60, interval=0.1)
 
 
 def guest(c, vm_id):
@@ -149,13 +146,10 @@ def test_attach_refuses_an_iso_that_is_not_ready(isos, web):
 # ---------------------------------------------------------------- direct download: the checksum at registration
 
 def wait_checked(api, tid, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
+    def checked():
         t = api.listTemplates(templatefilter="all", id=tid)["template"][0]
-        if not t["status"].startswith("Checking"):
-            return t
-        assert time.monotonic() < deadline, t
-        time.sleep(0.05)
+        return None if t["status"].startswith("Checking") else t
+    return wait_until(f"the checksum check of template {tid}", checked, timeout=timeout)
 
 
 def test_direct_download_checksum_is_verified_at_registration(cloud, web):      # noqa: F811
@@ -204,10 +198,12 @@ def test_a_direct_download_iso_is_checked_then_fetched_straight_into_the_pool(cl
                           checksum="{SHA-512}" + hashlib.sha512(iso_bytes).hexdigest())["iso"][0]
     code, text = error_of(lambda: api.attachIso(id=iso["id"], virtualmachineid=vm["id"]))
     assert code == 431 and "ISO dd-iso is still being checked against its checksum" in text
-    deadline = time.monotonic() + 60
-    while not (listed := api.listIsos(isofilter="all", id=iso["id"])["iso"][0])["isready"]:
-        assert listed["status"].startswith("Checking the checksum") and time.monotonic() < deadline, listed
-        time.sleep(0.05)
+
+    def checked():          # until it is ready, it is being checked
+        listed = api.listIsos(isofilter="all", id=iso["id"])["iso"][0]
+        assert listed["isready"] or listed["status"].startswith("Checking the checksum"), listed
+        return listed["isready"]
+    wait_until("the checksum check of ISO dd-iso", checked, timeout=60)
     web.add("/dd.iso", data=iso_bytes)                                        # full speed for the fetch itself
     vm = api.attachIso(id=iso["id"], virtualmachineid=vm["id"])["virtualmachine"]
     assert vm["isoid"] == iso["id"]

@@ -2,12 +2,12 @@
 the scheduler, nothing sleeps), each slot fired once by two schedulers racing on one SQLite file or PostgreSQL,
 and, with a real `volstack agent` and real images, retention and the inactive-volume rule."""
 import threading
-import time
 from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
 
+from agentproc import wait_until
 from support import add_datacenter, client
 from test_templates import add_store, cloud, error_of  # noqa: F401  (cloud is a fixture)
 from volstack.api.commands.snapshot_policies import recurring_submitter
@@ -355,13 +355,10 @@ def test_two_schedulers_on_one_database_fire_each_slot_once(server_any_db, db_ur
 
 def _settle(ms, deadline=120):
     """Wait until every queued job (snapshot jobs, retention tasks) has finished."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
+    def idle():
         with ms.db.session(readonly=True) as s:
-            if not s.scalar(select(func.count()).select_from(AsyncJob).where(AsyncJob.status == 0)):
-                return
-        time.sleep(0.05)
-    raise AssertionError("snapshot jobs did not finish")
+            return not s.scalar(select(func.count()).select_from(AsyncJob).where(AsyncJob.status == 0))
+    wait_until("the snapshot jobs to finish", idle, timeout=deadline)
 
 
 @pytest.mark.slow

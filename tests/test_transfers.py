@@ -1,20 +1,24 @@
 """Extract URLs and browser uploads over real HTTP: a real `volstack agent` (simulated guests, real qemu-img
 images on a Filesystem image store) serves and takes the bytes; plain `requests` plays the browser."""
 import hashlib
+import sqlite3
 import subprocess
+import threading
 import time
 from datetime import timedelta
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import test_templates
+from agentproc import wait_until
 from test_templates import add_store, error_of, img_info, qemu_bytes, qemu_io, store_files, templates_with_data
 
 from volstack.db.image_models import ImageTransfer
 from volstack.db.models import utcnow
-from volstack.services import extracts, post_uploads
+from volstack.errors import ResourceUnavailable
+from volstack.services import extracts, imagestores, post_uploads
 from volstack.services.context import system_context
 
 cloud = test_templates.cloud            # the fixture: a zone with a real agent, a pool and a store
@@ -146,6 +150,89 @@ def test_extract_volume_copies_it_to_a_store_and_the_copy_goes_when_the_url_expi
     assert requests.get(ex["url"], timeout=30).status_code in (403, 404)
 
 
+def detached_volume(c, name="data"):
+    api = c["api"]
+    vm = api.deployVirtualMachine(zoneid=c["zone"]["id"], serviceofferingid=c["so"]["id"],
+                                  rootdisksize=1)["virtualmachine"]
+    offering = api.createDiskOffering(name=f"{name}-o", disksize=1, displaytext=name)["diskoffering"]
+    vol = api.createVolume(name=name, zoneid=c["zone"]["id"], diskofferingid=offering["id"])["volume"]
+    api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])
+    return api.detachVolume(id=vol["id"])["volume"]
+
+
+def test_an_extract_copy_in_the_making_is_never_cleaned_and_its_url_lives_from_publication(cloud, monkeypatch):
+    """The cleanup may run on another management server, by a clock far ahead: while the extractVolume job
+    is alive its copy stays; a job taken for dead loses the race cleanly and leaves no file behind."""
+    from support import client
+    from volstack.db.models import AsyncJob
+    api, tmp, db = cloud["api"], cloud["tmp"], cloud["server"].db
+    add_store(cloud)
+    api.updateConfiguration(name="extract.url.expiration.interval", value="120")
+    vol = detached_volume(cloud)
+    gate = {"when": "after", "reached": threading.Event(), "go": threading.Event()}
+    real = extracts.run_long
+
+    def gated(*args, **kw):             # the job's copy, held before or after the bytes are written
+        if gate["when"] == "before":
+            gate["reached"].set()
+            assert gate["go"].wait(60)
+        out = real(*args, **kw)
+        if gate["when"] == "after":
+            gate["reached"].set()
+            assert gate["go"].wait(60)
+        return out
+    monkeypatch.setattr(extracts, "run_long", gated)
+    outcome = {}
+
+    def extract():
+        try:
+            outcome["ok"] = client(cloud["server"]).extractVolume(id=vol["id"], mode="HTTP_DOWNLOAD",
+                                                                  zoneid=cloud["zone"]["id"])["volume"]
+        except Exception as e:      # noqa: BLE001 (the test reads it)
+            outcome["error"] = e
+
+    def extract_copies():
+        return [n for n in store_files(tmp / "store") if n.startswith("extract-")]
+
+    worker = threading.Thread(target=extract)
+    worker.start()
+    assert gate["reached"].wait(60)
+    [copy] = extract_copies()
+    assert extracts.cleanup(db, now=utcnow() + timedelta(hours=5)) == 0       # the copy is being made: it stays
+    assert extract_copies() == [copy]
+    published_after = utcnow().replace(microsecond=0)
+    gate["go"].set()
+    worker.join(60)
+    ex = outcome["ok"]
+    with db.session(readonly=True) as s:
+        tr = s.scalar(select(ImageTransfer).where(ImageTransfer.uuid == ex["extractId"]))
+    assert tr.state == "Ready" and tr.removed is None
+    assert tr.expires >= published_after + timedelta(seconds=120)              # counted from publication
+    assert requests.head(ex["url"], timeout=30).status_code == 200
+    assert extracts.cleanup(db, now=tr.expires - timedelta(seconds=1)) == 0
+    assert extracts.cleanup(db, now=tr.expires) == 1
+    assert extract_copies() == []
+
+    # A job whose management server is taken for dead (reconciled as failed) while its copy is still to come:
+    # the cleanup expires the row first, so the late copy is deleted by the job instead of being published.
+    gate.update(when="before", reached=threading.Event(), go=threading.Event())
+    outcome.clear()
+    worker = threading.Thread(target=extract)
+    worker.start()
+    assert gate["reached"].wait(60)
+    with db.session() as s:
+        s.execute(update(AsyncJob).where(AsyncJob.cmd == "extractVolume", AsyncJob.status == 0)
+                  .values(status=2, running=False, result={"errorcode": 530, "errortext": "interrupted"}))
+    assert extracts.cleanup(db) == 1
+    gate["go"].set()
+    worker.join(60)
+    assert "error" in outcome                           # the job had been reported failed
+    wait_until("the job to delete its unpublished copy", lambda: extract_copies() == [])
+    with db.session(readonly=True) as s:
+        rows = s.scalars(select(ImageTransfer).where(ImageTransfer.kind == "extract")).all()
+        assert [(r.state, r.removed is not None) for r in rows] == [("Expired", True)] * 2
+
+
 # ---------------------------------------------------------------- browser uploads
 
 def test_browser_upload_of_a_qcow2_becomes_an_uploaded_volume_that_moves_to_primary_on_attach(cloud):
@@ -167,6 +254,7 @@ def test_browser_upload_of_a_qcow2_becomes_an_uploaded_volume_that_moves_to_prim
     assert monitor(cloud) == 1
     vol = api.listVolumes(id=params["id"])["volume"][0]
     assert vol["state"] == "Uploaded" and vol["size"] == 2 ** 30
+    assert cloud["agent"].client.call("upload_status", id=params["id"])["collected"]     # the agent may prune it
     assert all_files(tmp / "store") == [f"volume-{vol['id']}.qcow2"]
     assert (tmp / "store" / f"volume-{vol['id']}.qcow2").read_bytes() == data
     # another management server that asked the agent before this one settled the upload, and settles after it,
@@ -289,7 +377,7 @@ def test_an_upload_in_progress_shows_then_a_stalled_one_ends_in_upload_error(clo
     assert "stalled" in api.listVolumes(id=params["id"])["volume"][0]["status"]
 
 
-def test_a_file_uploaded_for_a_template_deleted_meanwhile_is_removed(cloud):
+def test_a_file_uploaded_for_a_template_deleted_meanwhile_is_removed_outside_any_transaction(cloud, monkeypatch):
     api, tmp = cloud["api"], cloud["tmp"]
     add_store(cloud)
     params = api.getUploadParamsForTemplate(name="gone", displaytext="gone", format="QCOW2", hypervisor="KVM",
@@ -297,5 +385,37 @@ def test_a_file_uploaded_for_a_template_deleted_meanwhile_is_removed(cloud):
     api.deleteTemplate(id=params["id"])
     assert browser_post(params, qemu_bytes(tmp, "g.qcow2", 1)).status_code == 200   # the agent cannot know
     assert all_files(tmp / "store") == [f"{params['id']}.qcow2"]
+
+    api.updateConfiguration(name="upload.monitoring.interval", value="86400")   # only this test's passes
+    # Each removal checks that another writer could commit meanwhile (on SQLite a write session held across
+    # the agent call would block every writer); the first one fails as if the agent were unreachable.
+    calls, real = [], imagestores.channel
+
+    class Watched:
+        def __init__(self, host):
+            self.inner = real(host)
+
+        def call(self, cmd, **args):
+            if cmd == "volume_delete":
+                con = sqlite3.connect(cloud["server"].db.engine.url.database, timeout=0.5, isolation_level=None)
+                try:
+                    con.execute("BEGIN IMMEDIATE")
+                    con.execute("ROLLBACK")
+                    calls.append("writable")
+                except sqlite3.OperationalError as e:
+                    calls.append(str(e))
+                finally:
+                    con.close()
+                if len(calls) == 1:
+                    raise ResourceUnavailable("cannot reach the agent (the test says so)")
+            return self.inner.call(cmd, **args)
+    monkeypatch.setattr(imagestores, "channel", Watched)
     monitor(cloud)
-    assert all_files(tmp / "store") == []
+    assert calls == ["writable"] and all_files(tmp / "store") == [f"{params['id']}.qcow2"]   # kept for a retry
+    monitor(cloud)
+    assert calls == ["writable", "writable"] and all_files(tmp / "store") == []
+    with cloud["server"].db.session(readonly=True) as s:
+        tr = s.scalar(select(ImageTransfer).where(ImageTransfer.object_uuid == params["id"]))
+        assert tr.state == "Orphaned" and tr.removed is not None
+    monitor(cloud)
+    assert len(calls) == 2                                  # settled: never asked again

@@ -1,11 +1,11 @@
 """Signed transfer URLs: extract downloads and browser uploads served by a host agent.
 
 The management server signs, the agent checks; nothing else is shared and the agent keeps no state
-about a URL. Both sides derive the key from the agent's bearer token (the management server keeps it
-encrypted in host.credential): a URL made for one agent is worthless on another, and the token itself
-never signs anything a user sees.
+about a URL. Both sides derive two keys, one for the HMAC and one for Fernet, from the agent's bearer
+token (the management server keeps it encrypted in host.credential): a URL made for one agent is
+worthless on another, and the token itself never signs anything a user sees.
 
-- metadata: the claims (what to serve or where to write, the expiry) as a Fernet token under the key,
+- metadata: the claims (what to serve or where to write, the expiry) as a Fernet token under the sealing key,
   so users cannot read or change store locations;
 - signature: hex HMAC-SHA256 over metadata + path + expires, as CloudStack signs its post-upload
   parameters (metadata + url + expires). The path is signed rather than the whole URL so the agent
@@ -32,12 +32,18 @@ class Refused(Exception):
     """The request does not carry a valid, unexpired signature (the agent answers 403)."""
 
 
-def _key(token: str) -> bytes:
-    return hmac.new(token.encode(), b"volstack-transfer-v1", hashlib.sha256).digest()
+def _key(token: str, label: bytes) -> bytes:
+    return hmac.new(token.encode(), label, hashlib.sha256).digest()
+
+
+# One key per use (signing, sealing), each derived under its own label: a key never serves two algorithms.
+# v1 derived a single key for both; links signed by v1 stop working after an upgrade, which is harmless
+# as links live minutes to hours and a user asks for a new one.
+SIGN_LABEL, SEAL_LABEL = b"volstack-transfer-v2-sign", b"volstack-transfer-v2-seal"
 
 
 def _fernet(token: str) -> Fernet:
-    return Fernet(base64.urlsafe_b64encode(_key(token)))
+    return Fernet(base64.urlsafe_b64encode(_key(token, SEAL_LABEL)))
 
 
 def expiry(seconds: float, now: datetime | None = None) -> str:
@@ -57,7 +63,7 @@ def seal(token: str, claims: dict) -> str:
 
 
 def sign(token: str, metadata: str, path: str, expires: str) -> str:
-    return hmac.new(_key(token), (metadata + path + expires).encode(), hashlib.sha256).hexdigest()
+    return hmac.new(_key(token, SIGN_LABEL), (metadata + path + expires).encode(), hashlib.sha256).hexdigest()
 
 
 def verify(token: str, metadata: str, path: str, expires: str, signature: str, now: datetime | None = None) -> dict:

@@ -497,6 +497,10 @@ class Agent:
         from volstack.agent import transfer
         return transfer.status(self, arg(args, "id"))
 
+    def cmd_upload_collected(self, args, progress):
+        from volstack.agent import transfer
+        return transfer.collected(self, arg(args, "id"))
+
     # ---- snapshots (agent/snapshots.py). A primary copy is (kind, name): "internal" = a qcow2 snapshot
     # named `name` inside the volume image, "file" = the flat qcow2 `name` in the volume's pool, "delta" = an
     # incremental qcow2 `name` in the volume's pool whose header names its parent's backup.

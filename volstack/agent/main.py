@@ -23,6 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="the host name to report (default: this machine's)")
     p.add_argument("--hypervisor", choices=("qemu", "simulator"), default="qemu",
                    help="qemu: real QEMU guests through QMP; simulator: guests in memory (storage is real)")
+    p.add_argument("--max-transfers", type=int, default=None,
+                   help="extract downloads and browser uploads served at once; more get 503 (default 16)")
+    p.add_argument("--transfer-timeout", type=float, default=None,
+                   help="seconds a transfer's client may send or take nothing before the transfer ends "
+                        "(default 300)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -78,8 +83,13 @@ def build(args):
         from volstack.agent.simulator import SimulatedHypervisor
         hv = SimulatedHypervisor(state, name)
     host, port = _listen(args.listen)
+    from volstack.agent import transfer
+    limit, idle = getattr(args, "max_transfers", None), getattr(args, "transfer_timeout", None)
+    if (limit is not None and limit < 1) or (idle is not None and idle <= 0):
+        raise SystemExit("--max-transfers and --transfer-timeout must be positive")
+    slots = transfer.Slots(limit or transfer.MAX_TRANSFERS, idle or transfer.IDLE_TIMEOUT)
     server = AgentServer(Agent(name, hv), Store(os.path.join(state, "agent.db")), load_token(state, args.token),
-                         host, port)
+                         host, port, slots)
     server.lock_file = lock
     return server
 

@@ -180,8 +180,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class AgentServer:
-    def __init__(self, agent, store: Store, token: str, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, agent, store: Store, token: str, host: str = "127.0.0.1", port: int = 0,
+                 transfers: transfer.Slots | None = None):
         self.agent, self.store, self.token = agent, store, token
+        self.transfers = transfers or transfer.Slots()
         self._inflight: dict[str, threading.Event] = {}
         self._guard = threading.Lock()
         self._recover()

@@ -11,13 +11,22 @@ keeps no state about URLs; the signed metadata says which store object to serve 
 An upload is streamed to a temporary name (download.temp_paths), hashed as it arrives, checked against
 the checksum, probed once (unpack.check_image: declared format, no backing or data file) and only then
 put under its final name (download.place). Its outcome is kept in <state>/uploads/<uuid>.json, which
-the management server reads with the `upload_status` command; one object takes one upload.
+the management server reads with the `upload_status` command and, once it has settled the object,
+acknowledges with `upload_collected`; one object takes one upload. Records are pruned at start-up and
+before each new upload: collected ones once their parameters expired (until then the record is what
+refuses a second POST), failed ones nobody collected a week past expiry, done ones never before they
+were collected (the file is on the store: the management server must learn it, not abandon it).
+
+An agent serves at most `--max-transfers` transfers at once (503 with Retry-After beyond), and a transfer
+whose client neither sends nor takes a byte for `--transfer-timeout` seconds ends: its thread and its
+hold on the store object are freed.
 """
 import hashlib
 import json
 import logging
 import os
 import re
+import threading
 import time
 from contextlib import contextmanager
 from urllib.parse import parse_qs
@@ -29,8 +38,11 @@ from volstack.agent.errors import AgentError, Busy, Failed, InvalidArgument, Not
 log = logging.getLogger("volstack.agent.transfer")
 CHUNK = 1 << 20
 FORM_SLACK = 1 << 20          # what a multipart form may add to the file it carries
-KEEP_RECORDS = 86400          # upload records are kept this long past their URL's expiry
-IDLE_TIMEOUT = 300            # an upload whose client sends nothing for this long fails
+KEEP_UNCOLLECTED = 7 * 86400  # a failed upload's record nobody collected stays this long past its expiry
+IDLE_TIMEOUT = 300            # seconds a client may send or take nothing before its transfer ends
+# Each transfer is a thread (an upload two: receiving and hashing+writing); 16 at once keep a 10 GbE link
+# busy with clients of 80 MB/s each without letting stalled clients exhaust the agent.
+MAX_TRANSFERS = 16
 
 
 class TooLarge(InvalidArgument):
@@ -41,21 +53,44 @@ class Interrupted(AgentError):
     status = 400
 
 
+class Slots:
+    """The agent's transfer slots: `limit` transfers at once, each ending after `idle` seconds without progress."""
+
+    def __init__(self, limit: int = MAX_TRANSFERS, idle: float = IDLE_TIMEOUT):
+        self.limit, self.idle = limit, idle
+        self._free = threading.BoundedSemaphore(limit)
+
+    def take(self) -> bool:
+        return self._free.acquire(blocking=False)
+
+    def give_back(self) -> None:
+        self._free.release()
+
+
 # ---------------------------------------------------------------- HTTP entry points (agent/server.py)
 
 def handle(h, method: str) -> None:
     """Answer one request under /transfer/ on the BaseHTTPRequestHandler h."""
     srv = h.server.agent_server
+    slots: Slots = srv.transfers
     path = h.path.partition("?")[0]
+    h.connection.settimeout(slots.idle)     # every send and receive: a silent client cannot hold a thread
+    taken = False
     try:
         if method == "OPTIONS":
             return _reply(h, 204, None)
+        taken = slots.take()
+        if not taken:
+            return _reply(h, 503, {"ok": False, "kind": "Busy", "error": f"this host already serves {slots.limit} "
+                                   "transfers (the agent's --max-transfers); try again in a minute"},
+                          {"Retry-After": "60"})
         if method in ("GET", "HEAD") and path.startswith(signing.DOWNLOAD):
             return _download(h, srv, head=method == "HEAD")
         if method == "POST" and path.startswith(signing.UPLOAD):
-            h.connection.settimeout(IDLE_TIMEOUT)   # not for downloads: sendfile needs a blocking socket
             return _upload(h, srv)
         raise NotFound(f"no transfer endpoint {method} {path}")
+    except TimeoutError:
+        log.info("transfer %s %s: the client sent or took nothing for %s s; closed", method, path[:80], slots.idle)
     except signing.Refused as e:
         _reply(h, 403, {"ok": False, "error": str(e), "kind": "Forbidden"})
     except AgentError as e:
@@ -69,6 +104,9 @@ def handle(h, method: str) -> None:
                             "kind": "Failed"})
         except OSError:
             pass
+    finally:
+        if taken:
+            slots.give_back()
 
 
 def _reply(h, status: int, body: dict | None, headers: dict | None = None) -> None:
@@ -97,7 +135,7 @@ def _cors(h) -> None:
 
 @contextmanager
 def _open(pool: images.Pool, name: str):
-    """(size, mtime, read(offset, count), fd or None) of a store object."""
+    """(size, mtime, read(offset, count), file or None) of a store object; the file is for sendfile."""
     if isinstance(pool, images.DirectoryPool):
         try:
             f = open(pool.target(name), "rb")
@@ -105,7 +143,7 @@ def _open(pool: images.Pool, name: str):
             raise NotFound(f"{name} is no longer on the image store") from None
         with f:
             st = os.fstat(f.fileno())
-            yield st.st_size, int(st.st_mtime), lambda off, n: os.pread(f.fileno(), n, off), f.fileno()
+            yield st.st_size, int(st.st_mtime), lambda off, n: os.pread(f.fileno(), n, off), f
     elif hasattr(pool, "reader"):
         with pool.reader(name) as (size, mtime, read):
             yield size, mtime, read, None
@@ -142,7 +180,7 @@ def _download(h, srv, head: bool) -> None:
         raise signing.Refused("this link is not a download link")
     agent = srv.agent
     pool, name = images.open_pool(claims.get("pool"), agent.hostname), images.check_name(claims.get("name"))
-    with agent.hold(pool, name, "being downloaded", shared=True), _open(pool, name) as (size, mtime, read, fd):
+    with agent.hold(pool, name, "being downloaded", shared=True), _open(pool, name) as (size, mtime, read, file):
         etag = f'"{size:x}-{mtime:x}"'
         wanted = h.headers.get("Range")
         if wanted and h.headers.get("If-Range") not in (None, etag):
@@ -166,19 +204,15 @@ def _download(h, srv, head: bool) -> None:
         h.end_headers()
         if head:
             return
-        _send(h, read, fd, first, last + 1)
+        _send(h, read, file, first, last + 1)
 
 
-def _send(h, read, fd, start: int, end: int) -> None:
+def _send(h, read, file, start: int, end: int) -> None:
     pos = start
-    if fd is not None:          # the kernel copies file to socket
+    if file is not None:        # the kernel copies file to socket (socket.sendfile keeps the idle timeout)
         h.wfile.flush()
-        sock = h.connection.fileno()
-        while pos < end:
-            n = os.sendfile(sock, fd, pos, min(end - pos, 16 * CHUNK))
-            if n == 0:
-                raise Failed("the object became shorter while it was being sent")
-            pos += n
+        if h.connection.sendfile(file, start, end - start) < end - start:
+            raise Failed("the object became shorter while it was being sent")
         return
     while pos < end:
         data = read(pos, min(end - pos, CHUNK))
@@ -207,8 +241,12 @@ def _write(path: str, rec: dict) -> None:
     os.replace(path + ".new", path)
 
 
+_records_lock = threading.Lock()        # marking a record collected vs pruning it
+
+
 def status(agent, oid: str) -> dict:
-    """{"state": "none|in_progress|done|failed", "received", "total", "result" | "error", "updated"}."""
+    """{"state": "none|in_progress|done|failed", "received", "total", "result" | "error", "updated",
+    "collected"?}."""
     try:
         with open(_record_path(agent, oid)) as f:
             return json.load(f)
@@ -216,20 +254,51 @@ def status(agent, oid: str) -> dict:
         return {"state": "none"}
 
 
-def recover(agent) -> None:
-    """At start-up: uploads cut short by the agent's death fail with that reason and leave no file;
-    records long past their URL's expiry are dropped."""
+def collected(agent, oid: str) -> dict:
+    """The management server has settled the upload: its record may go once the parameters expired."""
+    path = _record_path(agent, oid)
+    with _records_lock:
+        rec = status(agent, oid)
+        if rec.get("state") not in ("done", "failed"):
+            return {"collected": False, "state": rec.get("state")}
+        if not rec.get("collected"):
+            rec["collected"] = time.time()
+            _write(path, rec)
+    return {"collected": True, "state": rec["state"]}
+
+
+def _each_record(agent):
     d = _records(agent)
     if not os.path.isdir(d):
         return
     for entry in os.scandir(d):
-        if not entry.name.endswith(".json"):
-            continue
-        try:
-            with open(entry.path) as f:
-                rec = json.load(f)
-        except (OSError, ValueError):
-            continue
+        if entry.name.endswith(".json"):
+            try:
+                with open(entry.path) as f:
+                    yield entry.path, json.load(f)
+            except (OSError, ValueError):
+                continue
+
+
+def prune(agent, now: float | None = None) -> int:
+    """Drop the records nobody needs any more (see the module's docstring); returns how many."""
+    now = time.time() if now is None else now
+    dropped = 0
+    with _records_lock:
+        for path, rec in _each_record(agent):
+            expired = rec.get("expires_at", 0)
+            if rec.get("state") == "in_progress" or expired >= now:
+                continue
+            if rec.get("collected") or (rec.get("state") == "failed" and expired + KEEP_UNCOLLECTED < now):
+                os.unlink(path)
+                dropped += 1
+    return dropped
+
+
+def recover(agent) -> None:
+    """At start-up: uploads cut short by the agent's death fail with that reason and leave no file;
+    then the records nobody needs are pruned."""
+    for path, rec in _each_record(agent):
         if rec.get("state") == "in_progress":
             try:
                 download.cleanup(images.open_pool(rec["pool"], agent.hostname), rec["name"], agent.state_dir("downloads"))
@@ -237,21 +306,24 @@ def recover(agent) -> None:
                 log.warning("upload %s: removing its partial file: %s", rec.get("id"), e)
             rec.update(state="failed", error="the host agent restarted during the upload; upload the file again "
                                              "with new upload parameters")
-            _write(entry.path, rec)
-        elif rec.get("expires_at", 0) + KEEP_RECORDS < time.time():
-            os.unlink(entry.path)
+            _write(path, rec)
+    prune(agent)
 
 
 class _Body:
     """The request body: exactly `length` bytes, read in chunks."""
 
-    def __init__(self, rfile, length: int):
-        self.rfile, self.left, self.read_bytes = rfile, length, 0
+    def __init__(self, rfile, length: int, idle: float | None = None):
+        self.rfile, self.left, self.read_bytes, self.idle = rfile, length, 0, idle
 
     def read(self) -> bytes:
         if self.left <= 0:
             return b""
-        data = self.rfile.read(min(CHUNK, self.left))
+        try:
+            data = self.rfile.read(min(CHUNK, self.left))
+        except TimeoutError:
+            raise Interrupted(f"nothing arrived for {self.idle} s: the upload was abandoned; upload the file again "
+                              "with new upload parameters") from None
         if not data:
             raise Interrupted(f"the upload was cut short after {self.read_bytes} bytes")
         self.left -= len(data)
@@ -321,6 +393,7 @@ def _upload(h, srv) -> None:
     rec = {"id": oid, "state": "in_progress", "received": 0, "total": length, "pool": claims["pool"], "name": name,
            "started": time.time(), "expires_at": signing.parse_expiry(h.headers["X-expires"]).timestamp()}
     os.makedirs(os.path.dirname(rec_path), exist_ok=True)
+    prune(agent)            # long-running agents: the directory holds only records still needed
     try:
         fd = os.open(rec_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -359,7 +432,7 @@ def _receive(h, pool, name, fmt, claims, length, work_dir, rec, rec_path) -> dic
     hasher = hashlib.new(expected[0] if expected else "sha256")
     paths = download.temp_paths(pool, name, work_dir)
     os.makedirs(paths["dir"], exist_ok=True)
-    body = _Body(h.rfile, length)
+    body = _Body(h.rfile, length, h.connection.gettimeout())
     last = [0.0]
     try:
         with open(paths["image"], "wb") as out:

@@ -1,25 +1,29 @@
 """extractTemplate, extractIso, extractVolume: a signed, expiring HTTP URL on a zone host's agent that
 streams the object from its image store (agent/transfer.py).
 
-The URL lives `extract.url.expiration.interval` seconds. A volume on primary storage is first copied to
-a writable image store as a flat qcow2 (as CloudStack does); the URL serves that copy, which the
-cleanup (every `extract.url.cleanup.interval`) deletes once the URL expired. Only HTTP_DOWNLOAD:
-FTP_UPLOAD is refused, as in current CloudStack.
+The URL lives `extract.url.expiration.interval` seconds from its publication. A volume on primary storage
+is first copied to a writable image store as a flat qcow2 (as CloudStack does); the URL serves that copy,
+which the cleanup (every `extract.url.cleanup.interval`) deletes once the URL expired. While the copy is
+made (state Creating) the cleanup leaves it alone unless no extractVolume job of that volume is still
+pending (its management server died); either side loses the race cleanly (lifecycle EXTRACT): a copy the
+cleanup expired is deleted by the job instead of being published. Agents are called outside write
+transactions. Only HTTP_DOWNLOAD: FTP_UPLOAD is refused, as in current CloudStack.
 """
 import logging
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 
 from volstack.db.image_models import ImageStore, ImageTransfer, Template
-from volstack.db.models import utcnow
+from volstack.db.models import AsyncJob, utcnow
 from volstack.db.storage_models import StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel, run_long
-from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceUnavailable
+from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceInUse, ResourceUnavailable
 from volstack.services import events, imagestores, infra, settings as S, templates
 from volstack.services.context import check_access
+from volstack.services.lifecycle import EXTRACT
 from volstack.transfer_signing import parse_expiry
 
 log = logging.getLogger("volstack.extracts")
@@ -41,12 +45,12 @@ def _filename(name: str, path: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('._') or 'image'}.{ext}"
 
 
-def _publish(s, tr: ImageTransfer, store: ImageStore, host, name: str) -> ImageTransfer:
+def _signed(s, tr: ImageTransfer, store: ImageStore, host, name: str) -> dict:
+    """The URL's columns, valid extract.url.expiration.interval seconds from now."""
     seconds = S.Settings.value_in(s, S.EXTRACT_URL_EXPIRATION)
-    tr.url, expires = imagestores.signed_download(host, store, tr.install_path, _filename(name, tr.install_path),
-                                                  seconds)
-    tr.expires, tr.state, tr.host_id = parse_expiry(expires).replace(tzinfo=None), "Ready", host.id
-    return tr
+    url, expires = imagestores.signed_download(host, store, tr.install_path, _filename(name, tr.install_path),
+                                               seconds)
+    return {"url": url, "expires": parse_expiry(expires).replace(tzinfo=None), "host_id": host.id}
 
 
 def extract_template(s, ctx, t: Template, *, mode, zoneid=None) -> ImageTransfer:
@@ -72,8 +76,9 @@ def extract_template(s, ctx, t: Template, *, mode, zoneid=None) -> ImageTransfer
     store = s.get(ImageStore, ref.store_id)
     tr = ImageTransfer(kind="extract", object_type="Iso" if what == "ISO" else "Template", object_id=t.id,
                        object_uuid=t.uuid, account_id=t.account_id, zone_id=store.zone_id, store_id=store.id,
-                       install_path=ref.install_path, mode="HTTP_DOWNLOAD", state="Creating", expires=utcnow())
-    _publish(s, tr, store, imagestores.serving_host(s, store), t.name)
+                       install_path=ref.install_path, mode="HTTP_DOWNLOAD", state="Ready")
+    for k, v in _signed(s, tr, store, imagestores.serving_host(s, store), t.name).items():
+        setattr(tr, k, v)
     s.add(tr)
     s.flush()
     events.record(s, ctx, "ISO.EXTRACT" if what == "ISO" else "TEMPLATE.EXTRACT",
@@ -117,53 +122,76 @@ def extract_volume(s, ctx, vol: Volume, *, mode, zoneid, progress=None) -> Image
     copiers = hosts_in_scope(s, pool)
     if not copiers:
         raise ResourceUnavailable(f"No Up host reaches storage pool {pool.name} to read volume {vol.name}")
-    server = imagestores.serving_host(s, store)
-    seconds = S.Settings.value_in(s, S.EXTRACT_URL_EXPIRATION)
+    server, deleter = imagestores.serving_host(s, store), imagestores.host_for(s, store)
+    # expires: the URL's validity starts at publication; the cleanup does not read it while Creating
     tr = ImageTransfer(kind="extract", object_type="Volume", object_id=vol.id, object_uuid=vol.uuid,
                        account_id=vol.account_id, zone_id=vol.zone_id, store_id=store.id, own_copy=True,
-                       install_path="", mode="HTTP_DOWNLOAD", state="Creating",
-                       expires=utcnow() + timedelta(seconds=seconds))
+                       install_path="", mode="HTTP_DOWNLOAD", state="Creating", expires=utcnow())
     s.add(tr)
     s.flush()
     tr.install_path = f"extract-{tr.uuid}.qcow2"
-    s.commit()          # a crash during the copy leaves a row the cleanup settles once it expires
+    s.commit()          # a crash during the copy leaves a row the cleanup settles once the job is over
     try:
         run_long(channel(copiers[0]), "volume_copy", progress, src_pool=driver_for(pool.provider).spec(pool),
                  src_name=vol.path, src_format=vol.format.lower(), dst_pool=imagestores.spec(store),
                  dst_name=tr.install_path, format="qcow2")
-    except CloudError as exc:
-        tr.state, tr.error, tr.removed = "Expired", exc.text, utcnow()
-        s.commit()
+    except CloudError as exc:       # the cleanup deletes whatever the copy left on the store
+        try:
+            EXTRACT.fire(s, tr, "Expire", error=exc.text)
+            s.commit()
+        except ResourceInUse:       # it expired the row meanwhile
+            s.rollback()
         raise
-    _publish(s, tr, store, server, vol.name)
+    try:
+        EXTRACT.fire(s, tr, "Publish", **_signed(s, tr, store, server, vol.name))
+    except ResourceInUse:
+        # The cleanup took the job for dead and expired the row: the copy is nobody's, so it goes now.
+        name, path, spec, ch, where = vol.name, tr.install_path, imagestores.spec(store), channel(deleter), store.name
+        s.rollback()            # before the agent call: no write transaction held meanwhile
+        try:
+            ch.call("volume_delete", pool=spec, name=path)
+        except CloudError as exc:
+            log.warning("extract copy %s of volume %s: %s; remove it from image store %s", path, name, exc.text,
+                        where)
+        raise ResourceInUse(f"The extraction of volume {name} was cancelled by the extract URL cleanup while its "
+                            "copy was made; extract the volume again") from None
     events.record(s, ctx, "VOLUME.EXTRACT", f"Volume {vol.name} copied to image store {store.name} for extraction; "
                   f"URL valid until {tr.expires:%Y-%m-%d %H:%M:%S} UTC", resource_type="Volume", resource_uuid=vol.uuid)
     return tr
 
 
+def _copy_in_progress(s, tr: ImageTransfer) -> bool:
+    """An extractVolume job of the volume is still pending (queued, running, or to be retried)."""
+    return s.scalar(select(AsyncJob.id).where(AsyncJob.cmd == "extractVolume", AsyncJob.status == 0,
+                                              AsyncJob.instance_uuid == tr.object_uuid).limit(1)) is not None
+
+
 def cleanup(db, now: datetime | None = None) -> int:
-    """Expired extract URLs: their own store copies are deleted (retried next time if the store cannot be
-    reached). Returns how many were settled."""
+    """Expired extract URLs, and copies whose extractVolume job died: marked Expired (committed), then their
+    own store copies are deleted (retried next time if the store cannot be reached), then they are removed.
+    Returns how many were removed."""
     now = now or utcnow()
     with db.session(readonly=True) as s:
-        ids = list(s.scalars(select(ImageTransfer.id).where(ImageTransfer.kind == "extract",
-                                                            ImageTransfer.removed.is_(None),
-                                                            ImageTransfer.expires <= now)))
+        ids = list(s.scalars(select(ImageTransfer.id).where(
+            ImageTransfer.kind == "extract", ImageTransfer.removed.is_(None),
+            or_(ImageTransfer.state.in_(("Creating", "Expired")), ImageTransfer.expires <= now))))
     done = 0
     for tid in ids:
-        with db.session() as s:
-            tr = s.get(ImageTransfer, tid)
-            store = s.get(ImageStore, tr.store_id)
-            if tr.own_copy and store is not None and store.removed is None:
-                try:
-                    channel(imagestores.host_for(s, store)).call("volume_delete", pool=imagestores.spec(store),
-                                                                 name=tr.install_path)
-                except CloudError as exc:
-                    log.warning("extract copy %s on image store %s: %s (will retry)", tr.install_path, store.name,
-                                exc.text)
+        try:
+            with db.session() as s:
+                tr = s.get(ImageTransfer, tid)
+                if (tr.state == "Creating" and _copy_in_progress(s, tr)) or (tr.state == "Ready" and tr.expires > now):
                     continue
-            tr.state, tr.removed = "Expired", utcnow()
-            done += 1
+                if tr.state != "Expired":
+                    EXTRACT.fire(s, tr, "Expire")
+        except ResourceInUse:           # moved meanwhile (published, or another server's cleanup)
+            continue
+        if tr.own_copy and not imagestores.delete_object(db, tr.store_id, tr.install_path, f"extract URL {tr.uuid}"):
+            continue
+        with db.session() as s:
+            s.execute(update(ImageTransfer).where(ImageTransfer.id == tid, ImageTransfer.state == "Expired",
+                                                  ImageTransfer.removed.is_(None)).values(removed=utcnow()))
+        done += 1
     return done
 
 

@@ -63,6 +63,27 @@ def host_for(s, store: ImageStore) -> Host:
     return hosts[0]
 
 
+def delete_object(db, store_id: int, name: str, what: str) -> bool:
+    """Delete object `name` from a store with no transaction open during the agent call (the caller has
+    committed its claim on the row first). True when it is gone, or its store is; False, logged, to retry."""
+    with db.session(readonly=True) as s:
+        store = s.get(ImageStore, store_id)
+        if store is None or store.removed is not None:
+            return True
+        label = store.name
+        try:
+            host, where = host_for(s, store), spec(store)
+        except CloudError as exc:
+            log.warning("%s: removing %s from image store %s: %s (will retry)", what, name, label, exc.text)
+            return False
+    try:
+        channel(host).call("volume_delete", pool=where, name=name)
+    except CloudError as exc:
+        log.warning("%s: removing %s from image store %s: %s (will retry)", what, name, label, exc.text)
+        return False
+    return True
+
+
 def serving_host(s, store: ImageStore) -> Host:
     """The host agent that serves the store's objects over HTTP (extract URLs, browser uploads)."""
     hosts = [h for h in hosts_for(s, store.zone_id) if h.hypervisor == "KVM" and h.url and h.credential]

@@ -136,3 +136,12 @@ VM_SNAPSHOT = Lifecycle("VM snapshot", "state", {
     "Hidden": {"ExpungeRequested": "Expunging"},
     "Removed": {},
 })
+
+# Extract URLs (services/extracts.py). A volume's URL is Creating while its store copy is made and is
+# published (Ready) only if the cleanup has not expired it meanwhile; Expired rows whose `removed` is unset
+# still have a store copy to delete.
+EXTRACT = Lifecycle("extract URL", "state", {
+    "Creating": {"Publish": "Ready", "Expire": "Expired"},
+    "Ready": {"Expire": "Expired"},
+    "Expired": {},
+})

@@ -9,13 +9,16 @@ The management server learns that outcome by polling (`monitor`, every `upload.m
 seconds, as CloudStack's upload monitor does): agents never call the management server. Volume:
 NotUploaded → UploadInProgress → Uploaded (or UploadError with the agent's reason); NotUploaded past
 the expiry with no upload started → UploadAbandoned; an upload that stopped reporting for the timeout
-→ UploadError. A template or ISO becomes Ready on its store.
+→ UploadError. A template or ISO becomes Ready on its store. Once settled (committed), the agent is told
+(`upload_collected`) so that it may prune the record. A file uploaded for an object deleted meanwhile
+makes the transfer Orphaned; the file is removed from the store after the commit (retried each pass
+until it is gone): agents are never called inside a write transaction.
 """
 import logging
 import time
 from datetime import timezone
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from volstack.db.image_models import ImageStore, ImageTransfer, Template, TemplateStoreRef
 from volstack.db.models import Host, utcnow
@@ -29,6 +32,7 @@ from volstack.transfer_signing import parse_expiry
 log = logging.getLogger("volstack.uploads")
 GIB = 1024 ** 3
 OPEN = ("NotUploaded", "UploadInProgress")      # transfers the monitor still asks about
+ORPHANED = "Orphaned"           # uploaded for an object deleted meanwhile; removed once its file is gone
 
 
 def _params(s, store: ImageStore, obj, object_type: str, path: str, fmt: str, checksum, limit: S.ConfigKey):
@@ -72,12 +76,15 @@ def template_params(s, ctx, *, is_iso: bool, zoneid, **register_args):
 def monitor(db, ctx, now: float | None = None) -> int:
     """Ask the agents how the open uploads went and settle them; returns how many changed."""
     with db.session(readonly=True) as s:
-        open_ = [(tr.id, tr.host_id, tr.object_uuid) for tr in s.scalars(
+        open_ = [(tr.id, tr.host_id, tr.object_uuid, tr.state) for tr in s.scalars(
             select(ImageTransfer).where(ImageTransfer.kind == "upload", ImageTransfer.removed.is_(None),
-                                        ImageTransfer.state.in_(OPEN)))]
-        hosts = {h.id: h for h in s.scalars(select(Host).where(Host.id.in_({h for _, h, _ in open_})))}
+                                        ImageTransfer.state.in_((*OPEN, ORPHANED))))]
+        hosts = {h.id: h for h in s.scalars(select(Host).where(Host.id.in_({r[1] for r in open_})))}
     changed = 0
-    for tid, host_id, uuid in open_:
+    for tid, host_id, uuid, state in open_:
+        if state == ORPHANED:           # its file could not be removed last time
+            _remove_orphan(db, tid)
+            continue
         asked = time.time() if now is None else now
         host = hosts.get(host_id)
         try:
@@ -87,9 +94,22 @@ def monitor(db, ctx, now: float | None = None) -> int:
             continue
         try:
             with db.session() as s:
-                changed += settle(s, ctx, s.get(ImageTransfer, tid), st, asked)
+                tr = s.get(ImageTransfer, tid)
+                moved = settle(s, ctx, tr, st, asked)
+                outcome = tr.state
         except CloudError as exc:           # e.g. moved concurrently by another server: the next pass sees it
             log.warning("upload %s: %s", uuid, exc.text)
+            continue
+        changed += moved
+        if not moved or outcome in OPEN:
+            continue
+        if outcome == ORPHANED:
+            _remove_orphan(db, tid)
+        if st.get("state") in ("done", "failed"):
+            try:
+                channel(host).call("upload_collected", id=uuid)
+            except CloudError as exc:       # the agent keeps the record; nothing is lost
+                log.warning("upload %s: telling host %s it was collected: %s", uuid, host.name, exc.text)
     return changed
 
 
@@ -118,7 +138,8 @@ def settle(s, ctx, tr: ImageTransfer, st: dict, asked: float) -> bool:
         return False
     apply = _volume if tr.object_type == "Volume" else _template
     if not apply(s, ctx, tr, outcome, error, st) and outcome == "Uploaded":
-        _remove_orphan(s, tr)           # e.g. a template deleted while its file was on the way
+        tr.state, tr.error = ORPHANED, None     # e.g. a template deleted while its file was on the way
+        return True
     tr.state, tr.error = outcome, error
     if outcome != "UploadInProgress":
         tr.removed = utcnow()
@@ -132,14 +153,14 @@ def _progress(s, tr, st) -> None:
             ref.download_pct = min(99, int(100 * st.get("received", 0) / st["total"]))
 
 
-def _remove_orphan(s, tr) -> None:
-    store = s.get(ImageStore, tr.store_id)
-    try:
-        channel(imagestores.host_for(s, store)).call("volume_delete", pool=imagestores.spec(store),
-                                                     name=tr.install_path)
-    except CloudError as exc:
-        log.warning("upload %s: its object is gone; removing %s from image store %s failed: %s", tr.object_uuid,
-                    tr.install_path, store.name, exc.text)
+def _remove_orphan(db, tid: int) -> None:
+    """Remove the file of an Orphaned transfer from its store, then the transfer."""
+    with db.session(readonly=True) as s:
+        tr = s.get(ImageTransfer, tid)
+    if imagestores.delete_object(db, tr.store_id, tr.install_path, f"upload {tr.object_uuid} (its object is gone)"):
+        with db.session() as s:
+            s.execute(update(ImageTransfer).where(ImageTransfer.id == tid, ImageTransfer.state == ORPHANED,
+                                                  ImageTransfer.removed.is_(None)).values(removed=utcnow()))
 
 
 def _volume(s, ctx, tr, outcome, error, st) -> bool:
