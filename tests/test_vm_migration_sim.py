@@ -77,6 +77,25 @@ def test_moving_a_volume_onto_local_storage_of_the_destination_is_refused(two):
     assert api.listVolumes(id=root["id"])["volume"][0]["storageid"] == two["shared"]["id"]
 
 
+def test_a_stopped_vm_moves_no_volume_when_one_of_them_is_refused(two):
+    api, vm = two["api"], two["vm"]
+    tiny = api.createStoragePool(name="tiny", url="nfs://10.0.0.9/tiny", zoneid=two["zone"]["id"],
+                                 scope="zone", hypervisor="Simulator", capacitybytes=2 ** 20)["storagepool"]
+    data = api.createVolume(name="d", zoneid=two["zone"]["id"], diskofferingid=two["local_do"]["id"])["volume"]
+    data = api.attachVolume(id=data["id"], virtualmachineid=vm["id"])["volume"]
+    root = api.listVolumes(virtualmachineid=vm["id"], type="ROOT")["volume"][0]
+    api.stopVirtualMachine(id=vm["id"])
+    with pytest.raises(CloudStackApiException) as e:     # the root could move; the data disk cannot fit
+        api.migrateVirtualMachineWithVolume(virtualmachineid=vm["id"], **{
+            "migrateto[0].volume": root["id"], "migrateto[0].pool": two["local"]["id"],
+            "migrateto[1].volume": data["id"], "migrateto[1].pool": tiny["id"]})
+    assert e.value.error["errorcode"] == 533 and "tiny" in e.value.error["errortext"]
+    for vol, pool in ((root, two["shared"]), (data, two["local"])):
+        now = api.listVolumes(id=vol["id"])["volume"][0]
+        assert (now["storageid"], now["state"]) == (pool["id"], "Ready"), "nothing moved"
+    assert api.startVirtualMachine(id=vm["id"])["virtualmachine"]["state"] == "Running"
+
+
 def test_a_failed_migration_leaves_the_vm_running_on_its_source_with_the_reason(two):
     api, vm, hosts = two["api"], two["vm"], two["hosts"]
     from volstack.drivers.hosts import SimulatedHost

@@ -416,6 +416,8 @@ def migrate(s, ctx, vm, *, hostid=None, storageid=None, volume_map=None, progres
         if vol is None:
             raise InvalidParameter(f"Volume {vol_uuid} is not attached to VM {vm.name}")
         moves.append((vol, get_pool(s, pool_uuid)))
+    for vol, pool in moves:          # refuse before the first volume moves, not after
+        volume_migration.check(s, vol, pool, livemigrate=vm.state == "Running")
     for vol, pool in moves:
         volume_migration.migrate(s, ctx, vol, pool, livemigrate=vm.state == "Running", progress=progress)
     if target_host is not None and vm.state == "Stopped":

@@ -49,18 +49,24 @@ def migration_problem(s, vol: Volume, pool: StoragePool) -> str | None:
     return None
 
 
-def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=None) -> Volume:
+def check(s, vol: Volume, pool: StoragePool, livemigrate=False) -> None:
+    """Every reason to refuse moving vol to pool, before anything moves (a VM's volumes are all checked first)."""
     if vol.state != "Ready":
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be migrated")
     vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
     check_operation(s, "migrate", vm, vol)
-    running = vm is not None and vm.state == "Running"
-    if running and not livemigrate:
+    if vm is not None and vm.state == "Running" and not livemigrate:
         raise InvalidParameter(f"Volume {vol.name} is attached to running VM {vm.name}: pass livemigrate=true to "
                                "move it while the guest runs, or stop the VM")
     problem = migration_problem(s, vol, pool)
     if problem:
         raise InsufficientCapacity(f"Cannot migrate volume {vol.name} to storage pool {pool.name}: {problem}")
+
+
+def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=None) -> Volume:
+    check(s, vol, pool, livemigrate)
+    vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
+    running = vm is not None and vm.state == "Running"
     src = s.get(StoragePool, vol.pool_id)
     from volstack.drivers.default import serial_of
     from volstack.drivers.hosts import run_long
@@ -108,6 +114,7 @@ def _moved(s, ctx, vol: Volume, src: StoragePool, pool: StoragePool, new_path: s
                       f"removed: {why}", level="WARN", resource_type="Volume", resource_uuid=vol.uuid)
     VOLUME.fire(s, vol, "OperationSucceeded", pool_id=pool.id, last_pool_id=src.id, path=new_path, error=None,
                 format=fmt.upper(), details=_without_marker(vol))
+    s.commit()          # the old copy is gone: what follows in this job (a VM's next volume) must not undo this
 
 
 def pools_for_migration(s, ctx, vol: Volume):
