@@ -4,7 +4,7 @@ import pytest
 
 from agentproc import AgentProcess
 from guest import GuestConsole
-from support import client
+from support import add_datacenter, client
 from test_isos import iso_bytes, register_iso  # noqa: F401
 from test_templates import allow_loopback, web  # noqa: F401
 
@@ -25,12 +25,9 @@ def test_boot_from_an_iso_change_the_cd_live_and_migrate_with_it(server, tmp_pat
     agents = [AgentProcess(tmp_path / f"agent{i}", name=f"kvm{i}").start() for i in (1, 2)]
     try:
         api = client(server)
-        zone = api.createZone(name="iz", networktype="Advanced")["zone"]
-        pod = api.createPod(name="ip", zoneid=zone["id"])["pod"]
-        cl = api.addCluster(clustername="ic", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
-                            clustertype="CloudManaged")["cluster"][0]
-        hosts = [api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM", url=a.url,
-                             username="root", password=a.token)["host"][0] for a in agents]
+        dc = add_datacenter(api, "iz", "ip", "ic", agents)
+        zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
+        hosts = dc["hosts"]
         for d in ("store", "shared"):
             (tmp_path / d).mkdir()
         api.addImageStore(name="store", provider="Filesystem", url=f"file://{tmp_path / 'store'}", zoneid=zone["id"])

@@ -9,7 +9,7 @@ import pytest
 
 from agentproc import AgentProcess, wait_until
 from guest import GuestConsole, GuestError, guest_image_dir, pattern_bytes, pattern_sha256
-from support import client
+from support import add_datacenter, client
 from test_storage_real import serial
 
 MIB = 2 ** 20
@@ -20,12 +20,8 @@ pytestmark = pytest.mark.slow
 def kvm(server, tmp_path):
     agent = AgentProcess(tmp_path / "agent", name="kvm1").start()
     api = client(server)
-    zone = api.createZone(name="sz", networktype="Advanced")["zone"]
-    pod = api.createPod(name="sp", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="sc", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
-                        clustertype="CloudManaged")["cluster"][0]
-    host = api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM", url=agent.url,
-                       username="root", password=agent.token)["host"][0]
+    dc = add_datacenter(api, "sz", "sp", "sc", [agent])
+    zone, host = dc["zone"], dc["host"]
     for d in ("local", "store"):
         (tmp_path / d).mkdir()
     api.createStoragePool(name="local", url=f"file://localhost{tmp_path / 'local'}", zoneid=zone["id"], scope="host",

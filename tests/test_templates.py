@@ -8,19 +8,16 @@ import pytest
 from cs import CloudStackApiException
 
 from agentproc import AgentProcess
-from support import client
+from support import add_datacenter, client
 
 
 @pytest.fixture
 def cloud(server, tmp_path):
     agent = AgentProcess(tmp_path / "agent", hypervisor="simulator", name="kvm1").start()
     api = client(server)
-    zone = api.createZone(name="tz", networktype="Advanced")["zone"]
-    pod = api.createPod(name="tp", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="tc", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
-                        clustertype="CloudManaged")["cluster"][0]
-    host = api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM", url=agent.url,
-                       username="root", password=agent.token)["host"][0]
+    dc = add_datacenter(api, "tz", "tp", "tc", [agent])
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
+    host = dc["host"]
     (tmp_path / "store").mkdir()
     (tmp_path / "primary").mkdir()
     pool = api.createStoragePool(name="primary", url=f"SharedMountPoint://localhost{tmp_path / 'primary'}",

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from agentproc import AgentProcess
-from support import client
+from support import add_datacenter, client
 from test_templates import allow_loopback, qemu_bytes, qemu_io, wait, wait_template
 
 pytestmark = pytest.mark.slow
@@ -32,12 +32,8 @@ def nfs_cloud(server, tmp_path, nfs_server):
         return nfs_server.add_export(pseudo, path), path
     agent = AgentProcess(tmp_path / "agent", hypervisor="simulator", name="kvm1").start()
     api = client(server)
-    zone = api.createZone(name="nz", networktype="Advanced")["zone"]
-    pod = api.createPod(name="np", zoneid=zone["id"])["pod"]
-    cl = api.addCluster(clustername="nc", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
-                        clustertype="CloudManaged")["cluster"][0]
-    api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM", url=agent.url,
-                username="root", password=agent.token)
+    dc = add_datacenter(api, "nz", "np", "nc", [agent])
+    zone, pod, cl = dc["zone"], dc["pod"], dc["cluster"]
     store_url, store_dir = export("store")
     pool_url, pool_dir = export("pool")
     store = api.addImageStore(name="nfs-store", provider="NFS", url=store_url, zoneid=zone["id"])["imagestore"]
