@@ -17,7 +17,7 @@ from volstack.errors import CloudError, InvalidParameter, ResourceInUse, Resourc
 from volstack.services import configs, events, infra, lookup
 from volstack.services.catalog import register_storage_provider
 from volstack.services.context import require_root_admin
-from volstack.services.listing import ListQuery, keyword_filter, paginate
+from volstack.services.listing import ListQuery, identity_filter, keyword_filter, paginate
 
 log = logging.getLogger("volstack.imagestores")
 lookup.register_entity("ImageStore", ImageStore)
@@ -145,10 +145,7 @@ def _set_stats(store, stats: dict) -> None:
 def list_stores(s, ctx, q: ListQuery, **f):
     require_root_admin(ctx)
     stmt = select(ImageStore).where(ImageStore.removed.is_(None)).order_by(ImageStore.id)
-    if f.get("id"):
-        stmt = stmt.where(ImageStore.uuid == f["id"])
-    if f.get("name"):
-        stmt = stmt.where(ImageStore.name == f["name"])
+    stmt = stmt.where(*identity_filter(ImageStore, f))
     if f.get("protocol"):
         stmt = stmt.where(func.lower(ImageStore.protocol) == f["protocol"].lower())
     if f.get("provider"):

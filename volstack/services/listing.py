@@ -31,3 +31,16 @@ def keyword_filter(q: ListQuery, *columns):
     from sqlalchemy import or_
     like = f"%{q.keyword}%"
     return [or_(*[c.ilike(like) for c in columns])]
+
+
+
+def identity_filter(model, f: dict) -> list:
+    """The id / ids / name filters every list command of a uuid-and-name object takes."""
+    conds = []
+    if f.get("id"):
+        conds.append(model.uuid == f["id"])
+    if f.get("ids"):
+        conds.append(model.uuid.in_(f["ids"]))
+    if f.get("name"):
+        conds.append(model.name == f["name"])
+    return conds

@@ -32,7 +32,7 @@ from volstack.services import templates  # noqa: F401  (registers the secondary-
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import SNAPSHOT, VOLUME
-from volstack.services.listing import ListQuery, keyword_filter, paginate
+from volstack.services.listing import ListQuery, identity_filter, keyword_filter, paginate
 
 lookup.register_entity("Snapshot", Snapshot)
 accounts.register_usage_counter("snapshot", lambda s, acc: s.scalar(
@@ -359,12 +359,7 @@ def list_snapshots(s, ctx, q: ListQuery, **f):
     stmt = select(Snapshot).where(Snapshot.removed.is_(None), Snapshot.state.in_(VISIBLE),
                                   *owner_filter(s, ctx, Snapshot, listall=q.listall, isrecursive=q.isrecursive,
                                                 account=q.account, domain_uuid=q.domainid)).order_by(Snapshot.id)
-    if f.get("id"):
-        stmt = stmt.where(Snapshot.uuid == f["id"])
-    if f.get("ids"):
-        stmt = stmt.where(Snapshot.uuid.in_(f["ids"]))
-    if f.get("name"):
-        stmt = stmt.where(Snapshot.name == f["name"])
+    stmt = stmt.where(*identity_filter(Snapshot, f))
     if f.get("volumeid"):
         stmt = stmt.where(Snapshot.volume_id == s.scalar(select(Volume.id).where(Volume.uuid == f["volumeid"])))
     if f.get("zoneid"):

@@ -22,7 +22,7 @@ from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceInUse, ResourceUnavailable
 from volstack.services import accounts, catalog, events, imagestores, infra, lookup, settings as S
 from volstack.services.context import check_access, owner_filter
-from volstack.services.listing import ListQuery, keyword_filter, paginate
+from volstack.services.listing import ListQuery, identity_filter, keyword_filter, paginate
 
 log = logging.getLogger("volstack.templates")
 lookup.register_entity("Template", Template)
@@ -357,12 +357,7 @@ def list_templates(s, ctx, q: ListQuery, *, is_iso: bool, templatefilter="execut
         if not ctx.is_root_admin:
             stmt = stmt.where(or_(Template.is_public.is_(True), *owner_filter(s, ctx, Template, listall=True,
                                                                               isrecursive=True)))
-    if f.get("id"):
-        stmt = stmt.where(Template.uuid == f["id"])
-    if f.get("ids"):
-        stmt = stmt.where(Template.uuid.in_(f["ids"]))
-    if f.get("name"):
-        stmt = stmt.where(Template.name == f["name"])
+    stmt = stmt.where(*identity_filter(Template, f))
     if f.get("hypervisor"):
         stmt = stmt.where(func.lower(Template.hypervisor) == f["hypervisor"].lower())
     if f.get("templatetype"):

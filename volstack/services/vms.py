@@ -12,7 +12,7 @@ from volstack.services import events, infra, lookup, offerings, volume_migration
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import VM, VOLUME
-from volstack.services.listing import ListQuery, keyword_filter, paginate
+from volstack.services.listing import ListQuery, identity_filter, keyword_filter, paginate
 
 lookup.register_entity("VirtualMachine", VirtualMachine)
 GIB = 1024 ** 3
@@ -286,12 +286,7 @@ def list_vms(s, ctx, q: ListQuery, **f):
     stmt = select(VirtualMachine).where(VirtualMachine.removed.is_(None),
                                         *owner_filter(s, ctx, VirtualMachine, listall=q.listall, isrecursive=q.isrecursive,
                                                       account=q.account, domain_uuid=q.domainid)).order_by(VirtualMachine.id)
-    if f.get("id"):
-        stmt = stmt.where(VirtualMachine.uuid == f["id"])
-    if f.get("ids"):
-        stmt = stmt.where(VirtualMachine.uuid.in_(f["ids"]))
-    if f.get("name"):
-        stmt = stmt.where(VirtualMachine.name == f["name"])
+    stmt = stmt.where(*identity_filter(VirtualMachine, f))
     if f.get("state"):
         stmt = stmt.where(func.lower(VirtualMachine.state) == f["state"].lower())
     if f.get("zoneid"):

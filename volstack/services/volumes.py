@@ -14,7 +14,7 @@ from volstack.services import accounts, allocator, events, infra, lookup, offeri
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import VOLUME
-from volstack.services.listing import ListQuery, keyword_filter, paginate
+from volstack.services.listing import ListQuery, identity_filter, keyword_filter, paginate
 
 lookup.register_entity("Volume", Volume)
 GIB = 1024 ** 3
@@ -103,12 +103,7 @@ def list_volumes(s, ctx, q: ListQuery, **f):
                                               account=q.account, domain_uuid=q.domainid)).order_by(Volume.id)
     if not ctx.is_admin:
         stmt = stmt.where(Volume.state != "Destroy") if not S.Settings.value_in(s, S.ALLOW_USER_EXPUNGE) else stmt
-    if f.get("id"):
-        stmt = stmt.where(Volume.uuid == f["id"])
-    if f.get("ids"):
-        stmt = stmt.where(Volume.uuid.in_(f["ids"]))
-    if f.get("name"):
-        stmt = stmt.where(Volume.name == f["name"])
+    stmt = stmt.where(*identity_filter(Volume, f))
     if f.get("type"):
         stmt = stmt.where(func.upper(Volume.volume_type) == f["type"].upper())
     if f.get("state"):
