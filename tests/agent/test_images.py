@@ -233,5 +233,11 @@ def test_cancel_a_running_copy_and_not_a_finished_one(sim_agent, pool, pool2):
     assert c.call("task_cancel", task=done)["state"] == "done"
     assert c.call("task_cancel", command="volume_copy", match={"dst_pool": pool2["uuid"], "dst_name": "other"}) == \
         {"task": None, "state": "unknown"}
-    with pytest.raises(errors.NotFound, match="no task"):
-        c.call("task_cancel", task="no-such-task")
+    assert c.call("task_cancel", task="no-such-task") == {"task": "no-such-task", "state": "unknown"}
+    # the caller may name a task (to cancel it by id without having heard back), once
+    named = c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="again",
+                         format="raw", _task="copy-1")
+    assert named == "copy-1" and c.wait_task(named)["path"] == "again"
+    with pytest.raises(errors.InvalidParameter, match="task copy-1 already exists"):
+        c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="more", format="raw",
+                     _task="copy-1")

@@ -3,15 +3,16 @@
 Protocol 1 (JSON bodies, `Authorization: Bearer <token>` on every request):
 
     GET  /v1/hello          {"protocol", "hostname", "hypervisor", "version", "capabilities"}
-    POST /v1/command        {"id", "cmd", "args", "async"?} -> {"ok": true, "result"}
+    POST /v1/command        {"id", "cmd", "args", "async"?, "task"?} -> {"ok": true, "result"}
                             or 4xx/5xx {"ok": false, "error", "kind"}
     GET  /v1/tasks/<id>     {"state": "running|done|failed", "progress", "result" | "error", "kind"}
 
+An async command runs as a task whose id is "task" when the caller names it (a new one), else a fresh uuid.
 The `task_cancel` command (handled here, not by the Agent: tasks are the server's) stops a running task named
 by `task` (its id) or by what it works on (`command` and `match`, e.g. {"dst_pool": pool uuid, "dst_name": name}
 for a volume_copy: the latest such task): the task's subprocesses are killed, its partial output removed, and
 it fails with "cancelled: <reason>". A task that has already ended is left as it is; the answer is the task's
-state either way (`{"task", "state", ...}`, "state": "unknown" when no task matches), so a caller learns
+state either way (`{"task", "state", ...}`, "state": "unknown" when there is no such task), so a caller learns
 whether the work was completed (and can be adopted) or not.
 
 Under /transfer/ (agent/transfer.py) a signed URL replaces the token: extract downloads, browser uploads.
@@ -193,9 +194,13 @@ class _Handler(BaseHTTPRequestHandler):
                 raise InvalidArgument("id must be a request id string (a uuid)")
             if not isinstance(cmd, str) or not isinstance(args, dict):
                 raise InvalidArgument("cmd must be a command name and args an object")
+            task = req.get("task")
+            if task is not None and (not isinstance(task, str) or not 0 < len(task) <= 100):
+                raise InvalidArgument("task must be a task id string (a uuid)")
         except AgentError as e:
             return self._fail(e)
-        self._send(*self.server.agent_server.execute(rid, cmd, args, bool(req.get("async") or args.get("async"))))
+        self._send(*self.server.agent_server.execute(rid, cmd, args, bool(req.get("async") or args.get("async")),
+                                                     task))
 
 
 class AgentServer:
@@ -241,7 +246,7 @@ class AgentServer:
             else:
                 self.store.finish(task_id, error=Failed("agent restarted"))
 
-    def execute(self, rid: str, cmd: str, args: dict, is_async: bool) -> tuple[int, dict]:
+    def execute(self, rid: str, cmd: str, args: dict, is_async: bool, task_id: str | None = None) -> tuple[int, dict]:
         while True:
             stored = self.store.outcome(rid)
             if stored is not None:
@@ -255,13 +260,19 @@ class AgentServer:
         try:
             args = {k: v for k, v in args.items() if k != "async"}
             if is_async:
-                task_id = str(uuid.uuid4())
                 with self._guard:
-                    self._controls[task_id] = tasks.Control()
-                self.store.add_task(task_id, cmd, args)
-                threading.Thread(target=self._task, args=(task_id, cmd, args), name=f"task-{cmd}",
-                                 daemon=True).start()
-                outcome = 200, {"ok": True, "result": {"task": task_id}}
+                    taken = task_id is not None and (task_id in self._controls or self.store.task(task_id))
+                    if not taken:
+                        task_id = task_id or str(uuid.uuid4())
+                        self._controls[task_id] = tasks.Control()
+                        self.store.add_task(task_id, cmd, args)
+                if taken:
+                    err = InvalidArgument(f"task {task_id} already exists on this agent: name a new task")
+                    outcome = err.status, {"ok": False, "error": err.text, "kind": err.kind}
+                else:
+                    threading.Thread(target=self._task, args=(task_id, cmd, args), name=f"task-{cmd}",
+                                     daemon=True).start()
+                    outcome = 200, {"ok": True, "result": {"task": task_id}}
             else:
                 outcome = self._run(cmd, args)
             self.store.remember(rid, *outcome)
@@ -321,7 +332,4 @@ class AgentServer:
             # the task's thread removes its partial output before it ends; a task without a registered
             # subprocess cannot be stopped and is still "running" in the answer
             control.ended.wait(arg(args, "timeout", (int, float), 20))
-        task = self.store.task(task_id)
-        if task is None:
-            raise NotFound(f"no task {task_id} on this agent")
-        return {"task": task_id, **task}
+        return {"task": task_id, **(self.store.task(task_id) or {"state": "unknown"})}
