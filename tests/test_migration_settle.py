@@ -33,9 +33,13 @@ def _detached_volume(c):
     return vol, pool2
 
 
-def _recorded_task(server, vol_uuid):
+def _details(server, vol_uuid):
     with server.db.session(readonly=True) as s:
-        return s.scalar(select(Volume).where(Volume.uuid == vol_uuid)).details["migrating_to"]["task"]
+        return s.scalar(select(Volume).where(Volume.uuid == vol_uuid)).details or {}
+
+
+def _recorded_task(server, vol_uuid):
+    return _details(server, vol_uuid)["migrating_to"]["task"]
 
 
 def _recovered(api):
@@ -79,3 +83,8 @@ def test_an_interrupted_cold_copy_is_cancelled_or_adopted(cloud):
     after = api.listVolumes(id=vol["id"])["volume"][0]
     assert (after["state"], after["storageid"]) == ("Ready", pool2["id"]) and dst.exists()
     assert "no host had a copy of it under way" in after["status"]
+
+    # 4. a migration that runs to its end (its copy a task named by the server) leaves no marker behind
+    moved = api.migrateVolume(volumeid=vol["id"], storageid=cloud["pool"]["id"])["volume"]
+    assert moved["storageid"] == cloud["pool"]["id"] and src.exists() and not dst.exists()
+    assert "migrating_to" not in _details(server, vol["id"])

@@ -4,8 +4,9 @@ changeServiceForVirtualMachine and changeOfferingForVolume with automigrate).
 A detached volume, or one of a stopped VM, is copied by a host that reaches both pools (qemu-img); a volume
 attached to a running guest moves live through QEMU's mirror on the guest's host (agent/mirror.py), which
 switches the guest to the copy once it is in sync. Either way the old copy is removed afterwards. The volume
-is Migrating (committed) meanwhile, with its destination in details["migrating_to"], so that a job that dies
-with its management server can be settled from what the guest's host reports (`settle`).
+is Migrating (committed) meanwhile, with its destination (and the id of a copy's host task) in
+details["migrating_to"], so that a job that dies with its management server can be settled from what the host
+reports (`settle`): the guest's image for a live move, the copy's task (cancelled or finished) for a cold one.
 """
 import uuid
 
