@@ -1,4 +1,5 @@
-"""Raw signed requests, for tests that need to control every byte the client sends."""
+"""Raw signed requests, for tests that need to control every byte the client sends; job polling; the
+records a migration job leaves when its management server dies."""
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
@@ -41,3 +42,27 @@ def wait_job(ms, jobid, polls=2000):
             return job
         time.sleep(0.01)
     raise AssertionError(f"job {jobid} did not finish")
+
+
+def migration_interrupted(ms, vol_uuid, pool_uuid, path, fmt, live, task=None):
+    """What volume_migration.migrate() commits before the host works: Migrating, with where the volume goes
+    (and the id of the host's task; without it settling finds the task by what it works on)."""
+    from sqlalchemy import select
+
+    from volstack.db.storage_models import Volume
+    with ms.db.session() as s:
+        vol = s.scalar(select(Volume).where(Volume.uuid == vol_uuid))
+        vol.state = "Migrating"
+        vol.details = {**(vol.details or {}), "migrating_to": {"pool": pool_uuid, "path": path, "format": fmt,
+                                                               "live": live, **({"task": task} if task else {})}}
+
+
+def pool_spec(ms, pool_uuid) -> dict:
+    """The pool as the agent's commands take it."""
+    from sqlalchemy import select
+
+    from volstack.db.storage_models import StoragePool
+    from volstack.drivers import driver_for
+    with ms.db.session(readonly=True) as s:
+        pool = s.scalar(select(StoragePool).where(StoragePool.uuid == pool_uuid))
+        return driver_for(pool.provider).spec(pool)

@@ -7,16 +7,13 @@ import subprocess
 
 import pytest
 from cs import CloudStackApiException
-from sqlalchemy import select
 
 from agentproc import wait_until
 from guest import GuestConsole, Qmp, guest_image_dir, pattern_bytes, pattern_sha256
-from helpers import wait_job
+from helpers import migration_interrupted, pool_spec, wait_job
 from support import client
 from test_rbd_pools import create_rbd_pool, kvm, no_secret  # noqa: F401  (kvm is a fixture)
 from test_storage_real import boot, serial
-from volstack.db.storage_models import StoragePool, Volume
-from volstack.drivers import driver_for
 from volstack.services import vms, volumes
 from volstack.services.context import system_context
 
@@ -245,29 +242,14 @@ def test_migrate_vm_with_its_rbd_volume_to_nfs_on_the_other_host_and_back(lab, c
     assert sum("with 1 volume(s)" in d for d in events) == 2
 
 
-def _as_if_the_job_died(server, vol_uuid, pool, path):
-    """What migrate() commits before the host works: Migrating, with where the volume is going."""
-    with server.db.session() as s:
-        vol = s.scalar(select(Volume).where(Volume.uuid == vol_uuid))
-        vol.state = "Migrating"
-        vol.details = {**(vol.details or {}), "migrating_to": {"pool": pool["id"], "path": path, "format": "raw",
-                                                               "live": True}}
-
-
-def _spec(server, pool_uuid):
-    with server.db.session(readonly=True) as s:
-        pool = s.scalar(select(StoragePool).where(StoragePool.uuid == pool_uuid))
-        return driver_for(pool.provider).spec(pool)
-
-
 def test_a_live_move_whose_job_died_is_settled_from_what_the_guest_uses(lab, ceph, server):
     """The management server running a live migrateVolume stops: the mirror it started may switch the guest to
     the copy afterwards. Settling asks the guest's host, so the record follows the image the guest really uses."""
     api, vol, vm, con = lab["api"], lab["vol"], lab["vm"], lab["con"]
     agent = lab["agents"][0].client
     # 1. the mirror switched the guest to NFS after the job died: the volume is recorded there, RBD's image goes
-    _as_if_the_job_died(server, vol["id"], lab["nfs"], vol["path"])
-    agent.call("volume_mirror", vm=vm["id"], serial=serial(vol), dst_pool=_spec(server, lab["nfs"]["id"]),
+    migration_interrupted(server, vol["id"], lab["nfs"]["id"], vol["path"], "raw", live=True)
+    agent.call("volume_mirror", vm=vm["id"], serial=serial(vol), dst_pool=pool_spec(server, lab["nfs"]["id"]),
                dst_name=vol["path"], format="raw")
     volumes.settle_interrupted(server.db, system_context(), vol["id"], "migrateVolume")
     after = api.listVolumes(id=vol["id"])["volume"][0]
@@ -280,8 +262,8 @@ def test_a_live_move_whose_job_died_is_settled_from_what_the_guest_uses(lab, cep
     # 2. a migrateVirtualMachineWithVolume died while the mirror back to RBD was copying: the mirror is stopped,
     #    its copy removed, and the volume stays on NFS, usable
     con.write(serial(vol), seed=3, mib=8, offset_mib=8)
-    _as_if_the_job_died(server, vol["id"], lab["rbd"], vol["path"])
-    task = agent.call_async("volume_mirror", vm=vm["id"], serial=serial(vol), dst_pool=_spec(server, lab["rbd"]["id"]),
+    migration_interrupted(server, vol["id"], lab["rbd"]["id"], vol["path"], "raw", live=True)
+    task = agent.call_async("volume_mirror", vm=vm["id"], serial=serial(vol), dst_pool=pool_spec(server, lab["rbd"]["id"]),
                             dst_name=vol["path"], format="raw", speed=1 << 20)
     wait_until("the mirror to copy", lambda: agent.task(task)["progress"] > 0, timeout=60)
     vms.settle_interrupted(server.db, system_context(), vm["id"], "migrateVirtualMachineWithVolume")

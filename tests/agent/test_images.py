@@ -183,14 +183,61 @@ def test_agent_killed_mid_copy(make_agent, pool, pool2):
     else:                                                   # it finished before the kill: then it says so
         assert after["state"] == "done" and os.listdir(pool2["path"]) == ["dst"]
     assert (os.path.getsize(src), os.path.getmtime(src)) == (size_before, mtime_before)
-    wait_until("no qemu-img left writing", lambda: not any(
-        b"qemu-img" in cmd and pool2["path"].encode() in cmd for cmd in _cmdlines()))
+    wait_until("no qemu-img left writing", lambda: not _copying(pool2["path"]))
 
 
-def _cmdlines():
+def _copying(pool_dir):
+    """PIDs of qemu-img processes writing into pool_dir."""
+    return [int(p) for p, cmd in _proc_cmdlines() if b"qemu-img" in cmd and str(pool_dir).encode() in cmd]
+
+
+def _proc_cmdlines():
     for p in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                yield f.read()
-        except (OSError, NotADirectoryError):
-            pass
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    yield p, f.read()
+            except OSError:
+                pass
+
+
+def test_cancel_a_running_copy_and_not_a_finished_one(sim_agent, pool, pool2):
+    """task_cancel by what the task works on kills the copy's qemu-img, removes the partial destination and
+    fails the task; a finished copy is left alone and the answer says it is done (its result can be adopted)."""
+    c = sim_agent.client
+    with open(os.path.join(pool["path"], "src"), "wb") as f:
+        for i in range(16):
+            f.write(bytes([i + 1]) * MiB)
+    # 1 MiB/s: 16 s unless cancelled
+    task = c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="dst", format="qcow2",
+                        speed=MiB)
+    wait_until("the copy to make progress", lambda: c.task(task)["progress"] > 0)
+    [pid] = _copying(pool2["path"])
+    assert os.listdir(pool2["path"]) == [".dst.part"]
+    out = c.call("task_cancel", command="volume_copy", match={"dst_pool": pool2["uuid"], "dst_name": "dst"},
+                 reason="the migration job died")
+    assert out["task"] == task and out["state"] == "failed"
+    assert out["error"] == "cancelled: the migration job died"
+    assert not os.path.exists(f"/proc/{pid}") and _copying(pool2["path"]) == []
+    assert os.listdir(pool2["path"]) == []
+    assert c.task(task)["state"] == "failed" and c.task(task)["error"].startswith("cancelled:")
+    with pytest.raises(errors.InternalError, match="cancelled"):
+        c.wait_task(task)
+
+    done = c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="dst", format="raw")
+    result = c.wait_task(done)
+    out = c.call("task_cancel", command="volume_copy", match={"dst_pool": pool2["uuid"], "dst_name": "dst"})
+    assert (out["task"], out["state"], out["result"]) == (done, "done", result)
+    assert os.listdir(pool2["path"]) == ["dst"] and sha256(os.path.join(pool2["path"], "dst")) == \
+        sha256(os.path.join(pool["path"], "src"))
+    assert c.call("task_cancel", task=done)["state"] == "done"
+    assert c.call("task_cancel", command="volume_copy", match={"dst_pool": pool2["uuid"], "dst_name": "other"}) == \
+        {"task": None, "state": "unknown"}
+    assert c.call("task_cancel", task="no-such-task") == {"task": "no-such-task", "state": "unknown"}
+    # the caller may name a task (to cancel it by id without having heard back), once
+    named = c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="again",
+                         format="raw", _task="copy-1")
+    assert named == "copy-1" and c.wait_task(named)["path"] == "again"
+    with pytest.raises(errors.InvalidParameter, match="task copy-1 already exists"):
+        c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="more", format="raw",
+                     _task="copy-1")

@@ -75,10 +75,11 @@ class AgentClient:
         reply = self._send("POST", "/v1/command", {"id": str(uuid.uuid4()), "cmd": cmd, "args": args}, _timeout)
         return reply["result"]
 
-    def call_async(self, cmd: str, **args) -> str:
-        """Start a command as a task on the agent; returns the task id for wait_task / task."""
+    def call_async(self, cmd: str, _task: str | None = None, **args) -> str:
+        """Start a command as a task on the agent; returns the task id for wait_task / task. _task: the id to
+        give the task (the caller records it first, so it can cancel the task without having heard back)."""
         reply = self._send("POST", "/v1/command", {"id": str(uuid.uuid4()), "cmd": cmd, "args": args,
-                                                   "async": True})
+                                                   "async": True, **({"task": _task} if _task else {})})
         return reply["result"]["task"]
 
     def task(self, task_id: str) -> dict:

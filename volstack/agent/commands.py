@@ -146,7 +146,7 @@ class Agent:
         src_name, dst_name = images.check_name(arg(args, "src_name")), images.check_name(arg(args, "dst_name"))
         with self.hold(src, src_name, "being copied", shared=True), self.hold(dst, dst_name, "being copied to"):
             return images.copy(src, src_name, dst, dst_name, arg(args, "format"), progress,
-                               arg(args, "src_format", str, None))
+                               arg(args, "src_format", str, None), speed=arg(args, "speed", int, 0))
 
     def cmd_volume_mirror(self, args, progress):
         dst, dst_name = self.pool(args, "dst_pool"), images.check_name(arg(args, "dst_name"))

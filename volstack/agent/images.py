@@ -22,7 +22,7 @@ import subprocess
 from contextlib import ExitStack, contextmanager
 from urllib.parse import quote
 
-from volstack.agent import nfs3
+from volstack.agent import nfs3, tasks
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound, Unavailable
 
 FORMATS = ("qcow2", "raw")
@@ -384,9 +384,10 @@ _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
 def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=None,
-         src_format: str | None = None, snapshot: str | None = None) -> dict:
-    """qemu-img convert src -> dst, progress(percent) as it goes; a failed copy leaves no destination.
-    snapshot: copy that internal (qcow2) snapshot of src instead of its current data."""
+         src_format: str | None = None, snapshot: str | None = None, speed: int = 0) -> dict:
+    """qemu-img convert src -> dst, progress(percent) as it goes; a failed (or cancelled) copy leaves no
+    destination. snapshot: copy that internal (qcow2) snapshot of src instead of its current data.
+    speed: bytes/s at most (0: unlimited), so a copy can spare a pool that guests use."""
     check_name(src_name), check_name(dst_name), check_format(fmt)
     if fmt not in dst.formats:
         fmt = dst.formats[0]       # e.g. a qcow2 template lands raw on RBD; the result says which format
@@ -402,9 +403,11 @@ def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=
         with ExitStack() as stack:      # secret files live as long as qemu-img runs
             objects = [a for p in {p.uuid: p for p in (src, dst)}.values()
                        for a in stack.enter_context(p.qemu_img_objects())]
-            cmd = ["qemu-img", "convert", "-p", *objects, *extra, "-f", src_format, "-O", fmt,
+            cmd = ["qemu-img", "convert", "-p", *objects, *extra, *(["-r", str(speed)] if speed else []),
+                   "-f", src_format, "-O", fmt,
                    *(["-l", f"snapshot.name={snapshot}"] if snapshot else []), src.target(src_name), dst.target(part)]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_agent)
+            tasks.watch(proc)           # task_cancel kills it; the except below removes the partial copy
             buf, last = b"", -1
             while chunk := proc.stdout.read1(4096):
                 buf += chunk

@@ -3,9 +3,17 @@
 Protocol 1 (JSON bodies, `Authorization: Bearer <token>` on every request):
 
     GET  /v1/hello          {"protocol", "hostname", "hypervisor", "version", "capabilities"}
-    POST /v1/command        {"id", "cmd", "args", "async"?} -> {"ok": true, "result"}
+    POST /v1/command        {"id", "cmd", "args", "async"?, "task"?} -> {"ok": true, "result"}
                             or 4xx/5xx {"ok": false, "error", "kind"}
     GET  /v1/tasks/<id>     {"state": "running|done|failed", "progress", "result" | "error", "kind"}
+
+An async command runs as a task whose id is "task" when the caller names it (a new one), else a fresh uuid.
+The `task_cancel` command (handled here, not by the Agent: tasks are the server's) stops a running task named
+by `task` (its id) or by what it works on (`command` and `match`, e.g. {"dst_pool": pool uuid, "dst_name": name}
+for a volume_copy: the latest such task): the task's subprocesses are killed, its partial output removed, and
+it fails with "cancelled: <reason>". A task that has already ended is left as it is; the answer is the task's
+state either way (`{"task", "state", ...}`, "state": "unknown" when there is no such task), so a caller learns
+whether the work was completed (and can be adopted) or not.
 
 Under /transfer/ (agent/transfer.py) a signed URL replaces the token: extract downloads, browser uploads.
 
@@ -24,7 +32,8 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from volstack import transfer_signing as signing
-from volstack.agent import transfer
+from volstack.agent import tasks, transfer
+from volstack.agent.commands import arg
 from volstack.agent.errors import AgentError, Failed, InvalidArgument, NotFound
 
 log = logging.getLogger("volstack.agent")
@@ -89,6 +98,17 @@ class Store:
         elif row[0] == "failed":
             out.update({"error": row[3], "kind": row[4]})
         return out
+
+    def find_task(self, cmd: str, match: dict) -> str | None:
+        """The latest task of cmd whose arguments match (an object argument, e.g. a pool spec, by its uuid)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, args FROM tasks WHERE cmd = ? ORDER BY seq DESC", (cmd,)).fetchall()
+        for task_id, raw in rows:
+            args = json.loads(raw)
+            if all((args.get(k) or {}).get("uuid") == v if isinstance(args.get(k), dict) else args.get(k) == v
+                   for k, v in match.items()):
+                return task_id
+        return None
 
     def running_tasks(self) -> list[tuple[str, str, dict]]:
         with self._lock:
@@ -174,9 +194,13 @@ class _Handler(BaseHTTPRequestHandler):
                 raise InvalidArgument("id must be a request id string (a uuid)")
             if not isinstance(cmd, str) or not isinstance(args, dict):
                 raise InvalidArgument("cmd must be a command name and args an object")
+            task = req.get("task")
+            if task is not None and (not isinstance(task, str) or not 0 < len(task) <= 100):
+                raise InvalidArgument("task must be a task id string (a uuid)")
         except AgentError as e:
             return self._fail(e)
-        self._send(*self.server.agent_server.execute(rid, cmd, args, bool(req.get("async") or args.get("async"))))
+        self._send(*self.server.agent_server.execute(rid, cmd, args, bool(req.get("async") or args.get("async")),
+                                                     task))
 
 
 class AgentServer:
@@ -185,6 +209,7 @@ class AgentServer:
         self.agent, self.store, self.token = agent, store, token
         self.transfers = transfers or transfer.Slots()
         self._inflight: dict[str, threading.Event] = {}
+        self._controls: dict[str, tasks.Control] = {}      # running task id -> its control (task_cancel)
         self._guard = threading.Lock()
         self._recover()
         if hasattr(agent, "state_dir"):
@@ -221,7 +246,7 @@ class AgentServer:
             else:
                 self.store.finish(task_id, error=Failed("agent restarted"))
 
-    def execute(self, rid: str, cmd: str, args: dict, is_async: bool) -> tuple[int, dict]:
+    def execute(self, rid: str, cmd: str, args: dict, is_async: bool, task_id: str | None = None) -> tuple[int, dict]:
         while True:
             stored = self.store.outcome(rid)
             if stored is not None:
@@ -235,11 +260,19 @@ class AgentServer:
         try:
             args = {k: v for k, v in args.items() if k != "async"}
             if is_async:
-                task_id = str(uuid.uuid4())
-                self.store.add_task(task_id, cmd, args)
-                threading.Thread(target=self._task, args=(task_id, cmd, args), name=f"task-{cmd}",
-                                 daemon=True).start()
-                outcome = 200, {"ok": True, "result": {"task": task_id}}
+                with self._guard:
+                    taken = task_id is not None and (task_id in self._controls or self.store.task(task_id))
+                    if not taken:
+                        task_id = task_id or str(uuid.uuid4())
+                        self._controls[task_id] = tasks.Control()
+                        self.store.add_task(task_id, cmd, args)
+                if taken:
+                    err = InvalidArgument(f"task {task_id} already exists on this agent: name a new task")
+                    outcome = err.status, {"ok": False, "error": err.text, "kind": err.kind}
+                else:
+                    threading.Thread(target=self._task, args=(task_id, cmd, args), name=f"task-{cmd}",
+                                     daemon=True).start()
+                    outcome = 200, {"ok": True, "result": {"task": task_id}}
             else:
                 outcome = self._run(cmd, args)
             self.store.remember(rid, *outcome)
@@ -251,7 +284,7 @@ class AgentServer:
     def _run(self, cmd: str, args: dict, progress=None) -> tuple[int, dict]:
         started = time.monotonic()
         try:
-            result = self.agent.run(cmd, args, progress)
+            result = self.cancel(args) if cmd == "task_cancel" else self.agent.run(cmd, args, progress)
             log.info("%s ok (%.2f s)", cmd, time.monotonic() - started)
             return 200, {"ok": True, "result": result}
         except AgentError as e:
@@ -270,10 +303,33 @@ class AgentServer:
                 last[0] = percent
                 self.store.progress(task_id, percent)
 
-        status, body = self._run(cmd, args, progress)
-        if body["ok"]:
-            self.store.finish(task_id, body["result"])
-        else:
-            err = Failed(body["error"])
-            err.kind = body["kind"]
-            self.store.finish(task_id, error=err)
+        control = self._controls[task_id]
+        try:
+            with tasks.running(control):
+                status, body = self._run(cmd, args, progress)
+            if body["ok"]:              # done, even if a cancel came too late to stop it: the work is complete
+                self.store.finish(task_id, body["result"])
+            else:
+                err = Failed(f"cancelled: {control.reason}" if control.reason else body["error"])
+                err.kind = "Failed" if control.reason else body["kind"]
+                self.store.finish(task_id, error=err)
+        finally:
+            with self._guard:
+                self._controls.pop(task_id, None)
+            control.ended.set()
+
+    def cancel(self, args: dict) -> dict:
+        reason = arg(args, "reason", str, "asked by the management server")
+        task_id = arg(args, "task", str, None)
+        if task_id is None:
+            task_id = self.store.find_task(arg(args, "command"), arg(args, "match", dict))
+            if task_id is None:
+                return {"task": None, "state": "unknown"}
+        with self._guard:
+            control = self._controls.get(task_id)
+        if control is not None:
+            control.cancel(reason)
+            # the task's thread removes its partial output before it ends; a task without a registered
+            # subprocess cannot be stopped and is still "running" in the answer
+            control.ended.wait(arg(args, "timeout", (int, float), 20))
+        return {"task": task_id, **(self.store.task(task_id) or {"state": "unknown"})}

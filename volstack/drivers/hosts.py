@@ -195,9 +195,10 @@ def channel(host):
     return AgentClient(host.url, crypto.decrypt(host.credential), timeout=30)
 
 
-def run_long(ch, cmd: str, progress=None, **args) -> dict:
-    """Run a long command as an agent task, reporting its progress; plain call on a simulated host."""
+def run_long(ch, cmd: str, progress=None, task: str | None = None, **args) -> dict:
+    """Run a long command as an agent task, reporting its progress; plain call on a simulated host.
+    task: the task's id, chosen by the caller (who can then cancel it with task_cancel)."""
     if not hasattr(ch, "call_async"):
         return ch.call(cmd, **args)
-    task = ch.call_async(cmd, **args)
+    task = ch.call_async(cmd, _task=task, **args)
     return ch.wait_task(task, progress_cb=progress)

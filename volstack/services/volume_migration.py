@@ -4,9 +4,12 @@ changeServiceForVirtualMachine and changeOfferingForVolume with automigrate).
 A detached volume, or one of a stopped VM, is copied by a host that reaches both pools (qemu-img); a volume
 attached to a running guest moves live through QEMU's mirror on the guest's host (agent/mirror.py), which
 switches the guest to the copy once it is in sync. Either way the old copy is removed afterwards. The volume
-is Migrating (committed) meanwhile, with its destination in details["migrating_to"], so that a job that dies
-with its management server can be settled from what the guest's host reports (`settle`).
+is Migrating (committed) meanwhile, with its destination (and the id of a copy's host task) in
+details["migrating_to"], so that a job that dies with its management server can be settled from what the host
+reports (`settle`): the guest's image for a live move, the copy's task (cancelled or finished) for a cold one.
 """
+import uuid
+
 from sqlalchemy import select
 
 from volstack.db.models import Host
@@ -74,9 +77,10 @@ def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=
     fmt, formats = vol.format.lower(), driver_for(pool.provider).CAPABILITIES.get("image_formats")
     if formats and fmt not in formats.split(","):
         fmt = formats.split(",")[0]          # e.g. qcow2 becomes raw on an RBD pool
-    # where the volume is going, for settle() if this job dies with its server while the host works
-    begin_host_work(s, vol, "MigrationRequested", details={
-        **(vol.details or {}), "migrating_to": {"pool": pool.uuid, "path": new_path, "format": fmt, "live": running}})
+    # where the volume is going and the host task's id, for settle() if this job dies with its server meanwhile
+    task = str(uuid.uuid4())
+    begin_host_work(s, vol, "MigrationRequested", details={**(vol.details or {}), "migrating_to": {
+        "pool": pool.uuid, "path": new_path, "format": fmt, "live": running, "task": task}})
     if progress:
         progress(1)
     try:
@@ -86,7 +90,7 @@ def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=
                      dst_pool=driver_for(pool.provider).spec(pool), dst_name=new_path, format=fmt)
         else:
             host = _hosts_reaching(s, src, pool)[0]
-            run_long(channel(host), "volume_copy", progress, src_pool=driver_for(src.provider).spec(src),
+            run_long(channel(host), "volume_copy", progress, task, src_pool=driver_for(src.provider).spec(src),
                      src_name=vol.path, dst_pool=driver_for(pool.provider).spec(pool), dst_name=new_path,
                      format=fmt)
     except CloudError as exc:
@@ -129,7 +133,8 @@ def pools_for_migration(s, ctx, vol: Volume):
 def settle(s, ctx, vol: Volume, reason: str) -> None:
     """A migration job died with its management server (vol is Migrating). A live move asks the guest's host
     which image the guest uses, stopping a mirror that has not switched yet (the host then removes the copy):
-    the volume is recorded where the guest's disk is. A copy for a stopped guest leaves the source in use."""
+    the volume is recorded where the guest's disk is. A copy for a stopped guest or a detached volume is
+    cancelled on the host that runs it (its partial copy removed), or adopted if it had finished."""
     to, vm = vol.details["migrating_to"], s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
     host = s.get(Host, vm.host_id) if to.get("live") and vm is not None and vm.host_id else None
     pool = s.scalar(select(StoragePool).where(StoragePool.uuid == to["pool"]))
@@ -149,6 +154,46 @@ def settle(s, ctx, vol: Volume, reason: str) -> None:
                           f"to the copy on {pool.name}, where the volume is now", level="WARN",
                           resource_type="Volume", resource_uuid=vol.uuid)
             return
+    elif not to.get("live"):
+        done, outcome = _settle_copy(s, vol, to, pool, reason)
+        if done is not None:
+            src = s.get(StoragePool, vol.pool_id)
+            _moved(s, ctx, vol, src, pool, to["path"], done.get("format") or to["format"])
+            events.record(s, ctx, "VOLUME.RECOVER", f"Volume {vol.name}: {reason}; {outcome}", level="WARN",
+                          resource_type="Volume", resource_uuid=vol.uuid)
+            return
+        reason += f"; {outcome}"
     VOLUME.fire(s, vol, "OperationFailed", error=reason, details=_without_marker(vol))
     events.record(s, ctx, "VOLUME.RECOVER", f"Volume {vol.name}: {reason}; it is Ready again on its old pool",
                   level="WARN", resource_type="Volume", resource_uuid=vol.uuid)
+
+
+def _settle_copy(s, vol: Volume, to: dict, pool: StoragePool | None, reason: str) -> tuple[dict | None, str]:
+    """Stop the host's volume_copy to the destination (task_cancel removes its partial copy). Returns the copy's
+    result if it had finished (the volume can be recorded there), else None, and what happened, for the event."""
+    where = f"{to['path']} on {pool.name if pool else 'the destination pool'}"
+    src = s.get(StoragePool, vol.pool_id)
+    problems = []
+    for host in _hosts_reaching(s, src, pool) if pool is not None else []:
+        try:
+            task = channel(host).call("task_cancel", reason=reason, **(
+                {"task": to["task"]} if to.get("task") else     # else: by what it works on (a record before ids)
+                {"command": "volume_copy", "match": {"dst_pool": to["pool"], "dst_name": to["path"]}}))
+        except CloudError as exc:
+            problems.append(f"host {host.name} could not be asked ({exc.text})")
+            continue
+        state = task.get("state")
+        if state == "done":
+            return task.get("result") or {}, (f"host {host.name} had finished the copy to {pool.name}, where the "
+                                              f"volume is now (its old copy on {src.name} is removed)")
+        if state == "failed":
+            return None, (f"host {host.name} stopped its copy to {where} and removed it"
+                          if (task.get("error") or "").startswith("cancelled:") else
+                          f"the copy to {where} had failed on host {host.name}: {task.get('error')}")
+        if state == "running":
+            return None, (f"host {host.name} could not stop its copy to {where}: remove that image once the copy "
+                          "ends (listStoragePoolObjects shows it)")
+    if problems:
+        return None, (f"{', '.join(problems)}: a copy to {where} may still be running there or left behind; "
+                      "check the pool before using that name")
+    return None, "no host had a copy of it under way"
