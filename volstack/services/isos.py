@@ -13,7 +13,7 @@ finds the same ISO on the destination.
 """
 from sqlalchemy import select
 
-from volstack.db.image_models import Template, TemplatePermission
+from volstack.db.image_models import Template
 from volstack.db.models import Host, Zone
 from volstack.db.storage_models import StoragePool, StoragePoolHost, VirtualMachine, Volume
 from volstack.drivers import driver_for
@@ -37,7 +37,7 @@ def attach(s, ctx, vm: VirtualMachine, iso: Template, forced: bool = False, prog
         have = s.get(Template, vm.iso_id)
         raise InvalidParameter(f"VM {vm.name} already has ISO {have.name if have else vm.iso_id} attached and a VM "
                                "holds one ISO: detach it first (detachIso), or pass forced=true to replace it")
-    if not _owner_may_use(s, vm, iso):       # an admin attaching to someone's VM: the owner needs the ISO too
+    if not templates.usable_by(s, iso, vm.account_id):       # an admin attaching to someone's VM: the owner needs the ISO too
         raise InvalidParameter(f"The owner of VM {vm.name} may not use ISO {iso.name} (private, not shared with "
                                "that account)")
     templates.check_ready(s, iso, s.get(Zone, vm.zone_id))
@@ -51,12 +51,6 @@ def attach(s, ctx, vm: VirtualMachine, iso: Template, forced: bool = False, prog
     events.record(s, ctx, "ISO.ATTACH", f"ISO {iso.name} attached to VM {vm.name}", resource_type="VirtualMachine",
                   resource_uuid=vm.uuid)
     return vm
-
-
-def _owner_may_use(s, vm, iso) -> bool:
-    return iso.is_public or iso.account_id == vm.account_id or s.scalar(
-        select(TemplatePermission.id).where(TemplatePermission.template_id == iso.id,
-                                            TemplatePermission.account_id == vm.account_id)) is not None
 
 
 def detach(s, ctx, vm: VirtualMachine) -> VirtualMachine:

@@ -89,11 +89,15 @@ def get_template(s, ctx, uuid, is_iso=None) -> Template:
     return t
 
 
+def usable_by(s, t: Template, account_id: int) -> bool:
+    """Public, owned by the account, or shared with it (updateTemplatePermissions)."""
+    return t.is_public or t.account_id == account_id or s.scalar(
+        select(TemplatePermission.id).where(TemplatePermission.template_id == t.id,
+                                            TemplatePermission.account_id == account_id)) is not None
+
+
 def can_use(s, ctx, t: Template) -> bool:
-    if t.is_public or ctx.is_root_admin or t.account_id == ctx.account_id:
-        return True
-    if s.scalar(select(TemplatePermission.id).where(TemplatePermission.template_id == t.id,
-                                                    TemplatePermission.account_id == ctx.account_id)):
+    if ctx.is_root_admin or usable_by(s, t, ctx.account_id):
         return True
     try:
         check_access(s, ctx, t.account_id, "template")
