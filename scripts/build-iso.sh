@@ -19,7 +19,7 @@ flock 9
 
 command -v xorriso >/dev/null || { echo "build-iso: xorriso is missing (scripts/install-host.sh installs it)" >&2; exit 1; }
 for f in "$ISOLINUX" "$LDLINUX"; do
-  [ -f "$f" ] || { echo "build-iso: $f is missing (scripts/install-host.sh installs isolinux, syslinux)" >&2; exit 1; }
+  [ -f "$f" ] || { echo "build-iso: $f is missing (scripts/install-host.sh installs isolinux, syslinux-common)" >&2; exit 1; }
 done
 GUEST=$("$HERE/build-guest.sh")
 STAMP=$(cat "$HERE/build-iso.sh" "$GUEST/vmlinuz" "$GUEST/initrd.img" | sha256sum | cut -d' ' -f1)

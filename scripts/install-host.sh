@@ -21,6 +21,7 @@ pkgs=(
   dosfstools          # mkfs.fat, mtools, syslinux: the built-in template's bootable disk,
   mtools              #   made without mounting anything (scripts/build-template.sh)
   syslinux
+  syslinux-common     # ldlinux.c32 and the BIOS modules: syslinux/isolinux only *recommend* it
   isolinux            # ISOLINUX and xorriso: the tiny guest as a bootable ISO (scripts/build-iso.sh) for the
   xorriso             #   ISO tests (registerIso, attachIso, deploy from an ISO)
   curl                # the download benchmark's reference (bench/bench_download.py)
