@@ -18,7 +18,7 @@ import uuid
 from contextlib import contextmanager
 
 from volstack import __version__
-from volstack.agent import PROTOCOL, download, images
+from volstack.agent import PROTOCOL, download, images, programs
 from volstack.agent.errors import Busy, InvalidArgument
 
 REQUIRED = object()
@@ -39,7 +39,7 @@ def arg(args: dict, key: str, kind=str, default=REQUIRED):
 
 def _nfs_driver() -> bool:
     try:
-        out = subprocess.run(["qemu-img", "--help"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([programs.QEMU_IMG, "--help"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
     return bool(re.search(r"Supported formats:.*\bnfs\b", out, re.S))
