@@ -498,7 +498,7 @@ def settle_interrupted(db, ctx, snapshot_uuid: str, cmd: str) -> None:
         reason = f"{cmd} was interrupted because the management server running it stopped"
         if snap is not None and snap.state == "BackingUp" and finished is not None:
             SNAPSHOT.fire(s, snap, "OperationSucceeded", size=finished.get("size") or snap.size,
-                          physical_size=finished.get("physical_size"), error=None)
+                          physical_size=finished.get("physical_size"), error=f"{reason}; {how}")
             vol = s.get(Volume, snap.volume_id)
             if vol is not None and vol.state == "Snapshotting":
                 vol.state = "Ready"
