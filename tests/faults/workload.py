@@ -139,8 +139,11 @@ class Workload:
     OPS = ("create", "attach", "detach", "resize", "migrate", "snapshot", "revert", "template", "deploy", "stop",
            "start", "destroy", "write", "migrate_vm", "delete_volume")
 
-    def __init__(self, rig: Rig, seed: int, ops: int, kills: int):
+    def __init__(self, rig: Rig, seed: int, ops: int, kills: int, spare_deploys: bool = False):
+        """spare_deploys: no kill lands on a deploy (a management server killed while a deploy seeds a pool with
+        the template leaves the copy Creating, and the next deploy waits template_cache.STALE_SEED, 10 min)."""
         self.rig, self.api, self.rnd = rig, Api(rig), random.Random(seed)
+        self.spare_deploys = spare_deploys
         self.ops, self.kills_left, self.done = ops, min(kills, ops), 0
         self.expected = {}       # volume uuid -> [(offset, pattern)] written and not reverted away
         self.snap_data = {}      # snapshot uuid -> the volume's expected data when it was taken
@@ -172,7 +175,9 @@ class Workload:
             outcome = r
         else:
             left = self.ops - self.done + 1      # kills land on jobs, spread over the run, all of them used
-            if self.kills_left and self.rnd.random() < 2 * self.kills_left / left or self.kills_left >= left:
+            spared = self.spare_deploys and cmd == "deployVirtualMachine"
+            if not spared and (self.kills_left and self.rnd.random() < 2 * self.kills_left / left
+                               or self.kills_left >= left):
                 self.kills_left -= 1
                 time.sleep(self.rnd.uniform(0, 1.5))
                 victim = "ms" if self.rnd.random() < 2 / 3 else "agent"
@@ -302,12 +307,12 @@ class Workload:
             probe.join()
 
 
-def run(seed: int, ops: int, kills: int, root: Path, nfs_url: str | None) -> dict:
+def run(seed: int, ops: int, kills: int, root: Path, nfs_url: str | None, spare_deploys: bool = False) -> dict:
     """One seeded run in root (nfs_url: an NFS export whose directory is root/nfs; None: a second local pool)."""
     rig = Rig(root, nfs_url)
     rig.start()
     try:
-        w = Workload(rig, seed, ops, kills)
+        w = Workload(rig, seed, ops, kills, spare_deploys)
         started = time.monotonic()
         w.run()
         result = census.take(rig, w)
@@ -329,6 +334,7 @@ def main() -> int:
     ap.add_argument("--ops", type=int, default=200)
     ap.add_argument("--kills", type=int, default=18)
     ap.add_argument("--json", action="store_true", help="print each run's census as JSON")
+    ap.add_argument("--spare-deploys", action="store_true", help="no kill lands on a deploy (see Workload)")
     ap.add_argument("--no-nfs", action="store_true", help="a second local pool instead of the NFS pool (the machine's "
                                                            "one NFS server is held by another test run)")
     args = ap.parse_args()
@@ -340,7 +346,7 @@ def main() -> int:
             pseudo = f"/faults-{uuid.uuid4().hex[:8]}"
             url = nfs.add_export(pseudo, root / "nfs") if nfs else None
             try:
-                result = run(seed, args.ops, args.kills, root, url)
+                result = run(seed, args.ops, args.kills, root, url, args.spare_deploys)
             finally:
                 if nfs:
                     nfs.remove_export(pseudo)
