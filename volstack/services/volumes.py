@@ -241,7 +241,9 @@ def detach(s, ctx, vol: Volume) -> Volume:
     check_operation(s, "detach", vm, vol)
     if vm.state == "Running" and vol.state == "Ready":
         from volstack.drivers.default import serial_of
-        channel(s.get(Host, vm.host_id)).call("disk_detach", vm=vm.uuid, serial=serial_of(vol))
+        host = s.get(Host, vm.host_id)
+        s.commit()      # a guest may take long to acknowledge the unplug: no database lock is held meanwhile
+        channel(host).call("disk_detach", vm=vm.uuid, serial=serial_of(vol))
     for hook in detach_hooks:
         hook(s, vol, vm)
     vol.vm_id, vol.device_id, vol.attached = None, None, None
