@@ -23,14 +23,14 @@ import threading
 import time
 
 from volstack.agent import hypervisor as hv
-from volstack.agent import images
+from volstack.agent import images, programs
 from volstack.agent.cdrom import QemuCdrom, cd_device
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound
 from volstack.agent.migration import QemuMigration
 from volstack.agent.mirror import QemuMirror
 from volstack.agent.qmp import Qmp, QmpError, QmpGone
 
-QEMU = "qemu-system-x86_64"
+QEMU = programs.QEMU_SYSTEM
 SLOTS = hv.MAX_DATA_DISKS + 1
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -312,7 +312,9 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
         pool = images.open_pool(d["pool"], self.hostname)
         try:
             _add_objects(q, pool)
-            q.execute("blockdev-add", {"driver": d["format"], "node-name": node, "file": pool.blockdev(d["name"])})
+            # the recorded format, and the backing chain volstack set spelled out: nothing read from the image
+            # decides what else QEMU opens
+            q.execute("blockdev-add", {**images.blockdev_node(pool, d["name"], d["format"]), "node-name": node})
         except QmpError as e:
             raise Failed(f"QEMU cannot open volume {d['name']} of pool {d['pool_uuid']}: {e.desc}") from None
         dev = {"id": f"disk{slot}", "drive": node, "serial": d["serial"]}
@@ -445,7 +447,8 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
             disk = self._disk(rec, serial)
             self._not_mirroring(vm, serial)
             if not self._pid(rec):
-                return images.resize(images.open_pool(disk["pool"], self.hostname), disk["name"], size)
+                return images.resize(images.open_pool(disk["pool"], self.hostname), disk["name"], size,
+                                     disk["format"])
             with self._qmp(rec) as q:
                 current = self._inserted(q, rec, disk)["image"]["virtual-size"]
                 if size < current:

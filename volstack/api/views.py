@@ -7,7 +7,7 @@ import functools
 from sqlalchemy import inspect as sa_inspect, select
 
 from volstack import CLOUDSTACK_VERSION, __version__
-from volstack.api.registry import Field as F, View
+from volstack.api.registry import VIEWER, Field as F, View
 from volstack.api.wire import date
 from volstack.db import models as m
 from volstack.services.settings import Settings, key_by_name
@@ -54,8 +54,11 @@ class Lookups:
         for _ in range(self.ROUNDS):
             self._wanted = {}
             try:
+                viewer = VIEWER.get()
                 for r in rows:
                     for f in view.fields:
+                        if not f.visible(r, viewer):
+                            continue
                         try:
                             f.get(r, self)
                         except Exception:     # a value still missing while gathering; the real pass will tell

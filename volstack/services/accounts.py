@@ -1,7 +1,6 @@
 """Domains, accounts, users, roles, API keys, password login, resource limits."""
 import secrets
 import time
-from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -10,11 +9,11 @@ from sqlalchemy.orm import Session as Session_
 
 from volstack import crypto
 from volstack.db import counters
-from volstack.db.models import Account, Domain, ResourceLimit, Role, Session, User, utcnow
+from volstack.db.models import Account, Domain, ResourceLimit, Role, Session, User
 from volstack.errors import InvalidParameter, PermissionDenied, ResourceInUse, ResourceLimitExceeded
 from volstack.services import events, settings as S
 from volstack.services.context import (DOMAIN_ADMIN, ROOT_ADMIN, USER, CallContext, can_access_domain,
-                                       check_access, require_root_admin)
+                                       check_access, require_root_admin, subtree_ids)
 from volstack.services.listing import ListQuery, keyword_filter, paginate
 
 _hasher = PasswordHasher()
@@ -163,60 +162,13 @@ def _identity_committed(session) -> None:
         _key_cache.clear()
 
 
-def login(s, username: str, password: str, domain_path: str | None = None, domain_uuid: str | None = None) -> tuple[User, str]:
-    if domain_uuid:
-        dom = s.scalar(select(Domain).where(Domain.uuid == domain_uuid))
-    else:
-        path = (domain_path or "/").strip()
-        path = "/" + path.strip("/") + "/" if path.strip("/") else "/"
-        if path.upper().startswith("/ROOT/"):
-            path = path[5:]
-        dom = s.scalar(select(Domain).where(func.lower(Domain.path) == path.lower()))
-    # CloudStack answers a failed login with 531 (account error), not 401.
-    fail = PermissionDenied("Failed to authenticate user " + username + " in domain " + (domain_path or domain_uuid or "/") +
-                            "; please provide valid credentials")
-    if dom is None:
-        raise fail
-    user = s.scalar(select(User).join(Account, Account.id == User.account_id)
-                    .where(User.username == username, Account.domain_id == dom.id))
-    if not _usable(s, user) or not verify_password(user, password):
-        raise fail
-    key = secrets.token_urlsafe(32)
-    s.add(Session(key=key, user_id=user.id))
-    events.record(s, context_for(s, user), "USER.LOGIN", f"User {username} logged in", resource_type="User",
-                  resource_uuid=user.uuid)
-    return user, key
-
-
-def session_user(s, key: str, timeout_seconds: int) -> User | None:
-    sess = s.get(Session, key)
-    if sess is None:
-        return None
-    now = utcnow()
-    if now - sess.last_access > timedelta(seconds=timeout_seconds):
-        s.delete(sess)
-        return None
-    sess.last_access = now
-    user = s.get(User, sess.user_id)
-    return user if _usable(s, user) else None
-
-
-def logout(s, key: str) -> None:
-    sess = s.get(Session, key)
-    if sess is not None:
-        user = s.get(User, sess.user_id)
-        s.delete(sess)
-        events.record(s, context_for(s, user), "USER.LOGOUT", f"User {user.username} logged out",
-                      resource_type="User", resource_uuid=user.uuid)
-
-
 # ---------------------------------------------------------------- domains
 
 def get_domain(s, ctx, uuid: str) -> Domain:
     dom = s.scalar(select(Domain).where(Domain.uuid == uuid))
     if dom is None:
         raise InvalidParameter(f"Unable to find domain by id {uuid}")
-    if not can_access_domain(ctx, dom):
+    if not can_access_domain(s, ctx, dom):
         raise PermissionDenied(f"Account {ctx.account_name} does not have permission to access domain {dom.name}")
     return dom
 
@@ -225,8 +177,7 @@ def create_domain(s, ctx, name: str, parentdomainid: str | None = None, networkd
     if not ctx.is_admin:
         raise PermissionDenied("Only administrators can create domains")
     parent = get_domain(s, ctx, parentdomainid) if parentdomainid else s.get(Domain, ctx.domain_id)
-    if s.scalar(select(Domain).where(Domain.parent_id == parent.id, func.lower(Domain.name) == name.lower())):
-        raise InvalidParameter(f"Domain with name {name} already exists for the parent id={parent.uuid}")
+    _check_domain_name(s, parent, name)
     dom = Domain(name=name, parent_id=parent.id, path=parent.path + name + "/", level=parent.level + 1,
                  network_domain=networkdomain)
     s.add(dom)
@@ -235,11 +186,22 @@ def create_domain(s, ctx, name: str, parentdomainid: str | None = None, networkd
     return dom
 
 
+def _check_domain_name(s, parent: Domain, name: str, renaming: Domain | None = None) -> None:
+    """Names are unique among siblings (case-insensitively, as CloudStack) and hold no '/', so that no two domains
+    ever share a path (login and domainpath name a domain by it)."""
+    if "/" in name or not name.strip():
+        raise InvalidParameter(f"Invalid domain name {name!r}: a domain name is not empty and has no '/'")
+    clash = s.scalar(select(Domain).where(Domain.parent_id == parent.id, func.lower(Domain.name) == name.lower(),
+                                          *([Domain.id != renaming.id] if renaming else [])))
+    if clash is not None:
+        raise InvalidParameter(f"Domain with name {name} already exists for the parent id={parent.uuid}")
+
+
 def list_domains(s, ctx, q: ListQuery, id=None, name=None, level=None):
     stmt = select(Domain).order_by(Domain.id)
     base = s.get(Domain, ctx.domain_id)
     if ctx.is_admin and (q.listall or q.isrecursive or id or name or level is not None):
-        stmt = stmt.where(Domain.path.startswith(base.path))
+        stmt = stmt.where(Domain.id.in_(subtree_ids(base.id)))
     else:
         stmt = stmt.where(Domain.id == base.id)
     if id:
@@ -257,10 +219,11 @@ def update_domain(s, ctx, id: str, name=None, networkdomain=None) -> Domain:
     if dom.id == 1 and name and name != dom.name:
         raise InvalidParameter("The ROOT domain cannot be renamed")
     if name and name != dom.name:
+        _check_domain_name(s, s.get(Domain, dom.parent_id), name, renaming=dom)
         old = dom.path
         dom.name = name
         dom.path = old[: -len(old.rstrip("/").split("/")[-1]) - 1] + name + "/"
-        for sub in s.scalars(select(Domain).where(Domain.path.startswith(old), Domain.id != dom.id)):
+        for sub in s.scalars(select(Domain).where(Domain.id.in_(subtree_ids(dom.id)), Domain.id != dom.id)):
             sub.path = dom.path + sub.path[len(old):]
     if networkdomain is not None:
         dom.network_domain = networkdomain
@@ -272,7 +235,7 @@ def delete_domain(s, ctx, id: str, cleanup: bool = False) -> None:
     dom = get_domain(s, ctx, id)
     if dom.id == 1:
         raise PermissionDenied("The ROOT domain cannot be deleted")
-    subs = list(s.scalars(select(Domain).where(Domain.path.startswith(dom.path)).order_by(Domain.level.desc())))
+    subs = list(s.scalars(select(Domain).where(Domain.id.in_(subtree_ids(dom.id))).order_by(Domain.level.desc())))
     accounts = list(s.scalars(select(Account).where(Account.domain_id.in_([d.id for d in subs]))))
     if accounts and not cleanup:
         raise ResourceInUse(f"Can't delete the domain {dom.name}: it still has {len(accounts)} account(s); "
@@ -357,7 +320,7 @@ def list_accounts(s, ctx, q: ListQuery, id=None, name=None, accounttype=None, st
         if q.domainid and not (q.isrecursive or q.listall):
             stmt = stmt.where(Account.domain_id == base.id)
         else:
-            stmt = stmt.where(Domain.path.startswith(base.path))
+            stmt = stmt.where(Account.domain_id.in_(subtree_ids(base.id)))
     if id:
         stmt = stmt.where(Account.uuid == id)
     if name or q.account:
@@ -454,7 +417,7 @@ def list_users(s, ctx, q: ListQuery, id=None, username=None, state=None):
         stmt = stmt.where(User.account_id == ctx.account_id)
     else:
         base = get_domain(s, ctx, q.domainid) if q.domainid else s.get(Domain, ctx.domain_id)
-        stmt = stmt.where(Domain.path.startswith(base.path))
+        stmt = stmt.where(Account.domain_id.in_(subtree_ids(base.id)))
     if q.account:
         stmt = stmt.where(Account.name == q.account)
     if id:
@@ -471,7 +434,12 @@ def update_user(s, ctx, user: User, **fields) -> User:
     for k in ("email", "firstname", "lastname", "timezone"):
         if fields.get(k) is not None:
             setattr(user, k, fields[k])
-    if fields.get("username"):
+    if fields.get("username") and fields["username"] != user.username:
+        # unique within the domain, as at creation: login names a user by domain and username
+        dom = s.get(Domain, s.get(Account, user.account_id).domain_id)
+        if s.scalar(select(User.id).join(Account, Account.id == User.account_id)
+                    .where(User.username == fields["username"], Account.domain_id == dom.id, User.id != user.id)):
+            raise InvalidParameter(f"The user {fields['username']} already exists in domain {dom.name}")
         user.username = fields["username"]
     if fields.get("password"):
         if user.id == ctx.user_id and not ctx.is_admin:
@@ -480,6 +448,23 @@ def update_user(s, ctx, user: User, **fields) -> User:
                 raise InvalidParameter("Current password is incorrect")
         user.password = hash_password(fields["password"])
     events.record(s, ctx, "USER.UPDATE", f"User {user.username} updated", resource_type="User", resource_uuid=user.uuid)
+    return user
+
+
+def set_user_state(s, ctx, user: User, state: str) -> User:
+    """state: enabled | disabled | locked. Enabling also clears the failed-login count (logins.py), so a user the
+    login throttle disabled starts afresh."""
+    if not ctx.is_admin:
+        raise PermissionDenied("Only administrators can enable, disable or lock users")
+    if user.id in (1, 2) or user.id == ctx.user_id:
+        raise PermissionDenied(f"User {user.username} cannot be {state} by itself or as a built-in user")
+    user.state = state
+    if state == "enabled":
+        user.login_attempts, user.login_blocked_until = 0, None
+    else:                    # its sessions end at once
+        s.execute(delete(Session).where(Session.user_id == user.id))
+    verb = {"enabled": "ENABLE", "disabled": "DISABLE", "locked": "LOCK"}[state]
+    events.record(s, ctx, f"USER.{verb}", f"User {user.username} {state}", resource_type="User", resource_uuid=user.uuid)
     return user
 
 
