@@ -93,8 +93,8 @@ def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=
             host = _hosts_reaching(s, src, pool)[0]
             s.commit()      # the hosts query began a transaction again: none stays open across the copy
             run_long(channel(host), "volume_copy", progress, task, src_pool=driver_for(src.provider).spec(src),
-                     src_name=vol.path, dst_pool=driver_for(pool.provider).spec(pool), dst_name=new_path,
-                     format=fmt)
+                     src_name=vol.path, src_format=vol.format.lower(), dst_pool=driver_for(pool.provider).spec(pool),
+                     dst_name=new_path, format=fmt)
     except CloudError as exc:
         host_work_failed(s, vol, exc, details=_without_marker(vol),
                          error=f"migration to {pool.name} failed, the volume stays on {src.name}: {exc.text}")
