@@ -15,9 +15,11 @@ class ListQuery:
     domainid: str | None = None
 
 
-def paginate(s, stmt, q: ListQuery, default_size: int = 500):
-    """Run stmt one page at a time; returns (rows, total matches)."""
-    total = s.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+def paginate(s, stmt, q: ListQuery, default_size: int = 500, total: int | None = None):
+    """Run stmt one page at a time; returns (rows, total matches). total: the count when the caller knows it
+    without counting (a maintained count); otherwise the matches are counted."""
+    if total is None:
+        total = int(s.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())))
     if q.pagesize == -1:
         return list(s.scalars(stmt)), total
     size = q.pagesize or default_size
@@ -29,8 +31,9 @@ def keyword_filter(q: ListQuery, *columns):
     if not q.keyword:
         return []
     from sqlalchemy import or_
-    like = f"%{q.keyword}%"
-    return [or_(*[c.ilike(like) for c in columns])]
+    # % and _ in a keyword are the characters themselves, not wildcards
+    escaped = q.keyword.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return [or_(*[c.ilike(f"%{escaped}%", escape="\\") for c in columns])]
 
 
 
