@@ -7,7 +7,7 @@ import functools
 from sqlalchemy import inspect as sa_inspect, select
 
 from volstack import CLOUDSTACK_VERSION, __version__
-from volstack.api.registry import VIEWER, Field as F, View
+from volstack.api.registry import Field as F, View
 from volstack.api.wire import date
 from volstack.db import models as m
 from volstack.services.settings import Settings, key_by_name
@@ -52,20 +52,14 @@ class Lookups:
     def render_all(self, view, rows) -> list[dict]:
         rows = list(rows)
         for _ in range(self.ROUNDS):
-            self._wanted = {}
-            try:
-                viewer = VIEWER.get()
-                for r in rows:
-                    for f in view.fields:
-                        if not f.visible(r, viewer):
-                            continue
-                        try:
-                            f.get(r, self)
-                        except Exception:     # a value still missing while gathering; the real pass will tell
-                            pass
+            self._wanted, errors = {}, []
+            try:       # a field failing on a value still missing is retried; the real pass would raise it
+                out = [view.render(r, self, errors) for r in rows]
             finally:
                 wanted, self._wanted = self._wanted, None
             if not wanted:
+                if not errors:
+                    return out            # nothing was missing: this pass is the page
                 break
             for fn, keys in wanted.items():
                 keys = list(keys)
