@@ -186,6 +186,9 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
 
     def _launch(self, rec: dict) -> None:
         vmdir = self._dir(rec["name"])
+        # the guest's console may hold what its user typed: 0600. QEMU opens it after -daemonize, which sets
+        # umask 027, so it is created here first (logappend keeps the file and its mode)
+        os.close(os.open(f"{vmdir}/console.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         kvm = not hv.runs(rec) and self.capabilities()["kvm"]
         base = [QEMU, "-name", f"guest={rec['name']}", "-machine", "q35", "-m", str(rec["memory_mb"]),
                 "-smp", str(rec["cpus"]), "-nodefaults", "-no-user-config", "-display", "none", "-S",
@@ -312,7 +315,9 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
         pool = images.open_pool(d["pool"], self.hostname)
         try:
             _add_objects(q, pool)
-            q.execute("blockdev-add", {"driver": d["format"], "node-name": node, "file": pool.blockdev(d["name"])})
+            # the recorded format, and the backing chain volstack set spelled out: nothing read from the image
+            # decides what else QEMU opens
+            q.execute("blockdev-add", {**images.blockdev_node(pool, d["name"], d["format"]), "node-name": node})
         except QmpError as e:
             raise Failed(f"QEMU cannot open volume {d['name']} of pool {d['pool_uuid']}: {e.desc}") from None
         dev = {"id": f"disk{slot}", "drive": node, "serial": d["serial"]}
@@ -445,7 +450,8 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
             disk = self._disk(rec, serial)
             self._not_mirroring(vm, serial)
             if not self._pid(rec):
-                return images.resize(images.open_pool(disk["pool"], self.hostname), disk["name"], size)
+                return images.resize(images.open_pool(disk["pool"], self.hostname), disk["name"], size,
+                                     disk["format"])
             with self._qmp(rec) as q:
                 current = self._inserted(q, rec, disk)["image"]["virtual-size"]
                 if size < current:
