@@ -62,6 +62,8 @@ def _check_entity(s, cmd, p, v):
 
 
 def convert(s, cmd: Command, p, v):
+    if v.strip() in p.special:
+        return [v.strip()] if p.type == LIST else v.strip()
     if p.type == STRING:
         if len(v) > p.length:
             raise InvalidParameter(f"Value greater than max allowed length {p.length} for param: {p.name}")
@@ -86,7 +88,7 @@ def convert(s, cmd: Command, p, v):
     if p.type == LIST:
         items = [x.strip() for x in v.split(",") if x.strip()]
         if p.entity:
-            for x in items:
+            for x in (x for x in items if x not in p.special):
                 _check_entity(s, cmd, p, x)
         elif any(len(x) > p.length for x in items):
             raise InvalidParameter(f"Value greater than max allowed length {p.length} for param: {p.name}")

@@ -23,6 +23,7 @@ class Param:
     length: int = 255
     entity: str | None = None        # uuid / list of uuid: the entity that must exist
     since: str | None = None
+    special: tuple = ()              # values taken as they are (zoneid=-1: every zone)
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,29 @@ from volstack import CLOUDSTACK_VERSION, __version__
 from volstack.api.registry import Field as F, View
 from volstack.api.wire import date
 from volstack.db import models as m
+from volstack.services import tags as tag_service
 from volstack.services.settings import Settings, key_by_name
 
 
 class Lookups:
-    """Cached row lookups by internal id while rendering one response."""
+    """Cached row lookups by internal id while rendering one response. `rows` are the rows of the page being
+    rendered: what a field needs for every row (their tags) is loaded for all of them in one query."""
 
-    def __init__(self, s):
+    def __init__(self, s, rows=()):
         self.s, self._cache = s, {}
+        self.rows = list(rows)
+        self._tags: dict[tuple, dict] = {}
+
+    def tags(self, kind: str, row) -> list:
+        """The resource tags of row (a resource of the given CloudStack type), loaded per page."""
+        loaded = self._tags.get(kind)
+        if loaded is None or row.id not in loaded:
+            ids = {r.id for r in self.rows if isinstance(getattr(r, "id", None), int)} | {row.id}
+            loaded = self._tags.setdefault(kind, {})
+            got = tag_service.by_resource(self.s, kind, ids - loaded.keys())
+            for i in ids - loaded.keys():
+                loaded[i] = got.get(i, [])
+        return loaded[row.id]
 
     def get(self, model, id):
         if id is None:
@@ -40,6 +55,31 @@ def _date(attr):
     return lambda r, lk: date(getattr(r, attr))
 
 
+def _domain_path_of(domain_id):
+    return lambda r, lk: _domain_path(lk, getattr(r, domain_id))
+
+
+TAG = View("tag", [
+    F("key", "tag key name", _a("key")),
+    F("value", "tag value", _a("value")),
+    F("resourcetype", "resource type", _a("resource_type")),
+    F("resourceid", "id of the resource", _a("resource_uuid")),
+    F("account", "the account associated with the tag", _ref(m.Account, "account_id", "name")),
+    F("domainid", "the ID of the domain associated with the tag", _ref(m.Domain, "domain_id")),
+    F("domain", "the domain associated with the tag", _ref(m.Domain, "domain_id", "name")),
+    F("domainpath", "path of the Domain associated with the tag", _domain_path_of("domain_id")),
+    F("customer", "customer associated with the tag", _a("customer")),
+])
+
+
+def tags_field(kind) -> F:
+    """The `tags` of a response: always present, [] when the resource has none. kind: the CloudStack resource
+    type, or row -> type where one table holds two (templates and ISOs)."""
+    def get(r, lk):
+        return [TAG.render(t, lk) for t in lk.tags(kind(r) if callable(kind) else kind, r)]
+    return F("tags", "the list of resource tags associated", get, "list")
+
+
 ZONE = View("zone", [
     F("id", "the UUID of the zone", _a("uuid")),
     F("name", "the name of the zone", _a("name")),
@@ -61,6 +101,7 @@ ZONE = View("zone", [
     F("zonetoken", "Zone Token", lambda r, lk: r.uuid),
     F("type", "the type of the zone - core or edge", lambda r, lk: "Core"),
     F("created", "the date this zone was created", _date("created"), "date"),
+    tags_field("Zone"),
 ])
 
 POD = View("pod", [

@@ -6,7 +6,7 @@ from volstack.errors import InvalidParameter, ResourceInUse
 from volstack.services import events
 from volstack.services.context import require_root_admin
 from volstack.services.lifecycle import HOST_RESOURCE
-from volstack.services.listing import ListQuery, keyword_filter, paginate
+from volstack.services.listing import ListQuery, identity_filter, keyword_filter, paginate
 
 HYPERVISORS = ("KVM", "Simulator")
 ALLOCATION_STATES = ("Enabled", "Disabled")
@@ -99,12 +99,8 @@ def create_zone(s, ctx, name, networktype="Advanced", allocationstate=None, doma
     return zone
 
 
-def list_zones(s, ctx, q: ListQuery, id=None, name=None, available=None):
-    stmt = select(Zone).order_by(Zone.id)
-    if id:
-        stmt = stmt.where(Zone.uuid == id)
-    if name:
-        stmt = stmt.where(Zone.name == name)
+def list_zones(s, ctx, q: ListQuery, id=None, name=None, available=None, tags=None):
+    stmt = select(Zone).order_by(Zone.id).where(*identity_filter(Zone, {"id": id, "name": name, "tags": tags}))
     if not ctx.is_admin or available:
         stmt = stmt.where(Zone.allocation_state == "Enabled")
     stmt = stmt.where(*keyword_filter(q, Zone.name, Zone.description))
@@ -164,7 +160,7 @@ def list_pods(s, ctx, q: ListQuery, id=None, name=None, zoneid=None, allocations
     if id:
         stmt = stmt.where(Pod.uuid == id)
     if name:
-        stmt = stmt.where(Pod.name == name)
+        stmt = stmt.where(func.lower(Pod.name) == name.lower())
     if zoneid:
         stmt = stmt.where(Pod.zone_id == get_zone(s, zoneid).id)
     if allocationstate:
@@ -225,7 +221,7 @@ def list_clusters(s, ctx, q: ListQuery, id=None, name=None, zoneid=None, podid=N
     if id:
         stmt = stmt.where(Cluster.uuid == id)
     if name:
-        stmt = stmt.where(Cluster.name == name)
+        stmt = stmt.where(func.lower(Cluster.name) == name.lower())
     if zoneid:
         stmt = stmt.where(Cluster.zone_id == get_zone(s, zoneid).id)
     if podid:
@@ -321,7 +317,7 @@ def list_hosts(s, ctx, q: ListQuery, id=None, name=None, zoneid=None, podid=None
     if id:
         stmt = stmt.where(Host.uuid == id)
     if name:
-        stmt = stmt.where(Host.name == name)
+        stmt = stmt.where(func.lower(Host.name) == name.lower())
     if zoneid:
         stmt = stmt.where(Host.zone_id == get_zone(s, zoneid).id)
     if podid:

@@ -152,7 +152,7 @@ def list_pools(s, ctx, q: ListQuery, *, id=None, name=None, zoneid=None, podid=N
     if id:
         stmt = stmt.where(StoragePool.uuid == id)
     if name:
-        stmt = stmt.where(StoragePool.name == name)
+        stmt = stmt.where(func.lower(StoragePool.name) == name.lower())
     for col, uuid, getter in ((StoragePool.zone_id, zoneid, infra.get_zone), (StoragePool.pod_id, podid, infra.get_pod),
                               (StoragePool.cluster_id, clusterid, infra.get_cluster)):
         if uuid:
@@ -250,9 +250,10 @@ def delete_pool(s, ctx, id, forced=False) -> None:
 
 
 def allocated_bytes(s, pool) -> int:
-    """Σ sizes of the pool's volumes, plus what other subsystems keep there (cached template copies)."""
-    volumes = s.scalar(select(func.coalesce(func.sum(Volume.size), 0)).where(
-        Volume.pool_id == pool.id, Volume.removed.is_(None), Volume.state.notin_(("Expunged", "Allocated")))) or 0
+    """Σ sizes of the pool's volumes, plus what other subsystems keep there (cached template copies). int():
+    PostgreSQL's SUM of a bigint is a numeric (Decimal), which does not mix with the float thresholds."""
+    volumes = int(s.scalar(select(func.coalesce(func.sum(Volume.size), 0)).where(
+        Volume.pool_id == pool.id, Volume.removed.is_(None), Volume.state.notin_(("Expunged", "Allocated")))) or 0)
     return volumes + sum(extra(s, pool) for extra in allocated_extras)
 
 

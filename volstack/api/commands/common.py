@@ -30,12 +30,12 @@ def list_query(req, p) -> ListQuery:
 
 
 def obj(req, view, row) -> Obj:
-    return Obj(view.key, view.render(row, Lookups(req.s)))
+    return Obj(view.key, view.render(row, Lookups(req.s, [row])))
 
 
 def lst(req, view, rows_total) -> Lst:
     rows, total = rows_total
-    lk = Lookups(req.s)
+    lk = Lookups(req.s, rows)
     return Lst(view.key, [view.render(r, lk) for r in rows], total)
 
 
@@ -44,8 +44,9 @@ def paged(req, p, view, items: list) -> Lst:
     q = list_query(req, p)
     size = len(items) if q.pagesize in (None, -1) else q.pagesize
     start = ((q.page or 1) - 1) * size
-    lk = Lookups(req.s)
-    return Lst(view.key, [view.render(r, lk) for r in items[start:start + size]], len(items))
+    page = items[start:start + size]
+    lk = Lookups(req.s, page)
+    return Lst(view.key, [view.render(r, lk) for r in page], len(items))
 
 
 def pick(p, *names) -> dict:

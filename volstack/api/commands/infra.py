@@ -1,6 +1,6 @@
 """Zones, pods, clusters, hosts and the infrastructure catalogues."""
 from volstack.api.commands.common import list_query, lst, obj, paged, pick
-from volstack.api.registry import API, BOOLEAN, LIST, STRING, USER, UUID, Lst, Param as P, Success
+from volstack.api.registry import API, BOOLEAN, LIST, MAP, STRING, USER, UUID, Lst, Param as P, Success
 from volstack.api.views import CLUSTER, HOST, POD, ZONE, Lookups, View
 from volstack.api.registry import Field as F
 from volstack.errors import InvalidParameter
@@ -39,9 +39,10 @@ def create_zone(req, p):
     P("name", STRING, "the name of the zone"),
     P("available", BOOLEAN, "true if you want to retrieve all available Zones. False if you only want to return the Zones from which you have at least one VM. Default is false."),
     P("showcapacities", BOOLEAN, "flag to display the capacity of the zones"),
+    P("tags", MAP, "List resources by tags (key/value pairs): tags[0].key=k&tags[0].value=v; any pair matches"),
 ], view=ZONE, is_list=True, access=USER)
 def list_zones(req, p):
-    return lst(req, ZONE, infra.list_zones(req.s, req.ctx, list_query(req, p), p.id, p.name, p.available))
+    return lst(req, ZONE, infra.list_zones(req.s, req.ctx, list_query(req, p), p.id, p.name, p.available, tags=p.tags))
 
 
 @API.command("updateZone", "Updates a Zone.", [

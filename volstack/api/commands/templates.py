@@ -4,7 +4,7 @@ from sqlalchemy import select
 from volstack.api.commands.common import list_query, lst, obj
 from volstack.api.registry import (API, BOOLEAN, LIST, MAP, ROOT, STRING, USER, UUID, Field as F, Lst, Param as P,
                                    Success, View)
-from volstack.api.views import Lookups, _a, _date, _ref
+from volstack.api.views import Lookups, _a, _date, _ref, tags_field
 from volstack.db import models as m
 from volstack.db.image_models import ImageStore, TemplatePoolRef, TemplateStoreRef, TemplateZone
 from volstack.db.storage_models import StoragePool
@@ -18,6 +18,8 @@ def _refs(r, lk):
 
 
 def _zone_id(r, lk):
+    if isinstance(r, templates.InZone):
+        return r.listed_zone_id
     return lk.s.scalar(select(TemplateZone.zone_id).where(TemplateZone.template_id == r.id).order_by(TemplateZone.id))
 
 
@@ -67,7 +69,7 @@ def _fields():
         F("name", "the template name", _a("name")),
         F("displaytext", "the template display text", _a("display_text")),
         F("isready", "true if the template is ready to be deployed from, false otherwise.",
-          lambda r, lk: templates.is_ready(lk.s, r), "boolean"),
+          lambda r, lk: templates.is_ready(lk.s, r, getattr(r, "listed_zone_id", None)), "boolean"),
         F("status", "the status of the template", _status),
         F("downloaddetails", "Lists the download progress of a template across all secondary storages",
           _download_details, "list"),
@@ -98,6 +100,7 @@ def _fields():
         F("account", "the account name to which the template belongs", _ref(m.Account, "account_id", "name")),
         F("domainid", "the ID of the domain to which the template belongs", _ref(m.Domain, "domain_id")),
         F("domain", "the name of the domain to which the template belongs", _ref(m.Domain, "domain_id", "name")),
+        tags_field(lambda r: "ISO" if r.format == "ISO" else "Template"),
     ]
 
 
@@ -115,7 +118,8 @@ REGISTER_COMMON = [
     P("displaytext", STRING, "The display text of the template, defaults to 'name'.", length=4096),
     P("url", STRING, "the URL of where the template is hosted: http(s)://…, a .metalink file lists mirrors",
       required=True, length=2048),
-    P("zoneid", UUID, "the ID of the zone the template is to be hosted on", entity="Zone"),
+    P("zoneid", UUID, "the ID of the zone the template is to be hosted on; -1: every zone (a cross-zone template)",
+      entity="Zone", special=(templates.ALL_ZONES,)),
     P("checksum", STRING, "the checksum value of this template: {SHA-256}hex, {MD5}hex … or a bare MD5"),
     P("ostypeid", UUID, "the ID of the OS Type that best represents the OS of this template (see listOsTypes)"),
     P("ispublic", BOOLEAN, "true if the template is available to all accounts; default is true for admin and false for users"),
@@ -145,7 +149,8 @@ def _register(req, p, is_iso):
 @API.command("registerTemplate", "Registers an existing template into the CloudStack cloud.", REGISTER_COMMON + [
     P("format", STRING, "the format for the template: QCOW2 or RAW (KVM)", required=True),
     P("hypervisor", STRING, "the target hypervisor for the template", required=True),
-    P("zoneids", LIST, "A list of zone ids where the template will be hosted; -1 means all zones"),
+    P("zoneids", LIST, "A list of zone ids where the template will be hosted; -1 means all zones", entity="Zone",
+      special=(templates.ALL_ZONES,)),
     P("requireshvm", BOOLEAN, "true if this template requires HVM"),
     P("templatetype", STRING, "the type of the template: USER (default) or BUILTIN; SYSTEM for root admins"),
     P("details", MAP, "Template details in key/value pairs; HTTP_HEADER:<Name> keys become download request headers"),
@@ -160,7 +165,8 @@ def register_template(req, p):
     P("imagestoreuuid", STRING, "Image store UUID"),
     P("format", STRING, "unused: ISOs are ISO"),
     P("hypervisor", STRING, "unused: ISOs serve every hypervisor"),
-    P("zoneids", LIST, "unused"),
+    P("zoneids", LIST, "A list of zone ids where the ISO will be hosted; -1 means all zones", entity="Zone",
+      special=(templates.ALL_ZONES,)),
     P("requireshvm", BOOLEAN, "unused"),
     P("templatetype", STRING, "unused"),
     P("details", MAP, "unused"),
@@ -188,6 +194,7 @@ LIST_FILTERS = [
     P("isready", BOOLEAN, "list templates that are ready to be deployed"),
     P("imagestoreid", UUID, "ID of the image or image cache store", entity="ImageStore"),
     P("storageid", UUID, "ID of the storage pool", entity="StoragePool"),
+    P("tags", MAP, "List resources by tags (key/value pairs): tags[0].key=k&tags[0].value=v; any pair matches"),
     P("listall", BOOLEAN, "with self/selfexecutable, list the templates of every account the caller may see"),
     P("isrecursive", BOOLEAN, "with listall, include subdomains"),
     P("account", STRING, "list resources by account. Must be used with the domainId parameter."),
@@ -199,7 +206,7 @@ def _list(req, p, is_iso, flt):
     return lst(req, ISO if is_iso else TEMPLATE, templates.list_templates(
         req.s, req.ctx, list_query(req, p), is_iso=is_iso, templatefilter=flt, id=p.id, ids=p.ids, name=p.name,
         zoneid=p.zoneid, hypervisor=p.hypervisor, isready=p.isready, imagestoreid=p.imagestoreid,
-        storageid=p.storageid, templatetype=p.get("templatetype")))
+        storageid=p.storageid, templatetype=p.get("templatetype"), tags=p.tags))
 
 
 @API.command("listTemplates", "List all public, private, and privileged templates.", LIST_FILTERS + [
