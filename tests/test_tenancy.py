@@ -83,6 +83,29 @@ def test_domain_admin_sees_its_subtree_only(server):
     assert paths == {"ROOT", "ROOT/sub", "ROOT/other"}
 
 
+def test_a_domain_admin_reaches_its_whole_subtree_by_ids_on_every_database(server_any_db):
+    """The subtree is a recursive query over parent ids (SQLite and PostgreSQL): grandchildren included, a
+    sibling whose name extends ours ("sub" / "sub2") never."""
+    server = server_any_db
+    api = client(server)
+    sub = api.createDomain(name="sub")["domain"]
+    grand = api.createDomain(name="grand", parentdomainid=api.createDomain(name="mid", parentdomainid=sub["id"])
+                             ["domain"]["id"])["domain"]
+    sub2 = api.createDomain(name="sub2")["domain"]
+    _, dadmin = _user_api(server, api, "dadmin", accounttype=2, domainid=sub["id"])
+    _user_api(server, api, "deep", domainid=grand["id"])
+    _user_api(server, api, "beside", domainid=sub2["id"])
+    assert {a["name"] for a in dadmin.listAccounts(listall=True)["account"]} == {"dadmin", "deep"}
+    assert {d["name"] for d in dadmin.listDomains(listall=True)["domain"]} == {"sub", "mid", "grand"}
+    assert {e["account"] for e in dadmin.listEvents(listall=True).get("event", [])} <= {"dadmin", "deep"}
+    with pytest.raises(CloudStackApiException) as e:
+        dadmin.updateDomain(id=sub2["id"], name="mine")
+    assert e.value.error["errorcode"] == 531
+    with pytest.raises(CloudStackApiException) as e:
+        dadmin.updateDomain(id=sub["id"], name="SUB2")
+    assert e.value.error["errorcode"] == 431 and "already exists" in e.value.error["errortext"]
+
+
 def test_disable_enable_and_delete_account(server):
     api = client(server)
     acc, alice = _user_api(server, api, "alice")

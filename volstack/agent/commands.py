@@ -6,8 +6,10 @@ succeeds, attaching an attached disk succeeds), on top of the server's request-i
 """
 import contextlib
 import json
+import logging
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import tempfile
@@ -16,7 +18,7 @@ import uuid
 from contextlib import contextmanager
 
 from volstack import __version__
-from volstack.agent import PROTOCOL, download, images
+from volstack.agent import PROTOCOL, download, images, programs
 from volstack.agent.errors import Busy, InvalidArgument
 
 REQUIRED = object()
@@ -37,10 +39,22 @@ def arg(args: dict, key: str, kind=str, default=REQUIRED):
 
 def _nfs_driver() -> bool:
     try:
-        out = subprocess.run(["qemu-img", "--help"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([programs.QEMU_IMG, "--help"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
     return bool(re.search(r"Supported formats:.*\bnfs\b", out, re.S))
+
+
+
+log = logging.getLogger("volstack.agent")
+
+
+def _part(name, suffix: str = "") -> str | None:
+    return images.part_name(f"{name}{suffix}") if isinstance(name, str) and name else None
+
+
+def _revert(name) -> str | None:
+    return f"{name}.revert" if isinstance(name, str) and name else None
 
 
 class Agent:
@@ -236,6 +250,7 @@ class Agent:
                 return {"path": name, "size": have["size"], "physical_size": have["physical_size"],
                         "format": have["format"]}
             return None
+        self.remove_partials(cmd, args)
         if cmd == "volume_mirror":
             return self.hv.recover_mirror(args)
         if cmd == "vm_migrate":
@@ -243,6 +258,39 @@ class Agent:
         if cmd == "template_download":
             return self._template_recover(args)
         return None
+
+    # Every temporary name a task writes before renaming its result into place (images.part_name for copies,
+    # `<name>.revert` and its part for reverts): (pool key, name) pairs. A task cut short by the agent's death
+    # leaves them behind; nothing else ever uses these names, so start-up removes them.
+    PARTIALS = {
+        "snapshot_take": lambda a: [("pool", _part(a.get("snapshot"), ".qcow2")), ("dst_pool", _part(a.get("dst_name")))],
+        "snapshot_backup": lambda a: [("dst_pool", _part(a.get("dst_name")))],
+        "snapshot_revert": lambda a: [("pool", _revert(a.get("name"))), ("pool", _part(_revert(a.get("name"))))],
+        "rbd_export_diff": lambda a: [("dst_pool", _part(a.get("dst_name")))],
+        "rbd_restore": lambda a: [("dst_pool", _part(a.get("dst_name"))), ("dst_pool", _revert(a.get("dst_name"))),
+                                  ("dst_pool", _part(_revert(a.get("dst_name"))))],
+    }
+
+    def remove_partials(self, cmd: str, args: dict) -> list[str]:
+        """Remove what an interrupted task `cmd` may have left under a temporary name; the names removed."""
+        removed = []
+        for key, name in self.PARTIALS.get(cmd, lambda a: [])(args):
+            if args.get(key) is None or name is None:
+                continue
+            try:
+                pool = self.pool(args, key)
+                if pool.exists(name):
+                    pool.remove(name)
+                    removed.append(name)
+                    log.warning("removed %s in pool %s, left by %s cut short by the agent's restart", name,
+                                pool.uuid, cmd)
+            except Exception as e:          # an unreachable pool: the orphan scan reports the file later
+                log.warning("cannot remove what %s left (%s in %s): %s", cmd, name, key, e)
+        return removed
+
+    def clean_work_dirs(self) -> None:
+        """At start-up nothing runs yet: the scratch files of RBD backups and restores are all left-overs."""
+        shutil.rmtree(self._work_dir(), ignore_errors=True)
 
     # ---- rbd: primitives of RBD pools (templates: issue 5 item 3, snapshots: item 4, HA heartbeat: item 6)
 

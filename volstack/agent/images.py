@@ -22,7 +22,7 @@ import subprocess
 from contextlib import ExitStack, contextmanager
 from urllib.parse import quote
 
-from volstack.agent import nfs3, tasks
+from volstack.agent import nfs3, programs, tasks
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound, Unavailable
 
 FORMATS = ("qcow2", "raw")
@@ -287,12 +287,12 @@ def qemu_img(args: list[str], what: str, timeout: float = 300, pools=()) -> str:
     try:
         with ExitStack() as stack:
             extra = [a for p in pools for a in stack.enter_context(p.qemu_img_objects())]
-            r = subprocess.run(["qemu-img", args[0], *extra, *args[1:]], capture_output=True, text=True,
+            r = subprocess.run([programs.QEMU_IMG, args[0], *extra, *args[1:]], capture_output=True, text=True,
                                timeout=timeout, preexec_fn=_die_with_agent)
     except subprocess.TimeoutExpired:
         raise Unavailable(f"{what}: qemu-img did not finish within {timeout:.0f} s") from None
     except FileNotFoundError:
-        raise Failed("qemu-img is not installed on this host (Debian package qemu-utils)") from None
+        raise Failed(programs.not_installed(programs.QEMU_IMG)) from None
     if r.returncode:
         raise _error(r.stderr, what)
     return r.stdout
@@ -403,7 +403,7 @@ def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=
         with ExitStack() as stack:      # secret files live as long as qemu-img runs
             objects = [a for p in {p.uuid: p for p in (src, dst)}.values()
                        for a in stack.enter_context(p.qemu_img_objects())]
-            cmd = ["qemu-img", "convert", "-p", *objects, *extra, *(["-r", str(speed)] if speed else []),
+            cmd = [programs.QEMU_IMG, "convert", "-p", *objects, *extra, *(["-r", str(speed)] if speed else []),
                    "-f", src_format, "-O", fmt,
                    *(["-l", f"snapshot.name={snapshot}"] if snapshot else []), src.target(src_name), dst.target(part)]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_agent)

@@ -23,14 +23,14 @@ import threading
 import time
 
 from volstack.agent import hypervisor as hv
-from volstack.agent import images
+from volstack.agent import images, programs
 from volstack.agent.cdrom import QemuCdrom, cd_device
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound
 from volstack.agent.migration import QemuMigration
 from volstack.agent.mirror import QemuMirror
 from volstack.agent.qmp import Qmp, QmpError, QmpGone
 
-QEMU = "qemu-system-x86_64"
+QEMU = programs.QEMU_SYSTEM
 SLOTS = hv.MAX_DATA_DISKS + 1
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 

@@ -26,6 +26,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+from volstack.agent import programs
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound, Unavailable
 from volstack.agent.images import Pool, check_name, check_size
 
@@ -36,7 +37,6 @@ MON_OP_TIMEOUT = 10
 OSD_OP_TIMEOUT = int(os.environ.get("VOLSTACK_RBD_OSD_OP_TIMEOUT") or 30)
 BASE_SNAP = "volstack-base"
 HEARTBEAT_OBJECT = "volstack.heartbeat"
-_DEBIAN = "/usr/lib/python3/dist-packages"
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -50,12 +50,12 @@ def bindings():
     except ImportError:
         pass
     mods = []
-    for name in ("rados", "rbd"):
+    for name in programs.PYTHON_MODULES:
         if name in sys.modules:
             mods.append(sys.modules[name])
             continue
-        path = next((os.path.join(_DEBIAN, name + sfx) for sfx in importlib.machinery.EXTENSION_SUFFIXES
-                     if os.path.exists(os.path.join(_DEBIAN, name + sfx))), None)
+        path = next((os.path.join(programs.DEBIAN_PYTHON, name + sfx) for sfx in importlib.machinery.EXTENSION_SUFFIXES
+                     if os.path.exists(os.path.join(programs.DEBIAN_PYTHON, name + sfx))), None)
         if path is None:
             raise Failed("the Ceph Python bindings are not installed on this host (Debian packages python3-rados "
                          "and python3-rbd; scripts/install-host.sh installs them)")

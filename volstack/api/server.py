@@ -103,7 +103,13 @@ class ApiApp:
         return status, [("Content-Type", ctype), ("Content-Length", str(len(data)))] + extra_headers, data
 
     def _json_type(self) -> str:
-        return self.ms.json_content_type
+        # read after the error handler: a database that cannot answer (locked, gone) must still get an
+        # error envelope, never the WSGI server's bare plain-text 500
+        try:
+            return self.ms.json_content_type
+        except Exception as exc:
+            log.warning("reading %s failed, answering with its default: %s", S.JSON_CONTENT_TYPE.name, exc)
+            return S.JSON_CONTENT_TYPE.default
 
     # ------------------------------------------------------------ authentication
 

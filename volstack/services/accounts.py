@@ -11,7 +11,7 @@ from volstack.db.models import Account, Domain, ResourceLimit, Role, Session, Us
 from volstack.errors import InvalidParameter, PermissionDenied, ResourceInUse, ResourceLimitExceeded
 from volstack.services import events, settings as S
 from volstack.services.context import (DOMAIN_ADMIN, ROOT_ADMIN, USER, CallContext, can_access_domain,
-                                       check_access, require_root_admin)
+                                       check_access, require_root_admin, subtree_ids)
 from volstack.services.listing import ListQuery, keyword_filter, paginate
 
 _hasher = PasswordHasher()
@@ -174,7 +174,7 @@ def get_domain(s, ctx, uuid: str) -> Domain:
     dom = s.scalar(select(Domain).where(Domain.uuid == uuid))
     if dom is None:
         raise InvalidParameter(f"Unable to find domain by id {uuid}")
-    if not can_access_domain(ctx, dom):
+    if not can_access_domain(s, ctx, dom):
         raise PermissionDenied(f"Account {ctx.account_name} does not have permission to access domain {dom.name}")
     return dom
 
@@ -183,8 +183,7 @@ def create_domain(s, ctx, name: str, parentdomainid: str | None = None, networkd
     if not ctx.is_admin:
         raise PermissionDenied("Only administrators can create domains")
     parent = get_domain(s, ctx, parentdomainid) if parentdomainid else s.get(Domain, ctx.domain_id)
-    if s.scalar(select(Domain).where(Domain.parent_id == parent.id, func.lower(Domain.name) == name.lower())):
-        raise InvalidParameter(f"Domain with name {name} already exists for the parent id={parent.uuid}")
+    _check_domain_name(s, parent, name)
     dom = Domain(name=name, parent_id=parent.id, path=parent.path + name + "/", level=parent.level + 1,
                  network_domain=networkdomain)
     s.add(dom)
@@ -193,11 +192,22 @@ def create_domain(s, ctx, name: str, parentdomainid: str | None = None, networkd
     return dom
 
 
+def _check_domain_name(s, parent: Domain, name: str, renaming: Domain | None = None) -> None:
+    """Names are unique among siblings (case-insensitively, as CloudStack) and hold no '/', so that no two domains
+    ever share a path (login and domainpath name a domain by it)."""
+    if "/" in name or not name.strip():
+        raise InvalidParameter(f"Invalid domain name {name!r}: a domain name is not empty and has no '/'")
+    clash = s.scalar(select(Domain).where(Domain.parent_id == parent.id, func.lower(Domain.name) == name.lower(),
+                                          *([Domain.id != renaming.id] if renaming else [])))
+    if clash is not None:
+        raise InvalidParameter(f"Domain with name {name} already exists for the parent id={parent.uuid}")
+
+
 def list_domains(s, ctx, q: ListQuery, id=None, name=None, level=None):
     stmt = select(Domain).order_by(Domain.id)
     base = s.get(Domain, ctx.domain_id)
     if ctx.is_admin and (q.listall or q.isrecursive or id or name or level is not None):
-        stmt = stmt.where(Domain.path.startswith(base.path))
+        stmt = stmt.where(Domain.id.in_(subtree_ids(base.id)))
     else:
         stmt = stmt.where(Domain.id == base.id)
     if id:
@@ -215,10 +225,11 @@ def update_domain(s, ctx, id: str, name=None, networkdomain=None) -> Domain:
     if dom.id == 1 and name and name != dom.name:
         raise InvalidParameter("The ROOT domain cannot be renamed")
     if name and name != dom.name:
+        _check_domain_name(s, s.get(Domain, dom.parent_id), name, renaming=dom)
         old = dom.path
         dom.name = name
         dom.path = old[: -len(old.rstrip("/").split("/")[-1]) - 1] + name + "/"
-        for sub in s.scalars(select(Domain).where(Domain.path.startswith(old), Domain.id != dom.id)):
+        for sub in s.scalars(select(Domain).where(Domain.id.in_(subtree_ids(dom.id)), Domain.id != dom.id)):
             sub.path = dom.path + sub.path[len(old):]
     if networkdomain is not None:
         dom.network_domain = networkdomain
@@ -230,7 +241,7 @@ def delete_domain(s, ctx, id: str, cleanup: bool = False) -> None:
     dom = get_domain(s, ctx, id)
     if dom.id == 1:
         raise PermissionDenied("The ROOT domain cannot be deleted")
-    subs = list(s.scalars(select(Domain).where(Domain.path.startswith(dom.path)).order_by(Domain.level.desc())))
+    subs = list(s.scalars(select(Domain).where(Domain.id.in_(subtree_ids(dom.id))).order_by(Domain.level.desc())))
     accounts = list(s.scalars(select(Account).where(Account.domain_id.in_([d.id for d in subs]))))
     if accounts and not cleanup:
         raise ResourceInUse(f"Can't delete the domain {dom.name}: it still has {len(accounts)} account(s); "
@@ -315,7 +326,7 @@ def list_accounts(s, ctx, q: ListQuery, id=None, name=None, accounttype=None, st
         if q.domainid and not (q.isrecursive or q.listall):
             stmt = stmt.where(Account.domain_id == base.id)
         else:
-            stmt = stmt.where(Domain.path.startswith(base.path))
+            stmt = stmt.where(Account.domain_id.in_(subtree_ids(base.id)))
     if id:
         stmt = stmt.where(Account.uuid == id)
     if name or q.account:
@@ -412,7 +423,7 @@ def list_users(s, ctx, q: ListQuery, id=None, username=None, state=None):
         stmt = stmt.where(User.account_id == ctx.account_id)
     else:
         base = get_domain(s, ctx, q.domainid) if q.domainid else s.get(Domain, ctx.domain_id)
-        stmt = stmt.where(Domain.path.startswith(base.path))
+        stmt = stmt.where(Account.domain_id.in_(subtree_ids(base.id)))
     if q.account:
         stmt = stmt.where(Account.name == q.account)
     if id:

@@ -165,7 +165,7 @@ class Settings:
 
     def get(self, key: ConfigKey, **scope_ids):
         """scope_ids: zone=, cluster=, storagepool=, account=, domain=, imagestore= (internal ids)."""
-        with self.db.session() as s:
+        with self.db.session(readonly=True) as s:     # a read never waits for a writer (SQLite: plain BEGIN)
             return self.value_in(s, key, **scope_ids)
 
     @staticmethod
