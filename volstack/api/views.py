@@ -98,6 +98,7 @@ ZONE = View("zone", [
     F("allocationstate", "the allocation state of the cluster", _a("allocation_state"), ),
     F("localstorageenabled", "true if local storage offering enabled, false otherwise", _a("local_storage_enabled"), "boolean"),
     F("securitygroupsenabled", "true if security groups support is enabled, false otherwise", _a("security_group_enabled"), "boolean"),
+    F("dhcpprovider", "the dhcp Provider for the Zone", lambda r, lk: "VirtualRouter"),
     F("zonetoken", "Zone Token", lambda r, lk: r.uuid),
     F("type", "the type of the zone - core or edge", lambda r, lk: "Core"),
     F("created", "the date this zone was created", _date("created"), "date"),

@@ -248,8 +248,9 @@ def delete_domain(s, ctx, id: str, cleanup: bool = False) -> None:
                             "delete them first or pass cleanup=true")
     for acc in accounts:
         _delete_account_rows(s, acc)
-    for d in subs:
+    for d in subs:                     # deepest first, one by one: a child row must go before its parent's
         s.delete(d)
+        s.flush()
     events.record(s, ctx, "DOMAIN.DELETE", f"Domain {dom.name} deleted", resource_type="Domain", resource_uuid=dom.uuid)
 
 

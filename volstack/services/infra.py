@@ -1,4 +1,6 @@
 """Zones, pods, clusters and hosts."""
+import ipaddress
+
 from sqlalchemy import func, select
 
 from volstack.db.models import Cluster, Host, Pod, Zone, utcnow
@@ -24,6 +26,26 @@ def register_host_connector(hypervisor: str, fn) -> None:
 
 def _simulator_connect(s, host: Host, url, username, password) -> None:
     host.state, host.version, host.last_ping = "Up", "simulator", utcnow()
+    if host.name.startswith("sim"):
+        # CloudStack's simulator setup (http://sim/c0/h0, http://sim/c0/h1 ...): every host is an agent of its
+        # own, SimulatedAgent.<uuid>, with an address from its pod's range
+        host.name = f"SimulatedAgent.{host.uuid}"
+        host.ip_address = _next_pod_address(s, host) or host.ip_address
+
+
+def _next_pod_address(s, host: Host) -> str | None:
+    pod = s.get(Pod, host.pod_id)
+    if not (pod and pod.start_ip and pod.end_ip):
+        return None
+    used = set(s.scalars(select(Host.ip_address).where(Host.pod_id == pod.id, Host.id != host.id)))
+    try:
+        first, last = ipaddress.ip_address(pod.start_ip), ipaddress.ip_address(pod.end_ip)
+    except ValueError:
+        return None
+    for n in range(int(first), int(last) + 1):
+        if str(ipaddress.ip_address(n)) not in used:
+            return str(ipaddress.ip_address(n))
+    return None
 
 
 register_host_connector("Simulator", _simulator_connect)
@@ -87,6 +109,8 @@ def create_zone(s, ctx, name, networktype="Advanced", allocationstate=None, doma
     if ntype is None:
         raise InvalidParameter(f"Invalid network type {networktype}: use Basic or Advanced")
     zone = Zone(name=name, network_type=ntype, allocation_state=_allocation(allocationstate))
+    if ntype == "Basic":             # CloudStack: a Basic zone always isolates guests with security groups
+        fields["securitygroupenabled"] = True
     if domainid:
         from volstack.services.accounts import get_domain
         zone.domain_id = get_domain(s, ctx, domainid).id
@@ -146,12 +170,24 @@ def create_pod(s, ctx, zoneid, name, gateway=None, netmask=None, startip=None, e
     zone = get_zone(s, zoneid)
     if s.scalar(select(Pod).where(Pod.zone_id == zone.id, func.lower(Pod.name) == name.lower())):
         raise InvalidParameter(f"A pod with name {name} already exists in zone {zone.name}")
+    endip = endip or _range_end(startip, netmask)
     pod = Pod(zone_id=zone.id, name=name, gateway=gateway, netmask=netmask, start_ip=startip, end_ip=endip,
               allocation_state=_allocation(allocationstate))
     s.add(pod)
     s.flush()
     events.record(s, ctx, "POD.CREATE", f"Pod {name} created in zone {zone.name}", resource_type="Pod", resource_uuid=pod.uuid)
     return pod
+
+
+def _range_end(startip, netmask) -> str | None:
+    """createPod without endip: the last usable address of the start address's subnet, as CloudStack fills it."""
+    if not startip or not netmask:
+        return None
+    try:
+        net = ipaddress.ip_network(f"{startip}/{netmask}", strict=False)
+    except ValueError:
+        raise InvalidParameter(f"Invalid startip {startip} or netmask {netmask}") from None
+    return str(net.broadcast_address - 1)
 
 
 def list_pods(s, ctx, q: ListQuery, id=None, name=None, zoneid=None, allocationstate=None):
@@ -295,7 +331,8 @@ def add_host(s, ctx, zoneid, podid, url, hypervisor, clusterid=None, clustername
     if cl.hypervisor != hv:
         raise InvalidParameter(f"Cannot add a {hv} host to cluster {cl.name}, whose hypervisor is {cl.hypervisor}")
     name = _host_name_from_url(url)
-    if hv != "KVM" and s.scalar(select(Host).where(Host.zone_id == zone.id, Host.name == name)):
+    if hv != "KVM" and not name.startswith("sim") and s.scalar(select(Host).where(Host.zone_id == zone.id,
+                                                                                 Host.name == name)):
         raise InvalidParameter(f"A host with name {name} already exists in zone {zone.name}")
     connect = _host_connectors.get(hv)
     if connect is None:
@@ -306,7 +343,7 @@ def add_host(s, ctx, zoneid, podid, url, hypervisor, clusterid=None, clustername
     s.add(host)
     s.flush()
     connect(s, host, url, username, password)
-    events.record(s, ctx, "HOST.ADD", f"Host {name} added to cluster {cl.name}", resource_type="Host", resource_uuid=host.uuid)
+    events.record(s, ctx, "HOST.ADD", f"Host {host.name} added to cluster {cl.name}", resource_type="Host", resource_uuid=host.uuid)
     return host
 
 

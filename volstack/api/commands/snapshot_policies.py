@@ -53,7 +53,7 @@ def create_snapshot_policy(req, p):
 
 @API.command("updateSnapshotPolicy", "Updates the snapshot policy: its id (customid) and whether it is displayed "
              "(and scheduled).", [
-    P("id", UUID, "the ID of the snapshot policy", entity="SnapshotPolicy", required=True),
+    P("id", UUID, "the ID of the snapshot policy", entity="SnapshotPolicy"),
     P("customid", STRING, "an optional field, in case you want to set a custom id to the resource. Allowed to Root "
       "Admins only"),
     P("fordisplay", BOOLEAN, "an optional field, whether to the display the snapshot policy to the end user or not."),
@@ -63,6 +63,9 @@ def update_snapshot_policy(req, p):
     from volstack.services.context import require_root_admin
     if p.customid:
         require_root_admin(req.ctx)
+    if not p.id:                    # optional in CloudStack's declaration too, which then refuses it the same way
+        from volstack.errors import InvalidParameter
+        raise InvalidParameter("Invalid policy id was given: pass id, the snapshot policy to update")
     policy = policies.get_policy(req.s, req.ctx, p.id)
     return obj(req, SNAPSHOT_POLICY, policies.update_policy(req.s, req.ctx, policy, customid=p.customid,
                                                      fordisplay=p.fordisplay))
