@@ -1,5 +1,5 @@
 """Generate docs/api.md from the command declarations: `python -m volstack.api.docs > docs/api.md`."""
-from volstack.api import commands  # noqa: F401
+from volstack.api import commands, coverage  # noqa: F401
 from volstack.api.registry import API
 
 
@@ -30,6 +30,7 @@ def render() -> str:
            "a test fails when this file is out of date. Requests and responses follow CloudStack's "
            "conventions: see README and docs/architecture.md.", "",
            "## Departures from CloudStack", "", *[f"- {d}" for d in DEPARTURES], "",
+           *coverage.render(), "## Commands", "",
            "| command | async | who | response |", "|---|---|---|---|"]
     for c in cmds:
         out.append(f"| [{c.name}](#{c.name.lower()}) | {'yes' if c.is_async else 'no'} | {c.access} | "
