@@ -134,3 +134,35 @@ def test_simulator_hosts_are_named_as_cloudstacks_simulator_names_them(two_zones
     assert [h["name"] for h in hosts] == [f"SimulatedAgent.{h['id']}" for h in hosts]
     assert [h["ipaddress"] for h in hosts] == ["172.16.15.2", "172.16.15.3"]
     assert {h["state"] for h in hosts} == {"Up"}
+
+
+def test_guest_os_catalogue_and_user_defined_types(two_zones):
+    api = two_zones["api"]
+    types = api.listOsTypes()["ostype"]
+    names = {t["description"] for t in types}
+    assert len(types) >= 170 and {"CentOS 5.6 (64-bit)", "Debian GNU/Linux 7(64-bit)", "Other Linux (64-bit)"} <= names
+    cats = {c["name"]: c["id"] for c in api.listOsCategories()["oscategory"]}
+    assert {"CentOS", "Debian", "Oracle", "RedHat", "SUSE", "Windows", "Other", "Novel", "Unix", "Ubuntu"} <= set(cats)
+    assert api.listOsCategories(name="debian")["oscategory"][0]["id"] == cats["Debian"]
+    centos = api.listOsTypes(description="CentOS 5.6 (64-bit)")["ostype"][0]
+    assert (centos["oscategoryname"], centos["isuserdefined"]) == ("CentOS", False)
+
+    mine = api.addGuestOs(oscategoryid=cats["Debian"], osdisplayname="Debian GNU/Linux 13 (64-bit)",
+                          **{"details[0].key": "virtio", "details[0].value": "true"})["guestos"]
+    assert (mine["description"], mine["oscategoryname"], mine["isuserdefined"]) == \
+        ("Debian GNU/Linux 13 (64-bit)", "Debian", True)
+    assert api.listOsTypes(id=mine["id"])["ostype"][0]["description"] == "Debian GNU/Linux 13 (64-bit)"
+    assert api.listResourceDetails(resourcetype="GuestOs", resourceid=mine["id"])["resourcedetail"][0]["key"] == "virtio"
+    code, text = error_of(lambda: api.addGuestOs(oscategoryid=cats["Debian"], osdisplayname="centos 5.6 (64-BIT)"))
+    assert code == 431 and "already exists" in text
+    assert api.updateGuestOs(id=mine["id"], osdisplayname="Debian 13")["guestos"]["description"] == "Debian 13"
+    code, text = error_of(lambda: api.updateGuestOs(id=centos["id"], osdisplayname="x"))
+    assert code == 431 and "cannot be changed" in text
+    t = api.registerTemplate(name="d13", url="http://10.0.0.1/d13.qcow2", format="QCOW2", hypervisor="KVM",
+                             zoneid=two_zones["zones"][0]["id"], ostypeid=mine["id"])["template"][0]
+    assert t["ostypename"] == "Debian 13"
+    code, text = error_of(lambda: api.removeGuestOs(id=mine["id"]))
+    assert code == 536 and "1 template" in text
+    api.deleteTemplate(id=t["id"])
+    api.removeGuestOs(id=mine["id"])
+    assert api.listOsTypes(id=mine["id"]) == {}

@@ -1,4 +1,4 @@
-"""Resource tags and resource details (CloudStack's `resource_tags` and its per-type `*_details` tables).
+"""Resource tags and resource details, and the guest OS types users add (CloudStack's `resource_tags` and its per-type `*_details` tables).
 
 A tag names its resource by CloudStack's resource type (Volume, Template, ISO, ...) and the resource's internal
 id; it carries the resource owner's account and domain, as CloudStack's do, so listTags can apply the usual
@@ -35,3 +35,12 @@ class ResourceDetail(Base):
     value: Mapped[str] = mapped_column(String(4096))
     display: Mapped[bool] = mapped_column(Boolean, default=True)
     __table_args__ = (UniqueConstraint("resource_type", "resource_id", "name"),)
+
+
+class GuestOs(Entity, Base):
+    """A guest OS type added with addGuestOs (CloudStack's catalogue itself is data: services/catalog.py)."""
+    __tablename__ = "guest_os"
+    category_uuid: Mapped[str] = mapped_column(String(40))
+    display_name: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    display: Mapped[bool] = mapped_column(Boolean, default=True)

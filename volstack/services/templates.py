@@ -158,7 +158,7 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
     parse_checksum(checksum)
     if ostypeid is None:
         ostypeid = catalog.os_type_id("Other (64-bit)" if is_iso else "Other Linux (64-bit)")
-    elif catalog.os_type(ostypeid) is None:
+    elif catalog.os_type(ostypeid, s) is None:
         raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
     if (ispublic or isfeatured) and not ctx.is_admin and not _users_may_publish(s, ctx):
         raise PermissionDenied("Only administrators may register public or featured templates here "
@@ -430,7 +430,7 @@ def update(s, ctx, t: Template, *, name=None, displaytext=None, format=None, ost
             raise InvalidParameter(f"The format of {t.name} is {t.format} (probed at download); it cannot be changed")
         t.format = fmt
     if ostypeid:
-        if catalog.os_type(ostypeid) is None:
+        if catalog.os_type(ostypeid, s) is None:
             raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
         t.os_type = ostypeid
     for attr, value in (("password_enabled", passwordenabled), ("bootable", bootable), ("requires_hvm", requireshvm),

@@ -60,7 +60,7 @@ def _checksum(r, lk):
 
 
 def _ostype(field):
-    return lambda r, lk: (catalog.os_type(r.os_type) or {}).get(field)
+    return lambda r, lk: (catalog.os_type(r.os_type, lk.s) or {}).get(field)
 
 
 def _fields():
