@@ -131,7 +131,12 @@ class Agent:
                                  arg(args, "provisioning", str, "thin"))
 
     def cmd_volume_info(self, args, progress):
-        return images.info(self.pool(args), images.check_name(arg(args, "name")), arg(args, "format", str, None))
+        return images.info(self.pool(args), images.check_name(arg(args, "name")), arg(args, "format"))
+
+    def cmd_volume_import_check(self, args, progress):
+        """The format and sizes of an image file to import (importVolume): probed, the one time, with links,
+        backing and data files refused (unpack.check_import)."""
+        return download.unpack.check_import(self.pool(args), images.check_name(arg(args, "name")))
 
     def cmd_volume_delete(self, args, progress):
         pool, name = self.pool(args), images.check_name(arg(args, "name"))
@@ -147,7 +152,8 @@ class Agent:
             vm = self.hv.in_use(pool.uuid, name)
             if vm:
                 raise Busy(f"volume {name} is attached to running VM {vm}; use disk_resize to resize it online")
-            return images.resize(pool, name, arg(args, "size", int), arg(args, "shrink_ok", bool, False))
+            return images.resize(pool, name, arg(args, "size", int), arg(args, "format"),
+                                 arg(args, "shrink_ok", bool, False))
 
     def cmd_volume_clone(self, args, progress):
         pool, name = self.pool(args), images.check_name(arg(args, "name"))
@@ -160,7 +166,7 @@ class Agent:
         src_name, dst_name = images.check_name(arg(args, "src_name")), images.check_name(arg(args, "dst_name"))
         with self.hold(src, src_name, "being copied", shared=True), self.hold(dst, dst_name, "being copied to"):
             return images.copy(src, src_name, dst, dst_name, arg(args, "format"), progress,
-                               arg(args, "src_format", str, None), speed=arg(args, "speed", int, 0))
+                               arg(args, "src_format"), speed=arg(args, "speed", int, 0))
 
     def cmd_volume_mirror(self, args, progress):
         dst, dst_name = self.pool(args, "dst_pool"), images.check_name(arg(args, "dst_name"))
@@ -246,7 +252,8 @@ class Agent:
                 dst.remove(images.part_name(name))
                 return None
             if dst.exists(name):
-                have = images.info(dst, name, arg(args, "format"))
+                fmt = arg(args, "format")
+                have = images.info(dst, name, fmt if fmt in dst.formats else dst.formats[0])
                 return {"path": name, "size": have["size"], "physical_size": have["physical_size"],
                         "format": have["format"]}
             return None
@@ -306,7 +313,7 @@ class Agent:
         src, src_name = self.pool(args, "src_pool"), images.check_name(arg(args, "src_name"))
         with self.hold(pool, name, "being imported"), self.hold(src, src_name, "being copied", shared=True):
             return pool.import_base(name, lambda p, base: images.copy(
-                src, src_name, p, base, "raw", progress, arg(args, "src_format", str, None)))
+                src, src_name, p, base, "raw", progress, arg(args, "src_format")))
 
     def cmd_rbd_clone(self, args, progress):
         pool, name = self.rbd_pool(args), images.check_name(arg(args, "name"))

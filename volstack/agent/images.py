@@ -3,8 +3,10 @@
 A pool is described by the management server in every command: {"uuid", "type", "path", "host",
 "export"}. Volume images live directly in the pool root under the name the management server gives
 (usually the volume uuid, no extension). There is one adapter per kind of pool, each with the same
-small interface; the image operations below work on any adapter through qemu-img, always with an
-explicit `-f` when the format is known.
+small interface; the image operations below work on any adapter through qemu-img, always with the
+explicit `-f` the management server recorded: an image's format is never probed from its bytes (a guest
+writes a raw volume's bytes, and a qcow2 header it wrote there would make qemu-img follow a backing file
+of its choosing). Backing files are followed only where volstack set them (`chain`).
 
 - `DirectoryPool` (Filesystem, SharedMountPoint): a local directory. The agent never creates or
   mounts it: a missing directory is reported, not repaired.
@@ -283,12 +285,12 @@ def _error(stderr: str, what: str) -> Exception:
     return Failed(f"{what}: {text}")
 
 
-def qemu_img(args: list[str], what: str, timeout: float = 300, pools=()) -> str:
+def qemu_img(args: list[str], what: str, timeout: float = 300, pools=(), pass_fds=()) -> str:
     try:
         with ExitStack() as stack:
             extra = [a for p in pools for a in stack.enter_context(p.qemu_img_objects())]
             r = subprocess.run([programs.QEMU_IMG, args[0], *extra, *args[1:]], capture_output=True, text=True,
-                               timeout=timeout, preexec_fn=_die_with_agent)
+                               timeout=timeout, preexec_fn=_die_with_agent, pass_fds=pass_fds)
     except subprocess.TimeoutExpired:
         raise Unavailable(f"{what}: qemu-img did not finish within {timeout:.0f} s") from None
     except FileNotFoundError:
@@ -299,7 +301,8 @@ def qemu_img(args: list[str], what: str, timeout: float = 300, pools=()) -> str:
 
 
 def probe(target: str) -> str | None:
-    """Format of an image by probing (read-only), None when it cannot be opened."""
+    """Format of an image by probing (read-only; qemu-img info opens no backing file), None when it cannot be
+    opened. Only a hint for listings: nothing volstack opens is opened by what this says."""
     try:
         return json.loads(qemu_img(["info", "-U", "--output=json", target], "probe", timeout=30))["format"]
     except Exception:
@@ -315,13 +318,63 @@ def list_entries(pool: Pool, path: str) -> list:
     return out
 
 
-def info(pool: Pool, name: str, fmt: str | None = None) -> dict:
-    args = ["info", "-U", "--output=json"] + (["-f", check_format(fmt)] if fmt else [])
+MAX_CHAIN = 16      # deeper backing chains than volstack ever makes (a clone of a template, a delta backup chain)
+
+
+def _checked(pool: Pool, name: str, data: dict) -> tuple[str, str] | None:
+    """(name, format) of the backing file of an image qemu-img described, None without one. volstack only ever
+    sets a bare name of an image beside it with its format recorded (-F); anything else it did not set."""
+    spec = (data.get("format-specific") or {}).get("data") or {}
+    if spec.get("data-file"):
+        raise Failed(f"volume {name} in pool {pool.uuid} names an external data file ({spec['data-file']!r}), "
+                     "which volstack never sets; refusing to open it")
+    backing = data.get("backing-filename")
+    if not backing:
+        return None
+    fmt = data.get("backing-filename-format")
+    if not _NAME.match(backing) or fmt not in FORMATS:
+        raise Failed(f"volume {name} in pool {pool.uuid} names backing file {backing!r}"
+                     + (f" ({fmt})" if fmt else " without a format") + ", which volstack did not set; refusing to "
+                     "open it")
+    return backing, fmt
+
+
+def info(pool: Pool, name: str, fmt: str) -> dict:
+    """Sizes of an image opened as fmt (the format volstack recorded; never probed). Its backing file, if any,
+    must be one volstack set (a bare name beside it, format recorded) and it has no external data file."""
+    check_format(fmt)
     if not pool.exists(name):
         raise NotFound(f"volume {name} does not exist in pool {pool.uuid}")
-    data = json.loads(qemu_img(args + [pool.target(name)], f"volume {name}", timeout=60, pools=(pool,)))
-    return {"size": data["virtual-size"], "physical_size": data.get("actual-size", 0), "format": data["format"],
-            "backing": data.get("full-backing-filename") or data.get("backing-filename")}
+    data = json.loads(qemu_img(["info", "-U", "--output=json", "-f", fmt, pool.target(name)], f"volume {name}",
+                               timeout=60, pools=(pool,)))
+    backing = _checked(pool, name, data)
+    return {"size": data["virtual-size"], "physical_size": data.get("actual-size", 0), "format": fmt,
+            "backing": data.get("full-backing-filename") or data.get("backing-filename"),
+            "backing_format": backing and backing[1]}
+
+
+def chain(pool: Pool, name: str, fmt: str) -> list[tuple[str, str]]:
+    """[(name, format)] from the image down its backing chain, each link checked as info() does: what QEMU
+    and qemu-img may open for this image, and nothing else."""
+    out = [(check_name(name), check_format(fmt))]
+    while True:
+        have = info(pool, *out[-1])
+        if not have["backing_format"]:
+            return out
+        nxt = (os.path.basename(have["backing"]), have["backing_format"])
+        if len(out) >= MAX_CHAIN or nxt in out:
+            raise Failed(f"volume {name} in pool {pool.uuid} has a backing chain volstack did not make")
+        out.append(nxt)
+
+
+def blockdev_node(pool: Pool, name: str, fmt: str) -> dict:
+    """QMP blockdev-add options of an image with its whole backing chain spelled out (every qcow2 level's
+    `backing` fixed, the last one null), so QEMU opens exactly the images chain() allows."""
+    node = None
+    for link, link_fmt in reversed(chain(pool, name, fmt)):
+        node = {"driver": link_fmt, "file": pool.blockdev(link),
+                **({"backing": node} if link_fmt == "qcow2" else {})}
+    return node
 
 
 def create(pool: Pool, name: str, size: int, fmt: str, provisioning: str = "thin") -> dict:
@@ -332,8 +385,12 @@ def create(pool: Pool, name: str, size: int, fmt: str, provisioning: str = "thin
     if provisioning not in pool.preallocation:
         raise InvalidArgument(f"invalid provisioning {provisioning!r}: use thin, sparse or fat")
     if pool.exists(name):
-        have = info(pool, name)
-        if have["format"] != fmt or have["size"] != size:
+        try:
+            have = info(pool, name, fmt)
+        except Failed as e:
+            raise InvalidArgument(f"volume {name} already exists in pool {pool.uuid} and is not a {fmt} image "
+                                  f"({e.text})") from None
+        if have["size"] != size:
             raise InvalidArgument(f"volume {name} already exists in pool {pool.uuid} as {have['format']} of "
                                   f"{have['size']} bytes (asked: {fmt} of {size} bytes)")
         return {"path": name, "size": have["size"], "physical_size": have["physical_size"]}
@@ -362,17 +419,17 @@ def delete(pool: Pool, name: str) -> dict:
     return {}
 
 
-def resize(pool: Pool, name: str, size: int, shrink_ok: bool = False) -> dict:
+def resize(pool: Pool, name: str, size: int, fmt: str, shrink_ok: bool = False) -> dict:
     check_name(name), check_size(size)
-    have = info(pool, name)
+    have = info(pool, name, fmt)
     if size == have["size"]:
         return {"size": size}
     if size < have["size"] and not shrink_ok:
         raise InvalidArgument(f"volume {name} is {have['size']} bytes; shrinking it to {size} bytes loses data "
                               "and needs shrink_ok")
-    args = ["resize", "-q", "-f", have["format"]] + (["--shrink"] if size < have["size"] else [])
+    args = ["resize", "-q", "-f", fmt] + (["--shrink"] if size < have["size"] else [])
     qemu_img(args + [pool.target(name), str(size)], f"resize volume {name}", pools=(pool,))
-    return {"size": info(pool, name, have["format"])["size"]}
+    return {"size": info(pool, name, fmt)["size"]}
 
 
 def part_name(name: str) -> str:
@@ -386,15 +443,20 @@ _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=None,
          src_format: str | None = None, snapshot: str | None = None, speed: int = 0) -> dict:
     """qemu-img convert src -> dst, progress(percent) as it goes; a failed (or cancelled) copy leaves no
-    destination. snapshot: copy that internal (qcow2) snapshot of src instead of its current data.
-    speed: bytes/s at most (0: unlimited), so a copy can spare a pool that guests use."""
+    destination. src_format: what volstack recorded for src (required: never probed). snapshot: copy that
+    internal (qcow2) snapshot of src instead of its current data. speed: bytes/s at most (0: unlimited), so a
+    copy can spare a pool that guests use."""
     check_name(src_name), check_name(dst_name), check_format(fmt)
+    if src_format is None:
+        raise InvalidArgument("src_format is required: the source's recorded format (an image is never probed)")
+    check_format(src_format)
     if fmt not in dst.formats:
         fmt = dst.formats[0]       # e.g. a qcow2 template lands raw on RBD; the result says which format
     if dst.exists(dst_name):
         raise InvalidArgument(f"volume {dst_name} already exists in pool {dst.uuid}")
     have = info(src, src_name, src_format)
-    src_format = src_format or have["format"]
+    if src_format == "qcow2" and have["backing_format"]:
+        chain(src, src_name, src_format)        # qemu-img convert reads the whole chain: every link checked
     part = part_name(dst_name)
     dst.remove(part)
     proc = None

@@ -55,7 +55,8 @@ class QemuMirror:
             try:
                 with self._qmp(rec) as q:
                     self._add_objects(q, dst)
-                    q.execute("blockdev-add", {"driver": fmt, "node-name": node, "file": dst.blockdev(dst_name)})
+                    q.execute("blockdev-add", {"driver": fmt, "node-name": node, "file": dst.blockdev(dst_name),
+                                               **({"backing": None} if fmt == "qcow2" else {})})
                     q.execute("blockdev-mirror", {"job-id": job, "device": disk["node"], "target": node,
                                                   "sync": "full", "auto-dismiss": False,
                                                   **({"speed": speed} if speed > 0 else {})})

@@ -312,7 +312,9 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
         pool = images.open_pool(d["pool"], self.hostname)
         try:
             _add_objects(q, pool)
-            q.execute("blockdev-add", {"driver": d["format"], "node-name": node, "file": pool.blockdev(d["name"])})
+            # the recorded format, and the backing chain volstack set spelled out: nothing read from the image
+            # decides what else QEMU opens
+            q.execute("blockdev-add", {**images.blockdev_node(pool, d["name"], d["format"]), "node-name": node})
         except QmpError as e:
             raise Failed(f"QEMU cannot open volume {d['name']} of pool {d['pool_uuid']}: {e.desc}") from None
         dev = {"id": f"disk{slot}", "drive": node, "serial": d["serial"]}
@@ -445,7 +447,8 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
             disk = self._disk(rec, serial)
             self._not_mirroring(vm, serial)
             if not self._pid(rec):
-                return images.resize(images.open_pool(disk["pool"], self.hostname), disk["name"], size)
+                return images.resize(images.open_pool(disk["pool"], self.hostname), disk["name"], size,
+                                     disk["format"])
             with self._qmp(rec) as q:
                 current = self._inserted(q, rec, disk)["image"]["virtual-size"]
                 if size < current:

@@ -165,7 +165,8 @@ class SimulatedHypervisor:
     def resize(self, vm: str, serial: str, size: int) -> dict:
         with self._lock:
             d = self._disk(self._need(vm), serial)
-        return images.resize(images.open_pool(d["pool"], self.hostname), d["name"], images.check_size(size))
+        return images.resize(images.open_pool(d["pool"], self.hostname), d["name"], images.check_size(size),
+                             d["format"])
 
     def mirror(self, vm: str, serial: str, dst_spec: dict, dst_name: str, fmt: str, progress=None,
                speed: int = 0) -> dict:

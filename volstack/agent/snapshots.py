@@ -430,7 +430,7 @@ def _offline_delta(pool, name: str, dst, file_name: str, bitmap, parent: dict, p
         def monitor():
             return Qmp(sock)
         with monitor() as q:
-            q.execute("blockdev-add", {"driver": "qcow2", "node-name": "vol", "file": pool.blockdev(name)})
+            q.execute("blockdev-add", {**images.blockdev_node(pool, name, "qcow2"), "node-name": "vol"})
             q.execute("blockdev-add", {**spec, "node-name": "copy"})
             have = _node_bitmaps(q, "vol")
         try:

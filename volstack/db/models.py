@@ -79,11 +79,13 @@ class User(Entity, Base):
     state: Mapped[str] = mapped_column(String(16), default="enabled")
     api_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     secret_key: Mapped[str | None] = mapped_column(Text)                # encrypted at rest
+    login_attempts: Mapped[int] = mapped_column(Integer, default=0)     # consecutive failed logins
+    login_blocked_until: Mapped[datetime | None] = mapped_column(DateTime)   # no login tried before (backoff)
 
 
 class Session(Base):
     __tablename__ = "api_session"
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)        # SHA-256 of the session key (hex)
     user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_access: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

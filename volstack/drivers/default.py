@@ -94,7 +94,8 @@ class DefaultPrimaryDriver:
         ch.call("volume_delete", pool=self.spec(pool), name=volume.path)
 
     def resize_volume(self, ch, pool, volume, size: int, shrink_ok: bool) -> dict:
-        return ch.call("volume_resize", pool=self.spec(pool), name=volume.path, size=size, shrink_ok=shrink_ok)
+        return ch.call("volume_resize", pool=self.spec(pool), name=volume.path, size=size,
+                       format=volume.format.lower(), shrink_ok=shrink_ok)
 
     def list_objects(self, ch, pool, path: str) -> list:
         return ch.call("pool_list", pool=self.spec(pool), path=path)["entries"]

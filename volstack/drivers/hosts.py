@@ -50,7 +50,7 @@ class SimulatedHost:
         self._images(pool).pop(name, None)
         return {}
 
-    def _volume_resize(self, pool, name, size, shrink_ok=False):
+    def _volume_resize(self, pool, name, size, shrink_ok=False, **_):
         images = self._images(pool)
         if name not in images:
             raise InvalidParameter(f"volume {name} does not exist on the simulated pool")
@@ -68,6 +68,9 @@ class SimulatedHost:
         if name not in images:
             raise InvalidParameter(f"{name} does not exist on the simulated pool")
         return {"size": images[name], "physical_size": 0, "format": "qcow2", "backing": None}
+
+    def _volume_import_check(self, pool, name, **_):
+        return {k: v for k, v in self._volume_info(pool, name).items() if k != "backing"}
 
     def _template_download(self, pool, name, format, **_):
         size = self._images(pool).setdefault(name, GIB)       # a simulated template: 1 GiB, ready at once

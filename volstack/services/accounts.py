@@ -1,13 +1,12 @@
 """Domains, accounts, users, roles, API keys, password login, resource limits."""
 import secrets
-from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 
 from volstack import crypto
-from volstack.db.models import Account, Domain, ResourceLimit, Role, Session, User, utcnow
+from volstack.db.models import Account, Domain, ResourceLimit, Role, Session, User
 from volstack.errors import InvalidParameter, PermissionDenied, ResourceInUse, ResourceLimitExceeded
 from volstack.services import events, settings as S
 from volstack.services.context import (DOMAIN_ADMIN, ROOT_ADMIN, USER, CallContext, can_access_domain,
@@ -119,53 +118,6 @@ def _usable(s, user: User | None) -> bool:
 def user_by_api_key(s, api_key: str) -> User | None:
     user = s.scalar(select(User).where(User.api_key == api_key))
     return user if _usable(s, user) else None
-
-
-def login(s, username: str, password: str, domain_path: str | None = None, domain_uuid: str | None = None) -> tuple[User, str]:
-    if domain_uuid:
-        dom = s.scalar(select(Domain).where(Domain.uuid == domain_uuid))
-    else:
-        path = (domain_path or "/").strip()
-        path = "/" + path.strip("/") + "/" if path.strip("/") else "/"
-        if path.upper().startswith("/ROOT/"):
-            path = path[5:]
-        dom = s.scalar(select(Domain).where(func.lower(Domain.path) == path.lower()))
-    # CloudStack answers a failed login with 531 (account error), not 401.
-    fail = PermissionDenied("Failed to authenticate user " + username + " in domain " + (domain_path or domain_uuid or "/") +
-                            "; please provide valid credentials")
-    if dom is None:
-        raise fail
-    user = s.scalar(select(User).join(Account, Account.id == User.account_id)
-                    .where(User.username == username, Account.domain_id == dom.id))
-    if not _usable(s, user) or not verify_password(user, password):
-        raise fail
-    key = secrets.token_urlsafe(32)
-    s.add(Session(key=key, user_id=user.id))
-    events.record(s, context_for(s, user), "USER.LOGIN", f"User {username} logged in", resource_type="User",
-                  resource_uuid=user.uuid)
-    return user, key
-
-
-def session_user(s, key: str, timeout_seconds: int) -> User | None:
-    sess = s.get(Session, key)
-    if sess is None:
-        return None
-    now = utcnow()
-    if now - sess.last_access > timedelta(seconds=timeout_seconds):
-        s.delete(sess)
-        return None
-    sess.last_access = now
-    user = s.get(User, sess.user_id)
-    return user if _usable(s, user) else None
-
-
-def logout(s, key: str) -> None:
-    sess = s.get(Session, key)
-    if sess is not None:
-        user = s.get(User, sess.user_id)
-        s.delete(sess)
-        events.record(s, context_for(s, user), "USER.LOGOUT", f"User {user.username} logged out",
-                      resource_type="User", resource_uuid=user.uuid)
 
 
 # ---------------------------------------------------------------- domains
@@ -441,7 +393,12 @@ def update_user(s, ctx, user: User, **fields) -> User:
     for k in ("email", "firstname", "lastname", "timezone"):
         if fields.get(k) is not None:
             setattr(user, k, fields[k])
-    if fields.get("username"):
+    if fields.get("username") and fields["username"] != user.username:
+        # unique within the domain, as at creation: login names a user by domain and username
+        dom = s.get(Domain, s.get(Account, user.account_id).domain_id)
+        if s.scalar(select(User.id).join(Account, Account.id == User.account_id)
+                    .where(User.username == fields["username"], Account.domain_id == dom.id, User.id != user.id)):
+            raise InvalidParameter(f"The user {fields['username']} already exists in domain {dom.name}")
         user.username = fields["username"]
     if fields.get("password"):
         if user.id == ctx.user_id and not ctx.is_admin:
@@ -450,6 +407,23 @@ def update_user(s, ctx, user: User, **fields) -> User:
                 raise InvalidParameter("Current password is incorrect")
         user.password = hash_password(fields["password"])
     events.record(s, ctx, "USER.UPDATE", f"User {user.username} updated", resource_type="User", resource_uuid=user.uuid)
+    return user
+
+
+def set_user_state(s, ctx, user: User, state: str) -> User:
+    """state: enabled | disabled | locked. Enabling also clears the failed-login count (logins.py), so a user the
+    login throttle disabled starts afresh."""
+    if not ctx.is_admin:
+        raise PermissionDenied("Only administrators can enable, disable or lock users")
+    if user.id in (1, 2) or user.id == ctx.user_id:
+        raise PermissionDenied(f"User {user.username} cannot be {state} by itself or as a built-in user")
+    user.state = state
+    if state == "enabled":
+        user.login_attempts, user.login_blocked_until = 0, None
+    else:                    # its sessions end at once
+        s.execute(delete(Session).where(Session.user_id == user.id))
+    verb = {"enabled": "ENABLE", "disabled": "DISABLE", "locked": "LOCK"}[state]
+    events.record(s, ctx, f"USER.{verb}", f"User {user.username} {state}", resource_type="User", resource_uuid=user.uuid)
     return user
 
 

@@ -160,11 +160,13 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
         ostypeid = catalog.os_type_id("Other (64-bit)" if is_iso else "Other Linux (64-bit)")
     elif catalog.os_type(ostypeid, s) is None:
         raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
-    if (ispublic or isfeatured) and not ctx.is_admin and not _users_may_publish(s, ctx):
-        raise PermissionDenied("Only administrators may register public or featured templates here "
+    if ispublic and not ctx.is_admin and not _users_may_publish(s, ctx):
+        raise PermissionDenied("Only administrators may register public templates here "
                                "(allow.public.user.templates is false)")
-    if templatetype and templatetype.upper() not in ("USER", "BUILTIN") and not ctx.is_root_admin:
-        raise PermissionDenied("Only the root administrator may register SYSTEM templates")
+    # isfeatured is declared root-only on the commands; the type is checked by value, as CloudStack: USER for all
+    if templatetype and templatetype.upper() != "USER" and not ctx.is_root_admin:
+        raise PermissionDenied(f"Only the root administrator may register {templatetype.upper()} templates; "
+                               "templatetype=USER (the default) is yours")
     zones = _zones(s, zoneid, zoneids, directdownload)
     cross_zones = ALL_ZONES in (list(zoneids or []) + [zoneid])
     accounts.check_limit(s, ctx.account_id, "template")
@@ -437,9 +439,7 @@ def update(s, ctx, t: Template, *, name=None, displaytext=None, format=None, ost
                         ("extractable", isextractable)):
         if value is not None:
             setattr(t, attr, bool(value))
-    if templatetype:
-        if not ctx.is_root_admin:
-            raise PermissionDenied("Only the root administrator may change a template's type")
+    if templatetype:                    # root-only: declared on updateTemplate's parameter
         t.template_type = templatetype.upper()
     if cleanupdetails:
         t.details = {}
@@ -462,9 +462,7 @@ def update_permissions(s, ctx, t: Template, *, accounts_=None, op=None, ispublic
         if ispublic and not ctx.is_admin and not _users_may_publish(s, ctx):
             raise PermissionDenied("Only administrators may make templates public here")
         t.is_public = bool(ispublic)
-    if isfeatured is not None:
-        if not ctx.is_admin:
-            raise PermissionDenied("Only administrators may feature templates")
+    if isfeatured is not None:          # root-only: declared on the command's parameter
         t.featured = bool(isfeatured)
     if isextractable is not None:
         t.extractable = bool(isextractable)

@@ -155,6 +155,7 @@ def start(s, ctx, vm, hostid=None) -> VirtualMachine:
         except CloudError as exc:
             errors.append(f"{host.name}: {exc.text}")
     VM.fire(s, vm, "OperationFailed")
+    s.commit()          # the raise below rolls the job's session back: the VM must not stay Starting
     raise InsufficientCapacity(f"VM {vm.name} could not start on any host: " + "; ".join(errors))
 
 
@@ -170,9 +171,11 @@ def _start_on(s, ctx, vm, host) -> None:
         disks.append(driver_for(pool.provider).disk(pool, vol, vol.device_id, volumes.qos_for(s, vol)))
     from volstack.services import isos
     cdrom = isos.medium_at_start(s, ctx, vm, host)
+    boot = _boot(s, vm)
+    s.commit()          # Starting and the volumes' images are recorded; no lock is held while the guest boots
     channel(host).call("vm_start", name=vm.uuid, uuid=vm.uuid, memory_mb=so.ram_size or 256, cpus=so.cpu or 1,
                        kernel=(vm.details or {}).get("kernel"), initrd=(vm.details or {}).get("initrd"),
-                       append=(vm.details or {}).get("append"), disks=disks, boot=_boot(s, vm), cdrom=cdrom)
+                       append=(vm.details or {}).get("append"), disks=disks, boot=boot, cdrom=cdrom)
 
 
 def stop(s, ctx, vm, forced=False) -> VirtualMachine:
@@ -180,11 +183,13 @@ def stop(s, ctx, vm, forced=False) -> VirtualMachine:
         return vm
     host = s.get(Host, vm.host_id)
     VM.fire(s, vm, "StopRequested")
+    s.commit()          # Stopping is recorded; a guest's shutdown (seconds, or minutes) holds no database lock
     try:
         channel(host).call("vm_stop", name=vm.uuid, forced=bool(forced))
     except CloudError:
         if not forced:
             VM.fire(s, vm, "OperationFailed")
+            s.commit()
             raise
     VM.fire(s, vm, "OperationSucceeded", host_id=None)
     events.record(s, ctx, "VM.STOP", f"VM {vm.name} stopped", resource_type="VirtualMachine", resource_uuid=vm.uuid)
@@ -207,7 +212,9 @@ def reboot(s, ctx, vm) -> VirtualMachine:
         events.record(s, ctx, "VM.REBOOT", f"VM {vm.name} rebooted with a fresh root disk (volatile offering)",
                       resource_type="VirtualMachine", resource_uuid=vm.uuid)
         return vm
-    channel(s.get(Host, vm.host_id)).call("vm_reboot", name=vm.uuid)
+    host = s.get(Host, vm.host_id)
+    s.commit()
+    channel(host).call("vm_reboot", name=vm.uuid)
     events.record(s, ctx, "VM.REBOOT", f"VM {vm.name} rebooted", resource_type="VirtualMachine", resource_uuid=vm.uuid)
     return vm
 

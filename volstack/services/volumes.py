@@ -241,7 +241,9 @@ def detach(s, ctx, vol: Volume) -> Volume:
     check_operation(s, "detach", vm, vol)
     if vm.state == "Running" and vol.state == "Ready":
         from volstack.drivers.default import serial_of
-        channel(s.get(Host, vm.host_id)).call("disk_detach", vm=vm.uuid, serial=serial_of(vol))
+        host = s.get(Host, vm.host_id)
+        s.commit()      # a guest may take long to acknowledge the unplug: no database lock is held meanwhile
+        channel(host).call("disk_detach", vm=vm.uuid, serial=serial_of(vol))
     for hook in detach_hooks:
         hook(s, vol, vm)
     vol.vm_id, vol.device_id, vol.attached = None, None, None
@@ -503,12 +505,11 @@ def import_volume(s, ctx, pool: StoragePool, path: str, *, name=None, diskofferi
     if s.scalar(select(Volume.id).where(Volume.pool_id == pool.id, Volume.path == path, _live(Volume))):
         raise InvalidParameter(f"{path} on {pool.name} is already managed by volstack")
     host = _host_for_pool(s, pool)
-    info = channel(host).call("volume_info", pool=driver_for(pool.provider).spec(pool), name=path)
-    if info.get("backing"):
-        raise InvalidParameter(f"{path} has a backing file ({info['backing']}); only standalone images can be imported")
+    # the one probe of this file's format (nobody recorded it): links, backing and data files are refused (431)
+    info = channel(host).call("volume_import_check", pool=driver_for(pool.provider).spec(pool), name=path)
     offering = offerings.get_disk_offering(s, ctx, diskofferingid) if diskofferingid else None
     vol = Volume(name=name or path, volume_type="DATADISK", state="Ready", size=info["size"],
-                 physical_size=info.get("physical_size"), format=(info.get("format") or "qcow2").upper(), path=path,
+                 physical_size=info.get("physical_size"), format=info["format"].upper(), path=path,
                  zone_id=pool.zone_id, pool_id=pool.id, account_id=ctx.account_id, domain_id=ctx.domain_id,
                  disk_offering_id=offering.id if offering else None, hypervisor=host.hypervisor)
     accounts.check_limit(s, ctx.account_id, "volume")

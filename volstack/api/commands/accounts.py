@@ -172,6 +172,26 @@ def create_user(req, p):
     return obj(req, USER_VIEW, user)
 
 
+USER_REF = [P("id", UUID, "the ID of the user", required=True, entity="User")]
+
+
+@API.command("enableUser", "Enables a user account (also one disabled by too many failed logins)", USER_REF,
+             view=USER_VIEW, access=DOMAIN)
+def enable_user(req, p):
+    return obj(req, USER_VIEW, svc.set_user_state(req.s, req.ctx, svc.get_user(req.s, req.ctx, p.id), "enabled"))
+
+
+@API.command("disableUser", "Disables a user account", USER_REF, view=USER_VIEW, access=DOMAIN, is_async=True,
+             instance_type="User", instance_param="id", on_interrupt="retry")
+def disable_user(req, p):
+    return obj(req, USER_VIEW, svc.set_user_state(req.s, req.ctx, svc.get_user(req.s, req.ctx, p.id), "disabled"))
+
+
+@API.command("lockUser", "Locks a user account", USER_REF, view=USER_VIEW, access=DOMAIN)
+def lock_user(req, p):
+    return obj(req, USER_VIEW, svc.set_user_state(req.s, req.ctx, svc.get_user(req.s, req.ctx, p.id), "locked"))
+
+
 @API.command("listUsers", "Lists user accounts", [
     P("id", UUID, "List user by ID.", entity="User"),
     P("username", STRING, "List user by the username"),

@@ -1,6 +1,6 @@
 """Guest OS types and categories: listOsTypes, listOsCategories, addGuestOs, updateGuestOs, removeGuestOs."""
 from volstack.api.commands.common import obj, paged
-from volstack.api.registry import API, BOOLEAN, MAP, STRING, USER, UUID, Field as F, Param as P, Success, View
+from volstack.api.registry import API, BOOLEAN, MAP, ROOT, STRING, USER, UUID, Field as F, Param as P, Success, View
 from volstack.services import catalog, guest_os
 
 
@@ -25,7 +25,8 @@ GUESTOS = View("guestos", OSTYPE_FIELDS)         # addGuestOs/updateGuestOs answ
     P("id", UUID, "list by Os type Id"),
     P("oscategoryid", UUID, "list by Os Category id"),
     P("description", STRING, "list os by description"),
-    P("fordisplay", BOOLEAN, "list resources by display flag; only ROOT admin is eligible to pass this parameter"),
+    P("fordisplay", BOOLEAN, "list resources by display flag; only ROOT admin is eligible to pass this parameter",
+      access=ROOT),
 ], view=OSTYPE, is_list=True, access=USER)
 def list_os_types(req, p):
     shown = p.fordisplay if req.ctx.is_root_admin else True

@@ -2,7 +2,7 @@
 from sqlalchemy import select
 
 from volstack.api.commands.common import list_query, lst, obj
-from volstack.api.registry import (API, BOOLEAN, LIST, MAP, ROOT, STRING, USER, UUID, Field as F, Lst, Param as P,
+from volstack.api.registry import (API, BOOLEAN, LIST, MAP, OWNER, ROOT, STRING, USER, UUID, Field as F, Lst, Param as P,
                                    Success, View)
 from volstack.api.views import Lookups, _a, _date, _ref, tags_field
 from volstack.db import models as m
@@ -70,7 +70,7 @@ def _fields():
         F("displaytext", "the template display text", _a("display_text")),
         F("isready", "true if the template is ready to be deployed from, false otherwise.",
           lambda r, lk: templates.is_ready(lk.s, r, getattr(r, "listed_zone_id", None)), "boolean"),
-        F("status", "the status of the template", _status),
+        F("status", "the status of the template", _status, access=OWNER),
         F("downloaddetails", "Lists the download progress of a template across all secondary storages",
           _download_details, "list"),
         F("size", "the size of the template", _a("size"), "long"),
@@ -80,7 +80,7 @@ def _fields():
         F("hypervisor", "the hypervisor on which the template runs", _a("hypervisor")),
         F("directdownload", "KVM Only: true if template is directly downloaded to Primary Storage bypassing Secondary Storage",
           _a("direct_download"), "boolean"),
-        F("url", "the URL which the template/iso is registered from", _a("url")),
+        F("url", "the URL which the template/iso is registered from", _a("url"), access=OWNER),
         F("zoneid", "the ID of the zone for this template", lambda r, lk: lk.attr(m.Zone, _zone_id(r, lk), "uuid")),
         F("zonename", "the name of the zone for this template", lambda r, lk: lk.attr(m.Zone, _zone_id(r, lk), "name")),
         F("crossZones", "true if the template is managed across all Zones, false otherwise", _a("cross_zones"), "boolean"),
@@ -123,7 +123,7 @@ REGISTER_COMMON = [
     P("checksum", STRING, "the checksum value of this template: {SHA-256}hex, {MD5}hex … or a bare MD5"),
     P("ostypeid", UUID, "the ID of the OS Type that best represents the OS of this template (see listOsTypes)"),
     P("ispublic", BOOLEAN, "true if the template is available to all accounts; default is true for admin and false for users"),
-    P("isfeatured", BOOLEAN, "true if this template is a featured template, false otherwise"),
+    P("isfeatured", BOOLEAN, "true if this template is a featured template, false otherwise", access=ROOT),
     P("isextractable", BOOLEAN, "true if the template or its derivatives are extractable; default is false"),
     P("directdownload", BOOLEAN, "true if template should bypass Secondary Storage and be downloaded to Primary Storage on deployment (KVM)"),
     P("passwordenabled", BOOLEAN, "true if the template supports the password reset feature; default is false"),
@@ -152,7 +152,7 @@ def _register(req, p, is_iso):
     P("zoneids", LIST, "A list of zone ids where the template will be hosted; -1 means all zones", entity="Zone",
       special=(templates.ALL_ZONES,)),
     P("requireshvm", BOOLEAN, "true if this template requires HVM"),
-    P("templatetype", STRING, "the type of the template: USER (default) or BUILTIN; SYSTEM for root admins"),
+    P("templatetype", STRING, "the type of the template: USER (default); BUILTIN or SYSTEM for the root admin"),
     P("details", MAP, "Template details in key/value pairs; HTTP_HEADER:<Name> keys become download request headers"),
     P("bootable", BOOLEAN, "unused for templates"),
 ], view=TEMPLATE, is_list=False, access=USER)
@@ -192,8 +192,8 @@ LIST_FILTERS = [
     P("zoneid", UUID, "list templates by zoneid", entity="Zone"),
     P("hypervisor", STRING, "the hypervisor for which to restrict the search"),
     P("isready", BOOLEAN, "list templates that are ready to be deployed"),
-    P("imagestoreid", UUID, "ID of the image or image cache store", entity="ImageStore"),
-    P("storageid", UUID, "ID of the storage pool", entity="StoragePool"),
+    P("imagestoreid", UUID, "ID of the image or image cache store", entity="ImageStore", access=ROOT),
+    P("storageid", UUID, "ID of the storage pool", entity="StoragePool", access=ROOT),
     P("tags", MAP, "List resources by tags (key/value pairs): tags[0].key=k&tags[0].value=v; any pair matches"),
     P("listall", BOOLEAN, "with self/selfexecutable, list the templates of every account the caller may see"),
     P("isrecursive", BOOLEAN, "with listall, include subdomains"),
@@ -252,7 +252,7 @@ def _update(req, p, is_iso):
 @API.command("updateTemplate", "Updates attributes of a template.", [
     P("id", UUID, "the ID of the image file", required=True, entity="Template"), *UPDATE_PARAMS,
     P("format", STRING, "the format for the image"),
-    P("templatetype", STRING, "the type of the template. Valid options are: USER/SYSTEM/ROUTING/BUILTIN"),
+    P("templatetype", STRING, "the type of the template. Valid options are: USER/SYSTEM/ROUTING/BUILTIN", access=ROOT),
 ], view=TEMPLATE, access=USER)
 def update_template(req, p):
     return _update(req, p, False)
@@ -269,7 +269,7 @@ PERMISSION_PARAMS = [
     P("accounts", LIST, "a comma delimited list of accounts within caller's domain. If specified, \"op\" parameter has to be passed in."),
     P("op", STRING, "permission operator (add, remove, reset)"),
     P("ispublic", BOOLEAN, "true for public template/iso, false for private templates/isos"),
-    P("isfeatured", BOOLEAN, "true for featured template/iso, false otherwise"),
+    P("isfeatured", BOOLEAN, "true for featured template/iso, false otherwise", access=ROOT),
     P("isextractable", BOOLEAN, "true if the template/iso is extractable, false other wise. Can be set only by root admin"),
     P("projectids", LIST, "unused: volstack has no projects"),
 ]
@@ -379,7 +379,7 @@ def template_prepare(req, p):
     P("snapshotid", UUID, "the ID of the snapshot the template is being created from", entity="Snapshot"),
     P("virtualmachineid", UUID, "Optional, VM ID: the VM's ROOT volume", entity="VirtualMachine"),
     P("ispublic", BOOLEAN, "true if this template is a public template, false otherwise"),
-    P("isfeatured", BOOLEAN, "true if this template is a featured template, false otherwise"),
+    P("isfeatured", BOOLEAN, "true if this template is a featured template, false otherwise", access=ROOT),
     P("passwordenabled", BOOLEAN, "true if the template supports the password reset feature; default is false"),
     P("requireshvm", BOOLEAN, "true if the template requires HVM, false otherwise"),
     P("isdynamicallyscalable", BOOLEAN, "true if template contains XS/VMWare tools inorder to support dynamic scaling"),

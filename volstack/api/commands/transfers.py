@@ -132,7 +132,7 @@ def _template_params(req, p, is_iso):
     P("format", STRING, "the format for the template: QCOW2 or RAW (KVM)", required=True),
     P("hypervisor", STRING, "the target hypervisor for the template", required=True),
     P("requireshvm", BOOLEAN, "true if this template requires HVM"),
-    P("templatetype", STRING, "the type of the template: USER (default) or BUILTIN; SYSTEM for root admins"),
+    P("templatetype", STRING, "the type of the template: USER (default); BUILTIN or SYSTEM for the root admin"),
     P("details", MAP, "Template details in key/value pairs."),
     P("bootable", BOOLEAN, "true if this template is bootable"),
     *OWNER,
