@@ -166,3 +166,16 @@ def test_guest_os_catalogue_and_user_defined_types(two_zones):
     api.deleteTemplate(id=t["id"])
     api.removeGuestOs(id=mine["id"])
     assert api.listOsTypes(id=mine["id"]) == {}
+
+
+def test_projectid_is_never_a_filter_silently_ignored(two_zones):
+    api, (z1, _) = two_zones["api"], two_zones["zones"]
+    do = api.createDiskOffering(name="pd", disksize=1, displaytext="pd")["diskoffering"]
+    api.createVolume(name="pv", zoneid=z1["id"], diskofferingid=do["id"])
+    nosuch = "0b7c1b1e-0000-4000-8000-000000000000"
+    for call in (lambda: api.listVolumes(projectid=nosuch), lambda: api.listTemplates(templatefilter="all",
+                                                                                      projectid=nosuch),
+                 lambda: api.createVolume(name="pv2", zoneid=z1["id"], diskofferingid=do["id"], projectid=nosuch)):
+        code, text = error_of(call)
+        assert code == 431 and "projectid" in text
+    assert [v["name"] for v in api.listVolumes()["volume"]] == ["pv"]

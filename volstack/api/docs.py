@@ -16,6 +16,14 @@ DEPARTURES = [
     "ignoring case, as CloudStack does on MySQL; a pair nobody carries selects nothing.",
     "Name filters of list commands ignore case (CloudStack's do through MySQL's collation).",
     "registerIso takes zoneids (with -1 for every zone) like registerTemplate.",
+    "volstack has no projects yet: `projectid` is declared where CloudStack declares it and every value is refused "
+    "with 431 (an unknown project in CloudStack), never ignored.",
+    "accountdetails (createAccount/updateAccount) is refused with 431: account-scoped settings are "
+    "updateConfiguration accountid=.",
+    "removeGuestOs refuses a guest OS that templates or ISOs still use (536); CloudStack removes it from under them.",
+    "Simulator hosts whose URL names a host starting with `sim` are named SimulatedAgent.<uuid> with addresses from "
+    "the pod's range, as CloudStack's simulator does; other Simulator URLs keep their host name (volstack's tests "
+    "and Ansible's cs_host find hosts by name).",
 ]
 
 

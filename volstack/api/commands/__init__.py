@@ -13,3 +13,4 @@ from volstack.api.commands import vm_snapshots  # noqa: F401,E402
 from volstack.api.commands import transfers  # noqa: F401,E402
 from volstack.api.commands import tags  # noqa: F401,E402
 from volstack.api.commands import guest_os  # noqa: F401,E402
+from volstack.api.commands import projects  # noqa: F401,E402  (last: adds projectid to declared commands)
