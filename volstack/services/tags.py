@@ -295,6 +295,8 @@ def list_details(s, ctx, q: ListQuery, *, resourcetype, resourceid=None, key=Non
         stmt = stmt.where(ResourceDetail.name == key)
     if value:
         stmt = stmt.where(ResourceDetail.value == value)
+    if not ctx.is_admin:             # details hidden from users (fordisplay=false) stay hidden from them
+        fordisplay = True
     if fordisplay is not None:
         stmt = stmt.where(ResourceDetail.display.is_(fordisplay))
     stmt = stmt.where(*keyword_filter(q, ResourceDetail.name, ResourceDetail.value)).order_by(ResourceDetail.id)

@@ -1,7 +1,7 @@
 """Resource tags and resource details: createTags, deleteTags, listTags, addResourceDetail,
 removeResourceDetail, listResourceDetails."""
 from volstack.api.commands.common import list_query, lst
-from volstack.api.registry import (API, BOOLEAN, LIST, MAP, OWNER_LIST_PARAMS, STRING, USER, Field as F,
+from volstack.api.registry import (API, BOOLEAN, LIST, MAP, OWNER_LIST_PARAMS, ROOT, STRING, USER, Field as F,
                                    Param as P, Success, View)
 from volstack.api.views import TAG
 from volstack.services import tags
@@ -56,7 +56,7 @@ RESOURCEDETAIL = View("resourcedetail", [
     F("resourcetype", "the type of the resource", lambda r, lk: r[0].resource_type),
     F("key", "key of the resource detail", lambda r, lk: r[0].name),
     F("value", "value of the resource detail", lambda r, lk: r[0].value),
-    F("fordisplay", "if detail is returned to the regular user", lambda r, lk: r[0].display, "boolean"),
+    F("fordisplay", "if detail is returned to the regular user", lambda r, lk: r[0].display, "boolean", access=ROOT),
 ])
 
 
@@ -86,7 +86,8 @@ def remove_resource_detail(req, p):
     P("resourceid", STRING, "list by resource id"),
     P("key", STRING, "list by key"),
     P("value", STRING, "list by key, value. Needs to be passed only along with key"),
-    P("fordisplay", BOOLEAN, "if set to true, only details marked with display=true, are returned. False by default"),
+    P("fordisplay", BOOLEAN, "if set to true, only details marked with display=true, are returned. False by default",
+      access=ROOT),
     *OWNER_LIST_PARAMS,
 ], view=RESOURCEDETAIL, is_list=True, access=USER, since="4.2.0")
 def list_resource_details(req, p):
