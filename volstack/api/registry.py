@@ -99,6 +99,8 @@ class Command:
     writes: bool = False              # a get* command that creates something (getUploadParamsFor*)
     sync: Callable | None = None      # sync(req, p, instance) -> (sync key, queue key): what the job waits for
                                       # (default: its instance; a queue key shares a limited number of slots)
+    before: Callable | None = None    # before(ms, lower-cased params): runs before the request's transaction
+                                      # opens (queryAsyncJobResult's bounded wait for a finishing job)
 
     def allowed(self, account_type: int) -> bool:
         return role_allows(self.access, account_type)

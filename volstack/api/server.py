@@ -114,25 +114,26 @@ class ApiApp:
     # ------------------------------------------------------------ authentication
 
     def _authenticate(self, s, params, lower, cookies):
+        """The caller's CallContext."""
         api_key = lower.get("apikey")
         if api_key:
-            user = accounts.user_by_api_key(s, api_key)
-            secret = accounts.user_secret(user) if user else None
-            if not secret or "signature" not in lower:
+            ident = accounts.identity_by_api_key(s, api_key)
+            if ident is None or "signature" not in lower:
                 raise Unauthorized(AUTH_FAILED)
+            ctx, secret = ident
             check_expiry(lower)
             signed = {k: v for k, v in params.items() if k.lower() != "signature"}
             signed["signature"] = lower["signature"]
             if not verify(signed, secret):
                 raise Unauthorized(AUTH_FAILED)
-            return user
+            return ctx
         key = lower.get("sessionkey")
         if not key or cookies.get("sessionkey") != key:
             raise Unauthorized("unable to verify user credentials")
         user = logins.session_user(s, key, self.ms.settings_value(S.SESSION_TIMEOUT, s))
         if user is None:
             raise Unauthorized("unable to verify user credentials")
-        return user
+        return accounts.context_for(s, user)
 
     def _login(self, lower):
         from volstack.api.views import login_response
@@ -161,13 +162,14 @@ class ApiApp:
     # ------------------------------------------------------------ dispatch
 
     def _call(self, cmd: Command, params, lower, cookies) -> dict:
+        if cmd.before is not None:
+            cmd.before(self.ms, lower)
         # Session logins record their last access, so only API-key calls of read commands are read-only.
         with self.ms.db.session(readonly=cmd.readonly and "apikey" in lower) as s:
-            user = self._authenticate(s, params, lower, cookies)
-            ctx = accounts.context_for(s, user)
+            ctx = self._authenticate(s, params, lower, cookies)
             if not cmd.allowed(ctx.account_type):
                 raise UnknownCommand(f"The given command:{cmd.name} does not exist or it is not available for user "
-                                     f"with id:{user.uuid}")
+                                     f"with id:{ctx.user_uuid}")
             p = binding.bind(s, cmd, lower, ctx.account_type)
             req = Req(s, ctx, self.ms, cmd)
             if not cmd.is_async:

@@ -100,6 +100,17 @@ class ResourceLimit(Base):
     __table_args__ = (UniqueConstraint("account_id", "resource_type"),)
 
 
+class ResourceCount(Base):
+    """What an owner uses, kept current by db/counters.py in the transaction of each change (CloudStack's
+    resource_count): scope `account` (volume, snapshot, template, primary_storage, secondary_storage bytes) or
+    `pool` (allocated bytes)."""
+    __tablename__ = "resource_count"
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    resource_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 # ---------------------------------------------------------------- infrastructure
 
 class Zone(Entity, Base):

@@ -239,6 +239,22 @@ class Settings:
                 return key.parse(rows[(scope, sid)])
         return key.default
 
+    @staticmethod
+    def many_in(s, keys, scope: str = "global", ids=(0,)) -> dict:
+        """{(key name, id): value} for several keys and several objects of one scope in one query (a page of
+        pools or accounts); an object without its own value gets the global one, then the default."""
+        rows = {(r.name, r.scope, r.scope_id): r.value for r in s.scalars(
+            select(ConfigValue).where(ConfigValue.name.in_([k.name for k in keys]),
+                                      ConfigValue.scope.in_((scope, "global"))))}
+        out = {}
+        for k in keys:
+            for i in ids:
+                raw = rows.get((k.name, scope, i)) if scope in k.scopes else None
+                if raw is None:
+                    raw = rows.get((k.name, "global", 0))
+                out[(k.name, i)] = k.parse(raw)
+        return out
+
     def set(self, key: ConfigKey, value, scope: str = "global", scope_id: int = 0, session=None) -> None:
         raw = value if isinstance(value, str) or value is None else key.format(value)
         key.validate(raw)

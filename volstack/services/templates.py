@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from sqlalchemy import and_, exists, func, or_, select
 
+from volstack.db import aggregate, counters
 from volstack.db.image_models import (ImageStore, Template, TemplatePermission, TemplatePoolRef, TemplateStoreRef,
                                       TemplateZone)
 from volstack.db.models import Account, Zone, utcnow
@@ -34,13 +35,21 @@ FILTERS = ("featured", "self", "selfexecutable", "sharedexecutable", "executable
 # Filters that only show templates ready to deploy (CloudStack's onlyReady rule).
 READY_ONLY = ("featured", "selfexecutable", "sharedexecutable", "community")
 
-accounts.register_usage_counter("template", lambda s, acc: s.scalar(
-    select(func.count()).select_from(Template).where(Template.account_id == acc, Template.removed.is_(None))))
+def _store_ref_counts(s, r):
+    if r["state"] not in ("Destroyed", "Failed") and r["template_id"] is not None:
+        t = s.get(Template, r["template_id"])
+        yield "account", t.account_id if t else None, "secondary_storage", r["physical_size"]
+
+
+counters.counted(Template, ("account_id", "removed"),
+                 lambda s, t: [("account", t["account_id"], "template", 1)] if t["removed"] is None else [])
+counters.counted(TemplateStoreRef, ("template_id", "state", "physical_size"), _store_ref_counts)
+accounts.register_usage_counter("template", lambda s, acc: aggregate.count(
+    s, Template, Template.account_id == acc, Template.removed.is_(None)))
 # Secondary storage: the bytes of the account's templates on image stores (snapshots add theirs).
-accounts.register_usage_counter("secondary_storage", lambda s, acc: s.scalar(
-    select(func.coalesce(func.sum(TemplateStoreRef.physical_size), 0))
-    .join(Template, Template.id == TemplateStoreRef.template_id)
-    .where(Template.account_id == acc, TemplateStoreRef.state.notin_(("Destroyed", "Failed")))) or 0)
+accounts.register_usage_counter("secondary_storage", lambda s, acc: aggregate.total(
+    s, TemplateStoreRef.physical_size, Template.id == TemplateStoreRef.template_id, Template.account_id == acc,
+    TemplateStoreRef.state.notin_(("Destroyed", "Failed"))))
 
 
 def parse_checksum(value: str | None) -> tuple[str, str] | None:
@@ -337,9 +346,12 @@ def ready_in_zone(s, t: Template, zone_id: int) -> TemplateStoreRef | None:
                            ImageStore.zone_id == zone_id, ImageStore.removed.is_(None)).order_by(TemplateStoreRef.id))
 
 
-def is_ready(s, t: Template, zone_id: int | None = None) -> bool:
+def is_ready(s, t: Template, zone_id: int | None = None, store_refs=None) -> bool:
+    """store_refs: the template's [(TemplateStoreRef, ImageStore)] when the caller has them (a listed page)."""
     if t.direct_download:
         return t.verify_state in (None, "Verified")
+    if store_refs is not None:
+        return any(ref.state == "Ready" and st.removed is None and zone_id in (None, st.zone_id) for ref, st in store_refs)
     stmt = select(TemplateStoreRef.id).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id).where(
         TemplateStoreRef.template_id == t.id, TemplateStoreRef.state == "Ready", ImageStore.removed.is_(None))
     if zone_id is not None:
@@ -514,8 +526,7 @@ def delete(s, ctx, t: Template, *, forced=False, zoneid=None) -> list[int]:
                                    "(detachIso) before deleting it")
         users = 0
     else:
-        users = s.scalar(select(func.count()).select_from(VirtualMachine).where(VirtualMachine.template_id == t.id,
-                                                                                VirtualMachine.removed.is_(None)))
+        users = aggregate.count(s, VirtualMachine, VirtualMachine.template_id == t.id, VirtualMachine.removed.is_(None))
     if users and not forced:
         raise ResourceInUse(f"Template {t.name} is used by {users} virtual machine(s); pass forced=true to delete it "
                             "anyway (their volumes keep working)")
@@ -527,7 +538,7 @@ def delete(s, ctx, t: Template, *, forced=False, zoneid=None) -> list[int]:
         ref.state, ref.updated = "Destroying", utcnow()
     if zone is not None:
         s.execute(TemplateZone.__table__.delete().where(TemplateZone.template_id == t.id, TemplateZone.zone_id == zone.id))
-    remaining = s.scalar(select(func.count()).select_from(TemplateZone).where(TemplateZone.template_id == t.id))
+    remaining = aggregate.count(s, TemplateZone, TemplateZone.template_id == t.id)
     if zone is None or not remaining:
         t.removed, t.state = utcnow(), "Inactive"
     events.record(s, ctx, "ISO.DELETE" if t.format == "ISO" else "TEMPLATE.DELETE",

@@ -5,6 +5,7 @@ transitional state that is committed first, so a crash leaves a state the reconc
 """
 from sqlalchemy import func, select
 
+from volstack.db import aggregate, counters
 from volstack.db.models import Host, utcnow
 from volstack.db.storage_models import DiskOffering, StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
@@ -41,12 +42,18 @@ def host_work_failed(s, vol: Volume, exc: CloudError, **values):
     raise exc
 
 
-accounts.register_usage_counter("volume", lambda s, acc: s.scalar(
-    select(func.count()).select_from(Volume).where(Volume.account_id == acc, _live(Volume),
-                                                   Volume.state.notin_(("Destroy", "Expunged")))))
-accounts.register_usage_counter("primary_storage", lambda s, acc: s.scalar(
-    select(func.coalesce(func.sum(Volume.size), 0)).where(Volume.account_id == acc, _live(Volume),
-                                                          Volume.state.notin_(("Destroy", "Expunged")))) or 0)
+def _account_counts(s, v):
+    if v["removed"] is None and v["state"] not in ("Destroy", "Expunged"):
+        yield "account", v["account_id"], "volume", 1
+        yield "account", v["account_id"], "primary_storage", v["size"]
+
+
+# The counts limits read (maintained on every change); the recounts below are what updateResourceCount trusts.
+counters.counted(Volume, ("account_id", "state", "removed", "size"), _account_counts)
+accounts.register_usage_counter("volume", lambda s, acc: aggregate.count(
+    s, Volume, Volume.account_id == acc, _live(Volume), Volume.state.notin_(("Destroy", "Expunged"))))
+accounts.register_usage_counter("primary_storage", lambda s, acc: aggregate.total(
+    s, Volume.size, Volume.account_id == acc, _live(Volume), Volume.state.notin_(("Destroy", "Expunged"))))
 
 
 def get_volume(s, ctx, uuid) -> Volume:
@@ -197,8 +204,7 @@ def attach(s, ctx, vol: Volume, vm: VirtualMachine, deviceid=None) -> Volume:
     if vol.hypervisor and vol.hypervisor != vm.hypervisor:
         raise InvalidParameter(f"Volume {vol.name} was created for {vol.hypervisor}; VM {vm.name} runs on {vm.hypervisor}")
     limit = MAX_DATA_VOLUMES.get(vm.hypervisor, 32)
-    count = s.scalar(select(func.count()).select_from(Volume).where(Volume.vm_id == vm.id, _live(Volume),
-                                                                    Volume.volume_type == "DATADISK"))
+    count = aggregate.count(s, Volume, Volume.vm_id == vm.id, _live(Volume), Volume.volume_type == "DATADISK")
     if count >= limit:
         raise InvalidParameter(f"The specified VM already has the maximum number of data disks ({limit}) attached. "
                                "Please specify another VM.")

@@ -11,16 +11,40 @@ from volstack.db.storage_models import StoragePool
 from volstack.services import catalog, template_cache, template_sources, templates
 
 
+def _grouped(rows) -> dict:
+    out: dict = {}
+    for row in rows:
+        out.setdefault(row[0].template_id, []).append(tuple(row))
+    return out
+
+
+def _store_refs(s, ids):
+    return _grouped(s.execute(select(TemplateStoreRef, ImageStore).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id)
+                              .where(TemplateStoreRef.template_id.in_(ids), TemplateStoreRef.state != "Destroyed")
+                              .order_by(TemplateStoreRef.id)))
+
+
+def _pool_refs(s, ids):
+    return _grouped(s.execute(select(TemplatePoolRef, StoragePool).join(StoragePool, StoragePool.id == TemplatePoolRef.pool_id)
+                              .where(TemplatePoolRef.template_id.in_(ids)).order_by(TemplatePoolRef.id)))
+
+
+def _first_zones(s, ids):
+    out: dict = {}
+    for tid, zid in s.execute(select(TemplateZone.template_id, TemplateZone.zone_id)
+                              .where(TemplateZone.template_id.in_(ids)).order_by(TemplateZone.id)):
+        out.setdefault(tid, zid)
+    return out
+
+
 def _refs(r, lk):
-    return lk.s.execute(select(TemplateStoreRef, ImageStore).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id)
-                        .where(TemplateStoreRef.template_id == r.id, TemplateStoreRef.state != "Destroyed")
-                        .order_by(TemplateStoreRef.id)).all()
+    return lk.batched(_store_refs, r.id) or []
 
 
 def _zone_id(r, lk):
     if isinstance(r, templates.InZone):
         return r.listed_zone_id
-    return lk.s.scalar(select(TemplateZone.zone_id).where(TemplateZone.template_id == r.id).order_by(TemplateZone.id))
+    return lk.batched(_first_zones, r.id)
 
 
 def _status(r, lk):
@@ -48,8 +72,7 @@ def _status(r, lk):
 def _download_details(r, lk):
     out = [{"datastore": st.name, "datastoreId": st.uuid, "datastoreRole": "Image",
             "downloadPercent": str(ref.download_pct), "downloadState": ref.download_state} for ref, st in _refs(r, lk)]
-    for ref, pool in lk.s.execute(select(TemplatePoolRef, StoragePool).join(StoragePool, StoragePool.id == TemplatePoolRef.pool_id)
-                                  .where(TemplatePoolRef.template_id == r.id)):
+    for ref, pool in lk.batched(_pool_refs, r.id) or []:
         out.append({"datastore": pool.name, "datastoreId": pool.uuid, "datastoreRole": "Primary",
                     "downloadPercent": str(ref.download_pct), "downloadState": ref.download_state})
     return out or None
@@ -69,7 +92,8 @@ def _fields():
         F("name", "the template name", _a("name")),
         F("displaytext", "the template display text", _a("display_text")),
         F("isready", "true if the template is ready to be deployed from, false otherwise.",
-          lambda r, lk: templates.is_ready(lk.s, r, getattr(r, "listed_zone_id", None)), "boolean"),
+          lambda r, lk: templates.is_ready(lk.s, r, getattr(r, "listed_zone_id", None), store_refs=_refs(r, lk)),
+          "boolean"),
         F("status", "the status of the template", _status, access=OWNER),
         F("downloaddetails", "Lists the download progress of a template across all secondary storages",
           _download_details, "list"),
@@ -100,7 +124,7 @@ def _fields():
         F("account", "the account name to which the template belongs", _ref(m.Account, "account_id", "name")),
         F("domainid", "the ID of the domain to which the template belongs", _ref(m.Domain, "domain_id")),
         F("domain", "the name of the domain to which the template belongs", _ref(m.Domain, "domain_id", "name")),
-        tags_field(lambda r: "ISO" if r.format == "ISO" else "Template"),
+        tags_field("Template", "ISO"),
     ]
 
 

@@ -224,8 +224,8 @@ def find_hosts_for_migration(req, p):
     from volstack.api.views import Lookups
     from volstack.services import vm_migration
     rows = vm_migration.hosts_for_migration(req.s, vms.get_vm(req.s, req.ctx, p.virtualmachineid))
-    lk = Lookups(req.s)
-    items = [{**HOST.render(host, lk), "suitableformigration": problem is None,
+    rendered = Lookups(req.s).render_all(HOST, [host for host, _ in rows])
+    items = [{**shown, "suitableformigration": problem is None,
               "requiresStorageMotion": False, **({"notsuitablereason": problem} if problem else {})}
-             for host, problem in rows]
+             for shown, (_, problem) in zip(rendered, rows)]
     return Lst("host", items, len(items))

@@ -243,8 +243,8 @@ def find_pools_for_migration(req, p):
     from volstack.api.registry import Lst
     from volstack.api.views import Lookups
     rows = volume_migration.pools_for_migration(req.s, req.ctx, volumes.get_volume(req.s, req.ctx, p.id))
-    lk = Lookups(req.s)
-    items = [{**STORAGEPOOL.render(pool, lk), "suitableformigration": ok} for pool, ok in rows]
+    rendered = Lookups(req.s).render_all(STORAGEPOOL, [pool for pool, _ in rows])
+    items = [{**shown, "suitableformigration": ok} for shown, (_, ok) in zip(rendered, rows)]
     return Lst("storagepool", items, len(items))
 
 
