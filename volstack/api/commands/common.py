@@ -30,7 +30,7 @@ def list_query(req, p) -> ListQuery:
 
 
 def obj(req, view, row) -> Obj:
-    return Obj(view.key, view.render(row, Lookups(req.s, [row])))
+    return Obj(view.key, view.render(row, Lookups(req.s)))
 
 
 def lst(req, view, rows_total) -> Lst:
