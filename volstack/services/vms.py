@@ -221,6 +221,11 @@ def reboot(s, ctx, vm) -> VirtualMachine:
 
 def destroy(s, ctx, vm, expunge=False, volumeids=()) -> VirtualMachine:
     """The ROOT volume goes with the VM; data disks are detached and survive unless listed in volumeids."""
+    for uuid in volumeids:       # each one the caller's and this VM's data disk: never silently skipped
+        vol = volumes.get_volume(s, ctx, uuid)
+        if vol.vm_id != vm.id or vol.volume_type == "ROOT":
+            raise InvalidParameter(f"Volume {vol.name} is not a data volume attached to VM {vm.name}: volumeids "
+                                   "lists the VM's data volumes to delete with it")
     if vm.state == "Running":
         stop(s, ctx, vm, forced=True)
     for vol in s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None))):
