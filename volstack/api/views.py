@@ -10,6 +10,7 @@ from volstack import CLOUDSTACK_VERSION, __version__
 from volstack.api.registry import ROOT, VIEWER, Field as F, View
 from volstack.api.wire import date
 from volstack.db import models as m
+from volstack.services import tags as tag_service
 from volstack.services.settings import Settings, key_by_name
 
 
@@ -25,7 +26,7 @@ class Lookups:
 
     ROUNDS = 6
 
-    def __init__(self, s):
+    def __init__(self, s, rows=()):
         self.s, self._cache = s, {}
         self._wanted = None          # {fn: set(keys)} during a gathering pass
 
@@ -114,6 +115,43 @@ def _date(attr):
     return lambda r, lk: date(getattr(r, attr))
 
 
+def _domain_path_of(domain_id):
+    return lambda r, lk: _domain_path(lk, getattr(r, domain_id))
+
+
+TAG = View("tag", [
+    F("key", "tag key name", _a("key")),
+    F("value", "tag value", _a("value")),
+    F("resourcetype", "resource type", _a("resource_type")),
+    F("resourceid", "id of the resource", _a("resource_uuid")),
+    F("account", "the account associated with the tag", _ref(m.Account, "account_id", "name")),
+    F("domainid", "the ID of the domain associated with the tag", _ref(m.Domain, "domain_id")),
+    F("domain", "the domain associated with the tag", _ref(m.Domain, "domain_id", "name")),
+    F("domainpath", "path of the Domain associated with the tag", _domain_path_of("domain_id")),
+    F("customer", "customer associated with the tag", _a("customer")),
+])
+
+
+@functools.cache
+def _tags_loader(kinds: tuple):
+    """The Lookups.batched loader of the tags of resources of these CloudStack types: one query per page."""
+    def load(s, ids):
+        got = tag_service.by_resource(s, kinds, ids)
+        return {i: got.get(i, []) for i in ids}
+    load.__qualname__ = f"tags({','.join(kinds)})"
+    return load
+
+
+def tags_field(*kinds: str) -> F:
+    """The `tags` of a response: always present, [] when the resource has none. kinds: the CloudStack resource
+    type(s) of the rows (templates and ISOs share a table)."""
+    loader = _tags_loader(kinds)
+
+    def get(r, lk):
+        return [TAG.render(t, lk) for t in lk.batched(loader, r.id)]
+    return F("tags", "the list of resource tags associated", get, "list")
+
+
 ZONE = View("zone", [
     F("id", "the UUID of the zone", _a("uuid")),
     F("name", "the name of the zone", _a("name")),
@@ -132,9 +170,11 @@ ZONE = View("zone", [
     F("allocationstate", "the allocation state of the cluster", _a("allocation_state"), ),
     F("localstorageenabled", "true if local storage offering enabled, false otherwise", _a("local_storage_enabled"), "boolean"),
     F("securitygroupsenabled", "true if security groups support is enabled, false otherwise", _a("security_group_enabled"), "boolean"),
+    F("dhcpprovider", "the dhcp Provider for the Zone", lambda r, lk: "VirtualRouter"),
     F("zonetoken", "Zone Token", lambda r, lk: r.uuid),
     F("type", "the type of the zone - core or edge", lambda r, lk: "Core"),
     F("created", "the date this zone was created", _date("created"), "date"),
+    tags_field("Zone"),
 ])
 
 POD = View("pod", [
