@@ -12,11 +12,12 @@ from volstack.api.registry import API
 
 GIB = 2 ** 30
 ROWS = 6
-MAX_STATEMENTS = 10
+MAX_STATEMENTS = 11          # listVolumesMetrics as admin: 10 referenced models and the tags
 # Required parameters, and commands whose rows are not database rows of their own (shown for completeness).
 ARGS = {"listTemplates": {"templatefilter": "all"}, "listIsos": {"isofilter": "all"},
-        "listStorageProviders": {"type": "primary"}}
-USER_ARGS = {"listTemplates": {"templatefilter": "self"}, "listIsos": {"isofilter": "self"}}
+        "listStorageProviders": {"type": "primary"}, "listResourceDetails": {"resourcetype": "Volume"}}
+USER_ARGS = {"listTemplates": {"templatefilter": "self"}, "listIsos": {"isofilter": "self"},
+             "listResourceDetails": {"resourcetype": "Volume"}}
 SKIP = {"listApis", "listCapabilities", "findHostsForMigration", "findStoragePoolsForMigration",
         "listImageStoreObjects", "listStoragePoolObjects", "listVolumesForImport", "listIsoPermissions",
         "listTemplatePermissions", "revokeTemplateDirectDownloadCertificate", "updateResourceCount"}

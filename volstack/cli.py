@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from volstack.private import restrict_umask, tighten
+
 BUILTIN_DATACENTER = {
     "zones": [{"name": "zone1", "networktype": "Advanced", "localstorageenabled": True,
                "pods": [{"name": "pod1", "clusters": [{"name": "cluster1", "hypervisor": "KVM"}]}]}],
@@ -142,6 +144,7 @@ def cmd_up(args) -> int:
     _catch_signals()
     data = Path(args.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
+    tighten(data)            # a data dir written before files were private (issue 11): 0700 / 0600 from now on
     pw_file = data / "admin.password"
     if not pw_file.exists():
         fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -238,6 +241,7 @@ def main(argv=None) -> int:
     add_agent_parser(sub)
 
     args = ap.parse_args(argv)
+    restrict_umask()         # every file volstack and its children create is its own (volstack/private.py)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return (getattr(args, "fn", None) or args.func)(args)

@@ -186,6 +186,9 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
 
     def _launch(self, rec: dict) -> None:
         vmdir = self._dir(rec["name"])
+        # the guest's console may hold what its user typed: 0600. QEMU opens it after -daemonize, which sets
+        # umask 027, so it is created here first (logappend keeps the file and its mode)
+        os.close(os.open(f"{vmdir}/console.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         kvm = not hv.runs(rec) and self.capabilities()["kvm"]
         base = [QEMU, "-name", f"guest={rec['name']}", "-machine", "q35", "-m", str(rec["memory_mb"]),
                 "-smp", str(rec["cpus"]), "-nodefaults", "-no-user-config", "-display", "none", "-S",

@@ -34,6 +34,7 @@ class Param:
     length: int = 255
     entity: str | None = None        # uuid / list of uuid: the entity that must exist
     since: str | None = None
+    special: tuple = ()              # values taken as they are (zoneid=-1: every zone)
     access: str = USER               # who may pass it (CloudStack's @Parameter authorized=): ROOT, DOMAIN or USER
 
     def allowed(self, account_type: int) -> bool:

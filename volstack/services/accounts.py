@@ -216,7 +216,7 @@ def list_domains(s, ctx, q: ListQuery, id=None, name=None, level=None):
     if id:
         stmt = stmt.where(Domain.uuid == id)
     if name:
-        stmt = stmt.where(Domain.name == name)
+        stmt = stmt.where(func.lower(Domain.name) == name.lower())
     if level is not None:
         stmt = stmt.where(Domain.level == level)
     stmt = stmt.where(*keyword_filter(q, Domain.name))
@@ -251,8 +251,9 @@ def delete_domain(s, ctx, id: str, cleanup: bool = False) -> None:
                             "delete them first or pass cleanup=true")
     for acc in accounts:
         _delete_account_rows(s, acc)
-    for d in subs:
+    for d in subs:                     # deepest first, one by one: a child row must go before its parent's
         s.delete(d)
+        s.flush()
     events.record(s, ctx, "DOMAIN.DELETE", f"Domain {dom.name} deleted", resource_type="Domain", resource_uuid=dom.uuid)
 
 
@@ -333,7 +334,7 @@ def list_accounts(s, ctx, q: ListQuery, id=None, name=None, accounttype=None, st
     if id:
         stmt = stmt.where(Account.uuid == id)
     if name or q.account:
-        stmt = stmt.where(Account.name == (name or q.account))
+        stmt = stmt.where(func.lower(Account.name) == (name or q.account).lower())
     if accounttype is not None:
         stmt = stmt.where(Account.account_type == accounttype)
     if state:
@@ -432,7 +433,7 @@ def list_users(s, ctx, q: ListQuery, id=None, username=None, state=None):
     if id:
         stmt = stmt.where(User.uuid == id)
     if username:
-        stmt = stmt.where(User.username == username)
+        stmt = stmt.where(func.lower(User.username) == username.lower())
     if state:
         stmt = stmt.where(func.lower(User.state) == state.lower())
     stmt = stmt.where(*keyword_filter(q, User.username))
@@ -499,7 +500,7 @@ def list_roles(s, ctx, q: ListQuery, id=None, name=None, type=None):
     if id:
         stmt = stmt.where(Role.uuid == id)
     if name:
-        stmt = stmt.where(Role.name == name)
+        stmt = stmt.where(func.lower(Role.name) == name.lower())
     if type:
         stmt = stmt.where(func.lower(Role.role_type) == type.lower())
     stmt = stmt.where(*keyword_filter(q, Role.name))

@@ -352,7 +352,7 @@ def resize(s, ctx, vol: Volume, *, size_gb=None, diskofferingid=None, shrinkok=F
 
 def destroy(s, ctx, vol: Volume, expunge=False) -> Volume:
     if vol.vm_id is not None and vol.volume_type != "ROOT":
-        raise ResourceInUse(f"Volume {vol.name} is attached to a VM; detach it first")
+        raise InvalidParameter(f"Volume {vol.name} is attached to a VM; detach it first")     # as CloudStack: 431
     if not ctx.is_admin and (expunge or False) and not S.Settings.value_in(s, S.ALLOW_USER_EXPUNGE, account=ctx.account_id):
         raise InvalidParameter("Users may not expunge volumes here (allow.user.expunge.recover.volume=false)")
     VOLUME.fire(s, vol, "DestroyRequested", destroyed_at=utcnow())
@@ -395,7 +395,7 @@ def expunge_volume(s, ctx, vol: Volume) -> None:
 def delete(s, ctx, vol: Volume) -> None:
     """deleteVolume: remove an unattached data volume at once."""
     if vol.vm_id is not None:
-        raise ResourceInUse(f"Volume {vol.name} is attached to a VM; detach it first")
+        raise InvalidParameter(f"Volume {vol.name} is attached to a VM; detach it first")     # as CloudStack: 431
     if vol.state not in ("Allocated", "Ready", "Destroy", "Uploaded", "UploadError", "UploadAbandoned"):
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; wait for its operation to finish")
     if vol.state != "Destroy":
@@ -557,7 +557,7 @@ def unmanage(s, ctx, vol: Volume) -> None:
     from volstack.services.context import require_root_admin
     require_root_admin(ctx)
     if vol.vm_id is not None:
-        raise ResourceInUse(f"Volume {vol.name} is attached to a VM; detach it first")
+        raise InvalidParameter(f"Volume {vol.name} is attached to a VM; detach it first")     # as CloudStack: 431
     if vol.state != "Ready":
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be unmanaged")
     vol.state, vol.removed = "Expunged", utcnow()

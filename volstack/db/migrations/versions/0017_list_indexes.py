@@ -1,14 +1,14 @@
 """indexes for every filter the list commands offer (owner, state, pool, VM, zone, offering, name); the per-account
 counts of listed volumes
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0017
+Revises: 0016
 """
 from alembic import op
 
 
-revision = '0015'
-down_revision = '0014'
+revision = '0017'
+down_revision = '0016'
 branch_labels = None
 depends_on = None
 
