@@ -16,7 +16,7 @@ def create_row(s, ctx, snap: Snapshot, *, name, displaytext=None, ostypeid=None,
     if snap.state != "BackedUp" or (snap.store_id is None and not snapshot_primary.kept(snap)):
         raise InvalidParameter(f"Snapshot {snap.name} is {snap.state}; templates are made from backed-up snapshots")
     snapshot_primary.check_template_source(snap)
-    if ostypeid is not None and catalog.os_type(ostypeid) is None:
+    if ostypeid is not None and catalog.os_type(ostypeid, s) is None:
         raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
     if (ispublic or isfeatured) and not ctx.is_admin and not templates._users_may_publish(s, ctx):
         raise PermissionDenied("Only administrators may create public or featured templates here")
