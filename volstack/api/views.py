@@ -53,20 +53,14 @@ class Lookups:
     def render_all(self, view, rows) -> list[dict]:
         rows = list(rows)
         for _ in range(self.ROUNDS):
-            self._wanted = {}
-            try:
-                viewer = VIEWER.get()
-                for r in rows:
-                    for f in view.fields:
-                        if not f.visible(r, viewer):
-                            continue
-                        try:
-                            f.get(r, self)
-                        except Exception:     # a value still missing while gathering; the real pass will tell
-                            pass
+            self._wanted, errors = {}, []
+            try:       # a field failing on a value still missing is retried; the real pass would raise it
+                out = [view.render(r, self, errors) for r in rows]
             finally:
                 wanted, self._wanted = self._wanted, None
             if not wanted:
+                if not errors:
+                    return out            # nothing was missing: this pass is the page
                 break
             for fn, keys in wanted.items():
                 keys = list(keys)
