@@ -13,7 +13,7 @@ from volstack.db.image_models import ImageStore, TemplateStoreRef
 from volstack.db.models import Host, utcnow
 from volstack.drivers.default import DefaultPrimaryDriver
 from volstack.drivers.hosts import channel
-from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
+from volstack.errors import CloudError, InvalidParameter, ResourceUnavailable
 from volstack.services import configs, events, infra, lookup
 from volstack.services.catalog import register_storage_provider
 from volstack.services.context import require_root_admin
@@ -186,7 +186,7 @@ def delete_store(s, ctx, store: ImageStore) -> None:
     held = objects_on(s, store)
     if held:
         kinds = sorted({k for k, *_ in held})
-        raise ResourceInUse(f"Cannot delete image store {store.name}: it still holds {len(held)} "
+        raise InvalidParameter(f"Cannot delete image store {store.name}: it still holds {len(held)} "
                             f"{'/'.join(kinds)} copies; delete them or migrate them with "
                             "migrateSecondaryStorageData first")
     store.removed = utcnow()
