@@ -193,3 +193,13 @@ def test_extract_volume_on_simulator_hosts_answers_a_url(two_zones):
     api.detachVolume(id=vol["id"])
     got = api.extractVolume(id=vol["id"], mode="HTTP_DOWNLOAD", zoneid=z1["id"])["volume"]
     assert got["state"] == "DOWNLOAD_URL_CREATED" and got["url"].startswith("http://simf1/")
+
+
+def test_list_storage_tags(two_zones):
+    api, (z1, _) = two_zones["api"], two_zones["zones"]
+    c = api.listClusters(name="fc1")["cluster"][0]
+    pool = api.createStoragePool(name="tp", url="nfs://10.0.0.1/tp", zoneid=z1["id"], podid=c["podid"],
+                                 clusterid=c["id"], tags="ssd,fast")["storagepool"]
+    got = api.listStorageTags()["storagetag"]
+    assert sorted((t["name"], t["poolid"]) for t in got) == [("fast", pool["id"]), ("ssd", pool["id"])]
+    assert [t["name"] for t in api.listStorageTags(keyword="ss")["storagetag"]] == ["ssd"]
