@@ -119,6 +119,11 @@ def test_pool_maintenance_stops_and_restarts_guests(dc):
                                     startvm=False)["virtualmachine"]
     api.enableStorageMaintenance(id=root["storageid"])
     assert api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]["state"] == "Stopped"
+    with pytest.raises(CloudStackApiException) as e:      # not before the maintenance ends
+        api.startVirtualMachine(id=vm["id"])
+    assert e.value.error["errorcode"] == 431 and (f"its volume {root['name']} is on storage pool "
+                                                  f"{root['storage']}, which is in Maintenance") in e.value.error["errortext"]
+    assert api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]["state"] == "Stopped"
     api.cancelStorageMaintenance(id=root["storageid"])
     assert api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]["state"] == "Running"
     assert api.listVirtualMachines(id=idle["id"])["virtualmachine"][0]["state"] == "Stopped"

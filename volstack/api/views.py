@@ -7,7 +7,7 @@ import functools
 from sqlalchemy import inspect as sa_inspect, select
 
 from volstack import CLOUDSTACK_VERSION, __version__
-from volstack.api.registry import VIEWER, Field as F, View
+from volstack.api.registry import ROOT, VIEWER, Field as F, View
 from volstack.api.wire import date
 from volstack.db import models as m
 from volstack.services import tags as tag_service
@@ -53,20 +53,14 @@ class Lookups:
     def render_all(self, view, rows) -> list[dict]:
         rows = list(rows)
         for _ in range(self.ROUNDS):
-            self._wanted = {}
-            try:
-                viewer = VIEWER.get()
-                for r in rows:
-                    for f in view.fields:
-                        if not f.visible(r, viewer):
-                            continue
-                        try:
-                            f.get(r, self)
-                        except Exception:     # a value still missing while gathering; the real pass will tell
-                            pass
+            self._wanted, errors = {}, []
+            try:       # a field failing on a value still missing is retried; the real pass would raise it
+                out = [view.render(r, self, errors) for r in rows]
             finally:
                 wanted, self._wanted = self._wanted, None
             if not wanted:
+                if not errors:
+                    return out            # nothing was missing: this pass is the page
                 break
             for fn, keys in wanted.items():
                 keys = list(keys)
@@ -156,13 +150,13 @@ ZONE = View("zone", [
     F("id", "the UUID of the zone", _a("uuid")),
     F("name", "the name of the zone", _a("name")),
     F("description", "the description of the zone", _a("description")),
-    F("dns1", "the first DNS for the zone", _a("dns1")),
-    F("dns2", "the second DNS for the zone", _a("dns2")),
-    F("internaldns1", "the first internal DNS for the zone", _a("internal_dns1")),
-    F("internaldns2", "the second internal DNS for the zone", _a("internal_dns2")),
-    F("ip6dns1", "the first IPv6 DNS for the zone", _a("ip6_dns1")),
-    F("ip6dns2", "the second IPv6 DNS for the zone", _a("ip6_dns2")),
-    F("guestcidraddress", "the guest CIDR address for the zone", _a("guest_cidr")),
+    F("dns1", "the first DNS for the zone", _a("dns1"), access=ROOT),
+    F("dns2", "the second DNS for the zone", _a("dns2"), access=ROOT),
+    F("internaldns1", "the first internal DNS for the zone", _a("internal_dns1"), access=ROOT),
+    F("internaldns2", "the second internal DNS for the zone", _a("internal_dns2"), access=ROOT),
+    F("ip6dns1", "the first IPv6 DNS for the zone", _a("ip6_dns1"), access=ROOT),
+    F("ip6dns2", "the second IPv6 DNS for the zone", _a("ip6_dns2"), access=ROOT),
+    F("guestcidraddress", "the guest CIDR address for the zone", _a("guest_cidr"), access=ROOT),
     F("domain", "Network domain name for the networks in the zone", _a("network_domain")),
     F("domainid", "the UUID of the containing domain, null for public zones", _ref(m.Domain, "domain_id")),
     F("domainname", "the name of the containing domain, null for public zones", _ref(m.Domain, "domain_id", "name")),

@@ -43,6 +43,15 @@ def register_usage_counter(resource_type: str, fn) -> None:
     _usage_counters[resource_type] = fn
 
 
+_internal_counters: dict = {}
+
+
+def register_internal_counter(name: str, fn) -> None:
+    """A count kept per account that is not a limit (e.g. the rows a plain list counts): fn recounts it for
+    updateResourceCount, which repairs it silently."""
+    _internal_counters[name] = fn
+
+
 def add_usage_counter(resource_type: str, fn) -> None:
     """Another subsystem's share of a usage that one already counts (snapshot backups besides templates on
     image stores): the recount becomes the sum. Register it after the first counter."""
@@ -549,6 +558,9 @@ def recalculate(s, acc: Account, types=None) -> dict:
         if types is None or rtype in types:
             new = int(fn(s, acc.id))
             out[rtype] = (counters.set_count(s, "account", acc.id, rtype, new), new)
+    if types is None:
+        for name, fn in _internal_counters.items():
+            counters.set_count(s, "account", acc.id, name, int(fn(s, acc.id)))
     return out
 
 

@@ -15,10 +15,12 @@ class ListQuery:
     domainid: str | None = None
 
 
-def paginate(s, stmt, q: ListQuery, default_size: int = 500, scalars: bool = True):
+def paginate(s, stmt, q: ListQuery, default_size: int = 500, scalars: bool = True, total: int | None = None):
     """Run stmt one page at a time; returns (rows, total matches). scalars=False: rows are tuples of the
-    statement's columns."""
-    total = s.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+    statement's columns. total: the count when the caller knows it without counting (a maintained count);
+    otherwise the matches are counted."""
+    if total is None:
+        total = int(s.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())))
     run = s.scalars if scalars else (lambda st: [tuple(r) for r in s.execute(st)])
     if q.pagesize == -1:
         return list(run(stmt)), total
@@ -31,8 +33,9 @@ def keyword_filter(q: ListQuery, *columns):
     if not q.keyword:
         return []
     from sqlalchemy import or_
-    like = f"%{q.keyword}%"
-    return [or_(*[c.ilike(like) for c in columns])]
+    # % and _ in a keyword are the characters themselves, not wildcards
+    escaped = q.keyword.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return [or_(*[c.ilike(f"%{escaped}%", escape="\\") for c in columns])]
 
 
 
