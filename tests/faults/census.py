@@ -90,6 +90,8 @@ def take(rig, workload) -> dict:
     out["listzones_samples_during_stop_detach"] = len(stops)
     out["operations"] = sum(1 for e in workload.log if e[0] not in ("kill", "skip"))
     out["failed_operations"] = sum(1 for e in workload.log if e[0] not in ("kill", "skip", "write") and e[2])
+    out["failures"] = sorted({f"{e[0]} {e[2]}: {e[3][:150]}" for e in workload.log
+                              if e[0] not in ("kill", "skip", "write") and e[2]})
     out["clean"] = all(not out[k] for k in MUST_BE_ZERO)
     return out
 
@@ -190,4 +192,5 @@ def summary(r: dict) -> str:
     body = [f"  {k}: {len(r[k]) if isinstance(r[k], list) else r[k]}" + (
         "".join(f"\n    - {x}" for x in r[k][:20]) if isinstance(r[k], list) and r[k] else "")
         for k in MUST_BE_ZERO]
-    return head + f"\n  answers: {r['answers']}\n" + "\n".join(body)
+    failures = "".join(f"\n    - {x}" for x in r.get("failures", [])[:30])
+    return head + f"\n  answers: {r['answers']}\n" + "\n".join(body) + f"\n  failed operations (CloudStack errors):{failures}"
