@@ -50,7 +50,7 @@ class SimulatedHost:
         self._images(pool).pop(name, None)
         return {}
 
-    def _volume_resize(self, pool, name, size, shrink_ok=False):
+    def _volume_resize(self, pool, name, size, shrink_ok=False, **_):
         images = self._images(pool)
         if name not in images:
             raise InvalidParameter(f"volume {name} does not exist on the simulated pool")

@@ -253,7 +253,7 @@ def allocated_bytes(s, pool) -> int:
     """Σ sizes of the pool's volumes, plus what other subsystems keep there (cached template copies)."""
     volumes = s.scalar(select(func.coalesce(func.sum(Volume.size), 0)).where(
         Volume.pool_id == pool.id, Volume.removed.is_(None), Volume.state.notin_(("Expunged", "Allocated")))) or 0
-    return volumes + sum(extra(s, pool) for extra in allocated_extras)
+    return int(volumes) + sum(int(extra(s, pool)) for extra in allocated_extras)   # PostgreSQL sums are Decimal
 
 
 # extra(s, pool) -> bytes allocated on the pool outside volumes (CloudStack counts template copies).
