@@ -4,7 +4,7 @@
 #   libnfs client tools (nfs-ls, nfs-cp), busybox-static (the tiny test guest's userland,
 #   see scripts/build-guest.sh), the tools of scripts/build-template.sh and build-iso.sh, and Ceph: librados/librbd's
 #   Python bindings for the agent's RBD pools, plus ceph-mon/ceph-osd/ceph-mgr/ceph-common for the
-#   one-node test cluster (scripts/ceph-up.sh), curl, bzip2, xz-utils, zip for the download tests and
+#   one-node test cluster (scripts/ceph-up.sh, which also needs iproute2's ss), curl, bzip2, xz-utils, zip for the download tests and
 #   benchmark. Safe to run again: apt-get runs only when something is missing.
 # Usage: scripts/install-host.sh            (root, Debian 12)
 set -euo pipefail
@@ -25,6 +25,7 @@ pkgs=(
   isolinux            # ISOLINUX and xorriso: the tiny guest as a bootable ISO (scripts/build-iso.sh) for the
   xorriso             #   ISO tests (registerIso, attachIso, deploy from an ISO)
   curl                # the download benchmark's reference (bench/bench_download.py)
+  iproute2            # ss: scripts/ceph-up.sh finds a free port (priority "important": not on a minimal system)
   bzip2 xz-utils zip  # the download tests compress real images with the real tools
   python3-rados       # librados Python binding (agent: RBD pools, heartbeat objects); see docs/architecture.md
   python3-rbd         # librbd Python binding (agent: RBD images, snapshots, clones)

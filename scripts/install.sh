@@ -35,7 +35,8 @@ if [ "${1:-}" = "--test" ]; then
   .venv-clients/bin/ansible-playbook --version >/dev/null
   if [ ! -x .venv-cloudmonkey/bin/cloudmonkey ]; then
     PY2=""
-    for c in python2.7 "$(pyenv root 2>/dev/null)"/versions/2.7*/bin/python2.7; do
+    # Debian 12 has no Python 2: a pyenv-built 2.7 is used when there is one   (install-guard: optional)
+    for c in python2.7 "$(pyenv root 2>/dev/null)"/versions/2.7*/bin/python2.7; do  # install-guard: optional
       if [ -n "$c" ] && "$c" -V >/dev/null 2>&1; then PY2=$c; break; fi
     done
     [ -n "$PY2" ] || { echo "cloudmonkey 5.3.3.1 needs python2.7, which is not on this machine" >&2; exit 1; }

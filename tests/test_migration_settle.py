@@ -51,7 +51,8 @@ def test_an_interrupted_cold_copy_is_cancelled_or_adopted(cloud):
     vol, pool2 = _detached_volume(cloud)
     src, dst = tmp / "primary" / vol["path"], tmp / "primary2" / vol["path"]
     copy = dict(src_pool=pool_spec(server, cloud["pool"]["id"]), src_name=vol["path"],
-                dst_pool=pool_spec(server, pool2["id"]), dst_name=vol["path"], format="qcow2")
+                dst_pool=pool_spec(server, pool2["id"]), dst_name=vol["path"], format="qcow2",
+                src_format="qcow2")
 
     # 1. the job died while the host copies (1 MiB/s: 16 s): the copy is stopped, its partial image removed
     migration_interrupted(server, vol["id"], pool2["id"], vol["path"], "qcow2", live=False, task=str(uuid.uuid4()))

@@ -6,6 +6,8 @@ from sqlalchemy import select
 from support import client
 from volstack.db.models import User
 
+pytestmark = pytest.mark.usefixtures("db_url")     # every test on SQLite and PostgreSQL
+
 
 def _user_api(server, api, name, accounttype=0, domainid=None):
     acc = api.createAccount(username=name, password="pw-" + name, accounttype=accounttype,
@@ -83,6 +85,29 @@ def test_domain_admin_sees_its_subtree_only(server):
     assert paths == {"ROOT", "ROOT/sub", "ROOT/other"}
 
 
+def test_a_domain_admin_reaches_its_whole_subtree_by_ids_on_every_database(server_any_db):
+    """The subtree is a recursive query over parent ids (SQLite and PostgreSQL): grandchildren included, a
+    sibling whose name extends ours ("sub" / "sub2") never."""
+    server = server_any_db
+    api = client(server)
+    sub = api.createDomain(name="sub")["domain"]
+    grand = api.createDomain(name="grand", parentdomainid=api.createDomain(name="mid", parentdomainid=sub["id"])
+                             ["domain"]["id"])["domain"]
+    sub2 = api.createDomain(name="sub2")["domain"]
+    _, dadmin = _user_api(server, api, "dadmin", accounttype=2, domainid=sub["id"])
+    _user_api(server, api, "deep", domainid=grand["id"])
+    _user_api(server, api, "beside", domainid=sub2["id"])
+    assert {a["name"] for a in dadmin.listAccounts(listall=True)["account"]} == {"dadmin", "deep"}
+    assert {d["name"] for d in dadmin.listDomains(listall=True)["domain"]} == {"sub", "mid", "grand"}
+    assert {e["account"] for e in dadmin.listEvents(listall=True).get("event", [])} <= {"dadmin", "deep"}
+    with pytest.raises(CloudStackApiException) as e:
+        dadmin.updateDomain(id=sub2["id"], name="mine")
+    assert e.value.error["errorcode"] == 531
+    with pytest.raises(CloudStackApiException) as e:
+        dadmin.updateDomain(id=sub["id"], name="SUB2")
+    assert e.value.error["errorcode"] == 431 and "already exists" in e.value.error["errortext"]
+
+
 def test_disable_enable_and_delete_account(server):
     api = client(server)
     acc, alice = _user_api(server, api, "alice")
@@ -123,18 +148,15 @@ def test_resource_limits_have_cloudstack_defaults_and_can_be_changed(server):
 
 
 def test_check_limit_refuses_with_532(server):
+    from volstack.db import counters
     from volstack.errors import ResourceLimitExceeded
     from volstack.services import accounts
     api = client(server)
     acc, _ = _user_api(server, api, "alice")
-    previous = accounts._usage_counters.get("volume")
-    accounts.register_usage_counter("volume", lambda s, account_id: 20)
-    try:
-        with server.db.session() as s:
-            acc_id = s.scalar(select(User.account_id).where(User.username == "alice"))
-            with pytest.raises(ResourceLimitExceeded) as e:
-                accounts.check_limit(s, acc_id, "volume")
-            assert "Account Resource Limit = 20" in e.value.text
-            accounts.check_limit(s, 2, "volume")   # root admin: unlimited
-    finally:
-        accounts.register_usage_counter("volume", previous)
+    with server.db.session() as s:
+        acc_id = s.scalar(select(User.account_id).where(User.username == "alice"))
+        counters.set_count(s, "account", acc_id, "volume", 20)         # as if alice had 20 volumes
+        with pytest.raises(ResourceLimitExceeded) as e:
+            accounts.check_limit(s, acc_id, "volume")
+        assert "Account Resource Limit = 20" in e.value.text and "Current Account Resource Amount = 20" in e.value.text
+        accounts.check_limit(s, 2, "volume")   # root admin: unlimited

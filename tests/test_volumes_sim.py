@@ -4,6 +4,8 @@ from cs import CloudStackApiException
 
 from support import add_datacenter, client
 
+pytestmark = pytest.mark.usefixtures("db_url")     # every test on SQLite and PostgreSQL
+
 GIB = 2 ** 30
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from volstack.private import restrict_umask, tighten
+
 BUILTIN_DATACENTER = {
     "zones": [{"name": "zone1", "networktype": "Advanced", "localstorageenabled": True,
                "pods": [{"name": "pod1", "clusters": [{"name": "cluster1", "hypervisor": "KVM"}]}]}],
@@ -30,9 +32,13 @@ def _start_local_agent(ms, data: Path):
     from volstack.services import datacenter, infra
     from volstack.services.context import system_context
     state = data / "agent"
+    _replace_running_agent(state)
+    # the agent ends with `up` however `up` ends (kill -9 included): it gets SIGTERM when its parent dies, and
+    # its guests keep running for the next `up` (PR_SET_PDEATHSIG; a SIGTERM stops the agent cleanly)
     proc = subprocess.Popen([sys.executable, "-m", "volstack.agent", "--state-dir", str(state), "--name",
                              "localhost", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
-                            stderr=open(data / "agent.log", "ab"), stdin=subprocess.DEVNULL)
+                            stderr=open(data / "agent.log", "ab"), stdin=subprocess.DEVNULL,
+                            preexec_fn=_end_with_parent)
     line = proc.stdout.readline().decode()
     m = re.search(r"listening on (http://\S+)", line)
     if not m:
@@ -63,6 +69,43 @@ def _start_local_agent(ms, data: Path):
                                "ostype": "Other Linux (64-bit)"}]
     datacenter.apply(ms.db, ctx, local)
     return proc
+
+
+def _end_with_parent() -> None:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+
+
+def _replace_running_agent(state: Path, timeout: float = 30) -> None:
+    """An agent still running on this data directory (its `up` was killed before it could end it, or it was
+    started by hand) is stopped so that this `up` runs its own: SIGTERM (guests keep running and the new agent
+    adopts them), SIGKILL if it does not end in time. Only a process whose command line names this state
+    directory is signalled."""
+    import time
+    from volstack.agent.main import lock_holder
+    pid = lock_holder(state)
+    if pid is None:
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        cmdline = []
+    if str(state).encode() not in cmdline and str(state.resolve()).encode() not in cmdline:
+        raise SystemExit(f"volstack up: the agent lock of {state} is held by PID {pid}, which is not its agent; "
+                         "stop that process first")
+    print(f"# replacing the host agent left running on {state} (PID {pid}); its guests keep running",
+          file=sys.stderr, flush=True)
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if lock_holder(state) is None:
+                return
+            time.sleep(0.1)
+    raise SystemExit(f"volstack up: the agent left running on {state} (PID {pid}) did not stop")
 
 
 def _builtin_template() -> Path | None:
@@ -101,6 +144,7 @@ def cmd_up(args) -> int:
     _catch_signals()
     data = Path(args.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
+    tighten(data)            # a data dir written before files were private (issue 11): 0700 / 0600 from now on
     pw_file = data / "admin.password"
     if not pw_file.exists():
         fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -216,6 +260,7 @@ def main(argv=None) -> int:
     add_agent_parser(sub)
 
     args = ap.parse_args(argv)
+    restrict_umask()         # every file volstack and its children create is its own (volstack/private.py)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return (getattr(args, "fn", None) or args.func)(args)

@@ -117,7 +117,7 @@ def test_template_download_into_nfs_pool(sim_agent, nfs_pool, http, tmp_path):
     cmp = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(tmp_path / "src.qcow2"),
                           str(export_dir / "tmpl-nfs")], capture_output=True, text=True)
     assert cmp.returncode == 0, cmp.stdout + cmp.stderr
-    info = c.call("volume_info", pool=pool, name="tmpl-nfs")
+    info = c.call("volume_info", pool=pool, name="tmpl-nfs", format="qcow2")
     assert (info["format"], info["size"], info["backing"]) == ("qcow2", 8 * MiB, None)
     assert [p.name for p in (sim_agent.state_dir / "downloads").iterdir()] == ["nfs-1+tmpl-nfs.json"]
     with pytest.raises(errors.InvalidParameter, match="registered as RAW but it is a qcow2 image"):

@@ -50,8 +50,8 @@ def test_volume_create_provisioning(sim_agent, pool, fmt):
         assert info["format"] == fmt and info["virtual-size"] == 32 * MiB
         sizes[prov] = r["physical_size"]
     assert sizes["thin"] < 4 * MiB and sizes["fat"] >= 32 * MiB
-    assert c.call("volume_info", pool=pool, name=f"{fmt}-fat") == {
-        "size": 32 * MiB, "physical_size": sizes["fat"], "format": fmt, "backing": None}
+    assert c.call("volume_info", pool=pool, name=f"{fmt}-fat", format=fmt) == {
+        "size": 32 * MiB, "physical_size": sizes["fat"], "format": fmt, "backing": None, "backing_format": None}
 
 
 def test_volume_create_is_idempotent_and_never_overwrites(sim_agent, pool):
@@ -75,16 +75,17 @@ def test_volume_create_is_idempotent_and_never_overwrites(sim_agent, pool):
 def test_volume_resize_and_delete(sim_agent, pool):
     c = sim_agent.client
     c.call("volume_create", pool=pool, name="v1", size=64 * MiB, format="qcow2")
-    assert c.call("volume_resize", pool=pool, name="v1", size=128 * MiB) == {"size": 128 * MiB}
+    assert c.call("volume_resize", pool=pool, name="v1", size=128 * MiB, format="qcow2") == {"size": 128 * MiB}
     with pytest.raises(errors.InvalidParameter, match="shrink_ok"):
-        c.call("volume_resize", pool=pool, name="v1", size=32 * MiB)
-    assert c.call("volume_info", pool=pool, name="v1")["size"] == 128 * MiB
-    assert c.call("volume_resize", pool=pool, name="v1", size=32 * MiB, shrink_ok=True) == {"size": 32 * MiB}
+        c.call("volume_resize", pool=pool, name="v1", size=32 * MiB, format="qcow2")
+    assert c.call("volume_info", pool=pool, name="v1", format="qcow2")["size"] == 128 * MiB
+    assert c.call("volume_resize", pool=pool, name="v1", size=32 * MiB, format="qcow2",
+                  shrink_ok=True) == {"size": 32 * MiB}
     assert c.call("volume_delete", pool=pool, name="v1") == {}
     assert not os.path.exists(os.path.join(pool["path"], "v1"))
     assert c.call("volume_delete", pool=pool, name="v1") == {}       # already gone: fine
     with pytest.raises(errors.NotFound):
-        c.call("volume_resize", pool=pool, name="v1", size=MiB)
+        c.call("volume_resize", pool=pool, name="v1", size=MiB, format="qcow2")
 
 
 def test_pool_list_and_paths_outside_the_pool(sim_agent, pool, tmp_path):
@@ -116,7 +117,8 @@ def test_volume_copy_with_progress(sim_agent, pool, pool2):
             f.write(bytes([i % 251 + 1]) * MiB)
     before = sha256(src)
     seen = []
-    task = c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="dst", format="qcow2")
+    task = c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="dst", format="qcow2",
+                        src_format="raw")
     result = c.wait_task(task, progress_cb=seen.append)
     assert result == {"path": "dst", "size": 96 * MiB, "physical_size": result["physical_size"], "format": "qcow2"}
     assert seen == sorted(seen) and seen[-1] == 100
@@ -127,7 +129,8 @@ def test_volume_copy_with_progress(sim_agent, pool, pool2):
     assert sha256(src) == before
     assert sorted(os.listdir(pool2["path"])) == ["dst"]
     with pytest.raises(errors.InvalidParameter, match="already exists"):
-        c.call("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="dst", format="raw")
+        c.call("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="dst", format="raw",
+               src_format="raw")
     sync = c.call("volume_copy", src_pool=pool2, src_name="dst", dst_pool=pool, dst_name="back", format="raw",
                   src_format="qcow2")
     assert sync["format"] == "raw" and sha256(os.path.join(pool["path"], "back")) == before
@@ -171,7 +174,7 @@ def test_agent_killed_mid_copy(make_agent, pool, pool2):
             f.write(block[:MiB])
     size_before, mtime_before = os.path.getsize(src), os.path.getmtime(src)
     task = a.client.call_async("volume_copy", src_pool=pool, src_name="big", dst_pool=pool2, dst_name="dst",
-                               format="qcow2")
+                               format="qcow2", src_format="raw")
     state = wait_until("the copy to make progress", lambda: (lambda s: s if s["progress"] > 0 or
                                                              s["state"] != "running" else None)(a.client.task(task)))
     a.restart(signal.SIGKILL)
@@ -210,7 +213,7 @@ def test_cancel_a_running_copy_and_not_a_finished_one(sim_agent, pool, pool2):
             f.write(bytes([i + 1]) * MiB)
     # 1 MiB/s: 16 s unless cancelled
     task = c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="dst", format="qcow2",
-                        speed=MiB)
+                        src_format="raw", speed=MiB)
     wait_until("the copy to make progress", lambda: c.task(task)["progress"] > 0)
     [pid] = _copying(pool2["path"])
     assert os.listdir(pool2["path"]) == [".dst.part"]
@@ -224,7 +227,8 @@ def test_cancel_a_running_copy_and_not_a_finished_one(sim_agent, pool, pool2):
     with pytest.raises(errors.InternalError, match="cancelled"):
         c.wait_task(task)
 
-    done = c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="dst", format="raw")
+    done = c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="dst", format="raw",
+                        src_format="raw")
     result = c.wait_task(done)
     out = c.call("task_cancel", command="volume_copy", match={"dst_pool": pool2["uuid"], "dst_name": "dst"})
     assert (out["task"], out["state"], out["result"]) == (done, "done", result)
@@ -236,8 +240,8 @@ def test_cancel_a_running_copy_and_not_a_finished_one(sim_agent, pool, pool2):
     assert c.call("task_cancel", task="no-such-task") == {"task": "no-such-task", "state": "unknown"}
     # the caller may name a task (to cancel it by id without having heard back), once
     named = c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="again",
-                         format="raw", _task="copy-1")
+                         format="raw", src_format="raw", _task="copy-1")
     assert named == "copy-1" and c.wait_task(named)["path"] == "again"
     with pytest.raises(errors.InvalidParameter, match="task copy-1 already exists"):
         c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=pool2, dst_name="more", format="raw",
-                     _task="copy-1")
+                     src_format="raw", _task="copy-1")

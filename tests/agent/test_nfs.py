@@ -25,9 +25,9 @@ def test_nfs_pool_volumes(sim_agent, nfs_pool):
     assert thin["physical_size"] < 2 * MiB and fat["physical_size"] >= 16 * MiB and sparse["size"] == 16 * MiB
     assert sorted(os.listdir(export_dir)) == ["fat", "sparse", "thin"]       # really on the export
     assert c.call("volume_create", pool=pool, name="thin", size=64 * MiB, format="qcow2") == thin
-    info = c.call("volume_info", pool=pool, name="thin")
+    info = c.call("volume_info", pool=pool, name="thin", format="qcow2")
     assert (info["size"], info["format"], info["backing"]) == (64 * MiB, "qcow2", None)
-    assert c.call("volume_resize", pool=pool, name="thin", size=96 * MiB) == {"size": 96 * MiB}
+    assert c.call("volume_resize", pool=pool, name="thin", size=96 * MiB, format="qcow2") == {"size": 96 * MiB}
     os.mkdir(export_dir / "dir")
     entries = {e["name"]: e for e in c.call("pool_list", pool=pool)["entries"]}
     assert set(entries) == {"thin", "fat", "sparse", "dir"}
@@ -43,7 +43,7 @@ def test_nfs_pool_volumes(sim_agent, nfs_pool):
     assert c.call("volume_delete", pool=pool, name="fat") == {}
     assert not (export_dir / "fat").exists()
     with pytest.raises(errors.NotFound):
-        c.call("volume_info", pool=pool, name="fat")
+        c.call("volume_info", pool=pool, name="fat", format="raw")
 
 
 def test_unreachable_nfs_is_refused_quickly(sim_agent, nfs_pool):
@@ -67,13 +67,16 @@ def test_copy_local_to_nfs_and_back(sim_agent, pool, nfs_pool):
             f.write(bytes([i + 1]) * MiB)
     digest = hashlib.sha256(open(src, "rb").read()).hexdigest()
     seen = []
-    task = c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=npool, dst_name="onnfs", format="qcow2")
+    task = c.call_async("volume_copy", src_pool=pool, src_name="src", dst_pool=npool, dst_name="onnfs", format="qcow2",
+                        src_format="raw")
     assert c.wait_task(task, progress_cb=seen.append)["format"] == "qcow2"
     assert seen[-1] == 100 and sorted(os.listdir(export_dir)) == ["onnfs"]
-    c.call("volume_copy", src_pool=npool, src_name="onnfs", dst_pool=pool, dst_name="back", format="raw")
+    c.call("volume_copy", src_pool=npool, src_name="onnfs", dst_pool=pool, dst_name="back", format="raw",
+           src_format="qcow2")
     assert hashlib.sha256(open(os.path.join(pool["path"], "back"), "rb").read()).hexdigest() == digest
     with pytest.raises(errors.NotFound):
-        c.call("volume_copy", src_pool=npool, src_name="missing", dst_pool=pool, dst_name="x", format="raw")
+        c.call("volume_copy", src_pool=npool, src_name="missing", dst_pool=pool, dst_name="x", format="raw",
+               src_format="raw")
     assert sorted(os.listdir(export_dir)) == ["onnfs"] and "x" not in os.listdir(pool["path"])
 
 

@@ -67,7 +67,7 @@ def test_repeated_request_id_returns_the_stored_outcome_without_redoing(sim_agen
     assert (status, again) == (200, first)
     assert not os.path.exists(image)          # replayed, not redone
     # failures are replayed too, and the record survives a restart
-    bad = {"id": str(uuid.uuid4()), "cmd": "volume_info", "args": {"pool": pool, "name": "v1"}}
+    bad = {"id": str(uuid.uuid4()), "cmd": "volume_info", "args": {"pool": pool, "name": "v1", "format": "qcow2"}}
     assert raw(sim_agent, "POST", "/v1/command", bad)[0] == 404
     sim_agent.restart()
     assert raw(sim_agent, "POST", "/v1/command", body) == (200, first)
@@ -90,7 +90,7 @@ def test_bad_requests_are_refused_with_a_kind(sim_agent):
 def test_client_maps_kinds_to_cloudstack_errors(sim_agent, pool):
     c = sim_agent.client
     with pytest.raises(errors.NotFound, match="does not exist"):
-        c.call("volume_info", pool=pool, name="missing")
+        c.call("volume_info", pool=pool, name="missing", format="qcow2")
     with pytest.raises(errors.InvalidParameter, match="size"):
         c.call("volume_create", pool=pool, name="v", size=-1, format="qcow2")
     with pytest.raises(errors.InvalidParameter) as e:

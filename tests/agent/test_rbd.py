@@ -51,10 +51,10 @@ def test_pool_and_volume_lifecycle_through_the_agent(agent, ceph, rbd_spec):
     assert made["size"] == 64 * MiB
     assert ceph.image_info(vol)["size"] == 64 * MiB, "an RBD image named by the volume's path"
     assert c.call("volume_create", pool=rbd_spec, name=vol, size=64 * MiB, format="raw")["size"] == 64 * MiB
-    assert c.call("volume_info", pool=rbd_spec, name=vol)["format"] == "raw"
+    assert c.call("volume_info", pool=rbd_spec, name=vol, format="raw")["format"] == "raw"
     with pytest.raises(errors.InvalidParameter, match="raw images only|holds raw"):
         c.call("volume_create", pool=rbd_spec, name=name(), size=MiB, format="qcow2")
-    assert c.call("volume_resize", pool=rbd_spec, name=vol, size=128 * MiB)["size"] == 128 * MiB
+    assert c.call("volume_resize", pool=rbd_spec, name=vol, size=128 * MiB, format="raw")["size"] == 128 * MiB
     assert ceph.image_info(vol)["size"] == 128 * MiB
     entries = {e["name"]: e for e in c.call("pool_list", pool=rbd_spec)["entries"]}
     assert entries[vol]["size"] == 128 * MiB and entries[vol]["format"] == "raw"
@@ -85,9 +85,11 @@ def test_bad_pools_fail_in_seconds_with_the_reason(agent, ceph, rbd_spec, bad, m
 def test_copy_file_to_rbd_and_back_keeps_the_bytes(agent, ceph, rbd_spec, pool, tmp_path):
     c, vol = agent.client, name()
     c.call("volume_create", pool=pool, name="src", size=16 * MiB, format="qcow2")
-    c.call("volume_copy", src_pool=pool, src_name="src", dst_pool=rbd_spec, dst_name=vol, format="raw")
+    c.call("volume_copy", src_pool=pool, src_name="src", dst_pool=rbd_spec, dst_name=vol, format="raw",
+           src_format="qcow2")
     want = fill(rbd_spec, vol, seed=3, mib=4, offset_mib=2)
-    c.call("volume_copy", src_pool=rbd_spec, src_name=vol, dst_pool=pool, dst_name="back", format="qcow2")
+    c.call("volume_copy", src_pool=rbd_spec, src_name=vol, dst_pool=pool, dst_name="back", format="qcow2",
+           src_format="raw")
     out = tmp_path / "back.raw"
     subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", images.DirectoryPool(pool, "t").target("back"),
                     str(out)], check=True)
@@ -95,7 +97,8 @@ def test_copy_file_to_rbd_and_back_keeps_the_bytes(agent, ceph, rbd_spec, pool, 
         f.seek(2 * MiB)
         assert hashlib.sha256(f.read(4 * MiB)).hexdigest() == want
     # RBD -> RBD inside one pool (one secret object for both ends)
-    c.call("volume_copy", src_pool=rbd_spec, src_name=vol, dst_pool=rbd_spec, dst_name=vol + "-2", format="raw")
+    c.call("volume_copy", src_pool=rbd_spec, src_name=vol, dst_pool=rbd_spec, dst_name=vol + "-2", format="raw",
+           src_format="raw")
     assert digest(rbd_spec, vol + "-2", 4, 2) == want
     assert not [i for i in ceph.images() if i.endswith(".part")], "no half-made copy is left"
 
@@ -127,9 +130,10 @@ def test_base_image_clone_chain_and_flatten(agent, ceph, rbd_spec, pool):
     c = agent.client
     c.call("volume_create", pool=pool, name="tmpl", size=8 * MiB, format="raw")
     base = name("base")
-    made = c.call("rbd_base_import", pool=rbd_spec, name=base, src_pool=pool, src_name="tmpl")
+    made = c.call("rbd_base_import", pool=rbd_spec, name=base, src_pool=pool, src_name="tmpl", src_format="raw")
     assert made["created"] and made["snapshot"] == "volstack-base"
-    assert not c.call("rbd_base_import", pool=rbd_spec, name=base, src_pool=pool, src_name="tmpl")["created"], \
+    assert not c.call("rbd_base_import", pool=rbd_spec, name=base, src_pool=pool, src_name="tmpl",
+                      src_format="raw")["created"], \
         "the template is imported once"
     snaps = c.call("rbd_info", pool=rbd_spec, name=base)["snapshots"]
     assert snaps == [{"name": "volstack-base", "size": 8 * MiB, "protected": True}]

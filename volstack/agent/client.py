@@ -10,6 +10,7 @@ Failures arrive as volstack.errors exceptions: NotFound (431) and InvalidParamet
 arguments, ResourceInUse (536) when something is busy, ResourceUnavailable (534) when the agent or
 something it needs (an NFS server, a pool path) cannot be reached, InternalError (530) otherwise.
 """
+import http.client
 import json
 import socket
 import time
@@ -59,12 +60,14 @@ class AgentClient:
         for attempt in (1, 2):
             try:
                 return self._request(method, path, body, timeout)
-            except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError, OSError) as e:
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                # URLError, resets and timeouts are OSErrors; an agent that dies mid-answer gives an
+                # IncompleteRead (HTTPException) or a truncated JSON body (ValueError): all are transport
+                # failures, answered 534 with the reason, never a 530 with a traceback
                 if isinstance(e, urllib.error.HTTPError):
                     raise
                 if attempt == 2:
-                    reason = getattr(e, "reason", e)
-                    raise errors.ResourceUnavailable(f"cannot reach the agent at {self.url}: {reason}") from None
+                    raise errors.ResourceUnavailable(f"cannot reach the agent at {self.url}: {_reason(e)}") from None
         raise AssertionError("unreachable")
 
     def hello(self) -> dict:
@@ -106,3 +109,13 @@ class AgentClient:
                 raise errors.ResourceUnavailable(f"task {task_id} on the agent at {self.url} made no progress for "
                                                  f"{stall:.0f} s (stuck at {last}%)")
             time.sleep(self.poll_interval)
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, http.client.IncompleteRead):
+        return f"the connection closed mid-answer ({len(e.partial)} bytes received, {e.expected} more expected)"
+    if isinstance(e, http.client.RemoteDisconnected) or isinstance(e, http.client.BadStatusLine):
+        return f"the connection closed without an answer ({type(e).__name__})"
+    if isinstance(e, ValueError):
+        return f"the answer was cut short or is not JSON ({e})"
+    return str(getattr(e, "reason", None) or e) or type(e).__name__

@@ -6,8 +6,10 @@ succeeds, attaching an attached disk succeeds), on top of the server's request-i
 """
 import contextlib
 import json
+import logging
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import tempfile
@@ -16,7 +18,7 @@ import uuid
 from contextlib import contextmanager
 
 from volstack import __version__
-from volstack.agent import PROTOCOL, download, images, luks
+from volstack.agent import PROTOCOL, download, images, luks, programs
 from volstack.agent.errors import Busy, InvalidArgument
 
 REQUIRED = object()
@@ -37,10 +39,22 @@ def arg(args: dict, key: str, kind=str, default=REQUIRED):
 
 def _nfs_driver() -> bool:
     try:
-        out = subprocess.run(["qemu-img", "--help"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([programs.QEMU_IMG, "--help"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
     return bool(re.search(r"Supported formats:.*\bnfs\b", out, re.S))
+
+
+
+log = logging.getLogger("volstack.agent")
+
+
+def _part(name, suffix: str = "") -> str | None:
+    return images.part_name(f"{name}{suffix}") if isinstance(name, str) and name else None
+
+
+def _revert(name) -> str | None:
+    return f"{name}.revert" if isinstance(name, str) and name else None
 
 
 class Agent:
@@ -117,8 +131,13 @@ class Agent:
                                  arg(args, "provisioning", str, "thin"), arg(args, "encryption", dict, None))
 
     def cmd_volume_info(self, args, progress):
-        return images.info(self.pool(args), images.check_name(arg(args, "name")), arg(args, "format", str, None),
+        return images.info(self.pool(args), images.check_name(arg(args, "name")), arg(args, "format"),
                            luks.check(arg(args, "encryption", dict, None)))
+
+    def cmd_volume_import_check(self, args, progress):
+        """The format and sizes of an image file to import (importVolume): probed, the one time, with links,
+        backing and data files refused (unpack.check_import)."""
+        return download.unpack.check_import(self.pool(args), images.check_name(arg(args, "name")))
 
     def cmd_volume_delete(self, args, progress):
         pool, name = self.pool(args), images.check_name(arg(args, "name"))
@@ -134,8 +153,8 @@ class Agent:
             vm = self.hv.in_use(pool.uuid, name)
             if vm:
                 raise Busy(f"volume {name} is attached to running VM {vm}; use disk_resize to resize it online")
-            return images.resize(pool, name, arg(args, "size", int), arg(args, "shrink_ok", bool, False),
-                                 arg(args, "format", str, None), arg(args, "encryption", dict, None))
+            return images.resize(pool, name, arg(args, "size", int), arg(args, "format"),
+                                 arg(args, "shrink_ok", bool, False), arg(args, "encryption", dict, None))
 
     def cmd_volume_clone(self, args, progress):
         pool, name = self.pool(args), images.check_name(arg(args, "name"))
@@ -148,7 +167,7 @@ class Agent:
         src_name, dst_name = images.check_name(arg(args, "src_name")), images.check_name(arg(args, "dst_name"))
         with self.hold(src, src_name, "being copied", shared=True), self.hold(dst, dst_name, "being copied to"):
             return images.copy(src, src_name, dst, dst_name, arg(args, "format"), progress,
-                               arg(args, "src_format", str, None), speed=arg(args, "speed", int, 0),
+                               arg(args, "src_format"), speed=arg(args, "speed", int, 0),
                                src_encryption=arg(args, "src_encryption", dict, None),
                                encryption=arg(args, "encryption", dict, None))
 
@@ -238,10 +257,12 @@ class Agent:
                 dst.remove(images.part_name(name))
                 return None
             if dst.exists(name):
-                have = images.info(dst, name, arg(args, "format"))
+                fmt = arg(args, "format")
+                have = images.info(dst, name, fmt if fmt in dst.formats else dst.formats[0])
                 return {"path": name, "size": have["size"], "physical_size": have["physical_size"],
                         "format": have["format"]}
             return None
+        self.remove_partials(cmd, args)
         if cmd == "volume_mirror":
             return self.hv.recover_mirror(args)
         if cmd == "vm_migrate":
@@ -249,6 +270,39 @@ class Agent:
         if cmd == "template_download":
             return self._template_recover(args)
         return None
+
+    # Every temporary name a task writes before renaming its result into place (images.part_name for copies,
+    # `<name>.revert` and its part for reverts): (pool key, name) pairs. A task cut short by the agent's death
+    # leaves them behind; nothing else ever uses these names, so start-up removes them.
+    PARTIALS = {
+        "snapshot_take": lambda a: [("pool", _part(a.get("snapshot"), ".qcow2")), ("dst_pool", _part(a.get("dst_name")))],
+        "snapshot_backup": lambda a: [("dst_pool", _part(a.get("dst_name")))],
+        "snapshot_revert": lambda a: [("pool", _revert(a.get("name"))), ("pool", _part(_revert(a.get("name"))))],
+        "rbd_export_diff": lambda a: [("dst_pool", _part(a.get("dst_name")))],
+        "rbd_restore": lambda a: [("dst_pool", _part(a.get("dst_name"))), ("dst_pool", _revert(a.get("dst_name"))),
+                                  ("dst_pool", _part(_revert(a.get("dst_name"))))],
+    }
+
+    def remove_partials(self, cmd: str, args: dict) -> list[str]:
+        """Remove what an interrupted task `cmd` may have left under a temporary name; the names removed."""
+        removed = []
+        for key, name in self.PARTIALS.get(cmd, lambda a: [])(args):
+            if args.get(key) is None or name is None:
+                continue
+            try:
+                pool = self.pool(args, key)
+                if pool.exists(name):
+                    pool.remove(name)
+                    removed.append(name)
+                    log.warning("removed %s in pool %s, left by %s cut short by the agent's restart", name,
+                                pool.uuid, cmd)
+            except Exception as e:          # an unreachable pool: the orphan scan reports the file later
+                log.warning("cannot remove what %s left (%s in %s): %s", cmd, name, key, e)
+        return removed
+
+    def clean_work_dirs(self) -> None:
+        """At start-up nothing runs yet: the scratch files of RBD backups and restores are all left-overs."""
+        shutil.rmtree(self._work_dir(), ignore_errors=True)
 
     # ---- rbd: primitives of RBD pools (templates: issue 5 item 3, snapshots: item 4, HA heartbeat: item 6)
 
@@ -264,7 +318,7 @@ class Agent:
         src, src_name = self.pool(args, "src_pool"), images.check_name(arg(args, "src_name"))
         with self.hold(pool, name, "being imported"), self.hold(src, src_name, "being copied", shared=True):
             return pool.import_base(name, lambda p, base: images.copy(
-                src, src_name, p, base, "raw", progress, arg(args, "src_format", str, None)))
+                src, src_name, p, base, "raw", progress, arg(args, "src_format")))
 
     def cmd_rbd_clone(self, args, progress):
         pool, name = self.rbd_pool(args), images.check_name(arg(args, "name"))

@@ -3,8 +3,10 @@
 A pool is described by the management server in every command: {"uuid", "type", "path", "host",
 "export"}. Volume images live directly in the pool root under the name the management server gives
 (usually the volume uuid, no extension). There is one adapter per kind of pool, each with the same
-small interface; the image operations below work on any adapter through qemu-img, always with an
-explicit `-f` when the format is known.
+small interface; the image operations below work on any adapter through qemu-img, always with the
+explicit `-f` the management server recorded: an image's format is never probed from its bytes (a guest
+writes a raw volume's bytes, and a qcow2 header it wrote there would make qemu-img follow a backing file
+of its choosing). Backing files are followed only where volstack set them (`chain`).
 
 - `DirectoryPool` (Filesystem, SharedMountPoint): a local directory. The agent never creates or
   mounts it: a missing directory is reported, not repaired.
@@ -22,7 +24,7 @@ import subprocess
 from contextlib import ExitStack, contextmanager
 from urllib.parse import quote
 
-from volstack.agent import luks, nfs3, tasks
+from volstack.agent import luks, nfs3, programs, tasks
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound, Unavailable
 
 FORMATS = ("qcow2", "raw")
@@ -286,16 +288,16 @@ def _error(stderr: str, what: str) -> Exception:
     return Failed(f"{what}: {text}")
 
 
-def qemu_img(args: list[str], what: str, timeout: float = 300, pools=()) -> str:
+def qemu_img(args: list[str], what: str, timeout: float = 300, pools=(), pass_fds=()) -> str:
     try:
         with ExitStack() as stack:
             extra = [a for p in pools for a in stack.enter_context(p.qemu_img_objects())]
-            r = subprocess.run(["qemu-img", args[0], *extra, *args[1:]], capture_output=True, text=True,
-                               timeout=timeout, preexec_fn=_die_with_agent)
+            r = subprocess.run([programs.QEMU_IMG, args[0], *extra, *args[1:]], capture_output=True, text=True,
+                               timeout=timeout, preexec_fn=_die_with_agent, pass_fds=pass_fds)
     except subprocess.TimeoutExpired:
         raise Unavailable(f"{what}: qemu-img did not finish within {timeout:.0f} s") from None
     except FileNotFoundError:
-        raise Failed("qemu-img is not installed on this host (Debian package qemu-utils)") from None
+        raise Failed(programs.not_installed(programs.QEMU_IMG)) from None
     if r.returncode:
         raise _error(r.stderr, what)
     return r.stdout
@@ -323,7 +325,8 @@ def _pbkdf_retry(fn):
 
 
 def probe(target: str) -> str | None:
-    """Format of an image by probing (read-only), None when it cannot be opened."""
+    """Format of an image by probing (read-only; qemu-img info opens no backing file), None when it cannot be
+    opened. Only a hint for listings: nothing volstack opens is opened by what this says."""
     try:
         return json.loads(qemu_img(["info", "-U", "--output=json", target], "probe", timeout=30))["format"]
     except Exception:
@@ -339,22 +342,70 @@ def list_entries(pool: Pool, path: str) -> list:
     return out
 
 
-def info(pool: Pool, name: str, fmt: str | None = None, enc: dict | None = None) -> dict:
-    """enc: the image is encrypted (its format must be given); the size is then what the guest sees."""
+MAX_CHAIN = 16      # deeper backing chains than volstack ever makes (a clone of a template, a delta backup chain)
+
+
+def _checked(pool: Pool, name: str, data: dict) -> tuple[str, str] | None:
+    """(name, format) of the backing file of an image qemu-img described, None without one. volstack only ever
+    sets a bare name of an image beside it with its format recorded (-F); anything else it did not set."""
+    spec = (data.get("format-specific") or {}).get("data") or {}
+    if spec.get("data-file"):
+        raise Failed(f"volume {name} in pool {pool.uuid} names an external data file ({spec['data-file']!r}), "
+                     "which volstack never sets; refusing to open it")
+    backing = data.get("backing-filename")
+    if not backing:
+        return None
+    fmt = data.get("backing-filename-format")
+    if not _NAME.match(backing) or fmt not in FORMATS:
+        raise Failed(f"volume {name} in pool {pool.uuid} names backing file {backing!r}"
+                     + (f" ({fmt})" if fmt else " without a format") + ", which volstack did not set; refusing to "
+                     "open it")
+    return backing, fmt
+
+
+def info(pool: Pool, name: str, fmt: str, enc: dict | None = None) -> dict:
+    """Sizes of an image opened as fmt (the format volstack recorded; never probed). Its backing file, if any,
+    must be one volstack set (a bare name beside it, format recorded) and it has no external data file.
+    enc: the image is encrypted (its passphrase); the size is then what the guest sees."""
+    check_format(fmt)
     if not pool.exists(name):
         raise NotFound(f"volume {name} does not exist in pool {pool.uuid}")
     if enc:
         key = Key(enc, name)
-        data = json.loads(qemu_img(["info", "-U", "--output=json", "-f", luks.qemu_format(check_format(fmt)),
+        data = json.loads(qemu_img(["info", "-U", "--output=json", "-f", luks.qemu_format(fmt),
                                     luks.target(pool, name, fmt, key.id)], f"volume {name}", timeout=60,
                                    pools=(pool, key)))
-        data["format"] = fmt
     else:
-        args = ["info", "-U", "--output=json"] + (["-f", check_format(fmt)] if fmt else [])
-        data = json.loads(qemu_img(args + [pool.target(name)], f"volume {name}", timeout=60, pools=(pool,)))
-    return {"size": data["virtual-size"], "physical_size": data.get("actual-size", 0), "format": data["format"],
+        data = json.loads(qemu_img(["info", "-U", "--output=json", "-f", fmt, pool.target(name)], f"volume {name}",
+                                   timeout=60, pools=(pool,)))
+    backing = _checked(pool, name, data)
+    return {"size": data["virtual-size"], "physical_size": data.get("actual-size", 0), "format": fmt,
             "backing": data.get("full-backing-filename") or data.get("backing-filename"),
-            "encrypted": bool(data.get("encrypted")) or bool(enc)}
+            "backing_format": backing and backing[1], "encrypted": bool(data.get("encrypted")) or bool(enc)}
+
+
+def chain(pool: Pool, name: str, fmt: str) -> list[tuple[str, str]]:
+    """[(name, format)] from the image down its backing chain, each link checked as info() does: what QEMU
+    and qemu-img may open for this image, and nothing else."""
+    out = [(check_name(name), check_format(fmt))]
+    while True:
+        have = info(pool, *out[-1])
+        if not have["backing_format"]:
+            return out
+        nxt = (os.path.basename(have["backing"]), have["backing_format"])
+        if len(out) >= MAX_CHAIN or nxt in out:
+            raise Failed(f"volume {name} in pool {pool.uuid} has a backing chain volstack did not make")
+        out.append(nxt)
+
+
+def blockdev_node(pool: Pool, name: str, fmt: str) -> dict:
+    """QMP blockdev-add options of an image with its whole backing chain spelled out (every qcow2 level's
+    `backing` fixed, the last one null), so QEMU opens exactly the images chain() allows."""
+    node = None
+    for link, link_fmt in reversed(chain(pool, name, fmt)):
+        node = {"driver": link_fmt, "file": pool.blockdev(link),
+                **({"backing": node} if link_fmt == "qcow2" else {})}
+    return node
 
 
 def create(pool: Pool, name: str, size: int, fmt: str, provisioning: str = "thin", encryption=None) -> dict:
@@ -366,8 +417,12 @@ def create(pool: Pool, name: str, size: int, fmt: str, provisioning: str = "thin
     if provisioning not in pool.preallocation:
         raise InvalidArgument(f"invalid provisioning {provisioning!r}: use thin, sparse or fat")
     if pool.exists(name):
-        have = info(pool, name, fmt, enc)
-        if have["format"] != fmt or have["size"] != size:
+        try:
+            have = info(pool, name, fmt, enc)
+        except Failed as e:
+            raise InvalidArgument(f"volume {name} already exists in pool {pool.uuid} and is not a {fmt} image "
+                                  f"({e.text})") from None
+        if have["size"] != size:
             raise InvalidArgument(f"volume {name} already exists in pool {pool.uuid} as {have['format']} of "
                                   f"{have['size']} bytes (asked: {fmt} of {size} bytes)")
         return {"path": name, "size": have["size"], "physical_size": have["physical_size"]}
@@ -425,9 +480,8 @@ def delete(pool: Pool, name: str) -> dict:
     return {}
 
 
-def resize(pool: Pool, name: str, size: int, shrink_ok: bool = False, fmt: str | None = None,
-           encryption=None) -> dict:
-    """encryption: the image is LUKS-encrypted (fmt given); its payload grows with the image."""
+def resize(pool: Pool, name: str, size: int, fmt: str, shrink_ok: bool = False, encryption=None) -> dict:
+    """encryption: the image is LUKS-encrypted; its payload grows with the image."""
     check_name(name), check_size(size)
     enc = luks.check(encryption)
     have = info(pool, name, fmt, enc)
@@ -442,8 +496,8 @@ def resize(pool: Pool, name: str, size: int, shrink_ok: bool = False, fmt: str |
         qemu_img(args + ["-f", luks.qemu_format(fmt), luks.target(pool, name, fmt, key.id), str(size)],
                  f"resize volume {name}", pools=(pool, key))
     else:
-        qemu_img(args + ["-f", have["format"], pool.target(name), str(size)], f"resize volume {name}", pools=(pool,))
-    return {"size": info(pool, name, have["format"], enc)["size"]}
+        qemu_img(args + ["-f", fmt, pool.target(name), str(size)], f"resize volume {name}", pools=(pool,))
+    return {"size": info(pool, name, fmt, enc)["size"]}
 
 
 def part_name(name: str) -> str:
@@ -458,25 +512,27 @@ def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=
          src_format: str | None = None, snapshot: str | None = None, speed: int = 0,
          src_encryption=None, encryption=None) -> dict:
     """qemu-img convert src -> dst, progress(percent) as it goes; a failed (or cancelled) copy leaves no
-    destination. snapshot: copy that internal (qcow2) snapshot of src instead of its current data.
-    speed: bytes/s at most (0: unlimited), so a copy can spare a pool that guests use.
-    src_encryption: src is encrypted (src_format must be given); encryption: the copy is written encrypted with
-    that passphrase. An encrypted image is never copied in clear."""
+    destination. src_format: what volstack recorded for src (required: never probed). snapshot: copy that
+    internal (qcow2) snapshot of src instead of its current data. speed: bytes/s at most (0: unlimited), so a
+    copy can spare a pool that guests use. src_encryption: src is encrypted; encryption: the copy is written
+    encrypted with that passphrase. An encrypted image is never copied in clear."""
     check_name(src_name), check_name(dst_name), check_format(fmt)
     src_enc, dst_enc = luks.check(src_encryption), luks.check(encryption)
     if src_enc and not dst_enc:
         raise InvalidArgument(f"volume {src_name} is encrypted: its copy must be encrypted too (give encryption)")
-    if src_enc and not src_format:
-        raise InvalidArgument(f"the format of encrypted volume {src_name} must be given (src_format)")
+    if src_format is None:
+        raise InvalidArgument("src_format is required: the source's recorded format (an image is never probed)")
+    check_format(src_format)
     if fmt not in dst.formats:
         fmt = dst.formats[0]       # e.g. a qcow2 template lands raw on RBD; the result says which format
     if dst.exists(dst_name):
         raise InvalidArgument(f"volume {dst_name} already exists in pool {dst.uuid}")
     have = info(src, src_name, src_format, src_enc)
-    src_format = src_format or have["format"]
-    src_key = Key(src_enc, "src-" + src_name) if src_enc else None
-    dst_key = Key(dst_enc, part_name(dst_name)) if dst_enc else None
+    if src_format == "qcow2" and have["backing_format"]:
+        chain(src, src_name, src_format)        # qemu-img convert reads the whole chain: every link checked
     part = part_name(dst_name)
+    src_key = Key(src_enc, "src-" + src_name) if src_enc else None
+    dst_key = Key(dst_enc, part) if dst_enc else None
     dst.remove(part)
     proc = None
     try:
@@ -492,7 +548,7 @@ def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=
                 if src_key else ["-f", src_format, src.target(src_name)]
             out = ["-O", luks.qemu_format(fmt), luks.target(dst, part, fmt, dst_key.id)] if dst_key \
                 else ["-O", fmt, dst.target(part)]
-            cmd = ["qemu-img", "convert", "-p", *objects, *extra, *(["-r", str(speed)] if speed else []),
+            cmd = [programs.QEMU_IMG, "convert", "-p", *objects, *extra, *(["-r", str(speed)] if speed else []),
                    *(["-l", f"snapshot.name={snapshot}"] if snapshot else []), *source[:2], *out[:2], source[2],
                    out[2]]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_agent)

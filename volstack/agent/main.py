@@ -9,6 +9,8 @@ import socket
 import sys
 import threading
 
+from volstack.private import restrict_umask, tighten
+
 log = logging.getLogger("volstack.agent")
 
 
@@ -64,17 +66,38 @@ def load_token(state_dir: str, given: str | None) -> str:
         return f.read().strip()
 
 
+def lock_holder(state_dir) -> int | None:
+    """The PID of the agent running with state_dir (the one holding its lock), or None."""
+    path = os.path.join(os.path.abspath(state_dir), "agent.lock")
+    try:
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return None                    # nobody holds it
+            except BlockingIOError:
+                f.seek(0)
+                text = f.read().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
 def build(args):
     """The agent server for parsed arguments, not yet started (tests and `volstack up` use this)."""
     from volstack.agent.commands import Agent
     from volstack.agent.server import AgentServer, Store
     state = os.path.abspath(args.state_dir)
     os.makedirs(state, mode=0o700, exist_ok=True)
-    lock = open(os.path.join(state, "agent.lock"), "w")
+    tighten(state)           # records, guest files and consoles of an older version: 0700 / 0600
+    lock = open(os.path.join(state, "agent.lock"), "a+")     # not "w": that would erase the holder's PID
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise SystemExit(f"another agent is running with state directory {state}") from None
+        raise SystemExit(f"another agent is running with state directory {state} (PID {lock_holder(state)})") \
+            from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")       # who holds the lock: `volstack up` replaces an agent left running
+    lock.flush()
     name = args.name or socket.gethostname()
     if args.hypervisor == "qemu":
         from volstack.agent.qemu import QemuHypervisor
@@ -95,8 +118,10 @@ def build(args):
 
 
 def run(args) -> int:
+    restrict_umask()         # guest images, consoles and records are the agent user's only (volstack/private.py)
+    # force: `volstack agent` comes through the volstack command, which configured logging (WARNING) already
     logging.basicConfig(level=getattr(logging, getattr(args, "log_level", "INFO")),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -60,7 +60,7 @@ class QemuMirror:
                 with self._qmp(rec) as q:
                     self._add_objects(q, dst)
                     target = {"name": dst_name, "format": fmt, "encryption": enc}
-                    q.execute("blockdev-add", {"node-name": node, **self._format_node(q, target, dst.blockdev(dst_name))})
+                    q.execute("blockdev-add", {"node-name": node, **self._format_node(q, target, dst, fresh=True)})
                     q.execute("blockdev-mirror", {"job-id": job, "device": disk["node"], "target": node,
                                                   "sync": "full", "auto-dismiss": False,
                                                   **({"speed": speed} if speed > 0 else {})})

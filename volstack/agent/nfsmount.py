@@ -9,14 +9,14 @@ import os
 import shutil
 import subprocess
 
-from volstack.agent import images
+from volstack.agent import images, programs
 from volstack.agent.errors import Unavailable
 
 
 def kernel_client_problem(hostname: str) -> str | None:
     """Why this host cannot mount NFS with its kernel (None: it can)."""
-    if shutil.which("mount.nfs") is None:
-        return f"host {hostname} has no mount.nfs helper (install nfs-common)"
+    if shutil.which(programs.MOUNT_NFS) is None:
+        return f"host {hostname} has no {programs.MOUNT_NFS} helper (install {programs.PACKAGES[programs.MOUNT_NFS]})"
 
     def registered() -> bool:
         try:
@@ -24,8 +24,8 @@ def kernel_client_problem(hostname: str) -> str | None:
                 return any(line.split()[-1] == "nfs" for line in f if line.strip())
         except OSError:
             return False
-    if not registered() and shutil.which("modprobe"):
-        subprocess.run(["modprobe", "nfs"], capture_output=True, timeout=30)
+    if not registered() and shutil.which(programs.MODPROBE):
+        subprocess.run([programs.MODPROBE, "nfs"], capture_output=True, timeout=30)
     if not registered():
         return (f"the kernel of host {hostname} has no NFS client (no nfs in /proc/filesystems and the nfs module "
                 "cannot be loaded)")
@@ -47,7 +47,7 @@ class KernelNfsPool(images.DirectoryPool):
             raise Unavailable(f"NFS pool {self.uuid} is set to kernel-mount mode but {problem}; use the default "
                               "userspace mode (pool detail nfsmountmode=userspace), which needs no kernel client")
         os.makedirs(self.root, exist_ok=True)
-        r = subprocess.run(["mount", "-t", "nfs", "-o", "vers=3", f"{self.host}:{self.export}", self.root],
+        r = subprocess.run([programs.MOUNT, "-t", "nfs", "-o", "vers=3", f"{self.host}:{self.export}", self.root],
                            capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
             raise Unavailable(f"mounting {self.host}:{self.export} on host {self.hostname} failed: "

@@ -23,14 +23,14 @@ import threading
 import time
 
 from volstack.agent import hypervisor as hv
-from volstack.agent import images, luks
+from volstack.agent import images, luks, programs
 from volstack.agent.cdrom import QemuCdrom, cd_device
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound
 from volstack.agent.migration import QemuMigration
 from volstack.agent.mirror import QemuMirror
 from volstack.agent.qmp import Qmp, QmpError, QmpGone
 
-QEMU = "qemu-system-x86_64"
+QEMU = programs.QEMU_SYSTEM
 SLOTS = hv.MAX_DATA_DISKS + 1
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -186,6 +186,9 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
 
     def _launch(self, rec: dict) -> None:
         vmdir = self._dir(rec["name"])
+        # the guest's console may hold what its user typed: 0600. QEMU opens it after -daemonize, which sets
+        # umask 027, so it is created here first (logappend keeps the file and its mode)
+        os.close(os.open(f"{vmdir}/console.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         kvm = not hv.runs(rec) and self.capabilities()["kvm"]
         base = [QEMU, "-name", f"guest={rec['name']}", "-machine", "q35", "-m", str(rec["memory_mb"]),
                 "-smp", str(rec["cpus"]), "-nodefaults", "-no-user-config", "-display", "none", "-S",
@@ -312,7 +315,9 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
         pool = images.open_pool(d["pool"], self.hostname)
         try:
             _add_objects(q, pool)
-            q.execute("blockdev-add", {"node-name": node, **self._format_node(q, d, pool.blockdev(d["name"]))})
+            # the recorded format, and the backing chain volstack set spelled out: nothing read from the image
+            # decides what else QEMU opens
+            q.execute("blockdev-add", {**self._format_node(q, d, pool), "node-name": node})
         except QmpError as e:
             self._del_secret(q, d)
             raise (luks.explain(e.desc, d["name"]) if d.get("encryption") else None) or \
@@ -333,12 +338,16 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
         if d["qos"]:
             self._throttle(q, rec, rec["disks"][d["serial"]], d["qos"])
 
-    def _format_node(self, q: Qmp, d: dict, file) -> dict:
-        """blockdev-add options of a disk's format node over `file`; an encrypted disk's passphrase goes in
-        first as a secret object (one per image, so a mirror's copy of the same volume reuses it)."""
-        enc = d.get("encryption")
+    def _format_node(self, q: Qmp, d: dict, pool, fresh: bool = False) -> dict:
+        """blockdev-add options of a disk (its image d["name"] on pool, in the recorded format): the backing chain
+        volstack set spelled out (fresh: a new image, no chain), or for an encrypted disk its LUKS node with no
+        backing (encrypted volumes are never clones); the passphrase goes in first as a secret object (one per
+        image, so a mirror's copy of the same volume reuses it)."""
+        enc, fmt = d.get("encryption"), d["format"]
         if not enc:
-            return {"driver": d["format"], "file": file}
+            if fresh:
+                return {"driver": fmt, "file": pool.blockdev(d["name"]), **({"backing": None} if fmt == "qcow2" else {})}
+            return images.blockdev_node(pool, d["name"], fmt)
         sid = luks.secret_id(d["name"])
         if enc.get("secret"):
             try:
@@ -346,7 +355,7 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
             except QmpError as e:
                 if "duplicate" not in e.desc.lower() and "already" not in e.desc.lower():
                     raise Failed(f"QEMU refused the passphrase object of volume {d['name']}: {e.desc}") from None
-        return luks.node(d["format"], file, sid)
+        return {**luks.node(fmt, pool.blockdev(d["name"]), sid), **({"backing": None} if fmt == "qcow2" else {})}
 
     def _del_secret(self, q: Qmp, d: dict) -> None:
         if d.get("encryption"):
@@ -471,7 +480,7 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
             self._not_mirroring(vm, serial)
             if not self._pid(rec):
                 return images.resize(images.open_pool(disk["pool"], self.hostname), disk["name"], size,
-                                     fmt=disk["format"], encryption=encryption)
+                                     disk["format"], encryption=encryption)
             with self._qmp(rec) as q:
                 current = self._inserted(q, rec, disk)["image"]["virtual-size"]
                 if size < current:

@@ -26,6 +26,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+from volstack.agent import programs
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound, Unavailable
 from volstack.agent.images import Pool, check_name, check_size
 
@@ -36,7 +37,6 @@ MON_OP_TIMEOUT = 10
 OSD_OP_TIMEOUT = int(os.environ.get("VOLSTACK_RBD_OSD_OP_TIMEOUT") or 30)
 BASE_SNAP = "volstack-base"
 HEARTBEAT_OBJECT = "volstack.heartbeat"
-_DEBIAN = "/usr/lib/python3/dist-packages"
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -50,12 +50,12 @@ def bindings():
     except ImportError:
         pass
     mods = []
-    for name in ("rados", "rbd"):
+    for name in programs.PYTHON_MODULES:
         if name in sys.modules:
             mods.append(sys.modules[name])
             continue
-        path = next((os.path.join(_DEBIAN, name + sfx) for sfx in importlib.machinery.EXTENSION_SUFFIXES
-                     if os.path.exists(os.path.join(_DEBIAN, name + sfx))), None)
+        path = next((os.path.join(programs.DEBIAN_PYTHON, name + sfx) for sfx in importlib.machinery.EXTENSION_SUFFIXES
+                     if os.path.exists(os.path.join(programs.DEBIAN_PYTHON, name + sfx))), None)
         if path is None:
             raise Failed("the Ceph Python bindings are not installed on this host (Debian packages python3-rados "
                          "and python3-rbd; scripts/install-host.sh installs them)")
@@ -102,6 +102,23 @@ def mon_host(monitors) -> str:
 
 _clusters: dict = {}
 _clusters_lock = threading.Lock()
+_CRYPTO_AES = 1
+
+
+def cephx_key_valid(key: str) -> bool:
+    """Whether key is what librados can decode: base64 of a CryptoKey (u16 type AES, u32+u32 created, u16 length,
+    then that many secret bytes). librados prints a key it cannot decode to stderr ("failed to decode key '<key>'")
+    before any of its logging options apply, so a malformed key must never reach it."""
+    import base64
+    import binascii
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if len(raw) < 12:
+        return False
+    kind, _sec, _nsec, length = struct.unpack_from("<HIIH", raw)
+    return kind == _CRYPTO_AES and length in (16, 32) and len(raw) == 12 + length
 
 
 def _cluster(mons: str, user: str, key: str):
@@ -112,6 +129,9 @@ def _cluster(mons: str, user: str, key: str):
         c = _clusters.get(ident)
         if c is not None and c.state == "connected":
             return c
+        if not cephx_key_valid(key):
+            raise InvalidArgument(f"the key of cephx user {user} is not a cephx key (the base64 string after 'key =' "
+                                  f"in `ceph auth get client.{user}`)")
         c = rados.Rados(rados_id=user, conf={
             "mon_host": mons, "key": key, "client_mount_timeout": str(CONNECT_TIMEOUT),
             "rados_mon_op_timeout": str(MON_OP_TIMEOUT), "rados_osd_op_timeout": str(OSD_OP_TIMEOUT),

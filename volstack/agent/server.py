@@ -20,7 +20,8 @@ Under /transfer/ (agent/transfer.py) a signed URL replaces the token: extract do
 The outcome of the last 1000 request ids is kept in `<state>/agent.db` (SQLite): a repeated id gets
 the stored outcome and the work is not done again; a repeat that arrives while the first is still
 running waits for it. Tasks are rows in the same database; at start-up a task left "running" by an
-agent that died becomes "done" if its work is verifiably complete, else "failed: agent restarted".
+agent that died becomes "done" if its work is verifiably complete, else "failed: agent restarted"; what it left
+under a temporary name (copies' `.part` files, reverts' `<name>.revert`, scratch files) is removed.
 """
 import hmac
 import json
@@ -234,6 +235,8 @@ class AgentServer:
         self._http.server_close()
 
     def _recover(self) -> None:
+        if hasattr(self.agent, "clean_work_dirs"):
+            self.agent.clean_work_dirs()
         for task_id, cmd, args in self.store.running_tasks():
             try:
                 result = self.agent.recover(cmd, args)

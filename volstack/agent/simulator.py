@@ -166,7 +166,7 @@ class SimulatedHypervisor:
         with self._lock:
             d = self._disk(self._need(vm), serial)
         return images.resize(images.open_pool(d["pool"], self.hostname), d["name"], images.check_size(size),
-                             fmt=d["format"], encryption=encryption)
+                             d["format"], encryption=encryption)
 
     def mirror(self, vm: str, serial: str, dst_spec: dict, dst_name: str, fmt: str, progress=None,
                speed: int = 0, encryption=None) -> dict:

@@ -31,7 +31,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-from volstack.agent import images
+from volstack.agent import images, programs
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound, Unavailable
 from volstack.agent.qmp import Qmp, QmpError, QmpGone
 
@@ -397,12 +397,12 @@ def _storage_daemon():
     tmp = tempfile.mkdtemp(prefix="volstack-qsd-")
     sock = os.path.join(tmp, "qmp.sock")
     try:
-        proc = subprocess.Popen(["qemu-storage-daemon", "--chardev", f"socket,id=m,path={sock},server=on,wait=off",
+        proc = subprocess.Popen([programs.QEMU_STORAGE_DAEMON, "--chardev", f"socket,id=m,path={sock},server=on,wait=off",
                                  "--monitor", "chardev=m"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, preexec_fn=images._die_with_agent)
     except FileNotFoundError:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise Failed("qemu-storage-daemon is not installed on this host (Debian package qemu-system-common)") from None
+        raise Failed(programs.not_installed(programs.QEMU_STORAGE_DAEMON)) from None
     try:
         yield sock
     finally:
@@ -430,7 +430,7 @@ def _offline_delta(pool, name: str, dst, file_name: str, bitmap, parent: dict, p
         def monitor():
             return Qmp(sock)
         with monitor() as q:
-            q.execute("blockdev-add", {"driver": "qcow2", "node-name": "vol", "file": pool.blockdev(name)})
+            q.execute("blockdev-add", {**images.blockdev_node(pool, name, "qcow2"), "node-name": "vol"})
             q.execute("blockdev-add", {**spec, "node-name": "copy"})
             have = _node_bitmaps(q, "vol")
         try:

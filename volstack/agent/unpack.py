@@ -3,17 +3,20 @@ streamed decompression (bzip2, gzip, xz, single-member zip) into the output file
 image is what it was registered as (format by magic bytes, then `qemu-img info -f <format>`).
 """
 import bz2
+import errno
 import hashlib
 import json
 import lzma
+import os
 import re
+import stat
 import struct
 import zlib
 from urllib.parse import urlsplit
 
 from volstack.agent import images
 from volstack.agent.fetch import LocalError
-from volstack.agent.errors import InvalidArgument
+from volstack.agent.errors import InvalidArgument, NotFound
 
 # CloudStack's checksum algorithm names (DigestHelper) -> hashlib, and the hex length of each
 ALGORITHMS = {"MD5": "md5", "SHA-1": "sha1", "SHA-224": "sha224", "SHA-256": "sha256", "SHA-384": "sha384",
@@ -257,7 +260,10 @@ KVM_FORMATS = {"QCOW2": "qcow2", "RAW": "raw", "ISO": "raw"}
 def sniff(path: str) -> str:
     """The image format from its magic bytes (qemu's own probes, the common ones); "raw" when none matches."""
     with open(path, "rb") as f:
-        head = f.read(1024)
+        return sniff_bytes(f.read(1024))
+
+
+def sniff_bytes(head: bytes) -> str:
     table = ((b"QFI\xfb", "qcow2"), (b"QED\x00", "qed"), (b"KDMV", "vmdk"), (b"# Disk DescriptorFile", "vmdk"),
              (b"vhdxfile", "vhdx"), (b"conectix", "vpc"), (b"LUKS\xba\xbe", "luks"), (b"WithoutFreeSpace", "parallels"),
              (b"WithouFreSpacExt", "parallels"), (b"Bochs Virtual HD Image", "bochs"), (b"OOOM", "qcow"))
@@ -270,23 +276,37 @@ def sniff(path: str) -> str:
 
 
 def _qcow2_header(path: str) -> None:
-    """Refuse what would make QEMU open other files: a backing file or an external data file."""
     with open(path, "rb") as f:
-        h = f.read(104)
+        qcow2_header(lambda offset, count: os.pread(f.fileno(), count, offset))
+
+
+def qcow2_header(read, what: str = "templates") -> None:
+    """Refuse what would make QEMU open other files: a backing file or an external data file. read(offset, count)
+    reads the image; the header is checked from its bytes before qemu-img ever opens it."""
+    h = read(0, 104)
     if len(h) < 72:
         raise InvalidArgument("the qcow2 header is truncated")
     version, backing_off, backing_len = struct.unpack(">IQI", h[4:20])
     crypt = struct.unpack(">I", h[32:36])[0]
     if backing_off:
-        with open(path, "rb") as f:
-            f.seek(backing_off)
-            name = f.read(min(backing_len, 1023)).decode(errors="replace")
-        raise InvalidArgument(f"the qcow2 image has a backing file ({name!r}); templates must be self-contained "
+        name = read(backing_off, min(backing_len, 1023)).decode(errors="replace")
+        raise InvalidArgument(f"the qcow2 image has a backing file ({name!r}); {what} must be self-contained "
                               "(qemu-img convert -O qcow2 it into one image)")
     if version >= 3 and len(h) >= 80 and struct.unpack(">Q", h[72:80])[0] & 4:
-        raise InvalidArgument("the qcow2 image uses an external data file; templates must be self-contained")
+        raise InvalidArgument(f"the qcow2 image uses an external data file; {what} must be self-contained")
     if crypt:
-        raise InvalidArgument("the qcow2 image is encrypted; templates cannot be")
+        raise InvalidArgument(f"the qcow2 image is encrypted; {what} cannot be")
+
+
+def qemu_facts(data: dict, what: str = "templates") -> dict:
+    """{"size", "physical_size"} from `qemu-img info -f <format>` of a user's image, refusing a backing or data
+    file (the header check before qemu-img caught them already; this is the same rule from qemu's side)."""
+    if data.get("backing-filename") or data.get("full-backing-filename"):
+        raise InvalidArgument(f"the image has a backing file ({data.get('backing-filename')!r}); {what} must be "
+                              "self-contained")
+    if (data.get("format-specific") or {}).get("data", {}).get("data-file"):
+        raise InvalidArgument(f"the qcow2 image uses an external data file; {what} must be self-contained")
+    return {"size": data["virtual-size"], "physical_size": data.get("actual-size", 0)}
 
 
 def check_image(path: str, image_format: str) -> dict:
@@ -309,9 +329,52 @@ def check_image(path: str, image_format: str) -> dict:
                 raise InvalidArgument("the file was registered as ISO but has no ISO 9660 or UDF volume descriptor")
     data = json.loads(images.qemu_img(["info", "-U", "--output=json", "-f", fmt, path], "probe the downloaded image",
                                       timeout=60))
-    if data.get("backing-filename") or data.get("full-backing-filename"):
-        raise InvalidArgument(f"the image has a backing file ({data.get('backing-filename')!r}); templates must be "
-                              "self-contained")
-    if (data.get("format-specific") or {}).get("data", {}).get("data-file"):
-        raise InvalidArgument("the qcow2 image uses an external data file; templates must be self-contained")
-    return {"format": fmt, "size": data["virtual-size"], "physical_size": data.get("actual-size", 0)}
+    return {"format": fmt, **qemu_facts(data)}
+
+
+def check_import(pool, name: str) -> dict:
+    """{"format", "size", "physical_size"} of an image file an admin imports as a volume (importVolume): the one
+    place a pool file's format is probed, since no one recorded it. A symbolic link or a file with other hard
+    links (it could be any file on the host) is refused, opened without following links (O_NOFOLLOW) and
+    read through that one descriptor, so a link put in its place meanwhile is not followed either; the format
+    comes from its magic bytes, and a qcow2 with a backing or external data file is refused before qemu-img
+    opens it. Pools holding only raw images (RBD) import raw: nothing to probe."""
+    images.check_name(name)
+    if not pool.exists(name):
+        raise NotFound(f"{name} does not exist in pool {pool.uuid}")
+    if pool.formats == ("raw",):
+        data = json.loads(images.qemu_img(["info", "-U", "--output=json", "-f", "raw", pool.target(name)],
+                                          f"image {name}", timeout=60, pools=(pool,)))
+        return {"format": "raw", **qemu_facts(data, "imported images")}
+    if isinstance(pool, images.DirectoryPool):
+        try:
+            fd = os.open(pool.target(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise InvalidArgument(f"{name} in pool {pool.uuid} is a symbolic link; only image files in the "
+                                      "pool can be imported") from None
+            raise InvalidArgument(f"{name} in pool {pool.uuid} cannot be opened: {e.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidArgument(f"{name} in pool {pool.uuid} is not a regular file")
+            if st.st_nlink != 1:
+                raise InvalidArgument(f"{name} in pool {pool.uuid} has {st.st_nlink} hard links; only an image "
+                                      "file with no other name can be imported (copy it)")
+            return _import_facts(name, lambda off, n: os.pread(fd, n, off), f"/dev/fd/{fd}", (fd,), ())
+        finally:
+            os.close(fd)
+    with pool.reader(name) as (_size, _mtime, read):      # NFS: lookup refuses symbolic links on the way
+        return _import_facts(name, read, pool.target(name), (), (pool,))
+
+
+def _import_facts(name: str, read, target: str, fds: tuple, pools: tuple) -> dict:
+    found = sniff_bytes(read(0, 1024))
+    if found not in images.FORMATS:
+        raise InvalidArgument(f"{name} is a {found} image; only qcow2 and raw images can be imported "
+                              f"(qemu-img convert -O qcow2 it first)")
+    if found == "qcow2":
+        qcow2_header(read, "imported images")
+    data = json.loads(images.qemu_img(["info", "-U", "--output=json", "-f", found, target], f"image {name}",
+                                      timeout=60, pools=pools, pass_fds=fds))
+    return {"format": found, **qemu_facts(data, "imported images")}

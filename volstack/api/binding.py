@@ -5,7 +5,7 @@ from datetime import datetime
 
 from volstack.api.registry import (BOOLEAN, DATE, INTEGER, LIST, LONG, MAP, SHORT, STRING, TZDATE, UUID,
                                    Command)
-from volstack.errors import InvalidParameter
+from volstack.errors import InvalidParameter, PermissionDenied
 from volstack.services.lookup import exists
 
 _MAP_KEY = re.compile(r"^([a-z0-9_]+)\[(\d+)\]\.([A-Za-z0-9_\-.:]+)$")
@@ -101,11 +101,18 @@ def convert(s, cmd: Command, p, v):
     raise AssertionError(f"undeclared parameter type {p.type}")
 
 
-def bind(s, cmd: Command, raw: dict) -> Params:
-    """raw: lowercased parameter names -> values (strings)."""
+_WHO = {"root": "the root administrator", "domain": "administrators"}
+
+
+def bind(s, cmd: Command, raw: dict, account_type: int | None = None) -> Params:
+    """raw: lowercased parameter names -> values (strings). account_type: the caller's; a parameter it may not pass
+    is refused (CloudStack drops it silently; a placement or flag that is silently ignored would be a lie)."""
     plain, maps = split_maps(raw)
     out = Params()
     for p in cmd.params:
+        if account_type is not None and not p.allowed(account_type) and (
+                p.name in maps or plain.get(p.name) not in (None, "")):
+            raise PermissionDenied(f"Parameter {p.name} of {cmd.name} is for {_WHO[p.access]} only")
         if p.type == MAP:
             if p.name in maps:
                 out[p.name] = maps[p.name]

@@ -25,11 +25,13 @@ def render() -> str:
             out += ["| parameter | type | required | description |", "|---|---|---|---|"]
             for p in c.params:
                 length = f" (≤{p.length})" if p.type == "string" and p.length != 255 else ""
-                out.append(f"| {p.name} | {p.type}{length} | {'yes' if p.required else ''} | {_cell(p.description)} |")
+                who = "" if p.access == "user" else f" (callers: {p.access})"
+                out.append(f"| {p.name} | {p.type}{length} | {'yes' if p.required else ''} | {_cell(p.description)}{who} |")
             out.append("")
         fields = c.view.fields if c.view else []
         if fields:
-            out += [f"Response `{c.key}`: " + ", ".join(f"`{f.name}`" for f in fields), ""]
+            out += [f"Response `{c.key}`: " + ", ".join(f"`{f.name}`" + ("" if f.access == "user" else f" ({f.access})")
+                                                       for f in fields), ""]
     return "\n".join(out).rstrip() + "\n"
 
 

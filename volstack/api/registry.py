@@ -3,6 +3,7 @@
 That declaration drives parameter binding and validation (binding.py), listApis, the generated
 docs/api.md and, for async commands, the job that runs the handler.
 """
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -10,8 +11,18 @@ from typing import Callable
 UUID, STRING, LONG, INTEGER, SHORT, BOOLEAN, MAP, LIST, DATE, TZDATE = (
     "uuid", "string", "long", "integer", "short", "boolean", "map", "list", "date", "tzdate")
 
-# Who may call: the least privileged account type allowed.
-ROOT, DOMAIN, USER = "root", "domain", "user"
+# Who may call a command, pass a parameter or see a response field: the least privileged account type allowed.
+# OWNER (fields only): the account that owns the row, or the root admin (CloudStack's "Admin or the owner").
+ROOT, DOMAIN, USER, OWNER = "root", "domain", "user", "owner"
+_ALLOWED = {ROOT: (1,), DOMAIN: (1, 2), USER: (0, 1, 2)}
+
+# The caller a response is rendered for (a CallContext), set by the API app around each request and job. Unset:
+# rendered as for a plain user that owns nothing, so a view rendered outside a request never shows too much.
+VIEWER: ContextVar = ContextVar("volstack_viewer", default=None)
+
+
+def role_allows(access: str, account_type: int | None) -> bool:
+    return account_type in _ALLOWED[access]
 
 
 @dataclass(frozen=True)
@@ -23,6 +34,10 @@ class Param:
     length: int = 255
     entity: str | None = None        # uuid / list of uuid: the entity that must exist
     since: str | None = None
+    access: str = USER               # who may pass it (CloudStack's @Parameter authorized=): ROOT, DOMAIN or USER
+
+    def allowed(self, account_type: int) -> bool:
+        return role_allows(self.access, account_type)
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,17 @@ class Field:
     description: str
     get: Callable = None             # get(row, lookups) -> value (None: omitted)
     type: str = "string"
+    access: str = USER               # who sees it: USER everyone; ROOT CloudStack's ResponseView.Full; DOMAIN admins;
+                                     # OWNER the row's account (row.account_id) or the root admin
+
+    def visible(self, row, viewer) -> bool:
+        if self.access == USER:
+            return True
+        if viewer is None:
+            return False
+        if self.access == OWNER:
+            return viewer.account_type == 1 or getattr(row, "account_id", None) == viewer.account_id
+        return role_allows(self.access, viewer.account_type)
 
 
 @dataclass
@@ -41,8 +67,10 @@ class View:
     fields: list[Field]
 
     def render(self, row, lk) -> dict:
-        out = {}
+        out, viewer = {}, VIEWER.get()
         for f in self.fields:
+            if not f.visible(row, viewer):
+                continue
             v = f.get(row, lk)
             if v is not None:
                 out[f.name] = v
@@ -70,10 +98,11 @@ class Command:
     writes: bool = False              # a get* command that creates something (getUploadParamsFor*)
     sync: Callable | None = None      # sync(req, p, instance) -> (sync key, queue key): what the job waits for
                                       # (default: its instance; a queue key shares a limited number of slots)
+    before: Callable | None = None    # before(ms, lower-cased params): runs before the request's transaction
+                                      # opens (queryAsyncJobResult's bounded wait for a finishing job)
 
     def allowed(self, account_type: int) -> bool:
-        need = {ROOT: (1,), DOMAIN: (1, 2), USER: (0, 1, 2)}[self.access]
-        return account_type in need
+        return role_allows(self.access, account_type)
 
     @property
     def readonly(self) -> bool:

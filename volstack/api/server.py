@@ -5,11 +5,11 @@ from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl
 
 from volstack.api import binding, wire
-from volstack.api.registry import API, Command, Obj, Success
+from volstack.api.registry import API, VIEWER, Command, Obj, Success
 from volstack.api.signing import AUTH_FAILED, check_expiry, verify
 from volstack.db.models import AsyncJob, User
 from volstack.errors import CloudError, InternalError, MethodNotAllowed, Unauthorized, UnknownCommand
-from volstack.services import accounts
+from volstack.services import accounts, logins
 from volstack.services import settings as S
 
 log = logging.getLogger("volstack.api")
@@ -103,30 +103,37 @@ class ApiApp:
         return status, [("Content-Type", ctype), ("Content-Length", str(len(data)))] + extra_headers, data
 
     def _json_type(self) -> str:
-        return self.ms.json_content_type
+        # read after the error handler: a database that cannot answer (locked, gone) must still get an
+        # error envelope, never the WSGI server's bare plain-text 500
+        try:
+            return self.ms.json_content_type
+        except Exception as exc:
+            log.warning("reading %s failed, answering with its default: %s", S.JSON_CONTENT_TYPE.name, exc)
+            return S.JSON_CONTENT_TYPE.default
 
     # ------------------------------------------------------------ authentication
 
     def _authenticate(self, s, params, lower, cookies):
+        """The caller's CallContext."""
         api_key = lower.get("apikey")
         if api_key:
-            user = accounts.user_by_api_key(s, api_key)
-            secret = accounts.user_secret(user) if user else None
-            if not secret or "signature" not in lower:
+            ident = accounts.identity_by_api_key(s, api_key)
+            if ident is None or "signature" not in lower:
                 raise Unauthorized(AUTH_FAILED)
+            ctx, secret = ident
             check_expiry(lower)
             signed = {k: v for k, v in params.items() if k.lower() != "signature"}
             signed["signature"] = lower["signature"]
             if not verify(signed, secret):
                 raise Unauthorized(AUTH_FAILED)
-            return user
+            return ctx
         key = lower.get("sessionkey")
         if not key or cookies.get("sessionkey") != key:
             raise Unauthorized("unable to verify user credentials")
-        user = accounts.session_user(s, key, self.ms.settings_value(S.SESSION_TIMEOUT, s))
+        user = logins.session_user(s, key, self.ms.settings_value(S.SESSION_TIMEOUT, s))
         if user is None:
             raise Unauthorized("unable to verify user credentials")
-        return user
+        return accounts.context_for(s, user)
 
     def _login(self, lower):
         from volstack.api.views import login_response
@@ -134,8 +141,14 @@ class ApiApp:
             if not lower.get(need):
                 raise binding.InvalidParameter(f"Unable to execute API command login due to missing parameter {need}")
         with self.ms.db.session() as s:
-            user, key = accounts.login(s, lower["username"], lower["password"], lower.get("domain"), lower.get("domainid"))
-            body = login_response(s, user, key, self.ms)
+            outcome = logins.login(s, lower["username"], lower["password"], lower.get("domain"), lower.get("domainid"))
+            if isinstance(outcome, CloudError):
+                failed = outcome       # answered after the commit: the failure's count and lock must stay
+            else:
+                failed, (user, key) = None, outcome
+                body = login_response(s, user, key, self.ms)
+        if failed is not None:
+            raise failed
         cookie = f"sessionkey={key}; Path=/client; HttpOnly"
         return body, [("Set-Cookie", cookie), ("Set-Cookie", f"JSESSIONID={key}; Path=/client; HttpOnly")]
 
@@ -143,23 +156,28 @@ class ApiApp:
         key = lower.get("sessionkey") or cookies.get("sessionkey")
         if key:
             with self.ms.db.session() as s:
-                accounts.logout(s, key)
+                logins.logout(s, key)
         return {"description": "success"}
 
     # ------------------------------------------------------------ dispatch
 
     def _call(self, cmd: Command, params, lower, cookies) -> dict:
+        if cmd.before is not None:
+            cmd.before(self.ms, lower)
         # Session logins record their last access, so only API-key calls of read commands are read-only.
         with self.ms.db.session(readonly=cmd.readonly and "apikey" in lower) as s:
-            user = self._authenticate(s, params, lower, cookies)
-            ctx = accounts.context_for(s, user)
+            ctx = self._authenticate(s, params, lower, cookies)
             if not cmd.allowed(ctx.account_type):
                 raise UnknownCommand(f"The given command:{cmd.name} does not exist or it is not available for user "
-                                     f"with id:{user.uuid}")
-            p = binding.bind(s, cmd, lower)
+                                     f"with id:{ctx.user_uuid}")
+            p = binding.bind(s, cmd, lower, ctx.account_type)
             req = Req(s, ctx, self.ms, cmd)
             if not cmd.is_async:
-                result = wire.body_of(cmd.handler(req, p))
+                viewer = VIEWER.set(ctx)
+                try:
+                    result = wire.body_of(cmd.handler(req, p))
+                finally:
+                    VIEWER.reset(viewer)
             else:
                 result = {}
                 instance = p.get(cmd.instance_param) if cmd.instance_param else None
@@ -194,7 +212,11 @@ class ApiApp:
                 s.commit()
                 progress(percent, proc_status)
             req = Req(s, ctx, self.ms, cmd, report)
-            result = cmd.handler(req, binding.Params(job.params or {}))
+            viewer = VIEWER.set(ctx)
+            try:
+                result = cmd.handler(req, binding.Params(job.params or {}))
+            finally:
+                VIEWER.reset(viewer)
             if isinstance(result, (Obj, Success)):
                 return wire.body_of(result)
             return result

@@ -26,9 +26,10 @@ def sign(params: dict, secret: str, keep_tilde: bool = False) -> str:
 
 def verify(params: dict, secret: str) -> bool:
     """params: names as received (case kept) -> values, including 'signature'."""
-    given = params.get("signature", "").replace(" ", "+")   # a raw '+' arrives as a space
+    given = params.get("signature", "").replace(" ", "+").encode()   # a raw '+' arrives as a space
+    # compared as bytes: compare_digest refuses str with non-ASCII characters (a TypeError, answered 530)
     for keep in (False, True):
-        if hmac.compare_digest(sign(params, secret, keep), given):
+        if hmac.compare_digest(sign(params, secret, keep).encode(), given):
             return True
     return False
 

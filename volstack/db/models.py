@@ -79,11 +79,13 @@ class User(Entity, Base):
     state: Mapped[str] = mapped_column(String(16), default="enabled")
     api_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     secret_key: Mapped[str | None] = mapped_column(Text)                # encrypted at rest
+    login_attempts: Mapped[int] = mapped_column(Integer, default=0)     # consecutive failed logins
+    login_blocked_until: Mapped[datetime | None] = mapped_column(DateTime)   # no login tried before (backoff)
 
 
 class Session(Base):
     __tablename__ = "api_session"
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)        # SHA-256 of the session key (hex)
     user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_access: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -96,6 +98,17 @@ class ResourceLimit(Base):
     resource_type: Mapped[str] = mapped_column(String(32))
     max: Mapped[int] = mapped_column(BigInteger)
     __table_args__ = (UniqueConstraint("account_id", "resource_type"),)
+
+
+class ResourceCount(Base):
+    """What an owner uses, kept current by db/counters.py in the transaction of each change (CloudStack's
+    resource_count): scope `account` (volume, snapshot, template, primary_storage, secondary_storage bytes) or
+    `pool` (allocated bytes)."""
+    __tablename__ = "resource_count"
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    resource_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 # ---------------------------------------------------------------- infrastructure

@@ -97,8 +97,9 @@ class DefaultPrimaryDriver:
         ch.call("volume_delete", pool=self.spec(pool), name=volume.path)
 
     def resize_volume(self, ch, pool, volume, size: int, shrink_ok: bool, encryption: dict | None = None) -> dict:
-        return ch.call("volume_resize", pool=self.spec(pool), name=volume.path, size=size, shrink_ok=shrink_ok,
-                       format=volume.format.lower(), **({"encryption": encryption} if encryption else {}))
+        return ch.call("volume_resize", pool=self.spec(pool), name=volume.path, size=size,
+                       format=volume.format.lower(), shrink_ok=shrink_ok,
+                       **({"encryption": encryption} if encryption else {}))
 
     def list_objects(self, ch, pool, path: str) -> list:
         return ch.call("pool_list", pool=self.spec(pool), path=path)["entries"]

@@ -60,14 +60,17 @@ class SimulatedHost:
         return {"size": size}
 
     def _volume_copy(self, src_pool, src_name, dst_pool, dst_name, **_):
-        self._images(dst_pool)[dst_name] = self._images(src_pool).get(src_name, 0)
-        return {"path": dst_name}
+        size = self._images(dst_pool)[dst_name] = self._images(src_pool).get(src_name, 0)
+        return {"path": dst_name, "size": size, "physical_size": 0}     # as the agent answers (templates read size)
 
     def _volume_info(self, pool, name, **_):
         images = self._images(pool)
         if name not in images:
             raise InvalidParameter(f"{name} does not exist on the simulated pool")
         return {"size": images[name], "physical_size": 0, "format": "qcow2", "backing": None}
+
+    def _volume_import_check(self, pool, name, **_):
+        return {k: v for k, v in self._volume_info(pool, name).items() if k != "backing"}
 
     def _template_download(self, pool, name, format, **_):
         size = self._images(pool).setdefault(name, GIB)       # a simulated template: 1 GiB, ready at once

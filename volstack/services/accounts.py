@@ -1,17 +1,19 @@
 """Domains, accounts, users, roles, API keys, password login, resource limits."""
 import secrets
-from datetime import timedelta
+import time
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, event, func, select
+from sqlalchemy.orm import Session as Session_
 
 from volstack import crypto
-from volstack.db.models import Account, Domain, ResourceLimit, Role, Session, User, utcnow
+from volstack.db import counters
+from volstack.db.models import Account, Domain, ResourceLimit, Role, Session, User
 from volstack.errors import InvalidParameter, PermissionDenied, ResourceInUse, ResourceLimitExceeded
 from volstack.services import events, settings as S
 from volstack.services.context import (DOMAIN_ADMIN, ROOT_ADMIN, USER, CallContext, can_access_domain,
-                                       check_access, require_root_admin)
+                                       check_access, require_root_admin, subtree_ids)
 from volstack.services.listing import ListQuery, keyword_filter, paginate
 
 _hasher = PasswordHasher()
@@ -35,13 +37,15 @@ GIB = 1024 ** 3
 
 
 def register_usage_counter(resource_type: str, fn) -> None:
-    """fn(session, account_id) -> current usage (a count, or bytes for *_storage)."""
+    """fn(session, account_id) -> current usage (a count, or bytes for *_storage), counted from the rows
+    themselves: what updateResourceCount recalculates. Reads use the maintained count (db/counters.py), which
+    the subsystem keeps with counters.counted(Model, ...)."""
     _usage_counters[resource_type] = fn
 
 
 def add_usage_counter(resource_type: str, fn) -> None:
     """Another subsystem's share of a usage that one already counts (snapshot backups besides templates on
-    image stores): the usage becomes the sum. Register it after the first counter."""
+    image stores): the recount becomes the sum. Register it after the first counter."""
     prev = _usage_counters.get(resource_type)
     _usage_counters[resource_type] = fn if prev is None else (lambda s, acc: prev(s, acc) + fn(s, acc))
 
@@ -121,51 +125,41 @@ def user_by_api_key(s, api_key: str) -> User | None:
     return user if _usable(s, user) else None
 
 
-def login(s, username: str, password: str, domain_path: str | None = None, domain_uuid: str | None = None) -> tuple[User, str]:
-    if domain_uuid:
-        dom = s.scalar(select(Domain).where(Domain.uuid == domain_uuid))
-    else:
-        path = (domain_path or "/").strip()
-        path = "/" + path.strip("/") + "/" if path.strip("/") else "/"
-        if path.upper().startswith("/ROOT/"):
-            path = path[5:]
-        dom = s.scalar(select(Domain).where(func.lower(Domain.path) == path.lower()))
-    # CloudStack answers a failed login with 531 (account error), not 401.
-    fail = PermissionDenied("Failed to authenticate user " + username + " in domain " + (domain_path or domain_uuid or "/") +
-                            "; please provide valid credentials")
-    if dom is None:
-        raise fail
-    user = s.scalar(select(User).join(Account, Account.id == User.account_id)
-                    .where(User.username == username, Account.domain_id == dom.id))
-    if not _usable(s, user) or not verify_password(user, password):
-        raise fail
-    key = secrets.token_urlsafe(32)
-    s.add(Session(key=key, user_id=user.id))
-    events.record(s, context_for(s, user), "USER.LOGIN", f"User {username} logged in", resource_type="User",
-                  resource_uuid=user.uuid)
-    return user, key
+# API keys are looked up on every signed request. The identity (context, decrypted secret) is kept for a few
+# seconds; any change to a user, account or domain row clears the cache on flush and again after its commit
+# (so a request racing the change cannot keep the old identity). Another management server's cache sees a
+# disabled or deleted key within KEY_CACHE_SECONDS.
+KEY_CACHE_SECONDS = 5.0
+_key_cache: dict = {}        # api key -> (expiry (monotonic), CallContext, secret)
 
 
-def session_user(s, key: str, timeout_seconds: int) -> User | None:
-    sess = s.get(Session, key)
-    if sess is None:
-        return None
-    now = utcnow()
-    if now - sess.last_access > timedelta(seconds=timeout_seconds):
-        s.delete(sess)
-        return None
-    sess.last_access = now
-    user = s.get(User, sess.user_id)
-    return user if _usable(s, user) else None
+def identity_by_api_key(s, api_key: str):
+    """(CallContext, secret) of the usable user holding api_key, or None."""
+    hit = _key_cache.get(api_key)
+    now = time.monotonic()
+    if hit is not None and hit[0] > now:
+        return hit[1], hit[2]
+    user = user_by_api_key(s, api_key)
+    if user is None or not user.secret_key:
+        return None                      # misses are not kept: a stream of wrong keys cannot fill memory
+    ident = (context_for(s, user), user_secret(user))
+    if len(_key_cache) > 10000:
+        _key_cache.clear()
+    _key_cache[api_key] = (now + KEY_CACHE_SECONDS, *ident)
+    return ident
 
 
-def logout(s, key: str) -> None:
-    sess = s.get(Session, key)
-    if sess is not None:
-        user = s.get(User, sess.user_id)
-        s.delete(sess)
-        events.record(s, context_for(s, user), "USER.LOGOUT", f"User {user.username} logged out",
-                      resource_type="User", resource_uuid=user.uuid)
+@event.listens_for(Session_, "after_flush")
+def _identity_changed(session, _ctx) -> None:
+    if any(isinstance(o, (User, Account, Domain)) for o in (*session.new, *session.dirty, *session.deleted)):
+        _key_cache.clear()
+        session.info["identity_changed"] = True
+
+
+@event.listens_for(Session_, "after_commit")
+def _identity_committed(session) -> None:
+    if session.info.pop("identity_changed", False):
+        _key_cache.clear()
 
 
 # ---------------------------------------------------------------- domains
@@ -174,7 +168,7 @@ def get_domain(s, ctx, uuid: str) -> Domain:
     dom = s.scalar(select(Domain).where(Domain.uuid == uuid))
     if dom is None:
         raise InvalidParameter(f"Unable to find domain by id {uuid}")
-    if not can_access_domain(ctx, dom):
+    if not can_access_domain(s, ctx, dom):
         raise PermissionDenied(f"Account {ctx.account_name} does not have permission to access domain {dom.name}")
     return dom
 
@@ -183,8 +177,7 @@ def create_domain(s, ctx, name: str, parentdomainid: str | None = None, networkd
     if not ctx.is_admin:
         raise PermissionDenied("Only administrators can create domains")
     parent = get_domain(s, ctx, parentdomainid) if parentdomainid else s.get(Domain, ctx.domain_id)
-    if s.scalar(select(Domain).where(Domain.parent_id == parent.id, func.lower(Domain.name) == name.lower())):
-        raise InvalidParameter(f"Domain with name {name} already exists for the parent id={parent.uuid}")
+    _check_domain_name(s, parent, name)
     dom = Domain(name=name, parent_id=parent.id, path=parent.path + name + "/", level=parent.level + 1,
                  network_domain=networkdomain)
     s.add(dom)
@@ -193,11 +186,22 @@ def create_domain(s, ctx, name: str, parentdomainid: str | None = None, networkd
     return dom
 
 
+def _check_domain_name(s, parent: Domain, name: str, renaming: Domain | None = None) -> None:
+    """Names are unique among siblings (case-insensitively, as CloudStack) and hold no '/', so that no two domains
+    ever share a path (login and domainpath name a domain by it)."""
+    if "/" in name or not name.strip():
+        raise InvalidParameter(f"Invalid domain name {name!r}: a domain name is not empty and has no '/'")
+    clash = s.scalar(select(Domain).where(Domain.parent_id == parent.id, func.lower(Domain.name) == name.lower(),
+                                          *([Domain.id != renaming.id] if renaming else [])))
+    if clash is not None:
+        raise InvalidParameter(f"Domain with name {name} already exists for the parent id={parent.uuid}")
+
+
 def list_domains(s, ctx, q: ListQuery, id=None, name=None, level=None):
     stmt = select(Domain).order_by(Domain.id)
     base = s.get(Domain, ctx.domain_id)
     if ctx.is_admin and (q.listall or q.isrecursive or id or name or level is not None):
-        stmt = stmt.where(Domain.path.startswith(base.path))
+        stmt = stmt.where(Domain.id.in_(subtree_ids(base.id)))
     else:
         stmt = stmt.where(Domain.id == base.id)
     if id:
@@ -215,10 +219,11 @@ def update_domain(s, ctx, id: str, name=None, networkdomain=None) -> Domain:
     if dom.id == 1 and name and name != dom.name:
         raise InvalidParameter("The ROOT domain cannot be renamed")
     if name and name != dom.name:
+        _check_domain_name(s, s.get(Domain, dom.parent_id), name, renaming=dom)
         old = dom.path
         dom.name = name
         dom.path = old[: -len(old.rstrip("/").split("/")[-1]) - 1] + name + "/"
-        for sub in s.scalars(select(Domain).where(Domain.path.startswith(old), Domain.id != dom.id)):
+        for sub in s.scalars(select(Domain).where(Domain.id.in_(subtree_ids(dom.id)), Domain.id != dom.id)):
             sub.path = dom.path + sub.path[len(old):]
     if networkdomain is not None:
         dom.network_domain = networkdomain
@@ -230,7 +235,7 @@ def delete_domain(s, ctx, id: str, cleanup: bool = False) -> None:
     dom = get_domain(s, ctx, id)
     if dom.id == 1:
         raise PermissionDenied("The ROOT domain cannot be deleted")
-    subs = list(s.scalars(select(Domain).where(Domain.path.startswith(dom.path)).order_by(Domain.level.desc())))
+    subs = list(s.scalars(select(Domain).where(Domain.id.in_(subtree_ids(dom.id))).order_by(Domain.level.desc())))
     accounts = list(s.scalars(select(Account).where(Account.domain_id.in_([d.id for d in subs]))))
     if accounts and not cleanup:
         raise ResourceInUse(f"Can't delete the domain {dom.name}: it still has {len(accounts)} account(s); "
@@ -315,7 +320,7 @@ def list_accounts(s, ctx, q: ListQuery, id=None, name=None, accounttype=None, st
         if q.domainid and not (q.isrecursive or q.listall):
             stmt = stmt.where(Account.domain_id == base.id)
         else:
-            stmt = stmt.where(Domain.path.startswith(base.path))
+            stmt = stmt.where(Account.domain_id.in_(subtree_ids(base.id)))
     if id:
         stmt = stmt.where(Account.uuid == id)
     if name or q.account:
@@ -368,7 +373,7 @@ def delete_account(s, ctx, acc: Account) -> None:
         raise PermissionDenied("Only administrators can delete accounts")
     if acc.id in (1, 2) or acc.id == ctx.account_id:
         raise PermissionDenied(f"Account {acc.name} cannot be deleted")
-    in_use = {t: fn(s, acc.id) for t, fn in _usage_counters.items()}
+    in_use = {t: usage_of(s, acc.id, t) for t in _usage_counters}
     if any(v for v in in_use.values()):
         busy = ", ".join(f"{t}={v}" for t, v in in_use.items() if v)
         raise ResourceInUse(f"Account {acc.name} still owns resources ({busy}); delete them first")
@@ -412,7 +417,7 @@ def list_users(s, ctx, q: ListQuery, id=None, username=None, state=None):
         stmt = stmt.where(User.account_id == ctx.account_id)
     else:
         base = get_domain(s, ctx, q.domainid) if q.domainid else s.get(Domain, ctx.domain_id)
-        stmt = stmt.where(Domain.path.startswith(base.path))
+        stmt = stmt.where(Account.domain_id.in_(subtree_ids(base.id)))
     if q.account:
         stmt = stmt.where(Account.name == q.account)
     if id:
@@ -429,7 +434,12 @@ def update_user(s, ctx, user: User, **fields) -> User:
     for k in ("email", "firstname", "lastname", "timezone"):
         if fields.get(k) is not None:
             setattr(user, k, fields[k])
-    if fields.get("username"):
+    if fields.get("username") and fields["username"] != user.username:
+        # unique within the domain, as at creation: login names a user by domain and username
+        dom = s.get(Domain, s.get(Account, user.account_id).domain_id)
+        if s.scalar(select(User.id).join(Account, Account.id == User.account_id)
+                    .where(User.username == fields["username"], Account.domain_id == dom.id, User.id != user.id)):
+            raise InvalidParameter(f"The user {fields['username']} already exists in domain {dom.name}")
         user.username = fields["username"]
     if fields.get("password"):
         if user.id == ctx.user_id and not ctx.is_admin:
@@ -438,6 +448,23 @@ def update_user(s, ctx, user: User, **fields) -> User:
                 raise InvalidParameter("Current password is incorrect")
         user.password = hash_password(fields["password"])
     events.record(s, ctx, "USER.UPDATE", f"User {user.username} updated", resource_type="User", resource_uuid=user.uuid)
+    return user
+
+
+def set_user_state(s, ctx, user: User, state: str) -> User:
+    """state: enabled | disabled | locked. Enabling also clears the failed-login count (logins.py), so a user the
+    login throttle disabled starts afresh."""
+    if not ctx.is_admin:
+        raise PermissionDenied("Only administrators can enable, disable or lock users")
+    if user.id in (1, 2) or user.id == ctx.user_id:
+        raise PermissionDenied(f"User {user.username} cannot be {state} by itself or as a built-in user")
+    user.state = state
+    if state == "enabled":
+        user.login_attempts, user.login_blocked_until = 0, None
+    else:                    # its sessions end at once
+        s.execute(delete(Session).where(Session.user_id == user.id))
+    verb = {"enabled": "ENABLE", "disabled": "DISABLE", "locked": "LOCK"}[state]
+    events.record(s, ctx, f"USER.{verb}", f"User {user.username} {state}", resource_type="User", resource_uuid=user.uuid)
     return user
 
 
@@ -472,6 +499,13 @@ def list_roles(s, ctx, q: ListQuery, id=None, name=None, type=None):
 
 # ---------------------------------------------------------------- resource limits
 
+def limits_of(s, acc: Account) -> dict:
+    """{resource type: max} of one account: its explicit limits, else the defaults (root admins: none)."""
+    explicit = limits_many(s, [acc.id]).get(acc.id, {})
+    defaults = default_limits(s) if acc.account_type != ROOT_ADMIN and len(explicit) < len(LIMIT_TYPES) else {}
+    return {t: explicit.get(t, defaults.get(t, -1)) for t in LIMIT_TYPES}
+
+
 def limit_of(s, account_id: int, resource_type: str) -> int:
     row = s.scalar(select(ResourceLimit).where(ResourceLimit.account_id == account_id,
                                                ResourceLimit.resource_type == resource_type))
@@ -484,8 +518,48 @@ def limit_of(s, account_id: int, resource_type: str) -> int:
 
 
 def usage_of(s, account_id: int, resource_type: str) -> int:
-    fn = _usage_counters.get(resource_type)
-    return fn(s, account_id) if fn else 0
+    """The account's maintained count: one primary-key read, never a scan of its objects."""
+    return counters.get(s, "account", account_id, resource_type)
+
+
+def usage_many(s, account_ids) -> dict:
+    """{account id: {resource type: usage}} for many accounts in one query (listAccounts pages)."""
+    return counters.get_many(s, "account", account_ids)
+
+
+def limits_many(s, account_ids) -> dict:
+    """{account id: {resource type: max}} of the explicit limits of many accounts in one query."""
+    out: dict = {}
+    for row in s.scalars(select(ResourceLimit).where(ResourceLimit.account_id.in_(list(account_ids)))):
+        out.setdefault(row.account_id, {})[row.resource_type] = row.max
+    return out
+
+
+def default_limits(s) -> dict:
+    """{resource type: the max.account.* default} in one query; root admins have no limits."""
+    values = S.Settings.many_in(s, [key for _, key in LIMIT_TYPES.values()])
+    return {rtype: values[(key.name, 0)] for rtype, (_, key) in LIMIT_TYPES.items()}
+
+
+def recalculate(s, acc: Account, types=None) -> dict:
+    """updateResourceCount: recount the account's usage from its objects; {type: (old, new)}."""
+    out = {}
+    for rtype, fn in _usage_counters.items():
+        if types is None or rtype in types:
+            new = int(fn(s, acc.id))
+            out[rtype] = (counters.set_count(s, "account", acc.id, rtype, new), new)
+    return out
+
+
+def accounts_for_recount(s, ctx, domain_uuid: str, account: str | None) -> list:
+    """The one named account of the domain, or every account of the domain and its subdomains."""
+    dom = get_domain(s, ctx, domain_uuid)
+    if account:
+        return [get_account(s, ctx, name=account, domainid=domain_uuid)]
+    if not ctx.is_admin:
+        raise PermissionDenied("Only administrators can recount a domain's resources")
+    return list(s.scalars(select(Account).join(Domain, Domain.id == Account.domain_id)
+                          .where(Domain.path.startswith(dom.path)).order_by(Account.id)))
 
 
 def check_limit(s, account_id: int, resource_type: str, delta: int = 1) -> None:

@@ -2,6 +2,9 @@
 
 CloudStack semantics: a user sees only its own account's resources; admins see others only with
 listall=true (root admin: everything, domain admin: its domain subtree).
+
+The subtree is decided by domain ids (parent links), never by comparing path strings: a path is a name
+that a rename changes, and two paths that share a prefix are not parent and child.
 """
 from dataclasses import dataclass
 
@@ -52,11 +55,31 @@ def require_root_admin(ctx: CallContext) -> None:
         raise PermissionDenied("Only the root administrator can perform this operation")
 
 
-def can_access_domain(ctx: CallContext, domain: Domain) -> bool:
+def ancestor_ids(s, domain_id: int) -> list[int]:
+    """domain_id, its parent, ... up to ROOT, by the parent links."""
+    out = []
+    while domain_id is not None and domain_id not in out:
+        out.append(domain_id)
+        domain_id = s.scalar(select(Domain.parent_id).where(Domain.id == domain_id))
+    return out
+
+
+def subtree_ids(domain_id: int):
+    """A SELECT of the ids of domain_id and all its descendants (recursive over parent links), for IN (...)."""
+    tree = select(Domain.id).where(Domain.id == domain_id).cte("subtree", recursive=True)
+    tree = tree.union_all(select(Domain.id).where(Domain.parent_id == tree.c.id))
+    return select(tree.c.id)
+
+
+def in_subtree(s, domain_id: int, top_id: int) -> bool:
+    return top_id in ancestor_ids(s, domain_id)
+
+
+def can_access_domain(s, ctx: CallContext, domain: Domain) -> bool:
     if ctx.is_root_admin:
         return True
     if ctx.account_type == DOMAIN_ADMIN:
-        return domain.path.startswith(ctx.domain_path)
+        return in_subtree(s, domain.id, ctx.domain_id)
     return domain.id == ctx.domain_id
 
 
@@ -66,8 +89,7 @@ def check_access(s, ctx: CallContext, account_id: int, what: str = "resource") -
         return
     if ctx.account_type == DOMAIN_ADMIN:
         acc = s.get(Account, account_id)
-        dom = s.get(Domain, acc.domain_id) if acc else None
-        if dom is not None and dom.path.startswith(ctx.domain_path):
+        if acc is not None and in_subtree(s, acc.domain_id, ctx.domain_id):
             return
     raise PermissionDenied(f"Account {ctx.account_name} does not have permission to access this {what}")
 
@@ -78,7 +100,7 @@ def owner_filter(s, ctx: CallContext, model, *, listall=False, isrecursive=False
         dom = s.scalar(select(Domain).where(Domain.uuid == domain_uuid))
         if dom is None:
             raise InvalidParameter(f"Unable to find domain by id {domain_uuid}")
-        if not can_access_domain(ctx, dom):
+        if not can_access_domain(s, ctx, dom):
             raise PermissionDenied(f"Account {ctx.account_name} does not have permission to access domain {dom.name}")
     else:
         dom = None
@@ -94,7 +116,9 @@ def owner_filter(s, ctx: CallContext, model, *, listall=False, isrecursive=False
         base = dom or s.get(Domain, ctx.domain_id)
         if dom is not None and not (listall or isrecursive):
             sub = select(Account.id).where(Account.domain_id == base.id)
+        elif base.path == "/":
+            return []       # every account: no filter, so the planner walks the page's index, not the owners'
         else:
-            sub = select(Account.id).join(Domain, Domain.id == Account.domain_id).where(Domain.path.startswith(base.path))
+            sub = select(Account.id).where(Account.domain_id.in_(subtree_ids(base.id)))
         return [model.account_id.in_(sub)]
     return [model.account_id == ctx.account_id]

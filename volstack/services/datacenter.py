@@ -34,6 +34,27 @@ def apply(db, ctx, doc: dict) -> list[str]:
     return report
 
 
+def _item(item, what: str, allowed, required=("name",)) -> dict:
+    """A copy of one entry of the file, refused with the reason when it has a key this version would ignore
+    or lacks a required one (a key accepted but ignored would be a lie)."""
+    if not isinstance(item, dict):
+        raise InvalidParameter(f"{what}: each entry is a mapping of keys, not {item!r}")
+    unknown = set(item) - set(allowed)
+    if unknown:
+        raise InvalidParameter(f"{what}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: "
+                               + ", ".join(sorted(allowed)))
+    missing = [k for k in required if item.get(k) in (None, "")]
+    if missing:
+        raise InvalidParameter(f"{what}: {', '.join(missing)} is required")
+    return dict(item)
+
+
+def _params(fn, *skip) -> set:
+    """The keyword parameters of a service function: the keys an entry passed on to it may have."""
+    import inspect
+    return {n for n in inspect.signature(fn).parameters if n not in ("s", "ctx", *skip)}
+
+
 def _changed(row, wanted: dict, attrs: dict) -> dict:
     """The subset of wanted (API parameter names) that differs from row (attrs maps param -> column)."""
     out = {}
@@ -49,12 +70,22 @@ def _changed(row, wanted: dict, attrs: dict) -> dict:
 ZONE_ATTRS = {"networktype": "network_type", "allocationstate": "allocation_state", **infra.ZONE_FIELDS}
 POD_ATTRS = {"gateway": "gateway", "netmask": "netmask", "startip": "start_ip", "endip": "end_ip",
              "allocationstate": "allocation_state"}
+ZONE_KEYS = {"name", "pods", *ZONE_ATTRS}
+POD_KEYS = {"name", "clusters", *POD_ATTRS}
+CLUSTER_KEYS = {"name", "hypervisor", "clustertype", "allocationstate", "hosts"}
+HOST_KEYS = {"url", "username", "password", "hosttags"}
+ACCOUNT_KEYS = {"name", "account", "username", "password", "email", "firstname", "lastname", "accounttype",
+                "domain", "limits"}
+SETTING_KEYS = {"name", "value", "zone", "cluster", "account"}
+POOL_KEYS = {"name", "url", "zone", "host", "cluster", "hypervisor", "tags", "capacitybytes"}
+STORE_KEYS = {"name", "zone", "provider", "url"}
+TEMPLATE_KEYS = {"name", "zone", "file", "format", "ostype", "templatetype", "public", "featured", "displaytext"}
 
 
 def _zones(s, ctx, zones, report):
-    for z in zones:
-        z = dict(z)
-        pods = z.pop("pods", [])
+    for i, z in enumerate(zones):
+        z = _item(z, f"zones[{i}]", ZONE_KEYS)
+        pods = z.pop("pods", None) or []
         name = z.pop("name")
         zone = s.scalar(select(Zone).where(Zone.name == name))
         if zone is None:
@@ -68,12 +99,12 @@ def _zones(s, ctx, zones, report):
                 report.append(f"updated zone {name}: {', '.join(diff)}")
             else:
                 report.append(f"unchanged zone {name}")
-        for p in pods:
-            _pod(s, ctx, zone, dict(p), report)
+        for j, p in enumerate(pods):
+            _pod(s, ctx, zone, _item(p, f"zone {name}: pods[{j}]", POD_KEYS), report)
 
 
 def _pod(s, ctx, zone, p, report):
-    clusters = p.pop("clusters", [])
+    clusters = p.pop("clusters", None) or []
     name = p.pop("name")
     pod = s.scalar(select(Pod).where(Pod.zone_id == zone.id, Pod.name == name))
     if pod is None:
@@ -87,12 +118,12 @@ def _pod(s, ctx, zone, p, report):
             report.append(f"updated pod {name}: {', '.join(diff)}")
         else:
             report.append(f"unchanged pod {name}")
-    for c in clusters:
-        _cluster(s, ctx, zone, pod, dict(c), report)
+    for j, c in enumerate(clusters):
+        _cluster(s, ctx, zone, pod, _item(c, f"pod {name}: clusters[{j}]", CLUSTER_KEYS), report)
 
 
 def _cluster(s, ctx, zone, pod, c, report):
-    hosts = c.pop("hosts", [])
+    hosts = c.pop("hosts", None) or []
     name = c.pop("name")
     cl = s.scalar(select(Cluster).where(Cluster.pod_id == pod.id, Cluster.name == name))
     if cl is None:
@@ -106,8 +137,8 @@ def _cluster(s, ctx, zone, pod, c, report):
             report.append(f"updated cluster {name}")
         else:
             report.append(f"unchanged cluster {name}")
-    for h in hosts:
-        h = dict(h)
+    for j, h in enumerate(hosts):
+        h = _item(h, f"cluster {name}: hosts[{j}]", HOST_KEYS, required=("url",))
         url = h["url"]
         hname = infra._host_name_from_url(url)
         host = s.scalar(select(Host).where(Host.zone_id == zone.id, Host.name == hname))
@@ -123,8 +154,10 @@ def _cluster(s, ctx, zone, pod, c, report):
 
 
 def _accounts(s, ctx, items, report):
-    for a in items:
-        a = dict(a)
+    for i, a in enumerate(items):
+        a = _item(a, f"accounts[{i}]", ACCOUNT_KEYS, required=("password",))
+        if not (a.get("account") or a.get("name") or a.get("username")):
+            raise InvalidParameter(f"accounts[{i}]: name (or username) is required")
         path = a.pop("domain", "/")
         dom = _domain_by_path(s, ctx, path)
         name = a.get("account") or a.get("name") or a["username"]
@@ -158,7 +191,8 @@ _SCOPE_KEYS = {"zone": (Zone, "zone"), "cluster": (Cluster, "cluster"), "account
 def _settings(s, ctx, items, report):
     """Either {name: value} for global values, or a list of {name, value, zone|cluster|account: name}."""
     entries = [{"name": k, "value": v} for k, v in items.items()] if isinstance(items, dict) else items
-    for e in entries:
+    for i, e in enumerate(entries):
+        e = _item(e, f"settings[{i}]", SETTING_KEYS, required=("name", "value"))
         scope_uuids = {}
         for field, (model, scope) in _SCOPE_KEYS.items():
             if e.get(field):
@@ -166,12 +200,16 @@ def _settings(s, ctx, items, report):
                 if row is None:
                     raise InvalidParameter(f"Setting {e['name']}: no {field} named {e[field]}")
                 scope_uuids[scope] = row.uuid
+        key = key_by_name(e["name"])
+        for scope in scope_uuids:
+            if scope not in key.scopes:
+                raise InvalidParameter(f"Setting {e['name']} cannot be set for a {scope}; it can be set at: "
+                                       + ", ".join(key.scopes))
         value = e["value"]
         value = ("true" if value else "false") if isinstance(value, bool) else str(value)
         current = next((r for r in configs.list_configurations(s, ctx, scope_uuids, e["name"]) if r["name"] == e["name"]), None)
         if current is None:
             raise InvalidParameter(f"Configuration {e['name']} does not exist")
-        key = key_by_name(e["name"])
         if key.parse(current["value"]) == key.parse(value):
             report.append(f"unchanged setting {e['name']}")
             continue
@@ -182,8 +220,8 @@ def _settings(s, ctx, items, report):
 def _disk_offerings(s, ctx, items, report):
     from volstack.db.storage_models import DiskOffering
     from volstack.services import offerings
-    for o in items:
-        o = dict(o)
+    for i, o in enumerate(items):
+        o = _item(o, f"disk_offerings[{i}]", _params(offerings.create_disk_offering))
         if s.scalar(select(DiskOffering).where(DiskOffering.name == o["name"], DiskOffering.removed.is_(None),
                                                DiskOffering.compute_only.is_(False))):
             report.append(f"unchanged disk offering {o['name']}")
@@ -195,8 +233,8 @@ def _disk_offerings(s, ctx, items, report):
 def _service_offerings(s, ctx, items, report):
     from volstack.db.storage_models import ServiceOffering
     from volstack.services import service_offerings
-    for o in items:
-        o = dict(o)
+    for i, o in enumerate(items):
+        o = _item(o, f"service_offerings[{i}]", _params(service_offerings.create_service_offering))
         if s.scalar(select(ServiceOffering).where(ServiceOffering.name == o["name"], ServiceOffering.removed.is_(None))):
             report.append(f"unchanged service offering {o['name']}")
             continue
@@ -208,8 +246,8 @@ def _storage_pools(s, ctx, items, report):
     """Each item: name, url, zone (name), and scope fields: cluster (name) | host (name) | hypervisor (zone scope)."""
     from volstack.db.storage_models import StoragePool
     from volstack.services import pools
-    for p in items:
-        p = dict(p)
+    for i, p in enumerate(items):
+        p = _item(p, f"storage_pools[{i}]", POOL_KEYS, required=("name", "url", "zone"))
         zone = s.scalar(select(Zone).where(Zone.name == p.pop("zone")))
         if zone is None:
             raise InvalidParameter(f"Storage pool {p['name']}: no such zone")
@@ -239,7 +277,8 @@ def _image_stores(s, ctx, items, report):
     """Each item: name, zone (name), provider (NFS | Filesystem), url."""
     from volstack.db.image_models import ImageStore
     from volstack.services import imagestores
-    for st in items:
+    for i, st in enumerate(items):
+        st = _item(st, f"image_stores[{i}]", STORE_KEYS, required=("url", "zone"))
         zone = _zone(s, st.get("zone"), f"Image store {st.get('name')}")
         if s.scalar(select(ImageStore).where(ImageStore.url == st["url"], ImageStore.removed.is_(None))):
             report.append(f"unchanged image store {st.get('name') or st['url']}")
@@ -253,7 +292,8 @@ def _templates(s, ctx, items, report):
     """Each item: name, zone (name), and url (downloaded by the server's jobs) or file (a path every host of
     the zone sees, copied into an image store now); format, ostype, public, featured."""
     from volstack.services import template_sources
-    for t in items:
+    for i, t in enumerate(items):
+        t = _item(t, f"templates[{i}]", TEMPLATE_KEYS | {"url"}, required=("name", "zone"))
         zone = _zone(s, t.get("zone"), f"Template {t.get('name')}")
         if t.get("file"):
             _, created = template_sources.install_local(s, ctx, name=t["name"], path=t["file"], zone=zone,
@@ -274,7 +314,7 @@ def _zone(s, name, what):
     return zone
 
 
-register_section("settings", _settings, 10)
+register_section("settings", _settings, 35)      # after zones and accounts: scoped values name them
 register_section("image_stores", _image_stores, 55)
 register_section("templates", _templates, 60)
 register_section("disk_offerings", _disk_offerings, 40)

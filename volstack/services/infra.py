@@ -1,6 +1,7 @@
 """Zones, pods, clusters and hosts."""
 from sqlalchemy import func, select
 
+from volstack.db import aggregate
 from volstack.db.models import Cluster, Host, Pod, Zone, utcnow
 from volstack.errors import InvalidParameter, ResourceInUse
 from volstack.services import events
@@ -136,7 +137,7 @@ def delete_zone(s, ctx, id) -> None:
     zone = get_zone(s, id)
     for check in zone_in_use_checks:
         check(s, zone)
-    pods = s.scalar(select(func.count()).select_from(Pod).where(Pod.zone_id == zone.id))
+    pods = aggregate.count(s, Pod, Pod.zone_id == zone.id)
     if pods:
         raise ResourceInUse(f"The zone {zone.name} is not deletable because there are {pods} pod(s) in it; delete them first")
     s.delete(zone)
@@ -192,7 +193,7 @@ def update_pod(s, ctx, id, name=None, gateway=None, netmask=None, startip=None, 
 def delete_pod(s, ctx, id) -> None:
     require_root_admin(ctx)
     pod = get_pod(s, id)
-    n = s.scalar(select(func.count()).select_from(Cluster).where(Cluster.pod_id == pod.id))
+    n = aggregate.count(s, Cluster, Cluster.pod_id == pod.id)
     if n:
         raise ResourceInUse(f"The pod {pod.name} is not deletable because there are {n} cluster(s) in it; delete them first")
     s.delete(pod)
@@ -265,7 +266,7 @@ def update_cluster(s, ctx, id, clustername=None, allocationstate=None, clusterty
 def delete_cluster(s, ctx, id) -> None:
     require_root_admin(ctx)
     cl = get_cluster(s, id)
-    n = s.scalar(select(func.count()).select_from(Host).where(Host.cluster_id == cl.id))
+    n = aggregate.count(s, Host, Host.cluster_id == cl.id)
     if n:
         raise ResourceInUse(f"The cluster {cl.name} is not deletable because there are {n} host(s) in it; delete them first")
     s.delete(cl)

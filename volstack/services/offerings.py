@@ -25,7 +25,7 @@ from volstack.db.storage_models import DiskOffering, ServiceOffering, StoragePoo
 from volstack.errors import InvalidParameter, PermissionDenied
 from volstack.services import events, lookup
 from volstack.services import settings as S
-from volstack.services.context import CallContext, require_root_admin
+from volstack.services.context import CallContext, ancestor_ids, require_root_admin, subtree_ids
 from volstack.services.listing import ListQuery, keyword_filter, paginate
 
 lookup.register_entity("DiskOffering", DiskOffering)
@@ -140,7 +140,7 @@ def _domains(s, uuids, what: str) -> list[int]:
             raise InvalidParameter(f"Failed to {what} because invalid domain {u} has been specified.")
         if d not in doms:
             doms.append(d)
-    top = [d for d in doms if not any(o is not d and d.path.startswith(o.path) for o in doms)]
+    top = [d for d in doms if not any(o is not d and o.id in ancestor_ids(s, d.id) for o in doms)]
     return [d.id for d in top]
 
 
@@ -251,11 +251,9 @@ def _check_size_gb(s, gb, label="disk") -> None:
 def _visible_domains(s, domain_id: int, with_children=False) -> set[int]:
     """The domains whose offerings an account of domain_id may use: its own and its ancestors (and,
     for domain admins listing, its subdomains)."""
-    dom = s.get(Domain, domain_id)
-    out = set()
-    for d in s.scalars(select(Domain)):
-        if dom.path.startswith(d.path) or (with_children and d.path.startswith(dom.path)):
-            out.add(d.id)
+    out = set(ancestor_ids(s, domain_id))
+    if with_children:
+        out |= set(s.scalars(subtree_ids(domain_id)))
     return out
 
 

@@ -4,6 +4,7 @@ from posixpath import normpath
 
 from sqlalchemy import func, select
 
+from volstack.db import aggregate, counters
 from volstack.db.models import Host, Zone, utcnow
 from volstack.db.storage_models import StoragePool, StoragePoolHost, Volume
 from volstack.drivers import driver_for
@@ -250,10 +251,36 @@ def delete_pool(s, ctx, id, forced=False) -> None:
 
 
 def allocated_bytes(s, pool) -> int:
-    """Σ sizes of the pool's volumes, plus what other subsystems keep there (cached template copies)."""
-    volumes = s.scalar(select(func.coalesce(func.sum(Volume.size), 0)).where(
-        Volume.pool_id == pool.id, Volume.removed.is_(None), Volume.state.notin_(("Expunged", "Allocated")))) or 0
-    return int(volumes) + sum(int(extra(s, pool)) for extra in allocated_extras)   # PostgreSQL sums are Decimal
+    """The pool's allocated bytes, maintained with every change (db/counters.py): one primary-key read."""
+    return counters.get(s, "pool", pool.id, "allocated")
+
+
+def allocated_many(s, pool_ids) -> dict:
+    """{pool id: allocated bytes} for a page of pools in one query."""
+    return {pid: c.get("allocated", 0) for pid, c in counters.get_many(s, "pool", pool_ids).items()}
+
+
+def recount_allocated(s, pool) -> int:
+    """Σ sizes of the pool's volumes, plus what other subsystems keep there (cached template copies), from the
+    rows themselves; stored as the pool's count (updateResourceCount). Returns the new value."""
+    volumes = aggregate.total(s, Volume.size, Volume.pool_id == pool.id, Volume.removed.is_(None),
+                              Volume.state.notin_(("Expunged", "Allocated")))
+    value = volumes + sum(extra(s, pool) for extra in allocated_extras)
+    counters.set_count(s, "pool", pool.id, "allocated", value)
+    return value
+
+
+def recount_all(s) -> None:
+    for pool in s.scalars(select(StoragePool).where(StoragePool.state != "Removed")):
+        recount_allocated(s, pool)
+
+
+def _allocated(s, v):
+    if v["pool_id"] is not None and v["removed"] is None and v["state"] not in ("Expunged", "Allocated"):
+        yield "pool", v["pool_id"], "allocated", v["size"]
+
+
+counters.counted(Volume, ("pool_id", "state", "removed", "size"), _allocated)
 
 
 # extra(s, pool) -> bytes allocated on the pool outside volumes (CloudStack counts template copies).
@@ -339,8 +366,7 @@ def datastore_object(entry: dict, owner: tuple | None) -> dict:
 
 
 def _zone_has_pools(s, zone: Zone) -> None:
-    n = s.scalar(select(func.count()).select_from(StoragePool).where(StoragePool.zone_id == zone.id,
-                                                                        StoragePool.state != "Removed"))
+    n = aggregate.count(s, StoragePool, StoragePool.zone_id == zone.id, StoragePool.state != "Removed")
     if n:
         raise ResourceInUse(f"The zone {zone.name} is not deletable because it has {n} storage pool(s); delete them first")
 

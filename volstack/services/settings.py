@@ -3,7 +3,11 @@
 Services read settings only through `Settings.get(KEY, scope ids...)`, which returns the typed value
 of the most specific scope that has one, then the global value, then the default.
 """
+import ipaddress
+import math
+import uuid as _uuid
 from dataclasses import dataclass
+from typing import Callable
 
 from sqlalchemy import select
 
@@ -25,6 +29,29 @@ class ConfigKey:
     description: str
     category: str = "Storage"
     scopes: tuple = ("global",)
+    min: float | None = None         # numbers: the accepted range (ints default to 0 .. 2^31-1, as Java's Integer)
+    max: float | None = None
+    check: Callable | None = None    # check(value) -> None, raising InvalidParameter: the format of a string
+
+    def validate(self, raw: str | None):
+        """The typed value of raw, refused (431) unless it fits the type, the range and the format: a value that
+        would break what reads it (a session timeout past any date, a non-CIDR site list) never gets stored."""
+        value = self.parse(raw)
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidParameter(f"Value of {self.name} must be a finite number: '{raw}' is not")
+            lo = self.min if self.min is not None else 0
+            hi = self.max if self.max is not None else (2 ** 31 - 1 if self.type is int else None)
+            if value < lo or (hi is not None and value > hi):
+                raise InvalidParameter(f"Value of {self.name} must be between {lo} and {hi if hi is not None else 'any'}"
+                                       f": '{raw}' is not")
+        elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise InvalidParameter(f"Value of {self.name} must not contain control characters")
+        if self.check is not None and value != "":
+            self.check(self, value)
+        return value
 
     def parse(self, raw: str | None):
         if raw is None or raw == "":
@@ -51,29 +78,60 @@ class ConfigKey:
 KEYS: dict[str, ConfigKey] = {}
 
 
-def _key(name, type_, default, description, category="Storage", scopes=("global",)) -> ConfigKey:
-    key = ConfigKey(name, type_, default, description, category, tuple(scopes) + (("global",) if "global" not in scopes else ()))
+def _key(name, type_, default, description, category="Storage", scopes=("global",), **limits) -> ConfigKey:
+    """limits: min=, max= (numbers), check= (strings)."""
+    key = ConfigKey(name, type_, default, description, category, tuple(scopes) + (("global",) if "global" not in scopes else ()),
+                    **limits)
     KEYS[name] = key
     return key
+
+
+def _cidrs(key, value: str) -> None:
+    for part in value.split(","):
+        try:
+            ipaddress.ip_network(part.strip(), strict=False)
+        except ValueError:
+            raise InvalidParameter(f"Value of {key.name} must be a comma-separated list of CIDRs (e.g. "
+                                   f"10.0.0.0/8,192.168.1.5/32): '{part.strip()}' is not one") from None
+
+
+def _one_of(*choices):
+    def check(key, value: str) -> None:
+        if value not in choices:
+            raise InvalidParameter(f"Value of {key.name} must be one of {', '.join(choices)}: '{value}' is not")
+    return check
+
+
+def _uuid_value(key, value: str) -> None:
+    try:
+        _uuid.UUID(value)
+    except ValueError:
+        raise InvalidParameter(f"Value of {key.name} must be a uuid: '{value}' is not") from None
+
+
+_ALGORITHMS = _one_of("random", "firstfit", "userdispersing", "userconcentratedpod_random",
+                      "userconcentratedpod_firstfit", "firstfitleastconsumed")
+_FRACTION = dict(min=0.0, max=1.0)
+_LIMIT = dict(min=-1)                # -1: unlimited
 
 
 G, Z, C, P, A, I, D = "global", "zone", "cluster", "storagepool", "account", "imagestore", "domain"
 
 # ---- capacity and allocation
 OVERPROVISIONING = _key("storage.overprovisioning.factor", float, 2.0,
-    "Used for storage overprovisioning calculation; available storage will be (actualStorageSize * storage.overprovisioning.factor)", scopes=(P,))
+    "Used for storage overprovisioning calculation; available storage will be (actualStorageSize * storage.overprovisioning.factor)", scopes=(P,), min=0.0)
 CAPACITY_DISABLE = _key("pool.storage.capacity.disablethreshold", float, 0.85,
-    "Percentage (as a value between 0 and 1) of storage utilization above which allocators will disable using the pool for low storage available.", "Alert", (Z,))
+    "Percentage (as a value between 0 and 1) of storage utilization above which allocators will disable using the pool for low storage available.", "Alert", (Z,), **_FRACTION)
 ALLOCATED_DISABLE = _key("pool.storage.allocated.capacity.disablethreshold", float, 0.85,
-    "Percentage (as a value between 0 and 1) of allocated storage utilization above which allocators will disable using the pool for low allocated storage available.", "Alert", (Z,))
+    "Percentage (as a value between 0 and 1) of allocated storage utilization above which allocators will disable using the pool for low allocated storage available.", "Alert", (Z,), **_FRACTION)
 SECONDARY_THRESHOLD = _key("secondary.storage.capacity.threshold", float, 0.90,
-    "Percentage (as a value between 0 and 1) of secondary storage capacity threshold.", "Alert")
+    "Percentage (as a value between 0 and 1) of secondary storage capacity threshold.", "Alert", **_FRACTION)
 VOLUME_ALLOCATION_ALGORITHM = _key("volume.allocation.algorithm", str, "random",
-    "Order in which storage pool within a cluster will be considered for volume allocation. The value can be 'random', 'firstfit', 'userdispersing', 'userconcentratedpod_random', 'userconcentratedpod_firstfit', or 'firstfitleastconsumed'.", "Advanced")
+    "Order in which storage pool within a cluster will be considered for volume allocation. The value can be 'random', 'firstfit', 'userdispersing', 'userconcentratedpod_random', 'userconcentratedpod_firstfit', or 'firstfitleastconsumed'.", "Advanced", check=_ALGORITHMS)
 VM_ALLOCATION_ALGORITHM = _key("vm.allocation.algorithm", str, "random",
-    "Order in which hosts within a cluster will be considered for VM/volume allocation. The value can be 'random', 'firstfit', 'userdispersing', 'userconcentratedpod_random', 'userconcentratedpod_firstfit', or 'firstfitleastconsumed'.", "Advanced")
+    "Order in which hosts within a cluster will be considered for VM/volume allocation. The value can be 'random', 'firstfit', 'userdispersing', 'userconcentratedpod_random', 'userconcentratedpod_firstfit', or 'firstfitleastconsumed'.", "Advanced", check=_ALGORITHMS)
 PREFERRED_POOL = _key("preferred.storage.pool", str, "",
-    "The UUID of preferred storage pool for allocation.", "Advanced", (A,))
+    "The UUID of preferred storage pool for allocation.", "Advanced", (A,), check=_uuid_value)
 MATCH_POOL_TAGS = _key("match.storage.pool.tags.with.disk.offering", bool, True,
     "If true, volume's disk offering can be changed only with the matched storage tags", "Advanced", (Z,))
 DISK_PROVISIONING_STRICTNESS = _key("disk.provisioning.type.strictness", bool, False,
@@ -100,7 +158,7 @@ KVM_ONLINE_MIGRATION_WAIT = _key("kvm.storage.online.migration.wait", int, 86400
 MAX_MIGRATE_SESSIONS = _key("secstorage.max.migrate.sessions", int, 2, "The max number of concurrent copy command execution sessions that an SSVM can handle", "Advanced")
 MAX_DATA_MIGRATION_WAIT = _key("max.data.migration.wait.time", int, 15, "Maximum wait time (in minutes) for a data migration task before spawning a new SSVM", "Advanced")
 MAX_SSVM_COUNT = _key("max.ssvm.count", int, 5, "Number of additional SSVMs to handle migration of data objects concurrently", "Advanced")
-IMBALANCE_THRESHOLD = _key("image.store.imbalance.threshold", float, 0.3, "The storage imbalance threshold that is compared with the standard deviation percentage for a storage utilization metric. The value is a percentage in decimal format.", "Advanced")
+IMBALANCE_THRESHOLD = _key("image.store.imbalance.threshold", float, 0.3, "The storage imbalance threshold that is compared with the standard deviation percentage for a storage utilization metric. The value is a percentage in decimal format.", "Advanced", **_FRACTION)
 
 # ---- snapshots
 SNAPSHOT_MAX_HOURLY = _key("snapshot.max.hourly", int, 8, "Maximum recurring hourly snapshots to be retained for a volume. If the limit is reached, early snapshots from the start of the hour are deleted so that newer ones can be saved. This limit does not apply to manual snapshots. If set to 0, recurring hourly snapshots can not be scheduled.", "Snapshots")
@@ -115,18 +173,18 @@ KVM_INCREMENTAL_SNAPSHOT = _key("kvm.incremental.snapshot", bool, False, "Whethe
 SNAPSHOT_BACKUP_TO_SECONDARY = _key("snapshot.backup.to.secondary", bool, True, "Indicates whether to always backup primary storage snapshot to secondary storage. When false, snapshots are kept only on primary storage (createSnapshot locationtype overrides it per snapshot).", "Snapshots")
 BACKUP_RETRY = _key("backup.retry", int, 3, "Number of times to retry in creating backup of snapshot on secondary", "Snapshots")
 BACKUP_RETRY_INTERVAL = _key("backup.retry.interval", int, 300, "Time in seconds between retries in backing up snapshot to secondary", "Snapshots")
-SNAPSHOT_POLL_INTERVAL = _key("snapshot.poll.interval", int, 300, "The time interval in seconds when the management server polls for snapshots to be scheduled.", "Snapshots")
+SNAPSHOT_POLL_INTERVAL = _key("snapshot.poll.interval", int, 300, "The time interval in seconds when the management server polls for snapshots to be scheduled.", "Snapshots", min=1)
 CONCURRENT_SNAPSHOTS_PER_HOST = _key("concurrent.snapshots.threshold.perhost", int, None, "Limits number of snapshots that can be handled by the host concurrently; default is NULL - unlimited", "Advanced")
 SP_BYPASS_SECONDARY = _key("sp.bypass.secondary.storage", bool, False, "For StorPool Managed storage backup to secondary", "Advanced")
 
 # ---- limits
-MAX_ACCOUNT_VOLUMES = _key("max.account.volumes", int, 20, "The default maximum number of volumes that can be created for an account", "Account Defaults")
-MAX_ACCOUNT_SNAPSHOTS = _key("max.account.snapshots", int, 20, "The default maximum number of snapshots that can be created for an account", "Account Defaults")
-ALLOWED_INTERNAL_SITES = _key("secstorage.allowed.internal.sites", str, "", "Comma separated list of cidrs internal to the datacenter that can host template download servers, please note 0.0.0.0 is not a valid site", "Advanced")
+MAX_ACCOUNT_VOLUMES = _key("max.account.volumes", int, 20, "The default maximum number of volumes that can be created for an account", "Account Defaults", **_LIMIT)
+MAX_ACCOUNT_SNAPSHOTS = _key("max.account.snapshots", int, 20, "The default maximum number of snapshots that can be created for an account", "Account Defaults", **_LIMIT)
+ALLOWED_INTERNAL_SITES = _key("secstorage.allowed.internal.sites", str, "", "Comma separated list of cidrs internal to the datacenter that can host template download servers, please note 0.0.0.0 is not a valid site", "Advanced", check=_cidrs)
 ALLOW_PUBLIC_USER_TEMPLATES = _key("allow.public.user.templates", bool, True, "If false, users will not be able to create public templates.", "Advanced", scopes=("account",))
-MAX_ACCOUNT_TEMPLATES = _key("max.account.templates", int, 20, "The default maximum number of templates that can be deployed for an account", "Account Defaults")
-MAX_ACCOUNT_PRIMARY_GB = _key("max.account.primary.storage", int, 200, "The default maximum primary storage space (in GiB) that can be used for an account", "Account Defaults")
-MAX_ACCOUNT_SECONDARY_GB = _key("max.account.secondary.storage", int, 400, "The default maximum secondary storage space (in GiB) that can be used for an account", "Account Defaults")
+MAX_ACCOUNT_TEMPLATES = _key("max.account.templates", int, 20, "The default maximum number of templates that can be deployed for an account", "Account Defaults", **_LIMIT)
+MAX_ACCOUNT_PRIMARY_GB = _key("max.account.primary.storage", int, 200, "The default maximum primary storage space (in GiB) that can be used for an account", "Account Defaults", **_LIMIT)
+MAX_ACCOUNT_SECONDARY_GB = _key("max.account.secondary.storage", int, 400, "The default maximum secondary storage space (in GiB) that can be used for an account", "Account Defaults", **_LIMIT)
 CUSTOM_DISK_MIN = _key("custom.diskoffering.size.min", int, 1, "Minimum size in GB for custom disk offering.", "Advanced")
 CUSTOM_DISK_MAX = _key("custom.diskoffering.size.max", int, 1024, "Maximum size in GB for custom disk offering.", "Advanced")
 MAX_VOLUME_SIZE = _key("storage.max.volume.size", int, 2000, "The maximum size for a volume (in GB).", "Storage")
@@ -137,7 +195,7 @@ MAX_TEMPLATE_SIZE = _key("max.template.iso.size", int, 50, "The maximum size for
 EXTRACT_URL_EXPIRATION = _key("extract.url.expiration.interval", int, 14400, "The life of an extract URL after which it is deleted ", "Advanced")
 EXTRACT_URL_CLEANUP = _key("extract.url.cleanup.interval", int, 7200, "The interval (in seconds) to wait before cleaning up the extract URL's ", "Advanced")
 DISABLE_EXTRACTION = _key("disable.extraction", bool, False, "Flag for disabling extraction of template, isos and volumes", "Advanced")
-UPLOAD_MONITORING_INTERVAL = _key("upload.monitoring.interval", int, 60, "Interval (in seconds) to check the status of volumes that are uploaded using HTTP POST request", "Advanced")
+UPLOAD_MONITORING_INTERVAL = _key("upload.monitoring.interval", int, 60, "Interval (in seconds) to check the status of volumes that are uploaded using HTTP POST request", "Advanced", min=1)
 UPLOAD_OPERATION_TIMEOUT = _key("upload.operation.timeout", int, 10, "Time (in minutes) to wait before abandoning volume upload using HTTP POST request", "Advanced")
 
 # ---- statistics, direct download
@@ -149,12 +207,13 @@ DD_CERT_INTERVAL = _key("direct.download.certificate.background.task.interval", 
 KVM_HA_FENCE = _key("kvm.ha.fence.on.storage.heartbeat.failure", bool, False, "Proceed fencing the host even the heartbeat failed for all storage pools", "Advanced", (Z,))
 
 # ---- API server and jobs
-DEFAULT_PAGE_SIZE = _key("default.page.size", int, 500, "Default page size for API list* commands", "Advanced")
+DEFAULT_PAGE_SIZE = _key("default.page.size", int, 500, "Default page size for API list* commands", "Advanced", min=1)
 JOB_EXPIRE_MINUTES = _key("job.expire.minutes", int, 1440, "Time (in minutes) for async-jobs to be kept in system", "Advanced")
 JOB_CANCEL_THRESHOLD = _key("job.cancel.threshold.minutes", int, 60, "Time (in minutes) for async-jobs to be forcely cancelled if it has been in process for long. volstack cancels only jobs that stopped reporting progress for this long.", "Advanced")
 ENFORCE_POST = _key("enforce.post.requests.and.timestamps", bool, False, "Enable/Disable whether the ApiServer only accepts POST requests and requires timestamps.", "Advanced")
 JSON_CONTENT_TYPE = _key("json.content.type", str, "application/json; charset=UTF-8", "Http response content type for .js files (default is text/javascript)", "Advanced")
-SESSION_TIMEOUT = _key("session.timeout", int, 1800, "Session timeout in seconds for the UI and API login sessions", "Advanced")
+INCORRECT_LOGIN_ATTEMPTS = _key("incorrect.login.attempts.allowed", int, 5, "Incorrect login attempts allowed before the user is disabled", "Advanced", min=1)
+SESSION_TIMEOUT = _key("session.timeout", int, 1800, "Session timeout in seconds for the UI and API login sessions", "Advanced", min=1)
 
 
 class Settings:
@@ -165,7 +224,7 @@ class Settings:
 
     def get(self, key: ConfigKey, **scope_ids):
         """scope_ids: zone=, cluster=, storagepool=, account=, domain=, imagestore= (internal ids)."""
-        with self.db.session() as s:
+        with self.db.session(readonly=True) as s:     # a read never waits for a writer (SQLite: plain BEGIN)
             return self.value_in(s, key, **scope_ids)
 
     @staticmethod
@@ -180,9 +239,25 @@ class Settings:
                 return key.parse(rows[(scope, sid)])
         return key.default
 
+    @staticmethod
+    def many_in(s, keys, scope: str = "global", ids=(0,)) -> dict:
+        """{(key name, id): value} for several keys and several objects of one scope in one query (a page of
+        pools or accounts); an object without its own value gets the global one, then the default."""
+        rows = {(r.name, r.scope, r.scope_id): r.value for r in s.scalars(
+            select(ConfigValue).where(ConfigValue.name.in_([k.name for k in keys]),
+                                      ConfigValue.scope.in_((scope, "global"))))}
+        out = {}
+        for k in keys:
+            for i in ids:
+                raw = rows.get((k.name, scope, i)) if scope in k.scopes else None
+                if raw is None:
+                    raw = rows.get((k.name, "global", 0))
+                out[(k.name, i)] = k.parse(raw)
+        return out
+
     def set(self, key: ConfigKey, value, scope: str = "global", scope_id: int = 0, session=None) -> None:
         raw = value if isinstance(value, str) or value is None else key.format(value)
-        key.parse(raw)  # validates
+        key.validate(raw)
         if scope not in key.scopes:
             raise InvalidParameter(f"Scope {scope} is not valid for {key.name}; it can be set at: {', '.join(key.scopes)}")
 

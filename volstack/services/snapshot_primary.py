@@ -143,12 +143,15 @@ def remove_copy(s, snap: Snapshot) -> None:
     vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
     spec = driver_for(pool.provider).spec(pool)
     if snap.primary_kind == "internal" and vm is not None and vm.state == "Running" and vol.pool_id == pool.id:
-        channel(s.get(Host, vm.host_id)).call("vm_snapshot_delete", vm=vm.uuid, tag=snap.primary_name, running=True,
-                                              disks=[{"pool": spec, "name": vol.path, "format": vol.format.lower(),
-                                                      "serial": serial_of(vol)}])
+        ch = channel(s.get(Host, vm.host_id))
+        s.commit()
+        ch.call("vm_snapshot_delete", vm=vm.uuid, tag=snap.primary_name, running=True,
+                disks=[{"pool": spec, "name": vol.path, "format": vol.format.lower(),
+                        "serial": serial_of(vol)}])
         return
-    channel(_host_reaching(s, pool)).call("snapshot_delete_primary", pool=spec, name=vol.path,
-                                          kind=snap.primary_kind, primary=snap.primary_name)
+    ch = channel(_host_reaching(s, pool))
+    s.commit()
+    ch.call("snapshot_delete_primary", pool=spec, name=vol.path, kind=snap.primary_kind, primary=snap.primary_name)
 
 
 # ---------------------------------------------------------------- what is lost with the volume

@@ -15,8 +15,9 @@ image; the next one copies only what that bitmap marks and is stored beside its 
 parent as its backing file (`parent_id`), up to `snapshot.delta.max` incrementals after a full one. Deleting
 a snapshot that has a child first merges its data into the child, so no other snapshot loses anything.
 """
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+from volstack.db import aggregate, counters
 from volstack.db.models import Host, utcnow
 from volstack.db.snapshot_models import Snapshot
 from volstack.db.storage_models import DiskOffering, Passphrase, StoragePool, VirtualMachine, Volume
@@ -36,12 +37,18 @@ from volstack.services.lifecycle import SNAPSHOT, VOLUME
 from volstack.services.listing import ListQuery, identity_filter, keyword_filter, paginate
 
 lookup.register_entity("Snapshot", Snapshot)
-accounts.register_usage_counter("snapshot", lambda s, acc: s.scalar(
-    select(func.count()).select_from(Snapshot).where(Snapshot.account_id == acc, Snapshot.removed.is_(None),
-                                                     Snapshot.state.notin_(("Destroyed", "Error")))))
-accounts.add_usage_counter("secondary_storage", lambda s, acc: s.scalar(
-    select(func.coalesce(func.sum(Snapshot.physical_size), 0)).where(
-        Snapshot.account_id == acc, Snapshot.removed.is_(None), Snapshot.store_id.isnot(None))) or 0)
+def _account_counts(s, r):
+    if r["removed"] is None and r["state"] not in ("Destroyed", "Error"):
+        yield "account", r["account_id"], "snapshot", 1
+    if r["removed"] is None and r["store_id"] is not None:
+        yield "account", r["account_id"], "secondary_storage", r["physical_size"]
+
+
+counters.counted(Snapshot, ("account_id", "state", "removed", "store_id", "physical_size"), _account_counts)
+accounts.register_usage_counter("snapshot", lambda s, acc: aggregate.count(
+    s, Snapshot, Snapshot.account_id == acc, Snapshot.removed.is_(None), Snapshot.state.notin_(("Destroyed", "Error"))))
+accounts.add_usage_counter("secondary_storage", lambda s, acc: aggregate.total(
+    s, Snapshot.physical_size, Snapshot.account_id == acc, Snapshot.removed.is_(None), Snapshot.store_id.isnot(None)))
 RECURRING = ("HOURLY", "DAILY", "WEEKLY", "MONTHLY")
 VISIBLE = ("Allocated", "Creating", "CreatedOnPrimary", "BackingUp", "BackedUp", "Copying", "Destroying")
 
@@ -270,6 +277,7 @@ def backup(s, ctx, snap: Snapshot, vol: Volume, pool: StoragePool, host: Host, p
         raise
     SNAPSHOT.fire(s, snap, "OperationSucceeded", physical_size=res.get("physical_size"), size=res["size"],
                   error=None)
+    s.commit()          # BackedUp before the primary copy goes: no lock held across that call either
     try:
         channel(host).call("snapshot_delete_primary", pool=spec, name=vol.path, kind=snap.primary_kind,
                            primary=snap.primary_name)
@@ -308,8 +316,9 @@ def delete(s, ctx, snap: Snapshot) -> None:
         store = chains.store_of(s, snap)
         if store is not None and snap.install_path:
             chains.merge_into_children(s, snap, store, began)
-            channel(imagestores.host_for(s, store)).call("volume_delete", pool=imagestores.spec(store),
-                                                         name=snap.install_path)
+            ch = channel(imagestores.host_for(s, store))
+            s.commit()
+            ch.call("volume_delete", pool=imagestores.spec(store), name=snap.install_path)
         if snap.pool_id and snap.primary_name:
             primary.remove_copy(s, snap)
     except CloudError as exc:
@@ -462,14 +471,62 @@ def store_objects(s, store) -> list[tuple]:
 imagestores.object_sources.append(store_objects)
 
 
+def _finished_backup(db, snapshot_uuid: str) -> tuple[dict | None, str]:
+    """A BackingUp snapshot whose job died: the hosts may have gone on copying. Stop such a copy (task_cancel removes
+    its partial file) and say whether the backup had finished: (its size and physical size, or None; what happened).
+    No transaction is open while the hosts are asked."""
+    with db.session(readonly=True) as s:
+        snap = s.scalar(select(Snapshot).where(Snapshot.uuid == snapshot_uuid))
+        if snap is None or snap.state != "BackingUp" or not snap.install_path or snap.store_id is None:
+            return None, ""
+        from volstack.db.image_models import ImageStore
+        store, name = s.get(ImageStore, snap.store_id), snap.install_path
+        cmd = "rbd_export_diff" if snapshots_rbd.owns(snap) else "snapshot_backup"
+        hosts = imagestores.hosts_for(s, store.zone_id)     # the one that copied is in the store's zone
+        try:
+            store_host = imagestores.host_for(s, store)
+        except CloudError:
+            store_host = None
+        store_spec = imagestores.spec(store)
+    finished = []
+    for host in hosts:             # a copy still running is stopped (its partial file removed)
+        try:
+            task = channel(host).call("task_cancel", command=cmd, match={"dst_name": name},
+                                      reason="its job ended with the management server")
+        except CloudError:
+            continue
+        if task.get("state") == "done":
+            finished.append(host.name)
+    if store_host is None:
+        return None, ""
+    try:                           # a file under the final name is a finished copy (copies write a .part first)
+        have = channel(store_host).call("volume_info", pool=store_spec, name=name)
+    except CloudError:
+        return None, ""
+    return have, (f"host {', '.join(finished)} had finished the backup" if finished else
+                  f"its backup {name} was complete on the image store") + "; it is adopted"
+
+
 def settle_interrupted(db, ctx, snapshot_uuid: str, cmd: str) -> None:
     """A snapshot job died with its management server: stable states with the reason (the primary copy is kept
-    when it exists, so the snapshot can still be deleted)."""
+    when it exists, so the snapshot can still be deleted). A backup that finished on its host meanwhile is
+    adopted rather than copied again (its file would otherwise belong to nothing)."""
     back = {"Allocated": "Error", "Creating": "Error", "BackingUp": "CreatedOnPrimary", "Copying": "BackedUp",
             "Destroying": None}
+    finished, how = _finished_backup(db, snapshot_uuid)
     with db.session() as s:
         snap = s.scalar(select(Snapshot).where(Snapshot.uuid == snapshot_uuid))
         reason = f"{cmd} was interrupted because the management server running it stopped"
+        if snap is not None and snap.state == "BackingUp" and finished is not None:
+            SNAPSHOT.fire(s, snap, "OperationSucceeded", size=finished.get("size") or snap.size,
+                          physical_size=finished.get("physical_size"), error=f"{reason}; {how}")
+            vol = s.get(Volume, snap.volume_id)
+            if vol is not None and vol.state == "Snapshotting":
+                vol.state = "Ready"
+            events.record(s, ctx, "SNAPSHOT.RECOVER", f"Snapshot {snap.name}: {reason}; {how} (BackedUp; its copy "
+                          "on primary storage stays until the snapshot is deleted)", level="WARN",
+                          resource_type="Snapshot", resource_uuid=snap.uuid)
+            return
         if snap is not None and snap.state == "CreatedOnPrimary" and cmd == "snapshotBackup":
             _backup_not_done(s, ctx, snap, reason)      # stopped before its copy began
             return

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from sqlalchemy import and_, exists, func, or_, select
 
+from volstack.db import aggregate, counters
 from volstack.db.image_models import (ImageStore, Template, TemplatePermission, TemplatePoolRef, TemplateStoreRef,
                                       TemplateZone)
 from volstack.db.models import Account, Zone, utcnow
@@ -34,13 +35,21 @@ FILTERS = ("featured", "self", "selfexecutable", "sharedexecutable", "executable
 # Filters that only show templates ready to deploy (CloudStack's onlyReady rule).
 READY_ONLY = ("featured", "selfexecutable", "sharedexecutable", "community")
 
-accounts.register_usage_counter("template", lambda s, acc: s.scalar(
-    select(func.count()).select_from(Template).where(Template.account_id == acc, Template.removed.is_(None))))
+def _store_ref_counts(s, r):
+    if r["state"] not in ("Destroyed", "Failed") and r["template_id"] is not None:
+        t = s.get(Template, r["template_id"])
+        yield "account", t.account_id if t else None, "secondary_storage", r["physical_size"]
+
+
+counters.counted(Template, ("account_id", "removed"),
+                 lambda s, t: [("account", t["account_id"], "template", 1)] if t["removed"] is None else [])
+counters.counted(TemplateStoreRef, ("template_id", "state", "physical_size"), _store_ref_counts)
+accounts.register_usage_counter("template", lambda s, acc: aggregate.count(
+    s, Template, Template.account_id == acc, Template.removed.is_(None)))
 # Secondary storage: the bytes of the account's templates on image stores (snapshots add theirs).
-accounts.register_usage_counter("secondary_storage", lambda s, acc: s.scalar(
-    select(func.coalesce(func.sum(TemplateStoreRef.physical_size), 0))
-    .join(Template, Template.id == TemplateStoreRef.template_id)
-    .where(Template.account_id == acc, TemplateStoreRef.state.notin_(("Destroyed", "Failed")))) or 0)
+accounts.register_usage_counter("secondary_storage", lambda s, acc: aggregate.total(
+    s, TemplateStoreRef.physical_size, Template.id == TemplateStoreRef.template_id, Template.account_id == acc,
+    TemplateStoreRef.state.notin_(("Destroyed", "Failed"))))
 
 
 def parse_checksum(value: str | None) -> tuple[str, str] | None:
@@ -137,11 +146,13 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
         ostypeid = catalog.os_type_id("Other (64-bit)" if is_iso else "Other Linux (64-bit)")
     elif catalog.os_type(ostypeid) is None:
         raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
-    if (ispublic or isfeatured) and not ctx.is_admin and not _users_may_publish(s, ctx):
-        raise PermissionDenied("Only administrators may register public or featured templates here "
+    if ispublic and not ctx.is_admin and not _users_may_publish(s, ctx):
+        raise PermissionDenied("Only administrators may register public templates here "
                                "(allow.public.user.templates is false)")
-    if templatetype and templatetype.upper() not in ("USER", "BUILTIN") and not ctx.is_root_admin:
-        raise PermissionDenied("Only the root administrator may register SYSTEM templates")
+    # isfeatured is declared root-only on the commands; the type is checked by value, as CloudStack: USER for all
+    if templatetype and templatetype.upper() != "USER" and not ctx.is_root_admin:
+        raise PermissionDenied(f"Only the root administrator may register {templatetype.upper()} templates; "
+                               "templatetype=USER (the default) is yours")
     zones = _zones(s, zoneid, zoneids)
     accounts.check_limit(s, ctx.account_id, "template")
     if not directdownload:
@@ -311,9 +322,12 @@ def ready_in_zone(s, t: Template, zone_id: int) -> TemplateStoreRef | None:
                            ImageStore.zone_id == zone_id, ImageStore.removed.is_(None)).order_by(TemplateStoreRef.id))
 
 
-def is_ready(s, t: Template, zone_id: int | None = None) -> bool:
+def is_ready(s, t: Template, zone_id: int | None = None, store_refs=None) -> bool:
+    """store_refs: the template's [(TemplateStoreRef, ImageStore)] when the caller has them (a listed page)."""
     if t.direct_download:
         return t.verify_state in (None, "Verified")
+    if store_refs is not None:
+        return any(ref.state == "Ready" and st.removed is None and zone_id in (None, st.zone_id) for ref, st in store_refs)
     stmt = select(TemplateStoreRef.id).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id).where(
         TemplateStoreRef.template_id == t.id, TemplateStoreRef.state == "Ready", ImageStore.removed.is_(None))
     if zone_id is not None:
@@ -409,9 +423,7 @@ def update(s, ctx, t: Template, *, name=None, displaytext=None, format=None, ost
                         ("extractable", isextractable)):
         if value is not None:
             setattr(t, attr, bool(value))
-    if templatetype:
-        if not ctx.is_root_admin:
-            raise PermissionDenied("Only the root administrator may change a template's type")
+    if templatetype:                    # root-only: declared on updateTemplate's parameter
         t.template_type = templatetype.upper()
     if cleanupdetails:
         t.details = {}
@@ -434,9 +446,7 @@ def update_permissions(s, ctx, t: Template, *, accounts_=None, op=None, ispublic
         if ispublic and not ctx.is_admin and not _users_may_publish(s, ctx):
             raise PermissionDenied("Only administrators may make templates public here")
         t.is_public = bool(ispublic)
-    if isfeatured is not None:
-        if not ctx.is_admin:
-            raise PermissionDenied("Only administrators may feature templates")
+    if isfeatured is not None:          # root-only: declared on the command's parameter
         t.featured = bool(isfeatured)
     if isextractable is not None:
         t.extractable = bool(isextractable)
@@ -488,8 +498,7 @@ def delete(s, ctx, t: Template, *, forced=False, zoneid=None) -> list[int]:
                                    "(detachIso) before deleting it")
         users = 0
     else:
-        users = s.scalar(select(func.count()).select_from(VirtualMachine).where(VirtualMachine.template_id == t.id,
-                                                                                VirtualMachine.removed.is_(None)))
+        users = aggregate.count(s, VirtualMachine, VirtualMachine.template_id == t.id, VirtualMachine.removed.is_(None))
     if users and not forced:
         raise ResourceInUse(f"Template {t.name} is used by {users} virtual machine(s); pass forced=true to delete it "
                             "anyway (their volumes keep working)")
@@ -501,7 +510,7 @@ def delete(s, ctx, t: Template, *, forced=False, zoneid=None) -> list[int]:
         ref.state, ref.updated = "Destroying", utcnow()
     if zone is not None:
         s.execute(TemplateZone.__table__.delete().where(TemplateZone.template_id == t.id, TemplateZone.zone_id == zone.id))
-    remaining = s.scalar(select(func.count()).select_from(TemplateZone).where(TemplateZone.template_id == t.id))
+    remaining = aggregate.count(s, TemplateZone, TemplateZone.template_id == t.id)
     if zone is None or not remaining:
         t.removed, t.state = utcnow(), "Inactive"
     events.record(s, ctx, "ISO.DELETE" if t.format == "ISO" else "TEMPLATE.DELETE",

@@ -155,6 +155,7 @@ def start(s, ctx, vm, hostid=None) -> VirtualMachine:
         except CloudError as exc:
             errors.append(f"{host.name}: {exc.text}")
     VM.fire(s, vm, "OperationFailed")
+    s.commit()          # the raise below rolls the job's session back: the VM must not stay Starting
     raise InsufficientCapacity(f"VM {vm.name} could not start on any host: " + "; ".join(errors))
 
 
@@ -171,9 +172,11 @@ def _start_on(s, ctx, vm, host) -> None:
                                                     encryption.spec(s, vol)))
     from volstack.services import isos
     cdrom = isos.medium_at_start(s, ctx, vm, host)
+    boot = _boot(s, vm)
+    s.commit()          # Starting and the volumes' images are recorded; no lock is held while the guest boots
     channel(host).call("vm_start", name=vm.uuid, uuid=vm.uuid, memory_mb=so.ram_size or 256, cpus=so.cpu or 1,
                        kernel=(vm.details or {}).get("kernel"), initrd=(vm.details or {}).get("initrd"),
-                       append=(vm.details or {}).get("append"), disks=disks, boot=_boot(s, vm), cdrom=cdrom)
+                       append=(vm.details or {}).get("append"), disks=disks, boot=boot, cdrom=cdrom)
 
 
 def stop(s, ctx, vm, forced=False) -> VirtualMachine:
@@ -181,11 +184,13 @@ def stop(s, ctx, vm, forced=False) -> VirtualMachine:
         return vm
     host = s.get(Host, vm.host_id)
     VM.fire(s, vm, "StopRequested")
+    s.commit()          # Stopping is recorded; a guest's shutdown (seconds, or minutes) holds no database lock
     try:
         channel(host).call("vm_stop", name=vm.uuid, forced=bool(forced))
     except CloudError:
         if not forced:
             VM.fire(s, vm, "OperationFailed")
+            s.commit()
             raise
     VM.fire(s, vm, "OperationSucceeded", host_id=None)
     events.record(s, ctx, "VM.STOP", f"VM {vm.name} stopped", resource_type="VirtualMachine", resource_uuid=vm.uuid)
@@ -208,13 +213,20 @@ def reboot(s, ctx, vm) -> VirtualMachine:
         events.record(s, ctx, "VM.REBOOT", f"VM {vm.name} rebooted with a fresh root disk (volatile offering)",
                       resource_type="VirtualMachine", resource_uuid=vm.uuid)
         return vm
-    channel(s.get(Host, vm.host_id)).call("vm_reboot", name=vm.uuid)
+    host = s.get(Host, vm.host_id)
+    s.commit()
+    channel(host).call("vm_reboot", name=vm.uuid)
     events.record(s, ctx, "VM.REBOOT", f"VM {vm.name} rebooted", resource_type="VirtualMachine", resource_uuid=vm.uuid)
     return vm
 
 
 def destroy(s, ctx, vm, expunge=False, volumeids=()) -> VirtualMachine:
     """The ROOT volume goes with the VM; data disks are detached and survive unless listed in volumeids."""
+    for uuid in volumeids:       # each one the caller's and this VM's data disk: never silently skipped
+        vol = volumes.get_volume(s, ctx, uuid)
+        if vol.vm_id != vm.id or vol.volume_type == "ROOT":
+            raise InvalidParameter(f"Volume {vol.name} is not a data volume attached to VM {vm.name}: volumeids "
+                                   "lists the VM's data volumes to delete with it")
     if vm.state == "Running":
         stop(s, ctx, vm, forced=True)
     for vol in s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None))):

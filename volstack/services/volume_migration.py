@@ -88,11 +88,13 @@ def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=
     try:
         if running:
             host = s.get(Host, vm.host_id)
+            s.commit()
             run_long(channel(host), "volume_mirror", progress, vm=vm.uuid, serial=serial_of(vol),
                      dst_pool=driver_for(pool.provider).spec(pool), dst_name=new_path, format=fmt,
                      **({"encryption": enc} if enc else {}))
         else:
             host = _hosts_reaching(s, src, pool)[0]
+            s.commit()      # the hosts query began a transaction again: none stays open across the copy
             run_long(channel(host), "volume_copy", progress, task, src_pool=driver_for(src.provider).spec(src),
                      src_name=vol.path, src_format=vol.format.lower(), dst_pool=driver_for(pool.provider).spec(pool),
                      dst_name=new_path, format=fmt, **({"src_encryption": enc, "encryption": enc} if enc else {}))
@@ -114,7 +116,9 @@ def _moved(s, ctx, vol: Volume, src: StoragePool, pool: StoragePool, new_path: s
     host: the one to ask (the guest's, for a live move), else any that reaches the old pool."""
     old = Volume(uuid=vol.uuid, path=vol.path, format=vol.format)
     try:
-        driver_for(src.provider).delete_volume(channel(host or _hosts_reaching(s, src)[0]), src, old)
+        ch = channel(host or _hosts_reaching(s, src)[0])
+        s.commit()
+        driver_for(src.provider).delete_volume(ch, src, old)
     except (CloudError, IndexError) as exc:
         why = exc.text if isinstance(exc, CloudError) else "no Up host reaches it"
         events.record(s, ctx, "VOLUME.MIGRATE", f"Volume {vol.name}: the old copy on {src.name} could not be "

@@ -5,6 +5,7 @@ transitional state that is committed first, so a crash leaves a state the reconc
 """
 from sqlalchemy import func, select
 
+from volstack.db import aggregate, counters
 from volstack.db.models import Host, utcnow
 from volstack.db.storage_models import DiskOffering, StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
@@ -41,12 +42,18 @@ def host_work_failed(s, vol: Volume, exc: CloudError, **values):
     raise exc
 
 
-accounts.register_usage_counter("volume", lambda s, acc: s.scalar(
-    select(func.count()).select_from(Volume).where(Volume.account_id == acc, _live(Volume),
-                                                   Volume.state.notin_(("Destroy", "Expunged")))))
-accounts.register_usage_counter("primary_storage", lambda s, acc: s.scalar(
-    select(func.coalesce(func.sum(Volume.size), 0)).where(Volume.account_id == acc, _live(Volume),
-                                                          Volume.state.notin_(("Destroy", "Expunged")))) or 0)
+def _account_counts(s, v):
+    if v["removed"] is None and v["state"] not in ("Destroy", "Expunged"):
+        yield "account", v["account_id"], "volume", 1
+        yield "account", v["account_id"], "primary_storage", v["size"]
+
+
+# The counts limits read (maintained on every change); the recounts below are what updateResourceCount trusts.
+counters.counted(Volume, ("account_id", "state", "removed", "size"), _account_counts)
+accounts.register_usage_counter("volume", lambda s, acc: aggregate.count(
+    s, Volume, Volume.account_id == acc, _live(Volume), Volume.state.notin_(("Destroy", "Expunged"))))
+accounts.register_usage_counter("primary_storage", lambda s, acc: aggregate.total(
+    s, Volume.size, Volume.account_id == acc, _live(Volume), Volume.state.notin_(("Destroy", "Expunged"))))
 
 
 def get_volume(s, ctx, uuid) -> Volume:
@@ -204,8 +211,7 @@ def attach(s, ctx, vol: Volume, vm: VirtualMachine, deviceid=None) -> Volume:
     if vol.hypervisor and vol.hypervisor != vm.hypervisor:
         raise InvalidParameter(f"Volume {vol.name} was created for {vol.hypervisor}; VM {vm.name} runs on {vm.hypervisor}")
     limit = MAX_DATA_VOLUMES.get(vm.hypervisor, 32)
-    count = s.scalar(select(func.count()).select_from(Volume).where(Volume.vm_id == vm.id, _live(Volume),
-                                                                    Volume.volume_type == "DATADISK"))
+    count = aggregate.count(s, Volume, Volume.vm_id == vm.id, _live(Volume), Volume.volume_type == "DATADISK")
     if count >= limit:
         raise InvalidParameter(f"The specified VM already has the maximum number of data disks ({limit}) attached. "
                                "Please specify another VM.")
@@ -249,7 +255,9 @@ def detach(s, ctx, vol: Volume) -> Volume:
     check_operation(s, "detach", vm, vol)
     if vm.state == "Running" and vol.state == "Ready":
         from volstack.drivers.default import serial_of
-        channel(s.get(Host, vm.host_id)).call("disk_detach", vm=vm.uuid, serial=serial_of(vol))
+        host = s.get(Host, vm.host_id)
+        s.commit()      # a guest may take long to acknowledge the unplug: no database lock is held meanwhile
+        channel(host).call("disk_detach", vm=vm.uuid, serial=serial_of(vol))
     for hook in detach_hooks:
         hook(s, vol, vm)
     vol.vm_id, vol.device_id, vol.attached = None, None, None
@@ -513,12 +521,11 @@ def import_volume(s, ctx, pool: StoragePool, path: str, *, name=None, diskofferi
     if s.scalar(select(Volume.id).where(Volume.pool_id == pool.id, Volume.path == path, _live(Volume))):
         raise InvalidParameter(f"{path} on {pool.name} is already managed by volstack")
     host = _host_for_pool(s, pool)
-    info = channel(host).call("volume_info", pool=driver_for(pool.provider).spec(pool), name=path)
-    if info.get("backing"):
-        raise InvalidParameter(f"{path} has a backing file ({info['backing']}); only standalone images can be imported")
+    # the one probe of this file's format (nobody recorded it): links, backing and data files are refused (431)
+    info = channel(host).call("volume_import_check", pool=driver_for(pool.provider).spec(pool), name=path)
     offering = offerings.get_disk_offering(s, ctx, diskofferingid) if diskofferingid else None
     vol = Volume(name=name or path, volume_type="DATADISK", state="Ready", size=info["size"],
-                 physical_size=info.get("physical_size"), format=(info.get("format") or "qcow2").upper(), path=path,
+                 physical_size=info.get("physical_size"), format=info["format"].upper(), path=path,
                  zone_id=pool.zone_id, pool_id=pool.id, account_id=ctx.account_id, domain_id=ctx.domain_id,
                  disk_offering_id=offering.id if offering else None, hypervisor=host.hypervisor)
     accounts.check_limit(s, ctx.account_id, "volume")

@@ -1,7 +1,9 @@
 """Domains, accounts, users, roles, keys, resource limits, login and logout."""
 from volstack.api.commands.common import list_query, lst, obj
-from volstack.api.registry import (API, DOMAIN, INTEGER, LONG, OWNER_LIST_PARAMS, STRING, USER, UUID, Lst, Obj,
-                                   Param as P, Success)
+from sqlalchemy import select
+
+from volstack.api.registry import (API, DOMAIN, INTEGER, LONG, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F, Lst,
+                                   Obj, Param as P, Success, View)
 from volstack.api.views import ACCOUNT, DOMAIN as DOMAIN_VIEW, RESOURCELIMIT, ROLE, USER as USER_VIEW, USERKEYS, Lookups
 from volstack.db.models import Account, Domain
 from volstack.errors import InvalidParameter
@@ -161,6 +163,26 @@ def create_user(req, p):
     return obj(req, USER_VIEW, user)
 
 
+USER_REF = [P("id", UUID, "the ID of the user", required=True, entity="User")]
+
+
+@API.command("enableUser", "Enables a user account (also one disabled by too many failed logins)", USER_REF,
+             view=USER_VIEW, access=DOMAIN)
+def enable_user(req, p):
+    return obj(req, USER_VIEW, svc.set_user_state(req.s, req.ctx, svc.get_user(req.s, req.ctx, p.id), "enabled"))
+
+
+@API.command("disableUser", "Disables a user account", USER_REF, view=USER_VIEW, access=DOMAIN, is_async=True,
+             instance_type="User", instance_param="id", on_interrupt="retry")
+def disable_user(req, p):
+    return obj(req, USER_VIEW, svc.set_user_state(req.s, req.ctx, svc.get_user(req.s, req.ctx, p.id), "disabled"))
+
+
+@API.command("lockUser", "Locks a user account", USER_REF, view=USER_VIEW, access=DOMAIN)
+def lock_user(req, p):
+    return obj(req, USER_VIEW, svc.set_user_state(req.s, req.ctx, svc.get_user(req.s, req.ctx, p.id), "locked"))
+
+
 @API.command("listUsers", "Lists user accounts", [
     P("id", UUID, "List user by ID.", entity="User"),
     P("username", STRING, "List user by the username"),
@@ -226,10 +248,10 @@ def _limit_type(value) -> str:
                            + ", ".join(f"{n} ({name})" for name, (n, _) in svc.LIMIT_TYPES.items()))
 
 
-def _limit_row(req, acc, rtype):
+def _limit_row(req, acc, rtype, limit=None):
     dom = req.s.get(Domain, acc.domain_id)
     return {"account": acc.name, "domainid": dom.uuid, "domain": dom.name, "type": svc.LIMIT_TYPES[rtype][0],
-            "typename": rtype, "max": svc.limit_of(req.s, acc.id, rtype)}
+            "typename": rtype, "max": svc.limit_of(req.s, acc.id, rtype) if limit is None else limit}
 
 
 @API.command("listResourceLimits", "Lists resource limits.", [
@@ -244,7 +266,8 @@ def list_resource_limits(req, p):
     rtype = _limit_type(p.resourcetype if p.resourcetype is not None else p.resourcetypename)
     types = [rtype] if rtype else list(svc.LIMIT_TYPES)
     lk = Lookups(req.s)
-    items = [RESOURCELIMIT.render(_limit_row(req, acc, t), lk) for t in types]
+    limits = svc.limits_of(req.s, acc)          # every type in one query, not one per type
+    items = [RESOURCELIMIT.render(_limit_row(req, acc, t, limits[t]), lk) for t in types]
     return Lst(RESOURCELIMIT.key, items, len(items))
 
 
@@ -261,3 +284,38 @@ def update_resource_limit(req, p):
     rtype = _limit_type(p.resourcetype)
     svc.update_resource_limit(req.s, req.ctx, acc, rtype, -1 if p.max is None else p.max)
     return Obj(RESOURCELIMIT.key, RESOURCELIMIT.render(_limit_row(req, acc, rtype), None))
+
+
+RESOURCECOUNT = View("resourcecount", [
+    F("account", "the account for which resource count's are updated", lambda r, lk: r["account"]),
+    F("domainid", "the domain ID for which resource count's are updated", lambda r, lk: r["domainid"]),
+    F("domain", "the domain name for which resource count's are updated", lambda r, lk: r["domain"]),
+    F("resourcetype", "resource type. Values include 2, 3, 4, 10, 11.", lambda r, lk: str(r["type"])),
+    F("resourcetypename", "resource type name", lambda r, lk: r["typename"]),
+    F("resourcecount", "resource count (bytes for primary and secondary storage)", lambda r, lk: r["count"], "long"),
+])
+
+
+@API.command("updateResourceCount", "Recalculate and update resource count for an account or domain. volstack keeps "
+             "each count current in the transaction of every change; this recounts them from the objects themselves "
+             "(and, for the root administrator on the ROOT domain, each storage pool's allocated bytes).", [
+    P("domainid", UUID, "If account parameter specified then updates resource counts for a specified account in this "
+      "domain else update resource counts for all accounts & child domains in specified domain.", required=True,
+      entity="Domain"),
+    P("account", STRING, "Update resource count for a specified account. Must be used with the domainId parameter."),
+    P("resourcetype", INTEGER, "Type of resource to update: 2 volume, 3 snapshot, 4 template, 10 primary storage, "
+      "11 secondary storage. If not specified will update all resource counts"),
+], view=RESOURCECOUNT, is_list=True, access=DOMAIN)
+def update_resource_count(req, p):
+    rtype = _limit_type(p.resourcetype)
+    accs = svc.accounts_for_recount(req.s, req.ctx, p.domainid, p.account)
+    rows = []
+    for acc in accs:
+        dom = req.s.get(Domain, acc.domain_id)
+        for t, (_, new) in svc.recalculate(req.s, acc, [rtype] if rtype else None).items():
+            rows.append({"account": acc.name, "domainid": dom.uuid, "domain": dom.name, "type": svc.LIMIT_TYPES[t][0],
+                         "typename": t, "count": new})
+    if req.ctx.is_root_admin and not p.account and req.s.scalar(select(Domain.path).where(Domain.uuid == p.domainid)) == "/":
+        from volstack.services import pools
+        pools.recount_all(req.s)
+    return Lst(RESOURCECOUNT.key, Lookups(req.s).render_all(RESOURCECOUNT, rows), len(rows))

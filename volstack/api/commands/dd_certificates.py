@@ -61,8 +61,7 @@ def revoke_certificate(req, p):
 ], view=CERTIFICATE, is_list=True, since="4.17.0")
 def list_certificates(req, p):
     rows = certs.list_certs(req.s, req.ctx, id=p.id, zoneid=p.zoneid)
-    lk = Lookups(req.s)
-    items = [CERTIFICATE.render(c, lk) for c in rows]
+    items = Lookups(req.s).render_all(CERTIFICATE, rows)
     if not p.listhosts:
         for item in items:
             item.pop("hostsmap", None)

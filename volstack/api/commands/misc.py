@@ -2,7 +2,8 @@
 from sqlalchemy import select
 
 from volstack.api.commands.common import list_query, lst
-from volstack.api.registry import API, INTEGER, OWNER_LIST_PARAMS, STRING, TZDATE, USER, UUID, Lst, Param as P, View
+from volstack.api.registry import (API, INTEGER, OWNER, OWNER_LIST_PARAMS, STRING, TZDATE, USER, UUID, Lst, Param as P,
+                                   View, role_allows)
 from volstack.api.registry import Field as F
 from volstack.api.views import EVENT
 from volstack.db.models import Event
@@ -10,14 +11,17 @@ from volstack.services.context import owner_filter
 from volstack.services.listing import keyword_filter, paginate
 
 
-def describe(cmd) -> dict:
-    """The listApis entry of one command (what cloudmonkey's sync caches)."""
+def describe(cmd, account_type: int = 1) -> dict:
+    """The listApis entry of one command (what cloudmonkey's sync caches), as the caller's role sees it: only the
+    parameters it may pass and the fields it may be shown."""
     params = [{"name": p.name, "description": p.description, "type": p.type, "length": p.length,
-               "required": p.required, "related": "", **({"since": p.since} if p.since else {})} for p in cmd.params]
+               "required": p.required, "related": "", **({"since": p.since} if p.since else {})}
+              for p in cmd.params if p.allowed(account_type)]
     fields = cmd.view.fields if cmd.view else ([F("success", "true if operation is executed successfully", None, "boolean"),
                                                 F("displaytext", "any text associated with the success or failure", None)]
                                                if cmd.response_key == "success" else [])
-    response = [{"name": f.name, "description": f.description, "type": f.type} for f in fields]
+    response = [{"name": f.name, "description": f.description, "type": f.type} for f in fields
+                if f.access in (USER, OWNER) or role_allows(f.access, account_type)]
     if cmd.is_async:
         response += [{"name": "jobid", "description": "the UUID of the latest async job acting on this object", "type": "string"},
                      {"name": "jobstatus", "description": "the current status of the latest async job acting on this object", "type": "integer"}]
@@ -40,7 +44,7 @@ def list_apis(req, p):
         if not cmds:
             from volstack.errors import InvalidParameter
             raise InvalidParameter(f"Api Discovery plugin was unable to find an api by that name or api is not available for user: {p.name}")
-    items = [describe(c) for c in sorted(cmds, key=lambda c: c.name)]
+    items = [describe(c, req.ctx.account_type) for c in sorted(cmds, key=lambda c: c.name)]
     return Lst("api", items, len(items))
 
 

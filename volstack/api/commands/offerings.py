@@ -1,6 +1,6 @@
 """Disk offerings and service offerings (CloudStack 4.17+: a service offering's storage side is a disk offering)."""
 from volstack.api.commands.common import list_query, lst, obj
-from volstack.api.registry import (API, BOOLEAN, INTEGER, LIST, LONG, MAP, OWNER_LIST_PARAMS, STRING, USER, UUID,
+from volstack.api.registry import (API, BOOLEAN, INTEGER, LIST, LONG, MAP, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID,
                                    Field as F, Param as P, Success, View)
 from volstack.api.views import _a, _date
 from volstack.db import models as m
@@ -192,7 +192,7 @@ STATE_FILTER = ("Filter by state of the {}. Defaults to 'Active'. If set to 'all
     P("id", UUID, "ID of the disk offering", entity="DiskOffering"),
     P("name", STRING, "name of the disk offering"),
     P("zoneid", UUID, "id of zone disk offering is associated with", entity="Zone", since="4.13"),
-    P("storageid", UUID, "The ID of the storage pool, tags of the storage pool are used to filter the offerings", entity="StoragePool", since="4.17"),
+    P("storageid", UUID, "The ID of the storage pool, tags of the storage pool are used to filter the offerings", entity="StoragePool", since="4.17", access=ROOT),
     P("encrypt", BOOLEAN, "listed offerings support disk encryption", since="4.18"),
     P("storagetype", STRING, "the storage type of the disk offering: shared or local", since="4.19"),
     P("state", STRING, STATE_FILTER.format("disk offering"), since="4.19"),

@@ -1,7 +1,7 @@
 """Volume snapshot commands: createSnapshot, listSnapshots, deleteSnapshot, revertSnapshot."""
 from volstack.api.commands.common import list_query, lst, obj
 from volstack.api.commands.volumes import _owner_fields
-from volstack.api.registry import (API, BOOLEAN, LIST, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F,
+from volstack.api.registry import (API, BOOLEAN, LIST, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID, Field as F,
                                    Param as P, Success, View)
 from volstack.api.server import start_task
 from volstack.api.views import _a, _date, _ref
@@ -54,11 +54,11 @@ SNAPSHOT = View("snapshot", [
     F("zoneid", "id of the availability zone", _ref(m.Zone, "zone_id")),
     F("zonename", "name of the availability zone", _ref(m.Zone, "zone_id", "name")),
     F("datastoreid", "id of the image store holding the backup", lambda r, lk: lk.attr(ImageStore, r.store_id, "uuid")
-      if _on_store(r, lk) else None),
+      if _on_store(r, lk) else None, access=ROOT),
     F("datastorename", "name of the image store holding the backup",
-      lambda r, lk: lk.attr(ImageStore, r.store_id, "name") if _on_store(r, lk) else None),
+      lambda r, lk: lk.attr(ImageStore, r.store_id, "name") if _on_store(r, lk) else None, access=ROOT),
     F("datastoretype", "type of the datastore holding the snapshot",
-      lambda r, lk: "Image" if _on_store(r, lk) else ("Primary" if r.primary_name else None)),
+      lambda r, lk: "Image" if _on_store(r, lk) else ("Primary" if r.primary_name else None), access=ROOT),
     F("parent", "the ID of the snapshot this incremental one is based on",
       lambda r, lk: lk.attr(Snapshot, r.parent_id, "uuid") if r.parent_id else None),
     F("parentname", "the name of the snapshot this incremental one is based on",
@@ -133,8 +133,8 @@ _FILTERS = ("id", "ids", "name", "volumeid", "zoneid", "snapshottype", "interval
     P("zoneid", UUID, "list snapshots by zone id", entity="Zone"),
     P("snapshottype", STRING, "valid values are MANUAL or RECURRING."),
     P("intervaltype", STRING, "valid values are HOURLY, DAILY, WEEKLY, and MONTHLY."),
-    P("storageid", UUID, "list snapshots by the primary storage pool still holding them", entity="StoragePool"),
-    P("imagestoreid", UUID, "list snapshots by the image store holding their backup", entity="ImageStore"),
+    P("storageid", UUID, "list snapshots by the primary storage pool still holding them", entity="StoragePool", access=ROOT),
+    P("imagestoreid", UUID, "list snapshots by the image store holding their backup", entity="ImageStore", access=ROOT),
     P("locationtype", STRING, "list snapshots by location: PRIMARY or SECONDARY"),
     P("showunique", BOOLEAN, "list one entry per snapshot (always the case here)"),
     *OWNER_LIST_PARAMS,

@@ -2,7 +2,7 @@
 from sqlalchemy import select
 
 from volstack.api.commands.common import list_query, lst, obj
-from volstack.api.registry import (API, BOOLEAN, LIST, MAP, ROOT, STRING, USER, UUID, Field as F, Lst, Param as P,
+from volstack.api.registry import (API, BOOLEAN, LIST, MAP, OWNER, ROOT, STRING, USER, UUID, Field as F, Lst, Param as P,
                                    Success, View)
 from volstack.api.views import Lookups, _a, _date, _ref
 from volstack.db import models as m
@@ -11,14 +11,38 @@ from volstack.db.storage_models import StoragePool
 from volstack.services import catalog, template_cache, template_sources, templates
 
 
+def _grouped(rows) -> dict:
+    out: dict = {}
+    for row in rows:
+        out.setdefault(row[0].template_id, []).append(tuple(row))
+    return out
+
+
+def _store_refs(s, ids):
+    return _grouped(s.execute(select(TemplateStoreRef, ImageStore).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id)
+                              .where(TemplateStoreRef.template_id.in_(ids), TemplateStoreRef.state != "Destroyed")
+                              .order_by(TemplateStoreRef.id)))
+
+
+def _pool_refs(s, ids):
+    return _grouped(s.execute(select(TemplatePoolRef, StoragePool).join(StoragePool, StoragePool.id == TemplatePoolRef.pool_id)
+                              .where(TemplatePoolRef.template_id.in_(ids)).order_by(TemplatePoolRef.id)))
+
+
+def _first_zones(s, ids):
+    out: dict = {}
+    for tid, zid in s.execute(select(TemplateZone.template_id, TemplateZone.zone_id)
+                              .where(TemplateZone.template_id.in_(ids)).order_by(TemplateZone.id)):
+        out.setdefault(tid, zid)
+    return out
+
+
 def _refs(r, lk):
-    return lk.s.execute(select(TemplateStoreRef, ImageStore).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id)
-                        .where(TemplateStoreRef.template_id == r.id, TemplateStoreRef.state != "Destroyed")
-                        .order_by(TemplateStoreRef.id)).all()
+    return lk.batched(_store_refs, r.id) or []
 
 
 def _zone_id(r, lk):
-    return lk.s.scalar(select(TemplateZone.zone_id).where(TemplateZone.template_id == r.id).order_by(TemplateZone.id))
+    return lk.batched(_first_zones, r.id)
 
 
 def _status(r, lk):
@@ -46,8 +70,7 @@ def _status(r, lk):
 def _download_details(r, lk):
     out = [{"datastore": st.name, "datastoreId": st.uuid, "datastoreRole": "Image",
             "downloadPercent": str(ref.download_pct), "downloadState": ref.download_state} for ref, st in _refs(r, lk)]
-    for ref, pool in lk.s.execute(select(TemplatePoolRef, StoragePool).join(StoragePool, StoragePool.id == TemplatePoolRef.pool_id)
-                                  .where(TemplatePoolRef.template_id == r.id)):
+    for ref, pool in lk.batched(_pool_refs, r.id) or []:
         out.append({"datastore": pool.name, "datastoreId": pool.uuid, "datastoreRole": "Primary",
                     "downloadPercent": str(ref.download_pct), "downloadState": ref.download_state})
     return out or None
@@ -67,8 +90,8 @@ def _fields():
         F("name", "the template name", _a("name")),
         F("displaytext", "the template display text", _a("display_text")),
         F("isready", "true if the template is ready to be deployed from, false otherwise.",
-          lambda r, lk: templates.is_ready(lk.s, r), "boolean"),
-        F("status", "the status of the template", _status),
+          lambda r, lk: templates.is_ready(lk.s, r, store_refs=_refs(r, lk)), "boolean"),
+        F("status", "the status of the template", _status, access=OWNER),
         F("downloaddetails", "Lists the download progress of a template across all secondary storages",
           _download_details, "list"),
         F("size", "the size of the template", _a("size"), "long"),
@@ -78,7 +101,7 @@ def _fields():
         F("hypervisor", "the hypervisor on which the template runs", _a("hypervisor")),
         F("directdownload", "KVM Only: true if template is directly downloaded to Primary Storage bypassing Secondary Storage",
           _a("direct_download"), "boolean"),
-        F("url", "the URL which the template/iso is registered from", _a("url")),
+        F("url", "the URL which the template/iso is registered from", _a("url"), access=OWNER),
         F("zoneid", "the ID of the zone for this template", lambda r, lk: lk.attr(m.Zone, _zone_id(r, lk), "uuid")),
         F("zonename", "the name of the zone for this template", lambda r, lk: lk.attr(m.Zone, _zone_id(r, lk), "name")),
         F("crossZones", "true if the template is managed across all Zones, false otherwise", _a("cross_zones"), "boolean"),
@@ -119,7 +142,7 @@ REGISTER_COMMON = [
     P("checksum", STRING, "the checksum value of this template: {SHA-256}hex, {MD5}hex … or a bare MD5"),
     P("ostypeid", UUID, "the ID of the OS Type that best represents the OS of this template (see listOsTypes)"),
     P("ispublic", BOOLEAN, "true if the template is available to all accounts; default is true for admin and false for users"),
-    P("isfeatured", BOOLEAN, "true if this template is a featured template, false otherwise"),
+    P("isfeatured", BOOLEAN, "true if this template is a featured template, false otherwise", access=ROOT),
     P("isextractable", BOOLEAN, "true if the template or its derivatives are extractable; default is false"),
     P("directdownload", BOOLEAN, "true if template should bypass Secondary Storage and be downloaded to Primary Storage on deployment (KVM)"),
     P("passwordenabled", BOOLEAN, "true if the template supports the password reset feature; default is false"),
@@ -147,7 +170,7 @@ def _register(req, p, is_iso):
     P("hypervisor", STRING, "the target hypervisor for the template", required=True),
     P("zoneids", LIST, "A list of zone ids where the template will be hosted; -1 means all zones"),
     P("requireshvm", BOOLEAN, "true if this template requires HVM"),
-    P("templatetype", STRING, "the type of the template: USER (default) or BUILTIN; SYSTEM for root admins"),
+    P("templatetype", STRING, "the type of the template: USER (default); BUILTIN or SYSTEM for the root admin"),
     P("details", MAP, "Template details in key/value pairs; HTTP_HEADER:<Name> keys become download request headers"),
     P("bootable", BOOLEAN, "unused for templates"),
 ], view=TEMPLATE, is_list=False, access=USER)
@@ -186,8 +209,8 @@ LIST_FILTERS = [
     P("zoneid", UUID, "list templates by zoneid", entity="Zone"),
     P("hypervisor", STRING, "the hypervisor for which to restrict the search"),
     P("isready", BOOLEAN, "list templates that are ready to be deployed"),
-    P("imagestoreid", UUID, "ID of the image or image cache store", entity="ImageStore"),
-    P("storageid", UUID, "ID of the storage pool", entity="StoragePool"),
+    P("imagestoreid", UUID, "ID of the image or image cache store", entity="ImageStore", access=ROOT),
+    P("storageid", UUID, "ID of the storage pool", entity="StoragePool", access=ROOT),
     P("listall", BOOLEAN, "with self/selfexecutable, list the templates of every account the caller may see"),
     P("isrecursive", BOOLEAN, "with listall, include subdomains"),
     P("account", STRING, "list resources by account. Must be used with the domainId parameter."),
@@ -245,7 +268,7 @@ def _update(req, p, is_iso):
 @API.command("updateTemplate", "Updates attributes of a template.", [
     P("id", UUID, "the ID of the image file", required=True, entity="Template"), *UPDATE_PARAMS,
     P("format", STRING, "the format for the image"),
-    P("templatetype", STRING, "the type of the template. Valid options are: USER/SYSTEM/ROUTING/BUILTIN"),
+    P("templatetype", STRING, "the type of the template. Valid options are: USER/SYSTEM/ROUTING/BUILTIN", access=ROOT),
 ], view=TEMPLATE, access=USER)
 def update_template(req, p):
     return _update(req, p, False)
@@ -262,7 +285,7 @@ PERMISSION_PARAMS = [
     P("accounts", LIST, "a comma delimited list of accounts within caller's domain. If specified, \"op\" parameter has to be passed in."),
     P("op", STRING, "permission operator (add, remove, reset)"),
     P("ispublic", BOOLEAN, "true for public template/iso, false for private templates/isos"),
-    P("isfeatured", BOOLEAN, "true for featured template/iso, false otherwise"),
+    P("isfeatured", BOOLEAN, "true for featured template/iso, false otherwise", access=ROOT),
     P("isextractable", BOOLEAN, "true if the template/iso is extractable, false other wise. Can be set only by root admin"),
     P("projectids", LIST, "unused: volstack has no projects"),
 ]
@@ -372,7 +395,7 @@ def template_prepare(req, p):
     P("snapshotid", UUID, "the ID of the snapshot the template is being created from", entity="Snapshot"),
     P("virtualmachineid", UUID, "Optional, VM ID: the VM's ROOT volume", entity="VirtualMachine"),
     P("ispublic", BOOLEAN, "true if this template is a public template, false otherwise"),
-    P("isfeatured", BOOLEAN, "true if this template is a featured template, false otherwise"),
+    P("isfeatured", BOOLEAN, "true if this template is a featured template, false otherwise", access=ROOT),
     P("passwordenabled", BOOLEAN, "true if the template supports the password reset feature; default is false"),
     P("requireshvm", BOOLEAN, "true if the template requires HVM, false otherwise"),
     P("isdynamicallyscalable", BOOLEAN, "true if template contains XS/VMWare tools inorder to support dynamic scaling"),

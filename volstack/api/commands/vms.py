@@ -2,7 +2,8 @@
 service offering changes, ISOs in the CD drive."""
 from volstack.api.commands.common import list_query, lst, obj
 from volstack.api.commands.volumes import _owner_fields, _template_attr
-from volstack.api.registry import API, BOOLEAN, LIST, LONG, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F, Param as P, Success, View
+from volstack.api.registry import (API, BOOLEAN, LIST, LONG, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID, Field as F,
+                                   Param as P, Success, View)
 from volstack.api.views import HOST, _a, _date, _ref
 from volstack.db import models as m
 from volstack.db import storage_models as sm
@@ -21,8 +22,8 @@ VIRTUALMACHINE = View("virtualmachine", [
     F("hypervisor", "the hypervisor on which the template runs", _a("hypervisor")),
     F("zoneid", "the ID of the availability zone for the virtual machine", _ref(m.Zone, "zone_id")),
     F("zonename", "the name of the availability zone for the virtual machine", _ref(m.Zone, "zone_id", "name")),
-    F("hostid", "the ID of the host for the virtual machine", _ref(m.Host, "host_id")),
-    F("hostname", "the name of the host for the virtual machine", _ref(m.Host, "host_id", "name")),
+    F("hostid", "the ID of the host for the virtual machine", _ref(m.Host, "host_id"), access=ROOT),
+    F("hostname", "the name of the host for the virtual machine", _ref(m.Host, "host_id", "name"), access=ROOT),
     F("serviceofferingid", "the ID of the service offering of the virtual machine", _ref(sm.ServiceOffering, "service_offering_id")),
     F("serviceofferingname", "the name of the service offering of the virtual machine", _ref(sm.ServiceOffering, "service_offering_id", "name")),
     F("templateid", "the ID of the template for the virtual machine. A -1 is returned if the virtual machine was created from an ISO file.", _template_attr("uuid")),
@@ -46,13 +47,13 @@ VIRTUALMACHINE = View("virtualmachine", [
     P("diskofferingid", UUID, "the ID of the disk offering for the virtual machine: a data disk is created from it", entity="DiskOffering"),
     P("size", LONG, "the arbitrary size for the DATADISK volume (GB)"),
     P("rootdisksize", LONG, "Optional field to resize root disk on deploy (GB)"),
-    P("hostid", UUID, "destination Host ID to deploy the VM to - parameter available for root admin only", entity="Host"),
+    P("hostid", UUID, "destination Host ID to deploy the VM to - parameter available for root admin only", entity="Host", access=ROOT),
     P("hypervisor", STRING, "the hypervisor on which to deploy the virtual machine"),
     P("startvm", BOOLEAN, "true if start vm after creating; defaulted to true if not specified"),
     P("templateid", UUID, "the ID of the template (or ISO) for the virtual machine: the ROOT volume is a linked clone "
       "of the template's copy on the chosen pool", entity="Template"),
     P("details", "map", "root admin only: guest boot details for hosts without templates: details[0].kernel, "
-      "details[0].initrd, details[0].append (paths on the host)"),
+      "details[0].initrd, details[0].append (paths on the host)", access=ROOT),
 ], view=VIRTUALMACHINE, is_async=True, access=USER, instance_type="VirtualMachine", instance_param="id",
    prepare=lambda req, p: vms.deploy(req.s, req.ctx, zoneid=p.zoneid, serviceofferingid=p.serviceofferingid,
                                      name=p.name, displayname=p.displayname, diskofferingid=p.diskofferingid,
@@ -71,7 +72,7 @@ VM_JOB = dict(view=VIRTUALMACHINE, is_async=True, access=USER, instance_type="Vi
 
 @API.command("startVirtualMachine", "Starts a virtual machine.", [
     P("id", UUID, "The ID of the virtual machine", required=True, entity="VirtualMachine"),
-    P("hostid", UUID, "destination Host ID to deploy the VM to - parameter available for root admin only", entity="Host"),
+    P("hostid", UUID, "destination Host ID to deploy the VM to - parameter available for root admin only", entity="Host", access=ROOT),
 ], **VM_JOB)
 def start_vm(req, p):
     return obj(req, VIRTUALMACHINE, vms.start(req.s, req.ctx, vms.get_vm(req.s, req.ctx, p.id), p.hostid))
@@ -151,8 +152,8 @@ def migrate_vm_with_volume(req, p):
     P("name", STRING, "name of the virtual machine (a substring match is not done)"),
     P("state", STRING, "state of the virtual machine. Possible values are: Running, Stopped, Present, Destroyed, Expunged. Present is used for the state equal not destroyed."),
     P("zoneid", UUID, "the availability zone ID", entity="Zone"),
-    P("hostid", UUID, "the host ID", entity="Host"),
-    P("storageid", UUID, "the storage ID where vm's volumes belong to", entity="StoragePool"),
+    P("hostid", UUID, "the host ID", entity="Host", access=ROOT),
+    P("storageid", UUID, "the storage ID where vm's volumes belong to", entity="StoragePool", access=ROOT),
     P("isoid", UUID, "list vms by iso", entity="Iso"),
     P("templateid", UUID, "list vms by template", entity="Template"),
     *OWNER_LIST_PARAMS], view=VIRTUALMACHINE, is_list=True, access=USER)
@@ -221,8 +222,8 @@ def find_hosts_for_migration(req, p):
     from volstack.api.views import Lookups
     from volstack.services import vm_migration
     rows = vm_migration.hosts_for_migration(req.s, vms.get_vm(req.s, req.ctx, p.virtualmachineid))
-    lk = Lookups(req.s)
-    items = [{**HOST.render(host, lk), "suitableformigration": problem is None,
+    rendered = Lookups(req.s).render_all(HOST, [host for host, _ in rows])
+    items = [{**shown, "suitableformigration": problem is None,
               "requiresStorageMotion": False, **({"notsuitablereason": problem} if problem else {})}
-             for host, problem in rows]
+             for shown, (_, problem) in zip(rendered, rows)]
     return Lst("host", items, len(items))

@@ -1,7 +1,7 @@
 """Volume commands."""
 from volstack.api.commands.common import list_query, lst, obj, paged
 from volstack.api.commands.pools import STORAGEPOOL
-from volstack.api.registry import (API, BOOLEAN, LIST, LONG, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F,
+from volstack.api.registry import (API, BOOLEAN, LIST, LONG, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID, Field as F,
                                    Param as P, Success, View)
 from volstack.api.views import _a, _date, _ref
 from volstack.db import models as m
@@ -36,16 +36,16 @@ VOLUME = View("volume", [
     F("size", "size of the disk volume", _a("size"), "long"),
     F("virtualsize", "the bytes allocated", _a("size"), "long"),
     F("physicalsize", "the bytes actually consumed on disk", _a("physical_size"), "long"),
-    F("path", "the path of the volume", _a("path")),
+    F("path", "the path of the volume", _a("path"), access=ROOT),
     F("provisioningtype", "provisioning type used to create volumes.", _a("provisioning_type")),
     F("miniops", "min iops of the disk volume", _a("min_iops"), "long"),
     F("maxiops", "max iops of the disk volume", _a("max_iops"), "long"),
-    F("hypervisor", "Hypervisor the volume belongs to", _a("hypervisor")),
+    F("hypervisor", "Hypervisor the volume belongs to", _a("hypervisor"), access=ROOT),
     F("zoneid", "ID of the availability zone", _ref(m.Zone, "zone_id")),
     F("zonename", "name of the availability zone", _ref(m.Zone, "zone_id", "name")),
-    F("storageid", "id of the primary storage hosting the disk volume", _pool_attr("uuid")),
-    F("storage", "name of the primary storage hosting the disk volume", _pool_attr("name")),
-    F("storagetype", "shared or local storage", lambda r, lk: ("local" if lk.attr(sm.StoragePool, r.pool_id, "scope") == "HOST" else "shared") if r.pool_id else lk.attr(sm.DiskOffering, r.disk_offering_id, "storage_type")),
+    F("storageid", "id of the primary storage hosting the disk volume", _pool_attr("uuid"), access=ROOT),
+    F("storage", "name of the primary storage hosting the disk volume", _pool_attr("name"), access=ROOT),
+    F("storagetype", "shared or local storage", lambda r, lk: ("local" if lk.attr(sm.StoragePool, r.pool_id, "scope") == "HOST" else "shared") if r.pool_id else lk.attr(sm.DiskOffering, r.disk_offering_id, "storage_type"), access=ROOT),
     F("templateid", "id of the template the ROOT volume was created from", _template_attr("uuid")),
     F("templatename", "name of the template the ROOT volume was created from", _template_attr("name")),
     F("snapshotid", "ID of the snapshot from which this volume was created", lambda r, lk: (r.details or {}).get("snapshot")),
@@ -74,15 +74,15 @@ VOL_FILTERS = [
     P("type", STRING, "the type of disk volume"),
     P("state", STRING, "state of the volume. Possible values are: Ready, Allocated, Destroy, Expunging, Expunged."),
     P("zoneid", UUID, "the ID of the availability zone", entity="Zone"),
-    P("podid", UUID, "the pod id the disk volume belongs to", entity="Pod"),
-    P("clusterid", UUID, "the cluster id the disk volume belongs to", entity="Cluster"),
-    P("hostid", UUID, "list volumes on specified host", entity="Host"),
-    P("storageid", UUID, "the ID of the storage pool, available to ROOT admin only", entity="StoragePool"),
+    P("podid", UUID, "the pod id the disk volume belongs to", entity="Pod", access=ROOT),
+    P("clusterid", UUID, "the cluster id the disk volume belongs to", entity="Cluster", access=ROOT),
+    P("hostid", UUID, "list volumes on specified host", entity="Host", access=ROOT),
+    P("storageid", UUID, "the ID of the storage pool, available to ROOT admin only", entity="StoragePool", access=ROOT),
     P("virtualmachineid", UUID, "the ID of the virtual machine", entity="VirtualMachine"),
     P("diskofferingid", UUID, "list volumes by disk offering", entity="DiskOffering"),
     P("serviceofferingid", UUID, "list volumes by disk offering of a service offering", entity="ServiceOffering"),
-    P("isencrypted", BOOLEAN, "list only volumes that are encrypted"),
-    P("listsystemvms", BOOLEAN, "list system VMs; only ROOT admin is eligible to pass this parameter"),
+    P("isencrypted", BOOLEAN, "list only volumes that are encrypted", access=ROOT),
+    P("listsystemvms", BOOLEAN, "list system VMs; only ROOT admin is eligible to pass this parameter", access=ROOT),
     *OWNER_LIST_PARAMS,
 ]
 _FILTER_NAMES = ("id", "ids", "name", "type", "state", "zoneid", "podid", "clusterid", "hostid", "storageid",
@@ -242,8 +242,8 @@ def find_pools_for_migration(req, p):
     from volstack.api.registry import Lst
     from volstack.api.views import Lookups
     rows = volume_migration.pools_for_migration(req.s, req.ctx, volumes.get_volume(req.s, req.ctx, p.id))
-    lk = Lookups(req.s)
-    items = [{**STORAGEPOOL.render(pool, lk), "suitableformigration": ok} for pool, ok in rows]
+    rendered = Lookups(req.s).render_all(STORAGEPOOL, [pool for pool, _ in rows])
+    items = [{**shown, "suitableformigration": ok} for shown, (_, ok) in zip(rendered, rows)]
     return Lst("storagepool", items, len(items))
 
 
@@ -265,7 +265,7 @@ def change_offering_for_volume(req, p):
 
 IMPORTABLE = View("volumeforimport", [
     F("name", "the name of the image file", lambda r, lk: r["name"]),
-    F("path", "the path of the image on the storage pool", lambda r, lk: r["name"]),
+    F("path", "the path of the image on the storage pool", lambda r, lk: r["name"], access=ROOT),
     F("format", "the image format", lambda r, lk: r.get("format")),
     F("virtualsize", "the size of the file in bytes", lambda r, lk: r.get("size"), "long"),
 ])

@@ -1,0 +1,67 @@
+"""Seen point 6 of issue 12: an agent that dies mid-answer is a transport failure (534 with the reason),
+never an internal error (530) with a traceback."""
+import socket
+import threading
+
+import pytest
+
+from volstack import errors
+from volstack.agent.client import AgentClient
+
+
+class BrokenAgent:
+    """Answers every request on 127.0.0.1 the way a dying agent would (mode), counting the requests."""
+
+    def __init__(self, mode: str):
+        self.mode, self.requests = mode, 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(next((l.split(b":")[1] for l in head.split(b"\r\n")
+                                   if l.lower().startswith(b"content-length")), b"0"))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.requests += 1
+                if self.mode == "incomplete":      # promises 1000 bytes, sends 20, dies
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                                 b'{"ok": true, "resul')
+                elif self.mode == "truncated":     # a well-framed but cut JSON body
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n" b'{"ok": true,')
+                elif self.mode == "silent":        # closes without a status line
+                    pass
+                elif self.mode == "reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("mode", ["incomplete", "truncated", "silent", "reset"])
+def test_an_agent_dying_mid_answer_is_534_with_the_reason(mode):
+    agent = BrokenAgent(mode)
+    try:
+        client = AgentClient(agent.url, "token", timeout=5)
+        with pytest.raises(errors.CloudError) as exc:
+            client.call("vm_stop", name="x")
+        assert exc.value.errorcode == 534, exc.value.text
+        assert f"cannot reach the agent at {agent.url}" in exc.value.text
+        assert "Traceback" not in exc.value.text
+        if mode == "incomplete":
+            assert "closed mid-answer" in exc.value.text
+        assert agent.requests == 2        # retried once, with the same request id (the agent replays it)
+        with pytest.raises(errors.ResourceUnavailable):
+            client.wait_task("t1")        # task polls go through the same path
+    finally:
+        agent.close()
