@@ -33,11 +33,11 @@ import loadgen  # noqa: E402
 QUICK = dict(rounds=1, duration=1.5, jobs=600, async_jobs=120, inproc=300,
              attach_n=15, mig_mib=64, mig_rounds=2, sim_pairs=120,
              dl_rate_mib=32, dl_paced_mib=64, dl_plain_mib=256, dl_rounds=2, tmpl_mib=128, root_n=5,
-             snap_mib=64, snap_rounds=2, enc_mib=32, enc_rounds=1, enc_rand=100)
+             snap_mib=64, snap_rounds=2, enc_mib=32, enc_rounds=1, enc_small=600)
 FULL = dict(rounds=2, duration=5.0, jobs=3000, async_jobs=400, inproc=1000,
             attach_n=30, mig_mib=256, mig_rounds=5, sim_pairs=400,
             dl_rate_mib=32, dl_paced_mib=192, dl_plain_mib=1024, dl_rounds=3, tmpl_mib=512, root_n=10,
-            snap_mib=256, snap_rounds=3, enc_mib=128, enc_rounds=3, enc_rand=300)
+            snap_mib=256, snap_rounds=3, enc_mib=128, enc_rounds=3, enc_small=2000)
 
 
 def main() -> None:

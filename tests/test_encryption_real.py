@@ -263,3 +263,34 @@ def test_extract_gives_the_encrypted_image_and_deleting_destroys_the_passphrase(
     for s in snaps:
         api.deleteSnapshot(id=s["id"])
     assert len(passphrases(lab)) == before - 1, "gone with the last user"
+
+
+def test_resize_grows_the_payload_and_a_damaged_luks_header_is_a_clear_error(lab):
+    api, con = lab["api"], lab["con"]
+    vm = lab["vm"]
+    vol = api.attachVolume(id=volume(lab, "FILE", "resize")["id"], virtualmachineid=vm["id"])["volume"]
+    dev = con.dev(serial(vol)).rsplit("/", 1)[-1]
+    api.resizeVolume(id=vol["id"], size=2)                                  # live: block_resize on the LUKS node
+    sectors = lambda: int(con.sh(f"cat /sys/block/{dev}/size")[-1])         # noqa: E731
+    assert sectors() * 512 == 2 << 30, "the guest sees the grown disk"
+    con.write(serial(vol), seed=17, mib=1, offset_mib=1536)                 # beyond the old end
+    assert con.checksum(serial(vol), 1, offset_mib=1536) == pattern_sha256(17, 1)
+    api.detachVolume(id=vol["id"])
+    grown = api.resizeVolume(id=vol["id"], size=3)["volume"]                # cold: qemu-img resize with the secret
+    assert grown["size"] == 3 << 30 and grown["state"] == "Ready"
+    assert_never_in_clear(lab, 17)
+    # the LUKS header in the image is damaged: opening it fails with that reason, nothing else changes
+    image = Path(lab["dirs"]["FILE"]) / vol["path"]
+    data = bytearray(image.read_bytes()[:4 << 20])
+    at = data.find(b"LUKS\xba\xbe")
+    assert at > 0, "qcow2 keeps a LUKS header"
+    with open(image, "r+b") as f:
+        f.seek(at)
+        f.write(b"\0" * 512)
+    from cs import CloudStackApiException
+    with pytest.raises(CloudStackApiException) as e:
+        api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])
+    assert e.value.error["errorcode"] == 530 and "LUKS header is damaged" in e.value.error["errortext"], e.value.error
+    listed = api.listVolumes(id=vol["id"])["volume"][0]
+    assert listed["state"] == "Ready" and "virtualmachineid" not in listed
+    assert "LUKS header is damaged" in listed["status"]
