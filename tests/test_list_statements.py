@@ -12,11 +12,12 @@ from volstack.api.registry import API
 
 GIB = 2 ** 30
 ROWS = 6
-MAX_STATEMENTS = 10
+MAX_STATEMENTS = 11          # listVolumesMetrics as admin: 10 referenced models and the tags
 # Required parameters, and commands whose rows are not database rows of their own (shown for completeness).
 ARGS = {"listTemplates": {"templatefilter": "all"}, "listIsos": {"isofilter": "all"},
-        "listStorageProviders": {"type": "primary"}}
-USER_ARGS = {"listTemplates": {"templatefilter": "self"}, "listIsos": {"isofilter": "self"}}
+        "listStorageProviders": {"type": "primary"}, "listResourceDetails": {"resourcetype": "Volume"}}
+USER_ARGS = {"listTemplates": {"templatefilter": "self"}, "listIsos": {"isofilter": "self"},
+             "listResourceDetails": {"resourcetype": "Volume"}}
 SKIP = {"listApis", "listCapabilities", "findHostsForMigration", "findStoragePoolsForMigration",
         "listImageStoreObjects", "listStoragePoolObjects", "listVolumesForImport", "listIsoPermissions",
         "listTemplatePermissions", "revokeTemplateDirectDownloadCertificate", "updateResourceCount"}
@@ -133,3 +134,28 @@ def test_maintained_counts_equal_a_recount_after_creates_and_deletes(seeded):
     assert api.listAccounts(name="ann", listall=True)["account"][0]["volumetotal"] == 99
     api.updateResourceCount(domainid=ann["domainid"], account="ann")
     assert api.listAccounts(name="ann", listall=True)["account"][0]["volumetotal"] == 5
+
+
+def test_bad_list_input_gets_cloudstacks_answers_quickly(seeded):
+    """Wildcards and quotes in a keyword are characters, not patterns; a 10,000-character keyword, a page size
+    past default.page.size are refused with 431; a page past the end is empty. Plain pages count from the
+    maintained counts and agree with a counted filter."""
+    import time
+    from cs import CloudStackApiException
+    ms, api, user = seeded
+    zone = api.listZones()["zone"][0]["id"]
+    for kw in ("%", "_", "v_", "'", '"', "\\", "%v%"):
+        assert api.listVolumes(listall=True, keyword=kw) == {}, kw
+    assert api.listVolumes(listall=True, keyword="V")["count"] == len(api.listVolumes(listall=True, type="DATADISK")["volume"])
+    for params, text in (({"keyword": "x" * 10000}, "keyword"), ({"pagesize": 501, "page": 1}, "Page size can't exceed")):
+        t0 = time.monotonic()
+        with pytest.raises(CloudStackApiException) as e:
+            api.listVolumes(listall=True, **params)
+        assert e.value.error["errorcode"] == 431 and text in e.value.error["errortext"], e.value.error
+        assert time.monotonic() - t0 < 2
+    past = api.listVolumes(listall=True, page=1000, pagesize=500)        # an empty page, with the total
+    assert past.get("volume", []) == [] and past["count"] == api.listVolumes(listall=True)["count"]
+    for caller in (api, user):
+        plain = caller.listVolumes(listall=True, page=1, pagesize=2)
+        counted = caller.listVolumes(listall=True, zoneid=zone, page=1, pagesize=2)   # a filter: counted rows
+        assert plain["count"] == counted["count"] and len(plain["volume"]) == 2

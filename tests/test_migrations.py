@@ -2,7 +2,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from volstack.db.engine import Database
-from volstack.db import image_models, snapshot_models, storage_models, vm_snapshot_models  # noqa: F401
+from volstack.db import image_models, snapshot_models, storage_models, tag_models, vm_snapshot_models  # noqa: F401  (registers the storage tables)
 from volstack.db.models import Base
 
 

@@ -298,7 +298,7 @@ def test_users_snapshot_their_own_volumes_within_their_limit(cloud):
     snap = carol.createSnapshot(volumeid=root["id"])["snapshot"]
     assert snap["state"] == "BackedUp" and snap["account"] == "carol"
     code, text = error_of(lambda: carol.createSnapshot(volumeid=root["id"]))
-    assert code == 532
+    assert code == 535
     assert carol.listSnapshots()["count"] == 1 and api.listSnapshots() == {}
     assert api.listSnapshots(listall=True)["count"] == 1
     from volstack.db.models import Account
@@ -313,6 +313,6 @@ def test_users_snapshot_their_own_volumes_within_their_limit(cloud):
     assert secondary_bytes() == 0
     api.updateResourceLimit(account=acc["name"], domainid=acc["domainid"], resourcetype=11, max=0)
     code, text = error_of(lambda: carol.createSnapshot(volumeid=root["id"]))
-    assert code == 532 and "secondary" in text.lower()
+    assert code == 535 and "secondary" in text.lower()
     api.updateResourceLimit(account=acc["name"], domainid=acc["domainid"], resourcetype=11, max=-1)
     assert carol.createSnapshot(volumeid=root["id"])["snapshot"]["state"] == "BackedUp"

@@ -424,7 +424,7 @@ def test_direct_download_certificates_let_hosts_trust_an_https_source(cloud, tmp
         assert code == 431 and "certificate" in text.lower()
         body = "".join(l for l in cert.read_text().splitlines() if "CERTIFICATE" not in l)   # header-less, as allowed
         up = api.uploadTemplateDirectDownloadCertificate(name="lab-ca", certificate=body, hypervisor="KVM",
-                                                         zoneid=cloud["zone"]["id"])["directdownloadcertificate"]
+                                                         zoneid=cloud["zone"]["id"])["uploadtemplatedirectdownloadcertificate"]
         assert up["alias"] == "lab-ca" and "CN=127.0.0.1" in up["subject"]
         assert [h["status"] for h in up["hostsmap"]] == ["installed"]
         listed = api.listTemplateDirectDownloadCertificates(zoneid=cloud["zone"]["id"])["directdownloadcertificate"]

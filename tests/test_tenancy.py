@@ -147,7 +147,7 @@ def test_resource_limits_have_cloudstack_defaults_and_can_be_changed(server):
     assert api.listAccounts(name="alice", listall=True)["account"][0]["snapshotlimit"] == "7"
 
 
-def test_check_limit_refuses_with_532(server):
+def test_check_limit_refuses_with_535(server):
     from volstack.db import counters
     from volstack.errors import ResourceLimitExceeded
     from volstack.services import accounts

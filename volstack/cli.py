@@ -173,7 +173,8 @@ def cmd_up(args) -> int:
 
 def cmd_serve(args) -> int:
     _catch_signals()
-    ms = _server(args.db, args.key_file, args.host, args.port, workers=args.workers, name=args.name)
+    ms = _server(args.db, args.key_file, args.host, args.port, workers=args.workers, name=args.name,
+                 heartbeat_seconds=args.heartbeat_seconds)
     ms.start()
     print(f"volstack management server {ms.jobs.name} on {ms.endpoint}", flush=True)
     _wait_for_signal()
@@ -240,6 +241,9 @@ def main(argv=None) -> int:
     serve.add_argument("--workers", type=int, default=4, help="job worker threads")
     serve.add_argument("--name", help="this server's name (default: host name); a restart under the same name "
                                       "reconciles the jobs the previous run left")
+    serve.add_argument("--heartbeat-seconds", type=float, default=5.0,
+                       help="how often this server heartbeats; another server's jobs are taken over once its "
+                            "heartbeat is 3 of these old")
     serve.set_defaults(fn=cmd_serve)
 
     apply = sub.add_parser("apply", help="create or update a datacenter described in a YAML file")

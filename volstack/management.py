@@ -68,6 +68,9 @@ class ManagementServer:
         self.jobs.add_periodic("extract url cleanup", lambda: self.settings.get(S.EXTRACT_URL_CLEANUP),
                                lambda: extracts.cleanup(self.db))
         from volstack.services import vms
+        from volstack.services import orphans
+        self.jobs.add_periodic("orphan scan", lambda: self.settings.get(S.ORPHAN_SCAN_INTERVAL) or 10 ** 9,
+                               lambda: self.settings.get(S.ORPHAN_SCAN_INTERVAL) and orphans.scan(self.db, system_context()))
         self.jobs.add_periodic("vm expunge", lambda: self.settings.get(S.EXPUNGE_INTERVAL),
                                lambda: vms.expunge_destroyed(self.db, system_context()))
         from volstack.api.commands.snapshot_policies import recurring_submitter

@@ -7,9 +7,10 @@ import functools
 from sqlalchemy import inspect as sa_inspect, select
 
 from volstack import CLOUDSTACK_VERSION, __version__
-from volstack.api.registry import VIEWER, Field as F, View
+from volstack.api.registry import ROOT, VIEWER, Field as F, View
 from volstack.api.wire import date
 from volstack.db import models as m
+from volstack.services import tags as tag_service
 from volstack.services.settings import Settings, key_by_name
 
 
@@ -25,7 +26,7 @@ class Lookups:
 
     ROUNDS = 6
 
-    def __init__(self, s):
+    def __init__(self, s, rows=()):
         self.s, self._cache = s, {}
         self._wanted = None          # {fn: set(keys)} during a gathering pass
 
@@ -52,20 +53,14 @@ class Lookups:
     def render_all(self, view, rows) -> list[dict]:
         rows = list(rows)
         for _ in range(self.ROUNDS):
-            self._wanted = {}
-            try:
-                viewer = VIEWER.get()
-                for r in rows:
-                    for f in view.fields:
-                        if not f.visible(r, viewer):
-                            continue
-                        try:
-                            f.get(r, self)
-                        except Exception:     # a value still missing while gathering; the real pass will tell
-                            pass
+            self._wanted, errors = {}, []
+            try:       # a field failing on a value still missing is retried; the real pass would raise it
+                out = [view.render(r, self, errors) for r in rows]
             finally:
                 wanted, self._wanted = self._wanted, None
             if not wanted:
+                if not errors:
+                    return out            # nothing was missing: this pass is the page
                 break
             for fn, keys in wanted.items():
                 keys = list(keys)
@@ -114,17 +109,54 @@ def _date(attr):
     return lambda r, lk: date(getattr(r, attr))
 
 
+def _domain_path_of(domain_id):
+    return lambda r, lk: _domain_path(lk, getattr(r, domain_id))
+
+
+TAG = View("tag", [
+    F("key", "tag key name", _a("key")),
+    F("value", "tag value", _a("value")),
+    F("resourcetype", "resource type", _a("resource_type")),
+    F("resourceid", "id of the resource", _a("resource_uuid")),
+    F("account", "the account associated with the tag", _ref(m.Account, "account_id", "name")),
+    F("domainid", "the ID of the domain associated with the tag", _ref(m.Domain, "domain_id")),
+    F("domain", "the domain associated with the tag", _ref(m.Domain, "domain_id", "name")),
+    F("domainpath", "path of the Domain associated with the tag", _domain_path_of("domain_id")),
+    F("customer", "customer associated with the tag", _a("customer")),
+])
+
+
+@functools.cache
+def _tags_loader(kinds: tuple):
+    """The Lookups.batched loader of the tags of resources of these CloudStack types: one query per page."""
+    def load(s, ids):
+        got = tag_service.by_resource(s, kinds, ids)
+        return {i: got.get(i, []) for i in ids}
+    load.__qualname__ = f"tags({','.join(kinds)})"
+    return load
+
+
+def tags_field(*kinds: str) -> F:
+    """The `tags` of a response: always present, [] when the resource has none. kinds: the CloudStack resource
+    type(s) of the rows (templates and ISOs share a table)."""
+    loader = _tags_loader(kinds)
+
+    def get(r, lk):
+        return [TAG.render(t, lk) for t in lk.batched(loader, r.id)]
+    return F("tags", "the list of resource tags associated", get, "list")
+
+
 ZONE = View("zone", [
     F("id", "the UUID of the zone", _a("uuid")),
     F("name", "the name of the zone", _a("name")),
     F("description", "the description of the zone", _a("description")),
-    F("dns1", "the first DNS for the zone", _a("dns1")),
-    F("dns2", "the second DNS for the zone", _a("dns2")),
-    F("internaldns1", "the first internal DNS for the zone", _a("internal_dns1")),
-    F("internaldns2", "the second internal DNS for the zone", _a("internal_dns2")),
-    F("ip6dns1", "the first IPv6 DNS for the zone", _a("ip6_dns1")),
-    F("ip6dns2", "the second IPv6 DNS for the zone", _a("ip6_dns2")),
-    F("guestcidraddress", "the guest CIDR address for the zone", _a("guest_cidr")),
+    F("dns1", "the first DNS for the zone", _a("dns1"), access=ROOT),
+    F("dns2", "the second DNS for the zone", _a("dns2"), access=ROOT),
+    F("internaldns1", "the first internal DNS for the zone", _a("internal_dns1"), access=ROOT),
+    F("internaldns2", "the second internal DNS for the zone", _a("internal_dns2"), access=ROOT),
+    F("ip6dns1", "the first IPv6 DNS for the zone", _a("ip6_dns1"), access=ROOT),
+    F("ip6dns2", "the second IPv6 DNS for the zone", _a("ip6_dns2"), access=ROOT),
+    F("guestcidraddress", "the guest CIDR address for the zone", _a("guest_cidr"), access=ROOT),
     F("domain", "Network domain name for the networks in the zone", _a("network_domain")),
     F("domainid", "the UUID of the containing domain, null for public zones", _ref(m.Domain, "domain_id")),
     F("domainname", "the name of the containing domain, null for public zones", _ref(m.Domain, "domain_id", "name")),
@@ -132,9 +164,11 @@ ZONE = View("zone", [
     F("allocationstate", "the allocation state of the cluster", _a("allocation_state"), ),
     F("localstorageenabled", "true if local storage offering enabled, false otherwise", _a("local_storage_enabled"), "boolean"),
     F("securitygroupsenabled", "true if security groups support is enabled, false otherwise", _a("security_group_enabled"), "boolean"),
+    F("dhcpprovider", "the dhcp Provider for the Zone", lambda r, lk: "VirtualRouter"),
     F("zonetoken", "Zone Token", lambda r, lk: r.uuid),
     F("type", "the type of the zone - core or edge", lambda r, lk: "Core"),
     F("created", "the date this zone was created", _date("created"), "date"),
+    tags_field("Zone"),
 ])
 
 POD = View("pod", [

@@ -8,7 +8,7 @@ is one primary-key read instead of a scan, on SQLite and PostgreSQL alike, and e
 change goes through the ORM: bulk UPDATE/DELETE statements on counted columns bypass it (none exist; keep
 it so) and `recalculate` (updateResourceCount) rebuilds an owner's counts from the rows themselves.
 """
-from sqlalchemy import event, inspect as sa_inspect, select
+from sqlalchemy import event, func, inspect as sa_inspect, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -82,6 +82,12 @@ def get(session, scope: str, owner: int, rtype: str) -> int:
     v = session.scalar(select(ResourceCount.count).where(ResourceCount.scope == scope, ResourceCount.owner_id == owner,
                                                          ResourceCount.resource_type == rtype))
     return int(v or 0)
+
+
+def sum_all(session, scope: str, rtype: str) -> int:
+    """Σ of one type's counts over every owner of a scope (as many rows as owners, not objects)."""
+    return int(session.scalar(select(func.coalesce(func.sum(ResourceCount.count), 0)).where(
+        ResourceCount.scope == scope, ResourceCount.resource_type == rtype)))
 
 
 def get_many(session, scope: str, owners) -> dict:

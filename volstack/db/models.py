@@ -191,6 +191,7 @@ class ConfigValue(Base):
 
 class Event(Entity, Base):
     __tablename__ = "event"
+    __table_args__ = (Index("ix_event_account", "account_id", "id"),)
     event_type: Mapped[str] = mapped_column(String(64))
     level: Mapped[str] = mapped_column(String(16), default="INFO")
     state: Mapped[str] = mapped_column(String(16), default="Completed")
@@ -205,7 +206,7 @@ class Event(Entity, Base):
 
 class AsyncJob(Entity, Base):
     __tablename__ = "async_job"
-    __table_args__ = (Index("ix_async_job_queue", "status", "running", "id"),)
+    __table_args__ = (Index("ix_async_job_queue", "status", "running", "id"), Index("ix_async_job_account", "account_id", "id"))
     cmd: Mapped[str] = mapped_column(String(128))
     params: Mapped[dict] = mapped_column(JSON, default=dict)
     account_id: Mapped[int | None] = mapped_column(Integer)

@@ -43,6 +43,15 @@ def register_usage_counter(resource_type: str, fn) -> None:
     _usage_counters[resource_type] = fn
 
 
+_internal_counters: dict = {}
+
+
+def register_internal_counter(name: str, fn) -> None:
+    """A count kept per account that is not a limit (e.g. the rows a plain list counts): fn recounts it for
+    updateResourceCount, which repairs it silently."""
+    _internal_counters[name] = fn
+
+
 def add_usage_counter(resource_type: str, fn) -> None:
     """Another subsystem's share of a usage that one already counts (snapshot backups besides templates on
     image stores): the recount becomes the sum. Register it after the first counter."""
@@ -207,7 +216,7 @@ def list_domains(s, ctx, q: ListQuery, id=None, name=None, level=None):
     if id:
         stmt = stmt.where(Domain.uuid == id)
     if name:
-        stmt = stmt.where(Domain.name == name)
+        stmt = stmt.where(func.lower(Domain.name) == name.lower())
     if level is not None:
         stmt = stmt.where(Domain.level == level)
     stmt = stmt.where(*keyword_filter(q, Domain.name))
@@ -242,8 +251,9 @@ def delete_domain(s, ctx, id: str, cleanup: bool = False) -> None:
                             "delete them first or pass cleanup=true")
     for acc in accounts:
         _delete_account_rows(s, acc)
-    for d in subs:
+    for d in subs:                     # deepest first, one by one: a child row must go before its parent's
         s.delete(d)
+        s.flush()
     events.record(s, ctx, "DOMAIN.DELETE", f"Domain {dom.name} deleted", resource_type="Domain", resource_uuid=dom.uuid)
 
 
@@ -324,7 +334,7 @@ def list_accounts(s, ctx, q: ListQuery, id=None, name=None, accounttype=None, st
     if id:
         stmt = stmt.where(Account.uuid == id)
     if name or q.account:
-        stmt = stmt.where(Account.name == (name or q.account))
+        stmt = stmt.where(func.lower(Account.name) == (name or q.account).lower())
     if accounttype is not None:
         stmt = stmt.where(Account.account_type == accounttype)
     if state:
@@ -423,7 +433,7 @@ def list_users(s, ctx, q: ListQuery, id=None, username=None, state=None):
     if id:
         stmt = stmt.where(User.uuid == id)
     if username:
-        stmt = stmt.where(User.username == username)
+        stmt = stmt.where(func.lower(User.username) == username.lower())
     if state:
         stmt = stmt.where(func.lower(User.state) == state.lower())
     stmt = stmt.where(*keyword_filter(q, User.username))
@@ -490,7 +500,7 @@ def list_roles(s, ctx, q: ListQuery, id=None, name=None, type=None):
     if id:
         stmt = stmt.where(Role.uuid == id)
     if name:
-        stmt = stmt.where(Role.name == name)
+        stmt = stmt.where(func.lower(Role.name) == name.lower())
     if type:
         stmt = stmt.where(func.lower(Role.role_type) == type.lower())
     stmt = stmt.where(*keyword_filter(q, Role.name))
@@ -548,6 +558,9 @@ def recalculate(s, acc: Account, types=None) -> dict:
         if types is None or rtype in types:
             new = int(fn(s, acc.id))
             out[rtype] = (counters.set_count(s, "account", acc.id, rtype, new), new)
+    if types is None:
+        for name, fn in _internal_counters.items():
+            counters.set_count(s, "account", acc.id, name, int(fn(s, acc.id)))
     return out
 
 

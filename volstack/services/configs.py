@@ -82,6 +82,8 @@ def reset_configuration(s, ctx, name, scope_uuids: dict) -> dict:
     require_root_admin(ctx)
     key = key_by_name(name)
     scope, scope_id = resolve_scope(s, scope_uuids)
+    if scope not in key.scopes:
+        raise InvalidParameter(f"Scope {scope} is not valid for {key.name}; it can be set at: {', '.join(key.scopes)}")
     s.execute(delete(ConfigValue).where(ConfigValue.name == key.name, ConfigValue.scope == scope,
                                         ConfigValue.scope_id == scope_id))
     events.record(s, ctx, "CONFIGURATION.VALUE.EDIT", f"Setting {name} reset at {scope} scope", resource_type="Configuration")

@@ -193,10 +193,11 @@ def delete_store(s, ctx, store: ImageStore) -> None:
 def list_objects(s, ctx, store: ImageStore, path: str | None) -> list[dict]:
     """Files under path in the store, each with the template/snapshot it belongs to."""
     require_root_admin(ctx)
-    from volstack.services.pools import datastore_object
-    entries = channel(host_for(s, store)).call("pool_list", pool=spec(store), path=path or "")["entries"]
+    from volstack.services.pools import browse_path, datastore_object
+    rel = browse_path(path)
+    entries = channel(host_for(s, store)).call("pool_list", pool=spec(store), path=rel)["entries"]
     owners = {o[3]: o[:3] for o in objects_on(s, store)}
-    return [datastore_object(e, owners.get(e["name"]) if not path else None) for e in entries]
+    return [datastore_object(e, owners.get(e["name"]) if not rel else None) for e in entries]
 
 
 def writable_stores(s, zone_id) -> list[ImageStore]:

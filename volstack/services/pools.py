@@ -153,7 +153,7 @@ def list_pools(s, ctx, q: ListQuery, *, id=None, name=None, zoneid=None, podid=N
     if id:
         stmt = stmt.where(StoragePool.uuid == id)
     if name:
-        stmt = stmt.where(StoragePool.name == name)
+        stmt = stmt.where(func.lower(StoragePool.name) == name.lower())
     for col, uuid, getter in ((StoragePool.zone_id, zoneid, infra.get_zone), (StoragePool.pod_id, podid, infra.get_pod),
                               (StoragePool.cluster_id, clusterid, infra.get_cluster)):
         if uuid:
@@ -335,20 +335,26 @@ def list_objects(s, ctx, id, path: str | None):
     """Files under path in the pool, each with the volstack volume it belongs to (if any)."""
     require_root_admin(ctx)
     pool = get_pool(s, id)
-    rel = normpath("/" + (path or "")).lstrip("/")
-    if path and (path.startswith("/") and not path.startswith(pool.path) or ".." in path.split("/")):
-        raise InvalidParameter(f"Path {path} is outside storage pool {pool.name}; give a path relative to the pool")
-    if path and path.startswith(pool.path):
-        rel = normpath(path[len(pool.path):] or "/").lstrip("/")
+    rel = browse_path(path, pool.path)
     hosts = hosts_in_scope(s, pool)
     if not hosts:
         raise ResourceUnavailable(f"No Up host can browse storage pool {pool.name}")
-    entries = driver_for(pool.provider).list_objects(channel(hosts[0]), pool, rel if rel != "." else "")
+    entries = driver_for(pool.provider).list_objects(channel(hosts[0]), pool, rel)
     owners = {v.path: ("volume", v.uuid, v.name)
               for v in s.scalars(select(Volume).where(Volume.pool_id == pool.id, Volume.removed.is_(None)))}
     for source in object_owners:
         owners.update(source(s, pool))
-    return [datastore_object(e, owners.get(e["name"]) if not rel or rel == "." else None) for e in entries]
+    return [datastore_object(e, owners.get(e["name"]) if not rel else None) for e in entries]
+
+
+def browse_path(path: str | None, root: str | None = None) -> str:
+    """A browser path as CloudStack reads it: `/` is the root of the pool or store and every path lies under it
+    (`..` cannot climb out). A path that repeats the pool's own export path (root) is taken from there. Returns
+    the path relative to the root, "" for the root itself."""
+    path = path or "/"
+    if root and root != "/" and (path == root or path.startswith(root.rstrip("/") + "/")):
+        path = path[len(root.rstrip("/")):] or "/"
+    return normpath("/" + path).lstrip("/")
 
 
 # source(s, pool) -> {file name: (kind, uuid, name)} for files other subsystems keep on pools (cached templates).

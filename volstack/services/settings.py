@@ -143,6 +143,8 @@ MOUNT_DISABLED_POOL = _key("mount.disabled.storage.pool", bool, False,
 STORAGE_CLEANUP_ENABLED = _key("storage.cleanup.enabled", bool, True, "Enables/disables the storage cleanup thread.", "Advanced")
 STORAGE_CLEANUP_INTERVAL = _key("storage.cleanup.interval", int, 86400, "The interval (in seconds) to wait before running the storage cleanup thread.", "Advanced")
 STORAGE_CLEANUP_DELAY = _key("storage.cleanup.delay", int, 86400, "Determines how long (in seconds) to wait before actually expunging destroyed volumes. The default value = the default value of storage.cleanup.interval.", "Advanced")
+ORPHAN_SCAN_INTERVAL = _key("storage.orphan.scan.interval", int, 3600, "How often (in seconds) pools and image stores are compared with the database for files that belong to nothing (0: never; volstack)", "Advanced", min=0)
+ORPHAN_GRACE_PERIOD = _key("storage.orphan.grace.period", int, 86400, "How long (in seconds) a file that belongs to nothing is only reported before the orphan scan removes it (-1: report only; volstack)", "Advanced", min=-1)
 TEMPLATE_CLEANUP_ENABLED = _key("storage.template.cleanup.enabled", bool, True, "Enable/disable template cleanup activity, only take effect when overall storage cleanup is enabled", "Storage")
 EXPUNGE_DELAY = _key("expunge.delay", int, 86400, "Determines how long (in seconds) to wait before actually expunging destroyed vm. The default value = the default value of expunge.interval", "Advanced")
 EXPUNGE_INTERVAL = _key("expunge.interval", int, 86400, "The interval (in seconds) to wait before running the expunge thread.", "Advanced")

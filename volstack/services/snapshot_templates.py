@@ -17,7 +17,7 @@ def create_row(s, ctx, snap: Snapshot, *, name, displaytext=None, ostypeid=None,
         raise InvalidParameter(f"Snapshot {snap.name} is {snap.state}; templates are made from backed-up snapshots")
     snapshot_primary.check_template_source(snap)
     encryption.refuse_template(snap)
-    if ostypeid is not None and catalog.os_type(ostypeid) is None:
+    if ostypeid is not None and catalog.os_type(ostypeid, s) is None:
         raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
     if (ispublic or isfeatured) and not ctx.is_admin and not templates._users_may_publish(s, ctx):
         raise PermissionDenied("Only administrators may create public or featured templates here")

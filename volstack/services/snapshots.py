@@ -481,7 +481,7 @@ def _finished_backup(db, snapshot_uuid: str) -> tuple[dict | None, str]:
             return None, ""
         from volstack.db.image_models import ImageStore
         store, name = s.get(ImageStore, snap.store_id), snap.install_path
-        cmd = "rbd_export_diff" if snapshots_rbd.owns(snap) else "snapshot_backup"
+        cmd, fmt = ("rbd_export_diff", "raw") if snapshots_rbd.owns(snap) else ("snapshot_backup", "qcow2")
         hosts = imagestores.hosts_for(s, store.zone_id)     # the one that copied is in the store's zone
         try:
             store_host = imagestores.host_for(s, store)
@@ -500,7 +500,7 @@ def _finished_backup(db, snapshot_uuid: str) -> tuple[dict | None, str]:
     if store_host is None:
         return None, ""
     try:                           # a file under the final name is a finished copy (copies write a .part first)
-        have = channel(store_host).call("volume_info", pool=store_spec, name=name)
+        have = channel(store_host).call("volume_info", pool=store_spec, name=name, format=fmt)
     except CloudError:
         return None, ""
     return have, (f"host {', '.join(finished)} had finished the backup" if finished else

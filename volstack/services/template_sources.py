@@ -26,7 +26,7 @@ def create_from_volume(s, ctx, *, name, volume, displaytext=None, ostypeid=None,
     if vm is not None and vm.state != "Stopped":
         raise InvalidParameter(f"Volume {volume.name} is attached to VM {vm.name}, which is {vm.state}; stop the VM "
                                "before creating a template from its volume")
-    if ostypeid is not None and catalog.os_type(ostypeid) is None:
+    if ostypeid is not None and catalog.os_type(ostypeid, s) is None:
         raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
     if (ispublic or isfeatured) and not ctx.is_admin and not _users_may_publish(s, ctx):
         raise PermissionDenied("Only administrators may create public or featured templates here")

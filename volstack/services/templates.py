@@ -115,12 +115,35 @@ def can_use(s, ctx, t: Template) -> bool:
         return False
 
 
-def _zones(s, zoneid=None, zoneids=None) -> list[Zone]:
+ALL_ZONES = "-1"
+
+
+class InZone:
+    """A template as listed in one of its zones: listTemplates shows one row per template and zone, each with that
+    zone's id, name and readiness (a cross-zone template is one row per zone, all with the template's id)."""
+    __slots__ = ("template", "listed_zone_id")
+
+    def __init__(self, template, zone_id):
+        self.template, self.listed_zone_id = template, zone_id
+
+    def __getattr__(self, name):
+        return getattr(self.template, name)
+
+
+def _zones(s, zoneid=None, zoneids=None, directdownload=False) -> list[Zone]:
+    """The zones of a registration. -1 (zoneid or in zoneids): cross-zone, every zone that can hold it (one with a
+    writable image store, or any zone for a direct download)."""
     ids = list(zoneids or []) + ([zoneid] if zoneid else [])
     if not ids:
         raise InvalidParameter("Pass zoneid (or zoneids; -1 means all zones)")
-    if "-1" in ids:
-        return list(s.scalars(select(Zone).where(Zone.removed.is_(None)).order_by(Zone.id)))
+    if ALL_ZONES in ids:
+        zones = list(s.scalars(select(Zone).order_by(Zone.id)))
+        if not directdownload:
+            zones = [z for z in zones if imagestores.writable_stores(s, z.id)]
+        if not zones:
+            raise ResourceUnavailable("No zone has a writable image store for a cross-zone template: add one with "
+                                      "addImageStore")
+        return zones
     return [infra.get_zone(s, z) for z in dict.fromkeys(ids)]
 
 
@@ -144,7 +167,7 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
     parse_checksum(checksum)
     if ostypeid is None:
         ostypeid = catalog.os_type_id("Other (64-bit)" if is_iso else "Other Linux (64-bit)")
-    elif catalog.os_type(ostypeid) is None:
+    elif catalog.os_type(ostypeid, s) is None:
         raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
     if ispublic and not ctx.is_admin and not _users_may_publish(s, ctx):
         raise PermissionDenied("Only administrators may register public templates here "
@@ -153,7 +176,8 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
     if templatetype and templatetype.upper() != "USER" and not ctx.is_root_admin:
         raise PermissionDenied(f"Only the root administrator may register {templatetype.upper()} templates; "
                                "templatetype=USER (the default) is yours")
-    zones = _zones(s, zoneid, zoneids)
+    zones = _zones(s, zoneid, zoneids, directdownload)
+    cross_zones = ALL_ZONES in (list(zoneids or []) + [zoneid])
     accounts.check_limit(s, ctx.account_id, "template")
     if not directdownload:
         missing = [z.name for z in zones if not imagestores.writable_stores(s, z.id)]
@@ -162,7 +186,7 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
                                       "addImageStore or clear readonly on an existing one")
     t = Template(name=name, display_text=displaytext or name, format=fmt, hypervisor=hv, os_type=ostypeid, url=url,
                  checksum=checksum, is_public=bool(ispublic), featured=bool(isfeatured),
-                 cross_zones=bool(zoneids and "-1" in zoneids), bootable=bool(bootable), extractable=bool(isextractable),
+                 cross_zones=cross_zones, bootable=bool(bootable), extractable=bool(isextractable),
                  password_enabled=bool(passwordenabled), requires_hvm=bool(requireshvm),
                  direct_download=bool(directdownload), template_type=(templatetype or "USER").upper(),
                  account_id=ctx.account_id, domain_id=ctx.domain_id, details=dict(details or {}))
@@ -352,8 +376,10 @@ def list_templates(s, ctx, q: ListQuery, *, is_iso: bool, templatefilter="execut
     flt = (templatefilter or "executable").lower()
     if flt not in FILTERS:
         raise InvalidParameter(f"Invalid templatefilter {templatefilter}: use one of {', '.join(FILTERS)}")
-    stmt = select(Template).where(Template.removed.is_(None),
-                                  (Template.format == "ISO") if is_iso else (Template.format != "ISO")).order_by(Template.id)
+    stmt = (select(Template, TemplateZone.zone_id)
+            .outerjoin(TemplateZone, TemplateZone.template_id == Template.id)
+            .where(Template.removed.is_(None), (Template.format == "ISO") if is_iso else (Template.format != "ISO"))
+            .order_by(Template.id, TemplateZone.zone_id))
     shared = exists().where(TemplatePermission.template_id == Template.id,
                             TemplatePermission.account_id == ctx.account_id)
     mine = Template.account_id == ctx.account_id
@@ -381,8 +407,7 @@ def list_templates(s, ctx, q: ListQuery, *, is_iso: bool, templatefilter="execut
     if f.get("templatetype"):
         stmt = stmt.where(Template.template_type == f["templatetype"].upper())
     if f.get("zoneid"):
-        zone = infra.get_zone(s, f["zoneid"])
-        stmt = stmt.where(exists().where(TemplateZone.template_id == Template.id, TemplateZone.zone_id == zone.id))
+        stmt = stmt.where(TemplateZone.zone_id == infra.get_zone(s, f["zoneid"]).id)
     if f.get("imagestoreid"):
         store = imagestores.get_store(s, f["imagestoreid"])
         stmt = stmt.where(exists().where(TemplateStoreRef.template_id == Template.id,
@@ -391,13 +416,16 @@ def list_templates(s, ctx, q: ListQuery, *, is_iso: bool, templatefilter="execut
         from volstack.services.pools import get_pool
         pool = get_pool(s, f["storageid"])
         stmt = stmt.where(exists().where(TemplatePoolRef.template_id == Template.id, TemplatePoolRef.pool_id == pool.id))
-    ready = exists().where(TemplateStoreRef.template_id == Template.id, TemplateStoreRef.state == "Ready")
+    ready = exists().where(TemplateStoreRef.template_id == Template.id, TemplateStoreRef.state == "Ready",
+                           TemplateStoreRef.store_id.in_(select(ImageStore.id).where(
+                               ImageStore.zone_id == TemplateZone.zone_id)))      # ready in the row's zone
     ready = or_(and_(Template.direct_download.is_(True),
                      or_(Template.verify_state.is_(None), Template.verify_state == "Verified")), ready)
     # isready=false filters nothing (as in CloudStack: cs_iso always sends is_ready, default false)
     if flt in READY_ONLY or (flt == "executable" and not ctx.is_admin) or f.get("isready"):
         stmt = stmt.where(ready)
-    return paginate(s, stmt.where(*keyword_filter(q, Template.name)), q)
+    rows, total = paginate(s, stmt.where(*keyword_filter(q, Template.name)), q, scalars=False)
+    return [InZone(t, zone_id) for t, zone_id in rows], total
 
 
 def update(s, ctx, t: Template, *, name=None, displaytext=None, format=None, ostypeid=None, passwordenabled=None,
@@ -416,7 +444,7 @@ def update(s, ctx, t: Template, *, name=None, displaytext=None, format=None, ost
             raise InvalidParameter(f"The format of {t.name} is {t.format} (probed at download); it cannot be changed")
         t.format = fmt
     if ostypeid:
-        if catalog.os_type(ostypeid) is None:
+        if catalog.os_type(ostypeid, s) is None:
             raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
         t.os_type = ostypeid
     for attr, value in (("password_enabled", passwordenabled), ("bootable", bootable), ("requires_hvm", requireshvm),

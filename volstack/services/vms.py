@@ -139,6 +139,13 @@ def start(s, ctx, vm, hostid=None) -> VirtualMachine:
     if busy:       # a snapshot being backed up or a revert rewriting the image must finish first
         raise InvalidParameter(f"VM {vm.name} cannot start while its volume {', '.join(busy)}; wait for the "
                                "snapshot operation to finish")
+    in_maint = [(v.name, p.name, p.state) for v, p in s.execute(select(Volume, StoragePool).join(
+        StoragePool, StoragePool.id == Volume.pool_id).where(Volume.vm_id == vm.id, Volume.removed.is_(None),
+        StoragePool.state.in_(("PrepareForMaintenance", "Maintenance", "ErrorInMaintenance"))))]
+    if in_maint:   # the pool's data may be moving or its storage down: the guest must not open it
+        raise InvalidParameter(f"VM {vm.name} cannot start: " + "; ".join(
+            f"its volume {v} is on storage pool {p}, which is in {st}" for v, p, st in in_maint)
+            + "; cancel the maintenance (cancelStorageMaintenance) or migrate the volume first")
     hosts = _hosts_for(s, vm, hostid)
     if not hosts:
         raise InsufficientCapacity(f"No Up, Enabled {vm.hypervisor} host in the zone can run VM {vm.name}"

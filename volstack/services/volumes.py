@@ -3,7 +3,7 @@
 Work on a host (creating an image, hot-plugging it) happens after the volume has moved to a
 transitional state that is committed first, so a crash leaves a state the reconciler can settle.
 """
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from volstack.db import aggregate, counters
 from volstack.db.models import Host, utcnow
@@ -46,12 +46,20 @@ def _account_counts(s, v):
     if v["removed"] is None and v["state"] not in ("Destroy", "Expunged"):
         yield "account", v["account_id"], "volume", 1
         yield "account", v["account_id"], "primary_storage", v["size"]
+    if v["removed"] is None and v["state"] != "Expunged":       # what listVolumes counts (list_volumes' total)
+        yield "account", v["account_id"], "volume_rows", 1
+        if v["state"] == "Destroy":
+            yield "account", v["account_id"], "volume_rows_destroy", 1
 
 
 # The counts limits read (maintained on every change); the recounts below are what updateResourceCount trusts.
 counters.counted(Volume, ("account_id", "state", "removed", "size"), _account_counts)
 accounts.register_usage_counter("volume", lambda s, acc: aggregate.count(
     s, Volume, Volume.account_id == acc, _live(Volume), Volume.state.notin_(("Destroy", "Expunged"))))
+accounts.register_internal_counter("volume_rows", lambda s, acc: aggregate.count(
+    s, Volume, Volume.account_id == acc, _live(Volume), Volume.state != "Expunged"))
+accounts.register_internal_counter("volume_rows_destroy", lambda s, acc: aggregate.count(
+    s, Volume, Volume.account_id == acc, _live(Volume), Volume.state == "Destroy"))
 accounts.register_usage_counter("primary_storage", lambda s, acc: aggregate.total(
     s, Volume.size, Volume.account_id == acc, _live(Volume), Volume.state.notin_(("Destroy", "Expunged"))))
 
@@ -107,16 +115,20 @@ def create_volume(s, ctx, *, name=None, zoneid=None, diskofferingid=None, size=N
 
 
 def list_volumes(s, ctx, q: ListQuery, **f):
-    stmt = select(Volume).where(_live(Volume), Volume.state != "Expunged",
-                                *owner_filter(s, ctx, Volume, listall=q.listall, isrecursive=q.isrecursive,
-                                              account=q.account, domain_uuid=q.domainid)).order_by(Volume.id)
-    if not ctx.is_admin:
-        stmt = stmt.where(Volume.state != "Destroy") if not S.Settings.value_in(s, S.ALLOW_USER_EXPUNGE) else stmt
+    owner = owner_filter(s, ctx, Volume, listall=q.listall, isrecursive=q.isrecursive, account=q.account,
+                         domain_uuid=q.domainid)
+    stmt = select(Volume).where(_live(Volume), Volume.state != "Expunged", *owner).order_by(Volume.id)
+    hide_destroyed = not ctx.is_admin and not S.Settings.value_in(s, S.ALLOW_USER_EXPUNGE)
+    if hide_destroyed:
+        stmt = stmt.where(Volume.state != "Destroy")
+    total = None
+    if not q.keyword and not any(f.get(k) for k in f):      # the plain page: its total from the maintained counts
+        total = _listed_total(s, ctx, q, hide_destroyed)
     stmt = stmt.where(*identity_filter(Volume, f))
     if f.get("type"):
-        stmt = stmt.where(func.upper(Volume.volume_type) == f["type"].upper())
+        stmt = stmt.where(Volume.volume_type == f["type"].upper())
     if f.get("state"):
-        stmt = stmt.where(func.lower(Volume.state) == f["state"].lower())
+        stmt = stmt.where(Volume.state == VOLUME.canonical(f["state"]))
     if f.get("isencrypted") is not None:      # encrypted: has a passphrase (its image is or will be LUKS)
         stmt = stmt.where(Volume.passphrase_id.isnot(None) if f["isencrypted"] else Volume.passphrase_id.is_(None))
     if f.get("zoneid"):
@@ -137,7 +149,21 @@ def list_volumes(s, ctx, q: ListQuery, **f):
         pod = infra.get_pod(s, f["podid"])
         stmt = stmt.where(Volume.pool_id.in_(select(StoragePool.id).where(StoragePool.pod_id == pod.id)))
     stmt = stmt.where(*keyword_filter(q, Volume.name))
-    return paginate(s, stmt, q)
+    return paginate(s, stmt, q, total=total)
+
+
+def _listed_total(s, ctx, q: ListQuery, hide_destroyed):
+    """How many volumes a plain listVolumes page counts, from the per-account counts kept with every change,
+    for the owner sets (as context.owner_filter draws them) that are one row or a sum over accounts: the
+    caller's own account, or everything (the root admin's listall). Others are counted."""
+    if q.account or q.domainid:
+        return None
+    if ctx.is_root_admin and q.listall:
+        return counters.sum_all(s, "account", "volume_rows")
+    if not ctx.is_admin or not q.listall:
+        rows = counters.get(s, "account", ctx.account_id, "volume_rows")
+        return rows - (counters.get(s, "account", ctx.account_id, "volume_rows_destroy") if hide_destroyed else 0)
+    return None
 
 
 # ---------------------------------------------------------------- placing images on pools
@@ -336,7 +362,7 @@ def resize(s, ctx, vol: Volume, *, size_gb=None, diskofferingid=None, shrinkok=F
 
 def destroy(s, ctx, vol: Volume, expunge=False) -> Volume:
     if vol.vm_id is not None and vol.volume_type != "ROOT":
-        raise ResourceInUse(f"Volume {vol.name} is attached to a VM; detach it first")
+        raise InvalidParameter(f"Volume {vol.name} is attached to a VM; detach it first")     # as CloudStack: 431
     if not ctx.is_admin and (expunge or False) and not S.Settings.value_in(s, S.ALLOW_USER_EXPUNGE, account=ctx.account_id):
         raise InvalidParameter("Users may not expunge volumes here (allow.user.expunge.recover.volume=false)")
     VOLUME.fire(s, vol, "DestroyRequested", destroyed_at=utcnow())
@@ -379,7 +405,7 @@ def expunge_volume(s, ctx, vol: Volume) -> None:
 def delete(s, ctx, vol: Volume) -> None:
     """deleteVolume: remove an unattached data volume at once."""
     if vol.vm_id is not None:
-        raise ResourceInUse(f"Volume {vol.name} is attached to a VM; detach it first")
+        raise InvalidParameter(f"Volume {vol.name} is attached to a VM; detach it first")     # as CloudStack: 431
     if vol.state not in ("Allocated", "Ready", "Destroy", "Uploaded", "UploadError", "UploadAbandoned"):
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; wait for its operation to finish")
     if vol.state != "Destroy":
@@ -541,7 +567,7 @@ def unmanage(s, ctx, vol: Volume) -> None:
     from volstack.services.context import require_root_admin
     require_root_admin(ctx)
     if vol.vm_id is not None:
-        raise ResourceInUse(f"Volume {vol.name} is attached to a VM; detach it first")
+        raise InvalidParameter(f"Volume {vol.name} is attached to a VM; detach it first")     # as CloudStack: 431
     if vol.state != "Ready":
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be unmanaged")
     vol.state, vol.removed = "Expunged", utcnow()

@@ -39,9 +39,11 @@ ACCOUNT_TYPE = P("accounttype", INTEGER, "Type of the account. Specify 0 for use
     P("domainid", UUID, "Creates the user under the specified domain.", entity="Domain"),
     P("networkdomain", STRING, "Network domain for the account's networks"),
     P("timezone", STRING, "Specifies a timezone for this command. For more information on the timezone parameter, see Time Zone Format."),
-    P("details", "map", "details for account used to store specific parameters"),
+    P("accountdetails", "map", "details for account used to store specific parameters (not supported: account "
+      "settings are updateConfiguration accountid=…)"),
 ], view=ACCOUNT, access=DOMAIN)
 def create_account(req, p):
+    _no_details(p)
     acc = svc.create_account(req.s, req.ctx, username=p.username, password=p.password, email=p.email,
                              firstname=p.firstname, lastname=p.lastname, account=p.account, accounttype=p.accounttype,
                              roleid=p.roleid, domainid=p.domainid, networkdomain=p.networkdomain, timezone=p.timezone)
@@ -73,10 +75,19 @@ def _account(req, p) -> Account:
     P("newname", STRING, "new name for the account"),
     P("networkdomain", STRING, "Network domain for the account's networks; empty string will update domainName with NULL value"),
     P("roleid", UUID, "The UUID of the dynamic role to set for the account", entity="Role"),
-    P("details", "map", "Details for the account used to store specific parameters"),
+    P("accountdetails", "map", "Details for the account used to store specific parameters (not supported: account "
+      "settings are updateConfiguration accountid=…)"),
 ], view=ACCOUNT, access=DOMAIN)
 def update_account(req, p):
+    _no_details(p)
     return obj(req, ACCOUNT, svc.update_account(req.s, req.ctx, _account(req, p), p.newname, p.networkdomain, p.roleid))
+
+
+def _no_details(p):
+    if p.accountdetails:
+        from volstack.errors import InvalidParameter
+        raise InvalidParameter("accountdetails are not supported: set account-scoped settings with "
+                               "updateConfiguration name=… value=… accountid=…")
 
 
 @API.command("enableAccount", "Enables an account", ACCOUNT_REF, view=ACCOUNT, access=DOMAIN)

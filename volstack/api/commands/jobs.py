@@ -2,7 +2,7 @@
 from sqlalchemy import select
 
 from volstack.api.commands.common import list_query, lst
-from volstack.api.registry import API, OWNER_LIST_PARAMS, STRING, TZDATE, USER, UUID, Param as P
+from volstack.api.registry import API, DATE, OWNER_LIST_PARAMS, STRING, USER, UUID, Param as P
 from volstack.api.views import ASYNCJOB, Lookups
 from volstack.db.models import AsyncJob
 from volstack.errors import InvalidParameter
@@ -38,7 +38,7 @@ def query_async_job_result(req, p):
 
 
 @API.command("listAsyncJobs", "Lists all pending asynchronous jobs for the account.", [
-    P("startdate", TZDATE, "The start date of the async job (use format \"yyyy-MM-dd'T'HH:mm:ss'+'SSSS\")"),
+    P("startdate", DATE, "The start date of the async job (use format \"yyyy-MM-dd'T'HH:mm:ss'+'SSSS\")"),
     P("managementserverid", UUID, "The id of the management server"),
     P("resourceid", UUID, "the ID of the resource the jobs work on"),
     P("resourcetype", STRING, "the type of that resource"),

@@ -4,7 +4,7 @@ from sqlalchemy import select
 from volstack.api.commands.common import list_query, lst, obj
 from volstack.api.registry import (API, BOOLEAN, LIST, MAP, OWNER, ROOT, STRING, USER, UUID, Field as F, Lst, Param as P,
                                    Success, View)
-from volstack.api.views import Lookups, _a, _date, _ref
+from volstack.api.views import Lookups, _a, _date, _ref, tags_field
 from volstack.db import models as m
 from volstack.db.image_models import ImageStore, TemplatePoolRef, TemplateStoreRef, TemplateZone
 from volstack.db.storage_models import StoragePool
@@ -42,6 +42,8 @@ def _refs(r, lk):
 
 
 def _zone_id(r, lk):
+    if isinstance(r, templates.InZone):
+        return r.listed_zone_id
     return lk.batched(_first_zones, r.id)
 
 
@@ -81,7 +83,7 @@ def _checksum(r, lk):
 
 
 def _ostype(field):
-    return lambda r, lk: (catalog.os_type(r.os_type) or {}).get(field)
+    return lambda r, lk: (catalog.os_type(r.os_type, lk.s) or {}).get(field)
 
 
 def _fields():
@@ -90,7 +92,8 @@ def _fields():
         F("name", "the template name", _a("name")),
         F("displaytext", "the template display text", _a("display_text")),
         F("isready", "true if the template is ready to be deployed from, false otherwise.",
-          lambda r, lk: templates.is_ready(lk.s, r, store_refs=_refs(r, lk)), "boolean"),
+          lambda r, lk: templates.is_ready(lk.s, r, getattr(r, "listed_zone_id", None), store_refs=_refs(r, lk)),
+          "boolean"),
         F("status", "the status of the template", _status, access=OWNER),
         F("downloaddetails", "Lists the download progress of a template across all secondary storages",
           _download_details, "list"),
@@ -121,6 +124,7 @@ def _fields():
         F("account", "the account name to which the template belongs", _ref(m.Account, "account_id", "name")),
         F("domainid", "the ID of the domain to which the template belongs", _ref(m.Domain, "domain_id")),
         F("domain", "the name of the domain to which the template belongs", _ref(m.Domain, "domain_id", "name")),
+        tags_field("Template", "ISO"),
     ]
 
 
@@ -138,7 +142,8 @@ REGISTER_COMMON = [
     P("displaytext", STRING, "The display text of the template, defaults to 'name'.", length=4096),
     P("url", STRING, "the URL of where the template is hosted: http(s)://…, a .metalink file lists mirrors",
       required=True, length=2048),
-    P("zoneid", UUID, "the ID of the zone the template is to be hosted on", entity="Zone"),
+    P("zoneid", UUID, "the ID of the zone the template is to be hosted on; -1: every zone (a cross-zone template)",
+      entity="Zone", special=(templates.ALL_ZONES,)),
     P("checksum", STRING, "the checksum value of this template: {SHA-256}hex, {MD5}hex … or a bare MD5"),
     P("ostypeid", UUID, "the ID of the OS Type that best represents the OS of this template (see listOsTypes)"),
     P("ispublic", BOOLEAN, "true if the template is available to all accounts; default is true for admin and false for users"),
@@ -168,7 +173,8 @@ def _register(req, p, is_iso):
 @API.command("registerTemplate", "Registers an existing template into the CloudStack cloud.", REGISTER_COMMON + [
     P("format", STRING, "the format for the template: QCOW2 or RAW (KVM)", required=True),
     P("hypervisor", STRING, "the target hypervisor for the template", required=True),
-    P("zoneids", LIST, "A list of zone ids where the template will be hosted; -1 means all zones"),
+    P("zoneids", LIST, "A list of zone ids where the template will be hosted; -1 means all zones", entity="Zone",
+      special=(templates.ALL_ZONES,)),
     P("requireshvm", BOOLEAN, "true if this template requires HVM"),
     P("templatetype", STRING, "the type of the template: USER (default); BUILTIN or SYSTEM for the root admin"),
     P("details", MAP, "Template details in key/value pairs; HTTP_HEADER:<Name> keys become download request headers"),
@@ -183,7 +189,8 @@ def register_template(req, p):
     P("imagestoreuuid", STRING, "Image store UUID"),
     P("format", STRING, "unused: ISOs are ISO"),
     P("hypervisor", STRING, "unused: ISOs serve every hypervisor"),
-    P("zoneids", LIST, "unused"),
+    P("zoneids", LIST, "A list of zone ids where the ISO will be hosted; -1 means all zones", entity="Zone",
+      special=(templates.ALL_ZONES,)),
     P("requireshvm", BOOLEAN, "unused"),
     P("templatetype", STRING, "unused"),
     P("details", MAP, "unused"),
@@ -211,6 +218,7 @@ LIST_FILTERS = [
     P("isready", BOOLEAN, "list templates that are ready to be deployed"),
     P("imagestoreid", UUID, "ID of the image or image cache store", entity="ImageStore", access=ROOT),
     P("storageid", UUID, "ID of the storage pool", entity="StoragePool", access=ROOT),
+    P("tags", MAP, "List resources by tags (key/value pairs): tags[0].key=k&tags[0].value=v; any pair matches"),
     P("listall", BOOLEAN, "with self/selfexecutable, list the templates of every account the caller may see"),
     P("isrecursive", BOOLEAN, "with listall, include subdomains"),
     P("account", STRING, "list resources by account. Must be used with the domainId parameter."),
@@ -222,7 +230,7 @@ def _list(req, p, is_iso, flt):
     return lst(req, ISO if is_iso else TEMPLATE, templates.list_templates(
         req.s, req.ctx, list_query(req, p), is_iso=is_iso, templatefilter=flt, id=p.id, ids=p.ids, name=p.name,
         zoneid=p.zoneid, hypervisor=p.hypervisor, isready=p.isready, imagestoreid=p.imagestoreid,
-        storageid=p.storageid, templatetype=p.get("templatetype")))
+        storageid=p.storageid, templatetype=p.get("templatetype"), tags=p.tags))
 
 
 @API.command("listTemplates", "List all public, private, and privileged templates.", LIST_FILTERS + [

@@ -1,9 +1,9 @@
 """Volume commands."""
 from volstack.api.commands.common import list_query, lst, obj, paged
 from volstack.api.commands.pools import STORAGEPOOL
-from volstack.api.registry import (API, BOOLEAN, LIST, LONG, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID, Field as F,
+from volstack.api.registry import (API, BOOLEAN, LIST, LONG, MAP, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID, Field as F,
                                    Param as P, Success, View)
-from volstack.api.views import _a, _date, _ref
+from volstack.api.views import _a, _date, _ref, tags_field
 from volstack.db import models as m
 from volstack.db import storage_models as sm
 from volstack.services import vms, volume_migration, volumes
@@ -65,6 +65,7 @@ VOLUME = View("volume", [
     F("displayvolume", "an optional field whether to the display the volume to the end user or not.", lambda r, lk: True, "boolean"),
     F("encryptformat", "the format of the disk encryption if applicable", _a("encrypt_format")),
     *_owner_fields(),
+    tags_field("Volume"),
 ])
 
 VOL_FILTERS = [
@@ -83,10 +84,11 @@ VOL_FILTERS = [
     P("serviceofferingid", UUID, "list volumes by disk offering of a service offering", entity="ServiceOffering"),
     P("isencrypted", BOOLEAN, "list only volumes that are encrypted", access=ROOT),
     P("listsystemvms", BOOLEAN, "list system VMs; only ROOT admin is eligible to pass this parameter", access=ROOT),
+    P("tags", MAP, "List resources by tags (key/value pairs): tags[0].key=k&tags[0].value=v; any pair matches"),
     *OWNER_LIST_PARAMS,
 ]
 _FILTER_NAMES = ("id", "ids", "name", "type", "state", "zoneid", "podid", "clusterid", "hostid", "storageid",
-                 "virtualmachineid", "diskofferingid", "isencrypted")
+                 "virtualmachineid", "diskofferingid", "tags", "isencrypted")
 
 
 def _stat(field):
