@@ -214,12 +214,33 @@ def cmd_apply(args) -> int:
         accounts.bootstrap(s)
     doc = yaml.safe_load(Path(args.file).read_text())
     try:
+        _typed_by_api(doc)
         for line in datacenter.apply(db, system_context(), doc or {}):
             print(line)
     except CloudError as exc:
         print(f"volstack apply: {exc.text}", file=sys.stderr)
         return 1
     return 0
+
+
+# The apply sections whose entries are an API command's parameters: their values are typed as the API types
+# them ("5" is the integer 5, "yes" for a boolean is refused with the API's message).
+_API_SECTIONS = {"disk_offerings": "createDiskOffering", "service_offerings": "createServiceOffering",
+                 "storage_pools": "createStoragePool"}
+
+
+def _typed_by_api(doc) -> None:
+    from volstack.api.binding import convert
+    from volstack.api.registry import API, BOOLEAN, INTEGER, LONG, SHORT, STRING
+    for section, command in _API_SECTIONS.items():
+        items = doc.get(section) if isinstance(doc, dict) else None
+        cmd = API.commands[command]
+        params = {p.name: p for p in cmd.params if p.type in (SHORT, INTEGER, LONG, BOOLEAN, STRING)}
+        for item in items if isinstance(items, list) else ():
+            for key, value in (item.items() if isinstance(item, dict) else ()):
+                if key in params and isinstance(value, (str, int, float, bool)):
+                    raw = ("true" if value else "false") if isinstance(value, bool) else str(value)
+                    item[key] = convert(None, cmd, params[key], raw)
 
 
 def main(argv=None) -> int:

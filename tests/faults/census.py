@@ -77,7 +77,7 @@ def take(rig, workload) -> dict:
                               "server running it stopped" not in e[2]]
     out["interrupted_jobs"] = sum(1 for e in workload.api.errors if e[1] == 530) - len(out["internal_errors"])
     logs = [rig.ms_log, Path(rig.agent.log.name)]
-    out["tracebacks"] = sum(p.read_text(errors="replace").count("Traceback") for p in logs if p.exists())
+    out["tracebacks"] = [tb for p in logs if p.exists() for tb in _tracebacks(p)]
     lat = sorted(workload.latency)
     out["listzones_p99_ms"] = round(lat[int(len(lat) * 0.99) - 1] * 1000, 1) if lat else None
     out["listzones_max_ms"] = round(lat[-1] * 1000, 1) if lat else None
@@ -85,6 +85,16 @@ def take(rig, workload) -> dict:
     out["operations"] = sum(1 for e in workload.log if e[0] not in ("kill", "skip"))
     out["failed_operations"] = sum(1 for e in workload.log if e[0] not in ("kill", "skip", "write") and e[2])
     out["clean"] = all(not out[k] for k in MUST_BE_ZERO)
+    return out
+
+
+def _tracebacks(path: Path) -> list[str]:
+    """Each traceback in a log as 'the line before it … the exception line'."""
+    lines, out = path.read_text(errors="replace").splitlines(), []
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback"):
+            end = next((j for j in range(i + 1, len(lines)) if not lines[j].startswith(" ")), len(lines) - 1)
+            out.append(f"{path.name}: {lines[i - 1][:160] if i else ''} … {lines[end][:200]}")
     return out
 
 

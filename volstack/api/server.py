@@ -202,24 +202,36 @@ class ApiApp:
         cmd = self.registry.get(job.cmd) or self.registry.tasks.get(job.cmd)
         if cmd is None:
             raise InternalError(f"Command {job.cmd} is not known to this management server version")
-        with self.ms.db.session() as s:
-            user = s.get(User, job.user_id)
-            ctx = accounts.context_for(s, user, job_uuid=job.uuid)
+        moved, ctx = {}, None     # every object the job moves (Lifecycle.fire), to settle them if it fails
+        try:
+            with self.ms.db.session() as s:
+                s.info["moved"] = moved
+                user = s.get(User, job.user_id)
+                ctx = accounts.context_for(s, user, job_uuid=job.uuid)
 
-            def report(percent, proc_status=None):
-                # Reporting progress commits the work done so far: pollers see both, and on SQLite
-                # the progress write could not get the lock this session would otherwise hold.
-                s.commit()
-                progress(percent, proc_status)
-            req = Req(s, ctx, self.ms, cmd, report)
-            viewer = VIEWER.set(ctx)
-            try:
-                result = cmd.handler(req, binding.Params(job.params or {}))
-            finally:
-                VIEWER.reset(viewer)
-            if isinstance(result, (Obj, Success)):
-                return wire.body_of(result)
-            return result
+                def report(percent, proc_status=None):
+                    # Reporting progress commits the work done so far: pollers see both, and on SQLite
+                    # the progress write could not get the lock this session would otherwise hold.
+                    s.commit()
+                    progress(percent, proc_status)
+                req = Req(s, ctx, self.ms, cmd, report)
+                viewer = VIEWER.set(ctx)
+                try:
+                    result = cmd.handler(req, binding.Params(job.params or {}))
+                finally:
+                    VIEWER.reset(viewer)
+                if isinstance(result, (Obj, Success)):
+                    return wire.body_of(result)
+                return result
+        except Exception as exc:
+            if moved:             # the session is rolled back; what it had committed mid-job is settled here
+                from volstack.services import recovery
+                text = exc.text if isinstance(exc, CloudError) else "an internal error"
+                try:
+                    recovery.settle_moved(self.ms.db, ctx, moved, f"{job.cmd} failed: {text}")
+                except Exception:
+                    log.exception("settling the objects of failed job %s (%s) failed", job.uuid, job.cmd)
+            raise
 
     def on_interrupt(self, job: AsyncJob) -> str:
         """A job's server died mid-way: settle its object (declared per instance type), then retry or fail it."""

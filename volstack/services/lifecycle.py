@@ -39,6 +39,8 @@ class Lifecycle:
         if res.rowcount != 1:
             raise ResourceInUse(f"The {self.name} {getattr(row, 'name', row.id)} changed state concurrently; retry")
         setattr(row, self.attr, nxt)
+        # what a job moved, so that its failure can return each object to a stable state (services/recovery.py)
+        s.info.setdefault("moved", {})[(model, row.id)] = self.name
         for k, v in values.items():
             setattr(row, k, v)
         for observer in self.observers:

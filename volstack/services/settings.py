@@ -4,6 +4,7 @@ Services read settings only through `Settings.get(KEY, scope ids...)`, which ret
 of the most specific scope that has one, then the global value, then the default.
 """
 import ipaddress
+import logging
 import math
 import uuid as _uuid
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from sqlalchemy import select
 
 from volstack.db.models import ConfigValue
 from volstack.errors import InvalidParameter
+
+log = logging.getLogger("volstack.settings")
 
 # Most specific first: the order in which a value is looked up.
 SCOPE_ORDER = ("storagepool", "imagestore", "cluster", "zone", "account", "domain", "global")
@@ -238,7 +241,12 @@ class Settings:
             select(ConfigValue).where(ConfigValue.name == key.name))}
         for scope, sid in wanted + [("global", 0)]:
             if (scope, sid) in rows:
-                return key.parse(rows[(scope, sid)])
+                try:
+                    return key.validate(rows[(scope, sid)])
+                except InvalidParameter as e:
+                    # stored before values were validated (or edited by hand): the next scope or the default
+                    # serves rather than every reader failing
+                    log.warning("ignoring the %s value of %s: %s", scope, key.name, e.text)
         return key.default
 
     @staticmethod

@@ -52,7 +52,9 @@ def copy_to_store(s, ctx, t: Template, progress=None) -> Template:
             return snapshot_primary.copy_to_store(s, snap, imagestores.spec(dst), ref.install_path, report)
         if snapshots_rbd.owns(snap):        # an RBD backup chain, not a flat qcow2
             return snapshots_rbd.copy_to_store(s, snap, dst, ref.install_path, report)
-        return run_long(channel(imagestores.host_for(s, dst)), "volume_copy", report, src_pool=imagestores.spec(src),
+        ch = channel(imagestores.host_for(s, dst))
+        s.commit()                          # the host lookup began a transaction: none stays open across the copy
+        return run_long(ch, "volume_copy", report, src_pool=imagestores.spec(src),
                         src_name=snap.install_path, src_format="qcow2", dst_pool=imagestores.spec(dst),
                         dst_name=ref.install_path, format="qcow2")
     return template_sources.fill_store_copy(s, ctx, t, f"snapshot {snap.name}", copy, progress)

@@ -64,7 +64,9 @@ def copy_volume_to_store(s, ctx, t: Template, progress=None) -> Template:
         hosts = hosts_in_scope(s, pool)
         if not hosts:
             raise ResourceUnavailable(f"No Up host reaches storage pool {pool.name} to read volume {vol.name}")
-        return run_long(channel(hosts[0]), "volume_copy", report, src_pool=driver_for(pool.provider).spec(pool),
+        ch = channel(hosts[0])
+        s.commit()
+        return run_long(ch, "volume_copy", report, src_pool=driver_for(pool.provider).spec(pool),
                         src_name=vol.path, src_format=vol.format.lower(), dst_pool=imagestores.spec(store),
                         dst_name=ref.install_path, format="qcow2")
     return fill_store_copy(s, ctx, t, f"volume {vol.name}", copy, progress)

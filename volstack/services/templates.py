@@ -20,7 +20,7 @@ from volstack.db.image_models import (ImageStore, Template, TemplatePermission, 
 from volstack.db.models import Account, Zone, utcnow
 from volstack.db.storage_models import VirtualMachine
 from volstack.drivers.hosts import channel, run_long
-from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceInUse, ResourceUnavailable
+from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceUnavailable
 from volstack.services import accounts, catalog, events, imagestores, infra, lookup, settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.listing import ListQuery, identity_filter, keyword_filter, paginate
@@ -528,7 +528,7 @@ def delete(s, ctx, t: Template, *, forced=False, zoneid=None) -> list[int]:
     else:
         users = aggregate.count(s, VirtualMachine, VirtualMachine.template_id == t.id, VirtualMachine.removed.is_(None))
     if users and not forced:
-        raise ResourceInUse(f"Template {t.name} is used by {users} virtual machine(s); pass forced=true to delete it "
+        raise InvalidParameter(f"Template {t.name} is used by {users} virtual machine(s); pass forced=true to delete it "
                             "anyway (their volumes keep working)")
     zone = infra.get_zone(s, zoneid) if zoneid else None
     refs = list(s.scalars(select(TemplateStoreRef).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id)

@@ -11,7 +11,7 @@ from volstack.db.storage_models import DiskOffering, StoragePool, VirtualMachine
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
 from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
-from volstack.services import accounts, allocator, encryption, events, infra, lookup, offerings
+from volstack.services import accounts, allocator, encryption, events, infra, lookup, offerings, reconcile
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import VOLUME
@@ -248,6 +248,7 @@ def attach(s, ctx, vol: Volume, vm: VirtualMachine, deviceid=None) -> Volume:
         if s.scalar(select(Volume.id).where(Volume.vm_id == vm.id, Volume.device_id == deviceid, _live(Volume))):
             raise InvalidParameter(f"Device {deviceid} is used in VM {vm.name}")
     dev = deviceid if deviceid is not None else _next_device_id(s, vm)
+    reconcile.check_not_open(s, vol, None, "attach")
     if vm.state == "Running":
         host = s.get(Host, vm.host_id)
         if vol.state in NOT_ON_PRIMARY:
@@ -387,6 +388,7 @@ def recover(s, ctx, vol: Volume) -> Volume:
 
 def expunge_volume(s, ctx, vol: Volume) -> None:
     if vol.pool_id:
+        reconcile.check_not_open(s, vol, None, "delete")
         pool = s.get(StoragePool, vol.pool_id)
         host = _host_for_pool(s, pool)
         begin_host_work(s, vol, "ExpungingRequested")
@@ -450,18 +452,23 @@ def settle_interrupted(db, ctx, volume_uuid: str, cmd: str) -> None:
             settle(s, ctx, vol, cmd)
 
 
-def settle(s, ctx, vol: Volume, cmd: str) -> None:
-    """A job on this volume died with its management server: bring the volume back to a stable state
-    with the reason (the host side removes half-made copies itself; a move asks the host what happened)."""
-    back = {"Creating": "Allocated", "Migrating": "Ready", "Resizing": "Ready", "Attaching": "Ready",
-            "Snapshotting": "Ready", "RevertSnapshotting": "Ready", "Expunging": "Destroy"}
+# Transitional states a job moves a volume through, and where it goes back when nobody finishes the work.
+SETTLE_BACK = {"Creating": "Allocated", "Migrating": "Ready", "Resizing": "Ready", "Attaching": "Ready",
+               "Snapshotting": "Ready", "RevertSnapshotting": "Ready", "Expunging": "Destroy", "Copying": "Uploaded"}
+
+
+def settle(s, ctx, vol: Volume, cmd: str, reason: str | None = None) -> None:
+    """A job on this volume died with its management server, failed, or left it transitional: bring the volume
+    back to a stable state with the reason (the host side removes half-made copies itself; a move asks the
+    host what happened)."""
+    back = SETTLE_BACK
     if vol.state not in back:
         return
-    reason = f"{cmd} was interrupted because the management server running it stopped"
+    reason = reason or f"{cmd} was interrupted because the management server running it stopped"
     if vol.state == "Migrating" and (vol.details or {}).get("migrating_to"):
         from volstack.services import volume_migration
         return volume_migration.settle(s, ctx, vol, reason)
-    if vol.state == "Creating":
+    if vol.state in ("Creating", "Copying"):
         vol.pool_id = None
     vol.state, vol.error = back[vol.state], reason
     events.record(s, ctx, "VOLUME.RECOVER", f"Volume {vol.name}: {reason}; it is {vol.state} again",

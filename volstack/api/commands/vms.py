@@ -229,3 +229,20 @@ def find_hosts_for_migration(req, p):
               "requiresStorageMotion": False, **({"notsuitablereason": problem} if problem else {})}
              for shown, (_, problem) in zip(rendered, rows)]
     return Lst("host", items, len(items))
+
+
+@API.task("reconcileVirtualMachine", instance_type="VirtualMachine", on_interrupt="retry")
+def reconcile_vm(req, p):
+    """A difference between a host and the database (services/reconcile.py), settled on the VM's sync key."""
+    from volstack.services import reconcile
+    return {"virtualmachine": p["id"], "settled": reconcile.apply(req.s, req.ctx, p["host"], p["id"])}
+
+
+def reconcile_submitter(jobs):
+    """reconcile.reconcile_host's submit: one reconcileVirtualMachine task per VM (or unknown guest) and host."""
+    from volstack.api.server import start_task
+    from volstack.services.context import system_context
+
+    def submit(s, name, host_uuid):
+        return start_task(jobs, s, system_context(), "reconcileVirtualMachine", {"id": name, "host": host_uuid}, name)
+    return submit
