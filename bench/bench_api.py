@@ -28,7 +28,7 @@ class DoNothingServer:
             return [body]
 
         self.http = waitress.create_server(app, host="127.0.0.1", port=0, threads=threads, ident="volstack",
-                                           channel_timeout=300, asyncore_loop_timeout=0.2)
+                                           channel_timeout=300, asyncore_loop_timeout=1)   # as the server (an int: 0.2 was 0, a spinning select)
         self.port = self.http.effective_port
         self.thread = threading.Thread(target=self._serve, name="do-nothing-http", daemon=True)
         self.thread.start()

@@ -35,8 +35,11 @@ def db_url(request, tmp_path):
 
 
 @pytest.fixture
-def server(tmp_path):
-    ms = start_server(f"sqlite:///{tmp_path / 'volstack.db'}", tmp_path)
+def server(request, tmp_path):
+    """A management server on SQLite; on SQLite and PostgreSQL when the test also asks for db_url (a module
+    does so for all its tests with `pytestmark = pytest.mark.usefixtures("db_url")`)."""
+    url = request.getfixturevalue("db_url") if "db_url" in request.fixturenames else f"sqlite:///{tmp_path / 'volstack.db'}"
+    ms = start_server(url, tmp_path)
     yield ms
     ms.stop()
 

@@ -77,3 +77,22 @@ def test_failed_command_leaves_no_half_made_object_or_event(server):
     assert e.value.error["errorcode"] == 431 and "already exists" in e.value.error["errortext"]
     assert api.listZones(keyword="dup")["count"] == 1
     assert api.listEvents()["count"] == before
+
+
+def test_a_stored_value_that_no_longer_validates_falls_back_to_the_default(server_any_db):
+    """A database from before values were validated may hold session.timeout=10^20: sessions kept failing with 530.
+    Such a value is ignored (with a warning) and the default serves."""
+    import requests
+
+    from volstack.db.models import ConfigValue
+    server = server_any_db
+    client(server).createAccount(username="tz", password="pw-tz", accounttype=0)
+    with server.db.session() as s:
+        s.add(ConfigValue(name="session.timeout", scope="global", scope_id=0, value="99999999999999999999"))
+    res = requests.post(server.endpoint, data={"command": "login", "username": "tz", "password": "pw-tz",
+                                               "domain": "/", "response": "json"}, timeout=10)
+    assert res.status_code == 200, res.text
+    key = res.json()["loginresponse"]["sessionkey"]
+    zones = requests.get(server.endpoint, params={"command": "listZones", "sessionkey": key, "response": "json"},
+                         cookies={"sessionkey": key}, timeout=10)
+    assert zones.status_code == 200, zones.text

@@ -1,5 +1,6 @@
 """Volume snapshots through the API with a real `volstack agent` (simulated guests, real qemu-img images on a
 SharedMountPoint pool and a Filesystem image store): the bytes are checked with qemu-io."""
+import pytest
 from sqlalchemy import select
 
 from support import client
@@ -264,6 +265,7 @@ def test_async_backup_ends_the_job_on_primary_and_backs_up_in_the_background(clo
     assert "snapshots" not in img_info(tmp / "primary" / vol["path"])
 
 
+@pytest.mark.usefixtures("db_url")       # on SQLite and PostgreSQL
 def test_snapshots_on_simulator_hosts(dc):
     """CloudStack's simulator hosts answer every snapshot command at once (no bytes), for control-plane tests."""
     api = dc["api"]
@@ -296,7 +298,7 @@ def test_users_snapshot_their_own_volumes_within_their_limit(cloud):
     snap = carol.createSnapshot(volumeid=root["id"])["snapshot"]
     assert snap["state"] == "BackedUp" and snap["account"] == "carol"
     code, text = error_of(lambda: carol.createSnapshot(volumeid=root["id"]))
-    assert code == 532
+    assert code == 535
     assert carol.listSnapshots()["count"] == 1 and api.listSnapshots() == {}
     assert api.listSnapshots(listall=True)["count"] == 1
     from volstack.db.models import Account
@@ -311,6 +313,6 @@ def test_users_snapshot_their_own_volumes_within_their_limit(cloud):
     assert secondary_bytes() == 0
     api.updateResourceLimit(account=acc["name"], domainid=acc["domainid"], resourcetype=11, max=0)
     code, text = error_of(lambda: carol.createSnapshot(volumeid=root["id"]))
-    assert code == 532 and "secondary" in text.lower()
+    assert code == 535 and "secondary" in text.lower()
     api.updateResourceLimit(account=acc["name"], domainid=acc["domainid"], resourcetype=11, max=-1)
     assert carol.createSnapshot(volumeid=root["id"])["snapshot"]["state"] == "BackedUp"

@@ -6,6 +6,8 @@ from sqlalchemy import select
 from support import client
 from volstack.db.models import User
 
+pytestmark = pytest.mark.usefixtures("db_url")     # every test on SQLite and PostgreSQL
+
 
 def _user_api(server, api, name, accounttype=0, domainid=None):
     acc = api.createAccount(username=name, password="pw-" + name, accounttype=accounttype,
@@ -145,19 +147,16 @@ def test_resource_limits_have_cloudstack_defaults_and_can_be_changed(server):
     assert api.listAccounts(name="alice", listall=True)["account"][0]["snapshotlimit"] == "7"
 
 
-def test_check_limit_refuses_with_532(server):
+def test_check_limit_refuses_with_535(server):
+    from volstack.db import counters
     from volstack.errors import ResourceLimitExceeded
     from volstack.services import accounts
     api = client(server)
     acc, _ = _user_api(server, api, "alice")
-    previous = accounts._usage_counters.get("volume")
-    accounts.register_usage_counter("volume", lambda s, account_id: 20)
-    try:
-        with server.db.session() as s:
-            acc_id = s.scalar(select(User.account_id).where(User.username == "alice"))
-            with pytest.raises(ResourceLimitExceeded) as e:
-                accounts.check_limit(s, acc_id, "volume")
-            assert "Account Resource Limit = 20" in e.value.text
-            accounts.check_limit(s, 2, "volume")   # root admin: unlimited
-    finally:
-        accounts.register_usage_counter("volume", previous)
+    with server.db.session() as s:
+        acc_id = s.scalar(select(User.account_id).where(User.username == "alice"))
+        counters.set_count(s, "account", acc_id, "volume", 20)         # as if alice had 20 volumes
+        with pytest.raises(ResourceLimitExceeded) as e:
+            accounts.check_limit(s, acc_id, "volume")
+        assert "Account Resource Limit = 20" in e.value.text and "Current Account Resource Amount = 20" in e.value.text
+        accounts.check_limit(s, 2, "volume")   # root admin: unlimited

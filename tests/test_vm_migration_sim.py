@@ -3,7 +3,10 @@ leave the VM running on its source with the reason."""
 import pytest
 from cs import CloudStackApiException
 
+from agentproc import wait_until
 from support import add_datacenter, client
+
+pytestmark = pytest.mark.usefixtures("db_url")     # every test on SQLite and PostgreSQL
 
 GIB = 2 ** 30
 
@@ -169,7 +172,9 @@ def test_an_attached_iso_travels_from_its_copy_on_the_shared_pool(two, tmp_path)
     api.addImageStore(name="s", provider="Filesystem", url=f"file://{tmp_path}", zoneid=two["zone"]["id"])
     api.updateConfiguration(name="secstorage.allowed.internal.sites", value="127.0.0.1/32")
     iso = api.registerIso(name="iso", url="http://127.0.0.1/x.iso", zoneid=two["zone"]["id"])["iso"][0]
-    api.attachIso(id=iso["id"], virtualmachineid=vm["id"])       # the simulated copy is ready at once
+    # the simulated download finishes at once, but in its own background job: wait for it
+    wait_until("the ISO to be ready", lambda: api.listIsos(id=iso["id"], isofilter="all")["iso"][0]["isready"])
+    api.attachIso(id=iso["id"], virtualmachineid=vm["id"])
     assert SimulatedHost(hosts[0]["id"]).state["vms"][vm["id"]]["cdrom"] == f"tmpl-{iso['id']}"
     assert f"tmpl-{iso['id']}" in SimulatedHost(hosts[0]["id"]).state["pools"][two["shared"]["id"]]
     moved = api.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=hosts[1]["id"])["virtualmachine"]

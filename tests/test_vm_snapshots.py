@@ -28,6 +28,7 @@ def _snaps(api, vm):
     return {x["displayname"]: x for x in api.listVMSnapshot(virtualmachineid=vm["id"]).get("vmSnapshot", [])}
 
 
+@pytest.mark.usefixtures("db_url")       # on SQLite and PostgreSQL
 def test_vm_snapshot_rules_tree_and_expunge_on_simulator_hosts(dc, server):
     api, zone = dc["api"], dc["zone"]
     vm, data = _vm_with_data(api, zone, dc["so"], dc["custom"])

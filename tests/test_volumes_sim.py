@@ -4,6 +4,8 @@ from cs import CloudStackApiException
 
 from support import add_datacenter, client
 
+pytestmark = pytest.mark.usefixtures("db_url")     # every test on SQLite and PostgreSQL
+
 GIB = 2 ** 30
 
 
@@ -78,7 +80,7 @@ def test_attach_rules(dc):
     assert "Device 5 is used" in str(e.value.error)
     with pytest.raises(CloudStackApiException) as e:
         api.deleteVolume(id=vol["id"])
-    assert e.value.error["errorcode"] == 536
+    assert e.value.error["errorcode"] == 431 and "detach it first" in e.value.error["errortext"]
 
 
 def test_resize_shrink_destroy_recover_delete(dc):
@@ -117,6 +119,11 @@ def test_pool_maintenance_stops_and_restarts_guests(dc):
                                     startvm=False)["virtualmachine"]
     api.enableStorageMaintenance(id=root["storageid"])
     assert api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]["state"] == "Stopped"
+    with pytest.raises(CloudStackApiException) as e:      # not before the maintenance ends
+        api.startVirtualMachine(id=vm["id"])
+    assert e.value.error["errorcode"] == 431 and (f"its volume {root['name']} is on storage pool "
+                                                  f"{root['storage']}, which is in Maintenance") in e.value.error["errortext"]
+    assert api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]["state"] == "Stopped"
     api.cancelStorageMaintenance(id=root["storageid"])
     assert api.listVirtualMachines(id=vm["id"])["virtualmachine"][0]["state"] == "Running"
     assert api.listVirtualMachines(id=idle["id"])["virtualmachine"][0]["state"] == "Stopped"
@@ -131,7 +138,7 @@ def test_volume_limit_is_enforced(server, dc):
     user.createVolume(name="one", zoneid=dc["zone"]["id"], diskofferingid=dc["do"]["id"])
     with pytest.raises(CloudStackApiException) as e:
         user.createVolume(name="two", zoneid=dc["zone"]["id"], diskofferingid=dc["do"]["id"])
-    assert e.value.error["errorcode"] == 532 and "Account Resource Limit = 1" in e.value.error["errortext"]
+    assert e.value.error["errorcode"] == 535 and "Account Resource Limit = 1" in e.value.error["errortext"]
     assert [v["name"] for v in user.listVolumes()["volume"]] == ["one"]
 
 

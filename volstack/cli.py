@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from volstack.private import restrict_umask, tighten
+
 BUILTIN_DATACENTER = {
     "zones": [{"name": "zone1", "networktype": "Advanced", "localstorageenabled": True,
                "pods": [{"name": "pod1", "clusters": [{"name": "cluster1", "hypervisor": "KVM"}]}]}],
@@ -142,6 +144,7 @@ def cmd_up(args) -> int:
     _catch_signals()
     data = Path(args.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
+    tighten(data)            # a data dir written before files were private (issue 11): 0700 / 0600 from now on
     pw_file = data / "admin.password"
     if not pw_file.exists():
         fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -170,7 +173,8 @@ def cmd_up(args) -> int:
 
 def cmd_serve(args) -> int:
     _catch_signals()
-    ms = _server(args.db, args.key_file, args.host, args.port, workers=args.workers, name=args.name)
+    ms = _server(args.db, args.key_file, args.host, args.port, workers=args.workers, name=args.name,
+                 heartbeat_seconds=args.heartbeat_seconds)
     ms.start()
     print(f"volstack management server {ms.jobs.name} on {ms.endpoint}", flush=True)
     _wait_for_signal()
@@ -194,12 +198,33 @@ def cmd_apply(args) -> int:
         accounts.bootstrap(s)
     doc = yaml.safe_load(Path(args.file).read_text())
     try:
+        _typed_by_api(doc)
         for line in datacenter.apply(db, system_context(), doc or {}):
             print(line)
     except CloudError as exc:
         print(f"volstack apply: {exc.text}", file=sys.stderr)
         return 1
     return 0
+
+
+# The apply sections whose entries are an API command's parameters: their values are typed as the API types
+# them ("5" is the integer 5, "yes" for a boolean is refused with the API's message).
+_API_SECTIONS = {"disk_offerings": "createDiskOffering", "service_offerings": "createServiceOffering",
+                 "storage_pools": "createStoragePool"}
+
+
+def _typed_by_api(doc) -> None:
+    from volstack.api.binding import convert
+    from volstack.api.registry import API, BOOLEAN, INTEGER, LONG, SHORT, STRING
+    for section, command in _API_SECTIONS.items():
+        items = doc.get(section) if isinstance(doc, dict) else None
+        cmd = API.commands[command]
+        params = {p.name: p for p in cmd.params if p.type in (SHORT, INTEGER, LONG, BOOLEAN, STRING)}
+        for item in items if isinstance(items, list) else ():
+            for key, value in (item.items() if isinstance(item, dict) else ()):
+                if key in params and isinstance(value, (str, int, float, bool)):
+                    raw = ("true" if value else "false") if isinstance(value, bool) else str(value)
+                    item[key] = convert(None, cmd, params[key], raw)
 
 
 def main(argv=None) -> int:
@@ -221,6 +246,9 @@ def main(argv=None) -> int:
     serve.add_argument("--workers", type=int, default=4, help="job worker threads")
     serve.add_argument("--name", help="this server's name (default: host name); a restart under the same name "
                                       "reconciles the jobs the previous run left")
+    serve.add_argument("--heartbeat-seconds", type=float, default=5.0,
+                       help="how often this server heartbeats; another server's jobs are taken over once its "
+                            "heartbeat is 3 of these old")
     serve.set_defaults(fn=cmd_serve)
 
     apply = sub.add_parser("apply", help="create or update a datacenter described in a YAML file")
@@ -234,6 +262,7 @@ def main(argv=None) -> int:
     add_agent_parser(sub)
 
     args = ap.parse_args(argv)
+    restrict_umask()         # every file volstack and its children create is its own (volstack/private.py)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return (getattr(args, "fn", None) or args.func)(args)

@@ -51,7 +51,9 @@ class PermissionDenied(CloudError):
 
 
 class ResourceLimitExceeded(CloudError):
-    errorcode = 532
+    """CloudStack's resource limit check throws ResourceAllocationException, which its API server answers with
+    RESOURCE_ALLOCATION_ERROR (535); 532 (ACCOUNT_RESOURCE_LIMIT_ERROR) is only the public IP path's."""
+    errorcode = 535
     cserrorcode = 4370
 
 

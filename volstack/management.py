@@ -21,9 +21,12 @@ log = logging.getLogger("volstack")
 class ManagementServer:
     def __init__(self, db_url: str, key_file: str | Path, *, host: str = "127.0.0.1", port: int = 8080,
                  workers: int = 4, threads: int = 8, name: str | None = None, heartbeat_seconds: float = 5.0,
-                 admin_password: str | None = None, host_check_seconds: float = 10):
+                 admin_password: str | None = None, host_check_seconds: float = 10, settle_after_seconds: float = 120):
+        """settle_after_seconds: how long a VM or volume may stay transitional with no job on it before the
+        sweep settles it (services/recovery.py)."""
         self.host, self.port, self.threads = host, port, threads
         self.host_check_seconds = host_check_seconds
+        self.settle_after_seconds = settle_after_seconds
         crypto.load_key(key_file)
         self.db = Database(db_url)
         self.db.upgrade()
@@ -50,8 +53,16 @@ class ManagementServer:
     def _add_periodic_tasks(self) -> None:
         from volstack.services import agents
         from volstack.services.context import system_context
+        from volstack.api.commands.vms import reconcile_submitter
+        reconcile = reconcile_submitter(self.jobs)
+        # at start too: the hosts are reconciled with the database as soon as a management server starts
         self.jobs.add_periodic("host heartbeat", lambda: self.host_check_seconds,
-                               lambda: agents.check_hosts(self.db, system_context(), 3 * self.host_check_seconds))
+                               lambda: agents.check_hosts(self.db, system_context(), 3 * self.host_check_seconds,
+                                                          reconcile) or self.jobs.wake(), at_start=True)
+        from volstack.services.recovery import TransitionalSweep
+        sweep = TransitionalSweep(self.db, self.settle_after_seconds)
+        self.jobs.add_periodic("transitional sweep", lambda: min(self.host_check_seconds, self.settle_after_seconds),
+                               lambda: sweep.run(system_context()))
         from volstack.services import volumes
         self.jobs.add_periodic("pool statistics", lambda: self.settings.get(S.VOLUME_STATS_INTERVAL) / 1000,
                                lambda: agents.refresh_pool_stats(self.db))
@@ -68,6 +79,9 @@ class ManagementServer:
         self.jobs.add_periodic("extract url cleanup", lambda: self.settings.get(S.EXTRACT_URL_CLEANUP),
                                lambda: extracts.cleanup(self.db))
         from volstack.services import vms
+        from volstack.services import orphans
+        self.jobs.add_periodic("orphan scan", lambda: self.settings.get(S.ORPHAN_SCAN_INTERVAL) or 10 ** 9,
+                               lambda: self.settings.get(S.ORPHAN_SCAN_INTERVAL) and orphans.scan(self.db, system_context()))
         self.jobs.add_periodic("vm expunge", lambda: self.settings.get(S.EXPUNGE_INTERVAL),
                                lambda: vms.expunge_destroyed(self.db, system_context()))
         from volstack.api.commands.snapshot_policies import recurring_submitter

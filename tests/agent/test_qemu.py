@@ -43,7 +43,7 @@ def vm(agent, pool):
     return started
 
 
-def test_start_list_and_qos_at_start(agent, vm):
+def test_start_list_and_qos_at_start(agent, vm, pool):
     assert agent.client.call("vm_list") == {"vms": [vm]}
     b = blocks(vm)
     assert set(b) == {"ROOT-1", "DATA-1"}
@@ -54,8 +54,12 @@ def test_start_list_and_qos_at_start(agent, vm):
     with Qmp(vm["monitor"]) as q:
         assert q.execute("query-status")["status"] == "prelaunch"        # no OS: paused
         assert q.execute("query-uuid")["UUID"] == "0b9a9d1e-3f0f-4c9e-8d4e-3f1a2b3c4d5e"
-    # starting a running VM again changes nothing
-    assert agent.client.call("vm_start", name="vm1", memory_mb=64, cpus=1, disks=[]) == vm
+    # starting a running VM again with the same disks changes nothing; with other disks it is refused
+    same = [disk(pool, "root", "ROOT-1", 0), disk(pool, "data", "DATA-1", 1, "raw", QOS)]
+    assert agent.client.call("vm_start", name="vm1", memory_mb=64, cpus=1, disks=same) == {**vm, "adopted": True}
+    with pytest.raises(errors.ResourceInUse, match=r"already running on host .* it has disks \[DATA-1=.*ROOT-1=.*\], "
+                                                   r"the start asks for \[\]"):
+        agent.client.call("vm_start", name="vm1", memory_mb=64, cpus=1, disks=[])
 
 
 def test_hotplug_qos_resize_stats_detach(agent, vm, pool):

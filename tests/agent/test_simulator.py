@@ -21,7 +21,9 @@ def test_simulated_guests(sim_agent, pool, pool2):
     with pytest.raises(errors.NotFound, match="volume missing does not exist"):
         c.call("vm_start", name="s1", memory_mb=64, cpus=1, disks=[{**root, "name": "missing"}])
     vm = c.call("vm_start", name="s1", uuid="u-1", memory_mb=64, cpus=1, disks=[root])
-    assert vm == {"name": "s1", "uuid": "u-1", "state": "Running", "disks": ["ROOT"], "cdrom": None}
+    root_image = {"serial": "ROOT", "pool_uuid": pool["uuid"], "name": "root", "device_id": 0}
+    assert vm == {"name": "s1", "uuid": "u-1", "state": "Running", "disks": ["ROOT"], "images": [root_image],
+                  "cdrom": None}
     c.call("disk_attach", vm="s1", disk=data)
     with pytest.raises(errors.ResourceInUse):
         c.call("volume_delete", pool=pool, name="data")
@@ -33,7 +35,8 @@ def test_simulated_guests(sim_agent, pool, pool2):
     assert os.listdir(pool2["path"]) == ["data2"]
     sim_agent.restart()
     c = sim_agent.client
-    assert c.call("vm_list") == {"vms": [{**vm, "disks": ["ROOT", "DATA"]}]}
+    data_image = {"serial": "DATA", "pool_uuid": pool2["uuid"], "name": "data2", "device_id": 1}
+    assert c.call("vm_list") == {"vms": [{**vm, "disks": ["ROOT", "DATA"], "images": [root_image, data_image]}]}
     assert c.call("disk_detach", vm="s1", serial="DATA") == {} and c.call("disk_detach", vm="s1", serial="DATA") == {}
     assert c.call("vm_stop", name="s1") == {"forced": False}
     assert c.call("vm_list")["vms"][0]["state"] == "Stopped"

@@ -171,7 +171,7 @@ class Tenants:
     """alice (user, attack-d1), bob (user, attack-d2), dadmin (domain admin of attack-d1); more with .make()."""
 
     def __init__(self, stack: Stack):
-        self.stack = stack
+        self.stack, self.made = stack, []
         root = stack.root
         self.domains = {}
         for name in DOMAINS:
@@ -189,8 +189,10 @@ class Tenants:
                                  email=f"{name}@example.test", firstname=name, lastname="attack")["account"]
         user = acc["user"][0]
         keys = root.registerUserKeys(id=user["id"])["userkeys"]
-        return Tenant(name, password, dom, acc, user, keys["apikey"], keys["secretkey"],
-                      self.stack.client(keys["apikey"], keys["secretkey"]))
+        tenant = Tenant(name, password, dom, acc, user, keys["apikey"], keys["secretkey"],
+                        self.stack.client(keys["apikey"], keys["secretkey"]))
+        self.made.append(tenant)
+        return tenant
 
     def all(self) -> list[Tenant]:
         return [self.alice, self.bob, self.dadmin]

@@ -84,3 +84,33 @@ def test_template_urls_are_shown_to_their_owner_and_the_root_admin_only(stack, t
                                            hypervisor="KVM", zoneid=zone_id(stack), displaytext="b")["template"][0]
     assert own["url"] == "http://127.0.0.1:9/bobs.qcow2"
     assert tenants.bob.api.listTemplates(templatefilter="self", id=own["id"])["template"][0]["url"] == own["url"]
+
+
+# CloudStack's ResponseView.Full fields (its *JoinDaoImpl classes), whatever volstack declares
+FULL_VIEW_ONLY = {"listZones": {"dns1", "dns2", "internaldns1", "internaldns2", "ip6dns1", "ip6dns2", "guestcidraddress"},
+                  "listVolumes": {"path", "storage", "storageid", "storagetype", "hypervisor", "clusterid", "podid"},
+                  "listVirtualMachines": {"hostid", "hostname", "instancename"},
+                  "listSnapshots": {"datastoreid", "datastorename", "datastoretype"}}
+
+
+def test_no_list_shows_a_user_a_field_declared_for_admins(stack, tenants, alice_vm):
+    """Every list command a plain user may call, on what it owns or may use: no field declared ROOT or DOMAIN
+    (zone DNS and guest CIDR, volume paths and pools, VM hosts, snapshot stores...) is in the answer."""
+    from volstack.api import commands  # noqa: F401
+    from volstack.api.registry import API, USER
+    required = {"templatefilter": "executable", "isofilter": "executable"}
+    stack.root.updateZone(id=zone_id(stack), dns1="192.0.2.53", internaldns1="192.0.2.54")
+    assert stack.root.listZones(id=zone_id(stack))["zone"][0]["internaldns1"] == "192.0.2.54"
+    checked = set()
+    for cmd in API.commands.values():
+        if not (cmd.is_list and cmd.allowed(0) and cmd.view) or any(
+                p.required and p.name not in required for p in cmd.params):
+            continue          # (listTemplatePermissions needs an id: its view has no admin field)
+        params = {p.name: required[p.name] for p in cmd.params if p.required and p.name in required}
+        status, body = stack.call(tenants.alice, cmd.name, **params)
+        assert status == 200, (cmd.name, status, body)
+        hidden = {f.name for f in cmd.view.fields if f.access not in (USER, "owner")} | FULL_VIEW_ONLY.get(cmd.name, set())
+        for item in body.get(cmd.view.key, []):
+            assert not hidden & set(item), (cmd.name, hidden & set(item))
+            checked.add(cmd.name)
+    assert {"listZones", "listVolumes", "listVirtualMachines", "listTemplates"} <= checked, checked

@@ -1,5 +1,6 @@
 """Shared helpers for the real-client acceptance tests: where the client virtualenvs live, a clean
 environment for their processes, and running them."""
+import json
 import os
 import re
 import subprocess
@@ -65,8 +66,8 @@ def playbook_runner(ms, tmp_path: Path, playbook: Path):
 
     def play(**extra_vars):
         args = [ANSIBLE_PLAYBOOK, "-i", "localhost,", playbook]
-        for k, v in extra_vars.items():
-            args += ["-e", f"{k}={v}"]
+        for k, v in extra_vars.items():     # lists and dicts go as JSON (key=value would split them)
+            args += ["-e", json.dumps({k: v}) if isinstance(v, (list, dict)) else f"{k}={v}"]
         proc = run(args, env=env, cwd=tmp_path, timeout=300)
         counts = recap(proc)
         assert proc.returncode == 0 and counts["failed"] == 0 and counts["unreachable"] == 0, describe(proc)

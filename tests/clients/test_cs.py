@@ -228,9 +228,11 @@ def test_session_login(pw_server):
                                        "domain": "/", "response": "json"}, timeout=10)
     assert bad.status_code != 200 and "sessionkey" not in http.cookies
 
-    res = http.post(ms.endpoint, data={"command": "login", "username": "admin", "password": "pw",
-                                       "domain": "/", "response": "json"}, timeout=10)
-    assert res.status_code == 200, res.text
+    # a failed login delays the next attempt of that user (1 s): the right password works once it has passed
+    from agentproc import wait_until
+    res = wait_until("the failed login's delay to pass", lambda: (r := http.post(
+        ms.endpoint, data={"command": "login", "username": "admin", "password": "pw", "domain": "/",
+                           "response": "json"}, timeout=10)).status_code == 200 and r, timeout=10, interval=0.2)
     login = res.json()["loginresponse"]
     key = login["sessionkey"]
     assert login["username"] == "admin" and login["account"] == "admin" and int(login["timeout"]) > 0

@@ -74,6 +74,7 @@ def test_no_agent_call_is_made_inside_a_write_transaction(server):
         api.detachVolume(id=vol["id"])
         snap = api.createSnapshot(volumeid=vol["id"])["snapshot"]
         api.revertSnapshot(id=snap["id"])
+        api.createTemplate(snapshotid=snap["id"], name="t", displaytext="t", ostypeid=api.listOsTypes()["ostype"][0]["id"])
         kept = api.createSnapshot(volumeid=vol["id"], locationtype="PRIMARY")["snapshot"]
         api.deleteSnapshot(id=kept["id"])
         api.deleteSnapshot(id=snap["id"])

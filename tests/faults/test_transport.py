@@ -65,3 +65,27 @@ def test_an_agent_dying_mid_answer_is_534_with_the_reason(mode):
             client.wait_task("t1")        # task polls go through the same path
     finally:
         agent.close()
+
+
+def test_a_caller_that_goes_away_is_no_traceback_in_the_agent_log(tmp_path):
+    """A management server killed while the agent answers: the agent logs one line, not a traceback."""
+    import json
+
+    from tests.agentproc import AgentProcess, wait_until
+    agent = AgentProcess(tmp_path / "state", "simulator").start()
+    try:
+        host, port = agent.url.removeprefix("http://").split(":")
+        body = json.dumps({"id": "r1", "cmd": "vm_list", "args": {}}).encode()
+        for _ in range(5):
+            sk = socket.create_connection((host, int(port)))
+            sk.sendall(b"POST /v1/command HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + agent.token.encode()
+                       + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+                       + b"\r\n\r\n" + body)
+            sk.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sk.close()                                   # RST: the answer has nowhere to go
+        log = tmp_path / "state-agent.log"
+        wait_until("the agent to note a caller that went away",
+                   lambda: any(w in log.read_text() for w in ("went away", "Traceback")), timeout=10)
+    finally:
+        agent.stop()
+    assert "Traceback" not in log.read_text(), log.read_text()

@@ -10,6 +10,8 @@ Layers inside the package (imports point down only):
                            (live migration) and cdrom.py (the guests' CD drive)
     qmp.py, nfs3.py        minimal QMP and NFSv3 clients
     errors.py              the error kinds the protocol carries
+    programs.py            every program and system file the agent runs or loads, with its Debian package
+                           (tests/test_install_guard.py checks the install scripts provide each)
 client.py is what the management server uses; it imports nothing else from the package but errors.
 """
 

@@ -139,7 +139,15 @@ class Agent:
         return download.unpack.check_import(self.pool(args), images.check_name(arg(args, "name")))
 
     def cmd_volume_delete(self, args, progress):
-        pool, name = self.pool(args), images.check_name(arg(args, "name"))
+        """Also takes a copy's partial file `.<name>.part` (the orphan scan removes abandoned ones)."""
+        name = arg(args, "name")
+        if isinstance(name, str) and name.startswith(".") and name.endswith(".part") and \
+                images.check_name(name[1:-5]) and images.part_name(name[1:-5]) == name:
+            pool = self.pool(args)
+            with self.hold(pool, name[1:-5], "losing its partial copy"):
+                pool.remove(name)
+                return {}
+        pool, name = self.pool(args), images.check_name(name)
         with self.hold(pool, name, "being deleted"):
             vm = self.hv.in_use(pool.uuid, name)
             if vm:

@@ -18,7 +18,7 @@ import os
 import re
 
 from volstack.agent import images
-from volstack.agent.errors import InvalidArgument
+from volstack.agent.errors import Busy, InvalidArgument
 
 MAX_DATA_DISKS = 24
 QOS_FIELDS = ("iops_rd", "iops_wr", "bps_rd", "bps_wr", "iops_rd_max", "iops_wr_max", "bps_rd_max", "bps_wr_max",
@@ -131,3 +131,39 @@ def check_vm(vm, hostname: str) -> dict:
 
 def same_image(disk: dict, other: dict) -> bool:
     return disk["pool_uuid"] == other["pool_uuid"] and disk["name"] == other["name"]
+
+
+def disk_report(disks) -> list[dict]:
+    """What a guest has open, as vm_list reports it: every disk's serial and image (pool, name)."""
+    return [{"serial": d["serial"], "pool_uuid": d["pool_uuid"], "name": d["name"], "device_id": d["device_id"]}
+            for d in sorted(disks, key=lambda d: d["device_id"])]
+
+
+def check_same_guest(running: dict, spec: dict, hostname: str) -> None:
+    """A start for a guest that already runs is answered with that guest only if it is the guest asked for:
+    the same disks (serial and image), memory and CPUs. Anything else is refused, never silently handed back:
+    the caller must stop the running guest (or reconcile its record) first."""
+    have = {s: (d["pool_uuid"], d["name"]) for s, d in running["disks"].items()}
+    want = {d["serial"]: (d["pool_uuid"], d["name"]) for d in spec["disks"]}
+    diffs = []
+    if have != want:
+        diffs.append(f"it has disks {_disk_text(have)}, the start asks for {_disk_text(want)}")
+    for key in ("memory_mb", "cpus"):
+        if running.get(key) != spec[key]:
+            diffs.append(f"{key} {running.get(key)} running, {spec[key]} asked")
+    if diffs:
+        raise Busy(f"VM {spec['name']} is already running on host {hostname} as another guest: " + "; ".join(diffs)
+                   + ". Stop it first (stopVirtualMachine forced=true) or let reconciliation settle it")
+
+
+def _disk_text(disks: dict) -> str:
+    return "[" + ", ".join(f"{s}={p}/{n}" for s, (p, n) in sorted(disks.items())) + "]"
+
+
+def check_not_open_elsewhere(hv, name: str, disks) -> None:
+    """Refuse to open an image that another running guest of this host has open (two writers on one disk)."""
+    for d in disks:
+        other = hv.in_use(d["pool_uuid"], d["name"])
+        if other is not None and other != name:
+            raise Busy(f"volume {d['name']} in pool {d['pool_uuid']} is open in running VM {other} on host "
+                       f"{hv.hostname}; it cannot be given to VM {name} as well")

@@ -9,6 +9,8 @@ import socket
 import sys
 import threading
 
+from volstack.private import restrict_umask, tighten
+
 log = logging.getLogger("volstack.agent")
 
 
@@ -86,6 +88,7 @@ def build(args):
     from volstack.agent.server import AgentServer, Store
     state = os.path.abspath(args.state_dir)
     os.makedirs(state, mode=0o700, exist_ok=True)
+    tighten(state)           # records, guest files and consoles of an older version: 0700 / 0600
     lock = open(os.path.join(state, "agent.lock"), "a+")     # not "w": that would erase the holder's PID
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -115,6 +118,7 @@ def build(args):
 
 
 def run(args) -> int:
+    restrict_umask()         # guest images, consoles and records are the agent user's only (volstack/private.py)
     # force: `volstack agent` comes through the volstack command, which configured logging (WARNING) already
     logging.basicConfig(level=getattr(logging, getattr(args, "log_level", "INFO")),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)

@@ -141,8 +141,8 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
         disks = sorted(rec["disks"].values(), key=lambda d: d["device_id"])
         state = ("Incoming" if rec.get("incoming") else "Running") if self._pid(rec) else "Stopped"
         return {"name": rec["name"], "uuid": rec["uuid"], "state": state,
-                "disks": [d["serial"] for d in disks], "console": rec["console"], "monitor": rec["monitor"],
-                "accel": rec.get("accel"), "cdrom": (rec.get("cdrom") or {}).get("name")}
+                "disks": [d["serial"] for d in disks], "images": hv.disk_report(disks), "console": rec["console"],
+                "monitor": rec["monitor"], "accel": rec.get("accel"), "cdrom": (rec.get("cdrom") or {}).get("name")}
 
     # ---- guests
 
@@ -160,7 +160,9 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
         with self._lock(name):
             old = self._load(name)
             if old is not None and self._pid(old):
-                return self._describe(old)
+                hv.check_same_guest(old, spec, self.hostname)
+                return {**self._describe(old), "adopted": True}
+            hv.check_not_open_elsewhere(self, name, spec["disks"])
             for d in spec["disks"]:
                 if not images.open_pool(d["pool"], self.hostname).exists(d["name"]):
                     raise NotFound(f"volume {d['name']} does not exist in pool {d['pool_uuid']}")
@@ -186,6 +188,9 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
 
     def _launch(self, rec: dict) -> None:
         vmdir = self._dir(rec["name"])
+        # the guest's console may hold what its user typed: 0600. QEMU opens it after -daemonize, which sets
+        # umask 027, so it is created here first (logappend keeps the file and its mode)
+        os.close(os.open(f"{vmdir}/console.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         kvm = not hv.runs(rec) and self.capabilities()["kvm"]
         base = [QEMU, "-name", f"guest={rec['name']}", "-machine", "q35", "-m", str(rec["memory_mb"]),
                 "-smp", str(rec["cpus"]), "-nodefaults", "-no-user-config", "-display", "none", "-S",
@@ -370,6 +375,7 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
                                       f"(at most {hv.MAX_DATA_DISKS} data disks)")
             if not images.open_pool(d["pool"], self.hostname).exists(d["name"]):
                 raise NotFound(f"volume {d['name']} does not exist in pool {d['pool_uuid']}")
+            hv.check_not_open_elsewhere(self, vm, [d])
             if self._pid(rec):
                 with self._qmp(rec) as q:
                     self._plug(q, rec, d)

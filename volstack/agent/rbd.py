@@ -102,6 +102,23 @@ def mon_host(monitors) -> str:
 
 _clusters: dict = {}
 _clusters_lock = threading.Lock()
+_CRYPTO_AES = 1
+
+
+def cephx_key_valid(key: str) -> bool:
+    """Whether key is what librados can decode: base64 of a CryptoKey (u16 type AES, u32+u32 created, u16 length,
+    then that many secret bytes). librados prints a key it cannot decode to stderr ("failed to decode key '<key>'")
+    before any of its logging options apply, so a malformed key must never reach it."""
+    import base64
+    import binascii
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if len(raw) < 12:
+        return False
+    kind, _sec, _nsec, length = struct.unpack_from("<HIIH", raw)
+    return kind == _CRYPTO_AES and length in (16, 32) and len(raw) == 12 + length
 
 
 def _cluster(mons: str, user: str, key: str):
@@ -112,6 +129,9 @@ def _cluster(mons: str, user: str, key: str):
         c = _clusters.get(ident)
         if c is not None and c.state == "connected":
             return c
+        if not cephx_key_valid(key):
+            raise InvalidArgument(f"the key of cephx user {user} is not a cephx key (the base64 string after 'key =' "
+                                  f"in `ceph auth get client.{user}`)")
         c = rados.Rados(rados_id=user, conf={
             "mon_host": mons, "key": key, "client_mount_timeout": str(CONNECT_TIMEOUT),
             "rados_mon_op_timeout": str(MON_OP_TIMEOUT), "rados_osd_op_timeout": str(OSD_OP_TIMEOUT),

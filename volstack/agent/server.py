@@ -24,6 +24,7 @@ agent that died becomes "done" if its work is verifiably complete, else "failed:
 under a temporary name (copies' `.part` files, reverts' `<name>.revert`, scratch files) is removed.
 """
 import hmac
+import sys
 import json
 import logging
 import sqlite3
@@ -204,6 +205,17 @@ class _Handler(BaseHTTPRequestHandler):
                                                      task))
 
 
+class _HttpServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A caller that went away before its answer (a management server killed mid-call) is not an error of the
+        agent: one line, no traceback. The outcome is kept by request id, so a retry gets it."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            log.info("the caller at %s:%s went away before its answer: %s", *client_address[:2], exc)
+            return
+        log.exception("request from %s:%s failed", *client_address[:2])
+
+
 class AgentServer:
     def __init__(self, agent, store: Store, token: str, host: str = "127.0.0.1", port: int = 0,
                  transfers: transfer.Slots | None = None):
@@ -215,7 +227,7 @@ class AgentServer:
         self._recover()
         if hasattr(agent, "state_dir"):
             transfer.recover(agent)
-        self._http = ThreadingHTTPServer((host, port), _Handler)
+        self._http = _HttpServer((host, port), _Handler)
         self._http.daemon_threads = True
         self._http.agent_server = self
         self._thread = None

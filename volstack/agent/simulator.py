@@ -55,7 +55,7 @@ class SimulatedHypervisor:
     def _describe(self, vm: dict) -> dict:
         disks = sorted(vm["disks"].values(), key=lambda d: d["device_id"])
         return {"name": vm["name"], "uuid": vm["uuid"], "state": vm["state"], "disks": [d["serial"] for d in disks],
-                "cdrom": (vm.get("cdrom") or {}).get("name")}
+                "images": hv.disk_report(disks), "cdrom": (vm.get("cdrom") or {}).get("name")}
 
     def list(self) -> dict:
         with self._lock:
@@ -66,7 +66,9 @@ class SimulatedHypervisor:
         with self._lock:
             old = self.vms.get(spec["name"])
             if old is not None and old["state"] == "Running":
-                return self._describe(old)
+                hv.check_same_guest(old, spec, self.hostname)
+                return {**self._describe(old), "adopted": True}
+            hv.check_not_open_elsewhere(self, spec["name"], spec["disks"])
             for d in spec["disks"] + ([spec["cdrom"]] if spec["cdrom"] else []):
                 self._exists(d)
             now = time.time()
@@ -117,6 +119,7 @@ class SimulatedHypervisor:
                 raise InvalidArgument(f"VM {vm} already has {len(rec['disks'])} disks "
                                       f"(at most {hv.MAX_DATA_DISKS} data disks)")
             self._exists(d)
+            hv.check_not_open_elsewhere(self, vm, [d])
             rec["disks"][d["serial"]] = {**d, "since": time.time()}
             self._save()
             return {"serial": d["serial"]}

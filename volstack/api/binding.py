@@ -40,7 +40,8 @@ def bad_value(cmd: Command, p, value) -> InvalidParameter:
 
 
 _EXPECT = {UUID: "a uuid", INTEGER: "an integer", LONG: "an integer", SHORT: "an integer",
-           BOOLEAN: "true or false", DATE: "a date yyyy-MM-dd", TZDATE: "a date yyyy-MM-dd'T'HH:mm:ssZ",
+           BOOLEAN: "true or false", DATE: "a date yyyy-MM-dd, yyyy-MM-dd HH:mm:ss or yyyy-MM-dd'T'HH:mm:ssZ",
+           TZDATE: "a date yyyy-MM-dd, yyyy-MM-dd HH:mm:ss or yyyy-MM-dd'T'HH:mm:ssZ",
            LIST: "a comma-separated list", MAP: "name[index].field=value pairs", STRING: "a string"}
 
 
@@ -62,6 +63,8 @@ def _check_entity(s, cmd, p, v):
 
 
 def convert(s, cmd: Command, p, v):
+    if v.strip() in p.special:
+        return [v.strip()] if p.type == LIST else v.strip()
     if p.type == STRING:
         if len(v) > p.length:
             raise InvalidParameter(f"Value greater than max allowed length {p.length} for param: {p.name}")
@@ -86,13 +89,13 @@ def convert(s, cmd: Command, p, v):
     if p.type == LIST:
         items = [x.strip() for x in v.split(",") if x.strip()]
         if p.entity:
-            for x in items:
+            for x in (x for x in items if x not in p.special):
                 _check_entity(s, cmd, p, x)
         elif any(len(x) > p.length for x in items):
             raise InvalidParameter(f"Value greater than max allowed length {p.length} for param: {p.name}")
         return items
-    if p.type in (DATE, TZDATE):
-        for fmt in (("%Y-%m-%d",) if p.type == DATE else ()) + TZ_FORMATS:
+    if p.type in (DATE, TZDATE):       # CloudStack's forms: yyyy-MM-dd, yyyy-MM-dd HH:mm:ss and the full one
+        for fmt in ("%Y-%m-%d",) + TZ_FORMATS:
             try:
                 return datetime.strptime(v.strip(), fmt).isoformat()
             except ValueError:

@@ -34,6 +34,7 @@ class Param:
     length: int = 255
     entity: str | None = None        # uuid / list of uuid: the entity that must exist
     since: str | None = None
+    special: tuple = ()              # values taken as they are (zoneid=-1: every zone)
     access: str = USER               # who may pass it (CloudStack's @Parameter authorized=): ROOT, DOMAIN or USER
 
     def allowed(self, account_type: int) -> bool:
@@ -66,12 +67,20 @@ class View:
     key: str
     fields: list[Field]
 
-    def render(self, row, lk) -> dict:
+    def render(self, row, lk, errors: list | None = None) -> dict:
+        """errors: collect the fields' exceptions there instead of raising (Lookups' gathering pass)."""
         out, viewer = {}, VIEWER.get()
         for f in self.fields:
             if not f.visible(row, viewer):
                 continue
-            v = f.get(row, lk)
+            if errors is None:
+                v = f.get(row, lk)
+            else:
+                try:
+                    v = f.get(row, lk)
+                except Exception as exc:
+                    errors.append(exc)
+                    continue
             if v is not None:
                 out[f.name] = v
         return out
@@ -98,6 +107,8 @@ class Command:
     writes: bool = False              # a get* command that creates something (getUploadParamsFor*)
     sync: Callable | None = None      # sync(req, p, instance) -> (sync key, queue key): what the job waits for
                                       # (default: its instance; a queue key shares a limited number of slots)
+    before: Callable | None = None    # before(ms, lower-cased params): runs before the request's transaction
+                                      # opens (queryAsyncJobResult's bounded wait for a finishing job)
 
     def allowed(self, account_type: int) -> bool:
         return role_allows(self.access, account_type)

@@ -114,25 +114,26 @@ class ApiApp:
     # ------------------------------------------------------------ authentication
 
     def _authenticate(self, s, params, lower, cookies):
+        """The caller's CallContext."""
         api_key = lower.get("apikey")
         if api_key:
-            user = accounts.user_by_api_key(s, api_key)
-            secret = accounts.user_secret(user) if user else None
-            if not secret or "signature" not in lower:
+            ident = accounts.identity_by_api_key(s, api_key)
+            if ident is None or "signature" not in lower:
                 raise Unauthorized(AUTH_FAILED)
+            ctx, secret = ident
             check_expiry(lower)
             signed = {k: v for k, v in params.items() if k.lower() != "signature"}
             signed["signature"] = lower["signature"]
             if not verify(signed, secret):
                 raise Unauthorized(AUTH_FAILED)
-            return user
+            return ctx
         key = lower.get("sessionkey")
         if not key or cookies.get("sessionkey") != key:
             raise Unauthorized("unable to verify user credentials")
         user = logins.session_user(s, key, self.ms.settings_value(S.SESSION_TIMEOUT, s))
         if user is None:
             raise Unauthorized("unable to verify user credentials")
-        return user
+        return accounts.context_for(s, user)
 
     def _login(self, lower):
         from volstack.api.views import login_response
@@ -161,13 +162,14 @@ class ApiApp:
     # ------------------------------------------------------------ dispatch
 
     def _call(self, cmd: Command, params, lower, cookies) -> dict:
+        if cmd.before is not None:
+            cmd.before(self.ms, lower)
         # Session logins record their last access, so only API-key calls of read commands are read-only.
         with self.ms.db.session(readonly=cmd.readonly and "apikey" in lower) as s:
-            user = self._authenticate(s, params, lower, cookies)
-            ctx = accounts.context_for(s, user)
+            ctx = self._authenticate(s, params, lower, cookies)
             if not cmd.allowed(ctx.account_type):
                 raise UnknownCommand(f"The given command:{cmd.name} does not exist or it is not available for user "
-                                     f"with id:{user.uuid}")
+                                     f"with id:{ctx.user_uuid}")
             p = binding.bind(s, cmd, lower, ctx.account_type)
             req = Req(s, ctx, self.ms, cmd)
             if not cmd.is_async:
@@ -200,24 +202,36 @@ class ApiApp:
         cmd = self.registry.get(job.cmd) or self.registry.tasks.get(job.cmd)
         if cmd is None:
             raise InternalError(f"Command {job.cmd} is not known to this management server version")
-        with self.ms.db.session() as s:
-            user = s.get(User, job.user_id)
-            ctx = accounts.context_for(s, user, job_uuid=job.uuid)
+        moved, ctx = {}, None     # every object the job moves (Lifecycle.fire), to settle them if it fails
+        try:
+            with self.ms.db.session() as s:
+                s.info["moved"] = moved
+                user = s.get(User, job.user_id)
+                ctx = accounts.context_for(s, user, job_uuid=job.uuid)
 
-            def report(percent, proc_status=None):
-                # Reporting progress commits the work done so far: pollers see both, and on SQLite
-                # the progress write could not get the lock this session would otherwise hold.
-                s.commit()
-                progress(percent, proc_status)
-            req = Req(s, ctx, self.ms, cmd, report)
-            viewer = VIEWER.set(ctx)
-            try:
-                result = cmd.handler(req, binding.Params(job.params or {}))
-            finally:
-                VIEWER.reset(viewer)
-            if isinstance(result, (Obj, Success)):
-                return wire.body_of(result)
-            return result
+                def report(percent, proc_status=None):
+                    # Reporting progress commits the work done so far: pollers see both, and on SQLite
+                    # the progress write could not get the lock this session would otherwise hold.
+                    s.commit()
+                    progress(percent, proc_status)
+                req = Req(s, ctx, self.ms, cmd, report)
+                viewer = VIEWER.set(ctx)
+                try:
+                    result = cmd.handler(req, binding.Params(job.params or {}))
+                finally:
+                    VIEWER.reset(viewer)
+                if isinstance(result, (Obj, Success)):
+                    return wire.body_of(result)
+                return result
+        except Exception as exc:
+            if moved:             # the session is rolled back; what it had committed mid-job is settled here
+                from volstack.services import recovery
+                text = exc.text if isinstance(exc, CloudError) else "an internal error"
+                try:
+                    recovery.settle_moved(self.ms.db, ctx, moved, f"{job.cmd} failed: {text}")
+                except Exception:
+                    log.exception("settling the objects of failed job %s (%s) failed", job.uuid, job.cmd)
+            raise
 
     def on_interrupt(self, job: AsyncJob) -> str:
         """A job's server died mid-way: settle its object (declared per instance type), then retry or fail it."""

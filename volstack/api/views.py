@@ -2,30 +2,99 @@
 
 The same declarations render responses and fill listApis' `response` lists.
 """
+import functools
+
+from sqlalchemy import inspect as sa_inspect, select
+
 from volstack import CLOUDSTACK_VERSION, __version__
-from volstack.api.registry import Field as F, View
+from volstack.api.registry import ROOT, VIEWER, Field as F, View
 from volstack.api.wire import date
 from volstack.db import models as m
+from volstack.services import tags as tag_service
 from volstack.services.settings import Settings, key_by_name
 
 
 class Lookups:
-    """Cached row lookups by internal id while rendering one response."""
+    """Row lookups while rendering one response, batched per page.
 
-    def __init__(self, s):
+    `render_all` renders a page in passes: a gathering pass records every (model, id) the fields ask for
+    (and every `batched` value: a per-row aggregate or child list), then each model's rows are loaded with
+    one IN query and each batched function is called once for all the page's keys; references of
+    references (a user's account's domain) take one more pass. So a page costs one query per referenced
+    model whatever its size. Fields only need to read through `get`/`attr`/`batched`; a field that runs
+    its own query per row would undo this (tests/test_list_statements.py counts them)."""
+
+    ROUNDS = 6
+
+    def __init__(self, s, rows=()):
         self.s, self._cache = s, {}
+        self._wanted = None          # {fn: set(keys)} during a gathering pass
+
+    def batched(self, fn, key):
+        """fn(session, keys) -> {key: value} for many keys at once; None for a key it leaves out."""
+        if key is None:
+            return None
+        k = (fn, key)
+        if k in self._cache:
+            return self._cache[k]
+        if self._wanted is not None:
+            self._wanted.setdefault(fn, set()).add(key)
+            return None
+        self._cache[k] = fn(self.s, [key]).get(key)
+        return self._cache[k]
 
     def get(self, model, id):
-        if id is None:
-            return None
-        k = (model, id)
-        if k not in self._cache:
-            self._cache[k] = self.s.get(model, id)
-        return self._cache[k]
+        return self.batched(rows_by_key(model), id)
 
     def attr(self, model, id, name):
         row = self.get(model, id)
         return getattr(row, name) if row is not None else None
+
+    def render_all(self, view, rows) -> list[dict]:
+        rows = list(rows)
+        for _ in range(self.ROUNDS):
+            self._wanted, errors = {}, []
+            try:       # a field failing on a value still missing is retried; the real pass would raise it
+                out = [view.render(r, self, errors) for r in rows]
+            finally:
+                wanted, self._wanted = self._wanted, None
+            if not wanted:
+                if not errors:
+                    return out            # nothing was missing: this pass is the page
+                break
+            for fn, keys in wanted.items():
+                keys = list(keys)
+                found = {}
+                for i in range(0, len(keys), 900):       # below every database's bound-parameter limit
+                    found.update(fn(self.s, keys[i:i + 900]))
+                self._cache.update({(fn, key): found.get(key) for key in keys})
+        return [view.render(r, self) for r in rows]
+
+
+@functools.cache
+def rows_by_key(model, column: str | None = None):
+    """The loader of model's rows by its primary key (or a unique column) for Lookups.batched."""
+    col = getattr(model, column) if column else sa_inspect(model).primary_key[0]
+    name = col.key
+
+    def load(s, keys):
+        return {getattr(r, name): r for r in s.scalars(select(model).where(col.in_(keys)))}
+    load.__qualname__ = f"rows_by_key({model.__name__})"
+    return load
+
+
+@functools.cache
+def children_of(model, column: str, order_by: str = "id"):
+    """The loader of model's rows grouped by column (a foreign key): {key: [rows]} for Lookups.batched."""
+    col = getattr(model, column)
+
+    def load(s, keys):
+        out = {}
+        for r in s.scalars(select(model).where(col.in_(keys)).order_by(getattr(model, order_by))):
+            out.setdefault(getattr(r, column), []).append(r)
+        return out
+    load.__qualname__ = f"children_of({model.__name__}.{column})"
+    return load
 
 
 def _a(attr):
@@ -40,17 +109,54 @@ def _date(attr):
     return lambda r, lk: date(getattr(r, attr))
 
 
+def _domain_path_of(domain_id):
+    return lambda r, lk: _domain_path(lk, getattr(r, domain_id))
+
+
+TAG = View("tag", [
+    F("key", "tag key name", _a("key")),
+    F("value", "tag value", _a("value")),
+    F("resourcetype", "resource type", _a("resource_type")),
+    F("resourceid", "id of the resource", _a("resource_uuid")),
+    F("account", "the account associated with the tag", _ref(m.Account, "account_id", "name")),
+    F("domainid", "the ID of the domain associated with the tag", _ref(m.Domain, "domain_id")),
+    F("domain", "the domain associated with the tag", _ref(m.Domain, "domain_id", "name")),
+    F("domainpath", "path of the Domain associated with the tag", _domain_path_of("domain_id")),
+    F("customer", "customer associated with the tag", _a("customer")),
+])
+
+
+@functools.cache
+def _tags_loader(kinds: tuple):
+    """The Lookups.batched loader of the tags of resources of these CloudStack types: one query per page."""
+    def load(s, ids):
+        got = tag_service.by_resource(s, kinds, ids)
+        return {i: got.get(i, []) for i in ids}
+    load.__qualname__ = f"tags({','.join(kinds)})"
+    return load
+
+
+def tags_field(*kinds: str) -> F:
+    """The `tags` of a response: always present, [] when the resource has none. kinds: the CloudStack resource
+    type(s) of the rows (templates and ISOs share a table)."""
+    loader = _tags_loader(kinds)
+
+    def get(r, lk):
+        return [TAG.render(t, lk) for t in lk.batched(loader, r.id)]
+    return F("tags", "the list of resource tags associated", get, "list")
+
+
 ZONE = View("zone", [
     F("id", "the UUID of the zone", _a("uuid")),
     F("name", "the name of the zone", _a("name")),
     F("description", "the description of the zone", _a("description")),
-    F("dns1", "the first DNS for the zone", _a("dns1")),
-    F("dns2", "the second DNS for the zone", _a("dns2")),
-    F("internaldns1", "the first internal DNS for the zone", _a("internal_dns1")),
-    F("internaldns2", "the second internal DNS for the zone", _a("internal_dns2")),
-    F("ip6dns1", "the first IPv6 DNS for the zone", _a("ip6_dns1")),
-    F("ip6dns2", "the second IPv6 DNS for the zone", _a("ip6_dns2")),
-    F("guestcidraddress", "the guest CIDR address for the zone", _a("guest_cidr")),
+    F("dns1", "the first DNS for the zone", _a("dns1"), access=ROOT),
+    F("dns2", "the second DNS for the zone", _a("dns2"), access=ROOT),
+    F("internaldns1", "the first internal DNS for the zone", _a("internal_dns1"), access=ROOT),
+    F("internaldns2", "the second internal DNS for the zone", _a("internal_dns2"), access=ROOT),
+    F("ip6dns1", "the first IPv6 DNS for the zone", _a("ip6_dns1"), access=ROOT),
+    F("ip6dns2", "the second IPv6 DNS for the zone", _a("ip6_dns2"), access=ROOT),
+    F("guestcidraddress", "the guest CIDR address for the zone", _a("guest_cidr"), access=ROOT),
     F("domain", "Network domain name for the networks in the zone", _a("network_domain")),
     F("domainid", "the UUID of the containing domain, null for public zones", _ref(m.Domain, "domain_id")),
     F("domainname", "the name of the containing domain, null for public zones", _ref(m.Domain, "domain_id", "name")),
@@ -58,9 +164,11 @@ ZONE = View("zone", [
     F("allocationstate", "the allocation state of the cluster", _a("allocation_state"), ),
     F("localstorageenabled", "true if local storage offering enabled, false otherwise", _a("local_storage_enabled"), "boolean"),
     F("securitygroupsenabled", "true if security groups support is enabled, false otherwise", _a("security_group_enabled"), "boolean"),
+    F("dhcpprovider", "the dhcp Provider for the Zone", lambda r, lk: "VirtualRouter"),
     F("zonetoken", "Zone Token", lambda r, lk: r.uuid),
     F("type", "the type of the zone - core or edge", lambda r, lk: "Core"),
     F("created", "the date this zone was created", _date("created"), "date"),
+    tags_field("Zone"),
 ])
 
 POD = View("pod", [
@@ -120,7 +228,7 @@ DOMAIN = View("domain", [
     F("parentdomainname", "the domain name of the parent domain", _ref(m.Domain, "parent_id", "name")),
     F("networkdomain", "the network domain", _a("network_domain")),
     F("haschild", "whether the domain has one or more sub-domains",
-      lambda r, lk: lk.s.query(m.Domain.id).filter(m.Domain.parent_id == r.id).first() is not None, "boolean"),
+      lambda r, lk: bool(lk.batched(children_of(m.Domain, "parent_id"), r.id)), "boolean"),
     F("created", "the date when this domain was created", _date("created"), "date"),
 ])
 
@@ -130,23 +238,43 @@ def _domain_path(lk, domain_id):
     return "ROOT" + d.path.rstrip("/") if d and d.path != "/" else "ROOT"
 
 
+def _limits(s, ids):
+    from volstack.services import accounts as svc
+    return svc.limits_many(s, ids)
+
+
+def _usages(s, ids):
+    from volstack.services import accounts as svc
+    return svc.usage_many(s, ids)
+
+
+def _default_limits(s, keys):
+    from volstack.services import accounts as svc
+    return {"defaults": svc.default_limits(s)}
+
+
 def _limit_fields(rtype, what):
     from volstack.services import accounts as svc
 
+    def limit_value(r, lk):
+        explicit = (lk.batched(_limits, r.id) or {}).get(rtype)
+        if explicit is not None:
+            return explicit
+        return -1 if r.account_type == svc.ROOT_ADMIN else lk.batched(_default_limits, "defaults")[rtype]
+
     def limit(r, lk):
-        v = svc.limit_of(lk.s, r.id, rtype)
+        v = limit_value(r, lk)
         return "Unlimited" if v < 0 else str(v)
 
     def total(r, lk):
-        u = svc.usage_of(lk.s, r.id, rtype)
+        u = (lk.batched(_usages, r.id) or {}).get(rtype, 0)
         return u // svc.GIB if rtype.endswith("_storage") else u
 
     def avail(r, lk):
-        v = svc.limit_of(lk.s, r.id, rtype)
+        v = limit_value(r, lk)
         if v < 0:
             return "Unlimited"
-        used = total(r, lk)
-        return str(max(0, v - used))
+        return str(max(0, v - total(r, lk)))
     return [F(f"{what}limit", f"the total {what} which can be used by this account", limit),
             F(f"{what}total", f"the total {what} being used by this account", total, "long"),
             F(f"{what}available", f"the total {what} available to be used for this account", avail)]
@@ -167,7 +295,7 @@ ACCOUNT = View("account", [
     F("isdefault", "true if account is default, false otherwise", lambda r, lk: r.id in (1, 2), "boolean"),
     F("created", "the date when this account was created", _date("created"), "date"),
     F("user", "the list of users associated with account",
-      lambda r, lk: [USER.render(u, lk) for u in lk.s.query(m.User).filter(m.User.account_id == r.id)], "list"),
+      lambda r, lk: [USER.render(u, lk) for u in lk.batched(children_of(m.User, "account_id"), r.id) or []], "list"),
     *_limit_fields("volume", "volume"), *_limit_fields("snapshot", "snapshot"), *_limit_fields("template", "template"),
     *_limit_fields("primary_storage", "primarystorage"), *_limit_fields("secondary_storage", "secondarystorage"),
 ])

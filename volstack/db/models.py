@@ -10,6 +10,10 @@ from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, 
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
+# Indexes a migration creates on one database only, outside the models (PostgreSQL's trigram index for keywords).
+DATABASE_ONLY_INDEXES = {"ix_volumes_name_trgm"}
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -100,6 +104,17 @@ class ResourceLimit(Base):
     __table_args__ = (UniqueConstraint("account_id", "resource_type"),)
 
 
+class ResourceCount(Base):
+    """What an owner uses, kept current by db/counters.py in the transaction of each change (CloudStack's
+    resource_count): scope `account` (volume, snapshot, template, primary_storage, secondary_storage bytes) or
+    `pool` (allocated bytes)."""
+    __tablename__ = "resource_count"
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    resource_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 # ---------------------------------------------------------------- infrastructure
 
 class Zone(Entity, Base):
@@ -180,6 +195,7 @@ class ConfigValue(Base):
 
 class Event(Entity, Base):
     __tablename__ = "event"
+    __table_args__ = (Index("ix_event_account", "account_id", "id"),)
     event_type: Mapped[str] = mapped_column(String(64))
     level: Mapped[str] = mapped_column(String(16), default="INFO")
     state: Mapped[str] = mapped_column(String(16), default="Completed")
@@ -194,7 +210,7 @@ class Event(Entity, Base):
 
 class AsyncJob(Entity, Base):
     __tablename__ = "async_job"
-    __table_args__ = (Index("ix_async_job_queue", "status", "running", "id"),)
+    __table_args__ = (Index("ix_async_job_queue", "status", "running", "id"), Index("ix_async_job_account", "account_id", "id"))
     cmd: Mapped[str] = mapped_column(String(128))
     params: Mapped[dict] = mapped_column(JSON, default=dict)
     account_id: Mapped[int | None] = mapped_column(Integer)

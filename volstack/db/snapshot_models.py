@@ -8,7 +8,7 @@ stays on primary only (services/snapshot_primary.py); a failed backup is retried
 """
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from volstack.db.models import Base, Entity, utcnow
@@ -17,6 +17,8 @@ from volstack.db.storage_models import OwnedEntity
 
 class Snapshot(OwnedEntity, Base):
     __tablename__ = "snapshots"
+    __table_args__ = (Index("ix_snapshots_account", "account_id", "id"), Index("ix_snapshots_volume", "volume_id"),
+                      Index("ix_snapshots_parent", "parent_id"), Index("ix_snapshots_state", "state"))
     name: Mapped[str] = mapped_column(String(255))
     volume_id: Mapped[int] = mapped_column(ForeignKey("volumes.id"))
     volume_type: Mapped[str] = mapped_column(String(16))                 # ROOT, DATADISK (kept after the volume goes)

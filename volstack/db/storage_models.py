@@ -1,7 +1,7 @@
 """Tables of the storage subsystem: primary pools, offerings, volumes, and the VMs that use them."""
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from volstack.db.models import Base, Entity
@@ -110,6 +110,10 @@ class ServiceOffering(Entity, Base):
 
 class VirtualMachine(OwnedEntity, Base):
     __tablename__ = "vm_instance"
+    # every filter listVirtualMachines offers; (account_id, id) serves a user's page in id order on both databases
+    __table_args__ = (Index("ix_vm_instance_account", "account_id", "id"), Index("ix_vm_instance_host", "host_id"),
+                      Index("ix_vm_instance_zone", "zone_id"), Index("ix_vm_instance_state", "state"),
+                      Index("ix_vm_instance_template", "template_id"))
     name: Mapped[str] = mapped_column(String(255))
     display_name: Mapped[str | None] = mapped_column(String(255))
     state: Mapped[str] = mapped_column(String(32), default="Stopped")
@@ -128,6 +132,11 @@ class VirtualMachine(OwnedEntity, Base):
 
 class Volume(OwnedEntity, Base):
     __tablename__ = "volumes"
+    # every filter listVolumes offers (the root admin's listall has no owner filter and walks the primary key)
+    __table_args__ = (Index("ix_volumes_account", "account_id", "id"), Index("ix_volumes_pool", "pool_id"),
+                      Index("ix_volumes_vm", "vm_id"), Index("ix_volumes_zone", "zone_id"),
+                      Index("ix_volumes_state", "state"), Index("ix_volumes_offering", "disk_offering_id"),
+                      Index("ix_volumes_name", "name"), Index("ix_volumes_template", "template_id"))
     name: Mapped[str] = mapped_column(String(255))
     volume_type: Mapped[str] = mapped_column(String(16))                 # ROOT, DATADISK
     state: Mapped[str] = mapped_column(String(32), default="Allocated")

@@ -60,8 +60,8 @@ class SimulatedHost:
         return {"size": size}
 
     def _volume_copy(self, src_pool, src_name, dst_pool, dst_name, **_):
-        self._images(dst_pool)[dst_name] = self._images(src_pool).get(src_name, 0)
-        return {"path": dst_name}
+        size = self._images(dst_pool)[dst_name] = self._images(src_pool).get(src_name, 0)
+        return {"path": dst_name, "size": size, "physical_size": 0}     # as the agent answers (templates read size)
 
     def _volume_info(self, pool, name, **_):
         images = self._images(pool)

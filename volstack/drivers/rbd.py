@@ -8,13 +8,13 @@ appears in a response, an event or a log line (parse errors do not echo the URL)
 CloudStack lists these pools under provider DefaultPrimary; here the row's provider is "RBD" so the
 driver is found by name like any other, and listStoragePools shows `shown_provider`.
 """
-import base64
 import re
 import time
 from datetime import datetime, timezone
 from urllib.parse import unquote
 
 from volstack import crypto
+from volstack.agent.rbd import cephx_key_valid
 from volstack.drivers.default import DefaultPrimaryDriver
 from volstack.errors import InvalidParameter
 
@@ -32,11 +32,7 @@ def _secret(raw: str) -> str:
     """The cephx secret from the URL: percent-decoded, and the UI's URL-safe alphabet (- for +, _ for /)
     mapped back. Errors never quote it."""
     secret = unquote(raw).replace("-", "+").replace("_", "/")
-    try:
-        decoded = base64.b64decode(secret, validate=True)
-    except ValueError:
-        decoded = b""
-    if len(decoded) < 16:
+    if not cephx_key_valid(secret):
         raise InvalidParameter("The secret in the rbd:// URL is not a cephx key (the base64 string after "
                                "'key =' in `ceph auth get client.<user>`); percent-encode '/' and '+' or use "
                                "the URL-safe form with '_' and '-'")

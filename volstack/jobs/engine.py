@@ -21,6 +21,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 
 from volstack.db.models import AsyncJob, JobLock, ManagementServer, utcnow
 from volstack.errors import CloudError
@@ -28,6 +29,7 @@ from volstack.errors import CloudError
 log = logging.getLogger("volstack.jobs")
 
 PENDING, SUCCEEDED, FAILED, CANCELLED = 0, 1, 2, 3
+Candidate, Older = aliased(AsyncJob), aliased(AsyncJob)
 
 
 class JobProgress:
@@ -61,6 +63,8 @@ class JobEngine:
         self.expire_minutes = expire_minutes
         self.msid: int | None = None
         self._wake = threading.Condition()
+        self._done = threading.Condition()
+        self._running: set = set()            # uuids of the jobs this server's workers run now
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._periodic: list[list] = []       # [name, seconds(), fn, last run]
@@ -131,15 +135,57 @@ class JobEngine:
             self._run(job)
 
     def _claim(self) -> AsyncJob | None:
+        with self.db.session(readonly=True) as s:      # idle workers poll without taking SQLite's write lock
+            waiting = s.execute(select(AsyncJob.queue_key).where(AsyncJob.status == PENDING,
+                                                                 AsyncJob.running.is_(False))
+                                .order_by(AsyncJob.queue_key.isnot(None)).limit(1)).first()
+        if waiting is None:
+            return None
+        if waiting.queue_key is None:
+            job = self._claim_next()
+            if job is not None:
+                return job
+        return self._claim_queued()
+
+    def _claim_next(self) -> AsyncJob | None:
+        """One conditional UPDATE … RETURNING claims the oldest job of no queue whose object has no older pending
+        job: only one server's worker can flip running false → true on it. Its sync key's lock row is inserted
+        in the same transaction (a racing claim of the same key fails there)."""
+        older = select(Older.id).where(Older.sync_key == Candidate.sync_key, Older.status == PENDING,
+                                       Older.id < Candidate.id).exists()
+        locked = select(JobLock.sync_key).where(JobLock.sync_key == Candidate.sync_key).exists()
+        pick = (select(Candidate.id).where(Candidate.status == PENDING, Candidate.running.is_(False),
+                                           Candidate.queue_key.is_(None),
+                                           or_(Candidate.sync_key.is_(None), ~older & ~locked))
+                .order_by(Candidate.id).limit(1).scalar_subquery())
+        now = utcnow()
+        try:
+            with self.db.session() as s:
+                row = s.execute(update(AsyncJob).where(AsyncJob.id == pick, AsyncJob.status == PENDING,
+                                                       AsyncJob.running.is_(False))
+                                .values(running=True, owner_msid=self.msid, started=now, last_update=now)
+                                .returning(AsyncJob.id, AsyncJob.sync_key)).first()
+                if row is None:
+                    return None
+                if row.sync_key:
+                    s.add(JobLock(sync_key=row.sync_key, job_id=row.id))
+                    s.flush()
+                return s.get(AsyncJob, row.id)
+        except IntegrityError:            # another server's job of the same object took the key first
+            return None
+
+    def _claim_queued(self) -> AsyncJob | None:
+        """Jobs with a queue key also need one of the queue's slots: claimed one candidate at a time."""
         with self.db.session(readonly=True) as s:
             candidates = s.execute(select(AsyncJob.id, AsyncJob.sync_key, AsyncJob.queue_key)
-                                   .where(AsyncJob.status == PENDING, AsyncJob.running.is_(False))
+                                   .where(AsyncJob.status == PENDING, AsyncJob.running.is_(False),
+                                          AsyncJob.queue_key.isnot(None))
                                    .order_by(AsyncJob.id).limit(32)).all()
         blocked, limits = set(), {}
         for job in candidates:
             if job.sync_key in blocked or job.queue_key in blocked:
                 continue
-            if job.queue_key and job.queue_key not in limits:      # read before the claim's write transaction
+            if job.queue_key not in limits:      # read before the claim's write transaction
                 limits[job.queue_key] = self.queue_limit(job.queue_key)
             try:
                 with self.db.session() as s:
@@ -153,7 +199,7 @@ class JobEngine:
                             continue
                         s.add(JobLock(sync_key=job.sync_key, job_id=job.id))
                         s.flush()
-                    if job.queue_key and not self._take_slot(s, job, limits[job.queue_key]):
+                    if not self._take_slot(s, job, limits[job.queue_key]):
                         s.rollback()
                         blocked.add(job.queue_key)
                         continue
@@ -183,6 +229,8 @@ class JobEngine:
 
     def _run(self, job: AsyncJob) -> None:
         progress = JobProgress(self, job.id, job.uuid)
+        with self._done:
+            self._running.add(job.uuid)
         try:
             result = self.executor(job, progress)
             self._finish(job, SUCCEEDED, 0, result)
@@ -191,6 +239,10 @@ class JobEngine:
         except Exception as exc:
             log.error("job %s (%s) failed:\n%s", job.uuid, job.cmd, traceback.format_exc())
             self._finish(job, FAILED, 530, {"errorcode": 530, "errortext": f"Internal error while running {job.cmd}: {exc}"})
+        finally:
+            with self._done:
+                self._running.discard(job.uuid)
+                self._done.notify_all()
 
     def _finish(self, job: AsyncJob, status: int, code: int, result: dict) -> None:
         with self.db.session() as s:
@@ -203,6 +255,17 @@ class JobEngine:
                 s.execute(delete(JobLock).where(JobLock.job_id == job.id))
         with self._wake:
             self._wake.notify()   # a job waiting on this sync key may now run
+
+    def wait_finished(self, uuid, seconds: float) -> None:
+        """Wait at most `seconds` for a job this server is running to finish (queryAsyncJobResult's bounded
+        long poll: the answer is the same, only sooner). Jobs of other servers are not waited for."""
+        deadline = time.monotonic() + seconds
+        with self._done:
+            while uuid in self._running:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._done.wait(left)
 
     # ------------------------------------------------------------ housekeeping
 

@@ -1,11 +1,14 @@
 """Domains, accounts, users, roles, API keys, password login, resource limits."""
 import secrets
+import time
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, event, func, select
+from sqlalchemy.orm import Session as Session_
 
 from volstack import crypto
+from volstack.db import counters
 from volstack.db.models import Account, Domain, ResourceLimit, Role, Session, User
 from volstack.errors import InvalidParameter, PermissionDenied, ResourceInUse, ResourceLimitExceeded
 from volstack.services import events, settings as S
@@ -34,13 +37,24 @@ GIB = 1024 ** 3
 
 
 def register_usage_counter(resource_type: str, fn) -> None:
-    """fn(session, account_id) -> current usage (a count, or bytes for *_storage)."""
+    """fn(session, account_id) -> current usage (a count, or bytes for *_storage), counted from the rows
+    themselves: what updateResourceCount recalculates. Reads use the maintained count (db/counters.py), which
+    the subsystem keeps with counters.counted(Model, ...)."""
     _usage_counters[resource_type] = fn
+
+
+_internal_counters: dict = {}
+
+
+def register_internal_counter(name: str, fn) -> None:
+    """A count kept per account that is not a limit (e.g. the rows a plain list counts): fn recounts it for
+    updateResourceCount, which repairs it silently."""
+    _internal_counters[name] = fn
 
 
 def add_usage_counter(resource_type: str, fn) -> None:
     """Another subsystem's share of a usage that one already counts (snapshot backups besides templates on
-    image stores): the usage becomes the sum. Register it after the first counter."""
+    image stores): the recount becomes the sum. Register it after the first counter."""
     prev = _usage_counters.get(resource_type)
     _usage_counters[resource_type] = fn if prev is None else (lambda s, acc: prev(s, acc) + fn(s, acc))
 
@@ -120,6 +134,43 @@ def user_by_api_key(s, api_key: str) -> User | None:
     return user if _usable(s, user) else None
 
 
+# API keys are looked up on every signed request. The identity (context, decrypted secret) is kept for a few
+# seconds; any change to a user, account or domain row clears the cache on flush and again after its commit
+# (so a request racing the change cannot keep the old identity). Another management server's cache sees a
+# disabled or deleted key within KEY_CACHE_SECONDS.
+KEY_CACHE_SECONDS = 5.0
+_key_cache: dict = {}        # api key -> (expiry (monotonic), CallContext, secret)
+
+
+def identity_by_api_key(s, api_key: str):
+    """(CallContext, secret) of the usable user holding api_key, or None."""
+    hit = _key_cache.get(api_key)
+    now = time.monotonic()
+    if hit is not None and hit[0] > now:
+        return hit[1], hit[2]
+    user = user_by_api_key(s, api_key)
+    if user is None or not user.secret_key:
+        return None                      # misses are not kept: a stream of wrong keys cannot fill memory
+    ident = (context_for(s, user), user_secret(user))
+    if len(_key_cache) > 10000:
+        _key_cache.clear()
+    _key_cache[api_key] = (now + KEY_CACHE_SECONDS, *ident)
+    return ident
+
+
+@event.listens_for(Session_, "after_flush")
+def _identity_changed(session, _ctx) -> None:
+    if any(isinstance(o, (User, Account, Domain)) for o in (*session.new, *session.dirty, *session.deleted)):
+        _key_cache.clear()
+        session.info["identity_changed"] = True
+
+
+@event.listens_for(Session_, "after_commit")
+def _identity_committed(session) -> None:
+    if session.info.pop("identity_changed", False):
+        _key_cache.clear()
+
+
 # ---------------------------------------------------------------- domains
 
 def get_domain(s, ctx, uuid: str) -> Domain:
@@ -165,7 +216,7 @@ def list_domains(s, ctx, q: ListQuery, id=None, name=None, level=None):
     if id:
         stmt = stmt.where(Domain.uuid == id)
     if name:
-        stmt = stmt.where(Domain.name == name)
+        stmt = stmt.where(func.lower(Domain.name) == name.lower())
     if level is not None:
         stmt = stmt.where(Domain.level == level)
     stmt = stmt.where(*keyword_filter(q, Domain.name))
@@ -200,8 +251,9 @@ def delete_domain(s, ctx, id: str, cleanup: bool = False) -> None:
                             "delete them first or pass cleanup=true")
     for acc in accounts:
         _delete_account_rows(s, acc)
-    for d in subs:
+    for d in subs:                     # deepest first, one by one: a child row must go before its parent's
         s.delete(d)
+        s.flush()
     events.record(s, ctx, "DOMAIN.DELETE", f"Domain {dom.name} deleted", resource_type="Domain", resource_uuid=dom.uuid)
 
 
@@ -282,7 +334,7 @@ def list_accounts(s, ctx, q: ListQuery, id=None, name=None, accounttype=None, st
     if id:
         stmt = stmt.where(Account.uuid == id)
     if name or q.account:
-        stmt = stmt.where(Account.name == (name or q.account))
+        stmt = stmt.where(func.lower(Account.name) == (name or q.account).lower())
     if accounttype is not None:
         stmt = stmt.where(Account.account_type == accounttype)
     if state:
@@ -331,7 +383,7 @@ def delete_account(s, ctx, acc: Account) -> None:
         raise PermissionDenied("Only administrators can delete accounts")
     if acc.id in (1, 2) or acc.id == ctx.account_id:
         raise PermissionDenied(f"Account {acc.name} cannot be deleted")
-    in_use = {t: fn(s, acc.id) for t, fn in _usage_counters.items()}
+    in_use = {t: usage_of(s, acc.id, t) for t in _usage_counters}
     if any(v for v in in_use.values()):
         busy = ", ".join(f"{t}={v}" for t, v in in_use.items() if v)
         raise ResourceInUse(f"Account {acc.name} still owns resources ({busy}); delete them first")
@@ -381,7 +433,7 @@ def list_users(s, ctx, q: ListQuery, id=None, username=None, state=None):
     if id:
         stmt = stmt.where(User.uuid == id)
     if username:
-        stmt = stmt.where(User.username == username)
+        stmt = stmt.where(func.lower(User.username) == username.lower())
     if state:
         stmt = stmt.where(func.lower(User.state) == state.lower())
     stmt = stmt.where(*keyword_filter(q, User.username))
@@ -448,7 +500,7 @@ def list_roles(s, ctx, q: ListQuery, id=None, name=None, type=None):
     if id:
         stmt = stmt.where(Role.uuid == id)
     if name:
-        stmt = stmt.where(Role.name == name)
+        stmt = stmt.where(func.lower(Role.name) == name.lower())
     if type:
         stmt = stmt.where(func.lower(Role.role_type) == type.lower())
     stmt = stmt.where(*keyword_filter(q, Role.name))
@@ -456,6 +508,13 @@ def list_roles(s, ctx, q: ListQuery, id=None, name=None, type=None):
 
 
 # ---------------------------------------------------------------- resource limits
+
+def limits_of(s, acc: Account) -> dict:
+    """{resource type: max} of one account: its explicit limits, else the defaults (root admins: none)."""
+    explicit = limits_many(s, [acc.id]).get(acc.id, {})
+    defaults = default_limits(s) if acc.account_type != ROOT_ADMIN and len(explicit) < len(LIMIT_TYPES) else {}
+    return {t: explicit.get(t, defaults.get(t, -1)) for t in LIMIT_TYPES}
+
 
 def limit_of(s, account_id: int, resource_type: str) -> int:
     row = s.scalar(select(ResourceLimit).where(ResourceLimit.account_id == account_id,
@@ -469,8 +528,51 @@ def limit_of(s, account_id: int, resource_type: str) -> int:
 
 
 def usage_of(s, account_id: int, resource_type: str) -> int:
-    fn = _usage_counters.get(resource_type)
-    return fn(s, account_id) if fn else 0
+    """The account's maintained count: one primary-key read, never a scan of its objects."""
+    return counters.get(s, "account", account_id, resource_type)
+
+
+def usage_many(s, account_ids) -> dict:
+    """{account id: {resource type: usage}} for many accounts in one query (listAccounts pages)."""
+    return counters.get_many(s, "account", account_ids)
+
+
+def limits_many(s, account_ids) -> dict:
+    """{account id: {resource type: max}} of the explicit limits of many accounts in one query."""
+    out: dict = {}
+    for row in s.scalars(select(ResourceLimit).where(ResourceLimit.account_id.in_(list(account_ids)))):
+        out.setdefault(row.account_id, {})[row.resource_type] = row.max
+    return out
+
+
+def default_limits(s) -> dict:
+    """{resource type: the max.account.* default} in one query; root admins have no limits."""
+    values = S.Settings.many_in(s, [key for _, key in LIMIT_TYPES.values()])
+    return {rtype: values[(key.name, 0)] for rtype, (_, key) in LIMIT_TYPES.items()}
+
+
+def recalculate(s, acc: Account, types=None) -> dict:
+    """updateResourceCount: recount the account's usage from its objects; {type: (old, new)}."""
+    out = {}
+    for rtype, fn in _usage_counters.items():
+        if types is None or rtype in types:
+            new = int(fn(s, acc.id))
+            out[rtype] = (counters.set_count(s, "account", acc.id, rtype, new), new)
+    if types is None:
+        for name, fn in _internal_counters.items():
+            counters.set_count(s, "account", acc.id, name, int(fn(s, acc.id)))
+    return out
+
+
+def accounts_for_recount(s, ctx, domain_uuid: str, account: str | None) -> list:
+    """The one named account of the domain, or every account of the domain and its subdomains."""
+    dom = get_domain(s, ctx, domain_uuid)
+    if account:
+        return [get_account(s, ctx, name=account, domainid=domain_uuid)]
+    if not ctx.is_admin:
+        raise PermissionDenied("Only administrators can recount a domain's resources")
+    return list(s.scalars(select(Account).join(Domain, Domain.id == Account.domain_id)
+                          .where(Domain.path.startswith(dom.path)).order_by(Account.id)))
 
 
 def check_limit(s, account_id: int, resource_type: str, delta: int = 1) -> None:

@@ -10,7 +10,7 @@ from volstack.db.models import Host, utcnow
 from volstack.db.storage_models import StoragePool
 from volstack.drivers.hosts import channel
 from volstack.errors import CloudError, InvalidParameter, ResourceUnavailable
-from volstack.services import events, infra, vm_sync
+from volstack.services import events, infra, reconcile
 
 log = logging.getLogger("volstack.agents")
 PROTOCOL = 1
@@ -43,8 +43,9 @@ def _kvm_connect(s, host: Host, url, username, password) -> None:
 infra.register_host_connector("KVM", _kvm_connect)
 
 
-def check_hosts(db, ctx, down_after_seconds: float = 30) -> None:
-    """Heartbeat: ping every KVM agent; a host that stopped answering goes Down, and Up again when it does."""
+def check_hosts(db, ctx, down_after_seconds: float = 30, submit=None) -> None:
+    """Heartbeat: ping every KVM agent; a host that stopped answering goes Down, and Up again when it does.
+    Every live host is then reconciled with the database (services/reconcile.py): submit queues the tasks."""
     with db.session(readonly=True) as s:
         hosts = list(s.scalars(select(Host).where(Host.hypervisor == "KVM")))
     for host in hosts:
@@ -70,8 +71,8 @@ def check_hosts(db, ctx, down_after_seconds: float = 30) -> None:
                 row.state = "Down"
                 events.record(s, ctx, "HOST.DOWN", f"Host {row.name} stopped answering", level="WARN",
                               resource_type="Host", resource_uuid=row.uuid)
-        if alive:
-            vm_sync.sync_host(db, ctx, host)
+        if alive and submit is not None:
+            reconcile.reconcile_host(db, host, submit)
 
 
 def _reconnect_pools(s, ctx, host: Host) -> None:

@@ -1,16 +1,14 @@
-"""Fixed catalogues: guest OS types, storage providers, hypervisors. Ids are stable across installs."""
+"""Catalogues: guest OS types (CloudStack's, from guest_os_catalogue.json, plus those added with addGuestOs), storage
+providers, hypervisors. Ids of the built-in entries are stable across installs."""
+import json
 import uuid
+from pathlib import Path
 
 _NS = uuid.UUID("6f1c2f64-3a53-4c57-9d7a-5a0d2b9e6a11")
 
-OS_CATEGORIES = ["CentOS", "Debian", "Ubuntu", "RedHat", "Windows", "Other"]
-OS_TYPES = [
-    ("Other Linux (64-bit)", "Other"), ("Other (64-bit)", "Other"), ("Other (32-bit)", "Other"),
-    ("Debian GNU/Linux 11 (64-bit)", "Debian"), ("Debian GNU/Linux 12 (64-bit)", "Debian"),
-    ("Ubuntu 20.04 LTS", "Ubuntu"), ("Ubuntu 22.04 LTS", "Ubuntu"), ("Ubuntu 24.04 LTS", "Ubuntu"),
-    ("CentOS 7", "CentOS"), ("Rocky Linux 9", "RedHat"), ("Red Hat Enterprise Linux 9", "RedHat"),
-    ("Windows Server 2019 (64-bit)", "Windows"), ("Windows Server 2022 (64-bit)", "Windows"),
-]
+_CATALOGUE = json.loads((Path(__file__).with_name("guest_os_catalogue.json")).read_text())
+OS_CATEGORIES: list[str] = _CATALOGUE["categories"]
+OS_TYPES: list[tuple[str, str]] = [tuple(t) for t in _CATALOGUE["os_types"]]
 
 
 def os_type_id(description: str) -> str:
@@ -21,13 +19,36 @@ def os_category_id(name: str) -> str:
     return str(uuid.uuid5(_NS, "oscategory:" + name))
 
 
-def os_types() -> list[dict]:
-    return [{"id": os_type_id(d), "description": d, "name": d, "oscategoryid": os_category_id(c),
-             "oscategoryname": c, "isuserdefined": False} for d, c in OS_TYPES]
+_BUILTIN = {os_type_id(d): {"id": os_type_id(d), "description": d, "name": d, "oscategoryid": os_category_id(c),
+                            "oscategoryname": c, "isuserdefined": False, "fordisplay": True} for d, c in OS_TYPES}
+CATEGORY_NAMES = {os_category_id(c): c for c in OS_CATEGORIES}
 
 
-def os_type(uuid_: str) -> dict | None:
-    return next((t for t in os_types() if t["id"] == uuid_), None)
+def _user_defined(row) -> dict:
+    return {"id": row.uuid, "description": row.display_name, "name": row.name or row.display_name,
+            "oscategoryid": row.category_uuid, "oscategoryname": CATEGORY_NAMES.get(row.category_uuid),
+            "isuserdefined": True, "fordisplay": row.display}
+
+
+def os_types(s=None) -> list[dict]:
+    """CloudStack's catalogue, then the guest OS types added with addGuestOs (with a session)."""
+    out = list(_BUILTIN.values())
+    if s is not None:
+        from sqlalchemy import select
+        from volstack.db.tag_models import GuestOs
+        out += [_user_defined(r) for r in s.scalars(select(GuestOs).order_by(GuestOs.id))]
+    return out
+
+
+def os_type(uuid_: str, s=None) -> dict | None:
+    if uuid_ in _BUILTIN:
+        return _BUILTIN[uuid_]
+    if s is not None:
+        from sqlalchemy import select
+        from volstack.db.tag_models import GuestOs
+        row = s.scalar(select(GuestOs).where(GuestOs.uuid == uuid_))
+        return _user_defined(row) if row is not None else None
+    return None
 
 
 # Providers known to this management server, by store role. Storage subsystems add theirs.

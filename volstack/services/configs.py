@@ -32,8 +32,13 @@ def resolve_scope(s, scope_uuids: dict) -> tuple[str, int]:
     return scope, row.id
 
 
-def _row(s, key, scope, scope_id, scope_uuid):
-    return {"name": key.name, "value": key.format(Settings.value_in(s, key, **{scope: scope_id})) or "",
+_UNREAD = object()
+
+
+def _row(s, key, scope, scope_id, scope_uuid, value=_UNREAD):
+    if value is _UNREAD:
+        value = Settings.value_in(s, key, **{scope: scope_id})
+    return {"name": key.name, "value": key.format(value) or "",
             "default": key.format(key.default), "category": key.category, "description": key.description,
             "scope": scope if scope != "global" else ",".join(key.scopes) if len(key.scopes) == 1 else key.scopes[0],
             "type": {int: "Long" if "size" in key.name or "wait" in key.name else "Integer", float: "Float",
@@ -45,7 +50,7 @@ def list_configurations(s, ctx, scope_uuids: dict, name=None, category=None, key
     require_root_admin(ctx)
     scope, scope_id = resolve_scope(s, scope_uuids)
     scope_uuid = next((v for v in scope_uuids.values() if v), None)
-    out = []
+    keys = []
     for key in sorted(KEYS.values(), key=lambda k: k.name):
         if scope != "global" and scope not in key.scopes:
             continue
@@ -55,8 +60,9 @@ def list_configurations(s, ctx, scope_uuids: dict, name=None, category=None, key
             continue
         if keyword and keyword.lower() not in key.name.lower():
             continue
-        out.append(_row(s, key, scope, scope_id, scope_uuid))
-    return out
+        keys.append(key)
+    values = Settings.many_in(s, keys, scope, (scope_id,))      # one query for the whole list
+    return [_row(s, key, scope, scope_id, scope_uuid, values[(key.name, scope_id)]) for key in keys]
 
 
 def update_configuration(s, ctx, name, value, scope_uuids: dict) -> dict:
@@ -76,6 +82,8 @@ def reset_configuration(s, ctx, name, scope_uuids: dict) -> dict:
     require_root_admin(ctx)
     key = key_by_name(name)
     scope, scope_id = resolve_scope(s, scope_uuids)
+    if scope not in key.scopes:
+        raise InvalidParameter(f"Scope {scope} is not valid for {key.name}; it can be set at: {', '.join(key.scopes)}")
     s.execute(delete(ConfigValue).where(ConfigValue.name == key.name, ConfigValue.scope == scope,
                                         ConfigValue.scope_id == scope_id))
     events.record(s, ctx, "CONFIGURATION.VALUE.EDIT", f"Setting {name} reset at {scope} scope", resource_type="Configuration")

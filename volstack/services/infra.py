@@ -1,12 +1,15 @@
 """Zones, pods, clusters and hosts."""
+import ipaddress
+
 from sqlalchemy import func, select
 
+from volstack.db import aggregate
 from volstack.db.models import Cluster, Host, Pod, Zone, utcnow
 from volstack.errors import InvalidParameter, ResourceInUse
 from volstack.services import events
 from volstack.services.context import require_root_admin
 from volstack.services.lifecycle import HOST_RESOURCE
-from volstack.services.listing import ListQuery, keyword_filter, paginate
+from volstack.services.listing import ListQuery, identity_filter, keyword_filter, paginate
 
 HYPERVISORS = ("KVM", "Simulator")
 ALLOCATION_STATES = ("Enabled", "Disabled")
@@ -24,6 +27,26 @@ def register_host_connector(hypervisor: str, fn) -> None:
 
 def _simulator_connect(s, host: Host, url, username, password) -> None:
     host.state, host.version, host.last_ping = "Up", "simulator", utcnow()
+    if host.name.startswith("sim"):
+        # CloudStack's simulator setup (http://sim/c0/h0, http://sim/c0/h1 ...): every host is an agent of its
+        # own, SimulatedAgent.<uuid>, with an address from its pod's range
+        host.name = f"SimulatedAgent.{host.uuid}"
+        host.ip_address = _next_pod_address(s, host) or host.ip_address
+
+
+def _next_pod_address(s, host: Host) -> str | None:
+    pod = s.get(Pod, host.pod_id)
+    if not (pod and pod.start_ip and pod.end_ip):
+        return None
+    used = set(s.scalars(select(Host.ip_address).where(Host.pod_id == pod.id, Host.id != host.id)))
+    try:
+        first, last = ipaddress.ip_address(pod.start_ip), ipaddress.ip_address(pod.end_ip)
+    except ValueError:
+        return None
+    for n in range(int(first), int(last) + 1):
+        if str(ipaddress.ip_address(n)) not in used:
+            return str(ipaddress.ip_address(n))
+    return None
 
 
 register_host_connector("Simulator", _simulator_connect)
@@ -87,6 +110,8 @@ def create_zone(s, ctx, name, networktype="Advanced", allocationstate=None, doma
     if ntype is None:
         raise InvalidParameter(f"Invalid network type {networktype}: use Basic or Advanced")
     zone = Zone(name=name, network_type=ntype, allocation_state=_allocation(allocationstate))
+    if ntype == "Basic":             # CloudStack: a Basic zone always isolates guests with security groups
+        fields["securitygroupenabled"] = True
     if domainid:
         from volstack.services.accounts import get_domain
         zone.domain_id = get_domain(s, ctx, domainid).id
@@ -99,12 +124,8 @@ def create_zone(s, ctx, name, networktype="Advanced", allocationstate=None, doma
     return zone
 
 
-def list_zones(s, ctx, q: ListQuery, id=None, name=None, available=None):
-    stmt = select(Zone).order_by(Zone.id)
-    if id:
-        stmt = stmt.where(Zone.uuid == id)
-    if name:
-        stmt = stmt.where(Zone.name == name)
+def list_zones(s, ctx, q: ListQuery, id=None, name=None, available=None, tags=None):
+    stmt = select(Zone).order_by(Zone.id).where(*identity_filter(Zone, {"id": id, "name": name, "tags": tags}))
     if not ctx.is_admin or available:
         stmt = stmt.where(Zone.allocation_state == "Enabled")
     stmt = stmt.where(*keyword_filter(q, Zone.name, Zone.description))
@@ -136,7 +157,7 @@ def delete_zone(s, ctx, id) -> None:
     zone = get_zone(s, id)
     for check in zone_in_use_checks:
         check(s, zone)
-    pods = s.scalar(select(func.count()).select_from(Pod).where(Pod.zone_id == zone.id))
+    pods = aggregate.count(s, Pod, Pod.zone_id == zone.id)
     if pods:
         raise ResourceInUse(f"The zone {zone.name} is not deletable because there are {pods} pod(s) in it; delete them first")
     s.delete(zone)
@@ -150,6 +171,7 @@ def create_pod(s, ctx, zoneid, name, gateway=None, netmask=None, startip=None, e
     zone = get_zone(s, zoneid)
     if s.scalar(select(Pod).where(Pod.zone_id == zone.id, func.lower(Pod.name) == name.lower())):
         raise InvalidParameter(f"A pod with name {name} already exists in zone {zone.name}")
+    endip = endip or _range_end(startip, netmask)
     pod = Pod(zone_id=zone.id, name=name, gateway=gateway, netmask=netmask, start_ip=startip, end_ip=endip,
               allocation_state=_allocation(allocationstate))
     s.add(pod)
@@ -158,13 +180,24 @@ def create_pod(s, ctx, zoneid, name, gateway=None, netmask=None, startip=None, e
     return pod
 
 
+def _range_end(startip, netmask) -> str | None:
+    """createPod without endip: the last usable address of the start address's subnet, as CloudStack fills it."""
+    if not startip or not netmask:
+        return None
+    try:
+        net = ipaddress.ip_network(f"{startip}/{netmask}", strict=False)
+    except ValueError:
+        raise InvalidParameter(f"Invalid startip {startip} or netmask {netmask}") from None
+    return str(net.broadcast_address - 1)
+
+
 def list_pods(s, ctx, q: ListQuery, id=None, name=None, zoneid=None, allocationstate=None):
     require_root_admin(ctx)
     stmt = select(Pod).order_by(Pod.id)
     if id:
         stmt = stmt.where(Pod.uuid == id)
     if name:
-        stmt = stmt.where(Pod.name == name)
+        stmt = stmt.where(func.lower(Pod.name) == name.lower())
     if zoneid:
         stmt = stmt.where(Pod.zone_id == get_zone(s, zoneid).id)
     if allocationstate:
@@ -192,7 +225,7 @@ def update_pod(s, ctx, id, name=None, gateway=None, netmask=None, startip=None, 
 def delete_pod(s, ctx, id) -> None:
     require_root_admin(ctx)
     pod = get_pod(s, id)
-    n = s.scalar(select(func.count()).select_from(Cluster).where(Cluster.pod_id == pod.id))
+    n = aggregate.count(s, Cluster, Cluster.pod_id == pod.id)
     if n:
         raise ResourceInUse(f"The pod {pod.name} is not deletable because there are {n} cluster(s) in it; delete them first")
     s.delete(pod)
@@ -225,7 +258,7 @@ def list_clusters(s, ctx, q: ListQuery, id=None, name=None, zoneid=None, podid=N
     if id:
         stmt = stmt.where(Cluster.uuid == id)
     if name:
-        stmt = stmt.where(Cluster.name == name)
+        stmt = stmt.where(func.lower(Cluster.name) == name.lower())
     if zoneid:
         stmt = stmt.where(Cluster.zone_id == get_zone(s, zoneid).id)
     if podid:
@@ -265,7 +298,7 @@ def update_cluster(s, ctx, id, clustername=None, allocationstate=None, clusterty
 def delete_cluster(s, ctx, id) -> None:
     require_root_admin(ctx)
     cl = get_cluster(s, id)
-    n = s.scalar(select(func.count()).select_from(Host).where(Host.cluster_id == cl.id))
+    n = aggregate.count(s, Host, Host.cluster_id == cl.id)
     if n:
         raise ResourceInUse(f"The cluster {cl.name} is not deletable because there are {n} host(s) in it; delete them first")
     s.delete(cl)
@@ -299,7 +332,8 @@ def add_host(s, ctx, zoneid, podid, url, hypervisor, clusterid=None, clustername
     if cl.hypervisor != hv:
         raise InvalidParameter(f"Cannot add a {hv} host to cluster {cl.name}, whose hypervisor is {cl.hypervisor}")
     name = _host_name_from_url(url)
-    if hv != "KVM" and s.scalar(select(Host).where(Host.zone_id == zone.id, Host.name == name)):
+    if hv != "KVM" and not name.startswith("sim") and s.scalar(select(Host).where(Host.zone_id == zone.id,
+                                                                                 Host.name == name)):
         raise InvalidParameter(f"A host with name {name} already exists in zone {zone.name}")
     connect = _host_connectors.get(hv)
     if connect is None:
@@ -310,7 +344,7 @@ def add_host(s, ctx, zoneid, podid, url, hypervisor, clusterid=None, clustername
     s.add(host)
     s.flush()
     connect(s, host, url, username, password)
-    events.record(s, ctx, "HOST.ADD", f"Host {name} added to cluster {cl.name}", resource_type="Host", resource_uuid=host.uuid)
+    events.record(s, ctx, "HOST.ADD", f"Host {host.name} added to cluster {cl.name}", resource_type="Host", resource_uuid=host.uuid)
     return host
 
 
@@ -321,7 +355,7 @@ def list_hosts(s, ctx, q: ListQuery, id=None, name=None, zoneid=None, podid=None
     if id:
         stmt = stmt.where(Host.uuid == id)
     if name:
-        stmt = stmt.where(Host.name == name)
+        stmt = stmt.where(func.lower(Host.name) == name.lower())
     if zoneid:
         stmt = stmt.where(Host.zone_id == get_zone(s, zoneid).id)
     if podid:

@@ -16,6 +16,11 @@ class Lifecycle:
         unknown = targets - set(table)
         assert not unknown, f"{name}: states reached but not declared: {unknown}"
 
+    def canonical(self, state: str) -> str:
+        """The declared spelling of a state given in any case (list filters ignore case, as CloudStack's do), so
+        the filter compares the column itself and its index serves it; an unknown state is returned as given."""
+        return next((st for st in self.table if st.lower() == state.lower()), state)
+
     def next_state(self, state: str, event: str) -> str:
         nxt = self.table.get(state, {}).get(event)
         if nxt is None:
@@ -34,6 +39,8 @@ class Lifecycle:
         if res.rowcount != 1:
             raise ResourceInUse(f"The {self.name} {getattr(row, 'name', row.id)} changed state concurrently; retry")
         setattr(row, self.attr, nxt)
+        # what a job moved, so that its failure can return each object to a stable state (services/recovery.py)
+        s.info.setdefault("moved", {})[(model, row.id)] = self.name
         for k, v in values.items():
             setattr(row, k, v)
         for observer in self.observers:

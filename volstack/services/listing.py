@@ -15,32 +15,42 @@ class ListQuery:
     domainid: str | None = None
 
 
-def paginate(s, stmt, q: ListQuery, default_size: int = 500):
-    """Run stmt one page at a time; returns (rows, total matches)."""
-    total = s.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+def paginate(s, stmt, q: ListQuery, default_size: int = 500, scalars: bool = True, total: int | None = None):
+    """Run stmt one page at a time; returns (rows, total matches). scalars=False: rows are tuples of the
+    statement's columns. total: the count when the caller knows it without counting (a maintained count);
+    otherwise the matches are counted."""
+    if total is None:
+        total = int(s.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())))
+    run = s.scalars if scalars else (lambda st: [tuple(r) for r in s.execute(st)])
     if q.pagesize == -1:
-        return list(s.scalars(stmt)), total
+        return list(run(stmt)), total
     size = q.pagesize or default_size
     page = q.page or 1
-    return list(s.scalars(stmt.limit(size).offset((page - 1) * size))), total
+    return list(run(stmt.limit(size).offset((page - 1) * size))), total
 
 
 def keyword_filter(q: ListQuery, *columns):
     if not q.keyword:
         return []
     from sqlalchemy import or_
-    like = f"%{q.keyword}%"
-    return [or_(*[c.ilike(like) for c in columns])]
+    # % and _ in a keyword are the characters themselves, not wildcards
+    escaped = q.keyword.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return [or_(*[c.ilike(f"%{escaped}%", escape="\\") for c in columns])]
 
 
 
 def identity_filter(model, f: dict) -> list:
-    """The id / ids / name filters every list command of a uuid-and-name object takes."""
+    """The id / ids / name / tags filters every list command of a uuid-and-name object takes. Names compare
+    ignoring case, as CloudStack's do on its MySQL collation (an idempotent client looking up `Data1` must find
+    `data1`)."""
     conds = []
     if f.get("id"):
         conds.append(model.uuid == f["id"])
     if f.get("ids"):
         conds.append(model.uuid.in_(f["ids"]))
     if f.get("name"):
-        conds.append(model.name == f["name"])
+        conds.append(func.lower(model.name) == f["name"].lower())
+    if f.get("tags"):
+        from volstack.services.tags import tag_filter
+        conds += tag_filter(model, f["tags"])
     return conds

@@ -17,7 +17,7 @@ register_qos_listener (called when an offering's rates change, to re-apply them 
 """
 import uuid as _uuid
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import object_session
 
 from volstack.db.models import Domain, Zone, utcnow
@@ -488,7 +488,7 @@ def list_disk_offerings(s, ctx, q: ListQuery, *, id=None, name=None, zoneid=None
     if id:
         stmt = stmt.where(DiskOffering.uuid == id)
     if name:
-        stmt = stmt.where(DiskOffering.name == name)
+        stmt = stmt.where(func.lower(DiskOffering.name) == name.lower())
     if storagetype:
         stmt = stmt.where(DiskOffering.storage_type == _storage_type(storagetype))
     if encrypt is not None:

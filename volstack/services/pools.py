@@ -1,9 +1,11 @@
 """Primary storage pools: create, list, update, delete, maintenance, browsing, statistics."""
 import logging
+import uuid
 from posixpath import normpath
 
 from sqlalchemy import func, select
 
+from volstack.db import aggregate, counters
 from volstack.db.models import Host, Zone, utcnow
 from volstack.db.storage_models import StoragePool, StoragePoolHost, Volume
 from volstack.drivers import driver_for
@@ -152,7 +154,7 @@ def list_pools(s, ctx, q: ListQuery, *, id=None, name=None, zoneid=None, podid=N
     if id:
         stmt = stmt.where(StoragePool.uuid == id)
     if name:
-        stmt = stmt.where(StoragePool.name == name)
+        stmt = stmt.where(func.lower(StoragePool.name) == name.lower())
     for col, uuid, getter in ((StoragePool.zone_id, zoneid, infra.get_zone), (StoragePool.pod_id, podid, infra.get_pod),
                               (StoragePool.cluster_id, clusterid, infra.get_cluster)):
         if uuid:
@@ -250,10 +252,36 @@ def delete_pool(s, ctx, id, forced=False) -> None:
 
 
 def allocated_bytes(s, pool) -> int:
-    """Σ sizes of the pool's volumes, plus what other subsystems keep there (cached template copies)."""
-    volumes = s.scalar(select(func.coalesce(func.sum(Volume.size), 0)).where(
-        Volume.pool_id == pool.id, Volume.removed.is_(None), Volume.state.notin_(("Expunged", "Allocated")))) or 0
-    return volumes + sum(extra(s, pool) for extra in allocated_extras)
+    """The pool's allocated bytes, maintained with every change (db/counters.py): one primary-key read."""
+    return counters.get(s, "pool", pool.id, "allocated")
+
+
+def allocated_many(s, pool_ids) -> dict:
+    """{pool id: allocated bytes} for a page of pools in one query."""
+    return {pid: c.get("allocated", 0) for pid, c in counters.get_many(s, "pool", pool_ids).items()}
+
+
+def recount_allocated(s, pool) -> int:
+    """Σ sizes of the pool's volumes, plus what other subsystems keep there (cached template copies), from the
+    rows themselves; stored as the pool's count (updateResourceCount). Returns the new value."""
+    volumes = aggregate.total(s, Volume.size, Volume.pool_id == pool.id, Volume.removed.is_(None),
+                              Volume.state.notin_(("Expunged", "Allocated")))
+    value = volumes + sum(extra(s, pool) for extra in allocated_extras)
+    counters.set_count(s, "pool", pool.id, "allocated", value)
+    return value
+
+
+def recount_all(s) -> None:
+    for pool in s.scalars(select(StoragePool).where(StoragePool.state != "Removed")):
+        recount_allocated(s, pool)
+
+
+def _allocated(s, v):
+    if v["pool_id"] is not None and v["removed"] is None and v["state"] not in ("Expunged", "Allocated"):
+        yield "pool", v["pool_id"], "allocated", v["size"]
+
+
+counters.counted(Volume, ("pool_id", "state", "removed", "size"), _allocated)
 
 
 # extra(s, pool) -> bytes allocated on the pool outside volumes (CloudStack counts template copies).
@@ -308,20 +336,26 @@ def list_objects(s, ctx, id, path: str | None):
     """Files under path in the pool, each with the volstack volume it belongs to (if any)."""
     require_root_admin(ctx)
     pool = get_pool(s, id)
-    rel = normpath("/" + (path or "")).lstrip("/")
-    if path and (path.startswith("/") and not path.startswith(pool.path) or ".." in path.split("/")):
-        raise InvalidParameter(f"Path {path} is outside storage pool {pool.name}; give a path relative to the pool")
-    if path and path.startswith(pool.path):
-        rel = normpath(path[len(pool.path):] or "/").lstrip("/")
+    rel = browse_path(path, pool.path)
     hosts = hosts_in_scope(s, pool)
     if not hosts:
         raise ResourceUnavailable(f"No Up host can browse storage pool {pool.name}")
-    entries = driver_for(pool.provider).list_objects(channel(hosts[0]), pool, rel if rel != "." else "")
+    entries = driver_for(pool.provider).list_objects(channel(hosts[0]), pool, rel)
     owners = {v.path: ("volume", v.uuid, v.name)
               for v in s.scalars(select(Volume).where(Volume.pool_id == pool.id, Volume.removed.is_(None)))}
     for source in object_owners:
         owners.update(source(s, pool))
-    return [datastore_object(e, owners.get(e["name"]) if not rel or rel == "." else None) for e in entries]
+    return [datastore_object(e, owners.get(e["name"]) if not rel else None) for e in entries]
+
+
+def browse_path(path: str | None, root: str | None = None) -> str:
+    """A browser path as CloudStack reads it: `/` is the root of the pool or store and every path lies under it
+    (`..` cannot climb out). A path that repeats the pool's own export path (root) is taken from there. Returns
+    the path relative to the root, "" for the root itself."""
+    path = path or "/"
+    if root and root != "/" and (path == root or path.startswith(root.rstrip("/") + "/")):
+        path = path[len(root.rstrip("/")):] or "/"
+    return normpath("/" + path).lstrip("/")
 
 
 # source(s, pool) -> {file name: (kind, uuid, name)} for files other subsystems keep on pools (cached templates).
@@ -339,11 +373,21 @@ def datastore_object(entry: dict, owner: tuple | None) -> dict:
 
 
 def _zone_has_pools(s, zone: Zone) -> None:
-    n = s.scalar(select(func.count()).select_from(StoragePool).where(StoragePool.zone_id == zone.id,
-                                                                        StoragePool.state != "Removed"))
+    n = aggregate.count(s, StoragePool, StoragePool.zone_id == zone.id, StoragePool.state != "Removed")
     if n:
         raise ResourceInUse(f"The zone {zone.name} is not deletable because it has {n} storage pool(s); delete them first")
 
 
 infra.zone_in_use_checks.append(_zone_has_pools)
 
+
+
+def storage_tags(s, ctx, keyword=None) -> list[dict]:
+    """listStorageTags: every tag of every pool, one entry per pool and tag (a tag rule is one entry: the rule)."""
+    require_root_admin(ctx)
+    out = []
+    for pool in s.scalars(select(StoragePool).where(StoragePool.state != "Removed").order_by(StoragePool.id)):
+        names = [pool.tags] if pool.is_tag_a_rule else [t.strip() for t in (pool.tags or "").split(",") if t.strip()]
+        out += [{"id": str(uuid.uuid5(uuid.UUID(pool.uuid), name)), "name": name, "poolid": pool.uuid}
+                for name in names if name and (not keyword or keyword.lower() in name.lower())]
+    return out

@@ -6,7 +6,7 @@ Unless `diskofferingid` links an existing disk offering, createServiceOffering c
 QoS and the other storage fields; the parsing and validation of those fields is shared with disk
 offerings in services/offerings.py.
 """
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from volstack.db.models import utcnow
 from volstack.db.storage_models import DiskOffering, ServiceOffering
@@ -96,7 +96,7 @@ def list_service_offerings(s, ctx, q: ListQuery, *, id=None, name=None, zoneid=N
     if id:
         stmt = stmt.where(ServiceOffering.uuid == id)
     if name:
-        stmt = stmt.where(ServiceOffering.name == name)
+        stmt = stmt.where(func.lower(ServiceOffering.name) == name.lower())
     if storagetype or encryptroot is not None:
         sub = select(DiskOffering.id)
         if storagetype:

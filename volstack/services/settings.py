@@ -4,6 +4,7 @@ Services read settings only through `Settings.get(KEY, scope ids...)`, which ret
 of the most specific scope that has one, then the global value, then the default.
 """
 import ipaddress
+import logging
 import math
 import uuid as _uuid
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from sqlalchemy import select
 
 from volstack.db.models import ConfigValue
 from volstack.errors import InvalidParameter
+
+log = logging.getLogger("volstack.settings")
 
 # Most specific first: the order in which a value is looked up.
 SCOPE_ORDER = ("storagepool", "imagestore", "cluster", "zone", "account", "domain", "global")
@@ -143,6 +146,8 @@ MOUNT_DISABLED_POOL = _key("mount.disabled.storage.pool", bool, False,
 STORAGE_CLEANUP_ENABLED = _key("storage.cleanup.enabled", bool, True, "Enables/disables the storage cleanup thread.", "Advanced")
 STORAGE_CLEANUP_INTERVAL = _key("storage.cleanup.interval", int, 86400, "The interval (in seconds) to wait before running the storage cleanup thread.", "Advanced")
 STORAGE_CLEANUP_DELAY = _key("storage.cleanup.delay", int, 86400, "Determines how long (in seconds) to wait before actually expunging destroyed volumes. The default value = the default value of storage.cleanup.interval.", "Advanced")
+ORPHAN_SCAN_INTERVAL = _key("storage.orphan.scan.interval", int, 3600, "How often (in seconds) pools and image stores are compared with the database for files that belong to nothing (0: never; volstack)", "Advanced", min=0)
+ORPHAN_GRACE_PERIOD = _key("storage.orphan.grace.period", int, 86400, "How long (in seconds) a file that belongs to nothing is only reported before the orphan scan removes it (-1: report only; volstack)", "Advanced", min=-1)
 TEMPLATE_CLEANUP_ENABLED = _key("storage.template.cleanup.enabled", bool, True, "Enable/disable template cleanup activity, only take effect when overall storage cleanup is enabled", "Storage")
 EXPUNGE_DELAY = _key("expunge.delay", int, 86400, "Determines how long (in seconds) to wait before actually expunging destroyed vm. The default value = the default value of expunge.interval", "Advanced")
 EXPUNGE_INTERVAL = _key("expunge.interval", int, 86400, "The interval (in seconds) to wait before running the expunge thread.", "Advanced")
@@ -236,8 +241,29 @@ class Settings:
             select(ConfigValue).where(ConfigValue.name == key.name))}
         for scope, sid in wanted + [("global", 0)]:
             if (scope, sid) in rows:
-                return key.parse(rows[(scope, sid)])
+                try:
+                    return key.validate(rows[(scope, sid)])
+                except InvalidParameter as e:
+                    # stored before values were validated (or edited by hand): the next scope or the default
+                    # serves rather than every reader failing
+                    log.warning("ignoring the %s value of %s: %s", scope, key.name, e.text)
         return key.default
+
+    @staticmethod
+    def many_in(s, keys, scope: str = "global", ids=(0,)) -> dict:
+        """{(key name, id): value} for several keys and several objects of one scope in one query (a page of
+        pools or accounts); an object without its own value gets the global one, then the default."""
+        rows = {(r.name, r.scope, r.scope_id): r.value for r in s.scalars(
+            select(ConfigValue).where(ConfigValue.name.in_([k.name for k in keys]),
+                                      ConfigValue.scope.in_((scope, "global"))))}
+        out = {}
+        for k in keys:
+            for i in ids:
+                raw = rows.get((k.name, scope, i)) if scope in k.scopes else None
+                if raw is None:
+                    raw = rows.get((k.name, "global", 0))
+                out[(k.name, i)] = k.parse(raw)
+        return out
 
     def set(self, key: ConfigKey, value, scope: str = "global", scope_id: int = 0, session=None) -> None:
         raw = value if isinstance(value, str) or value is None else key.format(value)

@@ -16,7 +16,7 @@ def create_row(s, ctx, snap: Snapshot, *, name, displaytext=None, ostypeid=None,
     if snap.state != "BackedUp" or (snap.store_id is None and not snapshot_primary.kept(snap)):
         raise InvalidParameter(f"Snapshot {snap.name} is {snap.state}; templates are made from backed-up snapshots")
     snapshot_primary.check_template_source(snap)
-    if ostypeid is not None and catalog.os_type(ostypeid) is None:
+    if ostypeid is not None and catalog.os_type(ostypeid, s) is None:
         raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
     if (ispublic or isfeatured) and not ctx.is_admin and not templates._users_may_publish(s, ctx):
         raise PermissionDenied("Only administrators may create public or featured templates here")
@@ -51,7 +51,9 @@ def copy_to_store(s, ctx, t: Template, progress=None) -> Template:
             return snapshot_primary.copy_to_store(s, snap, imagestores.spec(dst), ref.install_path, report)
         if snapshots_rbd.owns(snap):        # an RBD backup chain, not a flat qcow2
             return snapshots_rbd.copy_to_store(s, snap, dst, ref.install_path, report)
-        return run_long(channel(imagestores.host_for(s, dst)), "volume_copy", report, src_pool=imagestores.spec(src),
+        ch = channel(imagestores.host_for(s, dst))
+        s.commit()                          # the host lookup began a transaction: none stays open across the copy
+        return run_long(ch, "volume_copy", report, src_pool=imagestores.spec(src),
                         src_name=snap.install_path, src_format="qcow2", dst_pool=imagestores.spec(dst),
                         dst_name=ref.install_path, format="qcow2")
     return template_sources.fill_store_copy(s, ctx, t, f"snapshot {snap.name}", copy, progress)

@@ -15,8 +15,9 @@ image; the next one copies only what that bitmap marks and is stored beside its 
 parent as its backing file (`parent_id`), up to `snapshot.delta.max` incrementals after a full one. Deleting
 a snapshot that has a child first merges its data into the child, so no other snapshot loses anything.
 """
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+from volstack.db import aggregate, counters
 from volstack.db.models import Host, utcnow
 from volstack.db.snapshot_models import Snapshot
 from volstack.db.storage_models import DiskOffering, StoragePool, VirtualMachine, Volume
@@ -35,12 +36,18 @@ from volstack.services.lifecycle import SNAPSHOT, VOLUME
 from volstack.services.listing import ListQuery, identity_filter, keyword_filter, paginate
 
 lookup.register_entity("Snapshot", Snapshot)
-accounts.register_usage_counter("snapshot", lambda s, acc: s.scalar(
-    select(func.count()).select_from(Snapshot).where(Snapshot.account_id == acc, Snapshot.removed.is_(None),
-                                                     Snapshot.state.notin_(("Destroyed", "Error")))))
-accounts.add_usage_counter("secondary_storage", lambda s, acc: s.scalar(
-    select(func.coalesce(func.sum(Snapshot.physical_size), 0)).where(
-        Snapshot.account_id == acc, Snapshot.removed.is_(None), Snapshot.store_id.isnot(None))) or 0)
+def _account_counts(s, r):
+    if r["removed"] is None and r["state"] not in ("Destroyed", "Error"):
+        yield "account", r["account_id"], "snapshot", 1
+    if r["removed"] is None and r["store_id"] is not None:
+        yield "account", r["account_id"], "secondary_storage", r["physical_size"]
+
+
+counters.counted(Snapshot, ("account_id", "state", "removed", "store_id", "physical_size"), _account_counts)
+accounts.register_usage_counter("snapshot", lambda s, acc: aggregate.count(
+    s, Snapshot, Snapshot.account_id == acc, Snapshot.removed.is_(None), Snapshot.state.notin_(("Destroyed", "Error"))))
+accounts.add_usage_counter("secondary_storage", lambda s, acc: aggregate.total(
+    s, Snapshot.physical_size, Snapshot.account_id == acc, Snapshot.removed.is_(None), Snapshot.store_id.isnot(None)))
 RECURRING = ("HOURLY", "DAILY", "WEEKLY", "MONTHLY")
 VISIBLE = ("Allocated", "Creating", "CreatedOnPrimary", "BackingUp", "BackedUp", "Copying", "Destroying")
 
@@ -460,7 +467,7 @@ def _finished_backup(db, snapshot_uuid: str) -> tuple[dict | None, str]:
             return None, ""
         from volstack.db.image_models import ImageStore
         store, name = s.get(ImageStore, snap.store_id), snap.install_path
-        cmd = "rbd_export_diff" if snapshots_rbd.owns(snap) else "snapshot_backup"
+        cmd, fmt = ("rbd_export_diff", "raw") if snapshots_rbd.owns(snap) else ("snapshot_backup", "qcow2")
         hosts = imagestores.hosts_for(s, store.zone_id)     # the one that copied is in the store's zone
         try:
             store_host = imagestores.host_for(s, store)
@@ -479,7 +486,7 @@ def _finished_backup(db, snapshot_uuid: str) -> tuple[dict | None, str]:
     if store_host is None:
         return None, ""
     try:                           # a file under the final name is a finished copy (copies write a .part first)
-        have = channel(store_host).call("volume_info", pool=store_spec, name=name)
+        have = channel(store_host).call("volume_info", pool=store_spec, name=name, format=fmt)
     except CloudError:
         return None, ""
     return have, (f"host {', '.join(finished)} had finished the backup" if finished else

@@ -23,8 +23,9 @@
 - **Deleting the volume** removes its image's snapshots (the driver flattens their clones first); the
   snapshots live on as their backups.
 """
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+from volstack.db import aggregate
 from volstack.db.image_models import ImageStore
 from volstack.db.models import utcnow
 from volstack.db.snapshot_models import Snapshot
@@ -188,8 +189,7 @@ def copy_to_store(s, snap: Snapshot, dst: ImageStore, dst_name: str, report) -> 
 
 def _builds_on(s, snap) -> int:
     """Backups (of live snapshots, or kept for theirs) that are diffs on top of snap's."""
-    return s.scalar(select(func.count()).select_from(Snapshot).where(Snapshot.parent_id == snap.id,
-                                                                     Snapshot.install_path.isnot(None)))
+    return aggregate.count(s, Snapshot, Snapshot.parent_id == snap.id, Snapshot.install_path.isnot(None))
 
 
 def _drop_backups(s, ctx, snap) -> None:

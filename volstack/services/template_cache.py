@@ -11,9 +11,10 @@ import logging
 import time
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from volstack.db import aggregate, counters
 from volstack.db.image_models import ImageStore, Template, TemplatePoolRef
 from volstack.db.models import Host, utcnow
 from volstack.db.storage_models import StoragePool, VirtualMachine, Volume
@@ -203,8 +204,8 @@ def _cached_copies(s, pool) -> dict:
 
 
 pools.object_owners.append(_cached_copies)
-pools.allocated_extras.append(lambda s, pool: s.scalar(
-    select(func.coalesce(func.sum(TemplatePoolRef.size), 0)).where(TemplatePoolRef.pool_id == pool.id)) or 0)
+pools.allocated_extras.append(lambda s, pool: aggregate.total(s, TemplatePoolRef.size, TemplatePoolRef.pool_id == pool.id))
+counters.counted(TemplatePoolRef, ("pool_id", "size"), lambda s, r: [("pool", r["pool_id"], "allocated", r["size"])])
 
 
 def prepare(s, ctx, t: Template, zone_id: int, pool: StoragePool | None = None, progress=None) -> list:
@@ -224,12 +225,10 @@ def prepare(s, ctx, t: Template, zone_id: int, pool: StoragePool | None = None, 
 def in_use(s, ref: TemplatePoolRef) -> int:
     """Volumes on the pool that may be linked clones of the copy (migrated-in copies are flat, but erring
     on the side of keeping the base costs only space), and VMs whose attached ISO is this copy."""
-    clones = s.scalar(select(func.count()).select_from(Volume).where(
-        Volume.template_id == ref.template_id, Volume.pool_id == ref.pool_id, Volume.removed.is_(None),
-        Volume.state != "Expunged"))
-    return clones + s.scalar(select(func.count()).select_from(VirtualMachine).where(
-        VirtualMachine.iso_id == ref.template_id, VirtualMachine.iso_pool_id == ref.pool_id,
-        VirtualMachine.removed.is_(None)))
+    clones = aggregate.count(s, Volume, Volume.template_id == ref.template_id, Volume.pool_id == ref.pool_id,
+                             Volume.removed.is_(None), Volume.state != "Expunged")
+    return clones + aggregate.count(s, VirtualMachine, VirtualMachine.iso_id == ref.template_id,
+                                    VirtualMachine.iso_pool_id == ref.pool_id, VirtualMachine.removed.is_(None))
 
 
 def cleanup(db, ctx) -> int:

@@ -25,7 +25,7 @@ def create_from_volume(s, ctx, *, name, volume, displaytext=None, ostypeid=None,
     if vm is not None and vm.state != "Stopped":
         raise InvalidParameter(f"Volume {volume.name} is attached to VM {vm.name}, which is {vm.state}; stop the VM "
                                "before creating a template from its volume")
-    if ostypeid is not None and catalog.os_type(ostypeid) is None:
+    if ostypeid is not None and catalog.os_type(ostypeid, s) is None:
         raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
     if (ispublic or isfeatured) and not ctx.is_admin and not _users_may_publish(s, ctx):
         raise PermissionDenied("Only administrators may create public or featured templates here")
@@ -63,7 +63,9 @@ def copy_volume_to_store(s, ctx, t: Template, progress=None) -> Template:
         hosts = hosts_in_scope(s, pool)
         if not hosts:
             raise ResourceUnavailable(f"No Up host reaches storage pool {pool.name} to read volume {vol.name}")
-        return run_long(channel(hosts[0]), "volume_copy", report, src_pool=driver_for(pool.provider).spec(pool),
+        ch = channel(hosts[0])
+        s.commit()
+        return run_long(ch, "volume_copy", report, src_pool=driver_for(pool.provider).spec(pool),
                         src_name=vol.path, src_format=vol.format.lower(), dst_pool=imagestores.spec(store),
                         dst_name=ref.install_path, format="qcow2")
     return fill_store_copy(s, ctx, t, f"volume {vol.name}", copy, progress)

@@ -14,12 +14,13 @@ from urllib.parse import urlparse
 
 from sqlalchemy import and_, exists, func, or_, select
 
+from volstack.db import aggregate, counters
 from volstack.db.image_models import (ImageStore, Template, TemplatePermission, TemplatePoolRef, TemplateStoreRef,
                                       TemplateZone)
 from volstack.db.models import Account, Zone, utcnow
 from volstack.db.storage_models import VirtualMachine
 from volstack.drivers.hosts import channel, run_long
-from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceInUse, ResourceUnavailable
+from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceUnavailable
 from volstack.services import accounts, catalog, events, imagestores, infra, lookup, settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.listing import ListQuery, identity_filter, keyword_filter, paginate
@@ -34,13 +35,21 @@ FILTERS = ("featured", "self", "selfexecutable", "sharedexecutable", "executable
 # Filters that only show templates ready to deploy (CloudStack's onlyReady rule).
 READY_ONLY = ("featured", "selfexecutable", "sharedexecutable", "community")
 
-accounts.register_usage_counter("template", lambda s, acc: s.scalar(
-    select(func.count()).select_from(Template).where(Template.account_id == acc, Template.removed.is_(None))))
+def _store_ref_counts(s, r):
+    if r["state"] not in ("Destroyed", "Failed") and r["template_id"] is not None:
+        t = s.get(Template, r["template_id"])
+        yield "account", t.account_id if t else None, "secondary_storage", r["physical_size"]
+
+
+counters.counted(Template, ("account_id", "removed"),
+                 lambda s, t: [("account", t["account_id"], "template", 1)] if t["removed"] is None else [])
+counters.counted(TemplateStoreRef, ("template_id", "state", "physical_size"), _store_ref_counts)
+accounts.register_usage_counter("template", lambda s, acc: aggregate.count(
+    s, Template, Template.account_id == acc, Template.removed.is_(None)))
 # Secondary storage: the bytes of the account's templates on image stores (snapshots add theirs).
-accounts.register_usage_counter("secondary_storage", lambda s, acc: s.scalar(
-    select(func.coalesce(func.sum(TemplateStoreRef.physical_size), 0))
-    .join(Template, Template.id == TemplateStoreRef.template_id)
-    .where(Template.account_id == acc, TemplateStoreRef.state.notin_(("Destroyed", "Failed")))) or 0)
+accounts.register_usage_counter("secondary_storage", lambda s, acc: aggregate.total(
+    s, TemplateStoreRef.physical_size, Template.id == TemplateStoreRef.template_id, Template.account_id == acc,
+    TemplateStoreRef.state.notin_(("Destroyed", "Failed"))))
 
 
 def parse_checksum(value: str | None) -> tuple[str, str] | None:
@@ -106,12 +115,35 @@ def can_use(s, ctx, t: Template) -> bool:
         return False
 
 
-def _zones(s, zoneid=None, zoneids=None) -> list[Zone]:
+ALL_ZONES = "-1"
+
+
+class InZone:
+    """A template as listed in one of its zones: listTemplates shows one row per template and zone, each with that
+    zone's id, name and readiness (a cross-zone template is one row per zone, all with the template's id)."""
+    __slots__ = ("template", "listed_zone_id")
+
+    def __init__(self, template, zone_id):
+        self.template, self.listed_zone_id = template, zone_id
+
+    def __getattr__(self, name):
+        return getattr(self.template, name)
+
+
+def _zones(s, zoneid=None, zoneids=None, directdownload=False) -> list[Zone]:
+    """The zones of a registration. -1 (zoneid or in zoneids): cross-zone, every zone that can hold it (one with a
+    writable image store, or any zone for a direct download)."""
     ids = list(zoneids or []) + ([zoneid] if zoneid else [])
     if not ids:
         raise InvalidParameter("Pass zoneid (or zoneids; -1 means all zones)")
-    if "-1" in ids:
-        return list(s.scalars(select(Zone).where(Zone.removed.is_(None)).order_by(Zone.id)))
+    if ALL_ZONES in ids:
+        zones = list(s.scalars(select(Zone).order_by(Zone.id)))
+        if not directdownload:
+            zones = [z for z in zones if imagestores.writable_stores(s, z.id)]
+        if not zones:
+            raise ResourceUnavailable("No zone has a writable image store for a cross-zone template: add one with "
+                                      "addImageStore")
+        return zones
     return [infra.get_zone(s, z) for z in dict.fromkeys(ids)]
 
 
@@ -135,7 +167,7 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
     parse_checksum(checksum)
     if ostypeid is None:
         ostypeid = catalog.os_type_id("Other (64-bit)" if is_iso else "Other Linux (64-bit)")
-    elif catalog.os_type(ostypeid) is None:
+    elif catalog.os_type(ostypeid, s) is None:
         raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
     if ispublic and not ctx.is_admin and not _users_may_publish(s, ctx):
         raise PermissionDenied("Only administrators may register public templates here "
@@ -144,7 +176,8 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
     if templatetype and templatetype.upper() != "USER" and not ctx.is_root_admin:
         raise PermissionDenied(f"Only the root administrator may register {templatetype.upper()} templates; "
                                "templatetype=USER (the default) is yours")
-    zones = _zones(s, zoneid, zoneids)
+    zones = _zones(s, zoneid, zoneids, directdownload)
+    cross_zones = ALL_ZONES in (list(zoneids or []) + [zoneid])
     accounts.check_limit(s, ctx.account_id, "template")
     if not directdownload:
         missing = [z.name for z in zones if not imagestores.writable_stores(s, z.id)]
@@ -153,7 +186,7 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
                                       "addImageStore or clear readonly on an existing one")
     t = Template(name=name, display_text=displaytext or name, format=fmt, hypervisor=hv, os_type=ostypeid, url=url,
                  checksum=checksum, is_public=bool(ispublic), featured=bool(isfeatured),
-                 cross_zones=bool(zoneids and "-1" in zoneids), bootable=bool(bootable), extractable=bool(isextractable),
+                 cross_zones=cross_zones, bootable=bool(bootable), extractable=bool(isextractable),
                  password_enabled=bool(passwordenabled), requires_hvm=bool(requireshvm),
                  direct_download=bool(directdownload), template_type=(templatetype or "USER").upper(),
                  account_id=ctx.account_id, domain_id=ctx.domain_id, details=dict(details or {}))
@@ -320,9 +353,12 @@ def ready_in_zone(s, t: Template, zone_id: int) -> TemplateStoreRef | None:
                            ImageStore.zone_id == zone_id, ImageStore.removed.is_(None)).order_by(TemplateStoreRef.id))
 
 
-def is_ready(s, t: Template, zone_id: int | None = None) -> bool:
+def is_ready(s, t: Template, zone_id: int | None = None, store_refs=None) -> bool:
+    """store_refs: the template's [(TemplateStoreRef, ImageStore)] when the caller has them (a listed page)."""
     if t.direct_download:
         return t.verify_state in (None, "Verified")
+    if store_refs is not None:
+        return any(ref.state == "Ready" and st.removed is None and zone_id in (None, st.zone_id) for ref, st in store_refs)
     stmt = select(TemplateStoreRef.id).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id).where(
         TemplateStoreRef.template_id == t.id, TemplateStoreRef.state == "Ready", ImageStore.removed.is_(None))
     if zone_id is not None:
@@ -347,8 +383,10 @@ def list_templates(s, ctx, q: ListQuery, *, is_iso: bool, templatefilter="execut
     flt = (templatefilter or "executable").lower()
     if flt not in FILTERS:
         raise InvalidParameter(f"Invalid templatefilter {templatefilter}: use one of {', '.join(FILTERS)}")
-    stmt = select(Template).where(Template.removed.is_(None),
-                                  (Template.format == "ISO") if is_iso else (Template.format != "ISO")).order_by(Template.id)
+    stmt = (select(Template, TemplateZone.zone_id)
+            .outerjoin(TemplateZone, TemplateZone.template_id == Template.id)
+            .where(Template.removed.is_(None), (Template.format == "ISO") if is_iso else (Template.format != "ISO"))
+            .order_by(Template.id, TemplateZone.zone_id))
     shared = exists().where(TemplatePermission.template_id == Template.id,
                             TemplatePermission.account_id == ctx.account_id)
     mine = Template.account_id == ctx.account_id
@@ -376,8 +414,7 @@ def list_templates(s, ctx, q: ListQuery, *, is_iso: bool, templatefilter="execut
     if f.get("templatetype"):
         stmt = stmt.where(Template.template_type == f["templatetype"].upper())
     if f.get("zoneid"):
-        zone = infra.get_zone(s, f["zoneid"])
-        stmt = stmt.where(exists().where(TemplateZone.template_id == Template.id, TemplateZone.zone_id == zone.id))
+        stmt = stmt.where(TemplateZone.zone_id == infra.get_zone(s, f["zoneid"]).id)
     if f.get("imagestoreid"):
         store = imagestores.get_store(s, f["imagestoreid"])
         stmt = stmt.where(exists().where(TemplateStoreRef.template_id == Template.id,
@@ -386,13 +423,16 @@ def list_templates(s, ctx, q: ListQuery, *, is_iso: bool, templatefilter="execut
         from volstack.services.pools import get_pool
         pool = get_pool(s, f["storageid"])
         stmt = stmt.where(exists().where(TemplatePoolRef.template_id == Template.id, TemplatePoolRef.pool_id == pool.id))
-    ready = exists().where(TemplateStoreRef.template_id == Template.id, TemplateStoreRef.state == "Ready")
+    ready = exists().where(TemplateStoreRef.template_id == Template.id, TemplateStoreRef.state == "Ready",
+                           TemplateStoreRef.store_id.in_(select(ImageStore.id).where(
+                               ImageStore.zone_id == TemplateZone.zone_id)))      # ready in the row's zone
     ready = or_(and_(Template.direct_download.is_(True),
                      or_(Template.verify_state.is_(None), Template.verify_state == "Verified")), ready)
     # isready=false filters nothing (as in CloudStack: cs_iso always sends is_ready, default false)
     if flt in READY_ONLY or (flt == "executable" and not ctx.is_admin) or f.get("isready"):
         stmt = stmt.where(ready)
-    return paginate(s, stmt.where(*keyword_filter(q, Template.name)), q)
+    rows, total = paginate(s, stmt.where(*keyword_filter(q, Template.name)), q, scalars=False)
+    return [InZone(t, zone_id) for t, zone_id in rows], total
 
 
 def update(s, ctx, t: Template, *, name=None, displaytext=None, format=None, ostypeid=None, passwordenabled=None,
@@ -411,7 +451,7 @@ def update(s, ctx, t: Template, *, name=None, displaytext=None, format=None, ost
             raise InvalidParameter(f"The format of {t.name} is {t.format} (probed at download); it cannot be changed")
         t.format = fmt
     if ostypeid:
-        if catalog.os_type(ostypeid) is None:
+        if catalog.os_type(ostypeid, s) is None:
             raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
         t.os_type = ostypeid
     for attr, value in (("password_enabled", passwordenabled), ("bootable", bootable), ("requires_hvm", requireshvm),
@@ -493,10 +533,9 @@ def delete(s, ctx, t: Template, *, forced=False, zoneid=None) -> list[int]:
                                    "(detachIso) before deleting it")
         users = 0
     else:
-        users = s.scalar(select(func.count()).select_from(VirtualMachine).where(VirtualMachine.template_id == t.id,
-                                                                                VirtualMachine.removed.is_(None)))
+        users = aggregate.count(s, VirtualMachine, VirtualMachine.template_id == t.id, VirtualMachine.removed.is_(None))
     if users and not forced:
-        raise ResourceInUse(f"Template {t.name} is used by {users} virtual machine(s); pass forced=true to delete it "
+        raise InvalidParameter(f"Template {t.name} is used by {users} virtual machine(s); pass forced=true to delete it "
                             "anyway (their volumes keep working)")
     zone = infra.get_zone(s, zoneid) if zoneid else None
     refs = list(s.scalars(select(TemplateStoreRef).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id)
@@ -506,7 +545,7 @@ def delete(s, ctx, t: Template, *, forced=False, zoneid=None) -> list[int]:
         ref.state, ref.updated = "Destroying", utcnow()
     if zone is not None:
         s.execute(TemplateZone.__table__.delete().where(TemplateZone.template_id == t.id, TemplateZone.zone_id == zone.id))
-    remaining = s.scalar(select(func.count()).select_from(TemplateZone).where(TemplateZone.template_id == t.id))
+    remaining = aggregate.count(s, TemplateZone, TemplateZone.template_id == t.id)
     if zone is None or not remaining:
         t.removed, t.state = utcnow(), "Inactive"
     events.record(s, ctx, "ISO.DELETE" if t.format == "ISO" else "TEMPLATE.DELETE",

@@ -28,7 +28,7 @@ from volstack.services import events, lookup, vms, volumes
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import VM_SNAPSHOT, VOLUME
-from volstack.services.listing import ListQuery, keyword_filter, paginate
+from volstack.services.listing import ListQuery, identity_filter, keyword_filter, paginate
 
 lookup.register_entity("VmSnapshot", VMSnapshot)
 ACTIVE = ("Allocated", "Creating", "Reverting", "Expunging")          # CloudStack's hasActiveVMSnapshotTasks
@@ -340,7 +340,9 @@ def list_vm_snapshots(s, ctx, q: ListQuery, **f):
         stmt = stmt.where(VMSnapshot.vm_id == s.scalar(select(VirtualMachine.id).where(
             VirtualMachine.uuid == f["virtualmachineid"])))
     if f.get("name"):            # CloudStack: the snapshot's name or its display name
-        stmt = stmt.where(or_(VMSnapshot.display_name == f["name"], VMSnapshot.name == f["name"]))
+        name = f["name"].lower()
+        stmt = stmt.where(or_(func.lower(VMSnapshot.display_name) == name, func.lower(VMSnapshot.name) == name))
+    stmt = stmt.where(*identity_filter(VMSnapshot, {"tags": f.get("tags")}))
     stmt = stmt.where(*keyword_filter(q, VMSnapshot.name, VMSnapshot.display_name, VMSnapshot.description))
     return paginate(s, stmt, q)
 

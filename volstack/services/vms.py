@@ -7,7 +7,7 @@ from volstack.db.models import Cluster, Host, utcnow
 from volstack.db.storage_models import DiskOffering, ServiceOffering, StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
-from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter
+from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter, ResourceInUse
 from volstack.services import events, infra, lookup, offerings, volume_migration, volumes
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
@@ -139,23 +139,32 @@ def start(s, ctx, vm, hostid=None) -> VirtualMachine:
     if busy:       # a snapshot being backed up or a revert rewriting the image must finish first
         raise InvalidParameter(f"VM {vm.name} cannot start while its volume {', '.join(busy)}; wait for the "
                                "snapshot operation to finish")
+    in_maint = [(v.name, p.name, p.state) for v, p in s.execute(select(Volume, StoragePool).join(
+        StoragePool, StoragePool.id == Volume.pool_id).where(Volume.vm_id == vm.id, Volume.removed.is_(None),
+        StoragePool.state.in_(("PrepareForMaintenance", "Maintenance", "ErrorInMaintenance"))))]
+    if in_maint:   # the pool's data may be moving or its storage down: the guest must not open it
+        raise InvalidParameter(f"VM {vm.name} cannot start: " + "; ".join(
+            f"its volume {v} is on storage pool {p}, which is in {st}" for v, p, st in in_maint)
+            + "; cancel the maintenance (cancelStorageMaintenance) or migrate the volume first")
     hosts = _hosts_for(s, vm, hostid)
     if not hosts:
         raise InsufficientCapacity(f"No Up, Enabled {vm.hypervisor} host in the zone can run VM {vm.name}"
                                    + (" (its local volumes pin it to a host that is not available)" if vm.last_host_id else ""))
     VM.fire(s, vm, "StartRequested")
+    s.commit()      # Starting is committed before any host work: reconciliation then never takes the guest for stale
     errors = []
     for host in hosts:
         try:
-            _start_on(s, ctx, vm, host)
+            adopted = _start_on(s, ctx, vm, host)
             VM.fire(s, vm, "OperationSucceeded", host_id=host.id, last_host_id=host.id)
-            events.record(s, ctx, "VM.START", f"VM {vm.name} started on host {host.name}", resource_type="VirtualMachine",
-                          resource_uuid=vm.uuid)
+            events.record(s, ctx, "VM.START", f"VM {vm.name} started on host {host.name}" + (
+                          " (the host was still running it with exactly these disks: the guest was adopted, not "
+                          "restarted)" if adopted else ""), resource_type="VirtualMachine", resource_uuid=vm.uuid)
             return vm
         except CloudError as exc:
             errors.append(f"{host.name}: {exc.text}")
     VM.fire(s, vm, "OperationFailed")
-    s.commit()          # the raise below rolls the job's session back: the VM must not stay Starting
+    s.commit()      # the raise below rolls back the job's session: the VM must not stay Starting
     raise InsufficientCapacity(f"VM {vm.name} could not start on any host: " + "; ".join(errors))
 
 
@@ -171,11 +180,24 @@ def _start_on(s, ctx, vm, host) -> None:
         disks.append(driver_for(pool.provider).disk(pool, vol, vol.device_id, volumes.qos_for(s, vol)))
     from volstack.services import isos
     cdrom = isos.medium_at_start(s, ctx, vm, host)
-    boot = _boot(s, vm)
-    s.commit()          # Starting and the volumes' images are recorded; no lock is held while the guest boots
-    channel(host).call("vm_start", name=vm.uuid, uuid=vm.uuid, memory_mb=so.ram_size or 256, cpus=so.cpu or 1,
-                       kernel=(vm.details or {}).get("kernel"), initrd=(vm.details or {}).get("initrd"),
-                       append=(vm.details or {}).get("append"), disks=disks, boot=boot, cdrom=cdrom)
+    spec = dict(name=vm.uuid, uuid=vm.uuid, memory_mb=so.ram_size or 256, cpus=so.cpu or 1,
+                kernel=(vm.details or {}).get("kernel"), initrd=(vm.details or {}).get("initrd"),
+                append=(vm.details or {}).get("append"), disks=disks, boot=_boot(s, vm), cdrom=cdrom)
+    s.commit()
+    try:
+        return bool(channel(host).call("vm_start", **spec).get("adopted"))
+    except ResourceInUse as exc:
+        if "is already running on host" not in exc.text:
+            raise
+        refusal = exc.text
+    # The host still runs an earlier guest of this VM with other disks (a stop it never received): that guest
+    # is stale, since the database recorded the VM stopped. Stop it, say so, and start the VM as recorded.
+    channel(host).call("vm_stop", name=vm.uuid, forced=True)
+    events.record(s, ctx, "VM.STOP", f"VM {vm.name}: host {host.name} was still running an earlier guest of it "
+                  f"({refusal}); that guest was stopped before the start", level="WARN",
+                  resource_type="VirtualMachine", resource_uuid=vm.uuid)
+    s.commit()
+    return bool(channel(host).call("vm_start", **spec).get("adopted"))
 
 
 def stop(s, ctx, vm, forced=False) -> VirtualMachine:
@@ -221,6 +243,11 @@ def reboot(s, ctx, vm) -> VirtualMachine:
 
 def destroy(s, ctx, vm, expunge=False, volumeids=()) -> VirtualMachine:
     """The ROOT volume goes with the VM; data disks are detached and survive unless listed in volumeids."""
+    for uuid in volumeids:       # each one the caller's and this VM's data disk: never silently skipped
+        vol = volumes.get_volume(s, ctx, uuid)
+        if vol.vm_id != vm.id or vol.volume_type == "ROOT":
+            raise InvalidParameter(f"Volume {vol.name} is not a data volume attached to VM {vm.name}: volumeids "
+                                   "lists the VM's data volumes to delete with it")
     if vm.state == "Running":
         stop(s, ctx, vm, forced=True)
     for vol in s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.removed.is_(None))):
@@ -351,34 +378,51 @@ def settle_interrupted(db, ctx, vm_uuid: str, cmd: str) -> None:
     """A job on this VM died with its management server: ask its host what is true and record that."""
     with db.session() as s:
         vm = s.scalar(select(VirtualMachine).where(VirtualMachine.uuid == vm_uuid))
-        if vm is None:
-            return
-        # migrateVirtualMachineWithVolume moves volumes before the VM: one may be mid-move (the VM still Running)
-        for vol in s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.state == "Migrating",
-                                                  Volume.removed.is_(None))):
-            volumes.settle(s, ctx, vol, cmd)
-        if vm.state not in ("Starting", "Stopping", "Migrating"):
-            return
-        if vm.state == "Migrating" and (vm.details or {}).get("migrating_to"):
-            from volstack.services import vm_migration
-            state = vm_migration.settle(s, ctx, vm)
-            events.record(s, ctx, "VM.RECOVER", f"VM {vm.name}: {cmd} was interrupted by a management server stop; "
-                          f"the hosts report it {state}", level="WARN", resource_type="VirtualMachine",
-                          resource_uuid=vm.uuid)
-            return
-        host = s.get(Host, vm.host_id or vm.last_host_id) if (vm.host_id or vm.last_host_id) else None
-        running = False
-        if host is not None:
-            try:
-                running = any(v["name"] == vm.uuid and v["state"] == "Running"
-                              for v in channel(host).call("vm_list")["vms"])
-            except CloudError:
-                running = vm.state == "Stopping"
-        vm.state = "Running" if running else "Stopped"
-        vm.host_id = host.id if running else None
-        events.record(s, ctx, "VM.RECOVER", f"VM {vm.name}: {cmd} was interrupted by a management server stop; "
-                      f"the host reports it {vm.state}", level="WARN", resource_type="VirtualMachine",
-                      resource_uuid=vm.uuid)
+        if vm is not None:
+            settle(s, ctx, vm, f"{cmd} was interrupted by a management server stop")
+
+
+def settle(s, ctx, vm, reason: str) -> None:
+    """Bring a VM (and its volumes caught mid-move) back to a stable state after its job died or failed, or when
+    nothing works on it any more: the host says whether the guest runs; a guest found running after a start is
+    adopted only with the disks the database records (else stopped)."""
+    # migrateVirtualMachineWithVolume moves volumes before the VM: one may be mid-move (the VM still Running)
+    for vol in s.scalars(select(Volume).where(Volume.vm_id == vm.id, Volume.state == "Migrating",
+                                              Volume.removed.is_(None))):
+        volumes.settle(s, ctx, vol, "", reason=reason)
+    if vm.state == "Expunging":
+        vm.state = "Destroyed"
+        events.record(s, ctx, "VM.RECOVER", f"VM {vm.name}: {reason}; it is Destroyed again (expunge it again)",
+                      level="WARN", resource_type="VirtualMachine", resource_uuid=vm.uuid)
+        return
+    if vm.state not in ("Starting", "Stopping", "Migrating"):
+        return
+    if vm.state == "Migrating" and (vm.details or {}).get("migrating_to"):
+        from volstack.services import vm_migration
+        state = vm_migration.settle(s, ctx, vm)
+        events.record(s, ctx, "VM.RECOVER", f"VM {vm.name}: {reason}; the hosts report it {state}", level="WARN",
+                      resource_type="VirtualMachine", resource_uuid=vm.uuid)
+        return
+    from volstack.services import reconcile
+    host = s.get(Host, vm.host_id or vm.last_host_id) if (vm.host_id or vm.last_host_id) else None
+    running, note = False, ""
+    if host is not None:
+        s.commit()
+        try:
+            guest = channel(host).call("vm_list")["vms"]
+            guest = next((g for g in guest if g["name"] == vm.uuid), None)
+            running = guest is not None and guest["state"] == "Running"
+            if running and vm.state == "Starting" and \
+                    reconcile.diagnose(s, host, vm.uuid, guest)[0][0] == "interrupted_start_other_disks":
+                s.commit()
+                channel(host).call("vm_stop", name=vm.uuid, forced=True)
+                running, note = False, " (its guest there had other disks than recorded and was stopped)"
+        except CloudError:
+            running = vm.state == "Stopping"
+    vm.state = "Running" if running else "Stopped"
+    vm.host_id = host.id if running else None
+    events.record(s, ctx, "VM.RECOVER", f"VM {vm.name}: {reason}; the host reports it {vm.state}{note}",
+                  level="WARN", resource_type="VirtualMachine", resource_uuid=vm.uuid)
 
 
 def migrate(s, ctx, vm, *, hostid=None, storageid=None, volume_map=None, progress=None) -> VirtualMachine:

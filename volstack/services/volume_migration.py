@@ -64,6 +64,8 @@ def check(s, vol: Volume, pool: StoragePool, livemigrate=False) -> None:
     problem = migration_problem(s, vol, pool)
     if problem:
         raise InsufficientCapacity(f"Cannot migrate volume {vol.name} to storage pool {pool.name}: {problem}")
+    from volstack.services import reconcile
+    reconcile.check_not_open(s, vol, vm if vm is not None and vm.state == "Running" else None, "migrate")
 
 
 def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=None) -> Volume:

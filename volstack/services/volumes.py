@@ -3,14 +3,15 @@
 Work on a host (creating an image, hot-plugging it) happens after the volume has moved to a
 transitional state that is committed first, so a crash leaves a state the reconciler can settle.
 """
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+from volstack.db import aggregate, counters
 from volstack.db.models import Host, utcnow
 from volstack.db.storage_models import DiskOffering, StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
 from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
-from volstack.services import accounts, allocator, events, infra, lookup, offerings
+from volstack.services import accounts, allocator, events, infra, lookup, offerings, reconcile
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import VOLUME
@@ -41,12 +42,26 @@ def host_work_failed(s, vol: Volume, exc: CloudError, **values):
     raise exc
 
 
-accounts.register_usage_counter("volume", lambda s, acc: s.scalar(
-    select(func.count()).select_from(Volume).where(Volume.account_id == acc, _live(Volume),
-                                                   Volume.state.notin_(("Destroy", "Expunged")))))
-accounts.register_usage_counter("primary_storage", lambda s, acc: s.scalar(
-    select(func.coalesce(func.sum(Volume.size), 0)).where(Volume.account_id == acc, _live(Volume),
-                                                          Volume.state.notin_(("Destroy", "Expunged")))) or 0)
+def _account_counts(s, v):
+    if v["removed"] is None and v["state"] not in ("Destroy", "Expunged"):
+        yield "account", v["account_id"], "volume", 1
+        yield "account", v["account_id"], "primary_storage", v["size"]
+    if v["removed"] is None and v["state"] != "Expunged":       # what listVolumes counts (list_volumes' total)
+        yield "account", v["account_id"], "volume_rows", 1
+        if v["state"] == "Destroy":
+            yield "account", v["account_id"], "volume_rows_destroy", 1
+
+
+# The counts limits read (maintained on every change); the recounts below are what updateResourceCount trusts.
+counters.counted(Volume, ("account_id", "state", "removed", "size"), _account_counts)
+accounts.register_usage_counter("volume", lambda s, acc: aggregate.count(
+    s, Volume, Volume.account_id == acc, _live(Volume), Volume.state.notin_(("Destroy", "Expunged"))))
+accounts.register_internal_counter("volume_rows", lambda s, acc: aggregate.count(
+    s, Volume, Volume.account_id == acc, _live(Volume), Volume.state != "Expunged"))
+accounts.register_internal_counter("volume_rows_destroy", lambda s, acc: aggregate.count(
+    s, Volume, Volume.account_id == acc, _live(Volume), Volume.state == "Destroy"))
+accounts.register_usage_counter("primary_storage", lambda s, acc: aggregate.total(
+    s, Volume.size, Volume.account_id == acc, _live(Volume), Volume.state.notin_(("Destroy", "Expunged"))))
 
 
 def get_volume(s, ctx, uuid) -> Volume:
@@ -98,16 +113,20 @@ def create_volume(s, ctx, *, name=None, zoneid=None, diskofferingid=None, size=N
 
 
 def list_volumes(s, ctx, q: ListQuery, **f):
-    stmt = select(Volume).where(_live(Volume), Volume.state != "Expunged",
-                                *owner_filter(s, ctx, Volume, listall=q.listall, isrecursive=q.isrecursive,
-                                              account=q.account, domain_uuid=q.domainid)).order_by(Volume.id)
-    if not ctx.is_admin:
-        stmt = stmt.where(Volume.state != "Destroy") if not S.Settings.value_in(s, S.ALLOW_USER_EXPUNGE) else stmt
+    owner = owner_filter(s, ctx, Volume, listall=q.listall, isrecursive=q.isrecursive, account=q.account,
+                         domain_uuid=q.domainid)
+    stmt = select(Volume).where(_live(Volume), Volume.state != "Expunged", *owner).order_by(Volume.id)
+    hide_destroyed = not ctx.is_admin and not S.Settings.value_in(s, S.ALLOW_USER_EXPUNGE)
+    if hide_destroyed:
+        stmt = stmt.where(Volume.state != "Destroy")
+    total = None
+    if not q.keyword and not any(f.get(k) for k in f):      # the plain page: its total from the maintained counts
+        total = _listed_total(s, ctx, q, hide_destroyed)
     stmt = stmt.where(*identity_filter(Volume, f))
     if f.get("type"):
-        stmt = stmt.where(func.upper(Volume.volume_type) == f["type"].upper())
+        stmt = stmt.where(Volume.volume_type == f["type"].upper())
     if f.get("state"):
-        stmt = stmt.where(func.lower(Volume.state) == f["state"].lower())
+        stmt = stmt.where(Volume.state == VOLUME.canonical(f["state"]))
     if f.get("zoneid"):
         stmt = stmt.where(Volume.zone_id == infra.get_zone(s, f["zoneid"]).id)
     if f.get("storageid"):
@@ -126,7 +145,21 @@ def list_volumes(s, ctx, q: ListQuery, **f):
         pod = infra.get_pod(s, f["podid"])
         stmt = stmt.where(Volume.pool_id.in_(select(StoragePool.id).where(StoragePool.pod_id == pod.id)))
     stmt = stmt.where(*keyword_filter(q, Volume.name))
-    return paginate(s, stmt, q)
+    return paginate(s, stmt, q, total=total)
+
+
+def _listed_total(s, ctx, q: ListQuery, hide_destroyed):
+    """How many volumes a plain listVolumes page counts, from the per-account counts kept with every change,
+    for the owner sets (as context.owner_filter draws them) that are one row or a sum over accounts: the
+    caller's own account, or everything (the root admin's listall). Others are counted."""
+    if q.account or q.domainid:
+        return None
+    if ctx.is_root_admin and q.listall:
+        return counters.sum_all(s, "account", "volume_rows")
+    if not ctx.is_admin or not q.listall:
+        rows = counters.get(s, "account", ctx.account_id, "volume_rows")
+        return rows - (counters.get(s, "account", ctx.account_id, "volume_rows_destroy") if hide_destroyed else 0)
+    return None
 
 
 # ---------------------------------------------------------------- placing images on pools
@@ -197,8 +230,7 @@ def attach(s, ctx, vol: Volume, vm: VirtualMachine, deviceid=None) -> Volume:
     if vol.hypervisor and vol.hypervisor != vm.hypervisor:
         raise InvalidParameter(f"Volume {vol.name} was created for {vol.hypervisor}; VM {vm.name} runs on {vm.hypervisor}")
     limit = MAX_DATA_VOLUMES.get(vm.hypervisor, 32)
-    count = s.scalar(select(func.count()).select_from(Volume).where(Volume.vm_id == vm.id, _live(Volume),
-                                                                    Volume.volume_type == "DATADISK"))
+    count = aggregate.count(s, Volume, Volume.vm_id == vm.id, _live(Volume), Volume.volume_type == "DATADISK")
     if count >= limit:
         raise InvalidParameter(f"The specified VM already has the maximum number of data disks ({limit}) attached. "
                                "Please specify another VM.")
@@ -209,6 +241,7 @@ def attach(s, ctx, vol: Volume, vm: VirtualMachine, deviceid=None) -> Volume:
         if s.scalar(select(Volume.id).where(Volume.vm_id == vm.id, Volume.device_id == deviceid, _live(Volume))):
             raise InvalidParameter(f"Device {deviceid} is used in VM {vm.name}")
     dev = deviceid if deviceid is not None else _next_device_id(s, vm)
+    reconcile.check_not_open(s, vol, None, "attach")
     if vm.state == "Running":
         host = s.get(Host, vm.host_id)
         if vol.state in NOT_ON_PRIMARY:
@@ -320,7 +353,7 @@ def resize(s, ctx, vol: Volume, *, size_gb=None, diskofferingid=None, shrinkok=F
 
 def destroy(s, ctx, vol: Volume, expunge=False) -> Volume:
     if vol.vm_id is not None and vol.volume_type != "ROOT":
-        raise ResourceInUse(f"Volume {vol.name} is attached to a VM; detach it first")
+        raise InvalidParameter(f"Volume {vol.name} is attached to a VM; detach it first")     # as CloudStack: 431
     if not ctx.is_admin and (expunge or False) and not S.Settings.value_in(s, S.ALLOW_USER_EXPUNGE, account=ctx.account_id):
         raise InvalidParameter("Users may not expunge volumes here (allow.user.expunge.recover.volume=false)")
     VOLUME.fire(s, vol, "DestroyRequested", destroyed_at=utcnow())
@@ -345,6 +378,7 @@ def recover(s, ctx, vol: Volume) -> Volume:
 
 def expunge_volume(s, ctx, vol: Volume) -> None:
     if vol.pool_id:
+        reconcile.check_not_open(s, vol, None, "delete")
         pool = s.get(StoragePool, vol.pool_id)
         host = _host_for_pool(s, pool)
         begin_host_work(s, vol, "ExpungingRequested")
@@ -363,7 +397,7 @@ def expunge_volume(s, ctx, vol: Volume) -> None:
 def delete(s, ctx, vol: Volume) -> None:
     """deleteVolume: remove an unattached data volume at once."""
     if vol.vm_id is not None:
-        raise ResourceInUse(f"Volume {vol.name} is attached to a VM; detach it first")
+        raise InvalidParameter(f"Volume {vol.name} is attached to a VM; detach it first")     # as CloudStack: 431
     if vol.state not in ("Allocated", "Ready", "Destroy", "Uploaded", "UploadError", "UploadAbandoned"):
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; wait for its operation to finish")
     if vol.state != "Destroy":
@@ -408,18 +442,23 @@ def settle_interrupted(db, ctx, volume_uuid: str, cmd: str) -> None:
             settle(s, ctx, vol, cmd)
 
 
-def settle(s, ctx, vol: Volume, cmd: str) -> None:
-    """A job on this volume died with its management server: bring the volume back to a stable state
-    with the reason (the host side removes half-made copies itself; a move asks the host what happened)."""
-    back = {"Creating": "Allocated", "Migrating": "Ready", "Resizing": "Ready", "Attaching": "Ready",
-            "Snapshotting": "Ready", "RevertSnapshotting": "Ready", "Expunging": "Destroy"}
+# Transitional states a job moves a volume through, and where it goes back when nobody finishes the work.
+SETTLE_BACK = {"Creating": "Allocated", "Migrating": "Ready", "Resizing": "Ready", "Attaching": "Ready",
+               "Snapshotting": "Ready", "RevertSnapshotting": "Ready", "Expunging": "Destroy", "Copying": "Uploaded"}
+
+
+def settle(s, ctx, vol: Volume, cmd: str, reason: str | None = None) -> None:
+    """A job on this volume died with its management server, failed, or left it transitional: bring the volume
+    back to a stable state with the reason (the host side removes half-made copies itself; a move asks the
+    host what happened)."""
+    back = SETTLE_BACK
     if vol.state not in back:
         return
-    reason = f"{cmd} was interrupted because the management server running it stopped"
+    reason = reason or f"{cmd} was interrupted because the management server running it stopped"
     if vol.state == "Migrating" and (vol.details or {}).get("migrating_to"):
         from volstack.services import volume_migration
         return volume_migration.settle(s, ctx, vol, reason)
-    if vol.state == "Creating":
+    if vol.state in ("Creating", "Copying"):
         vol.pool_id = None
     vol.state, vol.error = back[vol.state], reason
     events.record(s, ctx, "VOLUME.RECOVER", f"Volume {vol.name}: {reason}; it is {vol.state} again",
@@ -525,7 +564,7 @@ def unmanage(s, ctx, vol: Volume) -> None:
     from volstack.services.context import require_root_admin
     require_root_admin(ctx)
     if vol.vm_id is not None:
-        raise ResourceInUse(f"Volume {vol.name} is attached to a VM; detach it first")
+        raise InvalidParameter(f"Volume {vol.name} is attached to a VM; detach it first")     # as CloudStack: 431
     if vol.state != "Ready":
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be unmanaged")
     vol.state, vol.removed = "Expunged", utcnow()

@@ -11,3 +11,6 @@ from volstack.api.commands import snapshots  # noqa: F401,E402
 from volstack.api.commands import snapshot_policies  # noqa: F401,E402
 from volstack.api.commands import vm_snapshots  # noqa: F401,E402
 from volstack.api.commands import transfers  # noqa: F401,E402
+from volstack.api.commands import tags  # noqa: F401,E402
+from volstack.api.commands import guest_os  # noqa: F401,E402
+from volstack.api.commands import projects  # noqa: F401,E402  (last: adds projectid to declared commands)

@@ -1,7 +1,9 @@
 """Domains, accounts, users, roles, keys, resource limits, login and logout."""
 from volstack.api.commands.common import list_query, lst, obj
-from volstack.api.registry import (API, DOMAIN, INTEGER, LONG, OWNER_LIST_PARAMS, STRING, USER, UUID, Lst, Obj,
-                                   Param as P, Success)
+from sqlalchemy import select
+
+from volstack.api.registry import (API, DOMAIN, INTEGER, LONG, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F, Lst,
+                                   Obj, Param as P, Success, View)
 from volstack.api.views import ACCOUNT, DOMAIN as DOMAIN_VIEW, RESOURCELIMIT, ROLE, USER as USER_VIEW, USERKEYS, Lookups
 from volstack.db.models import Account, Domain
 from volstack.errors import InvalidParameter
@@ -37,9 +39,11 @@ ACCOUNT_TYPE = P("accounttype", INTEGER, "Type of the account. Specify 0 for use
     P("domainid", UUID, "Creates the user under the specified domain.", entity="Domain"),
     P("networkdomain", STRING, "Network domain for the account's networks"),
     P("timezone", STRING, "Specifies a timezone for this command. For more information on the timezone parameter, see Time Zone Format."),
-    P("details", "map", "details for account used to store specific parameters"),
+    P("accountdetails", "map", "details for account used to store specific parameters (not supported: account "
+      "settings are updateConfiguration accountid=…)"),
 ], view=ACCOUNT, access=DOMAIN)
 def create_account(req, p):
+    _no_details(p)
     acc = svc.create_account(req.s, req.ctx, username=p.username, password=p.password, email=p.email,
                              firstname=p.firstname, lastname=p.lastname, account=p.account, accounttype=p.accounttype,
                              roleid=p.roleid, domainid=p.domainid, networkdomain=p.networkdomain, timezone=p.timezone)
@@ -71,10 +75,19 @@ def _account(req, p) -> Account:
     P("newname", STRING, "new name for the account"),
     P("networkdomain", STRING, "Network domain for the account's networks; empty string will update domainName with NULL value"),
     P("roleid", UUID, "The UUID of the dynamic role to set for the account", entity="Role"),
-    P("details", "map", "Details for the account used to store specific parameters"),
+    P("accountdetails", "map", "Details for the account used to store specific parameters (not supported: account "
+      "settings are updateConfiguration accountid=…)"),
 ], view=ACCOUNT, access=DOMAIN)
 def update_account(req, p):
+    _no_details(p)
     return obj(req, ACCOUNT, svc.update_account(req.s, req.ctx, _account(req, p), p.newname, p.networkdomain, p.roleid))
+
+
+def _no_details(p):
+    if p.accountdetails:
+        from volstack.errors import InvalidParameter
+        raise InvalidParameter("accountdetails are not supported: set account-scoped settings with "
+                               "updateConfiguration name=… value=… accountid=…")
 
 
 @API.command("enableAccount", "Enables an account", ACCOUNT_REF, view=ACCOUNT, access=DOMAIN)
@@ -246,10 +259,10 @@ def _limit_type(value) -> str:
                            + ", ".join(f"{n} ({name})" for name, (n, _) in svc.LIMIT_TYPES.items()))
 
 
-def _limit_row(req, acc, rtype):
+def _limit_row(req, acc, rtype, limit=None):
     dom = req.s.get(Domain, acc.domain_id)
     return {"account": acc.name, "domainid": dom.uuid, "domain": dom.name, "type": svc.LIMIT_TYPES[rtype][0],
-            "typename": rtype, "max": svc.limit_of(req.s, acc.id, rtype)}
+            "typename": rtype, "max": svc.limit_of(req.s, acc.id, rtype) if limit is None else limit}
 
 
 @API.command("listResourceLimits", "Lists resource limits.", [
@@ -264,7 +277,8 @@ def list_resource_limits(req, p):
     rtype = _limit_type(p.resourcetype if p.resourcetype is not None else p.resourcetypename)
     types = [rtype] if rtype else list(svc.LIMIT_TYPES)
     lk = Lookups(req.s)
-    items = [RESOURCELIMIT.render(_limit_row(req, acc, t), lk) for t in types]
+    limits = svc.limits_of(req.s, acc)          # every type in one query, not one per type
+    items = [RESOURCELIMIT.render(_limit_row(req, acc, t, limits[t]), lk) for t in types]
     return Lst(RESOURCELIMIT.key, items, len(items))
 
 
@@ -281,3 +295,38 @@ def update_resource_limit(req, p):
     rtype = _limit_type(p.resourcetype)
     svc.update_resource_limit(req.s, req.ctx, acc, rtype, -1 if p.max is None else p.max)
     return Obj(RESOURCELIMIT.key, RESOURCELIMIT.render(_limit_row(req, acc, rtype), None))
+
+
+RESOURCECOUNT = View("resourcecount", [
+    F("account", "the account for which resource count's are updated", lambda r, lk: r["account"]),
+    F("domainid", "the domain ID for which resource count's are updated", lambda r, lk: r["domainid"]),
+    F("domain", "the domain name for which resource count's are updated", lambda r, lk: r["domain"]),
+    F("resourcetype", "resource type. Values include 2, 3, 4, 10, 11.", lambda r, lk: str(r["type"])),
+    F("resourcetypename", "resource type name", lambda r, lk: r["typename"]),
+    F("resourcecount", "resource count (bytes for primary and secondary storage)", lambda r, lk: r["count"], "long"),
+])
+
+
+@API.command("updateResourceCount", "Recalculate and update resource count for an account or domain. volstack keeps "
+             "each count current in the transaction of every change; this recounts them from the objects themselves "
+             "(and, for the root administrator on the ROOT domain, each storage pool's allocated bytes).", [
+    P("domainid", UUID, "If account parameter specified then updates resource counts for a specified account in this "
+      "domain else update resource counts for all accounts & child domains in specified domain.", required=True,
+      entity="Domain"),
+    P("account", STRING, "Update resource count for a specified account. Must be used with the domainId parameter."),
+    P("resourcetype", INTEGER, "Type of resource to update: 2 volume, 3 snapshot, 4 template, 10 primary storage, "
+      "11 secondary storage. If not specified will update all resource counts"),
+], view=RESOURCECOUNT, is_list=True, access=DOMAIN)
+def update_resource_count(req, p):
+    rtype = _limit_type(p.resourcetype)
+    accs = svc.accounts_for_recount(req.s, req.ctx, p.domainid, p.account)
+    rows = []
+    for acc in accs:
+        dom = req.s.get(Domain, acc.domain_id)
+        for t, (_, new) in svc.recalculate(req.s, acc, [rtype] if rtype else None).items():
+            rows.append({"account": acc.name, "domainid": dom.uuid, "domain": dom.name, "type": svc.LIMIT_TYPES[t][0],
+                         "typename": t, "count": new})
+    if req.ctx.is_root_admin and not p.account and req.s.scalar(select(Domain.path).where(Domain.uuid == p.domainid)) == "/":
+        from volstack.services import pools
+        pools.recount_all(req.s)
+    return Lst(RESOURCECOUNT.key, Lookups(req.s).render_all(RESOURCECOUNT, rows), len(rows))

@@ -34,9 +34,9 @@ def obj(req, view, row) -> Obj:
 
 
 def lst(req, view, rows_total) -> Lst:
+    """A page of rows rendered with one query per referenced model (Lookups.render_all)."""
     rows, total = rows_total
-    lk = Lookups(req.s)
-    return Lst(view.key, [view.render(r, lk) for r in rows], total)
+    return Lst(view.key, Lookups(req.s).render_all(view, rows), total)
 
 
 def paged(req, p, view, items: list) -> Lst:
@@ -44,8 +44,7 @@ def paged(req, p, view, items: list) -> Lst:
     q = list_query(req, p)
     size = len(items) if q.pagesize in (None, -1) else q.pagesize
     start = ((q.page or 1) - 1) * size
-    lk = Lookups(req.s)
-    return Lst(view.key, [view.render(r, lk) for r in items[start:start + size]], len(items))
+    return Lst(view.key, Lookups(req.s).render_all(view, items[start:start + size]), len(items))
 
 
 def pick(p, *names) -> dict:

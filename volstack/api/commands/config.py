@@ -13,11 +13,14 @@ SCOPE_PARAMS = [
     P("domainid", UUID, "the ID of the Domain to update the parameter value for corresponding domain", entity="Domain"),
     P("imagestoreuuid", UUID, "the ID of the Image Store to update the parameter value for corresponding image store"),
 ]
+# resetConfiguration names the image store imagestoreid (list/updateConfiguration: imagestoreuuid), as CloudStack does
+RESET_SCOPE_PARAMS = [P("imagestoreid", UUID, "the ID of the Image Store to reset the parameter value for "
+                        "corresponding image store") if p.name == "imagestoreuuid" else p for p in SCOPE_PARAMS]
 
 
 def _scopes(p) -> dict:
     return {"zone": p.zoneid, "cluster": p.clusterid, "storagepool": p.storageid, "account": p.accountid,
-            "domain": p.domainid, "imagestore": p.imagestoreuuid}
+            "domain": p.domainid, "imagestore": p.imagestoreuuid or p.imagestoreid}
 
 
 @API.command("listConfigurations", "Lists all configurations.", [
@@ -43,7 +46,7 @@ def update_configuration(req, p):
 
 
 @API.command("resetConfiguration", "Resets a configuration. The configuration will be set to default value for global setting, and removed from account/domain/zone/cluster/storage pool/image store level settings", [
-    P("name", STRING, "the name of the configuration", required=True), *SCOPE_PARAMS], view=CONFIGURATION, since="4.16.0")
+    P("name", STRING, "the name of the configuration", required=True), *RESET_SCOPE_PARAMS], view=CONFIGURATION, since="4.16.0")
 def reset_configuration(req, p):
     row = configs.reset_configuration(req.s, req.ctx, p.name, _scopes(p))
     return Obj(CONFIGURATION.key, CONFIGURATION.render(row, None))

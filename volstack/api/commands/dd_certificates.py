@@ -29,17 +29,21 @@ def _statuses(results) -> Lst:
     return Lst(HOST_STATUS.key, [HOST_STATUS.render(r, None) for r in results], len(results))
 
 
+# CloudStack names the uploaded certificate's object after the command, unlike the list's
+UPLOADED = View("uploadtemplatedirectdownloadcertificate", CERTIFICATE.fields)
+
+
 @API.command("uploadTemplateDirectDownloadCertificate", "Upload a certificate for HTTPS direct template download on KVM hosts", [
     P("certificate", STRING, "SSL certificate (PEM; the base64 body alone is accepted)", required=True, length=65535),
     P("name", STRING, "Name for the uploaded certificate", required=True),
     P("hypervisor", STRING, "Hypervisor type", required=True),
     P("zoneid", UUID, "Zone to upload certificate", required=True, entity="Zone"),
     P("hostid", UUID, "(optional) the host ID to upload certificate", entity="Host"),
-], view=CERTIFICATE, since="4.11.0")
+], view=UPLOADED, since="4.11.0")
 def upload_certificate(req, p):
     cert, _ = certs.upload(req.s, req.ctx, name=p.name, certificate=p.certificate, hypervisor=p.hypervisor,
                            zoneid=p.zoneid, hostid=p.hostid)
-    return Obj(CERTIFICATE.key, CERTIFICATE.render(cert, Lookups(req.s)))
+    return Obj(UPLOADED.key, UPLOADED.render(cert, Lookups(req.s)))
 
 
 @API.command("revokeTemplateDirectDownloadCertificate", "Revoke a direct download certificate from hosts in a zone", [
@@ -61,8 +65,7 @@ def revoke_certificate(req, p):
 ], view=CERTIFICATE, is_list=True, since="4.17.0")
 def list_certificates(req, p):
     rows = certs.list_certs(req.s, req.ctx, id=p.id, zoneid=p.zoneid)
-    lk = Lookups(req.s)
-    items = [CERTIFICATE.render(c, lk) for c in rows]
+    items = Lookups(req.s).render_all(CERTIFICATE, rows)
     if not p.listhosts:
         for item in items:
             item.pop("hostsmap", None)

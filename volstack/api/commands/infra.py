@@ -1,6 +1,6 @@
 """Zones, pods, clusters, hosts and the infrastructure catalogues."""
 from volstack.api.commands.common import list_query, lst, obj, paged, pick
-from volstack.api.registry import API, BOOLEAN, LIST, STRING, USER, UUID, Lst, Param as P, Success
+from volstack.api.registry import API, BOOLEAN, LIST, MAP, STRING, USER, UUID, Lst, Param as P, Success
 from volstack.api.views import CLUSTER, HOST, POD, ZONE, Lookups, View
 from volstack.api.registry import Field as F
 from volstack.errors import InvalidParameter
@@ -39,9 +39,10 @@ def create_zone(req, p):
     P("name", STRING, "the name of the zone"),
     P("available", BOOLEAN, "true if you want to retrieve all available Zones. False if you only want to return the Zones from which you have at least one VM. Default is false."),
     P("showcapacities", BOOLEAN, "flag to display the capacity of the zones"),
+    P("tags", MAP, "List resources by tags (key/value pairs): tags[0].key=k&tags[0].value=v; any pair matches"),
 ], view=ZONE, is_list=True, access=USER)
 def list_zones(req, p):
-    return lst(req, ZONE, infra.list_zones(req.s, req.ctx, list_query(req, p), p.id, p.name, p.available))
+    return lst(req, ZONE, infra.list_zones(req.s, req.ctx, list_query(req, p), p.id, p.name, p.available, tags=p.tags))
 
 
 @API.command("updateZone", "Updates a Zone.", [
@@ -251,36 +252,4 @@ def list_storage_providers(req, p):
         raise InvalidParameter(f"Invalid storage provider type {p.type}: use primary or image")
     items = [{"name": n, "type": role} for n in catalog.STORAGE_PROVIDERS[role]]
     return Lst(PROVIDER.key, items, len(items))
-
-
-OSTYPE = View("ostype", [F("id", "the ID of the OS type", lambda r, lk: r["id"]),
-                         F("description", "the name/description of the OS type", lambda r, lk: r["description"]),
-                         F("name", "the name of the OS type", lambda r, lk: r["name"]),
-                         F("oscategoryid", "the ID of the OS category", lambda r, lk: r["oscategoryid"]),
-                         F("oscategoryname", "the name of the OS category", lambda r, lk: r["oscategoryname"]),
-                         F("isuserdefined", "is the guest OS user defined", lambda r, lk: r["isuserdefined"], "boolean")])
-
-
-@API.command("listOsTypes", "Lists all supported OS types for this cloud.", [
-    P("id", UUID, "list by Os type Id"),
-    P("oscategoryid", UUID, "list by Os Category id"),
-    P("description", STRING, "list os by description"),
-], view=OSTYPE, is_list=True, access=USER)
-def list_os_types(req, p):
-    items = [t for t in catalog.os_types()
-             if (not p.id or t["id"] == p.id) and (not p.oscategoryid or t["oscategoryid"] == p.oscategoryid)
-             and (not p.description or p.description.lower() in t["description"].lower())
-             and (not p.keyword or p.keyword.lower() in t["description"].lower())]
-    return paged(req, p, OSTYPE, items)
-
-
-@API.command("listOsCategories", "Lists all supported OS categories for this cloud.", [
-    P("id", UUID, "list Os category by id"), P("name", STRING, "list os category by name")],
-    view=View("oscategory", [F("id", "the ID of the OS category", lambda r, lk: r["id"]),
-                             F("name", "the name of the OS category", lambda r, lk: r["name"])]),
-    is_list=True, access=USER)
-def list_os_categories(req, p):
-    items = [{"id": catalog.os_category_id(c), "name": c} for c in catalog.OS_CATEGORIES
-             if (not p.id or catalog.os_category_id(c) == p.id) and (not p.name or p.name == c)]
-    return Lst("oscategory", items, len(items))
 

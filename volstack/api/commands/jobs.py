@@ -2,7 +2,7 @@
 from sqlalchemy import select
 
 from volstack.api.commands.common import list_query, lst
-from volstack.api.registry import API, OWNER_LIST_PARAMS, STRING, TZDATE, USER, UUID, Param as P
+from volstack.api.registry import API, DATE, OWNER_LIST_PARAMS, STRING, USER, UUID, Param as P
 from volstack.api.views import ASYNCJOB, Lookups
 from volstack.db.models import AsyncJob
 from volstack.errors import InvalidParameter
@@ -10,11 +10,17 @@ from volstack.services.context import check_access, owner_filter
 from volstack.services.listing import paginate
 
 
+# A job about to finish on this server is waited for this long before answering (CloudStack-compatible: the
+# answer is the same, it only comes sooner than the client's next poll). Bounded: a waitress thread waits.
+LONG_POLL_SECONDS = 0.5
+
+
 @API.command("queryAsyncJobResult", "Retrieves the current status of asynchronous job.", [
     P("jobid", UUID, "the ID of the asynchronous job"),
     P("resourceid", UUID, "the ID of the resource the job works on; with resourcetype, the latest job on it"),
     P("resourcetype", STRING, "the type of that resource, e.g. Volume, Host, Account"),
-], view=ASYNCJOB, access=USER)
+], view=ASYNCJOB, access=USER,
+   before=lambda ms, lower: ms.jobs.wait_finished(lower.get("jobid"), LONG_POLL_SECONDS))
 def query_async_job_result(req, p):
     if p.jobid:
         job = req.s.scalar(select(AsyncJob).where(AsyncJob.uuid == p.jobid))
@@ -32,7 +38,7 @@ def query_async_job_result(req, p):
 
 
 @API.command("listAsyncJobs", "Lists all pending asynchronous jobs for the account.", [
-    P("startdate", TZDATE, "The start date of the async job (use format \"yyyy-MM-dd'T'HH:mm:ss'+'SSSS\")"),
+    P("startdate", DATE, "The start date of the async job (use format \"yyyy-MM-dd'T'HH:mm:ss'+'SSSS\")"),
     P("managementserverid", UUID, "The id of the management server"),
     P("resourceid", UUID, "the ID of the resource the jobs work on"),
     P("resourcetype", STRING, "the type of that resource"),

@@ -2,7 +2,7 @@
 from sqlalchemy import select
 
 from volstack.api.commands.common import list_query, lst
-from volstack.api.registry import (API, INTEGER, OWNER, OWNER_LIST_PARAMS, STRING, TZDATE, USER, UUID, Lst, Param as P,
+from volstack.api.registry import (API, DATE, INTEGER, OWNER, OWNER_LIST_PARAMS, STRING, USER, UUID, Lst, Param as P,
                                    View, role_allows)
 from volstack.api.registry import Field as F
 from volstack.api.views import EVENT
@@ -52,8 +52,8 @@ def list_apis(req, p):
     P("id", UUID, "the ID of the event", entity="Event"),
     P("type", STRING, "the event type (see event types)"),
     P("level", STRING, "the event level (INFO, WARN, ERROR)"),
-    P("startdate", TZDATE, "the start date range of the list you want to retrieve (use format \"yyyy-MM-dd\" or the new format \"yyyy-MM-dd HH:mm:ss\")"),
-    P("enddate", TZDATE, "the end date range of the list you want to retrieve (use format \"yyyy-MM-dd\" or the new format \"yyyy-MM-dd HH:mm:ss\")"),
+    P("startdate", DATE, "the start date range of the list you want to retrieve (use format \"yyyy-MM-dd\" or the new format \"yyyy-MM-dd HH:mm:ss\")"),
+    P("enddate", DATE, "the end date range of the list you want to retrieve (use format \"yyyy-MM-dd\" or the new format \"yyyy-MM-dd HH:mm:ss\")"),
     P("duration", INTEGER, "the duration of the event"),
     P("resourceid", UUID, "the ID of the resource associated with the event"),
     P("resourcetype", STRING, "the type of the resource associated with the event"),

@@ -11,13 +11,22 @@ from volstack.services.catalog import register_storage_provider
 register_storage_provider("primary", "DefaultPrimary")
 
 
+def _factors(s, ids):
+    values = S.Settings.many_in(s, [S.OVERPROVISIONING], "storagepool", ids)
+    return {i: values[(S.OVERPROVISIONING.name, i)] for i in ids}
+
+
 def _overprov(r, lk):
-    return str(S.Settings.value_in(lk.s, S.OVERPROVISIONING, storagepool=r.id))
+    return str(lk.batched(_factors, r.id))
 
 
 def _total(r, lk):
-    factor = S.Settings.value_in(lk.s, S.OVERPROVISIONING, storagepool=r.id)
+    factor = lk.batched(_factors, r.id)
     return int(r.capacity_bytes * factor) if driver_for(r.provider).overprovisions(r) else r.capacity_bytes
+
+
+def _allocated(r, lk):
+    return lk.batched(pools.allocated_many, r.id) or 0
 
 
 STORAGEPOOL = View("storagepool", [
@@ -44,7 +53,7 @@ STORAGEPOOL = View("storagepool", [
     F("capacityiops", "IOPS CloudStack can provision from this storage pool", _a("capacity_iops"), "long"),
     F("disksizetotal", "the total disk size of the storage pool", _a("capacity_bytes"), "long"),
     F("disksizeused", "the host's currently used disk size", _a("used_bytes"), "long"),
-    F("disksizeallocated", "the host's currently allocated disk size", lambda r, lk: pools.allocated_bytes(lk.s, r), "long"),
+    F("disksizeallocated", "the host's currently allocated disk size", _allocated, "long"),
     F("overprovisionfactor", "the overprovisionfactor for the storage pool", _overprov),
     F("capacitytotal", "volstack: the total capacity after overprovisioning", _total, "long"),
     F("storagecapabilities", "the storage pool capabilities", lambda r, lk: {k: str(v).lower() for k, v in driver_for(r.provider).CAPABILITIES.items()}, "map"),
@@ -158,3 +167,15 @@ def list_storage_pool_objects(req, p):
 
 
 
+
+
+STORAGETAG = View("storagetag", [
+    F("id", "the ID of the storage tag", lambda r, lk: r["id"]),
+    F("name", "the name of the storage tag", lambda r, lk: r["name"]),
+    F("poolid", "the pool ID of the storage tag (volstack: the pool's uuid)", lambda r, lk: r["poolid"]),
+])
+
+
+@API.command("listStorageTags", "Lists storage tags", [], view=STORAGETAG, is_list=True, since="4.2.0")
+def list_storage_tags(req, p):
+    return paged(req, p, STORAGETAG, pools.storage_tags(req.s, req.ctx, p.keyword))

@@ -1,12 +1,12 @@
 """Snapshot policy commands: createSnapshotPolicy, updateSnapshotPolicy, listSnapshotPolicies,
 deleteSnapshotPolicies; and how the scheduler queues a recurring snapshot (createSnapshot + retention)."""
 from volstack.api.commands.common import list_query, lst, obj
-from volstack.api.registry import (API, BOOLEAN, INTEGER, LIST, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F,
+from volstack.api.registry import (API, BOOLEAN, INTEGER, LIST, MAP, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F,
                                    Param as P, Success, View)
-from volstack.api.views import _a
+from volstack.api.views import _a, tags_field
 from volstack.db import storage_models as sm
 from volstack.services import snapshot_policies as policies
-from volstack.services import snapshot_scheduler, snapshots
+from volstack.services import snapshot_scheduler, snapshots, tags
 
 SNAPSHOT_POLICY = View("snapshotpolicy", [
     F("id", "the ID of the snapshot policy", _a("uuid")),
@@ -20,7 +20,7 @@ SNAPSHOT_POLICY = View("snapshotpolicy", [
     F("fordisplay", "is this policy for display to the regular user", _a("display"), "boolean"),
     F("zone", "The list of zones in which snapshot backup is scheduled", lambda r, lk: [], "set"),
     F("storage", "The list of pools in which snapshot backup is scheduled", lambda r, lk: [], "set"),
-    F("tags", "the list of resource tags associated", lambda r, lk: [], "set"),
+    tags_field("SnapshotPolicy"),
 ])
 
 
@@ -41,16 +41,19 @@ SNAPSHOT_POLICY = View("snapshotpolicy", [
     P("storageids", LIST, "A list of IDs of the storage pools in which the snapshot will be made available (not "
       "supported yet)", entity="StoragePool"),
     P("usestoragereplication", BOOLEAN, "use the storage's own replication for zoneids (ignored)"),
+    P("tags", MAP, "Map of tags (key/value pairs) of the policy: tags[0].key=k&tags[0].value=v"),
 ], view=SNAPSHOT_POLICY, access=USER)
 def create_snapshot_policy(req, p):
-    return obj(req, SNAPSHOT_POLICY, policies.create_policy(
+    policy = policies.create_policy(
         req.s, req.ctx, volumeid=p.volumeid, intervaltype=p.intervaltype, schedule=p.schedule, timezone=p.timezone,
-        maxsnaps=p.maxsnaps, fordisplay=p.fordisplay, zoneids=p.zoneids, storageids=p.storageids))
+        maxsnaps=p.maxsnaps, fordisplay=p.fordisplay, zoneids=p.zoneids, storageids=p.storageids)
+    tags.set_tags(req.s, "SnapshotPolicy", policy, p.tags)
+    return obj(req, SNAPSHOT_POLICY, policy)
 
 
 @API.command("updateSnapshotPolicy", "Updates the snapshot policy: its id (customid) and whether it is displayed "
              "(and scheduled).", [
-    P("id", UUID, "the ID of the snapshot policy", entity="SnapshotPolicy", required=True),
+    P("id", UUID, "the ID of the snapshot policy", entity="SnapshotPolicy"),
     P("customid", STRING, "an optional field, in case you want to set a custom id to the resource. Allowed to Root "
       "Admins only"),
     P("fordisplay", BOOLEAN, "an optional field, whether to the display the snapshot policy to the end user or not."),
@@ -60,6 +63,9 @@ def update_snapshot_policy(req, p):
     from volstack.services.context import require_root_admin
     if p.customid:
         require_root_admin(req.ctx)
+    if not p.id:                    # optional in CloudStack's declaration too, which then refuses it the same way
+        from volstack.errors import InvalidParameter
+        raise InvalidParameter("Invalid policy id was given: pass id, the snapshot policy to update")
     policy = policies.get_policy(req.s, req.ctx, p.id)
     return obj(req, SNAPSHOT_POLICY, policies.update_policy(req.s, req.ctx, policy, customid=p.customid,
                                                      fordisplay=p.fordisplay))

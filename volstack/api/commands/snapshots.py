@@ -1,15 +1,15 @@
 """Volume snapshot commands: createSnapshot, listSnapshots, deleteSnapshot, revertSnapshot."""
 from volstack.api.commands.common import list_query, lst, obj
 from volstack.api.commands.volumes import _owner_fields
-from volstack.api.registry import (API, BOOLEAN, LIST, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID, Field as F,
+from volstack.api.registry import (API, BOOLEAN, LIST, MAP, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID, Field as F,
                                    Param as P, Success, View)
 from volstack.api.server import start_task
-from volstack.api.views import _a, _date, _ref
+from volstack.api.views import _a, _date, _ref, tags_field
 from volstack.db import models as m
 from volstack.db import storage_models as sm
 from volstack.db.image_models import ImageStore
 from volstack.db.snapshot_models import Snapshot
-from volstack.services import snapshots
+from volstack.services import snapshots, tags
 
 
 def _vol(name):
@@ -68,6 +68,7 @@ SNAPSHOT = View("snapshot", [
     F("status", "why the last operation on the snapshot failed", _a("error")),
     F("created", "the date the snapshot was created", _date("created"), "date"),
     *_owner_fields(),
+    tags_field("Snapshot"),
 ])
 
 SNAP_JOB = dict(is_async=True, access=USER, instance_type="Snapshot", instance_param="id",
@@ -86,6 +87,7 @@ SNAP_JOB = dict(is_async=True, access=USER, instance_type="Snapshot", instance_p
     P("quiescevm", BOOLEAN, "quiesce vm if true (needs a guest agent; ignored)"),
     P("zoneids", LIST, "A comma-separated list of IDs of the zones in which the snapshot will be made available "
       "(not supported yet)", entity="Zone"),
+    P("tags", MAP, "Map of tags (key/value pairs) of the snapshot: tags[0].key=k&tags[0].value=v"),
     P("account", STRING, "The account of the snapshot. The account parameter must be used with the domainId parameter."),
     P("domainid", UUID, "The domain ID of the snapshot. If used with the account parameter, it specifies the domain "
       "the account is in.", entity="Domain"),
@@ -117,12 +119,14 @@ def _create_row(req, p):
     from volstack.errors import InvalidParameter
     if p.zoneids:
         raise InvalidParameter("Copying snapshots to other zones (zoneids) is not supported yet")
-    return snapshots.create(req.s, req.ctx, volumeid=p.volumeid, name=p.name, policyid=p.policyid,
+    snap = snapshots.create(req.s, req.ctx, volumeid=p.volumeid, name=p.name, policyid=p.policyid,
                             locationtype=p.locationtype)
+    tags.set_tags(req.s, "Snapshot", snap, p.tags)
+    return snap
 
 
 _FILTERS = ("id", "ids", "name", "volumeid", "zoneid", "snapshottype", "intervaltype", "storageid", "imagestoreid",
-            "locationtype")
+            "locationtype", "tags")
 
 
 @API.command("listSnapshots", "Lists all available snapshots for the account.", [
@@ -137,6 +141,7 @@ _FILTERS = ("id", "ids", "name", "volumeid", "zoneid", "snapshottype", "interval
     P("imagestoreid", UUID, "list snapshots by the image store holding their backup", entity="ImageStore", access=ROOT),
     P("locationtype", STRING, "list snapshots by location: PRIMARY or SECONDARY"),
     P("showunique", BOOLEAN, "list one entry per snapshot (always the case here)"),
+    P("tags", MAP, "List resources by tags (key/value pairs): tags[0].key=k&tags[0].value=v; any pair matches"),
     *OWNER_LIST_PARAMS,
 ], view=SNAPSHOT, is_list=True, access=USER)
 def list_snapshots(req, p):

@@ -4,21 +4,47 @@ from sqlalchemy import select
 from volstack.api.commands.common import list_query, lst, obj
 from volstack.api.registry import (API, BOOLEAN, LIST, MAP, OWNER, ROOT, STRING, USER, UUID, Field as F, Lst, Param as P,
                                    Success, View)
-from volstack.api.views import Lookups, _a, _date, _ref
+from volstack.api.views import Lookups, _a, _date, _domain_path_of, _ref, tags_field
 from volstack.db import models as m
 from volstack.db.image_models import ImageStore, TemplatePoolRef, TemplateStoreRef, TemplateZone
 from volstack.db.storage_models import StoragePool
 from volstack.services import catalog, template_cache, template_sources, templates
 
 
+def _grouped(rows) -> dict:
+    out: dict = {}
+    for row in rows:
+        out.setdefault(row[0].template_id, []).append(tuple(row))
+    return out
+
+
+def _store_refs(s, ids):
+    return _grouped(s.execute(select(TemplateStoreRef, ImageStore).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id)
+                              .where(TemplateStoreRef.template_id.in_(ids), TemplateStoreRef.state != "Destroyed")
+                              .order_by(TemplateStoreRef.id)))
+
+
+def _pool_refs(s, ids):
+    return _grouped(s.execute(select(TemplatePoolRef, StoragePool).join(StoragePool, StoragePool.id == TemplatePoolRef.pool_id)
+                              .where(TemplatePoolRef.template_id.in_(ids)).order_by(TemplatePoolRef.id)))
+
+
+def _first_zones(s, ids):
+    out: dict = {}
+    for tid, zid in s.execute(select(TemplateZone.template_id, TemplateZone.zone_id)
+                              .where(TemplateZone.template_id.in_(ids)).order_by(TemplateZone.id)):
+        out.setdefault(tid, zid)
+    return out
+
+
 def _refs(r, lk):
-    return lk.s.execute(select(TemplateStoreRef, ImageStore).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id)
-                        .where(TemplateStoreRef.template_id == r.id, TemplateStoreRef.state != "Destroyed")
-                        .order_by(TemplateStoreRef.id)).all()
+    return lk.batched(_store_refs, r.id) or []
 
 
 def _zone_id(r, lk):
-    return lk.s.scalar(select(TemplateZone.zone_id).where(TemplateZone.template_id == r.id).order_by(TemplateZone.id))
+    if isinstance(r, templates.InZone):
+        return r.listed_zone_id
+    return lk.batched(_first_zones, r.id)
 
 
 def _status(r, lk):
@@ -46,8 +72,7 @@ def _status(r, lk):
 def _download_details(r, lk):
     out = [{"datastore": st.name, "datastoreId": st.uuid, "datastoreRole": "Image",
             "downloadPercent": str(ref.download_pct), "downloadState": ref.download_state} for ref, st in _refs(r, lk)]
-    for ref, pool in lk.s.execute(select(TemplatePoolRef, StoragePool).join(StoragePool, StoragePool.id == TemplatePoolRef.pool_id)
-                                  .where(TemplatePoolRef.template_id == r.id)):
+    for ref, pool in lk.batched(_pool_refs, r.id) or []:
         out.append({"datastore": pool.name, "datastoreId": pool.uuid, "datastoreRole": "Primary",
                     "downloadPercent": str(ref.download_pct), "downloadState": ref.download_state})
     return out or None
@@ -58,7 +83,7 @@ def _checksum(r, lk):
 
 
 def _ostype(field):
-    return lambda r, lk: (catalog.os_type(r.os_type) or {}).get(field)
+    return lambda r, lk: (catalog.os_type(r.os_type, lk.s) or {}).get(field)
 
 
 def _fields():
@@ -67,7 +92,8 @@ def _fields():
         F("name", "the template name", _a("name")),
         F("displaytext", "the template display text", _a("display_text")),
         F("isready", "true if the template is ready to be deployed from, false otherwise.",
-          lambda r, lk: templates.is_ready(lk.s, r), "boolean"),
+          lambda r, lk: templates.is_ready(lk.s, r, getattr(r, "listed_zone_id", None), store_refs=_refs(r, lk)),
+          "boolean"),
         F("status", "the status of the template", _status, access=OWNER),
         F("downloaddetails", "Lists the download progress of a template across all secondary storages",
           _download_details, "list"),
@@ -98,6 +124,8 @@ def _fields():
         F("account", "the account name to which the template belongs", _ref(m.Account, "account_id", "name")),
         F("domainid", "the ID of the domain to which the template belongs", _ref(m.Domain, "domain_id")),
         F("domain", "the name of the domain to which the template belongs", _ref(m.Domain, "domain_id", "name")),
+        F("domainpath", "the path of the domain to which the template belongs", _domain_path_of("domain_id")),
+        tags_field("Template", "ISO"),
     ]
 
 
@@ -115,7 +143,8 @@ REGISTER_COMMON = [
     P("displaytext", STRING, "The display text of the template, defaults to 'name'.", length=4096),
     P("url", STRING, "the URL of where the template is hosted: http(s)://…, a .metalink file lists mirrors",
       required=True, length=2048),
-    P("zoneid", UUID, "the ID of the zone the template is to be hosted on", entity="Zone"),
+    P("zoneid", UUID, "the ID of the zone the template is to be hosted on; -1: every zone (a cross-zone template)",
+      entity="Zone", special=(templates.ALL_ZONES,)),
     P("checksum", STRING, "the checksum value of this template: {SHA-256}hex, {MD5}hex … or a bare MD5"),
     P("ostypeid", UUID, "the ID of the OS Type that best represents the OS of this template (see listOsTypes)"),
     P("ispublic", BOOLEAN, "true if the template is available to all accounts; default is true for admin and false for users"),
@@ -145,7 +174,8 @@ def _register(req, p, is_iso):
 @API.command("registerTemplate", "Registers an existing template into the CloudStack cloud.", REGISTER_COMMON + [
     P("format", STRING, "the format for the template: QCOW2 or RAW (KVM)", required=True),
     P("hypervisor", STRING, "the target hypervisor for the template", required=True),
-    P("zoneids", LIST, "A list of zone ids where the template will be hosted; -1 means all zones"),
+    P("zoneids", LIST, "A list of zone ids where the template will be hosted; -1 means all zones", entity="Zone",
+      special=(templates.ALL_ZONES,)),
     P("requireshvm", BOOLEAN, "true if this template requires HVM"),
     P("templatetype", STRING, "the type of the template: USER (default); BUILTIN or SYSTEM for the root admin"),
     P("details", MAP, "Template details in key/value pairs; HTTP_HEADER:<Name> keys become download request headers"),
@@ -160,7 +190,8 @@ def register_template(req, p):
     P("imagestoreuuid", STRING, "Image store UUID"),
     P("format", STRING, "unused: ISOs are ISO"),
     P("hypervisor", STRING, "unused: ISOs serve every hypervisor"),
-    P("zoneids", LIST, "unused"),
+    P("zoneids", LIST, "A list of zone ids where the ISO will be hosted; -1 means all zones", entity="Zone",
+      special=(templates.ALL_ZONES,)),
     P("requireshvm", BOOLEAN, "unused"),
     P("templatetype", STRING, "unused"),
     P("details", MAP, "unused"),
@@ -188,6 +219,7 @@ LIST_FILTERS = [
     P("isready", BOOLEAN, "list templates that are ready to be deployed"),
     P("imagestoreid", UUID, "ID of the image or image cache store", entity="ImageStore", access=ROOT),
     P("storageid", UUID, "ID of the storage pool", entity="StoragePool", access=ROOT),
+    P("tags", MAP, "List resources by tags (key/value pairs): tags[0].key=k&tags[0].value=v; any pair matches"),
     P("listall", BOOLEAN, "with self/selfexecutable, list the templates of every account the caller may see"),
     P("isrecursive", BOOLEAN, "with listall, include subdomains"),
     P("account", STRING, "list resources by account. Must be used with the domainId parameter."),
@@ -199,7 +231,7 @@ def _list(req, p, is_iso, flt):
     return lst(req, ISO if is_iso else TEMPLATE, templates.list_templates(
         req.s, req.ctx, list_query(req, p), is_iso=is_iso, templatefilter=flt, id=p.id, ids=p.ids, name=p.name,
         zoneid=p.zoneid, hypervisor=p.hypervisor, isready=p.isready, imagestoreid=p.imagestoreid,
-        storageid=p.storageid, templatetype=p.get("templatetype")))
+        storageid=p.storageid, templatetype=p.get("templatetype"), tags=p.tags))
 
 
 @API.command("listTemplates", "List all public, private, and privileged templates.", LIST_FILTERS + [

@@ -6,9 +6,9 @@ the VM's work queue: a stop, a migration or another VM snapshot operation never 
 from volstack.api.commands.common import list_query, lst, obj
 from volstack.api.commands.vms import VIRTUALMACHINE
 from volstack.api.commands.volumes import _owner_fields
-from volstack.api.registry import (API, BOOLEAN, LIST, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F,
+from volstack.api.registry import (API, BOOLEAN, LIST, MAP, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F,
                                    Param as P, Success, View)
-from volstack.api.views import _a, _date, _ref
+from volstack.api.views import _a, _date, _ref, tags_field
 from volstack.db import models as m
 from volstack.db import storage_models as sm
 from volstack.db.vm_snapshot_models import VMSnapshot
@@ -36,7 +36,7 @@ VMSNAPSHOT = View("vmsnapshot", [
     F("zonename", "the Zone name of the vm snapshot", _ref(m.Zone, "zone_id", "name")),
     F("status", "why the last operation on the vm snapshot failed", _a("error")),
     F("created", "the create date of the vm snapshot", _date("created"), "date"),
-    F("tags", "the list of resource tags associated", lambda r, lk: [], "list"),
+    tags_field("VMSnapshot"),
     *_owner_fields(),
 ])
 VMSNAPSHOT_LIST = View("vmSnapshot", VMSNAPSHOT.fields)     # CloudStack's list key is camelCase, unlike the jobresult
@@ -74,12 +74,13 @@ def create_vm_snapshot(req, p):
     P("virtualmachineid", UUID, "the ID of the vm", entity="VirtualMachine"),
     P("name", STRING, "lists snapshot by snapshot name or display name"),
     P("state", STRING, "state of the virtual machine snapshot"),
+    P("tags", MAP, "List resources by tags (key/value pairs): tags[0].key=k&tags[0].value=v; any pair matches"),
     *OWNER_LIST_PARAMS,
 ], view=VMSNAPSHOT_LIST, is_list=True, access=USER)
 def list_vm_snapshot(req, p):
     return lst(req, VMSNAPSHOT_LIST, vm_snapshots.list_vm_snapshots(
         req.s, req.ctx, list_query(req, p), **{k: p.get(k) for k in ("vmsnapshotid", "vmsnapshotids",
-                                                                       "virtualmachineid", "name", "state")}))
+                                                                       "virtualmachineid", "name", "state", "tags")}))
 
 
 @API.command("revertToVMSnapshot", "Revert VM from a vmsnapshot: a Running VM to a DiskAndMemory snapshot (it goes "

@@ -2,9 +2,9 @@
 service offering changes, ISOs in the CD drive."""
 from volstack.api.commands.common import list_query, lst, obj
 from volstack.api.commands.volumes import _owner_fields, _template_attr
-from volstack.api.registry import (API, BOOLEAN, LIST, LONG, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID, Field as F,
-                                   Param as P, Success, View)
-from volstack.api.views import HOST, _a, _date, _ref
+from volstack.api.registry import (API, BOOLEAN, LIST, LONG, MAP, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID,
+                                   Field as F, Param as P, Success, View)
+from volstack.api.views import HOST, _a, _date, _ref, tags_field
 from volstack.db import models as m
 from volstack.db import storage_models as sm
 from volstack.services import vms
@@ -36,6 +36,7 @@ VIRTUALMACHINE = View("virtualmachine", [
     F("rootdevicetype", "device type of the root volume", lambda r, lk: "ROOT"),
     F("created", "the date when this virtual machine was created", _date("created"), "date"),
     *_owner_fields(),
+    tags_field("UserVm"),
 ])
 
 
@@ -156,9 +157,10 @@ def migrate_vm_with_volume(req, p):
     P("storageid", UUID, "the storage ID where vm's volumes belong to", entity="StoragePool", access=ROOT),
     P("isoid", UUID, "list vms by iso", entity="Iso"),
     P("templateid", UUID, "list vms by template", entity="Template"),
+    P("tags", MAP, "List resources by tags (key/value pairs): tags[0].key=k&tags[0].value=v; any pair matches"),
     *OWNER_LIST_PARAMS], view=VIRTUALMACHINE, is_list=True, access=USER)
 def list_vms(req, p):
-    keys = ("id", "ids", "name", "state", "zoneid", "hostid", "storageid", "isoid", "templateid")
+    keys = ("id", "ids", "name", "state", "zoneid", "hostid", "storageid", "isoid", "templateid", "tags")
     return lst(req, VIRTUALMACHINE, vms.list_vms(req.s, req.ctx, list_query(req, p), **{k: p.get(k) for k in keys}))
 
 
@@ -222,8 +224,25 @@ def find_hosts_for_migration(req, p):
     from volstack.api.views import Lookups
     from volstack.services import vm_migration
     rows = vm_migration.hosts_for_migration(req.s, vms.get_vm(req.s, req.ctx, p.virtualmachineid))
-    lk = Lookups(req.s)
-    items = [{**HOST.render(host, lk), "suitableformigration": problem is None,
+    rendered = Lookups(req.s).render_all(HOST, [host for host, _ in rows])
+    items = [{**shown, "suitableformigration": problem is None,
               "requiresStorageMotion": False, **({"notsuitablereason": problem} if problem else {})}
-             for host, problem in rows]
+             for shown, (_, problem) in zip(rendered, rows)]
     return Lst("host", items, len(items))
+
+
+@API.task("reconcileVirtualMachine", instance_type="VirtualMachine", on_interrupt="retry")
+def reconcile_vm(req, p):
+    """A difference between a host and the database (services/reconcile.py), settled on the VM's sync key."""
+    from volstack.services import reconcile
+    return {"virtualmachine": p["id"], "settled": reconcile.apply(req.s, req.ctx, p["host"], p["id"])}
+
+
+def reconcile_submitter(jobs):
+    """reconcile.reconcile_host's submit: one reconcileVirtualMachine task per VM (or unknown guest) and host."""
+    from volstack.api.server import start_task
+    from volstack.services.context import system_context
+
+    def submit(s, name, host_uuid):
+        return start_task(jobs, s, system_context(), "reconcileVirtualMachine", {"id": name, "host": host_uuid}, name)
+    return submit

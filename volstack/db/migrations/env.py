@@ -3,7 +3,7 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from volstack.db.models import Base
-from volstack.db import image_models, snapshot_models, storage_models, vm_snapshot_models  # noqa: F401  (registers the storage tables)
+from volstack.db import image_models, snapshot_models, storage_models, tag_models, vm_snapshot_models  # noqa: F401  (registers the storage tables)
 
 config = context.config
 target_metadata = Base.metadata
