@@ -519,7 +519,8 @@ class Agent:
                         pool, name, fmt, urls=urls, metalink_url=metalink_url, checksum=checksum, policy=policy,
                         location=opts.get("location"), work_dir=self._downloads_dir(),
                         progress=lambda percent, done: progress(percent), attempts=opts.get("attempts", 3),
-                        segmented=opts.get("segmented", True), compression=opts.get("compression", "auto"))
+                        segmented=opts.get("segmented", True), compression=opts.get("compression", "auto"),
+                        max_size=opts.get("max_size"), limit_setting=opts.get("limit_setting"))
                 except BaseException:
                     os.unlink(record)
                     raise

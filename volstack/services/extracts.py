@@ -77,7 +77,7 @@ def extract_template(s, ctx, t: Template, *, mode, zoneid=None) -> ImageTransfer
     tr = ImageTransfer(kind="extract", object_type="Iso" if what == "ISO" else "Template", object_id=t.id,
                        object_uuid=t.uuid, account_id=t.account_id, zone_id=store.zone_id, store_id=store.id,
                        install_path=ref.install_path, mode="HTTP_DOWNLOAD", state="Ready")
-    for k, v in _signed(s, tr, store, imagestores.serving_host(s, store), t.name).items():
+    for k, v in _signed(s, tr, store, imagestores.serving_host(s, store, simulated=True), t.name).items():
         setattr(tr, k, v)
     s.add(tr)
     s.flush()
@@ -122,7 +122,7 @@ def extract_volume(s, ctx, vol: Volume, *, mode, zoneid, progress=None) -> Image
     copiers = hosts_in_scope(s, pool)
     if not copiers:
         raise ResourceUnavailable(f"No Up host reaches storage pool {pool.name} to read volume {vol.name}")
-    server, deleter = imagestores.serving_host(s, store), imagestores.host_for(s, store)
+    server, deleter = imagestores.serving_host(s, store, simulated=True), imagestores.host_for(s, store)
     # expires: the URL's validity starts at publication; the cleanup does not read it while Creating
     tr = ImageTransfer(kind="extract", object_type="Volume", object_id=vol.id, object_uuid=vol.uuid,
                        account_id=vol.account_id, zone_id=vol.zone_id, store_id=store.id, own_copy=True,

@@ -9,6 +9,7 @@ from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceUnavailable
 from volstack.services import events, imagestores, infra, offerings, templates, volumes
+from volstack.services import settings as S
 from volstack.services.lifecycle import VOLUME
 
 FORMATS = {"QCOW2": "qcow2", "RAW": "raw"}
@@ -55,7 +56,7 @@ def download(s, ctx, vol: Volume, progress=None) -> Volume:
     VOLUME.fire(s, vol, "UploadRequested")
     s.commit()
     args = {"format": vol.format, "checksum": up.get("checksum"), "urls": [up["url"]],
-            "options": templates.download_options(s)}
+            "options": {**templates.download_options(s), **templates.size_limit(s, S.MAX_UPLOAD_SIZE)}}
     try:
         res = run_long(channel(imagestores.host_for(s, store)), "template_download", progress,
                        pool=imagestores.spec(store), name=up["path"], **args)

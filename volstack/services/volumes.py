@@ -459,10 +459,30 @@ def settle(s, ctx, vol: Volume, cmd: str, reason: str | None = None) -> None:
         from volstack.services import volume_migration
         return volume_migration.settle(s, ctx, vol, reason)
     if vol.state in ("Creating", "Copying"):
+        _remove_half_made(s, vol)
         vol.pool_id = None
     vol.state, vol.error = back[vol.state], reason
     events.record(s, ctx, "VOLUME.RECOVER", f"Volume {vol.name}: {reason}; it is {vol.state} again",
                   level="WARN", resource_type="Volume", resource_uuid=vol.uuid)
+
+
+def _remove_half_made(s, vol: Volume) -> None:
+    """A volume going back to where it has no image: what its creation may have made on the pool is removed (it
+    holds nothing yet; the next start or attach makes it again), else it would belong to nothing. Best effort:
+    the orphan scan removes what a host could not."""
+    pool = s.get(StoragePool, vol.pool_id) if vol.pool_id else None
+    if pool is None or not vol.path:
+        return
+    from volstack.services.pools import hosts_in_scope
+    hosts = hosts_in_scope(s, pool)
+    if not hosts:
+        return
+    ch, image = channel(hosts[0]), Volume(uuid=vol.uuid, path=vol.path, format=vol.format)
+    s.commit()                     # no transaction open while the host works
+    try:
+        driver_for(pool.provider).delete_volume(ch, pool, image)
+    except CloudError:
+        pass
 
 
 # ---------------------------------------------------------------- statistics (listVolumesMetrics)
