@@ -34,7 +34,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from volstack import transfer_signing as signing
-from volstack.agent import tasks, transfer
+from volstack.agent import luks, tasks, transfer
 from volstack.agent.commands import arg
 from volstack.agent.errors import AgentError, Failed, InvalidArgument, NotFound
 
@@ -75,7 +75,7 @@ class Store:
 
     def add_task(self, task_id: str, cmd: str, args: dict) -> None:
         self._run(("INSERT INTO tasks (id, cmd, args, state, progress, updated) VALUES (?, ?, ?, 'running', 0, ?)",
-                   (task_id, cmd, json.dumps(args), time.time())),
+                   (task_id, cmd, json.dumps(luks.redact(args)), time.time())),
                   ("DELETE FROM tasks WHERE state != 'running' AND seq <= (SELECT MAX(seq) FROM tasks) - ?", (KEEP,)))
 
     def progress(self, task_id: str, percent: int) -> None:

@@ -21,7 +21,7 @@ from volstack.db.storage_models import StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceUnavailable
-from volstack.services import events, imagestores, pools, settings as S, templates, volumes
+from volstack.services import encryption, events, imagestores, pools, settings as S, templates, volumes
 
 log = logging.getLogger("volstack.templates")
 POLL_SECONDS = 0.25      # waiting for another job's copy: that job commits its progress as it goes
@@ -234,11 +234,16 @@ def create_root(s, ctx, vol: Volume, pool: StoragePool, host: Host, progress=Non
                                f"({ref.size} bytes)")
     drv = driver_for(pool.provider)
     fmt = templates.FORMATS[t.format]
-    if (vol.details or {}).get("fullclone") == "true" or not drv.CAPABILITIES.get("linked_clone"):
+    enc = encryption.spec(s, vol)
+    # an encrypted ROOT is a full encrypted copy: a linked clone would leave the template's clear data under it
+    if enc or (vol.details or {}).get("fullclone") == "true" or not drv.CAPABILITIES.get("linked_clone"):
+        cached = "raw" if drv.CAPABILITIES.get("image_formats") == "raw" else fmt    # how the copy landed
         res = run_long(channel(host), "volume_copy", progress, src_pool=drv.spec(pool), src_name=ref.install_path,
-                       src_format=fmt, dst_pool=drv.spec(pool), dst_name=vol.path, format="qcow2")
+                       src_format=cached, dst_pool=drv.spec(pool), dst_name=vol.path, format="qcow2",
+                       **({"encryption": enc} if enc else {}))
+        vol.format = res.get("format", "qcow2").upper()
         if res["size"] < vol.size:
-            res = drv.resize_volume(channel(host), pool, vol, vol.size, False)
+            res = drv.resize_volume(channel(host), pool, vol, vol.size, False, encryption=enc)
         return res
     return drv.clone_volume(channel(host), pool, vol, ref.install_path, fmt)
 

@@ -8,7 +8,7 @@ from volstack.db.storage_models import StoragePool, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceUnavailable
-from volstack.services import events, imagestores, infra, offerings, templates, volumes
+from volstack.services import encryption, events, imagestores, infra, offerings, templates, volumes
 from volstack.services import settings as S
 from volstack.services.lifecycle import VOLUME
 
@@ -33,6 +33,7 @@ def new_upload(s, ctx, *, name, zoneid, format, checksum=None, diskofferingid=No
     if fmt not in FORMATS:
         raise InvalidParameter(f"Invalid format {format}: KVM volumes are uploaded as QCOW2 or RAW")
     templates.parse_checksum(checksum)
+    encryption.refuse_upload(offerings.get_disk_offering(s, ctx, diskofferingid) if diskofferingid else None)
     zone = infra.get_zone(s, zoneid)
     if imagestoreuuid:
         store = imagestores.get_store(s, imagestoreuuid)
