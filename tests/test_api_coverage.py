@@ -5,7 +5,7 @@ from volstack.api import coverage
 from volstack.api.registry import API
 
 # What volstack covered when these floors were last raised: raise them as coverage grows.
-FLOOR = {"commands": 97, "parameters": 1029, "fields": 484}
+FLOOR = {"commands": 98, "parameters": 1032, "fields": 498}
 
 
 def test_coverage_never_drops():

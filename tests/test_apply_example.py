@@ -77,3 +77,17 @@ def test_a_key_the_format_does_not_know_is_refused_with_the_keys_it_knows(tmp_pa
     with db.session() as s:      # each refused file left nothing behind
         from volstack.db.models import Zone
         assert s.query(Zone).count() == 0
+
+
+def test_values_are_typed_as_the_api_types_them(tmp_path):
+    """YAML gives "5" for a quoted number: it is the integer 5, as in the API; a non-number is refused with
+    the API's message (it was a traceback)."""
+    f = tmp_path / "dc.yaml"
+    db = f"sqlite:///{tmp_path / 'v.db'}"
+    f.write_text('disk_offerings:\n- {name: five, disksize: "5", customized: "false"}\n')
+    r = _apply(f, db, tmp_path / "k")
+    assert r.returncode == 0 and r.stdout == "created disk offering five\n", r.stderr
+    f.write_text('disk_offerings:\n- {name: bad, disksize: five}\n')
+    r = _apply(f, db, tmp_path / "k")
+    assert r.returncode == 1 and r.stderr == ("volstack apply: Unable to execute API command creatediskoffering due to "
+                                              "invalid value 'five' for parameter disksize: expected an integer\n")

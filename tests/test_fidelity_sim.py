@@ -179,3 +179,27 @@ def test_projectid_is_never_a_filter_silently_ignored(two_zones):
         code, text = error_of(call)
         assert code == 431 and "projectid" in text
     assert [v["name"] for v in api.listVolumes()["volume"]] == ["pv"]
+
+
+def test_extract_volume_on_simulator_hosts_answers_a_url(two_zones):
+    api, (z1, _) = two_zones["api"], two_zones["zones"]
+    c = api.listClusters(name="fc1")["cluster"][0]
+    api.createStoragePool(name="xp", url="nfs://10.0.0.1/xp", zoneid=z1["id"], podid=c["podid"], clusterid=c["id"])
+    do = api.createDiskOffering(name="xd", disksize=1, displaytext="xd")["diskoffering"]
+    so = api.createServiceOffering(name="xs", cpunumber=1, cpuspeed=500, memory=256, displaytext="xs")["serviceoffering"]
+    vm = api.deployVirtualMachine(zoneid=z1["id"], serviceofferingid=so["id"], rootdisksize=1)["virtualmachine"]
+    vol = api.createVolume(name="xv", zoneid=z1["id"], diskofferingid=do["id"])["volume"]
+    api.attachVolume(id=vol["id"], virtualmachineid=vm["id"])
+    api.detachVolume(id=vol["id"])
+    got = api.extractVolume(id=vol["id"], mode="HTTP_DOWNLOAD", zoneid=z1["id"])["volume"]
+    assert got["state"] == "DOWNLOAD_URL_CREATED" and got["url"].startswith("http://simf1/")
+
+
+def test_list_storage_tags(two_zones):
+    api, (z1, _) = two_zones["api"], two_zones["zones"]
+    c = api.listClusters(name="fc1")["cluster"][0]
+    pool = api.createStoragePool(name="tp", url="nfs://10.0.0.1/tp", zoneid=z1["id"], podid=c["podid"],
+                                 clusterid=c["id"], tags="ssd,fast")["storagepool"]
+    got = api.listStorageTags()["storagetag"]
+    assert sorted((t["name"], t["poolid"]) for t in got) == [("fast", pool["id"]), ("ssd", pool["id"])]
+    assert [t["name"] for t in api.listStorageTags(keyword="ss")["storagetag"]] == ["ssd"]

@@ -100,7 +100,7 @@ def test_snapshot_live_and_stopped_revert_to_any_and_volumes_from_snapshots(clou
     objs = {o["name"]: o.get("snapshotid") for o in api.listImageStoreObjects(id=store["id"])["datastoreobject"]}
     assert objs == {f"{s1['id']}.qcow2": s1["id"], f"{s2['id']}.qcow2": s2["id"]}
     code, text = error_of(lambda: api.deleteImageStore(id=store["id"]))
-    assert code == 536 and "snapshot" in text
+    assert code == 431 and "snapshot" in text
 
     # a backup moves to another store with migrateResourceToAnotherSecondaryStorage
     (tmp / "store2").mkdir()

@@ -141,7 +141,7 @@ def test_extract_volume_copies_it_to_a_store_and_the_copy_goes_when_the_url_expi
     subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(src), str(got)], check=True,
                    capture_output=True)
     code, text = error_of(lambda: api.deleteImageStore(id=store["id"]))
-    assert code == 536 and "volume" in text
+    assert code == 431 and "volume" in text
 
     db = cloud["server"].db
     assert extracts.cleanup(db) == 0                        # not expired yet

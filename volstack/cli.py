@@ -1,4 +1,4 @@
-"""The `volstack` command: up, serve, apply."""
+"""The `volstack` command: up, serve, apply, rotate-key."""
 import argparse
 import logging
 import os
@@ -182,6 +182,22 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_rotate_key(args) -> int:
+    from volstack.db.engine import Database, sqlite_url
+    from volstack.errors import CloudError
+    from volstack.services import keys
+    url = args.db or sqlite_url(args.data_dir)
+    key_file = args.key_file or Path(args.data_dir) / "volstack.key"
+    try:
+        counts = keys.rotate(Database(url), key_file)
+    except CloudError as exc:
+        print(f"volstack rotate-key: {exc.text}", file=sys.stderr)
+        return 1
+    print(f"new key in {key_file}; re-wrapped " + ", ".join(f"{n} {what}" for what, n in counts.items())
+          + " (no volume data touched); restart every management server with this key file", flush=True)
+    return 0
+
+
 def cmd_apply(args) -> int:
     from volstack import crypto
     from volstack.api import commands  # noqa: F401
@@ -198,12 +214,33 @@ def cmd_apply(args) -> int:
         accounts.bootstrap(s)
     doc = yaml.safe_load(Path(args.file).read_text())
     try:
+        _typed_by_api(doc)
         for line in datacenter.apply(db, system_context(), doc or {}):
             print(line)
     except CloudError as exc:
         print(f"volstack apply: {exc.text}", file=sys.stderr)
         return 1
     return 0
+
+
+# The apply sections whose entries are an API command's parameters: their values are typed as the API types
+# them ("5" is the integer 5, "yes" for a boolean is refused with the API's message).
+_API_SECTIONS = {"disk_offerings": "createDiskOffering", "service_offerings": "createServiceOffering",
+                 "storage_pools": "createStoragePool"}
+
+
+def _typed_by_api(doc) -> None:
+    from volstack.api.binding import convert
+    from volstack.api.registry import API, BOOLEAN, INTEGER, LONG, SHORT, STRING
+    for section, command in _API_SECTIONS.items():
+        items = doc.get(section) if isinstance(doc, dict) else None
+        cmd = API.commands[command]
+        params = {p.name: p for p in cmd.params if p.type in (SHORT, INTEGER, LONG, BOOLEAN, STRING)}
+        for item in items if isinstance(items, list) else ():
+            for key, value in (item.items() if isinstance(item, dict) else ()):
+                if key in params and isinstance(value, (str, int, float, bool)):
+                    raw = ("true" if value else "false") if isinstance(value, bool) else str(value)
+                    item[key] = convert(None, cmd, params[key], raw)
 
 
 def main(argv=None) -> int:
@@ -236,6 +273,13 @@ def main(argv=None) -> int:
     apply.add_argument("--db", help="database URL (default: the SQLite file in --data-dir)")
     apply.add_argument("--key-file")
     apply.set_defaults(fn=cmd_apply)
+
+    rotate = sub.add_parser("rotate-key", help="replace the key that encrypts stored secrets (volume passphrases, "
+                                               "API keys, host and pool credentials); stop the servers first")
+    rotate.add_argument("--data-dir", default="volstack-data")
+    rotate.add_argument("--db", help="database URL (default: the SQLite file in --data-dir)")
+    rotate.add_argument("--key-file", help="default: volstack.key in --data-dir")
+    rotate.set_defaults(fn=cmd_rotate_key)
 
     from volstack.agent.main import add_parser as add_agent_parser
     add_agent_parser(sub)

@@ -55,7 +55,9 @@ def _quiesce(db, timeout=300) -> int:
 def take(rig, workload) -> dict:
     db = Database(sqlite_url(rig.root))
     out = {"pending_jobs": _quiesce(db)}
-    time.sleep(6)           # a few host checks: reconciliation of the host and the database runs on them
+    # a few host checks (reconciliation of the host and the database runs on them) and the transitional sweep
+    # (settle_after_seconds=5 in msproc): what they settle is theirs to settle, what is left is counted
+    time.sleep(12)
     out["pending_jobs"] = _quiesce(db, 30)
     with db.session(readonly=True) as s:
         vms = list(s.scalars(select(VirtualMachine).where(VirtualMachine.removed.is_(None))))

@@ -16,6 +16,8 @@ DEPARTURES = [
     "ignoring case, as CloudStack does on MySQL; a pair nobody carries selects nothing.",
     "Name filters of list commands ignore case (CloudStack's do through MySQL's collation).",
     "registerIso takes zoneids (with -1 for every zone) like registerTemplate.",
+    "listStorageTags' poolid is the pool's uuid (CloudStack shows its internal id there, which volstack never "
+    "shows).",
     "volstack has no projects yet: `projectid` is declared where CloudStack declares it and every value is refused "
     "with 431 (an unknown project in CloudStack), never ignored.",
     "accountdetails (createAccount/updateAccount) is refused with 431: account-scoped settings are "

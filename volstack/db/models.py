@@ -10,6 +10,10 @@ from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, 
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
+# Indexes a migration creates on one database only, outside the models (PostgreSQL's trigram index for keywords).
+DATABASE_ONLY_INDEXES = {"ix_volumes_name_trgm"}
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 

@@ -141,7 +141,10 @@ def _cluster(s, ctx, zone, pod, c, report):
         h = _item(h, f"cluster {name}: hosts[{j}]", HOST_KEYS, required=("url",))
         url = h["url"]
         hname = infra._host_name_from_url(url)
-        host = s.scalar(select(Host).where(Host.zone_id == zone.id, Host.name == hname))
+        # matched by URL: a host may take another name when it joins (an agent reports its own; CloudStack's
+        # simulator names its hosts SimulatedAgent.<uuid>)
+        host = s.scalar(select(Host).where(Host.zone_id == zone.id, Host.url == url)) \
+            or s.scalar(select(Host).where(Host.zone_id == zone.id, Host.name == hname))
         if host is None:
             infra.add_host(s, ctx, zone.uuid, pod.uuid, url, cl.hypervisor, clusterid=cl.uuid,
                            username=h.get("username"), password=h.get("password"), hosttags=h.get("hosttags"))

@@ -21,7 +21,7 @@ from volstack.db.storage_models import StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceInUse, ResourceUnavailable
-from volstack.services import events, imagestores, infra, settings as S, templates
+from volstack.services import encryption, events, imagestores, infra, settings as S, templates
 from volstack.services.context import check_access
 from volstack.services.lifecycle import EXTRACT
 from volstack.transfer_signing import parse_expiry
@@ -77,7 +77,7 @@ def extract_template(s, ctx, t: Template, *, mode, zoneid=None) -> ImageTransfer
     tr = ImageTransfer(kind="extract", object_type="Iso" if what == "ISO" else "Template", object_id=t.id,
                        object_uuid=t.uuid, account_id=t.account_id, zone_id=store.zone_id, store_id=store.id,
                        install_path=ref.install_path, mode="HTTP_DOWNLOAD", state="Ready")
-    for k, v in _signed(s, tr, store, imagestores.serving_host(s, store), t.name).items():
+    for k, v in _signed(s, tr, store, imagestores.serving_host(s, store, simulated=True), t.name).items():
         setattr(tr, k, v)
     s.add(tr)
     s.flush()
@@ -122,7 +122,7 @@ def extract_volume(s, ctx, vol: Volume, *, mode, zoneid, progress=None) -> Image
     copiers = hosts_in_scope(s, pool)
     if not copiers:
         raise ResourceUnavailable(f"No Up host reaches storage pool {pool.name} to read volume {vol.name}")
-    server, deleter = imagestores.serving_host(s, store), imagestores.host_for(s, store)
+    server, deleter = imagestores.serving_host(s, store, simulated=True), imagestores.host_for(s, store)
     # expires: the URL's validity starts at publication; the cleanup does not read it while Creating
     tr = ImageTransfer(kind="extract", object_type="Volume", object_id=vol.id, object_uuid=vol.uuid,
                        account_id=vol.account_id, zone_id=vol.zone_id, store_id=store.id, own_copy=True,
@@ -130,11 +130,13 @@ def extract_volume(s, ctx, vol: Volume, *, mode, zoneid, progress=None) -> Image
     s.add(tr)
     s.flush()
     tr.install_path = f"extract-{tr.uuid}.qcow2"
+    enc = encryption.spec(s, vol)
     s.commit()          # a crash during the copy leaves a row the cleanup settles once the job is over
     try:
         run_long(channel(copiers[0]), "volume_copy", progress, src_pool=driver_for(pool.provider).spec(pool),
                  src_name=vol.path, src_format=vol.format.lower(), dst_pool=imagestores.spec(store),
-                 dst_name=tr.install_path, format="qcow2")
+                 dst_name=tr.install_path, format="qcow2",
+                 **({"src_encryption": enc, "encryption": enc} if enc else {}))   # the download stays encrypted
     except CloudError as exc:       # the cleanup deletes whatever the copy left on the store
         try:
             EXTRACT.fire(s, tr, "Expire", error=exc.text)

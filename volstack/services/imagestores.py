@@ -13,7 +13,7 @@ from volstack.db.image_models import ImageStore, TemplateStoreRef
 from volstack.db.models import Host, utcnow
 from volstack.drivers.default import DefaultPrimaryDriver
 from volstack.drivers.hosts import channel
-from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
+from volstack.errors import CloudError, InvalidParameter, ResourceUnavailable
 from volstack.services import configs, events, infra, lookup
 from volstack.services.catalog import register_storage_provider
 from volstack.services.context import require_root_admin
@@ -84,9 +84,12 @@ def delete_object(db, store_id: int, name: str, what: str) -> bool:
     return True
 
 
-def serving_host(s, store: ImageStore) -> Host:
-    """The host agent that serves the store's objects over HTTP (extract URLs, browser uploads)."""
-    hosts = [h for h in hosts_for(s, store.zone_id) if h.hypervisor == "KVM" and h.url and h.credential]
+def serving_host(s, store: ImageStore, simulated: bool = False) -> Host:
+    """The host agent that serves the store's objects over HTTP (extract URLs, browser uploads). simulated: a zone of
+    Simulator hosts answers with one of them, as CloudStack's simulator hands out extract URLs nobody serves."""
+    up = hosts_for(s, store.zone_id)
+    hosts = [h for h in up if h.hypervisor == "KVM" and h.url and h.credential] or \
+        ([h for h in up if h.hypervisor == "Simulator"] if simulated else [])
     if not hosts:
         raise ResourceUnavailable(f"No KVM host agent is Up in the zone of image store {store.name} to serve "
                                   "transfers; add or start one")
@@ -95,8 +98,9 @@ def serving_host(s, store: ImageStore) -> Host:
 
 def signed_download(host: Host, store: ImageStore, name: str, filename: str, seconds: float) -> tuple[str, str]:
     """(url, expires): a GET of store object `name` on host's agent, valid for `seconds`."""
-    return signing.download_url(host.url, crypto.decrypt(host.credential), {"pool": spec(store), "name": name,
-                                                                            "filename": filename}, filename, seconds)
+    key = crypto.decrypt(host.credential) if host.credential else f"simulator-{host.uuid}"    # Simulator: no agent
+    return signing.download_url(host.url, key, {"pool": spec(store), "name": name, "filename": filename}, filename,
+                                seconds)
 
 
 def signed_upload(host: Host, store: ImageStore, object_uuid: str, claims: dict, seconds: float) -> dict:
@@ -182,7 +186,7 @@ def delete_store(s, ctx, store: ImageStore) -> None:
     held = objects_on(s, store)
     if held:
         kinds = sorted({k for k, *_ in held})
-        raise ResourceInUse(f"Cannot delete image store {store.name}: it still holds {len(held)} "
+        raise InvalidParameter(f"Cannot delete image store {store.name}: it still holds {len(held)} "
                             f"{'/'.join(kinds)} copies; delete them or migrate them with "
                             "migrateSecondaryStorageData first")
     store.removed = utcnow()

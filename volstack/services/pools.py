@@ -1,5 +1,6 @@
 """Primary storage pools: create, list, update, delete, maintenance, browsing, statistics."""
 import logging
+import uuid
 from posixpath import normpath
 
 from sqlalchemy import func, select
@@ -379,3 +380,14 @@ def _zone_has_pools(s, zone: Zone) -> None:
 
 infra.zone_in_use_checks.append(_zone_has_pools)
 
+
+
+def storage_tags(s, ctx, keyword=None) -> list[dict]:
+    """listStorageTags: every tag of every pool, one entry per pool and tag (a tag rule is one entry: the rule)."""
+    require_root_admin(ctx)
+    out = []
+    for pool in s.scalars(select(StoragePool).where(StoragePool.state != "Removed").order_by(StoragePool.id)):
+        names = [pool.tags] if pool.is_tag_a_rule else [t.strip() for t in (pool.tags or "").split(",") if t.strip()]
+        out += [{"id": str(uuid.uuid5(uuid.UUID(pool.uuid), name)), "name": name, "poolid": pool.uuid}
+                for name in names if name and (not keyword or keyword.lower() in name.lower())]
+    return out

@@ -20,7 +20,7 @@ from volstack.db.image_models import (ImageStore, Template, TemplatePermission, 
 from volstack.db.models import Account, Zone, utcnow
 from volstack.db.storage_models import VirtualMachine
 from volstack.drivers.hosts import channel, run_long
-from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceInUse, ResourceUnavailable
+from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceUnavailable
 from volstack.services import accounts, catalog, events, imagestores, infra, lookup, settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.listing import ListQuery, identity_filter, keyword_filter, paginate
@@ -287,9 +287,16 @@ def download_options(s) -> dict:
     return {"allowed_cidrs": list(PRIVATE) + extra} if extra else {}
 
 
+def size_limit(s, key: S.ConfigKey) -> dict:
+    """The download options that stop a download (or what it unpacks to) the moment it passes the setting."""
+    gb = S.Settings.value_in(s, key)
+    return {"max_size": gb * 1024 ** 3, "limit_setting": f"{key.name} = {gb} GB"}
+
+
 def download_args(s, t: Template) -> dict:
     """The agent's template_download arguments for t's source (a .metalink URL lists mirrors)."""
-    args = {"format": t.format, "checksum": t.checksum, "options": download_options(s)}
+    args = {"format": t.format, "checksum": t.checksum,
+            "options": {**download_options(s), **size_limit(s, S.MAX_TEMPLATE_SIZE)}}
     if urlparse(t.url).path.endswith((".metalink", ".meta4")):
         args["metalink"] = t.url
     else:
@@ -528,7 +535,7 @@ def delete(s, ctx, t: Template, *, forced=False, zoneid=None) -> list[int]:
     else:
         users = aggregate.count(s, VirtualMachine, VirtualMachine.template_id == t.id, VirtualMachine.removed.is_(None))
     if users and not forced:
-        raise ResourceInUse(f"Template {t.name} is used by {users} virtual machine(s); pass forced=true to delete it "
+        raise InvalidParameter(f"Template {t.name} is used by {users} virtual machine(s); pass forced=true to delete it "
                             "anyway (their volumes keep working)")
     zone = infra.get_zone(s, zoneid) if zoneid else None
     refs = list(s.scalars(select(TemplateStoreRef).join(ImageStore, ImageStore.id == TemplateStoreRef.store_id)

@@ -167,3 +167,15 @@ def list_storage_pool_objects(req, p):
 
 
 
+
+
+STORAGETAG = View("storagetag", [
+    F("id", "the ID of the storage tag", lambda r, lk: r["id"]),
+    F("name", "the name of the storage tag", lambda r, lk: r["name"]),
+    F("poolid", "the pool ID of the storage tag (volstack: the pool's uuid)", lambda r, lk: r["poolid"]),
+])
+
+
+@API.command("listStorageTags", "Lists storage tags", [], view=STORAGETAG, is_list=True, since="4.2.0")
+def list_storage_tags(req, p):
+    return paged(req, p, STORAGETAG, pools.storage_tags(req.s, req.ctx, p.keyword))

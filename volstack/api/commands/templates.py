@@ -4,7 +4,7 @@ from sqlalchemy import select
 from volstack.api.commands.common import list_query, lst, obj
 from volstack.api.registry import (API, BOOLEAN, LIST, MAP, OWNER, ROOT, STRING, USER, UUID, Field as F, Lst, Param as P,
                                    Success, View)
-from volstack.api.views import Lookups, _a, _date, _ref, tags_field
+from volstack.api.views import Lookups, _a, _date, _domain_path_of, _ref, tags_field
 from volstack.db import models as m
 from volstack.db.image_models import ImageStore, TemplatePoolRef, TemplateStoreRef, TemplateZone
 from volstack.db.storage_models import StoragePool
@@ -124,6 +124,7 @@ def _fields():
         F("account", "the account name to which the template belongs", _ref(m.Account, "account_id", "name")),
         F("domainid", "the ID of the domain to which the template belongs", _ref(m.Domain, "domain_id")),
         F("domain", "the name of the domain to which the template belongs", _ref(m.Domain, "domain_id", "name")),
+        F("domainpath", "the path of the domain to which the template belongs", _domain_path_of("domain_id")),
         tags_field("Template", "ISO"),
     ]
 

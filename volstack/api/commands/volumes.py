@@ -3,7 +3,7 @@ from volstack.api.commands.common import list_query, lst, obj, paged
 from volstack.api.commands.pools import STORAGEPOOL
 from volstack.api.registry import (API, BOOLEAN, LIST, LONG, MAP, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID, Field as F,
                                    Param as P, Success, View)
-from volstack.api.views import _a, _date, _ref, tags_field
+from volstack.api.views import _a, _date, _domain_path_of, _ref, tags_field
 from volstack.db import models as m
 from volstack.db import storage_models as sm
 from volstack.services import vms, volume_migration, volumes
@@ -20,7 +20,8 @@ def _vm_attr(name):
 def _owner_fields():
     return [F("account", "the account associated with the object", _ref(m.Account, "account_id", "name")),
             F("domainid", "the ID of the domain associated with the object", _ref(m.Domain, "domain_id")),
-            F("domain", "the domain associated with the object", _ref(m.Domain, "domain_id", "name"))]
+            F("domain", "the domain associated with the object", _ref(m.Domain, "domain_id", "name")),
+            F("domainpath", "path of the domain to which the object belongs", _domain_path_of("domain_id"))]
 
 
 def _template_attr(attr):
@@ -48,6 +49,8 @@ VOLUME = View("volume", [
     F("storagetype", "shared or local storage", lambda r, lk: ("local" if lk.attr(sm.StoragePool, r.pool_id, "scope") == "HOST" else "shared") if r.pool_id else lk.attr(sm.DiskOffering, r.disk_offering_id, "storage_type"), access=ROOT),
     F("templateid", "id of the template the ROOT volume was created from", _template_attr("uuid")),
     F("templatename", "name of the template the ROOT volume was created from", _template_attr("name")),
+    F("templatedisplaytext", "an alternate display text of the template for the virtual machine",
+      _template_attr("display_text")),
     F("snapshotid", "ID of the snapshot from which this volume was created", lambda r, lk: (r.details or {}).get("snapshot")),
     F("diskofferingid", "ID of the disk offering", _ref(sm.DiskOffering, "disk_offering_id")),
     F("diskofferingname", "name of the disk offering", _ref(sm.DiskOffering, "disk_offering_id", "name")),
@@ -56,6 +59,7 @@ VOLUME = View("volume", [
     F("vmname", "name of the virtual machine", _vm_attr("name")),
     F("vmdisplayname", "display name of the virtual machine", _vm_attr("display_name")),
     F("vmstate", "state of the virtual machine", _vm_attr("state")),
+    F("vmtype", "type of the virtual machine", lambda r, lk: "User" if r.vm_id else None),
     F("deviceid", "the ID of the device on user vm the volume is attahed to.", _a("device_id"), "long"),
     F("attached", "the date the volume was attached to a VM instance", _date("attached"), "date"),
     F("destroyed", "the boolean state of whether the volume is destroyed or not", lambda r, lk: r.state == "Destroy", "boolean"),
@@ -63,6 +67,7 @@ VOLUME = View("volume", [
     F("created", "the date the disk volume was created", _date("created"), "date"),
     F("isextractable", "true if the volume is extractable, false otherwise", lambda r, lk: True, "boolean"),
     F("displayvolume", "an optional field whether to the display the volume to the end user or not.", lambda r, lk: True, "boolean"),
+    F("encryptformat", "the format of the disk encryption if applicable", _a("encrypt_format")),
     *_owner_fields(),
     tags_field("Volume"),
 ])
@@ -87,7 +92,7 @@ VOL_FILTERS = [
     *OWNER_LIST_PARAMS,
 ]
 _FILTER_NAMES = ("id", "ids", "name", "type", "state", "zoneid", "podid", "clusterid", "hostid", "storageid",
-                 "virtualmachineid", "diskofferingid", "tags")
+                 "virtualmachineid", "diskofferingid", "tags", "isencrypted")
 
 
 def _stat(field):
@@ -99,6 +104,8 @@ def _stat(field):
 
 VOLUME_METRICS = View("volume", VOLUME.fields + [
     F("sizegb", "disk size in GiB", lambda r, lk: f"{r.size / GIB:.2f} GB"),
+    F("utilization", "the disk utilization: the bytes the image takes of its virtual size",
+      lambda r, lk: f"{100.0 * r.physical_size / r.size:.2f}%" if r.size and r.physical_size is not None else None),
     F("diskiopstotal", "the total disk iops", lambda r, lk: int(_stat("iops_total")(r, lk)), "long"),
     F("diskioread", "the read (IO) of disk on the vm", _stat("read_ops"), "long"),
     F("diskiowrite", "the write (IO) of disk on the vm", _stat("write_ops"), "long"),
