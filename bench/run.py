@@ -21,6 +21,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 import bench_api  # noqa: E402
 import bench_download  # noqa: E402
+import bench_encryption  # noqa: E402
 import bench_transfers  # noqa: E402
 import bench_jobs  # noqa: E402
 import bench_rbd  # noqa: E402
@@ -32,11 +33,11 @@ import loadgen  # noqa: E402
 QUICK = dict(rounds=1, duration=1.5, jobs=600, async_jobs=120, inproc=300,
              attach_n=15, mig_mib=64, mig_rounds=2, sim_pairs=120,
              dl_rate_mib=32, dl_paced_mib=64, dl_plain_mib=256, dl_rounds=2, tmpl_mib=128, root_n=5,
-             snap_mib=64, snap_rounds=2)
+             snap_mib=64, snap_rounds=2, enc_mib=32, enc_rounds=1, enc_small=600)
 FULL = dict(rounds=2, duration=5.0, jobs=3000, async_jobs=400, inproc=1000,
             attach_n=30, mig_mib=256, mig_rounds=5, sim_pairs=400,
             dl_rate_mib=32, dl_paced_mib=192, dl_plain_mib=1024, dl_rounds=3, tmpl_mib=512, root_n=10,
-            snap_mib=256, snap_rounds=3)
+            snap_mib=256, snap_rounds=3, enc_mib=128, enc_rounds=3, enc_small=2000)
 
 
 def main() -> None:
@@ -51,6 +52,7 @@ def main() -> None:
     which.add_argument("--storage-only", action="store_true", help="only the storage figures (4-6)")
     which.add_argument("--rbd", action="store_true", help="only the RBD figures, on a throwaway Ceph cluster")
     which.add_argument("--snapshots-only", action="store_true", help="only the snapshot figures (12)")
+    which.add_argument("--encryption-only", action="store_true", help="only the encryption figures (13)")
     dl = ap.add_mutually_exclusive_group()
     dl.add_argument("--download", action="store_true", help="also the template download figures (8, 9)")
     dl.add_argument("--download-only", action="store_true", help="only the template download figures (8, 9)")
@@ -70,6 +72,8 @@ def main() -> None:
             rows += bench_rbd.rbd_rows(Path(tmp), cfg)
         elif args.snapshots_only:
             rows += bench_snapshots.rows(Path(tmp), cfg)
+        elif args.encryption_only:
+            rows += bench_encryption.rows(Path(tmp), cfg)
         elif not args.storage_only:
             rows, async_result = api_rows(Path(tmp), cfg, args)
             n = cfg["jobs"]
@@ -82,11 +86,12 @@ def main() -> None:
                          "empty SQLite jobs above", a.rate / j["jobs"]))
             if not args.no_pg:
                 rows += pg_rows(n)
-        if not args.no_storage and not args.rbd and not args.snapshots_only:
+        if not args.no_storage and not args.rbd and not args.snapshots_only and not args.encryption_only:
             rows += bench_storage.real_rows(Path(tmp), cfg)
             rows += bench_storage.sim_rows(Path(tmp), cfg, args.procs, args.threads, empty_jobs)
             rows += bench_templates.rows(Path(tmp), cfg)
             rows += bench_snapshots.rows(Path(tmp), cfg)
+            rows += bench_encryption.rows(Path(tmp), cfg)
         if args.download or args.download_only:
             rows += bench_download.rows(Path(tmp), cfg)
         if args.transfers or args.transfers_only:

@@ -196,3 +196,14 @@ def test_non_api_paths_are_404(server):
 
 
 
+
+
+def test_a_nul_character_in_a_parameter_is_a_431_on_every_database(server_any_db):
+    """PostgreSQL cannot store NUL in text: such a name used to fail deep in the flush with a 530."""
+    for params in ({"command": "createZone", "name": "a\x00b", "networktype": "Advanced"},
+                   {"command": "createDiskOffering", "name": "nul", "displaytext": "d", "disksize": "1",
+                    "details[0].k": "v\x00"}):
+        resp = post(server_any_db, params)
+        assert resp.status_code == 431 and "contains a NUL character" in resp.text, resp.text
+    assert client(server_any_db).listZones() == {}
+    assert client(server_any_db).listDiskOfferings(name="nul") == {}

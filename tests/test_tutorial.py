@@ -32,6 +32,7 @@ def blocks(text: str) -> list[tuple[str, str]]:
     return out
 
 
+@pytest.mark.slow
 def test_the_tutorial_runs_as_written(nfs_pool, tmp_path):
     from volstack.cli import _builtin_template
     image = _builtin_template()

@@ -1,4 +1,4 @@
-"""The `volstack` command: up, serve, apply."""
+"""The `volstack` command: up, serve, apply, rotate-key."""
 import argparse
 import logging
 import os
@@ -182,6 +182,22 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_rotate_key(args) -> int:
+    from volstack.db.engine import Database, sqlite_url
+    from volstack.errors import CloudError
+    from volstack.services import keys
+    url = args.db or sqlite_url(args.data_dir)
+    key_file = args.key_file or Path(args.data_dir) / "volstack.key"
+    try:
+        counts = keys.rotate(Database(url), key_file)
+    except CloudError as exc:
+        print(f"volstack rotate-key: {exc.text}", file=sys.stderr)
+        return 1
+    print(f"new key in {key_file}; re-wrapped " + ", ".join(f"{n} {what}" for what, n in counts.items())
+          + " (no volume data touched); restart every management server with this key file", flush=True)
+    return 0
+
+
 def cmd_apply(args) -> int:
     from volstack import crypto
     from volstack.api import commands  # noqa: F401
@@ -257,6 +273,13 @@ def main(argv=None) -> int:
     apply.add_argument("--db", help="database URL (default: the SQLite file in --data-dir)")
     apply.add_argument("--key-file")
     apply.set_defaults(fn=cmd_apply)
+
+    rotate = sub.add_parser("rotate-key", help="replace the key that encrypts stored secrets (volume passphrases, "
+                                               "API keys, host and pool credentials); stop the servers first")
+    rotate.add_argument("--data-dir", default="volstack-data")
+    rotate.add_argument("--db", help="database URL (default: the SQLite file in --data-dir)")
+    rotate.add_argument("--key-file", help="default: volstack.key in --data-dir")
+    rotate.set_defaults(fn=cmd_rotate_key)
 
     from volstack.agent.main import add_parser as add_agent_parser
     add_agent_parser(sub)

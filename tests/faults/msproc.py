@@ -34,7 +34,8 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     ms = ManagementServer(sqlite_url(data), data / "volstack.key", port=args.port, name="faults-ms",
-                          heartbeat_seconds=1.0, admin_password="faults", host_check_seconds=2)
+                          heartbeat_seconds=1.0, admin_password="faults", host_check_seconds=2,
+                          settle_after_seconds=5)
     ctx = system_context()
     with ms.db.session() as s:
         first = s.scalar(select(Host.id)) is None

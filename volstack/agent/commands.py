@@ -18,7 +18,7 @@ import uuid
 from contextlib import contextmanager
 
 from volstack import __version__
-from volstack.agent import PROTOCOL, download, images, programs
+from volstack.agent import PROTOCOL, download, images, luks, programs
 from volstack.agent.errors import Busy, InvalidArgument
 
 REQUIRED = object()
@@ -128,10 +128,11 @@ class Agent:
         pool, name = self.pool(args), images.check_name(arg(args, "name"))
         with self.hold(pool, name, "being created"):
             return images.create(pool, name, arg(args, "size", int), arg(args, "format"),
-                                 arg(args, "provisioning", str, "thin"))
+                                 arg(args, "provisioning", str, "thin"), arg(args, "encryption", dict, None))
 
     def cmd_volume_info(self, args, progress):
-        return images.info(self.pool(args), images.check_name(arg(args, "name")), arg(args, "format"))
+        return images.info(self.pool(args), images.check_name(arg(args, "name")), arg(args, "format"),
+                           luks.check(arg(args, "encryption", dict, None)))
 
     def cmd_volume_import_check(self, args, progress):
         """The format and sizes of an image file to import (importVolume): probed, the one time, with links,
@@ -161,7 +162,7 @@ class Agent:
             if vm:
                 raise Busy(f"volume {name} is attached to running VM {vm}; use disk_resize to resize it online")
             return images.resize(pool, name, arg(args, "size", int), arg(args, "format"),
-                                 arg(args, "shrink_ok", bool, False))
+                                 arg(args, "shrink_ok", bool, False), arg(args, "encryption", dict, None))
 
     def cmd_volume_clone(self, args, progress):
         pool, name = self.pool(args), images.check_name(arg(args, "name"))
@@ -174,13 +175,16 @@ class Agent:
         src_name, dst_name = images.check_name(arg(args, "src_name")), images.check_name(arg(args, "dst_name"))
         with self.hold(src, src_name, "being copied", shared=True), self.hold(dst, dst_name, "being copied to"):
             return images.copy(src, src_name, dst, dst_name, arg(args, "format"), progress,
-                               arg(args, "src_format"), speed=arg(args, "speed", int, 0))
+                               arg(args, "src_format"), speed=arg(args, "speed", int, 0),
+                               src_encryption=arg(args, "src_encryption", dict, None),
+                               encryption=arg(args, "encryption", dict, None))
 
     def cmd_volume_mirror(self, args, progress):
         dst, dst_name = self.pool(args, "dst_pool"), images.check_name(arg(args, "dst_name"))
         with self.hold(dst, dst_name, "being migrated to"):
             return self.hv.mirror(arg(args, "vm"), arg(args, "serial"), args["dst_pool"], dst_name,
-                                  arg(args, "format"), progress, arg(args, "speed", int, 0))
+                                  arg(args, "format"), progress, arg(args, "speed", int, 0),
+                                  **({"encryption": args["encryption"]} if args.get("encryption") else {}))
 
     def cmd_volume_mirror_cancel(self, args, progress):
         return self.hv.cancel_mirror(images.check_name(arg(args, "vm")), arg(args, "serial"),
@@ -218,7 +222,8 @@ class Agent:
         return self.hv.stats(images.check_name(arg(args, "vm")))
 
     def cmd_disk_resize(self, args, progress):
-        return self.hv.resize(images.check_name(arg(args, "vm")), arg(args, "serial"), arg(args, "size", int))
+        return self.hv.resize(images.check_name(arg(args, "vm")), arg(args, "serial"), arg(args, "size", int),
+                              **({"encryption": args["encryption"]} if args.get("encryption") else {}))
 
     def cmd_cdrom_insert(self, args, progress):
         """medium: {pool, name} of an ISO image (raw) on a pool; replaces what the drive held."""
@@ -519,7 +524,8 @@ class Agent:
                         pool, name, fmt, urls=urls, metalink_url=metalink_url, checksum=checksum, policy=policy,
                         location=opts.get("location"), work_dir=self._downloads_dir(),
                         progress=lambda percent, done: progress(percent), attempts=opts.get("attempts", 3),
-                        segmented=opts.get("segmented", True), compression=opts.get("compression", "auto"))
+                        segmented=opts.get("segmented", True), compression=opts.get("compression", "auto"),
+                        max_size=opts.get("max_size"), limit_setting=opts.get("limit_setting"))
                 except BaseException:
                     os.unlink(record)
                     raise

@@ -177,7 +177,8 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _fetch_once(urls, paths, algorithm, compression, policy, prog, segmented: bool) -> dict:
+def _fetch_once(urls, paths, algorithm, compression, policy, prog, segmented: bool, limit=None,
+                limit_setting=None) -> dict:
     """One attempt: the image file at paths["image"], with the digest of the downloaded bytes."""
     if segmented:
         probes, errors = [], []
@@ -190,6 +191,8 @@ def _fetch_once(urls, paths, algorithm, compression, policy, prog, segmented: bo
         sizes = {p["size"] for p in ranged}
         if len(ranged) >= 2 and len(sizes) == 1 and sizes.pop() >= MIN_SEGMENTED:
             size = ranged[0]["size"]
+            if limit is not None and size > limit:
+                unpack.Sink(None, urls[0], None, limit=limit, limit_setting=limit_setting)._over("the download is")
             fd = os.open(paths["download"], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             st = {"sink": None, "out": None, "hash": hashlib.new(algorithm)}
 
@@ -201,7 +204,7 @@ def _fetch_once(urls, paths, algorithm, compression, policy, prog, segmented: bo
                     if a == 0 and compression == "auto" and (unpack.magic_compression(data[:16]) or
                                                               unpack.suffix_compression(urls[0])):
                         st["out"] = open(paths["image"], "wb")
-                        st["sink"] = unpack.Sink(st["out"], urls[0], algorithm, compression)
+                        st["sink"] = unpack.Sink(st["out"], urls[0], algorithm, compression, limit, limit_setting)
                     if st["sink"] is not None:
                         st["sink"].write(data)
                     else:
@@ -230,7 +233,7 @@ def _fetch_once(urls, paths, algorithm, compression, policy, prog, segmented: bo
                     "compression": kind, "segmented": True, "error": error}
         urls = [p["url"] for p in probes] + [u for u in urls if u not in {p["url"] for p in probes}]
     with open(paths["image"], "wb") as out:
-        sink = unpack.Sink(out, urls[0], algorithm, compression)
+        sink = unpack.Sink(out, urls[0], algorithm, compression, limit, limit_setting)
         pipe = Pipeline(sink.write)
 
         def source(url):       # the first mirror to send bytes decides the URL suffix that is checked
@@ -247,7 +250,8 @@ def _fetch_once(urls, paths, algorithm, compression, policy, prog, segmented: bo
 
 def download(pool: images.Pool, name: str, image_format: str, *, urls=None, metalink_url=None, checksum=None,
              policy: Policy | None = None, location: str | None = None, work_dir: str | None = None,
-             progress=None, attempts: int = ATTEMPTS, segmented: bool = True, compression: str = "auto") -> dict:
+             progress=None, attempts: int = ATTEMPTS, segmented: bool = True, compression: str = "auto",
+             max_size: int | None = None, limit_setting: str | None = None) -> dict:
     """Download, verify and probe one template into pool/name. See the module docstring; the result:
     {"path", "format" (qemu format on the pool), "image_format", "size" (virtual), "physical_size",
      "downloaded" (bytes transferred), "checksum" ("{ALG}hex" of the downloaded bytes), "verified",
@@ -258,6 +262,8 @@ def download(pool: images.Pool, name: str, image_format: str, *, urls=None, meta
         raise InvalidArgument(f"format {image_format!r} is not a KVM template format: use QCOW2, RAW or ISO")
     if not isinstance(attempts, int) or not 1 <= attempts <= 10:
         raise InvalidArgument("attempts must be 1 to 10")
+    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0):
+        raise InvalidArgument("max_size must be a number of bytes")
     policy = policy or Policy()
     if pool.exists(name):
         raise InvalidArgument(f"{name} already exists in pool {pool.uuid}")
@@ -272,7 +278,8 @@ def download(pool: images.Pool, name: str, image_format: str, *, urls=None, meta
         for attempt in range(1, attempts + 1):
             cleanup(pool, name, work_dir)
             use_segments = segmented and attempt == 1 and len(urls_now) > 1
-            got = _fetch_once(urls_now, paths, algorithm, compression, policy, prog, use_segments)
+            got = _fetch_once(urls_now, paths, algorithm, compression, policy, prog, use_segments, max_size,
+                              limit_setting)
             if expected is not None and got["digest"] != expected[1]:
                 bad = unpack.label(algorithm, got["digest"])
             elif got["error"] and expected is None:
@@ -300,6 +307,8 @@ def download(pool: images.Pool, name: str, image_format: str, *, urls=None, meta
             cleanup(pool, name, work_dir)
         except Exception:
             pass              # the pool went away too; recover()/the next attempt removes the rest
+        if isinstance(e, unpack.TooLarge):
+            raise InvalidArgument(str(e)) from None
         if isinstance(e, OSError) and not isinstance(e, (InvalidArgument, Unavailable, Failed)):
             raise Failed(f"download into pool {pool.uuid} failed on this host: {e}") from None
         if isinstance(e, fetch.LocalError):

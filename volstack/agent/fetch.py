@@ -391,7 +391,7 @@ def segmented(urls: list, fd: int, size: int, progress, policy: Policy, chunk: i
     if reader:
         reader.join()
     if plan.failed is not None:
-        raise LocalError(str(plan.failed))
+        raise plan.failed           # a LocalError (TooLarge stays one, for its caller)
     if plan.todo:
         missing = sum(b - a for a, b in plan.todo)
         raise Unavailable(f"every mirror failed with {missing} bytes still to fetch: " + "; ".join(plan.errors))

@@ -17,7 +17,7 @@ An adapter (qemu.QemuHypervisor, simulator.SimulatedHypervisor) implements:
 import os
 import re
 
-from volstack.agent import images
+from volstack.agent import images, luks
 from volstack.agent.errors import Busy, InvalidArgument
 
 MAX_DATA_DISKS = 24
@@ -73,9 +73,18 @@ def check_disk(disk, hostname: str) -> dict:
     device_id = disk.get("device_id", 0)
     if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
         raise InvalidArgument(f"device_id must be a non-negative integer, not {device_id!r}")
-    return {"pool": disk["pool"], "pool_uuid": pool.uuid, "name": images.check_name(disk.get("name")),
-            "format": images.check_format(disk.get("format")), "serial": check_serial(disk.get("serial")),
-            "device_id": device_id, "qos": check_qos(disk.get("qos"))}
+    out = {"pool": disk["pool"], "pool_uuid": pool.uuid, "name": images.check_name(disk.get("name")),
+           "format": images.check_format(disk.get("format")), "serial": check_serial(disk.get("serial")),
+           "device_id": device_id, "qos": check_qos(disk.get("qos"))}
+    if disk.get("encryption") is not None:
+        out["encryption"] = luks.check(disk["encryption"])
+    return out
+
+
+def recorded(disk: dict) -> dict:
+    """A disk as the agent keeps it (vm.json): the passphrase stays only in QEMU's secret object."""
+    enc = disk.get("encryption")
+    return {**disk, "encryption": {"format": enc["format"]}} if enc else disk
 
 
 def check_medium(medium, hostname: str) -> dict | None:

@@ -24,7 +24,7 @@ import subprocess
 from contextlib import ExitStack, contextmanager
 from urllib.parse import quote
 
-from volstack.agent import nfs3, programs, tasks
+from volstack.agent import luks, nfs3, programs, tasks
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound, Unavailable
 
 FORMATS = ("qcow2", "raw")
@@ -276,6 +276,9 @@ def _die_with_agent() -> None:
 
 def _error(stderr: str, what: str) -> Exception:
     text = " ".join(line.removeprefix("qemu-img: ") for line in stderr.strip().splitlines()[-3:])
+    crypt = luks.explain(text, what)
+    if crypt is not None:
+        return crypt
     if 'lock' in text and ('Failed to get' in text or 'Is another process using' in text):
         return Busy(f"{what}: the image is in use by a running guest ({text})")
     if "No such file" in text or "NFS3ERR_NOENT" in text:
@@ -298,6 +301,27 @@ def qemu_img(args: list[str], what: str, timeout: float = 300, pools=(), pass_fd
     if r.returncode:
         raise _error(r.stderr, what)
     return r.stdout
+
+
+class Key:
+    """An encrypted image's passphrase as a qemu-img secret object; passed with the pools to qemu_img()."""
+
+    def __init__(self, enc: dict, name: str):
+        self.enc, self.id, self.uuid = enc, luks.secret_id(name), "key:" + name
+
+    def qemu_img_objects(self):
+        return luks.secret_file(self.enc, self.id)
+
+
+def _pbkdf_retry(fn):
+    """QEMU 7.2 benchmarks PBKDF2 when it writes a LUKS key slot and fails when the thread's CPU clock did not
+    advance ("Unable to get accurate CPU usage", a coarse clock on a busy host): a retry measures again."""
+    for attempt in range(4):
+        try:
+            return fn()
+        except Failed as e:
+            if "accurate CPU usage" not in e.text or attempt == 3:
+                raise
 
 
 def probe(target: str) -> str | None:
@@ -339,18 +363,25 @@ def _checked(pool: Pool, name: str, data: dict) -> tuple[str, str] | None:
     return backing, fmt
 
 
-def info(pool: Pool, name: str, fmt: str) -> dict:
+def info(pool: Pool, name: str, fmt: str, enc: dict | None = None) -> dict:
     """Sizes of an image opened as fmt (the format volstack recorded; never probed). Its backing file, if any,
-    must be one volstack set (a bare name beside it, format recorded) and it has no external data file."""
+    must be one volstack set (a bare name beside it, format recorded) and it has no external data file.
+    enc: the image is encrypted (its passphrase); the size is then what the guest sees."""
     check_format(fmt)
     if not pool.exists(name):
         raise NotFound(f"volume {name} does not exist in pool {pool.uuid}")
-    data = json.loads(qemu_img(["info", "-U", "--output=json", "-f", fmt, pool.target(name)], f"volume {name}",
-                               timeout=60, pools=(pool,)))
+    if enc:
+        key = Key(enc, name)
+        data = json.loads(qemu_img(["info", "-U", "--output=json", "-f", luks.qemu_format(fmt),
+                                    luks.target(pool, name, fmt, key.id)], f"volume {name}", timeout=60,
+                                   pools=(pool, key)))
+    else:
+        data = json.loads(qemu_img(["info", "-U", "--output=json", "-f", fmt, pool.target(name)], f"volume {name}",
+                                   timeout=60, pools=(pool,)))
     backing = _checked(pool, name, data)
     return {"size": data["virtual-size"], "physical_size": data.get("actual-size", 0), "format": fmt,
             "backing": data.get("full-backing-filename") or data.get("backing-filename"),
-            "backing_format": backing and backing[1]}
+            "backing_format": backing and backing[1], "encrypted": bool(data.get("encrypted")) or bool(enc)}
 
 
 def chain(pool: Pool, name: str, fmt: str) -> list[tuple[str, str]]:
@@ -377,8 +408,9 @@ def blockdev_node(pool: Pool, name: str, fmt: str) -> dict:
     return node
 
 
-def create(pool: Pool, name: str, size: int, fmt: str, provisioning: str = "thin") -> dict:
+def create(pool: Pool, name: str, size: int, fmt: str, provisioning: str = "thin", encryption=None) -> dict:
     check_name(name), check_size(size), check_format(fmt)
+    enc = luks.check(encryption)
     provisioning = provisioning.lower() if isinstance(provisioning, str) else provisioning
     if fmt not in pool.formats:
         raise InvalidArgument(f"pool {pool.uuid} holds {', '.join(pool.formats)} images, not {fmt}")
@@ -386,7 +418,7 @@ def create(pool: Pool, name: str, size: int, fmt: str, provisioning: str = "thin
         raise InvalidArgument(f"invalid provisioning {provisioning!r}: use thin, sparse or fat")
     if pool.exists(name):
         try:
-            have = info(pool, name, fmt)
+            have = info(pool, name, fmt, enc)
         except Failed as e:
             raise InvalidArgument(f"volume {name} already exists in pool {pool.uuid} and is not a {fmt} image "
                                   f"({e.text})") from None
@@ -398,19 +430,48 @@ def create(pool: Pool, name: str, size: int, fmt: str, provisioning: str = "thin
     if provisioning == "fat" and size > pool.stats()["available"]:
         raise Failed(f"pool {pool.uuid} has not enough free space for a fat volume of {size} bytes")
     args = ["create", "-q", "-f", fmt] + (["-o", f"preallocation={prealloc}"] if prealloc else [])
+    key = Key(enc, name) if enc else None
     try:
-        if pool.make_image is not None:
+        if enc:
+            make_encrypted(pool, name, size, fmt, key, prealloc)
+        elif pool.make_image is not None:
             pool.make_image(name, size, fmt)
         else:
             qemu_img(args + [pool.target(name), str(size)], f"create volume {name}")
         if provisioning == "fat" and getattr(pool, "write_zeros_for_fat", False):
+            out = ["-O", luks.qemu_format(fmt), luks.target(pool, name, fmt, key.id)] if key else \
+                ["-O", fmt, pool.target(name)]
             qemu_img(["convert", "-n", "-S", "0", "--image-opts", f"driver=null-co,size={size},read-zeroes=on",
-                      "-O", fmt, pool.target(name)], f"allocate volume {name}", timeout=None)
+                      *out], f"allocate volume {name}", timeout=None, pools=(pool, key) if key else ())
     except Exception:
         pool.remove(name)   # qemu-img leaves a partial file behind on failure
         raise
-    have = info(pool, name, fmt)
+    have = info(pool, name, fmt, enc)
     return {"path": name, "size": have["size"], "physical_size": have["physical_size"]}
+
+
+def make_encrypted(pool: Pool, name: str, size: int, fmt: str, key: Key, prealloc: str | None = None) -> None:
+    """A new encrypted image of `size` guest-visible bytes. qcow2: LUKS inside qcow2. raw on a pool that makes
+    its images itself (RBD): the LUKS header is written in a private scratch file (tmpfs), the image is made
+    header + payload long and the header copied in; unwritten payload reads as noise, as on any new LUKS disk."""
+    if fmt == "qcow2":
+        opts = luks.create_options(key.id) + (f",preallocation={prealloc}" if prealloc else "")
+        _pbkdf_retry(lambda: qemu_img(["create", "-q", "-f", "qcow2", "-o", opts, pool.target(name), str(size)],
+                                      f"create encrypted volume {name}", pools=(pool, key)))
+        return
+    if pool.make_image is None:
+        _pbkdf_retry(lambda: qemu_img(["create", "-q", "-f", "luks", "-o",
+                                       f"key-secret={key.id},iter-time={luks.ITER_TIME_MS}", pool.target(name),
+                                       str(size)], f"create encrypted volume {name}", pools=(pool, key)))
+        return
+    with luks.scratch_dir() as d:
+        header = os.path.join(d, "header")
+        _pbkdf_retry(lambda: qemu_img(["create", "-q", "-f", "luks", "-o",
+                                       f"key-secret={key.id},iter-time={luks.ITER_TIME_MS}", header, str(size)],
+                                      f"format the LUKS header of {name}", pools=(key,)))
+        pool.make_image(name, os.path.getsize(header), "raw")
+        qemu_img(["convert", "-n", "--target-is-zero", "-f", "raw", header, "-O", "raw", pool.target(name)],
+                 f"write the LUKS header of {name}", pools=(pool,))
 
 
 def delete(pool: Pool, name: str) -> dict:
@@ -419,17 +480,24 @@ def delete(pool: Pool, name: str) -> dict:
     return {}
 
 
-def resize(pool: Pool, name: str, size: int, fmt: str, shrink_ok: bool = False) -> dict:
+def resize(pool: Pool, name: str, size: int, fmt: str, shrink_ok: bool = False, encryption=None) -> dict:
+    """encryption: the image is LUKS-encrypted; its payload grows with the image."""
     check_name(name), check_size(size)
-    have = info(pool, name, fmt)
+    enc = luks.check(encryption)
+    have = info(pool, name, fmt, enc)
     if size == have["size"]:
         return {"size": size}
     if size < have["size"] and not shrink_ok:
         raise InvalidArgument(f"volume {name} is {have['size']} bytes; shrinking it to {size} bytes loses data "
                               "and needs shrink_ok")
-    args = ["resize", "-q", "-f", fmt] + (["--shrink"] if size < have["size"] else [])
-    qemu_img(args + [pool.target(name), str(size)], f"resize volume {name}", pools=(pool,))
-    return {"size": info(pool, name, fmt)["size"]}
+    args = ["resize", "-q"] + (["--shrink"] if size < have["size"] else [])
+    if enc:
+        key = Key(enc, name)
+        qemu_img(args + ["-f", luks.qemu_format(fmt), luks.target(pool, name, fmt, key.id), str(size)],
+                 f"resize volume {name}", pools=(pool, key))
+    else:
+        qemu_img(args + ["-f", fmt, pool.target(name), str(size)], f"resize volume {name}", pools=(pool,))
+    return {"size": info(pool, name, fmt, enc)["size"]}
 
 
 def part_name(name: str) -> str:
@@ -441,12 +509,17 @@ _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
 def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=None,
-         src_format: str | None = None, snapshot: str | None = None, speed: int = 0) -> dict:
+         src_format: str | None = None, snapshot: str | None = None, speed: int = 0,
+         src_encryption=None, encryption=None) -> dict:
     """qemu-img convert src -> dst, progress(percent) as it goes; a failed (or cancelled) copy leaves no
     destination. src_format: what volstack recorded for src (required: never probed). snapshot: copy that
     internal (qcow2) snapshot of src instead of its current data. speed: bytes/s at most (0: unlimited), so a
-    copy can spare a pool that guests use."""
+    copy can spare a pool that guests use. src_encryption: src is encrypted; encryption: the copy is written
+    encrypted with that passphrase. An encrypted image is never copied in clear."""
     check_name(src_name), check_name(dst_name), check_format(fmt)
+    src_enc, dst_enc = luks.check(src_encryption), luks.check(encryption)
+    if src_enc and not dst_enc:
+        raise InvalidArgument(f"volume {src_name} is encrypted: its copy must be encrypted too (give encryption)")
     if src_format is None:
         raise InvalidArgument("src_format is required: the source's recorded format (an image is never probed)")
     check_format(src_format)
@@ -454,20 +527,30 @@ def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=
         fmt = dst.formats[0]       # e.g. a qcow2 template lands raw on RBD; the result says which format
     if dst.exists(dst_name):
         raise InvalidArgument(f"volume {dst_name} already exists in pool {dst.uuid}")
-    have = info(src, src_name, src_format)
+    have = info(src, src_name, src_format, src_enc)
     if src_format == "qcow2" and have["backing_format"]:
         chain(src, src_name, src_format)        # qemu-img convert reads the whole chain: every link checked
     part = part_name(dst_name)
+    src_key = Key(src_enc, "src-" + src_name) if src_enc else None
+    dst_key = Key(dst_enc, part) if dst_enc else None
     dst.remove(part)
     proc = None
     try:
-        extra = dst.prepare_target(part, have["size"], fmt)
+        if dst_key:             # made (and its key slot written) first; the copy then only fills it
+            make_encrypted(dst, part, have["size"], fmt, dst_key)
+            extra = ["-n"]
+        else:
+            extra = dst.prepare_target(part, have["size"], fmt)
         with ExitStack() as stack:      # secret files live as long as qemu-img runs
-            objects = [a for p in {p.uuid: p for p in (src, dst)}.values()
+            objects = [a for p in {p.uuid: p for p in (src, dst, src_key, dst_key) if p}.values()
                        for a in stack.enter_context(p.qemu_img_objects())]
+            source = ["-f", luks.qemu_format(src_format), luks.target(src, src_name, src_format, src_key.id)] \
+                if src_key else ["-f", src_format, src.target(src_name)]
+            out = ["-O", luks.qemu_format(fmt), luks.target(dst, part, fmt, dst_key.id)] if dst_key \
+                else ["-O", fmt, dst.target(part)]
             cmd = [programs.QEMU_IMG, "convert", "-p", *objects, *extra, *(["-r", str(speed)] if speed else []),
-                   "-f", src_format, "-O", fmt,
-                   *(["-l", f"snapshot.name={snapshot}"] if snapshot else []), src.target(src_name), dst.target(part)]
+                   *(["-l", f"snapshot.name={snapshot}"] if snapshot else []), *source[:2], *out[:2], source[2],
+                   out[2]]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_agent)
             tasks.watch(proc)           # task_cancel kills it; the except below removes the partial copy
             buf, last = b"", -1
@@ -491,7 +574,7 @@ def copy(src: Pool, src_name: str, dst: Pool, dst_name: str, fmt: str, progress=
         except Exception:
             pass
         raise
-    have = info(dst, dst_name, fmt)
+    have = info(dst, dst_name, fmt, dst_enc)
     return {"path": dst_name, "size": have["size"], "physical_size": have["physical_size"], "format": fmt}
 
 

@@ -54,7 +54,8 @@ class QemuMigration:
                 raise Busy(f"VM {name} is arriving on host {self.hostname} by migration; it cannot leave yet")
             with self._qmp(rec) as q:
                 status = q.execute("query-status")["status"]
-            disks = [{k: d[k] for k in ("pool", "name", "format", "serial", "device_id", "qos", "slot")}
+            disks = [{k: d[k] for k in ("pool", "name", "format", "serial", "device_id", "qos", "slot", "encryption")
+                      if k in d}      # an encrypted disk's passphrase is added by the management server
                      for d in sorted(rec["disks"].values(), key=lambda d: d["slot"]) if d.get("node")]
             spec = {k: rec.get(k) for k in ("name", "uuid", "memory_mb", "cpus", "kernel", "initrd", "append", "boot",
                                             "accel")}

@@ -9,8 +9,8 @@ removes the copy.
 """
 import time
 
-from volstack.agent import images
-from volstack.agent.errors import Busy, Failed
+from volstack.agent import images, luks
+from volstack.agent.errors import Busy, Failed, InvalidArgument
 from volstack.agent.qmp import QmpError
 
 
@@ -22,11 +22,13 @@ class QemuMirror:
 
 
     def mirror(self, vm: str, serial: str, dst_spec: dict, dst_name: str, fmt: str, progress=None,
-               speed: int = 0) -> dict:
+               speed: int = 0, encryption=None) -> dict:
         """Live storage migration of an attached disk: blockdev-mirror to a new image, pivot when in sync.
-        speed: bytes per second to limit the copy to (0: as fast as possible)."""
+        speed: bytes per second to limit the copy to (0: as fast as possible). encryption: the disk is
+        encrypted; the new image is made and opened with the same passphrase."""
         dst = images.open_pool(dst_spec, self.hostname)
         images.check_name(dst_name), images.check_format(fmt)
+        enc = luks.check(encryption)
         with self._lock(vm):
             rec = self._running(self._need(vm))
             disk = self._disk(rec, serial)
@@ -35,15 +37,17 @@ class QemuMirror:
                 return {"path": dst_name, "serial": serial}
             with self._qmp(rec) as q:
                 size = self._inserted(q, rec, disk)["image"]["virtual-size"]
-            images.create(dst, dst_name, size, fmt, "thin")
+            if disk.get("encryption") and not enc:
+                raise InvalidArgument(f"disk {serial} is encrypted: its new image must be too (give encryption)")
+            images.create(dst, dst_name, size, fmt, "thin", enc)
             self._mirroring.add((vm, serial))
         try:
-            return self._mirror(vm, serial, dst, dst_spec, dst_name, fmt, progress or (lambda p: None), speed)
+            return self._mirror(vm, serial, dst, dst_spec, dst_name, fmt, progress or (lambda p: None), speed, enc)
         finally:
             self._mirroring.discard((vm, serial))
             self._cancelled.discard((vm, serial))
 
-    def _mirror(self, vm, serial, dst, dst_spec, dst_name, fmt, progress, speed) -> dict:
+    def _mirror(self, vm, serial, dst, dst_spec, dst_name, fmt, progress, speed, enc=None) -> dict:
         job = f"mirror-{serial}"
         with self._lock(vm):
             rec = self._need(vm)
@@ -55,8 +59,8 @@ class QemuMirror:
             try:
                 with self._qmp(rec) as q:
                     self._add_objects(q, dst)
-                    q.execute("blockdev-add", {"driver": fmt, "node-name": node, "file": dst.blockdev(dst_name),
-                                               **({"backing": None} if fmt == "qcow2" else {})})
+                    target = {"name": dst_name, "format": fmt, "encryption": enc}
+                    q.execute("blockdev-add", {"node-name": node, **self._format_node(q, target, dst, fresh=True)})
                     q.execute("blockdev-mirror", {"job-id": job, "device": disk["node"], "target": node,
                                                   "sync": "full", "auto-dismiss": False,
                                                   **({"speed": speed} if speed > 0 else {})})

@@ -23,7 +23,7 @@ import threading
 import time
 
 from volstack.agent import hypervisor as hv
-from volstack.agent import images, programs
+from volstack.agent import images, luks, programs
 from volstack.agent.cdrom import QemuCdrom, cd_device
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound
 from volstack.agent.migration import QemuMigration
@@ -319,9 +319,11 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
             _add_objects(q, pool)
             # the recorded format, and the backing chain volstack set spelled out: nothing read from the image
             # decides what else QEMU opens
-            q.execute("blockdev-add", {**images.blockdev_node(pool, d["name"], d["format"]), "node-name": node})
+            q.execute("blockdev-add", {**self._format_node(q, d, pool), "node-name": node})
         except QmpError as e:
-            raise Failed(f"QEMU cannot open volume {d['name']} of pool {d['pool_uuid']}: {e.desc}") from None
+            self._del_secret(q, d)
+            raise (luks.explain(e.desc, d["name"]) if d.get("encryption") else None) or \
+                Failed(f"QEMU cannot open volume {d['name']} of pool {d['pool_uuid']}: {e.desc}") from None
         dev = {"id": f"disk{slot}", "drive": node, "serial": d["serial"]}
         if rec["bus"] == "virtio":
             dev.update({"driver": "virtio-blk-pci", "bus": f"rp{slot}"})
@@ -334,9 +336,35 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
         except QmpError as e:
             self._del_node(q, node)
             raise Failed(f"QEMU cannot attach volume {d['name']} to VM {rec['name']}: {e.desc}") from None
-        rec["disks"][d["serial"]] = {**d, "slot": slot, "node": node}
+        rec["disks"][d["serial"]] = {**hv.recorded(d), "slot": slot, "node": node}
         if d["qos"]:
             self._throttle(q, rec, rec["disks"][d["serial"]], d["qos"])
+
+    def _format_node(self, q: Qmp, d: dict, pool, fresh: bool = False) -> dict:
+        """blockdev-add options of a disk (its image d["name"] on pool, in the recorded format): the backing chain
+        volstack set spelled out (fresh: a new image, no chain), or for an encrypted disk its LUKS node with no
+        backing (encrypted volumes are never clones); the passphrase goes in first as a secret object (one per
+        image, so a mirror's copy of the same volume reuses it)."""
+        enc, fmt = d.get("encryption"), d["format"]
+        if not enc:
+            if fresh:
+                return {"driver": fmt, "file": pool.blockdev(d["name"]), **({"backing": None} if fmt == "qcow2" else {})}
+            return images.blockdev_node(pool, d["name"], fmt)
+        sid = luks.secret_id(d["name"])
+        if enc.get("secret"):
+            try:
+                q.execute("object-add", luks.qmp_secret(enc, sid))
+            except QmpError as e:
+                if "duplicate" not in e.desc.lower() and "already" not in e.desc.lower():
+                    raise Failed(f"QEMU refused the passphrase object of volume {d['name']}: {e.desc}") from None
+        return {**luks.node(fmt, pool.blockdev(d["name"]), sid), **({"backing": None} if fmt == "qcow2" else {})}
+
+    def _del_secret(self, q: Qmp, d: dict) -> None:
+        if d.get("encryption"):
+            try:
+                q.execute("object-del", {"id": luks.secret_id(d["name"])})
+            except QmpError:
+                pass        # not added, or still used by another node of the image
 
     def _del_node(self, q: Qmp, node: str, timeout: float = 5) -> None:
         deadline = time.monotonic() + timeout
@@ -381,7 +409,7 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
                     self._plug(q, rec, d)
             else:
                 used = {x["slot"] for x in rec["disks"].values()}
-                rec["disks"][d["serial"]] = {**d, "slot": min(set(range(SLOTS)) - used), "node": None}
+                rec["disks"][d["serial"]] = {**hv.recorded(d), "slot": min(set(range(SLOTS)) - used), "node": None}
             self._save(rec)
             return {"serial": d["serial"], "device": self._device(rec, rec["disks"][d["serial"]])}
 
@@ -408,6 +436,7 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
                                        "hot-unplug?). The request stays pending in QEMU; retry the detach later")
                         time.sleep(0.05)
                     self._del_node(q, disk["node"])
+                    self._del_secret(q, disk)
             del rec["disks"][serial]
             self._save(rec)
             return {}
@@ -446,7 +475,7 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
                 return b["inserted"]
         raise Failed(f"QEMU shows no medium for disk {disk['serial']} of VM {rec['name']}")
 
-    def resize(self, vm: str, serial: str, size: int) -> dict:
+    def resize(self, vm: str, serial: str, size: int, encryption=None) -> dict:
         images.check_size(size)
         with self._lock(vm):
             rec = self._need(vm)
@@ -454,7 +483,7 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
             self._not_mirroring(vm, serial)
             if not self._pid(rec):
                 return images.resize(images.open_pool(disk["pool"], self.hostname), disk["name"], size,
-                                     disk["format"])
+                                     disk["format"], encryption=encryption)
             with self._qmp(rec) as q:
                 current = self._inserted(q, rec, disk)["image"]["virtual-size"]
                 if size < current:

@@ -8,7 +8,7 @@ Protocol 1 (JSON bodies, `Authorization: Bearer <token>` on every request):
     GET  /v1/tasks/<id>     {"state": "running|done|failed", "progress", "result" | "error", "kind"}
 
 An async command runs as a task whose id is "task" when the caller names it (a new one), else a fresh uuid.
-The `task_cancel` command (handled here, not by the Agent: tasks are the server's) stops a running task named
+`task_find` (command, match) tells the state of such a task without touching it. The `task_cancel` command (handled here, not by the Agent: tasks are the server's) stops a running task named
 by `task` (its id) or by what it works on (`command` and `match`, e.g. {"dst_pool": pool uuid, "dst_name": name}
 for a volume_copy: the latest such task): the task's subprocesses are killed, its partial output removed, and
 it fails with "cancelled: <reason>". A task that has already ended is left as it is; the answer is the task's
@@ -34,7 +34,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from volstack import transfer_signing as signing
-from volstack.agent import tasks, transfer
+from volstack.agent import luks, tasks, transfer
 from volstack.agent.commands import arg
 from volstack.agent.errors import AgentError, Failed, InvalidArgument, NotFound
 
@@ -75,7 +75,7 @@ class Store:
 
     def add_task(self, task_id: str, cmd: str, args: dict) -> None:
         self._run(("INSERT INTO tasks (id, cmd, args, state, progress, updated) VALUES (?, ?, ?, 'running', 0, ?)",
-                   (task_id, cmd, json.dumps(args), time.time())),
+                   (task_id, cmd, json.dumps(luks.redact(args)), time.time())),
                   ("DELETE FROM tasks WHERE state != 'running' AND seq <= (SELECT MAX(seq) FROM tasks) - ?", (KEEP,)))
 
     def progress(self, task_id: str, percent: int) -> None:
@@ -299,7 +299,8 @@ class AgentServer:
     def _run(self, cmd: str, args: dict, progress=None) -> tuple[int, dict]:
         started = time.monotonic()
         try:
-            result = self.cancel(args) if cmd == "task_cancel" else self.agent.run(cmd, args, progress)
+            result = self.cancel(args) if cmd == "task_cancel" else self.find(args) if cmd == "task_find" else \
+                self.agent.run(cmd, args, progress)
             log.info("%s ok (%.2f s)", cmd, time.monotonic() - started)
             return 200, {"ok": True, "result": result}
         except AgentError as e:
@@ -332,6 +333,12 @@ class AgentServer:
             with self._guard:
                 self._controls.pop(task_id, None)
             control.ended.set()
+
+    def find(self, args: dict) -> dict:
+        """task_find: the state of the latest task of `command` whose arguments `match` (as task_cancel finds it),
+        without touching it; "unknown" when there is none."""
+        task_id = self.store.find_task(arg(args, "command"), arg(args, "match", dict))
+        return {"task": task_id, **((self.store.task(task_id) if task_id else None) or {"state": "unknown"})}
 
     def cancel(self, args: dict) -> dict:
         reason = arg(args, "reason", str, "asked by the management server")

@@ -74,7 +74,7 @@ class SimulatedHypervisor:
             now = time.time()
             self.vms[spec["name"]] = {**{k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus", "boot", "cdrom")},
                                       "state": "Running",
-                                      "disks": {d["serial"]: {**d, "since": now} for d in spec["disks"]}}
+                                      "disks": {d["serial"]: {**hv.recorded(d), "since": now} for d in spec["disks"]}}
             self._save()
             return self._describe(self.vms[spec["name"]])
 
@@ -120,7 +120,7 @@ class SimulatedHypervisor:
                                       f"(at most {hv.MAX_DATA_DISKS} data disks)")
             self._exists(d)
             hv.check_not_open_elsewhere(self, vm, [d])
-            rec["disks"][d["serial"]] = {**d, "since": time.time()}
+            rec["disks"][d["serial"]] = {**hv.recorded(d), "since": time.time()}
             self._save()
             return {"serial": d["serial"]}
 
@@ -165,14 +165,14 @@ class SimulatedHypervisor:
                                "rd_bytes": int(t * rd_iops) * 4096, "wr_bytes": int(t * wr_iops) * 4096}
             return {"disks": out}
 
-    def resize(self, vm: str, serial: str, size: int) -> dict:
+    def resize(self, vm: str, serial: str, size: int, encryption=None) -> dict:
         with self._lock:
             d = self._disk(self._need(vm), serial)
         return images.resize(images.open_pool(d["pool"], self.hostname), d["name"], images.check_size(size),
-                             d["format"])
+                             d["format"], encryption=encryption)
 
     def mirror(self, vm: str, serial: str, dst_spec: dict, dst_name: str, fmt: str, progress=None,
-               speed: int = 0) -> dict:
+               speed: int = 0, encryption=None) -> dict:
         dst = images.open_pool(dst_spec, self.hostname)
         with self._lock:
             rec = self._need(vm)
@@ -184,7 +184,8 @@ class SimulatedHypervisor:
             d["migrating"] = True
         try:
             src = images.open_pool(d["pool"], self.hostname)
-            result = images.copy(src, d["name"], dst, dst_name, fmt, progress, src_format=d["format"])
+            result = images.copy(src, d["name"], dst, dst_name, fmt, progress, src_format=d["format"],
+                                 src_encryption=encryption if d.get("encryption") else None, encryption=encryption)
         finally:
             with self._lock:
                 d.pop("migrating", None)
@@ -242,7 +243,7 @@ class SimulatedHypervisor:
             now, uri = time.time(), f"tcp:{address}:0"
             self.vms[spec["name"]] = {**{k: spec[k] for k in ("name", "uuid", "memory_mb", "cpus", "boot", "cdrom")},
                                       "state": "Incoming", "uri": uri,
-                                      "disks": {d["serial"]: {**d, "since": now} for d in spec["disks"]}}
+                                      "disks": {d["serial"]: {**hv.recorded(d), "since": now} for d in spec["disks"]}}
             self._save()
             return {"uri": uri}
 

@@ -99,7 +99,7 @@ class _Streams:
             d = self.d
             if self.kind == "gz":
                 out(d.decompress(data, OUT))
-                while d.unconsumed_tail:
+                while d.unconsumed_tail and not d.eof:     # at eof zlib leaves a stale tail: unused_data holds it
                     out(d.decompress(d.unconsumed_tail, OUT))
             else:
                 out(d.decompress(data, OUT))
@@ -152,7 +152,7 @@ class _Zip:
             out(chunk)
         if self.d is not None:
             emit(self.d.decompress(data, OUT))
-            while self.d.unconsumed_tail:
+            while self.d.unconsumed_tail and not self.d.eof:
                 emit(self.d.decompress(self.d.unconsumed_tail, OUT))
             if self.d.eof:
                 self.state, self.trailer = "trailer", bytes(self.d.unused_data)
@@ -180,13 +180,21 @@ class _Zip:
             raise InvalidArgument("the zip member's CRC does not match its data (the file is damaged)")
 
 
+class TooLarge(LocalError):
+    """The download, or what it unpacks to, passed the size limit: stop at once (no retry, no other mirror)."""
+
+
 class Sink:
     """Takes the downloaded bytes in order: hashes them, finds the compression in the first bytes, and
-    writes the (decompressed) image to `out_fd` sequentially."""
+    writes the (decompressed) image to `out_fd` sequentially. limit: bytes the download and the image may each
+    reach at most (None: no limit); past it TooLarge stops the stream where it is, so a decompression bomb
+    writes the limit, not what it would expand to (decompression goes OUT bytes at a time)."""
 
-    def __init__(self, out, url: str, algorithm: str | None, compression: str = "auto"):
+    def __init__(self, out, url: str, algorithm: str | None, compression: str = "auto", limit: int | None = None,
+                 limit_setting: str | None = None):
         if compression not in ("auto", "none"):
             raise InvalidArgument(f"compression must be auto or none, not {compression!r}")
+        self.limit, self.limit_setting = limit, limit_setting
         self.out, self.url, self.mode = out, url, compression
         self.hash = hashlib.new(algorithm or "sha256")
         self.algorithm = algorithm or "sha256"
@@ -194,10 +202,19 @@ class Sink:
         self.downloaded = self.written = 0
         self.error = None       # why the data could not be unpacked; the bytes are still hashed
 
+    def _over(self, what: str) -> None:
+        raise TooLarge(f"{what} more than {self.limit} bytes, the limit"
+                       + (f" ({self.limit_setting})" if self.limit_setting else "") + "; stopped there")
+
     def _emit(self, data) -> None:
         if data:
+            if self.limit is not None and self.written + len(data) > self.limit:
+                self._over("the image unpacks to")
             try:
-                self.out.write(data)
+                if self.decoder is not None and not data.strip(b"\0"):
+                    self.out.seek(len(data), 1)     # unpacked zeros stay a hole: disk written only for data
+                else:
+                    self.out.write(data)
             except OSError as e:
                 raise LocalError(str(e)) from e
             self.written += len(data)
@@ -234,6 +251,8 @@ class Sink:
     def write(self, data) -> None:
         self.hash.update(data)
         self.downloaded += len(data)
+        if self.limit is not None and self.downloaded > self.limit:
+            self._over("the download is")
         if self.kind is None and self.decoder is None and self.head is not None and len(self.head) < 16:
             self.head += bytes(data)
             if len(self.head) >= 16:
@@ -249,6 +268,10 @@ class Sink:
             self.head = None
         if self.decoder is not None:
             self._guard(self.decoder.finish)
+            try:
+                self.out.truncate(self.written)     # a final hole still counts in the image's size
+            except OSError as e:
+                raise LocalError(str(e)) from e
         return self.hash.hexdigest()
 
 

@@ -15,7 +15,7 @@ import json
 import time
 from contextlib import ExitStack
 
-from volstack.agent import images
+from volstack.agent import images, luks
 from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound
 from volstack.agent.snapshots import _internal_names, drop_bitmaps, drop_node_bitmaps
 
@@ -30,11 +30,12 @@ def run(agent, action: str, args: dict, progress) -> dict:
     assert action in ACTIONS
     vm, tag = arg(args, "vm", str, None), images.check_name(arg(args, "tag"))
     vm = images.check_name(vm) if vm is not None else None
-    disks = []
+    disks, keys = [], {}
     for d in arg(args, "disks", list):
         if not isinstance(d, dict) or images.check_format(d.get("format")) != "qcow2":
             raise InvalidArgument("each disk must be an object with pool, name, format qcow2 and serial")
         disks.append((agent.pool(d), images.check_name(d.get("name")), d.get("serial")))
+        keys[(disks[-1][0].uuid, disks[-1][1])] = luks.check(d.get("encryption"))   # an encrypted disk at rest
     if not disks:
         raise InvalidArgument("a VM snapshot needs at least one disk")
     memory, running = arg(args, "memory", bool, False), arg(args, "running", bool, False)
@@ -45,7 +46,7 @@ def run(agent, action: str, args: dict, progress) -> dict:
             held.enter_context(agent.hold(pool, name, f"in a VM snapshot {action}"))
         rec = _guest(agent.hv, vm, running) if vm is not None else None
         if rec is None:
-            return _at_rest(agent.hv, action, disks, tag, memory)
+            return _at_rest(agent.hv, action, disks, tag, memory, keys)
         return _live(agent.hv, action, rec, disks, tag, memory, progress)
 
 
@@ -65,7 +66,8 @@ def _guest(hv, vm: str, running: bool) -> dict | None:
 
 # ---------------------------------------------------------------- disks at rest
 
-def _at_rest(hv, action, disks, tag, memory) -> dict:
+def _at_rest(hv, action, disks, tag, memory, keys=None) -> dict:
+    keys = keys or {}
     from volstack.agent.qemu import QemuHypervisor
     if memory and action != "delete" and isinstance(hv, QemuHypervisor):
         raise Failed("a VM snapshot with memory needs the running guest")
@@ -76,7 +78,7 @@ def _at_rest(hv, action, disks, tag, memory) -> dict:
     if action == "delete":
         for pool, name, _ in disks:
             if pool.exists(name) and tag in _internal_names(pool, name):
-                _img(pool, name, "-d", tag)
+                _img(pool, name, "-d", tag, keys.get((pool.uuid, name)))
         return {"disks": [serial for _, _, serial in disks]}
     have = {(pool.uuid, name): tag in _internal_names(pool, name) if pool.exists(name) else None
             for pool, name, _ in disks}
@@ -89,28 +91,33 @@ def _at_rest(hv, action, disks, tag, memory) -> dict:
             raise NotFound(f"volume(s) {', '.join(lacking)} do not hold VM snapshot {tag}; nothing was reverted")
         for pool, name, _ in disks:
             drop_bitmaps(pool, name)
-            _img(pool, name, "-a", tag)
+            _img(pool, name, "-a", tag, keys.get((pool.uuid, name)))
         return {"disks": [serial for _, _, serial in disks]}
     made = []
     try:
         for pool, name, _ in disks:
             if not have[(pool.uuid, name)]:
-                _img(pool, name, "-c", tag)
+                _img(pool, name, "-c", tag, keys.get((pool.uuid, name)))
                 made.append((pool, name))
     except Exception:
         for pool, name in made:       # all disks or none
             try:
-                _img(pool, name, "-d", tag)
+                _img(pool, name, "-d", tag, keys.get((pool.uuid, name)))
             except Exception:
                 pass
         raise
     return {"disks": [serial for _, _, serial in disks]}
 
 
-def _img(pool, name: str, op: str, tag: str) -> None:
+def _img(pool, name: str, op: str, tag: str, enc: dict | None = None) -> None:
     """qemu-img snapshot has no -f: the image is named as a json: spec, qcow2 over the pool's own protocol node
-    (nfs:// included), so nothing is probed."""
+    (nfs:// included), so nothing is probed. enc: the image is encrypted (its passphrase as a secret object)."""
     what = {"-c": "create", "-a": "apply", "-d": "delete"}[op]
+    if enc:
+        key = images.Key(enc, name)
+        images.qemu_img(["snapshot", "-q", op, tag, luks.target(pool, name, "qcow2", key.id)],
+                        f"{what} VM snapshot {tag} on volume {name}", pools=(pool, key))
+        return
     spec = "json:" + json.dumps({"driver": "qcow2", "file": pool.blockdev(name)})
     images.qemu_img(["snapshot", "-q", op, tag, spec], f"{what} VM snapshot {tag} on volume {name}", pools=(pool,))
 

@@ -63,6 +63,9 @@ def _check_entity(s, cmd, p, v):
 
 
 def convert(s, cmd: Command, p, v):
+    if "\x00" in v:       # PostgreSQL cannot store it (a 530 deep in the flush); no parameter needs it
+        raise InvalidParameter(f"Unable to execute API command {cmd.name.lower()}: parameter {p.name} contains a NUL "
+                               "character")
     if v.strip() in p.special:
         return [v.strip()] if p.type == LIST else v.strip()
     if p.type == STRING:
@@ -118,6 +121,9 @@ def bind(s, cmd: Command, raw: dict, account_type: int | None = None) -> Params:
             raise PermissionDenied(f"Parameter {p.name} of {cmd.name} is for {_WHO[p.access]} only")
         if p.type == MAP:
             if p.name in maps:
+                if any("\x00" in k + v for row in maps[p.name].values() for k, v in row.items()):
+                    raise InvalidParameter(f"Unable to execute API command {cmd.name.lower()}: parameter {p.name} "
+                                           "contains a NUL character")
                 out[p.name] = maps[p.name]
             elif p.name in plain and plain[p.name] != "":
                 raise InvalidParameter(f"Parameter {p.name} is a map: pass it as {p.name}[0].key=value")

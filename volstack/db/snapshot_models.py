@@ -40,6 +40,8 @@ class Snapshot(OwnedEntity, Base):
     backup_retry_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)   # when the next retry is due
     error: Mapped[str | None] = mapped_column(Text)
     removed: Mapped[datetime | None] = mapped_column(DateTime)
+    passphrase_id: Mapped[int | None] = mapped_column(ForeignKey("passphrase.id"))   # of an encrypted volume
+    encrypt_format: Mapped[str | None] = mapped_column(String(16))
 
 
 class SnapshotPolicy(Entity, Base):

@@ -4,7 +4,7 @@ from datetime import datetime
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from volstack.db.models import Base, Entity
+from volstack.db.models import Base, Entity, utcnow
 
 
 class OwnedEntity(Entity):
@@ -160,6 +160,17 @@ class Volume(OwnedEntity, Base):
     error: Mapped[str | None] = mapped_column(Text)                     # why the last operation failed
     details: Mapped[dict] = mapped_column(JSON, default=dict)
     removed: Mapped[datetime | None] = mapped_column(DateTime)
+    passphrase_id: Mapped[int | None] = mapped_column(ForeignKey("passphrase.id"))   # encrypted volumes only
+    encrypt_format: Mapped[str | None] = mapped_column(String(16))      # LUKS once the encrypted image exists
+
+
+class Passphrase(Base):
+    """One encrypted volume's LUKS passphrase (CloudStack's `passphrase`), Fernet-encrypted with the server key;
+    shared by the volume and its snapshots, deleted with the last of them."""
+    __tablename__ = "passphrase"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    passphrase: Mapped[str] = mapped_column(Text)
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class VolumeStats(Base):

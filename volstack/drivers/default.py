@@ -22,8 +22,9 @@ NFS_MOUNT_MODES = ("userspace", "kernel")
 
 class DefaultPrimaryDriver:
     name = "DefaultPrimary"
+    # encryption: LUKS through QEMU (qcow2's own LUKS encryption on these pools)
     CAPABILITIES = {"linked_clone": True, "hypervisor_qos": True, "live_migrate": True, "native_snapshot": False,
-                    "revert": False, "storage_qos": False}
+                    "revert": False, "storage_qos": False, "encryption": True}
 
     def parse_url(self, url: str) -> dict:
         p = urlparse(url.strip())
@@ -81,9 +82,11 @@ class DefaultPrimaryDriver:
     def stats(self, ch, pool) -> dict:
         return ch.call("pool_stats", pool=self.spec(pool))
 
-    def create_volume(self, ch, pool, volume) -> dict:
+    def create_volume(self, ch, pool, volume, encryption: dict | None = None) -> dict:
+        """encryption: {"format": "luks", "secret": …} for an encrypted volume (services/encryption.py)."""
         return ch.call("volume_create", pool=self.spec(pool), name=volume.path, size=volume.size,
-                       format=volume.format.lower(), provisioning=volume.provisioning_type)
+                       format=volume.format.lower(), provisioning=volume.provisioning_type,
+                       **({"encryption": encryption} if encryption else {}))
 
     def clone_volume(self, ch, pool, volume, base: str, base_format: str) -> dict:
         """A ROOT volume as a linked clone of a template's cached copy on the same pool."""
@@ -93,17 +96,19 @@ class DefaultPrimaryDriver:
     def delete_volume(self, ch, pool, volume) -> None:
         ch.call("volume_delete", pool=self.spec(pool), name=volume.path)
 
-    def resize_volume(self, ch, pool, volume, size: int, shrink_ok: bool) -> dict:
+    def resize_volume(self, ch, pool, volume, size: int, shrink_ok: bool, encryption: dict | None = None) -> dict:
         return ch.call("volume_resize", pool=self.spec(pool), name=volume.path, size=size,
-                       format=volume.format.lower(), shrink_ok=shrink_ok)
+                       format=volume.format.lower(), shrink_ok=shrink_ok,
+                       **({"encryption": encryption} if encryption else {}))
 
     def list_objects(self, ch, pool, path: str) -> list:
         return ch.call("pool_list", pool=self.spec(pool), path=path)["entries"]
 
-    def disk(self, pool, volume, device_id, qos) -> dict:
+    def disk(self, pool, volume, device_id, qos, encryption: dict | None = None) -> dict:
         """How a guest sees the volume: the serial is the volume uuid without dashes (20 chars max)."""
         return {"pool": self.spec(pool), "name": volume.path, "format": volume.format.lower(),
-                "serial": serial_of(volume), "device_id": device_id, "qos": qos}
+                "serial": serial_of(volume), "device_id": device_id, "qos": qos,
+                **({"encryption": encryption} if encryption else {})}
 
 
 def serial_of(volume) -> str:

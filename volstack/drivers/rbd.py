@@ -62,8 +62,10 @@ def parse_monitors(hosts: str) -> tuple[list[tuple[str, int | None]], int | None
 class RbdPrimaryDriver(DefaultPrimaryDriver):
     name = "RBD"
     shown_provider = "DefaultPrimary"
+    # encryption: QEMU's luks driver over the rbd protocol driver (a LUKS header + payload in the raw image)
     CAPABILITIES = {"linked_clone": True, "hypervisor_qos": True, "live_migrate": True, "native_snapshot": True,
                     "revert": True, "storage_qos": False, "incremental_backup": True, "heartbeat": True,
+                    "encryption": True,
                     "image_formats": "raw", "hypervisors": "KVM", "scopes": "ZONE,CLUSTER"}
 
     def parse_url(self, url: str) -> dict:
@@ -124,10 +126,10 @@ class RbdPrimaryDriver(DefaultPrimaryDriver):
             pass
         return st
 
-    def create_volume(self, ch, pool, volume) -> dict:
+    def create_volume(self, ch, pool, volume, encryption: dict | None = None) -> dict:
         volume.format = "RAW"          # RBD images are raw; qcow2 features come from RBD itself
         return ch.call("volume_create", pool=self.spec(pool), name=volume.path, size=volume.size, format="raw",
-                       provisioning="thin")
+                       provisioning="thin", **({"encryption": encryption} if encryption else {}))
 
     # ---------------------------------------------------------------- heartbeat (HA reads it later)
 

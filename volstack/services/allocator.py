@@ -46,9 +46,12 @@ def _rule_matches(rule: str, wanted: list[str]) -> bool:
 
 
 def candidates(s, *, zone_id, size: int, offering, hypervisor: str, host: Host | None = None,
-               cluster_id: int | None = None, account_id: int | None = None, exclude: tuple = ()):
-    """(suitable pools in preference order, {pool name: reason} for the rejected)."""
+               cluster_id: int | None = None, account_id: int | None = None, exclude: tuple = (),
+               encrypted: bool | None = None):
+    """(suitable pools in preference order, {pool name: reason} for the rejected). encrypted: the volume is
+    encrypted (default: its offering says encrypt)."""
     local = offering is not None and offering.storage_type == "local"
+    encrypted = bool(offering is not None and offering.encrypt) if encrypted is None else encrypted
     stmt = select(StoragePool).where(StoragePool.zone_id == zone_id, StoragePool.state != "Removed")
     pools = list(s.scalars(stmt.order_by(StoragePool.id)))
     wanted = offering_tags(offering)
@@ -57,6 +60,8 @@ def candidates(s, *, zone_id, size: int, offering, hypervisor: str, host: Host |
     alloc_threshold = S.Settings.value_in(s, S.ALLOCATED_DISABLE, zone=zone_id)
     for pool in pools:
         reason = _reject(s, pool, local, wanted, hypervisor, host, cluster_id, size, cap_threshold, alloc_threshold, exclude)
+        if reason is None and encrypted and not driver_for(pool.provider).CAPABILITIES.get("encryption"):
+            reason = f"its driver ({driver_for(pool.provider).name}) cannot encrypt volumes"
         if reason:
             why[pool.name] = reason
         else:

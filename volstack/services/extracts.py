@@ -21,7 +21,7 @@ from volstack.db.storage_models import StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceInUse, ResourceUnavailable
-from volstack.services import events, imagestores, infra, settings as S, templates
+from volstack.services import encryption, events, imagestores, infra, settings as S, templates
 from volstack.services.context import check_access
 from volstack.services.lifecycle import EXTRACT
 from volstack.transfer_signing import parse_expiry
@@ -130,11 +130,13 @@ def extract_volume(s, ctx, vol: Volume, *, mode, zoneid, progress=None) -> Image
     s.add(tr)
     s.flush()
     tr.install_path = f"extract-{tr.uuid}.qcow2"
+    enc = encryption.spec(s, vol)
     s.commit()          # a crash during the copy leaves a row the cleanup settles once the job is over
     try:
         run_long(channel(copiers[0]), "volume_copy", progress, src_pool=driver_for(pool.provider).spec(pool),
                  src_name=vol.path, src_format=vol.format.lower(), dst_pool=imagestores.spec(store),
-                 dst_name=tr.install_path, format="qcow2")
+                 dst_name=tr.install_path, format="qcow2",
+                 **({"src_encryption": enc, "encryption": enc} if enc else {}))   # the download stays encrypted
     except CloudError as exc:       # the cleanup deletes whatever the copy left on the store
         try:
             EXTRACT.fire(s, tr, "Expire", error=exc.text)

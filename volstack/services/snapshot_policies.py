@@ -20,7 +20,7 @@ from volstack.db.models import Account, utcnow
 from volstack.db.snapshot_models import SnapshotPolicy, SnapshotSchedule
 from volstack.db.storage_models import VirtualMachine, Volume
 from volstack.errors import InvalidParameter, ResourceInUse
-from volstack.services import accounts, events, lookup, volumes
+from volstack.services import accounts, encryption, events, lookup, volumes
 from volstack.services import settings as S
 from volstack.services.context import ROOT_ADMIN, check_access, owner_filter
 from volstack.services.lifecycle import VM
@@ -177,6 +177,7 @@ def create_policy(s, ctx, *, volumeid, intervaltype, schedule, timezone, maxsnap
     """createSnapshotPolicy; a second policy for the same volume and interval updates that one, as in CloudStack."""
     now = now or utcnow()
     vol = volumes.get_volume(s, ctx, volumeid)
+    encryption.refuse_policy(vol)
     if zoneids or storageids:
         raise InvalidParameter("Copying recurring snapshots to other zones or storage pools (zoneids, storageids) is "
                                "not supported yet; omit them")

@@ -6,7 +6,7 @@ from volstack.db.image_models import ImageStore, Template, TemplateStoreRef, Tem
 from volstack.db.snapshot_models import Snapshot
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import InvalidParameter, PermissionDenied, ResourceUnavailable
-from volstack.services import (accounts, catalog, events, imagestores, snapshot_primary, snapshots_rbd,
+from volstack.services import (accounts, catalog, encryption, events, imagestores, snapshot_primary, snapshots_rbd,
                                template_sources, templates)
 
 
@@ -16,6 +16,7 @@ def create_row(s, ctx, snap: Snapshot, *, name, displaytext=None, ostypeid=None,
     if snap.state != "BackedUp" or (snap.store_id is None and not snapshot_primary.kept(snap)):
         raise InvalidParameter(f"Snapshot {snap.name} is {snap.state}; templates are made from backed-up snapshots")
     snapshot_primary.check_template_source(snap)
+    encryption.refuse_template(snap)
     if ostypeid is not None and catalog.os_type(ostypeid, s) is None:
         raise InvalidParameter(f"Unable to find OS type by id {ostypeid}: see listOsTypes")
     if (ispublic or isfeatured) and not ctx.is_admin and not templates._users_may_publish(s, ctx):

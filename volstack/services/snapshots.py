@@ -20,12 +20,13 @@ from sqlalchemy import select
 from volstack.db import aggregate, counters
 from volstack.db.models import Host, utcnow
 from volstack.db.snapshot_models import Snapshot
-from volstack.db.storage_models import DiskOffering, StoragePool, VirtualMachine, Volume
+from volstack.db.storage_models import DiskOffering, Passphrase, StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.default import serial_of
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
-from volstack.services import accounts, events, imagestores, infra, lookup, offerings, snapshots_rbd, volumes
+from volstack.services import accounts, encryption, events, imagestores, infra, lookup, offerings, snapshots_rbd
+from volstack.services import volumes
 from volstack.services import snapshot_backups as retries
 from volstack.services import snapshot_chains as chains
 from volstack.services import snapshot_primary as primary
@@ -82,9 +83,13 @@ def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None) -> 
                                                                     "Copying") \
             else "attach it to a VM (or start its VM) first so it exists on primary storage"
         raise InvalidParameter(f"Volume {vol.name} is {vol.state}; only Ready volumes can be snapshotted: {hint}")
-    _file_pool(s, vol)
+    pool = _file_pool(s, vol)
     vm = _vm_of(s, vol)
     volumes.check_operation(s, "snapshot", vm, vol)
+    if encryption.is_encrypted(vol) and not snapshots_rbd.native(pool):
+        raise InvalidParameter(f"Volume {vol.name} is encrypted: volume snapshots of encrypted volumes are taken on "
+                               "RBD pools only (there they stay encrypted); migrate it to an RBD pool or use a VM "
+                               "snapshot")
     if vm is not None and vm.state == "Running" and not S.Settings.value_in(s, S.KVM_SNAPSHOT_ENABLED,
                                                                             zone=vol.zone_id):
         raise InvalidParameter(f"Volume {vol.name} is attached to running VM {vm.name} and snapshots of volumes of "
@@ -102,7 +107,8 @@ def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None) -> 
     snap = Snapshot(name=name or f"{vm.name + '_' if vm else ''}{vol.name}_{stamp}", volume_id=vol.id,
                     volume_type=vol.volume_type, disk_offering_id=vol.disk_offering_id, zone_id=vol.zone_id,
                     size=vol.size, hypervisor=vol.hypervisor or "KVM", account_id=vol.account_id,
-                    domain_id=vol.domain_id, snapshot_type=kind, location_type=where)
+                    domain_id=vol.domain_id, snapshot_type=kind, location_type=where,
+                    passphrase_id=vol.passphrase_id, encrypt_format=vol.encrypt_format)
     s.add(snap)
     s.flush()
     events.record(s, ctx, "SNAPSHOT.CREATE", f"Snapshot {snap.name} of volume {vol.name} requested",
@@ -418,6 +424,11 @@ def new_volume(s, ctx, *, snapshotid, name=None, zoneid=None, diskofferingid=Non
                                f"({snap.size} bytes): pick a larger disk offering or size")
     vol = volumes.new_volume(s, ctx, name=name or f"{snap.name}-vol", zone_id=snap.zone_id, size=nbytes,
                              offering=offering)
+    if snap.passphrase_id is not None:      # the snapshot's bytes are encrypted: the volume keeps its passphrase
+        fresh, vol.passphrase_id = vol.passphrase_id, snap.passphrase_id
+        s.flush()
+        if fresh is not None:
+            s.delete(s.get(Passphrase, fresh))
     vol.details = {"snapshot": snap.uuid}
     events.record(s, ctx, "VOLUME.CREATE", f"Volume {vol.name} created from snapshot {snap.name}",
                   resource_type="Volume", resource_uuid=vol.uuid)
@@ -432,6 +443,9 @@ def copy_to_primary(s, ctx, vol: Volume, pool: StoragePool, host, progress=None)
     store = chains.store_of(s, snap) if snap is not None and snap.state == "BackedUp" else None
     if store is None:
         raise ResourceUnavailable(f"Snapshot {vol.details['snapshot']} of volume {vol.name} is no longer backed up")
+    if snap.passphrase_id is not None and not snapshots_rbd.native(pool):
+        raise InvalidParameter(f"Snapshot {snap.name} is encrypted on RBD: a volume from it is made on an RBD pool "
+                               f"only, not on {pool.name}")
     if snapshots_rbd.owns(snap):
         return snapshots_rbd.copy_to_primary(s, ctx, vol, snap, pool, host, progress)
     drv = driver_for(pool.provider)

@@ -21,11 +21,12 @@ from volstack.db.storage_models import StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceUnavailable
-from volstack.services import events, imagestores, pools, settings as S, templates, volumes
+from volstack.services import encryption, events, imagestores, pools, settings as S, templates, volumes
 
 log = logging.getLogger("volstack.templates")
 POLL_SECONDS = 0.25      # waiting for another job's copy: that job commits its progress as it goes
 STALE_SEED = timedelta(minutes=10)   # a seeding copy that reported no progress for this long is abandoned
+ASK_HOSTS_AFTER = timedelta(seconds=15)   # a seed silent this long: the hosts say whether its copy still runs
 
 
 def cache_name(t: Template) -> str:
@@ -35,6 +36,7 @@ def cache_name(t: Template) -> str:
 def seed(s, ctx, t: Template, pool: StoragePool, host: Host, progress=None) -> TemplatePoolRef:
     """The Ready cached copy of t on pool, seeding it now if nobody has. Commits as it goes."""
     deadline = time.monotonic() + S.Settings.value_in(s, S.PRIMARY_DOWNLOAD_WAIT)
+    asked = False
     while True:
         ref = s.scalar(select(TemplatePoolRef).where(TemplatePoolRef.template_id == t.id,
                                                      TemplatePoolRef.pool_id == pool.id)
@@ -56,6 +58,12 @@ def seed(s, ctx, t: Template, pool: StoragePool, host: Host, progress=None) -> T
         # A copy that failed earlier is tried again; one whose seeding job died with its server (no progress
         # for STALE_SEED) is taken over. The conditional UPDATE lets exactly one waiter do it.
         stale = ref.state == "Creating" and ref.last_used < utcnow() - STALE_SEED
+        if ref.state == "Creating" and not stale and ref.last_used < utcnow() - ASK_HOSTS_AFTER and not asked:
+            asked = True         # once per wait: a seed whose job died with its server need not wait STALE_SEED
+            found = _seed_on_hosts(s, pool, ref)
+            if found is not None and found.get("state") == "done":
+                return _adopt(s, ctx, t, pool, ref, found.get("result") or {})
+            stale = found is not None and found.get("state") in ("failed", "unknown")
         if ref.state == "Failed" or stale:
             won = s.execute(update(TemplatePoolRef).where(TemplatePoolRef.id == ref.id,
                                                           TemplatePoolRef.state == ref.state,
@@ -72,6 +80,48 @@ def seed(s, ctx, t: Template, pool: StoragePool, host: Host, progress=None) -> T
                                       "primary.storage.download.wait seconds")
         s.commit()                      # end the read transaction so the next look sees the other job's commit
         time.sleep(POLL_SECONDS)
+
+
+def _seed_on_hosts(s, pool: StoragePool, ref: TemplatePoolRef) -> dict | None:
+    """The state of the latest copy to ref on the hosts that reach the pool (task_find; no transaction open while
+    they answer): a running one wins, else a finished one whose image is there, else "unknown"/"failed"; None when
+    a host could not answer."""
+    chans = [channel(h) for h in pools.hosts_in_scope(s, pool)]
+    match = {"dst_pool": pool.uuid, "dst_name": ref.install_path}
+    spec, fmt = driver_for(pool.provider).spec(pool), templates.FORMATS.get(s.get(Template, ref.template_id).format)
+    s.commit()
+    answers = []
+    for ch in chans:
+        try:
+            found = ch.call("task_find", command="volume_copy", match=match)
+        except CloudError:
+            return None                            # a host that cannot answer may still be copying: keep waiting
+        if found.get("state") == "done":           # and its copy is still there (a later delete would not say)
+            try:
+                found["result"] = {**(found.get("result") or {}),
+                                   **ch.call("volume_info", pool=spec, name=ref.install_path, format=fmt)}
+            except CloudError:
+                found = {"state": "unknown"}
+        answers.append(found)
+    for state in ("running", "done"):
+        hit = next((a for a in answers if a.get("state") == state), None)
+        if hit is not None:
+            return hit
+    return answers[-1] if answers else None
+
+
+def _adopt(s, ctx, t: Template, pool: StoragePool, ref: TemplatePoolRef, res: dict) -> TemplatePoolRef:
+    """A seed whose copy finished on the host after its job died: the copy is recorded, not made again."""
+    won = s.execute(update(TemplatePoolRef).where(TemplatePoolRef.id == ref.id, TemplatePoolRef.state == "Creating")
+                    .values(state="Ready", download_state="DOWNLOADED", download_pct=100, size=res.get("size"),
+                            physical_size=res.get("physical_size"), last_used=utcnow(), error=None)).rowcount == 1
+    if won:
+        events.record(s, ctx, "TEMPLATE.SEED", f"The copy of template {t.name} on {pool.name} had finished on its "
+                      "host after the job seeding it stopped; it is adopted", level="WARN", resource_type="Template",
+                      resource_uuid=t.uuid)
+    s.commit()
+    s.refresh(ref)
+    return ref
 
 
 def _copy(s, ctx, t: Template, pool: StoragePool, host: Host, ref: TemplatePoolRef, progress) -> TemplatePoolRef:
@@ -184,11 +234,16 @@ def create_root(s, ctx, vol: Volume, pool: StoragePool, host: Host, progress=Non
                                f"({ref.size} bytes)")
     drv = driver_for(pool.provider)
     fmt = templates.FORMATS[t.format]
-    if (vol.details or {}).get("fullclone") == "true" or not drv.CAPABILITIES.get("linked_clone"):
+    enc = encryption.spec(s, vol)
+    # an encrypted ROOT is a full encrypted copy: a linked clone would leave the template's clear data under it
+    if enc or (vol.details or {}).get("fullclone") == "true" or not drv.CAPABILITIES.get("linked_clone"):
+        cached = "raw" if drv.CAPABILITIES.get("image_formats") == "raw" else fmt    # how the copy landed
         res = run_long(channel(host), "volume_copy", progress, src_pool=drv.spec(pool), src_name=ref.install_path,
-                       src_format=fmt, dst_pool=drv.spec(pool), dst_name=vol.path, format="qcow2")
+                       src_format=cached, dst_pool=drv.spec(pool), dst_name=vol.path, format="qcow2",
+                       **({"encryption": enc} if enc else {}))
+        vol.format = res.get("format", "qcow2").upper()
         if res["size"] < vol.size:
-            res = drv.resize_volume(channel(host), pool, vol, vol.size, False)
+            res = drv.resize_volume(channel(host), pool, vol, vol.size, False, encryption=enc)
         return res
     return drv.clone_volume(channel(host), pool, vol, ref.install_path, fmt)
 

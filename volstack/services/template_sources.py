@@ -8,7 +8,7 @@ from volstack.db.models import Zone, utcnow
 from volstack.db.storage_models import VirtualMachine
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceUnavailable
-from volstack.services import accounts, catalog, events, imagestores
+from volstack.services import accounts, catalog, encryption, events, imagestores
 from volstack.services.context import check_access
 from volstack.services.templates import FORMATS, _users_may_publish, is_ready, object_name, ready_in_zone
 
@@ -21,6 +21,7 @@ def create_from_volume(s, ctx, *, name, volume, displaytext=None, ostypeid=None,
     from volstack.db.storage_models import StoragePool
     if volume.state != "Ready" or volume.pool_id is None:
         raise InvalidParameter(f"Volume {volume.name} is {volume.state}; a template is made from a Ready volume")
+    encryption.refuse_template(volume)
     vm = s.get(VirtualMachine, volume.vm_id) if volume.vm_id else None
     if vm is not None and vm.state != "Stopped":
         raise InvalidParameter(f"Volume {volume.name} is attached to VM {vm.name}, which is {vm.state}; stop the VM "

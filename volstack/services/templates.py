@@ -287,9 +287,16 @@ def download_options(s) -> dict:
     return {"allowed_cidrs": list(PRIVATE) + extra} if extra else {}
 
 
+def size_limit(s, key: S.ConfigKey) -> dict:
+    """The download options that stop a download (or what it unpacks to) the moment it passes the setting."""
+    gb = S.Settings.value_in(s, key)
+    return {"max_size": gb * 1024 ** 3, "limit_setting": f"{key.name} = {gb} GB"}
+
+
 def download_args(s, t: Template) -> dict:
     """The agent's template_download arguments for t's source (a .metalink URL lists mirrors)."""
-    args = {"format": t.format, "checksum": t.checksum, "options": download_options(s)}
+    args = {"format": t.format, "checksum": t.checksum,
+            "options": {**download_options(s), **size_limit(s, S.MAX_TEMPLATE_SIZE)}}
     if urlparse(t.url).path.endswith((".metalink", ".meta4")):
         args["metalink"] = t.url
     else:

@@ -17,7 +17,7 @@ from volstack.db.models import Host
 from volstack.db.storage_models import StoragePool, StoragePoolHost, VirtualMachine, Volume
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter, ResourceUnavailable
-from volstack.services import events
+from volstack.services import encryption, events
 from volstack.services.lifecycle import VM
 
 
@@ -97,6 +97,7 @@ def live_migrate(s, ctx, vm: VirtualMachine, target: Host | None, volume_map: di
     arrived = False
     try:
         spec = src.call("vm_migrate_spec", name=vm.uuid)
+        encryption.add_secrets(s, vm, spec["spec"]["disks"])       # the source never hands out passphrases
         uri = dst.call("vm_migrate_prepare", vm=spec["spec"], address=_address(target))["uri"]
         try:
             done = run_long(src, "vm_migrate", progress, name=vm.uuid, uri=uri)

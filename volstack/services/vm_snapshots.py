@@ -24,7 +24,7 @@ from volstack.drivers import driver_for
 from volstack.drivers.default import serial_of
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceUnavailable
-from volstack.services import events, lookup, vms, volumes
+from volstack.services import encryption, events, lookup, vms, volumes
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import VM_SNAPSHOT, VOLUME
@@ -141,7 +141,7 @@ def _disk_specs(s, vols) -> list[dict]:
     for vol in vols:
         pool = s.get(StoragePool, vol.pool_id)
         out.append({"pool": driver_for(pool.provider).spec(pool), "name": vol.path, "format": vol.format.lower(),
-                    "serial": serial_of(vol)})
+                    "serial": serial_of(vol), **({"encryption": encryption.spec(s, vol)} if vol.passphrase_id else {})})
     return out
 
 

@@ -8,7 +8,7 @@ from volstack.db.storage_models import DiskOffering, ServiceOffering, StoragePoo
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
 from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter, ResourceInUse
-from volstack.services import events, infra, lookup, offerings, volume_migration, volumes
+from volstack.services import encryption, events, infra, lookup, offerings, volume_migration, volumes
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import VM, VOLUME
@@ -177,7 +177,8 @@ def _start_on(s, ctx, vm, host) -> None:
     disks = []
     for vol in vols:
         pool = s.get(StoragePool, vol.pool_id)
-        disks.append(driver_for(pool.provider).disk(pool, vol, vol.device_id, volumes.qos_for(s, vol)))
+        disks.append(driver_for(pool.provider).disk(pool, vol, vol.device_id, volumes.qos_for(s, vol),
+                                                    encryption.spec(s, vol)))
     from volstack.services import isos
     cdrom = isos.medium_at_start(s, ctx, vm, host)
     spec = dict(name=vm.uuid, uuid=vm.uuid, memory_mb=so.ram_size or 256, cpus=so.cpu or 1,
@@ -229,7 +230,7 @@ def reboot(s, ctx, vm) -> VirtualMachine:
         pool = s.get(StoragePool, root.pool_id)
         drv = driver_for(pool.provider)
         drv.delete_volume(channel(host), pool, root)
-        drv.create_volume(channel(host), pool, root)
+        drv.create_volume(channel(host), pool, root, encryption=encryption.spec(s, root))
         start(s, ctx, vm, host.uuid)
         events.record(s, ctx, "VM.REBOOT", f"VM {vm.name} rebooted with a fresh root disk (volatile offering)",
                       resource_type="VirtualMachine", resource_uuid=vm.uuid)

@@ -17,7 +17,7 @@ from volstack.db.storage_models import StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
 from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter
-from volstack.services import allocator, events
+from volstack.services import allocator, encryption, events
 from volstack.services.lifecycle import VOLUME
 from volstack.services.volumes import begin_host_work, check_operation, host_work_failed
 
@@ -43,7 +43,8 @@ def migration_problem(s, vol: Volume, pool: StoragePool) -> str | None:
         storage_type = "local" if pool.scope == "HOST" else "shared"
         tags = None
     ok, why = allocator.candidates(s, zone_id=vol.zone_id, size=vol.size, offering=Wanted, hypervisor=vol.hypervisor
-                                   or "KVM", host=host, account_id=vol.account_id)
+                                   or "KVM", host=host, account_id=vol.account_id,
+                                   encrypted=encryption.is_encrypted(vol))
     if pool.id not in {p.id for p in ok}:
         return why.get(pool.name, "not suitable")
     src = s.get(StoragePool, vol.pool_id)
@@ -81,6 +82,7 @@ def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=
         fmt = formats.split(",")[0]          # e.g. qcow2 becomes raw on an RBD pool
     # where the volume is going and the host task's id, for settle() if this job dies with its server meanwhile
     task = str(uuid.uuid4())
+    enc = encryption.spec(s, vol)          # the copy is encrypted with the same passphrase, never written in clear
     begin_host_work(s, vol, "MigrationRequested", details={**(vol.details or {}), "migrating_to": {
         "pool": pool.uuid, "path": new_path, "format": fmt, "live": running, "task": task}})
     if progress:
@@ -90,13 +92,14 @@ def migrate(s, ctx, vol: Volume, pool: StoragePool, livemigrate=False, progress=
             host = s.get(Host, vm.host_id)
             s.commit()
             run_long(channel(host), "volume_mirror", progress, vm=vm.uuid, serial=serial_of(vol),
-                     dst_pool=driver_for(pool.provider).spec(pool), dst_name=new_path, format=fmt)
+                     dst_pool=driver_for(pool.provider).spec(pool), dst_name=new_path, format=fmt,
+                     **({"encryption": enc} if enc else {}))
         else:
             host = _hosts_reaching(s, src, pool)[0]
             s.commit()      # the hosts query began a transaction again: none stays open across the copy
             run_long(channel(host), "volume_copy", progress, task, src_pool=driver_for(src.provider).spec(src),
                      src_name=vol.path, src_format=vol.format.lower(), dst_pool=driver_for(pool.provider).spec(pool),
-                     dst_name=new_path, format=fmt)
+                     dst_name=new_path, format=fmt, **({"src_encryption": enc, "encryption": enc} if enc else {}))
     except CloudError as exc:
         host_work_failed(s, vol, exc, details=_without_marker(vol),
                          error=f"migration to {pool.name} failed, the volume stays on {src.name}: {exc.text}")

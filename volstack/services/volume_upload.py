@@ -8,7 +8,8 @@ from volstack.db.storage_models import StoragePool, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceUnavailable
-from volstack.services import events, imagestores, infra, offerings, templates, volumes
+from volstack.services import encryption, events, imagestores, infra, offerings, templates, volumes
+from volstack.services import settings as S
 from volstack.services.lifecycle import VOLUME
 
 FORMATS = {"QCOW2": "qcow2", "RAW": "raw"}
@@ -32,6 +33,7 @@ def new_upload(s, ctx, *, name, zoneid, format, checksum=None, diskofferingid=No
     if fmt not in FORMATS:
         raise InvalidParameter(f"Invalid format {format}: KVM volumes are uploaded as QCOW2 or RAW")
     templates.parse_checksum(checksum)
+    encryption.refuse_upload(offerings.get_disk_offering(s, ctx, diskofferingid) if diskofferingid else None)
     zone = infra.get_zone(s, zoneid)
     if imagestoreuuid:
         store = imagestores.get_store(s, imagestoreuuid)
@@ -55,7 +57,7 @@ def download(s, ctx, vol: Volume, progress=None) -> Volume:
     VOLUME.fire(s, vol, "UploadRequested")
     s.commit()
     args = {"format": vol.format, "checksum": up.get("checksum"), "urls": [up["url"]],
-            "options": templates.download_options(s)}
+            "options": {**templates.download_options(s), **templates.size_limit(s, S.MAX_UPLOAD_SIZE)}}
     try:
         res = run_long(channel(imagestores.host_for(s, store)), "template_download", progress,
                        pool=imagestores.spec(store), name=up["path"], **args)

@@ -11,7 +11,7 @@ from volstack.db.storage_models import DiskOffering, StoragePool, VirtualMachine
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
 from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
-from volstack.services import accounts, allocator, events, infra, lookup, offerings, reconcile
+from volstack.services import accounts, allocator, encryption, events, infra, lookup, offerings, reconcile
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import VOLUME
@@ -82,6 +82,8 @@ def new_volume(s, ctx, *, name, zone_id, size, offering, volume_type="DATADISK",
                  provisioning_type=offering.provisioning_type if offering else "thin", hypervisor=hypervisor,
                  min_iops=miniops if miniops is not None else (offering.min_iops if offering else None),
                  max_iops=maxiops if maxiops is not None else (offering.max_iops if offering else None))
+    if offering is not None and offering.encrypt:      # as CloudStack: the passphrase exists from the start
+        vol.passphrase_id = encryption.new_passphrase(s)
     s.add(vol)
     s.flush()
     vol.path = vol.uuid
@@ -127,6 +129,8 @@ def list_volumes(s, ctx, q: ListQuery, **f):
         stmt = stmt.where(Volume.volume_type == f["type"].upper())
     if f.get("state"):
         stmt = stmt.where(Volume.state == VOLUME.canonical(f["state"]))
+    if f.get("isencrypted") is not None:      # encrypted: has a passphrase (its image is or will be LUKS)
+        stmt = stmt.where(Volume.passphrase_id.isnot(None) if f["isencrypted"] else Volume.passphrase_id.is_(None))
     if f.get("zoneid"):
         stmt = stmt.where(Volume.zone_id == infra.get_zone(s, f["zoneid"]).id)
     if f.get("storageid"):
@@ -191,15 +195,18 @@ def realize(s, ctx, vol: Volume, host: Host, cluster_id=None, progress=None) -> 
     """Create the image of an Allocated volume on a pool the host can reach (lazy allocation)."""
     offering = s.get(DiskOffering, vol.disk_offering_id) if vol.disk_offering_id else None
     pool = allocator.choose(s, zone_id=vol.zone_id, size=vol.size, offering=offering, hypervisor=host.hypervisor,
-                            host=host, cluster_id=cluster_id or host.cluster_id, account_id=vol.account_id)
+                            host=host, cluster_id=cluster_id or host.cluster_id, account_id=vol.account_id,
+                            encrypted=encryption.wanted(s, vol))
+    enc = encryption.prepare(s, vol)        # its passphrase is committed with the transition, before any image
     begin_host_work(s, vol, "CreateRequested", pool_id=pool.id, hypervisor=host.hypervisor)
     try:
         creator = next((fn for wants, fn in root_creators if wants(vol)), None)
         res = creator(s, ctx, vol, pool, host, progress) if creator else \
-            driver_for(pool.provider).create_volume(channel(host), pool, vol)
+            driver_for(pool.provider).create_volume(channel(host), pool, vol, encryption=enc)
     except CloudError as exc:
         host_work_failed(s, vol, exc, pool_id=None, error=f"creating the image on {pool.name} failed: {exc.text}")
-    VOLUME.fire(s, vol, "OperationSucceeded", physical_size=res.get("physical_size"), error=None)
+    VOLUME.fire(s, vol, "OperationSucceeded", physical_size=res.get("physical_size"), error=None,
+                encrypt_format=encryption.FORMAT if enc else None)
     events.record(s, ctx, "VOLUME.CREATE", f"Volume {vol.name} created on storage pool {pool.name}",
                   resource_type="Volume", resource_uuid=vol.uuid)
     return pool
@@ -250,7 +257,8 @@ def attach(s, ctx, vol: Volume, vm: VirtualMachine, deviceid=None) -> Volume:
         drv = driver_for(pool.provider)
         if pool.scope == "HOST" and pool.host_id != host.id:
             raise InvalidParameter(f"Volume {vol.name} is on local storage of another host; migrate it first")
-        disk = drv.disk(pool, vol, dev, qos_for(s, vol))
+        encryption.check_pool(s, vol, pool, "attach")
+        disk = drv.disk(pool, vol, dev, qos_for(s, vol), encryption.spec(s, vol))
         begin_host_work(s, vol, "AttachRequested")
         try:
             channel(host).call("disk_attach", vm=vm.uuid, disk=disk)
@@ -327,13 +335,15 @@ def resize(s, ctx, vol: Volume, *, size_gb=None, diskofferingid=None, shrinkok=F
                 from volstack.errors import InsufficientCapacity
                 raise InsufficientCapacity(f"Storage pool {pool.name} cannot grow volume {vol.name}: "
                                            f"{why.get(pool.name, 'not suitable')}")
+        enc = encryption.spec(s, vol)
         begin_host_work(s, vol, "ResizeRequested")
         try:
             if vm is not None and vm.state == "Running":
                 from volstack.drivers.default import serial_of
-                channel(host).call("disk_resize", vm=vm.uuid, serial=serial_of(vol), size=new)
+                channel(host).call("disk_resize", vm=vm.uuid, serial=serial_of(vol), size=new,
+                                   **({"encryption": enc} if enc else {}))
             else:
-                driver_for(pool.provider).resize_volume(channel(host), pool, vol, new, shrinkok)
+                driver_for(pool.provider).resize_volume(channel(host), pool, vol, new, shrinkok, encryption=enc)
         except CloudError as exc:
             host_work_failed(s, vol, exc, error=f"resizing to {new} bytes failed: {exc.text}")
         VOLUME.fire(s, vol, "OperationSucceeded", error=None)
@@ -390,7 +400,7 @@ def expunge_volume(s, ctx, vol: Volume) -> None:
         VOLUME.fire(s, vol, "ExpungingRequested")
     for hook in expunge_hooks:          # copies elsewhere, e.g. an uploaded volume's file on an image store
         hook(s, vol)
-    VOLUME.fire(s, vol, "OperationSucceeded", removed=utcnow(), vm_id=None)
+    VOLUME.fire(s, vol, "OperationSucceeded", removed=utcnow(), vm_id=None)    # its passphrase goes (encryption)
     events.record(s, ctx, "VOLUME.EXPUNGE", f"Volume {vol.name} expunged", resource_type="Volume", resource_uuid=vol.uuid)
 
 
@@ -459,10 +469,30 @@ def settle(s, ctx, vol: Volume, cmd: str, reason: str | None = None) -> None:
         from volstack.services import volume_migration
         return volume_migration.settle(s, ctx, vol, reason)
     if vol.state in ("Creating", "Copying"):
+        _remove_half_made(s, vol)
         vol.pool_id = None
     vol.state, vol.error = back[vol.state], reason
     events.record(s, ctx, "VOLUME.RECOVER", f"Volume {vol.name}: {reason}; it is {vol.state} again",
                   level="WARN", resource_type="Volume", resource_uuid=vol.uuid)
+
+
+def _remove_half_made(s, vol: Volume) -> None:
+    """A volume going back to where it has no image: what its creation may have made on the pool is removed (it
+    holds nothing yet; the next start or attach makes it again), else it would belong to nothing. Best effort:
+    the orphan scan removes what a host could not."""
+    pool = s.get(StoragePool, vol.pool_id) if vol.pool_id else None
+    if pool is None or not vol.path:
+        return
+    from volstack.services.pools import hosts_in_scope
+    hosts = hosts_in_scope(s, pool)
+    if not hosts:
+        return
+    ch, image = channel(hosts[0]), Volume(uuid=vol.uuid, path=vol.path, format=vol.format)
+    s.commit()                     # no transaction open while the host works
+    try:
+        driver_for(pool.provider).delete_volume(ch, pool, image)
+    except CloudError:
+        pass
 
 
 # ---------------------------------------------------------------- statistics (listVolumesMetrics)

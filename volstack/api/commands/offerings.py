@@ -168,7 +168,9 @@ HV_RESERVE = "Hypervisor snapshot reserve space as a percent of a volume (for ma
     P("hypervisorsnapshotreserve", INTEGER, HV_RESERVE),
     P("cachemode", STRING, CACHE_MODE.format("disk offering"), since="4.14"),
     P("disksizestrictness", BOOLEAN, "To allow or disallow the resize operation on the disks created from this disk offering, if the flag is true then resize is not allowed", since="4.16"),
-    P("encrypt", BOOLEAN, "Volumes using this offering should be encrypted", since="4.18"),
+    P("encrypt", BOOLEAN, "Volumes using this offering should be encrypted: LUKS through QEMU with a random "
+      "passphrase per volume, on file, NFS and (unlike CloudStack) RBD pools; pools whose driver cannot encrypt "
+      "are never chosen", since="4.18"),
     P("details", MAP, "details to specify disk offering parameters", since="4.16"),
 ], view=DISK_OFFERING)
 def create_disk_offering(req, p):
@@ -255,7 +257,8 @@ def delete_disk_offering(req, p):
     P("maxiops", LONG, "max iops of the compute offering", since="4.4"),
     P("hypervisorsnapshotreserve", INTEGER, HV_RESERVE, since="4.4"),
     P("cachemode", STRING, CACHE_MODE.format("service offering's root disk"), since="4.14"),
-    P("encryptroot", BOOLEAN, "VMs using this offering require root volume encryption", since="4.18"),
+    P("encryptroot", BOOLEAN, "VMs using this offering require root volume encryption (a ROOT volume from a "
+      "template is then a full encrypted copy, never a linked clone)", since="4.18"),
 ], view=SERVICE_OFFERING)
 def create_service_offering(req, p):
     so = service_offerings.create_service_offering(

@@ -68,7 +68,8 @@ def extract_iso(req, p):
     return _extract_template(req, p, True)
 
 
-@API.command("extractVolume", "Extracts volume", [
+@API.command("extractVolume", "Extracts volume (an encrypted volume's download is its encrypted image: a qcow2 with "
+             "LUKS encryption, unreadable without the passphrase, which volstack never hands out)", [
     P("id", UUID, "the ID of the volume", required=True, entity="Volume"), *EXTRACT_PARAMS,
     P("zoneid", UUID, "the ID of the zone where the volume is located", required=True, entity="Zone"),
 ], view=EXTRACT_VOLUME, is_async=True, access=USER, instance_type="Volume", instance_param="id")

@@ -67,6 +67,7 @@ VOLUME = View("volume", [
     F("created", "the date the disk volume was created", _date("created"), "date"),
     F("isextractable", "true if the volume is extractable, false otherwise", lambda r, lk: True, "boolean"),
     F("displayvolume", "an optional field whether to the display the volume to the end user or not.", lambda r, lk: True, "boolean"),
+    F("encryptformat", "the format of the disk encryption if applicable", _a("encrypt_format")),
     *_owner_fields(),
     tags_field("Volume"),
 ])
@@ -91,7 +92,7 @@ VOL_FILTERS = [
     *OWNER_LIST_PARAMS,
 ]
 _FILTER_NAMES = ("id", "ids", "name", "type", "state", "zoneid", "podid", "clusterid", "hostid", "storageid",
-                 "virtualmachineid", "diskofferingid", "tags")
+                 "virtualmachineid", "diskofferingid", "tags", "isencrypted")
 
 
 def _stat(field):
