@@ -84,8 +84,14 @@ def take(rig, workload) -> dict:
     out["listzones_p99_ms"] = round(lat[int(len(lat) * 0.99) - 1] * 1000, 1) if lat else None
     out["listzones_max_ms"] = round(lat[-1] * 1000, 1) if lat else None
     out["listzones_samples"] = len(lat)
+    stops = sorted(workload.latency_stops)      # while a stopVirtualMachine or detachVolume job ran
+    out["listzones_p99_ms_during_stop_detach"] = round(stops[max(0, int(len(stops) * 0.99) - 1)] * 1000, 1) \
+        if stops else None
+    out["listzones_samples_during_stop_detach"] = len(stops)
     out["operations"] = sum(1 for e in workload.log if e[0] not in ("kill", "skip"))
     out["failed_operations"] = sum(1 for e in workload.log if e[0] not in ("kill", "skip", "write") and e[2])
+    out["failures"] = sorted({f"{e[0]} {e[2]}: {e[3][:150]}" for e in workload.log
+                              if e[0] not in ("kill", "skip", "write") and e[2]})
     out["clean"] = all(not out[k] for k in MUST_BE_ZERO)
     return out
 
@@ -180,9 +186,11 @@ def _data_census(root, workload, vols, vms, pools) -> tuple[list[str], int]:
 
 def summary(r: dict) -> str:
     keys = ("seed", "ops", "kills", "seconds", "clean", "operations", "failed_operations", "interrupted_jobs",
-            "listzones_p99_ms", "listzones_max_ms", "data_checked")
+            "listzones_p99_ms", "listzones_max_ms", "listzones_p99_ms_during_stop_detach",
+            "listzones_samples_during_stop_detach", "data_checked")
     head = " ".join(f"{k}={r.get(k)}" for k in keys)
     body = [f"  {k}: {len(r[k]) if isinstance(r[k], list) else r[k]}" + (
         "".join(f"\n    - {x}" for x in r[k][:20]) if isinstance(r[k], list) and r[k] else "")
         for k in MUST_BE_ZERO]
-    return head + f"\n  answers: {r['answers']}\n" + "\n".join(body)
+    failures = "".join(f"\n    - {x}" for x in r.get("failures", [])[:30])
+    return head + f"\n  answers: {r['answers']}\n" + "\n".join(body) + f"\n  failed operations (CloudStack errors):{failures}"

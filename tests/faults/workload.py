@@ -147,7 +147,7 @@ class Workload:
         self.ops, self.kills_left, self.done = ops, min(kills, ops), 0
         self.expected = {}       # volume uuid -> [(offset, pattern)] written and not reverted away
         self.snap_data = {}      # snapshot uuid -> the volume's expected data when it was taken
-        self.log, self.latency, self._busy = [], [], set()
+        self.log, self.latency, self.latency_stops, self._current = [], [], [], None
 
     # ---- the objects as the API lists them
     def _list(self, cmd, key, **kw):
@@ -169,6 +169,7 @@ class Workload:
 
     def _submit(self, cmd, **params):
         """An operation: submitted, possibly hit by a kill while its job runs, then waited for."""
+        self._current = cmd
         r = self.api.call(cmd, **params)
         self.done += 1
         if r.get("errorcode") or "jobid" not in r:
@@ -184,6 +185,7 @@ class Workload:
                 (self.rig.kill_ms if victim == "ms" else self.rig.kill_agent)()
                 self.log.append(("kill", victim, cmd))
             outcome = self.api.job(r["jobid"])
+        self._current = None
         self.log.append((cmd, params, outcome.get("errorcode"), outcome.get("errortext", "")[:200]))
         return outcome
 
@@ -287,10 +289,12 @@ class Workload:
     def _probe_latency(self, stop):
         """listZones every 100 ms: how long the API takes while stops, detaches and copies run."""
         while not stop.wait(0.1):
-            started = time.monotonic()
+            started, during = time.monotonic(), self._current
             try:
                 self.api._client().listZones()
                 self.latency.append(time.monotonic() - started)
+                if during in ("stopVirtualMachine", "detachVolume") and self._current == during:
+                    self.latency_stops.append(time.monotonic() - started)
             except Exception:
                 pass         # the server is down (a kill): not a latency
 
