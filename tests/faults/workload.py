@@ -212,7 +212,7 @@ class Workload:
                 return self._submit("deployVirtualMachine", zoneid=self.zone, serviceofferingid=self.so,
                                     templateid=self.tiny)
             op = "stop"
-        if op == "create" or (op in ("attach", "write", "delete_volume") and not detached):
+        if op == "create" or (op in ("attach", "delete_volume") and not detached):
             if len(vols) < 6:
                 return self._submit("createVolume", name=f"v{len(self.log)}", zoneid=self.zone,
                                     diskofferingid=self.d1)
@@ -223,8 +223,10 @@ class Workload:
                 return self._submit("attachVolume", id=self._pick(detached)["id"], virtualmachineid=vm["id"])
         if op == "detach" and attached:
             return self._submit("detachVolume", id=self._pick(attached)["id"])
-        if op == "write" and detached:
-            return self._write(self._pick([v for v in detached if v["state"] == "Ready"] or [None]))
+        if op == "write":          # volumes no guest uses: detached, or attached to a stopped VM
+            idle = [v for v in vols if v["state"] == "Ready" and v.get("path") and (
+                not v.get("virtualmachineid") or v.get("vmstate") == "Stopped")]
+            return self._write(self._pick(idle or [None]))
         if op == "resize" and vols:
             v = self._pick([v for v in vols if v["state"] == "Ready"])
             if v:

@@ -208,10 +208,11 @@ def take(s, ctx, snap: VMSnapshot, progress=None) -> VMSnapshot:
         s.rollback()             # nothing half-moved: then Allocated → Creating → Error with the reason
         VM_SNAPSHOT.fire(s, snap, "CreateRequested")
         _failed(s, ctx, snap, [], exc, "taking the VM snapshot", "VMSNAPSHOT.CREATE")
+    disks = _disk_specs(s, vols)
     s.commit()
     try:
         run_long(channel(host), "vm_snapshot_create", progress, vm=vm.uuid, tag=snap.uuid, memory=memory,
-                 running=vm.state == "Running", disks=_disk_specs(s, vols))
+                 running=vm.state == "Running", disks=disks)
     except CloudError as exc:
         _failed(s, ctx, snap, vols, exc, f"taking the VM snapshot on host {host.name}", "VMSNAPSHOT.CREATE")
     _end_volumes(s, vols)
@@ -292,9 +293,10 @@ def delete(s, ctx, snap: VMSnapshot, progress=None) -> None:
     at_rest_vm = vm.uuid if vm.state != "Running" or vm.removed is not None else None
     try:
         for guest, disks in _by_guest(s, vols):
-            channel(_host(s, guest, disks)).call("vm_snapshot_delete", vm=guest.uuid if guest else at_rest_vm,
-                                                 tag=snap.uuid, running=guest is not None,
-                                                 disks=_disk_specs(s, disks))
+            ch, specs = channel(_host(s, guest, disks)), _disk_specs(s, disks)
+            s.commit()
+            ch.call("vm_snapshot_delete", vm=guest.uuid if guest else at_rest_vm, tag=snap.uuid,
+                    running=guest is not None, disks=specs)
     except CloudError as exc:
         _failed(s, ctx, snap, [], exc, "deleting the VM snapshot", "VMSNAPSHOT.DELETE")
     for child in s.scalars(select(VMSnapshot).where(VMSnapshot.parent_id == snap.id)):

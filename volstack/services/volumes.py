@@ -553,7 +553,9 @@ def change_offering(s, ctx, vol: Volume, *, diskofferingid, size_gb=None, shrink
     vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
     if vm is not None and vm.state == "Running" and vol.state == "Ready":
         from volstack.drivers.default import serial_of
-        channel(s.get(Host, vm.host_id)).call("disk_set_qos", vm=vm.uuid, serial=serial_of(vol), qos=offerings.qos_of(new, s))
+        ch, qos = channel(s.get(Host, vm.host_id)), offerings.qos_of(new, s)
+        s.commit()
+        ch.call("disk_set_qos", vm=vm.uuid, serial=serial_of(vol), qos=qos)
     events.record(s, ctx, "VOLUME.UPDATE", f"Volume {vol.name} now uses disk offering {new.name}",
                   resource_type="Volume", resource_uuid=vol.uuid)
     return vol
