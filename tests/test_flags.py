@@ -34,6 +34,13 @@ def test_quiesce_replication_and_capacities_are_refused_by_name(sim):
         assert code == 431 and "showcapacities=true" in text and "listStoragePools" in text, command
         assert getattr(api, command)(showcapacities=False)["count"] == 1
 
+    code, text = error_of(lambda: api.extractVolume(id=root["id"], zoneid=sim["zone"]["id"], mode="HTTP_DOWNLOAD",
+                                                    url="ftp://10.0.0.9/x"))
+    assert code == 431 and "url is the destination of FTP_UPLOAD" in text
+    iso = api.registerIso(name="i", url="http://10.0.0.9/i.iso", zoneid=sim["zone"]["id"])["iso"][0]
+    code, text = error_of(lambda: api.updateIsoPermissions(id=iso["id"], projectids="0f1e2d3c-4b5a-4968-8776-655443322110"))
+    assert code == 431 and "projectids" in text
+
 
 @pytest.mark.usefixtures("db_url")
 def test_listisos_bootable_and_listsnapshots_showunique(sim, server):
@@ -66,3 +73,10 @@ def test_listisos_bootable_and_listsnapshots_showunique(sim, server):
     assert where == [("PRIMARY", "Primary", pool_uuid), ("SECONDARY", "Image", snap["datastoreid"])]
     page = api.listSnapshots(showunique=False, page=2, pagesize=1)
     assert page["count"] == 2 and len(page["snapshot"]) == 1
+
+    # listVolumes serviceofferingid: the volumes of the service offering's disk offering (the root disk here)
+    data = api.createVolume(name="data", zoneid=zone["id"], diskofferingid=sim["do"]["id"])["volume"]
+    by_so = api.listVolumes(serviceofferingid=sim["vm"]["serviceofferingid"])
+    assert [v["id"] for v in by_so["volume"]] == [root["id"]] and data["id"] != root["id"]
+    assert [v["id"] for v in api.listVolumes(serviceofferingid=sim["vm"]["serviceofferingid"],
+                                             diskofferingid=sim["do"]["id"])["volume"]] == [data["id"]]

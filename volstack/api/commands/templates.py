@@ -296,7 +296,7 @@ PERMISSION_PARAMS = [
     P("ispublic", BOOLEAN, "true for public template/iso, false for private templates/isos"),
     P("isfeatured", BOOLEAN, "true for featured template/iso, false otherwise", access=ROOT),
     P("isextractable", BOOLEAN, "true if the template/iso is extractable, false other wise. Can be set only by root admin"),
-    P("projectids", LIST, "unused: volstack has no projects"),
+    P("projectids", LIST, "projects to permit (volstack has no projects yet: every id is refused)", entity="Project"),
 ]
 
 
