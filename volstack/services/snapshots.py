@@ -522,7 +522,7 @@ def settle_interrupted(db, ctx, snapshot_uuid: str, cmd: str) -> None:
                           physical_size=finished.get("physical_size"), error=f"{reason}; {how}")
             vol = s.get(Volume, snap.volume_id)
             if vol is not None and vol.state == "Snapshotting":
-                vol.state = "Ready"
+                VOLUME.fire(s, vol, "OperationSucceeded")
             events.record(s, ctx, "SNAPSHOT.RECOVER", f"Snapshot {snap.name}: {reason}; {how} (BackedUp; its copy "
                           "on primary storage stays until the snapshot is deleted)", level="WARN",
                           resource_type="Snapshot", resource_uuid=snap.uuid)
