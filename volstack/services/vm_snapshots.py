@@ -86,14 +86,19 @@ def _check_disks(s, vm, vols: list[Volume]) -> None:
                                "again when it has finished")
 
 
+def refuse_quiesce(quiescevm, instead: str) -> None:
+    """quiescevm=true: freezing the guest's file systems needs the QEMU guest agent, and volstack's guests have no
+    guest agent channel volstack drives; refusing beats a snapshot the caller believes is application consistent."""
+    if quiescevm:
+        raise InvalidParameter(f"quiescevm=true is not supported: quiescing needs the QEMU guest agent inside the VM, "
+                               f"which volstack does not drive; omit quiescevm: {instead}")
+
+
 def create(s, ctx, *, virtualmachineid, name=None, description=None, snapshotmemory=False,
            quiescevm=False) -> VMSnapshot:
     """The VM snapshot row (Allocated) after every check that needs no host."""
     vm = vms.get_vm(s, ctx, virtualmachineid)
-    if quiescevm:
-        raise InvalidParameter("quiescevm=true needs a guest agent to freeze the guest's file systems, which volstack "
-                               "does not drive; omit it: a VM snapshot holds all disks at one instant (crash "
-                               "consistent)")
+    refuse_quiesce(quiescevm, "a VM snapshot holds all disks at one instant (crash consistent)")
     stamp = f"{utcnow():%Y%m%d%H%M%S}"
     internal = f"{vm.name}_VS_{stamp}"
     display = name or internal
