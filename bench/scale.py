@@ -7,8 +7,9 @@ For each database and size: a management server (in this process, waitress as `v
 Simulator zone, one NFS pool, 10 user accounts, and N volumes bulk-inserted through the models (70 % Ready on
 the pool, 20 % Allocated, 10 % Destroy; every 4th Ready volume attached to one of N/4 VMs; a snapshot for every
 10th volume), counts recounted as updateResourceCount does. Every figure is the p50 of signed HTTP requests from
-one keep-alive client, next to signed listZones on the same server in the same run (`ratio`), and the SQL
-statements the request thread ran (BEGIN/COMMIT not counted). createVolume is a user's request (the job's row
+one keep-alive client, next to signed listZones on the same server in the same run (`ratio`), the SQL
+statements the request thread ran (BEGIN/COMMIT not counted) and their time, and the server's CPU time for the
+same request handled in-process (ApiApp.handle, median of 3: a figure a loaded machine does not distort). createVolume is a user's request (the job's row
 and the limit check; the job itself is not waited for). Rows without an external baseline say so.
 """
 import argparse
@@ -41,9 +42,21 @@ class Client:
     def __init__(self, endpoint, key, secret):
         self.endpoint, self.key, self.secret, self.http = endpoint, key, secret, requests.Session()
 
-    def call(self, command, **params):
+    def signed(self, command, **params):
         p = {"command": command, "apiKey": self.key, "response": "json", **{k: str(v) for k, v in params.items()}}
         p["signature"] = sign(p, self.secret)
+        return p
+
+    def cpu_ms(self, app, command, **params):
+        """The server's CPU for one request, handled in this thread (ApiApp.handle: no HTTP): load-independent."""
+        pairs = list(self.signed(command, **params).items())
+        t0 = time.thread_time()
+        status = app.handle(pairs, {}, "GET")[0]
+        assert status.startswith("200"), status
+        return (time.thread_time() - t0) * 1000
+
+    def call(self, command, **params):
+        p = self.signed(command, **params)
         r = self.http.get(self.endpoint + "?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in p.items()), timeout=600)
         if r.status_code != 200:
             raise RuntimeError(f"{command} {params}: HTTP {r.status_code} {r.text[:300]}")
@@ -51,16 +64,27 @@ class Client:
 
 
 class Statements:
-    """SQL statements of the server's request threads (waitress workers)."""
+    """SQL statements of the server's request threads (waitress workers) and the time spent executing them."""
 
     def __init__(self, engine):
-        self.n = 0
-        event.listen(engine, "before_cursor_execute", self._count)
+        self.n, self.seconds = 0, 0.0
+        event.listen(engine, "before_cursor_execute", self._before)
+        event.listen(engine, "after_cursor_execute", self._after)
 
-    def _count(self, conn, cursor, statement, *a):
-        if threading.current_thread().name.startswith("waitress") and \
-                not statement.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK")):
+    @staticmethod
+    def _ours(statement):
+        return threading.current_thread().name.startswith("waitress") and \
+            not statement.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK"))
+
+    def _before(self, conn, cursor, statement, *a):
+        if self._ours(statement):
             self.n += 1
+            conn.info["scale_t0"] = time.perf_counter()
+
+    def _after(self, conn, cursor, statement, *a):
+        t0 = conn.info.pop("scale_t0", None)
+        if t0 is not None:
+            self.seconds += time.perf_counter() - t0
 
 
 def seed(ms, admin, n: int) -> dict:
@@ -160,13 +184,20 @@ def measure(ms, admin, world, n, rounds) -> list:
     out = []
     for label, client, cmd, params in rows:
         ms_ = p50(lambda: client.call(cmd, **params), rounds)
-        meter.n = 0
+        meter.n, meter.seconds = 0, 0.0
         client.call(cmd, **params)
-        out.append((label, ms_, meter.n))
+        cpu = statistics.median(client.cpu_ms(ms.api, cmd, **params) for _ in range(3))
+        out.append((label, ms_, (meter.n, meter.seconds * 1000, cpu)))
     counter = iter(range(10 ** 9))
     create = lambda: user.call("createVolume", name=f"new-{next(counter)}", zoneid=world["zone"]["id"],  # noqa: E731
                                diskofferingid=world["do"]["id"])
-    out.append(("createVolume (a user's request: row, limit check, job row)", p50(create, rounds), None))
+    wall = p50(create, rounds)
+    meter.n, meter.seconds = 0, 0.0
+    create()
+    stm = (meter.n, meter.seconds * 1000)
+    cpu = statistics.median(user.cpu_ms(ms.api, "createVolume", name=f"new-{next(counter)}", zoneid=world["zone"]["id"],
+                                        diskofferingid=world["do"]["id"]) for _ in range(3))
+    out.append(("createVolume (a user's request: row, limit check, job row)", wall, (*stm, cpu)))
     return out
 
 
@@ -208,7 +239,8 @@ def main():
                 base = rows[0][1]
                 for label, ms_, stm in rows:
                     ratio = f"{ms_ / base:6.1f}x listZones" if not label.startswith("listZones") else "     (baseline)"
-                    st = f"{stm:3d} statements" if stm is not None else "   (no statement count)"
+                    st = f"{stm[0]:3d} statements, {stm[1]:6.1f} ms in SQL, {stm[2]:6.1f} ms server CPU" \
+                        if stm is not None else "   (no statement count)"
                     print(f"  {label:58s} {ms_:8.1f} ms  {ratio}  {st}")
                 sys.stdout.flush()
         if pg is not None:

@@ -108,6 +108,18 @@ def test_a_domain_admin_reaches_its_whole_subtree_by_ids_on_every_database(serve
     assert e.value.error["errorcode"] == 431 and "already exists" in e.value.error["errortext"]
 
 
+def test_update_resource_count_of_a_domain_stays_in_its_subtree(server):
+    """A '_' in a domain path is no LIKE wildcard: recounting domain a_b never reaches (nor names) the accounts of
+    a sibling aXb."""
+    api = client(server)
+    ab = api.createDomain(name="a_b")["domain"]
+    axb = api.createDomain(name="aXb")["domain"]
+    _, dadmin = _user_api(server, api, "dadmin", accounttype=2, domainid=ab["id"])
+    _user_api(server, api, "stranger", domainid=axb["id"])
+    counted = dadmin.updateResourceCount(domainid=ab["id"])["resourcecount"]
+    assert {r["account"] for r in counted} == {"dadmin"}
+
+
 def test_disable_enable_and_delete_account(server):
     api = client(server)
     acc, alice = _user_api(server, api, "alice")

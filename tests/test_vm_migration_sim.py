@@ -6,8 +6,6 @@ from cs import CloudStackApiException
 from agentproc import wait_until
 from support import add_datacenter, client
 
-pytestmark = pytest.mark.usefixtures("db_url")     # every test on SQLite and PostgreSQL
-
 GIB = 2 ** 30
 
 

@@ -78,14 +78,20 @@ def take(rig, workload) -> dict:
     out["internal_errors"] = [e for e in workload.api.errors if e[1] == 530 and "interrupted because the management "
                               "server running it stopped" not in e[2]]
     out["interrupted_jobs"] = sum(1 for e in workload.api.errors if e[1] == 530) - len(out["internal_errors"])
-    logs = [rig.ms_log, Path(rig.agent.log.name)]
+    logs = [rig.ms_log] + [Path(a.log.name) for a in rig.agents]
     out["tracebacks"] = [tb for p in logs if p.exists() for tb in _tracebacks(p)]
     lat = sorted(workload.latency)
     out["listzones_p99_ms"] = round(lat[int(len(lat) * 0.99) - 1] * 1000, 1) if lat else None
     out["listzones_max_ms"] = round(lat[-1] * 1000, 1) if lat else None
     out["listzones_samples"] = len(lat)
+    stops = sorted(workload.latency_stops)      # while a stopVirtualMachine or detachVolume job ran
+    out["listzones_p99_ms_during_stop_detach"] = round(stops[max(0, int(len(stops) * 0.99) - 1)] * 1000, 1) \
+        if stops else None
+    out["listzones_samples_during_stop_detach"] = len(stops)
     out["operations"] = sum(1 for e in workload.log if e[0] not in ("kill", "skip"))
     out["failed_operations"] = sum(1 for e in workload.log if e[0] not in ("kill", "skip", "write") and e[2])
+    out["failures"] = sorted({f"{e[0]} {e[2]}: {e[3][:150]}" for e in workload.log
+                              if e[0] not in ("kill", "skip", "write") and e[2]})
     out["clean"] = all(not out[k] for k in MUST_BE_ZERO)
     return out
 
@@ -137,10 +143,23 @@ def _files_census(root, pools, stores, vols, snaps, pool_refs, store_refs) -> di
 
 
 def _host_census(rig, vms, vols) -> list[str]:
-    try:
-        guests = {g["name"]: g for g in rig.agent.client.call("vm_list")["vms"] if g["state"] == "Running"}
-    except Exception as e:
-        return [f"the agent did not list its guests: {e}"]
+    from volstack.db.models import Host
+    db = Database(sqlite_url(rig.root))
+    with db.session(readonly=True) as s:
+        host_ids = {h.name: h.id for h in s.scalars(select(Host))}
+    diffs = []
+    for agent in rig.agents:
+        try:
+            guests = {g["name"]: g for g in agent.client.call("vm_list")["vms"] if g["state"] == "Running"}
+        except Exception as e:
+            diffs.append(f"agent {agent.name} did not list its guests: {e}")
+            continue
+        here = [v for v in vms if v.host_id == host_ids.get(agent.name) or v.state != "Running"]
+        diffs += [f"{agent.name}: {d}" for d in _guests_vs_db(guests, here, vols)]
+    return diffs
+
+
+def _guests_vs_db(guests, vms, vols) -> list[str]:
     diffs = []
     running = {v.uuid: v for v in vms if v.state == "Running"}
     for name in sorted(set(guests) - set(running)):
@@ -180,9 +199,11 @@ def _data_census(root, workload, vols, vms, pools) -> tuple[list[str], int]:
 
 def summary(r: dict) -> str:
     keys = ("seed", "ops", "kills", "seconds", "clean", "operations", "failed_operations", "interrupted_jobs",
-            "listzones_p99_ms", "listzones_max_ms", "data_checked")
+            "listzones_p99_ms", "listzones_max_ms", "listzones_p99_ms_during_stop_detach",
+            "listzones_samples_during_stop_detach", "data_checked")
     head = " ".join(f"{k}={r.get(k)}" for k in keys)
     body = [f"  {k}: {len(r[k]) if isinstance(r[k], list) else r[k]}" + (
         "".join(f"\n    - {x}" for x in r[k][:20]) if isinstance(r[k], list) and r[k] else "")
         for k in MUST_BE_ZERO]
-    return head + f"\n  answers: {r['answers']}\n" + "\n".join(body)
+    failures = "".join(f"\n    - {x}" for x in r.get("failures", [])[:30])
+    return head + f"\n  answers: {r['answers']}\n" + "\n".join(body) + f"\n  failed operations (CloudStack errors):{failures}"

@@ -17,8 +17,9 @@ SETTINGS = {"expunge.delay": 0, "expunge.interval": 5, "storage.cleanup.delay": 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    for opt in ("--data", "--agent-url", "--template"):
+    for opt in ("--data", "--template"):
         ap.add_argument(opt, required=True)
+    ap.add_argument("--agent-url", action="append", required=True, help="one per host (host1, host2, …)")
     ap.add_argument("--nfs-url", help="an NFS export for the second pool (default: a second local pool)")
     ap.add_argument("--port", type=int, required=True)
     args = ap.parse_args()
@@ -48,14 +49,15 @@ def main() -> int:
                                {"name": "custom", "displaytext": "custom", "customized": True}],
             "service_offerings": [{"name": "tiny", "displaytext": "tiny", "cpunumber": 1, "cpuspeed": 500,
                                    "memory": 128, "rootdisksize": 1}]})
-        token = (Path(args.data) / "agent" / "token").read_text().strip()
         from volstack.db.models import Cluster, Pod, Zone
         with ms.db.session() as s:
             zone = s.scalar(select(Zone).where(Zone.name == "fz"))
             pod = s.scalar(select(Pod).where(Pod.zone_id == zone.id))
             cl = s.scalar(select(Cluster).where(Cluster.pod_id == pod.id))
-            infra.add_host(s, ctx, zone.uuid, pod.uuid, args.agent_url, "KVM", clusterid=cl.uuid, password=token,
-                           username="root")
+            for i, url in enumerate(args.agent_url):
+                token = (data / ("agent" if i == 0 else f"agent{i + 1}") / "token").read_text().strip()
+                infra.add_host(s, ctx, zone.uuid, pod.uuid, url, "KVM", clusterid=cl.uuid, password=token,
+                               username="root")
         (data / "local").mkdir(exist_ok=True)
         (data / "local2").mkdir(exist_ok=True)
         (data / "images").mkdir(exist_ok=True)

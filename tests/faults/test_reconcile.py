@@ -308,3 +308,26 @@ def test_reconcile_pass_submits_one_task_per_difference_and_none_while_a_job_wor
         s.flush()
         assert reconcile.busy(s, [vm["id"]], reconcile.utcnow())
         s.rollback()
+
+
+def test_a_guest_no_vm_record_owns_is_stopped_and_removed_from_its_host(sim):
+    """A guest left by an expunged VM (or unknown to the database) holds its disk: reconciliation removes it."""
+    ms, agent = sim["ms"], sim["agent"].client
+    from volstack.api.commands.vms import reconcile_submitter
+    from volstack.db.models import Host
+    from volstack.db.storage_models import StoragePool
+    from helpers import pool_spec
+    with ms.db.session(readonly=True) as s:
+        host = s.scalars(select(Host)).one()
+        pool = s.scalars(select(StoragePool)).one()
+    spec = pool_spec(ms, pool.uuid)
+    agent.call("volume_create", pool=spec, name="stray", size=1 << 20, format="qcow2")
+    name = "6f1e0c1a-0000-4000-8000-00000000abcd"
+    agent.call("vm_start", name=name, uuid=name, memory_mb=64, cpus=1,
+               disks=[{"pool": spec, "name": "stray", "format": "qcow2", "serial": "STRAY", "device_id": 0}])
+    assert reconcile.reconcile_host(ms.db, host, reconcile_submitter(ms.jobs)) == [name]
+    ms.jobs.wake()
+    wait_until("the reconciler's event", lambda: any(
+        f"guest {name} was running on host sim1 with disks STRAY although no VM record owns it" in d
+        and "stop the guest and remove it from the host" in d for d in _events(sim, "VM.STOP")))
+    assert all(g["name"] != name for g in agent.call("vm_list")["vms"])

@@ -65,6 +65,11 @@ def test_no_agent_call_is_made_inside_a_write_transaction(server):
         api.resizeVolume(id=vol["id"], size=2, diskofferingid=api.createDiskOffering(
             name="c", displaytext="c", customized=True)["diskoffering"]["id"])
         api.rebootVirtualMachine(id=vm["id"])
+        api.changeOfferingForVolume(id=vol["id"], diskofferingid=api.createDiskOffering(
+            name="q", displaytext="q", customized=True, miniops=100, maxiops=200, customizediops=False)["diskoffering"]["id"],
+            size=2)
+        vmsnap = api.createVMSnapshot(virtualmachineid=vm["id"])["vmsnapshot"]
+        api.deleteVMSnapshot(vmsnapshotid=vmsnap["id"])
         api.detachVolume(id=vol["id"])
         where = api.listVolumes(id=vol["id"])["volume"][0]["storageid"]
         api.migrateVolume(volumeid=vol["id"], storageid=pool2["id"] if where != pool2["id"] else pool["id"])

@@ -43,20 +43,23 @@ class Rig:
     """The processes: one agent (real QEMU guests) and one management server, each killable and restartable on
     the same port and data."""
 
-    def __init__(self, root: Path, nfs_url: str | None):
+    def __init__(self, root: Path, nfs_url: str | None, hosts: int = 1):
         self.root, self.nfs_url = root, nfs_url
         self.port = _free_port()
-        self.agent = AgentProcess(root / "agent", "qemu", "host1")
+        self.agents = [AgentProcess(root / ("agent" if i == 0 else f"agent{i + 1}"), "qemu", f"host{i + 1}")
+                       for i in range(hosts)]
+        self.agent = self.agents[0]
         self.ms = None
         self.ms_log = root / "ms.log"
 
     def start(self):
-        self.agent.start()
+        for a in self.agents:
+            a.start()
         self.start_ms()
 
     def start_ms(self):
         cmd = [sys.executable, "-m", "tests.faults.msproc", "--data", str(self.root), "--port", str(self.port),
-               "--agent-url", self.agent.url, "--template", str(TEMPLATE)] + (
+               "--template", str(TEMPLATE)] + [x for a in self.agents for x in ("--agent-url", a.url)] + (
                    ["--nfs-url", self.nfs_url] if self.nfs_url else [])
         self.ms = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(self.ms_log, "ab"), cwd=ROOT,
                                    stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -74,20 +77,21 @@ class Rig:
         self.ms.wait()
         self.start_ms()
 
-    def kill_agent(self):
-        self.agent.restart(signal.SIGKILL, keep_port=True)
+    def kill_agent(self, which: int = 0):
+        self.agents[which % len(self.agents)].restart(signal.SIGKILL, keep_port=True)
 
     def stop(self):
         if self.ms is not None and self.ms.poll() is None:
             self.ms.send_signal(signal.SIGTERM)
             self.ms.wait(timeout=60)
-        try:
-            for vm in self.agent.client.call("vm_list")["vms"]:
-                self.agent.client.call("vm_destroy", name=vm["name"])
-        except Exception:
-            pass
-        self.agent.stop()
-        self.agent.kill_guests()
+        for agent in self.agents:
+            try:
+                for vm in agent.client.call("vm_list")["vms"]:
+                    agent.client.call("vm_destroy", name=vm["name"])
+            except Exception:
+                pass
+            agent.stop()
+            agent.kill_guests()
 
 
 class Api:
@@ -147,7 +151,7 @@ class Workload:
         self.ops, self.kills_left, self.done = ops, min(kills, ops), 0
         self.expected = {}       # volume uuid -> [(offset, pattern)] written and not reverted away
         self.snap_data = {}      # snapshot uuid -> the volume's expected data when it was taken
-        self.log, self.latency, self._busy = [], [], set()
+        self.log, self.latency, self.latency_stops, self._current = [], [], [], None
 
     # ---- the objects as the API lists them
     def _list(self, cmd, key, **kw):
@@ -166,9 +170,11 @@ class Workload:
             "listTemplates", "template", templatefilter="all", name="tiny")), timeout=120)
         self.tiny = self._list("listTemplates", "template", templatefilter="all", name="tiny")[0]["id"]
         self.pools = {p["id"]: p for p in self._list("listStoragePools", "storagepool")}
+        self.hosts = [h["id"] for h in self._list("listHosts", "host", type="Routing")]
 
     def _submit(self, cmd, **params):
         """An operation: submitted, possibly hit by a kill while its job runs, then waited for."""
+        self._current = cmd
         r = self.api.call(cmd, **params)
         self.done += 1
         if r.get("errorcode") or "jobid" not in r:
@@ -181,9 +187,15 @@ class Workload:
                 self.kills_left -= 1
                 time.sleep(self.rnd.uniform(0, 1.5))
                 victim = "ms" if self.rnd.random() < 2 / 3 else "agent"
-                (self.rig.kill_ms if victim == "ms" else self.rig.kill_agent)()
+                if victim == "ms":
+                    self.rig.kill_ms()
+                else:
+                    which = self.rnd.randrange(len(self.rig.agents))
+                    self.rig.kill_agent(which)
+                    victim = f"agent{which + 1}"
                 self.log.append(("kill", victim, cmd))
             outcome = self.api.job(r["jobid"])
+        self._current = None
         self.log.append((cmd, params, outcome.get("errorcode"), outcome.get("errortext", "")[:200]))
         return outcome
 
@@ -210,7 +222,7 @@ class Workload:
                 return self._submit("deployVirtualMachine", zoneid=self.zone, serviceofferingid=self.so,
                                     templateid=self.tiny)
             op = "stop"
-        if op == "create" or (op in ("attach", "write", "delete_volume") and not detached):
+        if op == "create" or (op in ("attach", "delete_volume") and not detached):
             if len(vols) < 6:
                 return self._submit("createVolume", name=f"v{len(self.log)}", zoneid=self.zone,
                                     diskofferingid=self.d1)
@@ -221,8 +233,10 @@ class Workload:
                 return self._submit("attachVolume", id=self._pick(detached)["id"], virtualmachineid=vm["id"])
         if op == "detach" and attached:
             return self._submit("detachVolume", id=self._pick(attached)["id"])
-        if op == "write" and detached:
-            return self._write(self._pick([v for v in detached if v["state"] == "Ready"] or [None]))
+        if op == "write":          # volumes no guest uses: detached, or attached to a stopped VM
+            idle = [v for v in vols if v["state"] == "Ready" and v.get("path") and (
+                not v.get("virtualmachineid") or v.get("vmstate") == "Stopped")]
+            return self._write(self._pick(idle or [None]))
         if op == "resize" and vols:
             v = self._pick([v for v in vols if v["state"] == "Ready"])
             if v:
@@ -258,6 +272,10 @@ class Workload:
                                 forced="true" if self.rnd.random() < 0.3 else "false")
         if op == "start" and stopped:
             return self._submit("startVirtualMachine", id=self._pick(stopped)["id"])
+        if op == "migrate_vm" and running and len(self.rig.agents) > 1 and self.rnd.random() < 0.5:
+            vm = self._pick(running)        # live, to the other host
+            other = self._pick([h for h in self.hosts if h != vm.get("hostid")])
+            return self._submit("migrateVirtualMachine", virtualmachineid=vm["id"], hostid=other)
         if op == "migrate_vm" and stopped:
             return self._submit("migrateVirtualMachine", virtualmachineid=self._pick(stopped)["id"],
                                 storageid=self._pick(list(self.pools)))
@@ -287,10 +305,12 @@ class Workload:
     def _probe_latency(self, stop):
         """listZones every 100 ms: how long the API takes while stops, detaches and copies run."""
         while not stop.wait(0.1):
-            started = time.monotonic()
+            started, during = time.monotonic(), self._current
             try:
                 self.api._client().listZones()
                 self.latency.append(time.monotonic() - started)
+                if during in ("stopVirtualMachine", "detachVolume") and self._current == during:
+                    self.latency_stops.append(time.monotonic() - started)
             except Exception:
                 pass         # the server is down (a kill): not a latency
 
@@ -307,9 +327,10 @@ class Workload:
             probe.join()
 
 
-def run(seed: int, ops: int, kills: int, root: Path, nfs_url: str | None, spare_deploys: bool = False) -> dict:
+def run(seed: int, ops: int, kills: int, root: Path, nfs_url: str | None, spare_deploys: bool = False,
+        hosts: int = 1) -> dict:
     """One seeded run in root (nfs_url: an NFS export whose directory is root/nfs; None: a second local pool)."""
-    rig = Rig(root, nfs_url)
+    rig = Rig(root, nfs_url, hosts)
     rig.start()
     try:
         w = Workload(rig, seed, ops, kills, spare_deploys)
@@ -334,6 +355,7 @@ def main() -> int:
     ap.add_argument("--ops", type=int, default=200)
     ap.add_argument("--kills", type=int, default=18)
     ap.add_argument("--json", action="store_true", help="print each run's census as JSON")
+    ap.add_argument("--hosts", type=int, default=1, help="KVM hosts (agents); 2 adds live VM migration")
     ap.add_argument("--spare-deploys", action="store_true", help="no kill lands on a deploy (see Workload)")
     ap.add_argument("--no-nfs", action="store_true", help="a second local pool instead of the NFS pool (the machine's "
                                                            "one NFS server is held by another test run)")
@@ -346,7 +368,7 @@ def main() -> int:
             pseudo = f"/faults-{uuid.uuid4().hex[:8]}"
             url = nfs.add_export(pseudo, root / "nfs") if nfs else None
             try:
-                result = run(seed, args.ops, args.kills, root, url, args.spare_deploys)
+                result = run(seed, args.ops, args.kills, root, url, args.spare_deploys, args.hosts)
             finally:
                 if nfs:
                     nfs.remove_export(pseudo)

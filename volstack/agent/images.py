@@ -20,6 +20,7 @@ import importlib
 import json
 import os
 import re
+import stat
 import subprocess
 from contextlib import ExitStack, contextmanager
 from urllib.parse import quote
@@ -142,6 +143,14 @@ class DirectoryPool(Pool):
                         "_probe": e.path if e.is_file(follow_symlinks=False) and not link else None})
         return out
 
+    def head(self, path: str, count: int = 1024) -> bytes:
+        """The first bytes of a regular file the listing found (never through a link, never blocking)."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            return os.read(fd, count) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        finally:
+            os.close(fd)
+
     def exists(self, name: str) -> bool:
         self._check()
         return os.path.lexists(self.target(name))
@@ -216,8 +225,14 @@ class NfsPool(Pool):
         for a in sorted(self._call(lambda c: c.listdir(parts)), key=lambda a: a["name"]):
             rel = "/".join(parts + [a["name"]])
             out.append({"name": a["name"], "isdirectory": a["type"] == nfs3.NF3DIR, "size": a["size"],
-                        "lastupdated": a["mtime"], "_probe": self._url(rel) if a["type"] == nfs3.NF3REG else None})
+                        "lastupdated": a["mtime"], "_probe": rel if a["type"] == nfs3.NF3REG else None})
         return out
+
+    def head(self, rel: str, count: int = 1024) -> bytes:
+        def first(c):
+            fh, _ = c.lookup(_split(rel))       # refuses symbolic links on the way
+            return c.read(fh, 0, count)[0]
+        return self._call(first)
 
     def exists(self, name: str) -> bool:
         return self._call(lambda c: c.stat([name])) is not None
@@ -324,20 +339,17 @@ def _pbkdf_retry(fn):
                 raise
 
 
-def probe(target: str) -> str | None:
-    """Format of an image by probing (read-only; qemu-img info opens no backing file), None when it cannot be
-    opened. Only a hint for listings: nothing volstack opens is opened by what this says."""
-    try:
-        return json.loads(qemu_img(["info", "-U", "--output=json", target], "probe", timeout=30))["format"]
-    except Exception:
-        return None
-
-
 def list_entries(pool: Pool, path: str) -> list:
+    """A pool's files with the format their first bytes suggest: a hint for listings only (nothing is opened by
+    it), read by the agent itself, so qemu-img never opens whatever a guest-written header names."""
+    from volstack.agent.unpack import sniff_bytes
     out = []
     for e in pool.list(path):
         src = e.pop("_probe")
-        e["format"] = probe(src) if src else e.get("format")
+        try:
+            e["format"] = sniff_bytes(pool.head(src)) if src else e.get("format")
+        except Exception:
+            e["format"] = None
         out.append(e)
     return out
 

@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from volstack import transfer_signing as signing
 from volstack.agent import luks, tasks, transfer
-from volstack.agent.commands import arg
+from volstack.agent.args import arg
 from volstack.agent.errors import AgentError, Failed, InvalidArgument, NotFound
 
 log = logging.getLogger("volstack.agent")

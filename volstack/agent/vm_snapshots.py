@@ -26,7 +26,7 @@ def run(agent, action: str, args: dict, progress) -> dict:
     """vm_snapshot_<action>: args vm, tag, running (the control plane's view of the VM), memory, disks
     [{pool, name, format, serial}] with the ROOT disk first. Without vm the disks are taken as at rest (a
     destroyed VM's former data disks; each is still refused while a running guest uses it)."""
-    from volstack.agent.commands import arg
+    from volstack.agent.args import arg
     assert action in ACTIONS
     vm, tag = arg(args, "vm", str, None), images.check_name(arg(args, "tag"))
     vm = images.check_name(vm) if vm is not None else None

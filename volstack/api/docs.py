@@ -26,6 +26,9 @@ DEPARTURES = [
     "Simulator hosts whose URL names a host starting with `sim` are named SimulatedAgent.<uuid> with addresses from "
     "the pod's range, as CloudStack's simulator does; other Simulator URLs keep their host name (volstack's tests "
     "and Ansible's cs_host find hosts by name).",
+    "Flags volstack cannot honour are refused with 431 naming them, never ignored: quiescevm=true (createSnapshot, "
+    "createVMSnapshot: no QEMU guest agent is driven), usestoragereplication=true (createSnapshotPolicy), "
+    "showcapacities=true (listZones, listPods, listClusters: no capacity figures at those levels).",
 ]
 
 

@@ -67,10 +67,11 @@ class View:
     key: str
     fields: list[Field]
 
-    def render(self, row, lk, errors: list | None = None) -> dict:
-        """errors: collect the fields' exceptions there instead of raising (Lookups' gathering pass)."""
+    def render(self, row, lk, errors: list | None = None, fields=None) -> dict:
+        """errors: collect the fields' exceptions there instead of raising (Lookups' gathering pass);
+        fields: only these of the view's fields."""
         out, viewer = {}, VIEWER.get()
-        for f in self.fields:
+        for f in self.fields if fields is None else fields:
             if not f.visible(row, viewer):
                 continue
             if errors is None:

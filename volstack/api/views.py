@@ -52,15 +52,17 @@ class Lookups:
 
     def render_all(self, view, rows) -> list[dict]:
         rows = list(rows)
-        for _ in range(self.ROUNDS):
+        lookups = [f for f in view.fields if not getattr(f.get, "pure", False)]
+        for round_ in range(self.ROUNDS):
             self._wanted, errors = {}, []
             try:       # a field failing on a value still missing is retried; the real pass would raise it
-                out = [view.render(r, self, errors) for r in rows]
+                # the first pass only gathers (fields that read only their row are left for later)
+                out = [view.render(r, self, errors, lookups if round_ == 0 else None) for r in rows]
             finally:
                 wanted, self._wanted = self._wanted, None
             if not wanted:
-                if not errors:
-                    return out            # nothing was missing: this pass is the page
+                if not errors and round_ > 0:
+                    return out            # a full pass that missed nothing is the page
                 break
             for fn, keys in wanted.items():
                 keys = list(keys)
@@ -97,8 +99,14 @@ def children_of(model, column: str, order_by: str = "id"):
     return load
 
 
+def pure(fn):
+    """Marks a field getter that reads only its row (no lookups): the first gathering pass skips it."""
+    fn.pure = True
+    return fn
+
+
 def _a(attr):
-    return lambda r, lk: getattr(r, attr)
+    return pure(lambda r, lk: getattr(r, attr))
 
 
 def _ref(model, id_attr, field="uuid"):
@@ -106,7 +114,7 @@ def _ref(model, id_attr, field="uuid"):
 
 
 def _date(attr):
-    return lambda r, lk: date(getattr(r, attr))
+    return pure(lambda r, lk: date(getattr(r, attr)))
 
 
 def _domain_path_of(domain_id):

@@ -45,10 +45,23 @@ class Database:
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.attributes["connection_url"] = self.url
-        with self.engine.begin() as conn:
-            self._serialize(conn)      # several servers may start at once on one PostgreSQL
-            cfg.attributes["connection"] = conn
-            alembic_command.upgrade(cfg, "head")
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
+                # batch migrations recreate tables (copy, DROP, rename): with foreign keys enforced, dropping a table
+                # that rows of another table reference fails. The pragma only takes effect outside a transaction.
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with conn.begin():
+                    self._serialize(conn)      # several servers may start at once on one PostgreSQL
+                    cfg.attributes["connection"] = conn
+                    alembic_command.upgrade(cfg, "head")
+                    if self.is_sqlite:
+                        bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                        if bad:
+                            raise RuntimeError(f"the schema upgrade left rows whose references break: {bad[:5]}")
+            finally:
+                if self.is_sqlite:
+                    conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
     def _serialize(self, conn) -> None:
         if not self.is_sqlite:        # SQLite's BEGIN IMMEDIATE already serializes writers

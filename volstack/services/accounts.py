@@ -571,8 +571,7 @@ def accounts_for_recount(s, ctx, domain_uuid: str, account: str | None) -> list:
         return [get_account(s, ctx, name=account, domainid=domain_uuid)]
     if not ctx.is_admin:
         raise PermissionDenied("Only administrators can recount a domain's resources")
-    return list(s.scalars(select(Account).join(Domain, Domain.id == Account.domain_id)
-                          .where(Domain.path.startswith(dom.path)).order_by(Account.id)))
+    return list(s.scalars(select(Account).where(Account.domain_id.in_(subtree_ids(dom.id))).order_by(Account.id)))
 
 
 def check_limit(s, account_id: int, resource_type: str, delta: int = 1) -> None:

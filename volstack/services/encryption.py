@@ -78,7 +78,7 @@ def add_secrets(s, vm, disks: list) -> None:
     by_serial = {serial_of(v): v for v in s.scalars(select(Volume).where(Volume.vm_id == vm.id,
                                                                           Volume.removed.is_(None)))}
     for d in disks:
-        if d.get("encryption") and d.get("serial") in by_serial:
+        if isinstance(d, dict) and d.get("encryption") and d.get("serial") in by_serial:   # simulated hosts: serials
             d["encryption"] = spec(s, by_serial[d["serial"]])
 
 

@@ -93,7 +93,7 @@ def diagnose(s, host: Host, name: str, guest: dict | None) -> list[tuple[str, st
     if vm.state != "Running":
         return []                  # Stopping, Migrating, Expunging: their job (or the transitional sweep) settles
     if vm.host_id != host.id:
-        return [("misplaced_guest", None)] if alive and guest["state"] == "Running" else []
+        return [("misplaced_guest", None)] if alive else []      # an Incoming one too: no migration is under way
     if not alive:
         return [("lost_guest", None)]
     if guest["state"] != "Running":
@@ -148,21 +148,23 @@ def reconcile_host(db, host: Host, submit) -> list[str]:
         return []                       # the heartbeat decides about an unreachable host
     open_images = {f"{i['pool_uuid']}/{i['name']}": g["name"] for g in guests.values() if g["state"] in ALIVE
                    for i in g.get("images", [])}
-    todo = []
-    with db.session() as s:
+    with db.session(readonly=True) as s:          # only looks: no write lock unless there is something to write
         row = s.get(Host, host.id)
         if row is None:
             return []
-        if (row.details or {}).get("open_images") != open_images:
-            row.details = {**(row.details or {}), "open_images": open_images}
+        changed = (row.details or {}).get("open_images") != open_images
         recorded = set(s.scalars(select(VirtualMachine.uuid).where(VirtualMachine.host_id == host.id,
                                                                    VirtualMachine.state == "Running",
                                                                    VirtualMachine.removed.is_(None))))
-        for name in sorted(set(guests) | recorded):
-            guest = guests.get(name)
-            if diagnose(s, row, name, guest) and not busy(s, _related(s, name, guest), asked):
+        todo = [name for name in sorted(set(guests) | recorded)
+                if diagnose(s, row, name, guests.get(name)) and not busy(s, _related(s, name, guests.get(name)), asked)]
+    if changed or todo:
+        with db.session() as s:
+            row = s.get(Host, host.id)
+            if changed:
+                row.details = {**(row.details or {}), "open_images": open_images}
+            for name in todo:               # the task looks again under the VM's sync key before acting
                 submit(s, name, row.uuid)
-                todo.append(name)
     return todo
 
 

@@ -173,9 +173,12 @@ def writing(s, vol: Volume) -> bool:
 
 
 def create_policy(s, ctx, *, volumeid, intervaltype, schedule, timezone, maxsnaps, fordisplay=None, zoneids=None,
-                  storageids=None, now=None) -> SnapshotPolicy:
+                  storageids=None, usestoragereplication=False, now=None) -> SnapshotPolicy:
     """createSnapshotPolicy; a second policy for the same volume and interval updates that one, as in CloudStack."""
     now = now or utcnow()
+    if usestoragereplication:
+        raise InvalidParameter("usestoragereplication=true is not supported: volstack drives no storage-side "
+                               "replication of snapshots; omit it")
     vol = volumes.get_volume(s, ctx, volumeid)
     encryption.refuse_policy(vol)
     if zoneids or storageids:

@@ -69,9 +69,11 @@ def _file_pool(s, vol) -> StoragePool:
     return s.get(StoragePool, vol.pool_id)      # RBD pools (native_snapshot) dispatch to snapshots_rbd below
 
 
-def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None) -> Snapshot:
+def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None, quiescevm=False) -> Snapshot:
     """The snapshot row (Allocated), after every check that can be made before touching a host."""
     vol = volumes.get_volume(s, ctx, volumeid)
+    from volstack.services.vm_snapshots import refuse_quiesce
+    refuse_quiesce(quiescevm, "a volume snapshot is crash consistent, as a power cut would leave the disk")
     kind = "MANUAL"
     if policyid:
         from volstack.services import snapshot_policies

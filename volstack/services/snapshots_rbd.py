@@ -3,7 +3,7 @@
 
 - **Take**: a native RBD snapshot `snap-<uuid>` of the volume's image (librbd), also while a guest runs: a
   crash-consistent point in time, as a power cut would leave the disk. There is no guest agent, so no
-  fsfreeze (quiescevm is ignored as for file pools).
+  fsfreeze (quiescevm=true is refused, as for file pools).
 - **Backup**: `<uuid>.rbddiff` (`rbd export-diff` format) on the writable store with the most free space: the
   whole image, or only the extents changed since the volume's newest backed-up snapshot when that one is still
   on the same image (`parent_id` records it) and the chain of diffs since the last full backup is shorter than

@@ -300,10 +300,7 @@ def list_details(s, ctx, q: ListQuery, *, resourcetype, resourceid=None, key=Non
     if fordisplay is not None:
         stmt = stmt.where(ResourceDetail.display.is_(fordisplay))
     stmt = stmt.where(*keyword_filter(q, ResourceDetail.name, ResourceDetail.value)).order_by(ResourceDetail.id)
-    total = s.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
-    if q.pagesize not in (None, -1):
-        stmt = stmt.limit(q.pagesize).offset(((q.page or 1) - 1) * q.pagesize)
-    return [tuple(r) for r in s.execute(stmt)], total
+    return paginate(s, stmt, q, scalars=False)
 
 
 # ---------------------------------------------------------------- removal

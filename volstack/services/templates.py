@@ -413,6 +413,8 @@ def list_templates(s, ctx, q: ListQuery, *, is_iso: bool, templatefilter="execut
         stmt = stmt.where(func.lower(Template.hypervisor) == f["hypervisor"].lower())
     if f.get("templatetype"):
         stmt = stmt.where(Template.template_type == f["templatetype"].upper())
+    if f.get("bootable") is not None:                   # listIsos bootable=: true and false both filter
+        stmt = stmt.where(Template.bootable.is_(bool(f["bootable"])))
     if f.get("zoneid"):
         stmt = stmt.where(TemplateZone.zone_id == infra.get_zone(s, f["zoneid"]).id)
     if f.get("imagestoreid"):

@@ -98,6 +98,7 @@ def live_migrate(s, ctx, vm: VirtualMachine, target: Host | None, volume_map: di
     try:
         spec = src.call("vm_migrate_spec", name=vm.uuid)
         encryption.add_secrets(s, vm, spec["spec"]["disks"])       # the source never hands out passphrases
+        s.commit()          # that lookup began a transaction: none stays open across the migration
         uri = dst.call("vm_migrate_prepare", vm=spec["spec"], address=_address(target))["uri"]
         try:
             done = run_long(src, "vm_migrate", progress, name=vm.uuid, uri=uri)
@@ -136,6 +137,7 @@ def _undo(src, dst, vm) -> None:
 
 
 def _drop_source_copy(s, ctx, src, vm, source) -> None:
+    s.commit()
     try:
         src.call("vm_destroy", name=vm.uuid)
     except CloudError as exc:

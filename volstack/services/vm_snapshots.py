@@ -86,14 +86,19 @@ def _check_disks(s, vm, vols: list[Volume]) -> None:
                                "again when it has finished")
 
 
+def refuse_quiesce(quiescevm, instead: str) -> None:
+    """quiescevm=true: freezing the guest's file systems needs the QEMU guest agent, and volstack's guests have no
+    guest agent channel volstack drives; refusing beats a snapshot the caller believes is application consistent."""
+    if quiescevm:
+        raise InvalidParameter(f"quiescevm=true is not supported: quiescing needs the QEMU guest agent inside the VM, "
+                               f"which volstack does not drive; omit quiescevm: {instead}")
+
+
 def create(s, ctx, *, virtualmachineid, name=None, description=None, snapshotmemory=False,
            quiescevm=False) -> VMSnapshot:
     """The VM snapshot row (Allocated) after every check that needs no host."""
     vm = vms.get_vm(s, ctx, virtualmachineid)
-    if quiescevm:
-        raise InvalidParameter("quiescevm=true needs a guest agent to freeze the guest's file systems, which volstack "
-                               "does not drive; omit it: a VM snapshot holds all disks at one instant (crash "
-                               "consistent)")
+    refuse_quiesce(quiescevm, "a VM snapshot holds all disks at one instant (crash consistent)")
     stamp = f"{utcnow():%Y%m%d%H%M%S}"
     internal = f"{vm.name}_VS_{stamp}"
     display = name or internal
@@ -205,10 +210,11 @@ def take(s, ctx, snap: VMSnapshot, progress=None) -> VMSnapshot:
         s.rollback()             # nothing half-moved: then Allocated → Creating → Error with the reason
         VM_SNAPSHOT.fire(s, snap, "CreateRequested")
         _failed(s, ctx, snap, [], exc, "taking the VM snapshot", "VMSNAPSHOT.CREATE")
+    disks = _disk_specs(s, vols)
     s.commit()
     try:
         run_long(channel(host), "vm_snapshot_create", progress, vm=vm.uuid, tag=snap.uuid, memory=memory,
-                 running=vm.state == "Running", disks=_disk_specs(s, vols))
+                 running=vm.state == "Running", disks=disks)
     except CloudError as exc:
         _failed(s, ctx, snap, vols, exc, f"taking the VM snapshot on host {host.name}", "VMSNAPSHOT.CREATE")
     _end_volumes(s, vols)
@@ -289,9 +295,10 @@ def delete(s, ctx, snap: VMSnapshot, progress=None) -> None:
     at_rest_vm = vm.uuid if vm.state != "Running" or vm.removed is not None else None
     try:
         for guest, disks in _by_guest(s, vols):
-            channel(_host(s, guest, disks)).call("vm_snapshot_delete", vm=guest.uuid if guest else at_rest_vm,
-                                                 tag=snap.uuid, running=guest is not None,
-                                                 disks=_disk_specs(s, disks))
+            ch, specs = channel(_host(s, guest, disks)), _disk_specs(s, disks)
+            s.commit()
+            ch.call("vm_snapshot_delete", vm=guest.uuid if guest else at_rest_vm, tag=snap.uuid,
+                    running=guest is not None, disks=specs)
     except CloudError as exc:
         _failed(s, ctx, snap, [], exc, "deleting the VM snapshot", "VMSNAPSHOT.DELETE")
     for child in s.scalars(select(VMSnapshot).where(VMSnapshot.parent_id == snap.id)):

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from volstack.db import aggregate, counters
 from volstack.db.models import Host, utcnow
-from volstack.db.storage_models import DiskOffering, StoragePool, VirtualMachine, Volume
+from volstack.db.storage_models import DiskOffering, ServiceOffering, StoragePool, VirtualMachine, Volume
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
 from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
@@ -139,6 +139,9 @@ def list_volumes(s, ctx, q: ListQuery, **f):
         stmt = stmt.where(Volume.vm_id == s.scalar(select(VirtualMachine.id).where(VirtualMachine.uuid == f["virtualmachineid"])))
     if f.get("diskofferingid"):
         stmt = stmt.where(Volume.disk_offering_id == s.scalar(select(DiskOffering.id).where(DiskOffering.uuid == f["diskofferingid"])))
+    elif f.get("serviceofferingid"):          # CloudStack: the service offering's disk offering; diskofferingid wins
+        stmt = stmt.where(Volume.disk_offering_id == s.scalar(
+            select(ServiceOffering.disk_offering_id).where(ServiceOffering.uuid == f["serviceofferingid"])))
     if f.get("hostid"):
         host = infra.get_host(s, f["hostid"])
         stmt = stmt.where(Volume.vm_id.in_(select(VirtualMachine.id).where(VirtualMachine.host_id == host.id)))
@@ -553,7 +556,9 @@ def change_offering(s, ctx, vol: Volume, *, diskofferingid, size_gb=None, shrink
     vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
     if vm is not None and vm.state == "Running" and vol.state == "Ready":
         from volstack.drivers.default import serial_of
-        channel(s.get(Host, vm.host_id)).call("disk_set_qos", vm=vm.uuid, serial=serial_of(vol), qos=offerings.qos_of(new, s))
+        ch, qos = channel(s.get(Host, vm.host_id)), offerings.qos_of(new, s)
+        s.commit()
+        ch.call("disk_set_qos", vm=vm.uuid, serial=serial_of(vol), qos=qos)
     events.record(s, ctx, "VOLUME.UPDATE", f"Volume {vol.name} now uses disk offering {new.name}",
                   resource_type="Volume", resource_uuid=vol.uuid)
     return vol

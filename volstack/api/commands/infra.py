@@ -34,14 +34,24 @@ def create_zone(req, p):
     return obj(req, ZONE, z)
 
 
+def _refuse_capacities(p, kind):
+    """showcapacities=true asks for CPU, memory, IP and storage capacity per zone, pod or cluster; volstack computes
+    none of them at that level, and an answer without them would look like an empty one."""
+    if p.showcapacities:
+        raise InvalidParameter(f"showcapacities=true is not supported: volstack keeps no {kind} capacity figures; "
+                               "omit it and read the storage capacity of each pool with listStoragePools")
+
+
 @API.command("listZones", "Lists zones", [
     P("id", UUID, "the ID of the zone", entity="Zone"),
     P("name", STRING, "the name of the zone"),
     P("available", BOOLEAN, "true if you want to retrieve all available Zones. False if you only want to return the Zones from which you have at least one VM. Default is false."),
-    P("showcapacities", BOOLEAN, "flag to display the capacity of the zones"),
+    P("showcapacities", BOOLEAN, "flag to display the capacity of the zones: true is refused (volstack keeps no "
+      "zone capacity figures; see listStoragePools)"),
     P("tags", MAP, "List resources by tags (key/value pairs): tags[0].key=k&tags[0].value=v; any pair matches"),
 ], view=ZONE, is_list=True, access=USER)
 def list_zones(req, p):
+    _refuse_capacities(p, "zone")
     return lst(req, ZONE, infra.list_zones(req.s, req.ctx, list_query(req, p), p.id, p.name, p.available, tags=p.tags))
 
 
@@ -85,9 +95,11 @@ def create_pod(req, p):
     P("name", STRING, "list Pods by name"),
     P("zoneid", UUID, "list Pods by Zone ID", entity="Zone"),
     P("allocationstate", STRING, "list pods by allocation state"),
-    P("showcapacities", BOOLEAN, "flag to display the capacity of the pods"),
+    P("showcapacities", BOOLEAN, "flag to display the capacity of the pods: true is refused (volstack keeps no "
+      "pod capacity figures; see listStoragePools)"),
 ], view=POD, is_list=True)
 def list_pods(req, p):
+    _refuse_capacities(p, "pod")
     return lst(req, POD, infra.list_pods(req.s, req.ctx, list_query(req, p), p.id, p.name, p.zoneid, p.allocationstate))
 
 
@@ -132,9 +144,11 @@ def add_cluster(req, p):
     P("allocationstate", STRING, "lists clusters by allocation state"),
     P("clustertype", STRING, "lists clusters by cluster type"),
     P("managedstate", STRING, "whether this cluster is managed by CloudStack"),
-    P("showcapacities", BOOLEAN, "flag to display the capacity of the clusters"),
+    P("showcapacities", BOOLEAN, "flag to display the capacity of the clusters: true is refused (volstack keeps no "
+      "cluster capacity figures; see listStoragePools)"),
 ], view=CLUSTER, is_list=True)
 def list_clusters(req, p):
+    _refuse_capacities(p, "cluster")
     return lst(req, CLUSTER, infra.list_clusters(req.s, req.ctx, list_query(req, p), p.id, p.name, p.zoneid, p.podid,
                                                  p.hypervisor, p.allocationstate, p.clustertype, p.managedstate))
 

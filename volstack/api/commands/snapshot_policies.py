@@ -40,13 +40,15 @@ SNAPSHOT_POLICY = View("snapshotpolicy", [
       entity="Zone"),
     P("storageids", LIST, "A list of IDs of the storage pools in which the snapshot will be made available (not "
       "supported yet)", entity="StoragePool"),
-    P("usestoragereplication", BOOLEAN, "use the storage's own replication for zoneids (ignored)"),
+    P("usestoragereplication", BOOLEAN, "use the storage's own replication for zoneids: refused (volstack drives "
+      "no storage replication)"),
     P("tags", MAP, "Map of tags (key/value pairs) of the policy: tags[0].key=k&tags[0].value=v"),
 ], view=SNAPSHOT_POLICY, access=USER)
 def create_snapshot_policy(req, p):
     policy = policies.create_policy(
         req.s, req.ctx, volumeid=p.volumeid, intervaltype=p.intervaltype, schedule=p.schedule, timezone=p.timezone,
-        maxsnaps=p.maxsnaps, fordisplay=p.fordisplay, zoneids=p.zoneids, storageids=p.storageids)
+        maxsnaps=p.maxsnaps, fordisplay=p.fordisplay, zoneids=p.zoneids, storageids=p.storageids,
+        usestoragereplication=bool(p.usestoragereplication))
     tags.set_tags(req.s, "SnapshotPolicy", policy, p.tags)
     return obj(req, SNAPSHOT_POLICY, policy)
 

@@ -1,5 +1,7 @@
 """Volume snapshot commands: createSnapshot, listSnapshots, deleteSnapshot, revertSnapshot."""
-from volstack.api.commands.common import list_query, lst, obj
+import dataclasses
+
+from volstack.api.commands.common import list_query, lst, obj, paged
 from volstack.api.commands.volumes import _owner_fields
 from volstack.api.registry import (API, BOOLEAN, LIST, MAP, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID, Field as F,
                                    Param as P, Success, View)
@@ -18,6 +20,29 @@ def _vol(name):
 
 def _on_store(r, lk) -> bool:
     return r.store_id is not None and r.install_path is not None and r.state in ("BackedUp", "Copying", "Destroying")
+
+
+def _datastore(r, lk, attr):
+    if isinstance(r, _PrimaryCopy):
+        return lk.attr(sm.StoragePool, r.pool_id, attr)
+    return lk.attr(ImageStore, r.store_id, attr) if _on_store(r, lk) else None
+
+
+class _PrimaryCopy:
+    """listSnapshots showunique=false: the copy a backed-up snapshot keeps on primary storage, listed as its own
+    entry (locationtype PRIMARY, datastore = the pool) next to the image-store one, as CloudStack lists one entry
+    per data store."""
+    store_id = None
+
+    def __init__(self, snap):
+        self._snap = snap
+
+    def __getattr__(self, name):
+        return getattr(self._snap, name)
+
+
+def _copies(r):
+    return [r, _PrimaryCopy(r)] if r.store_id is not None and r.primary_name and r.pool_id else [r]
 
 
 def _chain_size(r, lk) -> int | None:
@@ -53,10 +78,10 @@ SNAPSHOT = View("snapshot", [
     F("hypervisor", "the hypervisor of the snapshot", _a("hypervisor")),
     F("zoneid", "id of the availability zone", _ref(m.Zone, "zone_id")),
     F("zonename", "name of the availability zone", _ref(m.Zone, "zone_id", "name")),
-    F("datastoreid", "id of the image store holding the backup", lambda r, lk: lk.attr(ImageStore, r.store_id, "uuid")
-      if _on_store(r, lk) else None, access=ROOT),
-    F("datastorename", "name of the image store holding the backup",
-      lambda r, lk: lk.attr(ImageStore, r.store_id, "name") if _on_store(r, lk) else None, access=ROOT),
+    F("datastoreid", "id of the image store holding the backup, or of the primary pool for a copy on primary",
+      lambda r, lk: _datastore(r, lk, "uuid"), access=ROOT),
+    F("datastorename", "name of the image store holding the backup, or of the primary pool for a copy on primary",
+      lambda r, lk: _datastore(r, lk, "name"), access=ROOT),
     F("datastoretype", "type of the datastore holding the snapshot",
       lambda r, lk: "Image" if _on_store(r, lk) else ("Primary" if r.primary_name else None), access=ROOT),
     F("parent", "the ID of the snapshot this incremental one is based on",
@@ -84,7 +109,7 @@ SNAP_JOB = dict(is_async=True, access=USER, instance_type="Snapshot", instance_p
       "(CreatedOnPrimary) and the backup to the image store goes on in the background"),
     P("locationtype", STRING, "Valid location types: 'primary' (kept on primary storage only, never backed up), "
       "'secondary' (backed up to an image store). Default: snapshot.backup.to.secondary"),
-    P("quiescevm", BOOLEAN, "quiesce vm if true (needs a guest agent; ignored)"),
+    P("quiescevm", BOOLEAN, "quiesce vm if true: refused (needs the QEMU guest agent, which volstack does not drive)"),
     P("zoneids", LIST, "A comma-separated list of IDs of the zones in which the snapshot will be made available "
       "(not supported yet)", entity="Zone"),
     P("tags", MAP, "Map of tags (key/value pairs) of the snapshot: tags[0].key=k&tags[0].value=v"),
@@ -120,7 +145,7 @@ def _create_row(req, p):
     if p.zoneids:
         raise InvalidParameter("Copying snapshots to other zones (zoneids) is not supported yet")
     snap = snapshots.create(req.s, req.ctx, volumeid=p.volumeid, name=p.name, policyid=p.policyid,
-                            locationtype=p.locationtype)
+                            locationtype=p.locationtype, quiescevm=bool(p.quiescevm))
     tags.set_tags(req.s, "Snapshot", snap, p.tags)
     return snap
 
@@ -140,13 +165,17 @@ _FILTERS = ("id", "ids", "name", "volumeid", "zoneid", "snapshottype", "interval
     P("storageid", UUID, "list snapshots by the primary storage pool still holding them", entity="StoragePool", access=ROOT),
     P("imagestoreid", UUID, "list snapshots by the image store holding their backup", entity="ImageStore", access=ROOT),
     P("locationtype", STRING, "list snapshots by location: PRIMARY or SECONDARY"),
-    P("showunique", BOOLEAN, "list one entry per snapshot (always the case here)"),
+    P("showunique", BOOLEAN, "true (default): one entry per snapshot; false: one entry per data store holding it "
+      "(a backed-up snapshot still kept on primary storage is listed twice, locationtype SECONDARY and PRIMARY)"),
     P("tags", MAP, "List resources by tags (key/value pairs): tags[0].key=k&tags[0].value=v; any pair matches"),
     *OWNER_LIST_PARAMS,
 ], view=SNAPSHOT, is_list=True, access=USER)
 def list_snapshots(req, p):
-    return lst(req, SNAPSHOT, snapshots.list_snapshots(req.s, req.ctx, list_query(req, p),
-                                                       **{k: p.get(k) for k in _FILTERS}))
+    q, f = list_query(req, p), {k: p.get(k) for k in _FILTERS}
+    if p.showunique is not False:
+        return lst(req, SNAPSHOT, snapshots.list_snapshots(req.s, req.ctx, q, **f))
+    rows, _ = snapshots.list_snapshots(req.s, req.ctx, dataclasses.replace(q, page=None, pagesize=-1), **f)
+    return paged(req, p, SNAPSHOT, [c for r in rows for c in _copies(r)])
 
 
 @API.command("deleteSnapshot", "Deletes a snapshot of a disk volume: its backup on the image store and any copy "

@@ -231,7 +231,7 @@ def _list(req, p, is_iso, flt):
     return lst(req, ISO if is_iso else TEMPLATE, templates.list_templates(
         req.s, req.ctx, list_query(req, p), is_iso=is_iso, templatefilter=flt, id=p.id, ids=p.ids, name=p.name,
         zoneid=p.zoneid, hypervisor=p.hypervisor, isready=p.isready, imagestoreid=p.imagestoreid,
-        storageid=p.storageid, templatetype=p.get("templatetype"), tags=p.tags))
+        storageid=p.storageid, templatetype=p.get("templatetype"), bootable=p.get("bootable"), tags=p.tags))
 
 
 @API.command("listTemplates", "List all public, private, and privileged templates.", LIST_FILTERS + [
@@ -246,7 +246,7 @@ def list_templates(req, p):
 @API.command("listIsos", "Lists all available ISO files.", LIST_FILTERS + [
     P("isofilter", STRING, "featured, self, selfexecutable, sharedexecutable, executable, community or all; "
       "default selfexecutable"),
-    P("bootable", BOOLEAN, "true if the ISO is bootable, false otherwise"),
+    P("bootable", BOOLEAN, "list only bootable ISOs (true) or only data ISOs (false)"),
 ], view=ISO, is_list=True, access=USER)
 def list_isos(req, p):
     return _list(req, p, True, p.isofilter or "selfexecutable")
@@ -296,7 +296,7 @@ PERMISSION_PARAMS = [
     P("ispublic", BOOLEAN, "true for public template/iso, false for private templates/isos"),
     P("isfeatured", BOOLEAN, "true for featured template/iso, false otherwise", access=ROOT),
     P("isextractable", BOOLEAN, "true if the template/iso is extractable, false other wise. Can be set only by root admin"),
-    P("projectids", LIST, "unused: volstack has no projects"),
+    P("projectids", LIST, "projects to permit (volstack has no projects yet: every id is refused)", entity="Project"),
 ]
 
 

@@ -42,11 +42,20 @@ EXTRACT_TEMPLATE, EXTRACT_ISO, EXTRACT_VOLUME = _extract_view("template"), _extr
 
 EXTRACT_PARAMS = [
     P("mode", STRING, "the mode of extraction: HTTP_DOWNLOAD (FTP_UPLOAD is not supported)", required=True),
-    P("url", STRING, "the url to which the object would be extracted (FTP_UPLOAD only, not supported)", length=2048),
+    P("url", STRING, "the url to which the object would be extracted (FTP_UPLOAD only, not supported: refused)",
+      length=2048),
 ]
 
 
+def _refuse_upload_url(p):
+    """url is FTP_UPLOAD's destination; HTTP_DOWNLOAD makes its own URL, so a url passed would go nowhere."""
+    if p.url:
+        raise InvalidParameter("url is the destination of FTP_UPLOAD, which volstack does not support; omit url: "
+                               "mode=HTTP_DOWNLOAD answers with the URL to download the object from")
+
+
 def _extract_template(req, p, is_iso):
+    _refuse_upload_url(p)
     t = templates.get_template(req.s, req.ctx, p.id, is_iso)
     return obj(req, EXTRACT_ISO if is_iso else EXTRACT_TEMPLATE,
                extracts.extract_template(req.s, req.ctx, t, mode=p.mode, zoneid=p.zoneid))
@@ -74,6 +83,7 @@ def extract_iso(req, p):
     P("zoneid", UUID, "the ID of the zone where the volume is located", required=True, entity="Zone"),
 ], view=EXTRACT_VOLUME, is_async=True, access=USER, instance_type="Volume", instance_param="id")
 def extract_volume(req, p):
+    _refuse_upload_url(p)
     vol = volumes.get_volume(req.s, req.ctx, p.id)
     return obj(req, EXTRACT_VOLUME, extracts.extract_volume(req.s, req.ctx, vol, mode=p.mode, zoneid=p.zoneid,
                                                              progress=req.progress))

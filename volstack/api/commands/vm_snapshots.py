@@ -57,7 +57,7 @@ VMSNAP_JOB = dict(is_async=True, access=USER, instance_type="VmSnapshot", instan
     P("name", STRING, "The display name of the snapshot (unique for the VM)"),
     P("description", STRING, "The description of the snapshot"),
     P("snapshotmemory", BOOLEAN, "snapshot memory if true"),
-    P("quiescevm", BOOLEAN, "quiesce vm if true (needs a guest agent: refused)"),
+    P("quiescevm", BOOLEAN, "quiesce vm if true: refused (needs the QEMU guest agent, which volstack does not drive)"),
 ], view=VMSNAPSHOT, is_async=True, access=USER, instance_type="VmSnapshot", instance_param="id",
    sync=lambda req, p, uuid: (f"VirtualMachine:{p.virtualmachineid}", None),
    prepare=lambda req, p: vm_snapshots.create(req.s, req.ctx, virtualmachineid=p.virtualmachineid, name=p.name,

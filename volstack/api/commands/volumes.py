@@ -85,14 +85,16 @@ VOL_FILTERS = [
     P("storageid", UUID, "the ID of the storage pool, available to ROOT admin only", entity="StoragePool", access=ROOT),
     P("virtualmachineid", UUID, "the ID of the virtual machine", entity="VirtualMachine"),
     P("diskofferingid", UUID, "list volumes by disk offering", entity="DiskOffering"),
-    P("serviceofferingid", UUID, "list volumes by disk offering of a service offering", entity="ServiceOffering"),
+    P("serviceofferingid", UUID, "list volumes by disk offering of a service offering (diskofferingid wins when both "
+      "are passed)", entity="ServiceOffering"),
     P("isencrypted", BOOLEAN, "list only volumes that are encrypted", access=ROOT),
-    P("listsystemvms", BOOLEAN, "list system VMs; only ROOT admin is eligible to pass this parameter", access=ROOT),
+    P("listsystemvms", BOOLEAN, "list system VMs; only ROOT admin is eligible to pass this parameter (volstack runs "
+      "no system VMs, so there are none to add)", access=ROOT),
     P("tags", MAP, "List resources by tags (key/value pairs): tags[0].key=k&tags[0].value=v; any pair matches"),
     *OWNER_LIST_PARAMS,
 ]
 _FILTER_NAMES = ("id", "ids", "name", "type", "state", "zoneid", "podid", "clusterid", "hostid", "storageid",
-                 "virtualmachineid", "diskofferingid", "tags", "isencrypted")
+                 "virtualmachineid", "diskofferingid", "serviceofferingid", "tags", "isencrypted")
 
 
 def _stat(field):
