@@ -47,6 +47,11 @@ def test_quiesce_replication_and_capacities_are_refused_by_name(sim):
     assert page["count"] == 2 and [h["name"] for h in page["hypervisor"]] == ["Simulator"]
     assert api.listStorageProviders(type="primary", keyword="nothing-like-it") == {}
 
+    code, text = error_of(lambda: api.createVolume(name="theirs", zoneid=sim["zone"]["id"],
+                                                   diskofferingid=sim["do"]["id"], account="someone-else"))
+    assert code == 431 and "for another account (account/domainid)" in text
+    assert [v["name"] for v in api.listVolumes(name="theirs").get("volume", [])] == []
+
     code, text = error_of(lambda: api.extractVolume(id=root["id"], zoneid=sim["zone"]["id"], mode="HTTP_DOWNLOAD",
                                                     url="ftp://10.0.0.9/x"))
     assert code == 431 and "url is the destination of FTP_UPLOAD" in text

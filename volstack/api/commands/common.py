@@ -55,5 +55,17 @@ def page_of(req, p, key: str, rows: list[dict]) -> Lst:
     return Lst(key, rows[start:start + size], len(rows))
 
 
+def own_account_only(req, p, doing: str, instead: str) -> None:
+    """account/domainid name the new object's owner. volstack makes it for the caller's own account only: naming
+    another is refused (531 outside the caller's reach, 431 otherwise) rather than accepted and ignored."""
+    if not (p.account or p.domainid):
+        return
+    from volstack.services import accounts
+    dom = accounts.get_domain(req.s, req.ctx, p.domainid) if p.domainid else None
+    if (p.account and p.account != req.ctx.account_name) or (dom is not None and dom.id != req.ctx.domain_id):
+        raise InvalidParameter(f"{doing} for another account (account/domainid) is not supported: {instead}, or "
+                               "leave both out")
+
+
 def pick(p, *names) -> dict:
     return {n: p.get(n) for n in names if p.get(n) is not None}

@@ -1,5 +1,5 @@
 """Volume commands."""
-from volstack.api.commands.common import list_query, lst, obj, page_of, paged
+from volstack.api.commands.common import list_query, lst, obj, own_account_only, page_of, paged
 from volstack.api.commands.pools import STORAGEPOOL
 from volstack.api.registry import (API, BOOLEAN, LIST, LONG, MAP, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID, Field as F,
                                    Param as P, Success, View)
@@ -139,6 +139,7 @@ def create_volume(req, p):
 
 
 def _create_volume_row(req, p):
+    own_account_only(req, p, "Creating a volume", "create it as that account")
     if p.snapshotid:
         from volstack.services import snapshots
         return snapshots.new_volume(req.s, req.ctx, snapshotid=p.snapshotid, name=p.name, zoneid=p.zoneid,
