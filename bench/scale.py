@@ -143,9 +143,9 @@ def seed(ms, admin, n: int) -> dict:
         if rows:
             conn.execute(insert(Snapshot), rows)
     with ms.db.session() as s:              # what updateResourceCount does, for the bulk-inserted rows
-        from volstack.services import accounts, pools
+        from volstack.services import limits, pools
         for acc in s.scalars(select(Account)):
-            accounts.recalculate(s, acc)
+            limits.recalculate(s, acc)
         pools.recount_all(s)
     with ms.db.engine.begin() as conn:      # planner statistics, as a server that has run a while has them
         conn.exec_driver_sql("ANALYZE")

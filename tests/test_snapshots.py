@@ -302,12 +302,12 @@ def test_users_snapshot_their_own_volumes_within_their_limit(cloud):
     assert carol.listSnapshots()["count"] == 1 and api.listSnapshots() == {}
     assert api.listSnapshots(listall=True)["count"] == 1
     from volstack.db.models import Account
-    from volstack.services import accounts
+    from volstack.services import limits
 
     def secondary_bytes():
         with cloud["server"].db.session(readonly=True) as s:
             acc_id = s.scalar(select(Account.id).where(Account.uuid == acc["id"]))
-            return accounts.usage_of(s, acc_id, "secondary_storage")
+            return limits.usage_of(s, acc_id, "secondary_storage")
     assert secondary_bytes() == snap["physicalsize"] > 0
     carol.deleteSnapshot(id=snap["id"])
     assert secondary_bytes() == 0

@@ -162,13 +162,13 @@ def test_resource_limits_have_cloudstack_defaults_and_can_be_changed(server):
 def test_check_limit_refuses_with_535(server):
     from volstack.db import counters
     from volstack.errors import ResourceLimitExceeded
-    from volstack.services import accounts
+    from volstack.services import limits
     api = client(server)
     acc, _ = _user_api(server, api, "alice")
     with server.db.session() as s:
         acc_id = s.scalar(select(User.account_id).where(User.username == "alice"))
         counters.set_count(s, "account", acc_id, "volume", 20)         # as if alice had 20 volumes
         with pytest.raises(ResourceLimitExceeded) as e:
-            accounts.check_limit(s, acc_id, "volume")
+            limits.check_limit(s, acc_id, "volume")
         assert "Account Resource Limit = 20" in e.value.text and "Current Account Resource Amount = 20" in e.value.text
-        accounts.check_limit(s, 2, "volume")   # root admin: unlimited
+        limits.check_limit(s, 2, "volume")   # root admin: unlimited

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 
 import pytest
 from sqlalchemy import func, select
@@ -79,7 +78,8 @@ def test_two_servers_share_volume_traffic_and_one_killed_loses_nothing(postgres,
         wait_until("jobs running on both servers", lambda: len(submitted) > 40, timeout=60)
         os.kill(procs[0].pid, signal.SIGKILL)     # msA dies mid-traffic
         procs[0].wait(timeout=10)
-        time.sleep(1)                              # traffic keeps reaching msB meanwhile
+        after_kill = len(submitted)                # msB keeps taking traffic while msA is dead
+        wait_until("jobs submitted to msB after msA died", lambda: len(submitted) >= after_kill + 6, timeout=60)
         stop.set()
         for t in threads:
             t.join(timeout=60)

@@ -9,6 +9,7 @@ from tests.test_migration_settle import _detached_volume
 from tests.test_templates import add_store, cloud, qemu_io  # noqa: F401  (cloud is a fixture)
 from volstack.db.image_models import ImageStore
 from volstack.db.snapshot_models import Snapshot
+from volstack.db.storage_models import Volume
 from volstack.services import imagestores, snapshots
 from volstack.services.context import system_context
 from tests.helpers import pool_spec
@@ -34,6 +35,8 @@ def test_a_backup_that_finished_after_its_job_died_is_adopted(cloud):
     snap = api.createSnapshot(volumeid=vol["id"])["snapshot"]
     assert snap["state"] == "BackedUp"
     store_spec, name, store_id = _backing_up(server, snap["id"])
+    with server.db.session() as s:            # the job holds the volume Snapshotting until its backup is done
+        s.scalar(select(Volume).where(Volume.uuid == vol["id"])).state = "Snapshotting"
     backup = tmp / "store" / name
     assert backup.exists()
 
@@ -41,6 +44,7 @@ def test_a_backup_that_finished_after_its_job_died_is_adopted(cloud):
     snapshots.settle_interrupted(server.db, system_context(), snap["id"], "createSnapshot")
     after = api.listSnapshots(id=snap["id"])["snapshot"][0]
     assert after["state"] == "BackedUp", after
+    assert api.listVolumes(id=vol["id"])["volume"][0]["state"] == "Ready"
     assert any("had finished the backup; it is adopted" in d for d in _recovered(api)), _recovered(api)
 
     # 2. a later backup task (a retry) finished after the job died: its result is adopted

@@ -247,28 +247,29 @@ def _domain_path(lk, domain_id):
 
 
 def _limits(s, ids):
-    from volstack.services import accounts as svc
-    return svc.limits_many(s, ids)
+    from volstack.services import limits
+    return limits.limits_many(s, ids)
 
 
 def _usages(s, ids):
-    from volstack.services import accounts as svc
-    return svc.usage_many(s, ids)
+    from volstack.services import limits
+    return limits.usage_many(s, ids)
 
 
 def _default_limits(s, keys):
-    from volstack.services import accounts as svc
-    return {"defaults": svc.default_limits(s)}
+    from volstack.services import limits
+    return {"defaults": limits.default_limits(s)}
 
 
 def _limit_fields(rtype, what):
-    from volstack.services import accounts as svc
+    from volstack.services import limits
+    from volstack.services.context import ROOT_ADMIN
 
     def limit_value(r, lk):
         explicit = (lk.batched(_limits, r.id) or {}).get(rtype)
         if explicit is not None:
             return explicit
-        return -1 if r.account_type == svc.ROOT_ADMIN else lk.batched(_default_limits, "defaults")[rtype]
+        return -1 if r.account_type == ROOT_ADMIN else lk.batched(_default_limits, "defaults")[rtype]
 
     def limit(r, lk):
         v = limit_value(r, lk)
@@ -276,7 +277,7 @@ def _limit_fields(rtype, what):
 
     def total(r, lk):
         u = (lk.batched(_usages, r.id) or {}).get(rtype, 0)
-        return u // svc.GIB if rtype.endswith("_storage") else u
+        return u // limits.GIB if rtype.endswith("_storage") else u
 
     def avail(r, lk):
         v = limit_value(r, lk)

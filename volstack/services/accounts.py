@@ -1,4 +1,4 @@
-"""Domains, accounts, users, roles, API keys, password login, resource limits."""
+"""Domains, accounts, users, roles, API keys (password logins: logins.py; resource limits: limits.py)."""
 import secrets
 import time
 
@@ -8,12 +8,11 @@ from sqlalchemy import delete, event, func, select
 from sqlalchemy.orm import Session as Session_
 
 from volstack import crypto
-from volstack.db import counters
 from volstack.db.models import Account, Domain, ResourceLimit, Role, Session, User
-from volstack.errors import InvalidParameter, PermissionDenied, ResourceInUse, ResourceLimitExceeded
-from volstack.services import events, settings as S
+from volstack.errors import InvalidParameter, PermissionDenied, ResourceInUse
+from volstack.services import events, limits
 from volstack.services.context import (DOMAIN_ADMIN, ROOT_ADMIN, USER, CallContext, can_access_domain,
-                                       check_access, require_root_admin, subtree_ids)
+                                       check_access, subtree_ids)
 from volstack.services.listing import ListQuery, keyword_filter, paginate
 
 _hasher = PasswordHasher()
@@ -21,43 +20,6 @@ BUILTIN_ROLES = (("Root Admin", "Admin", "Default root admin role"),
                  ("Domain Admin", "DomainAdmin", "Default domain admin role"),
                  ("User", "User", "Default user role"))
 TYPE_OF_ROLE = {"Admin": ROOT_ADMIN, "DomainAdmin": DOMAIN_ADMIN, "User": USER}
-
-# Resource limits: CloudStack's resource types, the setting holding each default, and a counter of
-# current usage that later subsystems register (volumes, snapshots, storage bytes...).
-LIMIT_TYPES = {
-    "volume": (2, S.MAX_ACCOUNT_VOLUMES),
-    "snapshot": (3, S.MAX_ACCOUNT_SNAPSHOTS),
-    "template": (4, S.MAX_ACCOUNT_TEMPLATES),
-    "primary_storage": (10, S.MAX_ACCOUNT_PRIMARY_GB),
-    "secondary_storage": (11, S.MAX_ACCOUNT_SECONDARY_GB),
-}
-LIMIT_BY_NUMBER = {num: name for name, (num, _) in LIMIT_TYPES.items()}
-_usage_counters: dict = {}
-GIB = 1024 ** 3
-
-
-def register_usage_counter(resource_type: str, fn) -> None:
-    """fn(session, account_id) -> current usage (a count, or bytes for *_storage), counted from the rows
-    themselves: what updateResourceCount recalculates. Reads use the maintained count (db/counters.py), which
-    the subsystem keeps with counters.counted(Model, ...)."""
-    _usage_counters[resource_type] = fn
-
-
-_internal_counters: dict = {}
-
-
-def register_internal_counter(name: str, fn) -> None:
-    """A count kept per account that is not a limit (e.g. the rows a plain list counts): fn recounts it for
-    updateResourceCount, which repairs it silently."""
-    _internal_counters[name] = fn
-
-
-def add_usage_counter(resource_type: str, fn) -> None:
-    """Another subsystem's share of a usage that one already counts (snapshot backups besides templates on
-    image stores): the recount becomes the sum. Register it after the first counter."""
-    prev = _usage_counters.get(resource_type)
-    _usage_counters[resource_type] = fn if prev is None else (lambda s, acc: prev(s, acc) + fn(s, acc))
-
 
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
@@ -383,7 +345,7 @@ def delete_account(s, ctx, acc: Account) -> None:
         raise PermissionDenied("Only administrators can delete accounts")
     if acc.id in (1, 2) or acc.id == ctx.account_id:
         raise PermissionDenied(f"Account {acc.name} cannot be deleted")
-    in_use = {t: usage_of(s, acc.id, t) for t in _usage_counters}
+    in_use = limits.usages(s, acc.id)
     if any(v for v in in_use.values()):
         busy = ", ".join(f"{t}={v}" for t, v in in_use.items() if v)
         raise ResourceInUse(f"Account {acc.name} still owns resources ({busy}); delete them first")
@@ -507,62 +469,7 @@ def list_roles(s, ctx, q: ListQuery, id=None, name=None, type=None):
     return paginate(s, stmt, q)
 
 
-# ---------------------------------------------------------------- resource limits
-
-def limits_of(s, acc: Account) -> dict:
-    """{resource type: max} of one account: its explicit limits, else the defaults (root admins: none)."""
-    explicit = limits_many(s, [acc.id]).get(acc.id, {})
-    defaults = default_limits(s) if acc.account_type != ROOT_ADMIN and len(explicit) < len(LIMIT_TYPES) else {}
-    return {t: explicit.get(t, defaults.get(t, -1)) for t in LIMIT_TYPES}
-
-
-def limit_of(s, account_id: int, resource_type: str) -> int:
-    row = s.scalar(select(ResourceLimit).where(ResourceLimit.account_id == account_id,
-                                               ResourceLimit.resource_type == resource_type))
-    if row is not None:
-        return row.max
-    acc = s.get(Account, account_id)
-    if acc is not None and acc.account_type == ROOT_ADMIN:
-        return -1
-    return S.Settings.value_in(s, LIMIT_TYPES[resource_type][1])
-
-
-def usage_of(s, account_id: int, resource_type: str) -> int:
-    """The account's maintained count: one primary-key read, never a scan of its objects."""
-    return counters.get(s, "account", account_id, resource_type)
-
-
-def usage_many(s, account_ids) -> dict:
-    """{account id: {resource type: usage}} for many accounts in one query (listAccounts pages)."""
-    return counters.get_many(s, "account", account_ids)
-
-
-def limits_many(s, account_ids) -> dict:
-    """{account id: {resource type: max}} of the explicit limits of many accounts in one query."""
-    out: dict = {}
-    for row in s.scalars(select(ResourceLimit).where(ResourceLimit.account_id.in_(list(account_ids)))):
-        out.setdefault(row.account_id, {})[row.resource_type] = row.max
-    return out
-
-
-def default_limits(s) -> dict:
-    """{resource type: the max.account.* default} in one query; root admins have no limits."""
-    values = S.Settings.many_in(s, [key for _, key in LIMIT_TYPES.values()])
-    return {rtype: values[(key.name, 0)] for rtype, (_, key) in LIMIT_TYPES.items()}
-
-
-def recalculate(s, acc: Account, types=None) -> dict:
-    """updateResourceCount: recount the account's usage from its objects; {type: (old, new)}."""
-    out = {}
-    for rtype, fn in _usage_counters.items():
-        if types is None or rtype in types:
-            new = int(fn(s, acc.id))
-            out[rtype] = (counters.set_count(s, "account", acc.id, rtype, new), new)
-    if types is None:
-        for name, fn in _internal_counters.items():
-            counters.set_count(s, "account", acc.id, name, int(fn(s, acc.id)))
-    return out
-
+# ---------------------------------------------------------------- updateResourceCount's accounts (limits.recalculate)
 
 def accounts_for_recount(s, ctx, domain_uuid: str, account: str | None) -> list:
     """The one named account of the domain, or every account of the domain and its subdomains."""
@@ -572,36 +479,3 @@ def accounts_for_recount(s, ctx, domain_uuid: str, account: str | None) -> list:
     if not ctx.is_admin:
         raise PermissionDenied("Only administrators can recount a domain's resources")
     return list(s.scalars(select(Account).where(Account.domain_id.in_(subtree_ids(dom.id))).order_by(Account.id)))
-
-
-def check_limit(s, account_id: int, resource_type: str, delta: int = 1) -> None:
-    """Raise 532 when adding delta (a count, or bytes for *_storage) would pass the account's limit."""
-    limit = limit_of(s, account_id, resource_type)
-    if limit < 0:
-        return
-    used = usage_of(s, account_id, resource_type)
-    scale = GIB if resource_type.endswith("_storage") else 1
-    if used + delta > limit * scale:
-        acc = s.get(Account, account_id)
-        unit = " GiB" if scale > 1 else ""
-        raise ResourceLimitExceeded(
-            f"Maximum amount of resources of Type = '{resource_type}' for Account Name = {acc.name} is exceeded: "
-            f"Account Resource Limit = {limit}{unit}, Current Account Resource Amount = {used // scale}{unit}, "
-            f"Requested Resource Amount = {-(-delta // scale)}{unit}.")
-
-
-def update_resource_limit(s, ctx, acc: Account, resource_type: str, max_: int) -> ResourceLimit:
-    require_root_admin(ctx) if acc.account_type != USER else None
-    if not ctx.is_admin:
-        raise PermissionDenied("Only administrators can change resource limits")
-    if max_ < -1:
-        raise InvalidParameter("Please specify either '-1' for an infinite limit, or a limit that is at least '0'")
-    row = s.scalar(select(ResourceLimit).where(ResourceLimit.account_id == acc.id, ResourceLimit.resource_type == resource_type))
-    if row is None:
-        row = ResourceLimit(account_id=acc.id, resource_type=resource_type, max=max_)
-        s.add(row)
-    else:
-        row.max = max_
-    events.record(s, ctx, "RESOURCE.LIMIT.UPDATE", f"Limit of {resource_type} for account {acc.name} set to {max_}",
-                  resource_type="Account", resource_uuid=acc.uuid)
-    return row

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from volstack.db.models import Account, Cluster, Domain, Host, Pod, Zone
 from volstack.errors import InvalidParameter
-from volstack.services import accounts, configs, infra
+from volstack.services import accounts, configs, infra, limits
 from volstack.services.settings import key_by_name
 
 _sections: dict = {}
@@ -174,8 +174,8 @@ def _accounts(s, ctx, items, report):
             report.append(f"unchanged account {name}")
         acc = s.scalar(select(Account).where(Account.domain_id == dom.id, Account.name == name))
         for rtype, max_ in (a.get("limits") or {}).items():
-            if accounts.limit_of(s, acc.id, rtype) != int(max_):
-                accounts.update_resource_limit(s, ctx, acc, rtype, int(max_))
+            if limits.limit_of(s, acc.id, rtype) != int(max_):
+                limits.update_resource_limit(s, ctx, acc, rtype, int(max_))
                 report.append(f"updated limit {rtype} of account {name}")
 
 

@@ -20,7 +20,7 @@ from volstack.db.models import Account, utcnow
 from volstack.db.snapshot_models import SnapshotPolicy, SnapshotSchedule
 from volstack.db.storage_models import VirtualMachine, Volume
 from volstack.errors import InvalidParameter, ResourceInUse
-from volstack.services import accounts, encryption, events, lookup, volumes
+from volstack.services import encryption, events, limits, lookup, volumes
 from volstack.services import settings as S
 from volstack.services.context import ROOT_ADMIN, check_access, owner_filter
 from volstack.services.lifecycle import VM
@@ -160,7 +160,7 @@ def _check_maxsnaps(s, vol: Volume, interval: int, maxsnaps: int) -> None:
         raise InvalidParameter(f"maxsnaps {maxsnaps} for volume {vol.name} exceeds the limit of {limit} for interval "
                                f"type {INTERVALS[interval]} ({key.name}); use {limit} or less")
     owner = s.get(Account, vol.account_id)
-    acc_limit = accounts.limit_of(s, owner.id, "snapshot")
+    acc_limit = limits.limit_of(s, owner.id, "snapshot")
     if owner.account_type != ROOT_ADMIN and 0 <= acc_limit < maxsnaps:
         raise InvalidParameter(f"maxsnaps {maxsnaps} exceeds the snapshot limit of account {owner.name} ({acc_limit}): "
                                f"keep at most {acc_limit}, or ask an administrator to raise the account's limit")

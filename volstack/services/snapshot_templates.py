@@ -6,7 +6,7 @@ from volstack.db.image_models import ImageStore, Template, TemplateStoreRef, Tem
 from volstack.db.snapshot_models import Snapshot
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import InvalidParameter, PermissionDenied, ResourceUnavailable
-from volstack.services import (accounts, catalog, encryption, events, imagestores, snapshot_primary, snapshots_rbd,
+from volstack.services import (catalog, encryption, events, imagestores, limits, snapshot_primary, snapshots_rbd,
                                template_sources, templates)
 
 
@@ -25,7 +25,7 @@ def create_row(s, ctx, snap: Snapshot, *, name, displaytext=None, ostypeid=None,
     if not stores:
         raise ResourceUnavailable("No writable image store in the snapshot's zone: add one with addImageStore or "
                                   "clear readonly on an existing one")
-    accounts.check_limit(s, ctx.account_id, "template")
+    limits.check_limit(s, ctx.account_id, "template")
     t = Template(name=name, display_text=displaytext or name, format="QCOW2", hypervisor=snap.hypervisor,
                  os_type=ostypeid or catalog.os_type_id("Other Linux (64-bit)"), is_public=bool(ispublic),
                  featured=bool(isfeatured), password_enabled=bool(passwordenabled), requires_hvm=bool(requireshvm),

@@ -25,7 +25,7 @@ from volstack.drivers import driver_for
 from volstack.drivers.default import serial_of
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
-from volstack.services import accounts, encryption, events, imagestores, infra, lookup, offerings, snapshots_rbd
+from volstack.services import encryption, events, imagestores, infra, limits, lookup, offerings, snapshots_rbd
 from volstack.services import volumes
 from volstack.services import snapshot_backups as retries
 from volstack.services import snapshot_chains as chains
@@ -45,9 +45,9 @@ def _account_counts(s, r):
 
 
 counters.counted(Snapshot, ("account_id", "state", "removed", "store_id", "physical_size"), _account_counts)
-accounts.register_usage_counter("snapshot", lambda s, acc: aggregate.count(
+limits.register_usage_counter("snapshot", lambda s, acc: aggregate.count(
     s, Snapshot, Snapshot.account_id == acc, Snapshot.removed.is_(None), Snapshot.state.notin_(("Destroyed", "Error"))))
-accounts.add_usage_counter("secondary_storage", lambda s, acc: aggregate.total(
+limits.add_usage_counter("secondary_storage", lambda s, acc: aggregate.total(
     s, Snapshot.physical_size, Snapshot.account_id == acc, Snapshot.removed.is_(None), Snapshot.store_id.isnot(None)))
 RECURRING = ("HOURLY", "DAILY", "WEEKLY", "MONTHLY")
 VISIBLE = ("Allocated", "Creating", "CreatedOnPrimary", "BackingUp", "BackedUp", "Copying", "Destroying")
@@ -102,9 +102,9 @@ def create(s, ctx, *, volumeid, name=None, policyid=None, locationtype=None, qui
     if where == primary.SECONDARY and not imagestores.writable_stores(s, vol.zone_id):
         raise ResourceUnavailable("No writable image store in the volume's zone to back the snapshot up to: add one "
                                   "with addImageStore (or keep the snapshot on primary storage: locationtype=PRIMARY)")
-    accounts.check_limit(s, vol.account_id, "snapshot")
+    limits.check_limit(s, vol.account_id, "snapshot")
     if where == primary.SECONDARY:
-        accounts.check_limit(s, vol.account_id, "secondary_storage", vol.size)
+        limits.check_limit(s, vol.account_id, "secondary_storage", vol.size)
     stamp = f"{utcnow():%Y%m%d%H%M%S}"
     snap = Snapshot(name=name or f"{vm.name + '_' if vm else ''}{vol.name}_{stamp}", volume_id=vol.id,
                     volume_type=vol.volume_type, disk_offering_id=vol.disk_offering_id, zone_id=vol.zone_id,
@@ -524,7 +524,7 @@ def settle_interrupted(db, ctx, snapshot_uuid: str, cmd: str) -> None:
                           physical_size=finished.get("physical_size"), error=f"{reason}; {how}")
             vol = s.get(Volume, snap.volume_id)
             if vol is not None and vol.state == "Snapshotting":
-                vol.state = "Ready"
+                VOLUME.fire(s, vol, "OperationSucceeded")
             events.record(s, ctx, "SNAPSHOT.RECOVER", f"Snapshot {snap.name}: {reason}; {how} (BackedUp; its copy "
                           "on primary storage stays until the snapshot is deleted)", level="WARN",
                           resource_type="Snapshot", resource_uuid=snap.uuid)

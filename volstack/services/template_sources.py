@@ -8,7 +8,7 @@ from volstack.db.models import Zone, utcnow
 from volstack.db.storage_models import VirtualMachine
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceUnavailable
-from volstack.services import accounts, catalog, encryption, events, imagestores
+from volstack.services import catalog, encryption, events, imagestores, limits
 from volstack.services.context import check_access
 from volstack.services.templates import FORMATS, _users_may_publish, is_ready, object_name, ready_in_zone
 
@@ -35,8 +35,8 @@ def create_from_volume(s, ctx, *, name, volume, displaytext=None, ostypeid=None,
     if not stores:
         raise ResourceUnavailable("No writable image store in the volume's zone: add one with addImageStore or clear "
                                   "readonly on an existing one")
-    accounts.check_limit(s, ctx.account_id, "template")
-    accounts.check_limit(s, ctx.account_id, "secondary_storage", volume.size)
+    limits.check_limit(s, ctx.account_id, "template")
+    limits.check_limit(s, ctx.account_id, "secondary_storage", volume.size)
     src = s.get(Template, volume.template_id) if volume.template_id else None
     t = Template(name=name, display_text=displaytext or name, format="QCOW2", hypervisor=volume.hypervisor or "KVM",
                  os_type=ostypeid or (src.os_type if src else catalog.os_type_id("Other Linux (64-bit)")),

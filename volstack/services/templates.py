@@ -21,7 +21,7 @@ from volstack.db.models import Account, Zone, utcnow
 from volstack.db.storage_models import VirtualMachine
 from volstack.drivers.hosts import channel, run_long
 from volstack.errors import CloudError, InvalidParameter, PermissionDenied, ResourceUnavailable
-from volstack.services import accounts, catalog, events, imagestores, infra, lookup, settings as S
+from volstack.services import catalog, events, imagestores, infra, limits, lookup, settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.listing import ListQuery, identity_filter, keyword_filter, paginate
 
@@ -44,10 +44,10 @@ def _store_ref_counts(s, r):
 counters.counted(Template, ("account_id", "removed"),
                  lambda s, t: [("account", t["account_id"], "template", 1)] if t["removed"] is None else [])
 counters.counted(TemplateStoreRef, ("template_id", "state", "physical_size"), _store_ref_counts)
-accounts.register_usage_counter("template", lambda s, acc: aggregate.count(
+limits.register_usage_counter("template", lambda s, acc: aggregate.count(
     s, Template, Template.account_id == acc, Template.removed.is_(None)))
 # Secondary storage: the bytes of the account's templates on image stores (snapshots add theirs).
-accounts.register_usage_counter("secondary_storage", lambda s, acc: aggregate.total(
+limits.register_usage_counter("secondary_storage", lambda s, acc: aggregate.total(
     s, TemplateStoreRef.physical_size, Template.id == TemplateStoreRef.template_id, Template.account_id == acc,
     TemplateStoreRef.state.notin_(("Destroyed", "Failed"))))
 
@@ -178,7 +178,7 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
                                "templatetype=USER (the default) is yours")
     zones = _zones(s, zoneid, zoneids, directdownload)
     cross_zones = ALL_ZONES in (list(zoneids or []) + [zoneid])
-    accounts.check_limit(s, ctx.account_id, "template")
+    limits.check_limit(s, ctx.account_id, "template")
     if not directdownload:
         missing = [z.name for z in zones if not imagestores.writable_stores(s, z.id)]
         if missing:

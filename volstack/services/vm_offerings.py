@@ -20,7 +20,7 @@ from volstack.db.storage_models import DiskOffering, ServiceOffering, StoragePoo
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
 from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter
-from volstack.services import accounts, allocator, events, offerings, volume_migration, volumes
+from volstack.services import allocator, events, limits, offerings, volume_migration, volumes
 from volstack.services.lifecycle import VOLUME
 
 GIB = 1024 ** 3
@@ -73,7 +73,7 @@ def change(s, ctx, vm: VirtualMachine, serviceofferingid: str, *, running_ok=Fal
     new_do = s.get(DiskOffering, new.disk_offering_id)
     target_size = max(root.size, new.root_disk_size or 0)
     if target_size > root.size:
-        accounts.check_limit(s, root.account_id, "primary_storage", target_size - root.size)
+        limits.check_limit(s, root.account_id, "primary_storage", target_size - root.size)
     host = s.get(Host, vm.host_id) if vm.state == "Running" else None
     if root.state == "Ready":
         _place_root(s, ctx, vm, root, new_do, host, automigrate, progress)

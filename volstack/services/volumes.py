@@ -11,7 +11,7 @@ from volstack.db.storage_models import DiskOffering, ServiceOffering, StoragePoo
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
 from volstack.errors import CloudError, InvalidParameter, ResourceInUse, ResourceUnavailable
-from volstack.services import accounts, allocator, encryption, events, infra, lookup, offerings, reconcile
+from volstack.services import allocator, encryption, events, infra, limits, lookup, offerings, reconcile
 from volstack.services import settings as S
 from volstack.services.context import check_access, owner_filter
 from volstack.services.lifecycle import VOLUME
@@ -54,13 +54,13 @@ def _account_counts(s, v):
 
 # The counts limits read (maintained on every change); the recounts below are what updateResourceCount trusts.
 counters.counted(Volume, ("account_id", "state", "removed", "size"), _account_counts)
-accounts.register_usage_counter("volume", lambda s, acc: aggregate.count(
+limits.register_usage_counter("volume", lambda s, acc: aggregate.count(
     s, Volume, Volume.account_id == acc, _live(Volume), Volume.state.notin_(("Destroy", "Expunged"))))
-accounts.register_internal_counter("volume_rows", lambda s, acc: aggregate.count(
+limits.register_internal_counter("volume_rows", lambda s, acc: aggregate.count(
     s, Volume, Volume.account_id == acc, _live(Volume), Volume.state != "Expunged"))
-accounts.register_internal_counter("volume_rows_destroy", lambda s, acc: aggregate.count(
+limits.register_internal_counter("volume_rows_destroy", lambda s, acc: aggregate.count(
     s, Volume, Volume.account_id == acc, _live(Volume), Volume.state == "Destroy"))
-accounts.register_usage_counter("primary_storage", lambda s, acc: aggregate.total(
+limits.register_usage_counter("primary_storage", lambda s, acc: aggregate.total(
     s, Volume.size, Volume.account_id == acc, _live(Volume), Volume.state.notin_(("Destroy", "Expunged"))))
 
 
@@ -75,8 +75,8 @@ def get_volume(s, ctx, uuid) -> Volume:
 def new_volume(s, ctx, *, name, zone_id, size, offering, volume_type="DATADISK", account_id=None, domain_id=None,
                miniops=None, maxiops=None, hypervisor=None) -> Volume:
     account_id = account_id or ctx.account_id
-    accounts.check_limit(s, account_id, "volume")
-    accounts.check_limit(s, account_id, "primary_storage", size)
+    limits.check_limit(s, account_id, "volume")
+    limits.check_limit(s, account_id, "primary_storage", size)
     vol = Volume(name=name, volume_type=volume_type, size=size, zone_id=zone_id, account_id=account_id,
                  domain_id=domain_id or ctx.domain_id, disk_offering_id=offering.id if offering else None,
                  provisioning_type=offering.provisioning_type if offering else "thin", hypervisor=hypervisor,
@@ -326,7 +326,7 @@ def resize(s, ctx, vol: Volume, *, size_gb=None, diskofferingid=None, shrinkok=F
         raise InvalidParameter(f"Shrinking volume {vol.name} from {vol.size} to {new} bytes needs shrinkok=true "
                                "(data beyond the new size is lost)")
     if new > vol.size:
-        accounts.check_limit(s, vol.account_id, "primary_storage", new - vol.size)
+        limits.check_limit(s, vol.account_id, "primary_storage", new - vol.size)
     if vol.state == "Ready":
         pool = s.get(StoragePool, vol.pool_id)
         vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
@@ -586,7 +586,7 @@ def import_volume(s, ctx, pool: StoragePool, path: str, *, name=None, diskofferi
                  physical_size=info.get("physical_size"), format=info["format"].upper(), path=path,
                  zone_id=pool.zone_id, pool_id=pool.id, account_id=ctx.account_id, domain_id=ctx.domain_id,
                  disk_offering_id=offering.id if offering else None, hypervisor=host.hypervisor)
-    accounts.check_limit(s, ctx.account_id, "volume")
+    limits.check_limit(s, ctx.account_id, "volume")
     s.add(vol)
     s.flush()
     events.record(s, ctx, "VOLUME.IMPORT", f"Image {path} on {pool.name} imported as volume {vol.name}",

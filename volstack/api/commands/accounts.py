@@ -7,7 +7,7 @@ from volstack.api.registry import (API, DOMAIN, INTEGER, LONG, OWNER_LIST_PARAMS
 from volstack.api.views import ACCOUNT, DOMAIN as DOMAIN_VIEW, RESOURCELIMIT, ROLE, USER as USER_VIEW, USERKEYS, Lookups
 from volstack.db.models import Account, Domain
 from volstack.errors import InvalidParameter
-from volstack.services import accounts as svc
+from volstack.services import accounts as svc, limits
 
 
 def _declare_session_commands():
@@ -251,18 +251,18 @@ def _limit_type(value) -> str:
     if value is None:
         return None
     try:
-        return svc.LIMIT_BY_NUMBER[int(value)]
+        return limits.LIMIT_BY_NUMBER[int(value)]
     except (ValueError, KeyError):
-        if str(value) in svc.LIMIT_TYPES:
+        if str(value) in limits.LIMIT_TYPES:
             return str(value)
     raise InvalidParameter(f"Invalid resource type {value}: volstack limits "
-                           + ", ".join(f"{n} ({name})" for name, (n, _) in svc.LIMIT_TYPES.items()))
+                           + ", ".join(f"{n} ({name})" for name, (n, _) in limits.LIMIT_TYPES.items()))
 
 
 def _limit_row(req, acc, rtype, limit=None):
     dom = req.s.get(Domain, acc.domain_id)
-    return {"account": acc.name, "domainid": dom.uuid, "domain": dom.name, "type": svc.LIMIT_TYPES[rtype][0],
-            "typename": rtype, "max": svc.limit_of(req.s, acc.id, rtype) if limit is None else limit}
+    return {"account": acc.name, "domainid": dom.uuid, "domain": dom.name, "type": limits.LIMIT_TYPES[rtype][0],
+            "typename": rtype, "max": limits.limit_of(req.s, acc.id, rtype) if limit is None else limit}
 
 
 @API.command("listResourceLimits", "Lists resource limits.", [
@@ -275,10 +275,10 @@ def list_resource_limits(req, p):
     acc = svc.get_account(req.s, req.ctx, name=q.account, domainid=q.domainid) if q.account \
         else req.s.get(Account, req.ctx.account_id)
     rtype = _limit_type(p.resourcetype if p.resourcetype is not None else p.resourcetypename)
-    types = [rtype] if rtype else list(svc.LIMIT_TYPES)
+    types = [rtype] if rtype else list(limits.LIMIT_TYPES)
     lk = Lookups(req.s)
-    limits = svc.limits_of(req.s, acc)          # every type in one query, not one per type
-    items = [RESOURCELIMIT.render(_limit_row(req, acc, t, limits[t]), lk) for t in types]
+    maxes = limits.limits_of(req.s, acc)          # every type in one query, not one per type
+    items = [RESOURCELIMIT.render(_limit_row(req, acc, t, maxes[t]), lk) for t in types]
     return Lst(RESOURCELIMIT.key, items, len(items))
 
 
@@ -293,7 +293,7 @@ def update_resource_limit(req, p):
         raise InvalidParameter("volstack keeps resource limits per account: pass account (and domainid)")
     acc = svc.get_account(req.s, req.ctx, name=p.account, domainid=p.domainid)
     rtype = _limit_type(p.resourcetype)
-    svc.update_resource_limit(req.s, req.ctx, acc, rtype, -1 if p.max is None else p.max)
+    limits.update_resource_limit(req.s, req.ctx, acc, rtype, -1 if p.max is None else p.max)
     return Obj(RESOURCELIMIT.key, RESOURCELIMIT.render(_limit_row(req, acc, rtype), None))
 
 
@@ -323,8 +323,8 @@ def update_resource_count(req, p):
     rows = []
     for acc in accs:
         dom = req.s.get(Domain, acc.domain_id)
-        for t, (_, new) in svc.recalculate(req.s, acc, [rtype] if rtype else None).items():
-            rows.append({"account": acc.name, "domainid": dom.uuid, "domain": dom.name, "type": svc.LIMIT_TYPES[t][0],
+        for t, (_, new) in limits.recalculate(req.s, acc, [rtype] if rtype else None).items():
+            rows.append({"account": acc.name, "domainid": dom.uuid, "domain": dom.name, "type": limits.LIMIT_TYPES[t][0],
                          "typename": t, "count": new})
     if req.ctx.is_root_admin and not p.account and req.s.scalar(select(Domain.path).where(Domain.uuid == p.domainid)) == "/":
         from volstack.services import pools
