@@ -110,6 +110,17 @@ def test_passphrase_is_made_stored_encrypted_never_shown_and_destroyed_with_the_
         assert s.scalar(select(func.count()).select_from(Volume).where(Volume.passphrase_id.isnot(None))) == 0
 
 
+def test_vm_snapshot_with_memory_is_refused_for_a_vm_with_an_encrypted_volume(dc):
+    api = dc["api"]
+    api.createStoragePool(name="good", url="nfs://10.0.0.1/good", tags="T", capacitybytes=100 * GIB, **dc["at"])
+    api.attachVolume(id=_vol(api, dc, dc["enc"])["id"], virtualmachineid=dc["vm"]["id"])
+    with pytest.raises(CloudStackApiException) as e:
+        api.createVMSnapshot(virtualmachineid=dc["vm"]["id"], snapshotmemory=True)
+    assert e.value.error["errorcode"] == 431 and "VM snapshots with memory are not supported" in \
+        e.value.error["errortext"], e.value.error
+    assert api.listVMSnapshot(virtualmachineid=dc["vm"]["id"]).get("vmSnapshot", []) == []
+
+
 def _ostype(api):
     return api.listOsTypes()["ostype"][0]["id"]
 

@@ -34,6 +34,24 @@ def test_quiesce_replication_and_capacities_are_refused_by_name(sim):
         assert code == 431 and "showcapacities=true" in text and "listStoragePools" in text, command
         assert getattr(api, command)(showcapacities=False)["count"] == 1
 
+    snap = api.createSnapshot(volumeid=root["id"])["snapshot"]
+    other = api.createZone(name="z2", networktype="Advanced")["zone"]
+    code, text = error_of(lambda: api.deleteSnapshot(id=snap["id"], zoneid=other["id"]))
+    assert code == 431 and "is not in zone" in text and api.listSnapshots(id=snap["id"])["count"] == 1
+
+    # listHypervisors zoneid: the zone's clusters'; in-memory lists honour keyword, page and pagesize
+    assert [h["name"] for h in api.listHypervisors(zoneid=sim["zone"]["id"])["hypervisor"]] == ["Simulator"]
+    assert api.listHypervisors(zoneid=other["id"]) == {}
+    assert [h["name"] for h in api.listHypervisors(keyword="kv")["hypervisor"]] == ["KVM"]
+    page = api.listHypervisors(page=2, pagesize=1)
+    assert page["count"] == 2 and [h["name"] for h in page["hypervisor"]] == ["Simulator"]
+    assert api.listStorageProviders(type="primary", keyword="nothing-like-it") == {}
+
+    code, text = error_of(lambda: api.createVolume(name="theirs", zoneid=sim["zone"]["id"],
+                                                   diskofferingid=sim["do"]["id"], account="someone-else"))
+    assert code == 431 and "for another account (account/domainid)" in text
+    assert [v["name"] for v in api.listVolumes(name="theirs").get("volume", [])] == []
+
     code, text = error_of(lambda: api.extractVolume(id=root["id"], zoneid=sim["zone"]["id"], mode="HTTP_DOWNLOAD",
                                                     url="ftp://10.0.0.9/x"))
     assert code == 431 and "url is the destination of FTP_UPLOAD" in text

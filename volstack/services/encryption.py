@@ -135,6 +135,17 @@ def refuse_template(obj) -> None:
                                "unencrypted and the volume's data must never be written in clear")
 
 
+def refuse_memory_snapshot(vm, vols) -> None:
+    """QEMU 7.2 aborts (and so kills the guest) when it saves a VM's memory into an encrypted qcow2
+    (qcow2_co_encdec: unaligned vmstate writes); and memory saved into a clear disk would hold what the guest
+    read from its encrypted ones. So a VM with an encrypted volume gets disk-only VM snapshots."""
+    enc = [v.name for v in vols if v.passphrase_id is not None]
+    if enc:
+        raise InvalidParameter(f"VM {vm.name} has encrypted volumes ({', '.join(enc)}): VM snapshots with memory are "
+                               "not supported for it (its memory would be saved unencrypted or, into an encrypted "
+                               "image, crash QEMU); take a VM snapshot without memory (snapshotmemory=false)")
+
+
 def refuse_upload(offering) -> None:
     if offering is not None and offering.encrypt:
         raise InvalidParameter(f"Disk offering {offering.name} encrypts volumes; an uploaded image arrives in clear "

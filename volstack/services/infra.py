@@ -62,6 +62,14 @@ def _get(s, model, uuid, what):
     return row
 
 
+def hypervisors(s, zoneid=None) -> list[str]:
+    """listHypervisors: those volstack drives; with a zone, those of its clusters (as CloudStack answers)."""
+    if not zoneid:
+        return list(HYPERVISORS)
+    used = {h.lower() for h in s.scalars(select(Cluster.hypervisor).where(Cluster.zone_id == get_zone(s, zoneid).id))}
+    return [h for h in HYPERVISORS if h.lower() in used]
+
+
 def get_zone(s, uuid) -> Zone:
     return _get(s, Zone, uuid, "zone")
 

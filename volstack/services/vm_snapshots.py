@@ -123,6 +123,8 @@ def create(s, ctx, *, virtualmachineid, name=None, description=None, snapshotmem
                                f"VM can have at most {limit} (vmsnapshot.max); delete old ones")
     vols = _disks(s, vm)
     _check_disks(s, vm, vols)
+    if snapshotmemory:
+        encryption.refuse_memory_snapshot(vm, vols)
     _refuse_busy(s, vm)
     snap = VMSnapshot(name=internal, display_name=display, description=description, vm_id=vm.id, zone_id=vm.zone_id,
                       snapshot_type="DiskAndMemory" if snapshotmemory else "Disk", hypervisor=vm.hypervisor,

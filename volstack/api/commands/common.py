@@ -41,10 +41,30 @@ def lst(req, view, rows_total) -> Lst:
 
 def paged(req, p, view, items: list) -> Lst:
     """A list command over rows held in memory (files on a pool, fixed catalogues): one page of them."""
+    return page_of(req, p, view.key, Lookups(req.s).render_all(view, items))
+
+
+def page_of(req, p, key: str, rows: list[dict]) -> Lst:
+    """Rendered rows held in memory: keyword (a part of the name, ignoring case, as keyword_filter), then one page;
+    so list commands built in memory honour keyword/page/pagesize like those built by a query."""
     q = list_query(req, p)
-    size = len(items) if q.pagesize in (None, -1) else q.pagesize
+    if q.keyword:
+        rows = [r for r in rows if q.keyword.lower() in str(r.get("name") or "").lower()]
+    size = len(rows) if q.pagesize in (None, -1) else q.pagesize
     start = ((q.page or 1) - 1) * size
-    return Lst(view.key, Lookups(req.s).render_all(view, items[start:start + size]), len(items))
+    return Lst(key, rows[start:start + size], len(rows))
+
+
+def own_account_only(req, p, doing: str, instead: str) -> None:
+    """account/domainid name the new object's owner. volstack makes it for the caller's own account only: naming
+    another is refused (531 outside the caller's reach, 431 otherwise) rather than accepted and ignored."""
+    if not (p.account or p.domainid):
+        return
+    from volstack.services import accounts
+    dom = accounts.get_domain(req.s, req.ctx, p.domainid) if p.domainid else None
+    if (p.account and p.account != req.ctx.account_name) or (dom is not None and dom.id != req.ctx.domain_id):
+        raise InvalidParameter(f"{doing} for another account (account/domainid) is not supported: {instead}, or "
+                               "leave both out")
 
 
 def pick(p, *names) -> dict:

@@ -1,4 +1,5 @@
 """Direct-download certificates for HTTPS template sources (KVM)."""
+from volstack.api.commands.common import page_of
 from volstack.api.registry import API, BOOLEAN, STRING, UUID, Field as F, Lst, Obj, Param as P, View
 from volstack.api.views import Lookups, _a, _ref
 from volstack.db import models as m
@@ -69,7 +70,7 @@ def list_certificates(req, p):
     if not p.listhosts:
         for item in items:
             item.pop("hostsmap", None)
-    return Lst(CERTIFICATE.key, items, len(items))
+    return page_of(req, p, CERTIFICATE.key, items)
 
 
 @API.command("provisionTemplateDirectDownloadCertificate", "Provisions a direct download certificate on a host", [

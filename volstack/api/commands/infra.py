@@ -1,5 +1,5 @@
 """Zones, pods, clusters, hosts and the infrastructure catalogues."""
-from volstack.api.commands.common import list_query, lst, obj, paged, pick
+from volstack.api.commands.common import list_query, lst, obj, page_of, paged, pick
 from volstack.api.registry import API, BOOLEAN, LIST, MAP, STRING, USER, UUID, Lst, Param as P, Success
 from volstack.api.views import CLUSTER, HOST, POD, ZONE, Lookups, View
 from volstack.api.registry import Field as F
@@ -250,7 +250,7 @@ HYPERVISOR = View("hypervisor", [F("name", "Hypervisor name", lambda r, lk: r)])
 @API.command("listHypervisors", "List hypervisors", [P("zoneid", UUID, "the zone id for listing hypervisors.", entity="Zone")],
              view=HYPERVISOR, is_list=True, access=USER)
 def list_hypervisors(req, p):
-    return Lst("hypervisor", [{"name": h} for h in infra.HYPERVISORS], len(infra.HYPERVISORS))
+    return page_of(req, p, "hypervisor", [{"name": h} for h in infra.hypervisors(req.s, p.zoneid)])
 
 
 PROVIDER = View("dataStoreProvider", [F("name", "the name of the storage provider", lambda r, lk: r["name"]),
@@ -265,5 +265,5 @@ def list_storage_providers(req, p):
     if role not in catalog.STORAGE_PROVIDERS:
         raise InvalidParameter(f"Invalid storage provider type {p.type}: use primary or image")
     items = [{"name": n, "type": role} for n in catalog.STORAGE_PROVIDERS[role]]
-    return Lst(PROVIDER.key, items, len(items))
+    return page_of(req, p, PROVIDER.key, items)
 

@@ -11,7 +11,8 @@ from volstack.db import models as m
 from volstack.db import storage_models as sm
 from volstack.db.image_models import ImageStore
 from volstack.db.snapshot_models import Snapshot
-from volstack.services import snapshots, tags
+from volstack.errors import InvalidParameter
+from volstack.services import infra, snapshots, tags
 
 
 def _vol(name):
@@ -141,7 +142,6 @@ def backup_retry_submitter(jobs):
 
 
 def _create_row(req, p):
-    from volstack.errors import InvalidParameter
     if p.zoneids:
         raise InvalidParameter("Copying snapshots to other zones (zoneids) is not supported yet")
     snap = snapshots.create(req.s, req.ctx, volumeid=p.volumeid, name=p.name, policyid=p.policyid,
@@ -184,7 +184,10 @@ def list_snapshots(req, p):
     P("zoneid", UUID, "The ID of the zone for the snapshot", entity="Zone"),
 ], response_key="success", **SNAP_JOB)
 def delete_snapshot(req, p):
-    snapshots.delete(req.s, req.ctx, snapshots.get_snapshot(req.s, req.ctx, p.id))
+    snap = snapshots.get_snapshot(req.s, req.ctx, p.id)
+    if p.zoneid and infra.get_zone(req.s, p.zoneid).id != snap.zone_id:     # a snapshot lives in one zone only
+        raise InvalidParameter(f"Snapshot {snap.name} is not in zone {p.zoneid}: omit zoneid, or pass its own zone")
+    snapshots.delete(req.s, req.ctx, snap)
     return Success()
 
 

@@ -1,6 +1,6 @@
 """Image transfers over HTTP: extract URLs (extractTemplate, extractIso, extractVolume) and browser uploads
 (getUploadParamsForVolume, getUploadParamsForTemplate, getUploadParamsForIso)."""
-from volstack.api.commands.common import obj
+from volstack.api.commands.common import obj, own_account_only
 from volstack.api.commands.templates import REGISTER_COMMON
 from volstack.api.registry import (API, BOOLEAN, MAP, STRING, USER, UUID, Field as F, Obj, Param as P, View)
 from volstack.api.views import _a, _date, _ref
@@ -8,7 +8,7 @@ from volstack.db import models as m
 from volstack.db.image_models import Template
 from volstack.db.storage_models import Volume
 from volstack.errors import InvalidParameter
-from volstack.services import accounts, extracts, post_uploads, templates, volumes
+from volstack.services import extracts, post_uploads, templates, volumes
 
 
 def _object(field):
@@ -103,17 +103,6 @@ OWNER = [
 ]
 
 
-def _own_account_only(req, p) -> None:
-    """account/domainid name the upload's owner. volstack uploads for the caller's own account only: naming another
-    is refused (531 outside the caller's reach, 431 otherwise) rather than accepted and ignored."""
-    if not (p.account or p.domainid):
-        return
-    dom = accounts.get_domain(req.s, req.ctx, p.domainid) if p.domainid else None
-    if (p.account and p.account != req.ctx.account_name) or (dom is not None and dom.id != req.ctx.domain_id):
-        raise InvalidParameter("Uploading for another account (account/domainid) is not supported: upload as that "
-                               "account, or leave both out")
-
-
 def _params(result) -> Obj:
     return Obj(UPLOAD_PARAMS.key, UPLOAD_PARAMS.render(result, None))
 
@@ -129,7 +118,7 @@ def _params(result) -> Obj:
     *OWNER,
 ], view=UPLOAD_PARAMS, access=USER, writes=True)
 def get_upload_params_for_volume(req, p):
-    _own_account_only(req, p)
+    own_account_only(req, p, "Uploading", "upload as that account")
     return _params(post_uploads.volume_params(req.s, req.ctx, name=p.name, zoneid=p.zoneid, format=p.format,
                                               checksum=p.checksum, diskofferingid=p.diskofferingid,
                                               imagestoreuuid=p.imagestoreuuid))
@@ -142,7 +131,7 @@ TEMPLATE_COMMON = [p for p in REGISTER_COMMON if p.name in _SHARED] + [
 
 
 def _template_params(req, p, is_iso):
-    _own_account_only(req, p)
+    own_account_only(req, p, "Uploading", "upload as that account")
     return _params(post_uploads.template_params(
         req.s, req.ctx, is_iso=is_iso, zoneid=p.zoneid, name=p.name, format=p.get("format") or "ISO",
         displaytext=p.displaytext, hypervisor=p.get("hypervisor") or "KVM", ostypeid=p.ostypeid, checksum=p.checksum,

@@ -1,6 +1,6 @@
 """VM commands, as much as storage needs: deploy, start/stop/reboot, destroy/recover/expunge, migration,
 service offering changes, ISOs in the CD drive."""
-from volstack.api.commands.common import list_query, lst, obj
+from volstack.api.commands.common import list_query, lst, obj, page_of
 from volstack.api.commands.volumes import _owner_fields, _template_attr
 from volstack.api.registry import (API, BOOLEAN, LIST, LONG, MAP, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID,
                                    Field as F, Param as P, Success, View)
@@ -228,7 +228,7 @@ def find_hosts_for_migration(req, p):
     items = [{**shown, "suitableformigration": problem is None,
               "requiresStorageMotion": False, **({"notsuitablereason": problem} if problem else {})}
              for shown, (_, problem) in zip(rendered, rows)]
-    return Lst("host", items, len(items))
+    return page_of(req, p, "host", items)
 
 
 @API.task("reconcileVirtualMachine", instance_type="VirtualMachine", on_interrupt="retry")

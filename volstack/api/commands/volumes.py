@@ -1,5 +1,5 @@
 """Volume commands."""
-from volstack.api.commands.common import list_query, lst, obj, paged
+from volstack.api.commands.common import list_query, lst, obj, own_account_only, page_of, paged
 from volstack.api.commands.pools import STORAGEPOOL
 from volstack.api.registry import (API, BOOLEAN, LIST, LONG, MAP, OWNER_LIST_PARAMS, ROOT, STRING, USER, UUID, Field as F,
                                    Param as P, Success, View)
@@ -139,6 +139,7 @@ def create_volume(req, p):
 
 
 def _create_volume_row(req, p):
+    own_account_only(req, p, "Creating a volume", "create it as that account")
     if p.snapshotid:
         from volstack.services import snapshots
         return snapshots.new_volume(req.s, req.ctx, snapshotid=p.snapshotid, name=p.name, zoneid=p.zoneid,
@@ -254,7 +255,7 @@ def find_pools_for_migration(req, p):
     rows = volume_migration.pools_for_migration(req.s, req.ctx, volumes.get_volume(req.s, req.ctx, p.id))
     rendered = Lookups(req.s).render_all(STORAGEPOOL, [pool for pool, _ in rows])
     items = [{**shown, "suitableformigration": ok} for shown, (_, ok) in zip(rendered, rows)]
-    return Lst("storagepool", items, len(items))
+    return page_of(req, p, "storagepool", items)
 
 
 @API.command("changeOfferingForVolume", "Change disk offering of the volume and also an option to auto migrate if required to apply the new disk offering", [
