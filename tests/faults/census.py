@@ -90,7 +90,7 @@ def take(rig, workload) -> dict:
     out["listzones_samples_during_stop_detach"] = len(stops)
     out["operations"] = sum(1 for e in workload.log if e[0] not in ("kill", "skip"))
     out["failed_operations"] = sum(1 for e in workload.log if e[0] not in ("kill", "skip", "write") and e[2])
-    out["failures"] = sorted({f"{e[0]} {e[2]}: {e[3][:150]}" for e in workload.log
+    out["failures"] = sorted({f"{e[0]} {e[2]}: {e[3]}" for e in workload.log
                               if e[0] not in ("kill", "skip", "write") and e[2]})
     out["clean"] = all(not out[k] for k in MUST_BE_ZERO)
     return out

@@ -196,7 +196,7 @@ class Workload:
                 self.log.append(("kill", victim, cmd))
             outcome = self.api.job(r["jobid"])
         self._current = None
-        self.log.append((cmd, params, outcome.get("errorcode"), outcome.get("errortext", "")[:200]))
+        self.log.append((cmd, params, outcome.get("errorcode"), outcome.get("errortext", "")[:600]))
         return outcome
 
     def step(self):

@@ -162,7 +162,8 @@ def _register(req, p, is_iso):
                                  isfeatured=p.isfeatured, isextractable=p.isextractable,
                                  passwordenabled=p.passwordenabled, requireshvm=p.requireshvm,
                                  directdownload=p.directdownload, bootable=p.bootable if p.bootable is not None else True,
-                                 templatetype=p.templatetype, details=(p.details or {}).get("0"), is_iso=is_iso)
+                                 templatetype=p.templatetype, details=(p.details or {}).get("0"), is_iso=is_iso,
+                                 imagestoreuuid=p.get("imagestoreuuid"))
     for ref in refs:
         req.start_task("templateDownload", {"ref": ref.id}, t.uuid)
     if t.verify_state == "Checking":
@@ -187,7 +188,8 @@ def register_template(req, p):
 
 @API.command("registerIso", "Registers an existing ISO into the CloudStack Cloud.", REGISTER_COMMON + [
     P("bootable", BOOLEAN, "true if this ISO is bootable. If not passed explicitly its assumed to be true"),
-    P("imagestoreuuid", STRING, "Image store UUID"),
+    P("imagestoreuuid", STRING, "Image store UUID: the store of the zone that gets the ISO (default: the writable one "
+      "with the most free space)"),
     P("format", STRING, "unused: ISOs are ISO"),
     P("hypervisor", STRING, "unused: ISOs serve every hypervisor"),
     P("zoneids", LIST, "A list of zone ids where the ISO will be hosted; -1 means all zones", entity="Zone",
