@@ -66,6 +66,13 @@ def test_quiesce_replication_and_capacities_are_refused_by_name(sim, server):
                                                   imagestoreuuid=away["id"]))
     assert code == 431 and "imagestoreuuid" in text and "not a writable store" in text
 
+    code, text = error_of(lambda: api.createTemplate(name="t", volumeid=root["id"], zoneid=other["id"]))
+    assert code == 431 and "made in the zone of that volume" in text
+    code, text = error_of(lambda: api.createTemplate(name="t", snapshotid=snap["id"],
+                                                     isdynamicallyscalable=True))
+    assert code == 431 and "isdynamicallyscalable=true" in text
+    assert api.listTemplates(templatefilter="self", name="t") == {}
+
     code, text = error_of(lambda: api.extractVolume(id=root["id"], zoneid=sim["zone"]["id"], mode="HTTP_DOWNLOAD",
                                                     url="ftp://10.0.0.9/x"))
     assert code == 431 and "url is the destination of FTP_UPLOAD" in text

@@ -422,6 +422,18 @@ def create_template(req, p):
     return obj(req, TEMPLATE, template_sources.copy_volume_to_store(req.s, req.ctx, t, req.progress))
 
 
+def _source_zone_only(req, p, zone_id):
+    """The template is made in its source's zone; a zoneid naming another would be ignored, so it is refused."""
+    from volstack.errors import InvalidParameter
+    from volstack.services import infra
+    if p.zoneid and infra.get_zone(req.s, p.zoneid).id != zone_id:
+        raise InvalidParameter("zoneid: a template created from a volume or snapshot is made in the zone of that "
+                               "volume or snapshot; omit zoneid or pass that zone")
+    if p.isdynamicallyscalable:
+        raise InvalidParameter("isdynamicallyscalable=true is not supported: volstack scales no running VM's CPU or "
+                               "memory; omit it")
+
+
 def _create_template_row(req, p):
     from volstack.errors import InvalidParameter
     from volstack.services import vms, volumes
@@ -429,8 +441,10 @@ def _create_template_row(req, p):
         from volstack.services import snapshot_templates, snapshots
         if p.volumeid or p.virtualmachineid:
             raise InvalidParameter("Pass either snapshotid or volumeid (virtualmachineid), not both")
+        snap = snapshots.get_snapshot(req.s, req.ctx, p.snapshotid)
+        _source_zone_only(req, p, snap.zone_id)
         return snapshot_templates.create_row(
-            req.s, req.ctx, snapshots.get_snapshot(req.s, req.ctx, p.snapshotid), name=p.name,
+            req.s, req.ctx, snap, name=p.name,
             displaytext=p.displaytext, ostypeid=p.ostypeid, ispublic=p.ispublic, isfeatured=p.isfeatured,
             passwordenabled=p.passwordenabled, requireshvm=p.requireshvm, details=(p.details or {}).get("0"))
     if p.volumeid:
@@ -440,6 +454,7 @@ def _create_template_row(req, p):
         vol = volumes.root_of(req.s, vm)
     else:
         raise InvalidParameter("Pass volumeid (or virtualmachineid) to create a template")
+    _source_zone_only(req, p, vol.zone_id)
     return template_sources.create_from_volume(req.s, req.ctx, name=p.name, volume=vol, displaytext=p.displaytext,
                                         ostypeid=p.ostypeid, ispublic=p.ispublic, isfeatured=p.isfeatured,
                                         passwordenabled=p.passwordenabled, requireshvm=p.requireshvm,
