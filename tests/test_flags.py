@@ -73,6 +73,11 @@ def test_quiesce_replication_and_capacities_are_refused_by_name(sim, server):
     assert code == 431 and "isdynamicallyscalable=true" in text
     assert api.listTemplates(templatefilter="self", name="t") == {}
 
+    # listUsers accounttype: 1 (root admin) lists the admin, 0 (user) only the new user
+    api.createAccount(accounttype=0, email="u@x", firstname="u", lastname="u", password="pw", username="u1")
+    assert [u["username"] for u in api.listUsers(accounttype=0, listall=True)["user"]] == ["u1"]
+    assert "u1" not in [u["username"] for u in api.listUsers(accounttype=1, listall=True)["user"]]
+
     code, text = error_of(lambda: api.extractVolume(id=root["id"], zoneid=sim["zone"]["id"], mode="HTTP_DOWNLOAD",
                                                     url="ftp://10.0.0.9/x"))
     assert code == 431 and "url is the destination of FTP_UPLOAD" in text
