@@ -52,6 +52,9 @@ def test_quiesce_replication_and_capacities_are_refused_by_name(sim, server):
                                                    diskofferingid=sim["do"]["id"], account="someone-else"))
     assert code == 431 and "for another account (account/domainid)" in text
     assert [v["name"] for v in api.listVolumes(name="theirs").get("volume", [])] == []
+    code, text = error_of(lambda: api.uploadVolume(name="theirs", zoneid=sim["zone"]["id"], format="QCOW2",
+                                                   url="http://10.0.0.9/v.qcow2", account="someone-else"))
+    assert code == 431 and "for another account (account/domainid)" in text
 
     # registerIso imagestoreuuid: the copy goes to that store; a store of another zone is refused
     api.addImageStore(name="images2", provider="NFS", url="nfs://10.0.0.3/images", zoneid=sim["zone"]["id"])
