@@ -52,6 +52,9 @@ def test_quiesce_replication_and_capacities_are_refused_by_name(sim, server):
                                                    diskofferingid=sim["do"]["id"], account="someone-else"))
     assert code == 431 and "for another account (account/domainid)" in text
     assert [v["name"] for v in api.listVolumes(name="theirs").get("volume", [])] == []
+    code, text = error_of(lambda: api.uploadVolume(name="theirs", zoneid=sim["zone"]["id"], format="QCOW2",
+                                                   url="http://10.0.0.9/v.qcow2", account="someone-else"))
+    assert code == 431 and "for another account (account/domainid)" in text
 
     # registerIso imagestoreuuid: the copy goes to that store; a store of another zone is refused
     api.addImageStore(name="images2", provider="NFS", url="nfs://10.0.0.3/images", zoneid=sim["zone"]["id"])
@@ -72,6 +75,11 @@ def test_quiesce_replication_and_capacities_are_refused_by_name(sim, server):
                                                      isdynamicallyscalable=True))
     assert code == 431 and "isdynamicallyscalable=true" in text
     assert api.listTemplates(templatefilter="self", name="t") == {}
+
+    # listUsers accounttype: 1 (root admin) lists the admin, 0 (user) only the new user
+    api.createAccount(accounttype=0, email="u@x", firstname="u", lastname="u", password="pw", username="u1")
+    assert [u["username"] for u in api.listUsers(accounttype=0, listall=True)["user"]] == ["u1"]
+    assert "u1" not in [u["username"] for u in api.listUsers(accounttype=1, listall=True)["user"]]
 
     code, text = error_of(lambda: api.extractVolume(id=root["id"], zoneid=sim["zone"]["id"], mode="HTTP_DOWNLOAD",
                                                     url="ftp://10.0.0.9/x"))
