@@ -31,3 +31,16 @@ def add_datacenter(api, zone: str, pod: str, cluster: str, hosts=()) -> dict:
                                                         dict(url=h.url, username="root", password=h.token)))["host"][0]
              for h in hosts]
     return dict(zone=z, pod=p, cluster=c, hosts=added, host=added[0] if added else None, at=at)
+
+
+def release_guests(api, vms, agents) -> None:
+    """A real-guest fixture's teardown: expunge the VMs a test left (best effort: a test may have removed them, or
+    broken the cloud on purpose), then kill what still runs on the hosts and stop their agents."""
+    for vm in vms:
+        try:
+            api.destroyVirtualMachine(id=vm, expunge=True)
+        except Exception:
+            pass
+    for a in agents:
+        a.kill_guests()
+        a.stop()

@@ -207,3 +207,25 @@ def test_a_nul_character_in_a_parameter_is_a_431_on_every_database(server_any_db
         assert resp.status_code == 431 and "contains a NUL character" in resp.text, resp.text
     assert client(server_any_db).listZones() == {}
     assert client(server_any_db).listDiskOfferings(name="nul") == {}
+
+
+def test_an_expired_session_is_refused_and_its_row_removed(tmp_path):
+    """The expired session's row is deleted when it is refused, not kept because the refusal rolled back."""
+    from datetime import timedelta
+
+    from volstack.db.models import Session as SessionRow
+    ms = start_server(f"sqlite:///{tmp_path / 'db'}", tmp_path, admin_password="s3cret")
+    try:
+        s = requests.Session()
+        r = s.post(ms.endpoint, params={"command": "login", "response": "json"},
+                   data={"username": "admin", "password": "s3cret", "domain": "/"}, timeout=10)
+        key = r.json()["loginresponse"]["sessionkey"]
+        with ms.db.session() as db:
+            [row] = db.query(SessionRow).all()
+            row.last_access -= timedelta(days=1)
+        r = s.get(ms.endpoint, params={"command": "listZones", "response": "json", "sessionkey": key}, timeout=10)
+        assert r.status_code == 401 and "unable to verify user credentials" in r.text, r.text
+        with ms.db.session() as db:
+            assert db.query(SessionRow).count() == 0
+    finally:
+        ms.stop()

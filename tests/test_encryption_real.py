@@ -14,7 +14,7 @@ import pytest
 
 from agentproc import AgentProcess
 from guest import guest_image_dir, pattern_sha256
-from support import add_datacenter, client, start_server
+from support import add_datacenter, client, release_guests, start_server
 from test_storage_real import boot, serial
 from volstack import crypto
 from volstack.db.storage_models import Passphrase
@@ -54,14 +54,7 @@ def lab(tmp_path_factory, _nfs_session, ceph):
     ctx["dirs"]["STORE"] = tmp / "store"
     ctx["vm"], ctx["con"] = boot(ctx, 0)
     yield ctx
-    for vm in ctx["vms"]:
-        try:
-            api.destroyVirtualMachine(id=vm, expunge=True)
-        except Exception:
-            pass
-    for a in agents:
-        a.kill_guests()
-        a.stop()
+    release_guests(api, ctx["vms"], agents)
     nfs_server.remove_export(pseudo)
     ms.stop()
 

@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from test_snapshot_policies import _policy, _sim_dc
 from test_templates import error_of
+from volstack.db.image_models import ImageStore, Template, TemplateStoreRef
 from volstack.db.snapshot_models import Snapshot
 from volstack.db.storage_models import StoragePool
 
@@ -15,7 +16,7 @@ def sim(server):
     return _sim_dc(server)
 
 
-def test_quiesce_replication_and_capacities_are_refused_by_name(sim):
+def test_quiesce_replication_and_capacities_are_refused_by_name(sim, server):
     api, root, vm = sim["api"], sim["root"], sim["vm"]
     code, text = error_of(lambda: api.createSnapshot(volumeid=root["id"], quiescevm=True))
     assert code == 431 and "quiescevm=true" in text and "QEMU guest agent" in text and "crash consistent" in text
@@ -51,6 +52,34 @@ def test_quiesce_replication_and_capacities_are_refused_by_name(sim):
                                                    diskofferingid=sim["do"]["id"], account="someone-else"))
     assert code == 431 and "for another account (account/domainid)" in text
     assert [v["name"] for v in api.listVolumes(name="theirs").get("volume", [])] == []
+    code, text = error_of(lambda: api.uploadVolume(name="theirs", zoneid=sim["zone"]["id"], format="QCOW2",
+                                                   url="http://10.0.0.9/v.qcow2", account="someone-else"))
+    assert code == 431 and "for another account (account/domainid)" in text
+
+    # registerIso imagestoreuuid: the copy goes to that store; a store of another zone is refused
+    api.addImageStore(name="images2", provider="NFS", url="nfs://10.0.0.3/images", zoneid=sim["zone"]["id"])
+    second = api.listImageStores(name="images2")["imagestore"][0]
+    there = api.registerIso(name="there", url="http://10.0.0.9/t.iso", zoneid=sim["zone"]["id"],
+                            imagestoreuuid=second["id"])["iso"][0]
+    with server.db.session() as s:
+        assert [r.store_id for r in s.scalars(select(TemplateStoreRef).join(Template).where(
+            Template.uuid == there["id"]))] == [s.scalar(select(ImageStore.id).where(ImageStore.uuid == second["id"]))]
+    away = api.addImageStore(name="away", provider="NFS", url="nfs://10.0.0.4/images", zoneid=other["id"])["imagestore"]
+    code, text = error_of(lambda: api.registerIso(name="x", url="http://10.0.0.9/x.iso", zoneid=sim["zone"]["id"],
+                                                  imagestoreuuid=away["id"]))
+    assert code == 431 and "imagestoreuuid" in text and "not a writable store" in text
+
+    code, text = error_of(lambda: api.createTemplate(name="t", volumeid=root["id"], zoneid=other["id"]))
+    assert code == 431 and "made in the zone of that volume" in text
+    code, text = error_of(lambda: api.createTemplate(name="t", snapshotid=snap["id"],
+                                                     isdynamicallyscalable=True))
+    assert code == 431 and "isdynamicallyscalable=true" in text
+    assert api.listTemplates(templatefilter="self", name="t") == {}
+
+    # listUsers accounttype: 1 (root admin) lists the admin, 0 (user) only the new user
+    api.createAccount(accounttype=0, email="u@x", firstname="u", lastname="u", password="pw", username="u1")
+    assert [u["username"] for u in api.listUsers(accounttype=0, listall=True)["user"]] == ["u1"]
+    assert "u1" not in [u["username"] for u in api.listUsers(accounttype=1, listall=True)["user"]]
 
     code, text = error_of(lambda: api.extractVolume(id=root["id"], zoneid=sim["zone"]["id"], mode="HTTP_DOWNLOAD",
                                                     url="ftp://10.0.0.9/x"))

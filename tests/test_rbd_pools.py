@@ -25,7 +25,7 @@ def short_osd_timeout(monkeypatch):
 
 @pytest.fixture
 def kvm(server, tmp_path, ceph):
-    from support import add_datacenter, client
+    from support import add_datacenter, client, release_guests
     agents = [AgentProcess(tmp_path / f"agent{i}", name=f"rbdkvm{i}").start() for i in (1, 2)]
     api = client(server)
     dc = add_datacenter(api, "rz", "rp", "rc", agents)
@@ -35,14 +35,7 @@ def kvm(server, tmp_path, ceph):
                                    displaytext="tiny")["serviceoffering"]
     ctx = dict(api=api, zone=zone, pod=pod, cluster=cl, hosts=hosts, agents=agents, so=so, vms=[])
     yield ctx
-    for vm in ctx["vms"]:
-        try:
-            api.destroyVirtualMachine(id=vm, expunge=True)
-        except Exception:
-            pass
-    for a in agents:
-        a.kill_guests()
-        a.stop()
+    release_guests(api, ctx["vms"], agents)
 
 
 def create_rbd_pool(kvm, ceph, name="MyCephCluster", **kw):

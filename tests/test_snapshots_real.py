@@ -9,7 +9,7 @@ import pytest
 
 from agentproc import AgentProcess, wait_until
 from guest import GuestConsole, GuestError, guest_image_dir, pattern_bytes, pattern_sha256
-from support import add_datacenter, client
+from support import add_datacenter, client, release_guests
 from test_storage_real import serial
 
 MIB = 2 ** 20
@@ -32,13 +32,7 @@ def kvm(server, tmp_path):
                                    storagetype="local", displaytext="tiny")["serviceoffering"]
     ctx = dict(api=api, zone=zone, agent=agent, custom=custom, so=so, image=guest_image_dir(), tmp=tmp_path, vms=[])
     yield ctx
-    for vm in ctx["vms"]:
-        try:
-            api.destroyVirtualMachine(id=vm, expunge=True)
-        except Exception:
-            pass
-    agent.kill_guests()
-    agent.stop()
+    release_guests(api, ctx["vms"], [agent])
 
 
 def console(ctx, vm_id) -> GuestConsole:

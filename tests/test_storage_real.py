@@ -8,7 +8,7 @@ import pytest
 from agentproc import AgentProcess
 from guest import GuestConsole, GuestError, guest_image_dir, pattern_sha256
 from helpers import wait_job
-from support import add_datacenter, client
+from support import add_datacenter, client, release_guests
 
 GIB = 2 ** 30
 MIB = 2 ** 20
@@ -37,14 +37,7 @@ def kvm(server, tmp_path, nfs_pool):
     ctx = dict(api=api, zone=zone, hosts=hosts, agents=agents, nfs=nfs, nfs_dir=nfs_dir, locals=locals_,
                custom=custom, so=so, image=image, vms=[])
     yield ctx
-    for vm in ctx["vms"]:
-        try:
-            api.destroyVirtualMachine(id=vm, expunge=True)
-        except Exception:
-            pass
-    for a in agents:
-        a.kill_guests()
-        a.stop()
+    release_guests(api, ctx["vms"], agents)
 
 
 def boot(ctx, host_index: int):

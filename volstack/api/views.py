@@ -7,7 +7,7 @@ import functools
 from sqlalchemy import inspect as sa_inspect, select
 
 from volstack import CLOUDSTACK_VERSION, __version__
-from volstack.api.registry import ROOT, VIEWER, Field as F, View
+from volstack.api.registry import ROOT, Field as F, View
 from volstack.api.wire import date
 from volstack.db import models as m
 from volstack.services import tags as tag_service

@@ -382,7 +382,7 @@ def create_user(s, ctx, *, account, username, password, email=None, firstname=No
     return user
 
 
-def list_users(s, ctx, q: ListQuery, id=None, username=None, state=None):
+def list_users(s, ctx, q: ListQuery, id=None, username=None, state=None, accounttype=None):
     stmt = select(User).join(Account, Account.id == User.account_id).join(Domain, Domain.id == Account.domain_id) \
         .where(User.id != 1).order_by(User.id)
     if not ctx.is_admin:
@@ -398,6 +398,8 @@ def list_users(s, ctx, q: ListQuery, id=None, username=None, state=None):
         stmt = stmt.where(func.lower(User.username) == username.lower())
     if state:
         stmt = stmt.where(func.lower(User.state) == state.lower())
+    if accounttype is not None:
+        stmt = stmt.where(Account.account_type == accounttype)
     stmt = stmt.where(*keyword_filter(q, User.username))
     return paginate(s, stmt, q)
 

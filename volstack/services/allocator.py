@@ -6,6 +6,8 @@ transaction that also records the choice (SQLite: BEGIN IMMEDIATE; PostgreSQL: a
 """
 import random
 
+from types import SimpleNamespace
+
 from sqlalchemy import func, select
 
 from volstack.db.models import Host
@@ -43,6 +45,13 @@ def _rule_matches(rule: str, wanted: list[str]) -> bool:
         return eval(expr, {"__builtins__": {}}, {}) is True   # only True/False/and/or/not/parentheses remain
     except Exception:          # anything else (a name, bad syntax) is not a match
         return False
+
+
+def placement_of(pool):
+    """What a volume already on `pool` asks of another pool (or of more room on this one) when it moves or grows:
+    the same scope, no tags (its pool was checked against its offering already). Encryption comes from the
+    volume itself: pass candidates(encrypted=...)."""
+    return SimpleNamespace(storage_type="local" if pool.scope == "HOST" else "shared", tags=None, encrypt=False)
 
 
 def candidates(s, *, zone_id, size: int, offering, hypervisor: str, host: Host | None = None,

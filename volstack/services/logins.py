@@ -90,6 +90,7 @@ def session_user(s, key: str, timeout_seconds: int) -> User | None:
     now = utcnow()
     if now - sess.last_access > timedelta(seconds=timeout_seconds):
         s.delete(sess)
+        s.commit()          # the caller answers 401 by raising, which rolls back: the expired row goes now
         return None
     sess.last_access = now
     user = s.get(User, sess.user_id)

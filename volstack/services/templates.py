@@ -150,9 +150,10 @@ def _zones(s, zoneid=None, zoneids=None, directdownload=False) -> list[Zone]:
 def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytext=None, hypervisor="KVM",
              ostypeid=None, checksum=None, ispublic=False, isfeatured=False, isextractable=False,
              passwordenabled=False, requireshvm=True, directdownload=False, bootable=True, templatetype=None,
-             details=None, is_iso=False, upload=False) -> tuple[Template, list[TemplateStoreRef]]:
+             details=None, is_iso=False, upload=False, imagestoreuuid=None) -> tuple[Template, list[TemplateStoreRef]]:
     """The template row, its zones and (unless direct download) one store copy per zone, Allocated: the
-    caller queues a download task per copy, or (upload: no URL) hands out browser upload parameters."""
+    caller queues a download task per copy, or (upload: no URL) hands out browser upload parameters.
+    imagestoreuuid (registerIso): the store of its zone that gets the copy, instead of the one with most room."""
     url = None if upload else check_url(url)
     if upload and directdownload:
         raise InvalidParameter("A template uploaded from a browser lands on an image store: directdownload is "
@@ -184,6 +185,11 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
         if missing:
             raise ResourceUnavailable(f"No writable image store in zone {', '.join(missing)}: add one with "
                                       "addImageStore or clear readonly on an existing one")
+    chosen = imagestores.get_store(s, imagestoreuuid) if imagestoreuuid else None
+    if chosen is not None and (directdownload or chosen.readonly or chosen.zone_id not in {z.id for z in zones}):
+        raise InvalidParameter(f"imagestoreuuid: image store {chosen.name} is not a writable store of the zones "
+                               "registered to" + (" (a direct-download image lands on no store)" if directdownload
+                                                  else ""))
     t = Template(name=name, display_text=displaytext or name, format=fmt, hypervisor=hv, os_type=ostypeid, url=url,
                  checksum=checksum, is_public=bool(ispublic), featured=bool(isfeatured),
                  cross_zones=cross_zones, bootable=bool(bootable), extractable=bool(isextractable),
@@ -201,7 +207,7 @@ def register(s, ctx, *, name, url, format, zoneid=None, zoneids=None, displaytex
     for z in zones:
         s.add(TemplateZone(template_id=t.id, zone_id=z.id))
         if not directdownload:
-            store = imagestores.writable_stores(s, z.id)[0]
+            store = chosen if chosen is not None and chosen.zone_id == z.id else imagestores.writable_stores(s, z.id)[0]
             ref = TemplateStoreRef(template_id=t.id, store_id=store.id, install_path=object_name(t))
             s.add(ref)
             refs.append(ref)

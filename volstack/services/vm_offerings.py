@@ -20,7 +20,7 @@ from volstack.db.storage_models import DiskOffering, ServiceOffering, StoragePoo
 from volstack.drivers import driver_for
 from volstack.drivers.hosts import channel
 from volstack.errors import CloudError, InsufficientCapacity, InvalidParameter
-from volstack.services import allocator, events, limits, offerings, volume_migration, volumes
+from volstack.services import allocator, encryption, events, limits, offerings, volume_migration, volumes
 from volstack.services.lifecycle import VOLUME
 
 GIB = 1024 ** 3
@@ -110,11 +110,9 @@ def _place_root(s, ctx, vm, root, new_do, host, automigrate, progress) -> None:
 def _grow_root(s, ctx, vm, root, size: int, host) -> None:
     pool = s.get(StoragePool, root.pool_id)
     worker = host or volumes._host_for_pool(s, pool)
-    class Wanted:          # only placement rules: the pool was checked against the offering already
-        storage_type = "local" if pool.scope == "HOST" else "shared"
-        tags = None
-    ok, why = allocator.candidates(s, zone_id=root.zone_id, size=size - root.size, offering=Wanted,
-                                   hypervisor=worker.hypervisor, host=worker, account_id=root.account_id)
+    ok, why = allocator.candidates(s, zone_id=root.zone_id, size=size - root.size, offering=allocator.placement_of(pool),
+                                   hypervisor=worker.hypervisor, host=worker, account_id=root.account_id,
+                                   encrypted=encryption.is_encrypted(root))
     if pool.id not in {p.id for p in ok}:
         raise InsufficientCapacity(f"Storage pool {pool.name} cannot grow the root volume of VM {vm.name} to "
                                    f"{_gb(size)}: {why.get(pool.name, 'not suitable')}")

@@ -39,10 +39,7 @@ def migration_problem(s, vol: Volume, pool: StoragePool) -> str | None:
     vm = s.get(VirtualMachine, vol.vm_id) if vol.vm_id else None
     host = s.get(Host, vm.host_id) if vm is not None and vm.state == "Running" else None
 
-    class Wanted:          # migration keeps the volume's offering; only placement rules apply
-        storage_type = "local" if pool.scope == "HOST" else "shared"
-        tags = None
-    ok, why = allocator.candidates(s, zone_id=vol.zone_id, size=vol.size, offering=Wanted, hypervisor=vol.hypervisor
+    ok, why = allocator.candidates(s, zone_id=vol.zone_id, size=vol.size, offering=allocator.placement_of(pool), hypervisor=vol.hypervisor
                                    or "KVM", host=host, account_id=vol.account_id,
                                    encrypted=encryption.is_encrypted(vol))
     if pool.id not in {p.id for p in ok}:

@@ -201,7 +201,8 @@ def lock_user(req, p):
     P("accounttype", INTEGER, "List users by account type."),
     *OWNER_LIST_PARAMS], view=USER_VIEW, is_list=True, access=USER)
 def list_users(req, p):
-    return lst(req, USER_VIEW, svc.list_users(req.s, req.ctx, list_query(req, p), p.id, p.username, p.state))
+    return lst(req, USER_VIEW, svc.list_users(req.s, req.ctx, list_query(req, p), p.id, p.username, p.state,
+                                                       accounttype=p.accounttype))
 
 
 @API.command("updateUser", "Updates a user account", [

@@ -1,5 +1,5 @@
 """Zones, pods, clusters, hosts and the infrastructure catalogues."""
-from volstack.api.commands.common import list_query, lst, obj, page_of, paged, pick
+from volstack.api.commands.common import list_query, lst, obj, page_of, pick
 from volstack.api.registry import API, BOOLEAN, LIST, MAP, STRING, USER, UUID, Lst, Param as P, Success
 from volstack.api.views import CLUSTER, HOST, POD, ZONE, Lookups, View
 from volstack.api.registry import Field as F

@@ -162,7 +162,8 @@ def _register(req, p, is_iso):
                                  isfeatured=p.isfeatured, isextractable=p.isextractable,
                                  passwordenabled=p.passwordenabled, requireshvm=p.requireshvm,
                                  directdownload=p.directdownload, bootable=p.bootable if p.bootable is not None else True,
-                                 templatetype=p.templatetype, details=(p.details or {}).get("0"), is_iso=is_iso)
+                                 templatetype=p.templatetype, details=(p.details or {}).get("0"), is_iso=is_iso,
+                                 imagestoreuuid=p.get("imagestoreuuid"))
     for ref in refs:
         req.start_task("templateDownload", {"ref": ref.id}, t.uuid)
     if t.verify_state == "Checking":
@@ -187,7 +188,8 @@ def register_template(req, p):
 
 @API.command("registerIso", "Registers an existing ISO into the CloudStack Cloud.", REGISTER_COMMON + [
     P("bootable", BOOLEAN, "true if this ISO is bootable. If not passed explicitly its assumed to be true"),
-    P("imagestoreuuid", STRING, "Image store UUID"),
+    P("imagestoreuuid", STRING, "Image store UUID: the store of the zone that gets the ISO (default: the writable one "
+      "with the most free space)"),
     P("format", STRING, "unused: ISOs are ISO"),
     P("hypervisor", STRING, "unused: ISOs serve every hypervisor"),
     P("zoneids", LIST, "A list of zone ids where the ISO will be hosted; -1 means all zones", entity="Zone",
@@ -420,6 +422,18 @@ def create_template(req, p):
     return obj(req, TEMPLATE, template_sources.copy_volume_to_store(req.s, req.ctx, t, req.progress))
 
 
+def _source_zone_only(req, p, zone_id):
+    """The template is made in its source's zone; a zoneid naming another would be ignored, so it is refused."""
+    from volstack.errors import InvalidParameter
+    from volstack.services import infra
+    if p.zoneid and infra.get_zone(req.s, p.zoneid).id != zone_id:
+        raise InvalidParameter("zoneid: a template created from a volume or snapshot is made in the zone of that "
+                               "volume or snapshot; omit zoneid or pass that zone")
+    if p.isdynamicallyscalable:
+        raise InvalidParameter("isdynamicallyscalable=true is not supported: volstack scales no running VM's CPU or "
+                               "memory; omit it")
+
+
 def _create_template_row(req, p):
     from volstack.errors import InvalidParameter
     from volstack.services import vms, volumes
@@ -427,8 +441,10 @@ def _create_template_row(req, p):
         from volstack.services import snapshot_templates, snapshots
         if p.volumeid or p.virtualmachineid:
             raise InvalidParameter("Pass either snapshotid or volumeid (virtualmachineid), not both")
+        snap = snapshots.get_snapshot(req.s, req.ctx, p.snapshotid)
+        _source_zone_only(req, p, snap.zone_id)
         return snapshot_templates.create_row(
-            req.s, req.ctx, snapshots.get_snapshot(req.s, req.ctx, p.snapshotid), name=p.name,
+            req.s, req.ctx, snap, name=p.name,
             displaytext=p.displaytext, ostypeid=p.ostypeid, ispublic=p.ispublic, isfeatured=p.isfeatured,
             passwordenabled=p.passwordenabled, requireshvm=p.requireshvm, details=(p.details or {}).get("0"))
     if p.volumeid:
@@ -438,6 +454,7 @@ def _create_template_row(req, p):
         vol = volumes.root_of(req.s, vm)
     else:
         raise InvalidParameter("Pass volumeid (or virtualmachineid) to create a template")
+    _source_zone_only(req, p, vol.zone_id)
     return template_sources.create_from_volume(req.s, req.ctx, name=p.name, volume=vol, displaytext=p.displaytext,
                                         ostypeid=p.ostypeid, ispublic=p.ispublic, isfeatured=p.isfeatured,
                                         passwordenabled=p.passwordenabled, requireshvm=p.requireshvm,

@@ -1,5 +1,5 @@
 """Volumes whose bytes come from elsewhere: uploadVolume (from a URL)."""
-from volstack.api.commands.common import obj
+from volstack.api.commands.common import obj, own_account_only
 from volstack.api.commands.volumes import VOLUME
 from volstack.api.registry import API, STRING, USER, UUID, Param as P
 from volstack.services import volume_upload, volumes
@@ -19,9 +19,13 @@ from volstack.services import volume_upload, volumes
     P("domainid", UUID, "an optional domainId. If the account parameter is used, domainId must also be used.",
       entity="Domain"),
 ], view=VOLUME, is_async=True, access=USER, instance_type="Volume", instance_param="id",
-   prepare=lambda req, p: volume_upload.create(req.s, req.ctx, name=p.name, url=p.url, zoneid=p.zoneid,
-                                               format=p.format, checksum=p.checksum, diskofferingid=p.diskofferingid,
-                                               imagestoreuuid=p.imagestoreuuid).uuid)
+   prepare=lambda req, p: _create(req, p).uuid)
 def upload_volume(req, p):
     vol = volumes.get_volume(req.s, req.ctx, p.id)
     return obj(req, VOLUME, volume_upload.download(req.s, req.ctx, vol, req.progress))
+
+
+def _create(req, p):
+    own_account_only(req, p, "Uploading", "upload as that account")
+    return volume_upload.create(req.s, req.ctx, name=p.name, url=p.url, zoneid=p.zoneid, format=p.format,
+                                checksum=p.checksum, diskofferingid=p.diskofferingid, imagestoreuuid=p.imagestoreuuid)
