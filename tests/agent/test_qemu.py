@@ -130,7 +130,7 @@ def test_stop_start_reboot_destroy(agent, vm, pool):
     again = c.call("vm_start", name="vm1", memory_mb=64, cpus=1, disks=[disk(pool, "root", "ROOT-1", 0)])
     assert again["state"] == "Running" and again["disks"] == ["ROOT-1"]
     assert c.call("vm_stop", name="vm1", forced=True) == {"forced": False}
-    with pytest.raises(errors.InternalError, match="not running"):
+    with pytest.raises(errors.ResourceUnavailable, match="not running"):
         c.call("vm_reboot", name="vm1")
     assert c.call("vm_destroy", name="vm1") == {} and c.call("vm_list") == {"vms": []}
     assert c.call("vm_destroy", name="vm1") == {}

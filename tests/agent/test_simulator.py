@@ -40,6 +40,6 @@ def test_simulated_guests(sim_agent, pool, pool2):
     assert c.call("disk_detach", vm="s1", serial="DATA") == {} and c.call("disk_detach", vm="s1", serial="DATA") == {}
     assert c.call("vm_stop", name="s1") == {"forced": False}
     assert c.call("vm_list")["vms"][0]["state"] == "Stopped"
-    with pytest.raises(errors.InternalError, match="not running"):
+    with pytest.raises(errors.ResourceUnavailable, match="not running"):
         c.call("vm_reboot", name="s1")
     assert c.call("vm_destroy", name="s1") == {} and c.call("vm_list") == {"vms": []}

@@ -277,13 +277,17 @@ def test_the_sweep_settles_objects_left_transitional_with_no_job(sim):
     vm = _deploy(sim, "swept")
     api.stopVirtualMachine(id=vm["id"])
     root = api.listVolumes(virtualmachineid=vm["id"])["volume"][0]
+    gone = _deploy(sim, "half-expunged")
+    api.destroyVirtualMachine(id=gone["id"])
     with ms.db.session() as s:
         s.execute(update(VirtualMachine).where(VirtualMachine.uuid == vm["id"]).values(state="Starting"))
         s.execute(update(Volume).where(Volume.uuid == root["id"]).values(state="Resizing"))
-    wait_until("the sweep", lambda: _state(sim, vm["id"]) == "Stopped" and
-               api.listVolumes(id=root["id"])["volume"][0]["state"] == "Ready", timeout=30)
+        s.execute(update(VirtualMachine).where(VirtualMachine.uuid == gone["id"]).values(state="Expunging"))
+    wait_until("the sweep", lambda: _state(sim, vm["id"]) == "Stopped" and _state(sim, gone["id"]) == "Destroyed"
+               and api.listVolumes(id=root["id"])["volume"][0]["state"] == "Ready", timeout=30)
     recovered = _events(sim, "VM.RECOVER") + _events(sim, "VOLUME.RECOVER")
     assert any("it was Starting for" in d and "with no job working on it" in d for d in recovered)
+    assert any("it was Expunging for" in d and "Destroyed again" in d for d in recovered), recovered
     assert any("it was Resizing for" in d for d in recovered)
     assert api.startVirtualMachine(id=vm["id"])["virtualmachine"]["state"] == "Running"
 

@@ -89,3 +89,20 @@ def test_a_caller_that_goes_away_is_no_traceback_in_the_agent_log(tmp_path):
     finally:
         agent.stop()
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_a_guest_that_is_gone_is_534_not_530(tmp_path):
+    """Found by the fault workload: createSnapshot of a disk whose guest had died answered 530 ("VM … is not running
+    on host …", an internal error): a host that does not run the guest is a 534 with that reason."""
+    from tests.agentproc import AgentProcess
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    agent = AgentProcess(tmp_path / "state", "simulator").start()
+    try:
+        agent.client.call("vm_start", name="vm1", memory_mb=64, cpus=1, disks=[])
+        agent.client.call("vm_stop", name="vm1", forced=True)
+        with pytest.raises(errors.CloudError) as exc:
+            agent.client.call("vm_reboot", name="vm1")
+        assert exc.value.errorcode == 534 and "is not running on host" in exc.value.text, exc.value.text
+    finally:
+        agent.stop()

@@ -25,7 +25,7 @@ import time
 from volstack.agent import hypervisor as hv
 from volstack.agent import images, luks, programs
 from volstack.agent.cdrom import QemuCdrom, cd_device
-from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound
+from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound, Unavailable
 from volstack.agent.migration import QemuMigration
 from volstack.agent.mirror import QemuMirror
 from volstack.agent.qmp import Qmp, QmpError, QmpGone
@@ -134,7 +134,7 @@ class QemuHypervisor(QemuMigration, QemuMirror, QemuCdrom):
 
     def _running(self, rec: dict) -> dict:
         if self._pid(rec) is None:
-            raise Failed(f"VM {rec['name']} is not running on host {self.hostname}")
+            raise Unavailable(f"VM {rec['name']} is not running on host {self.hostname}")
         return rec
 
     def _describe(self, rec: dict) -> dict:

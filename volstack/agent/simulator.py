@@ -12,7 +12,7 @@ import time
 
 from volstack.agent import hypervisor as hv
 from volstack.agent import images
-from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound
+from volstack.agent.errors import Busy, InvalidArgument, NotFound, Unavailable
 
 
 class SimulatedHypervisor:
@@ -89,7 +89,7 @@ class SimulatedHypervisor:
     def reboot(self, name: str) -> dict:
         with self._lock:
             if self._need(name)["state"] != "Running":
-                raise Failed(f"VM {name} is not running on host {self.hostname}")
+                raise Unavailable(f"VM {name} is not running on host {self.hostname}")
             return {}
 
     def destroy(self, name: str) -> dict:
@@ -177,7 +177,7 @@ class SimulatedHypervisor:
         with self._lock:
             rec = self._need(vm)
             if rec["state"] != "Running":
-                raise Failed(f"VM {vm} is not running on host {self.hostname}")
+                raise Unavailable(f"VM {vm} is not running on host {self.hostname}")
             d = self._disk(rec, serial)
             if d.get("migrating"):
                 raise Busy(f"disk {serial} of VM {vm} is being migrated")
@@ -219,7 +219,7 @@ class SimulatedHypervisor:
         with self._lock:
             rec = self._need(name)
             if rec["state"] != "Running":
-                raise Failed(f"VM {name} is not running on host {self.hostname}")
+                raise Unavailable(f"VM {name} is not running on host {self.hostname}")
             disks = [{k: d[k] for k in ("pool", "name", "format", "serial", "device_id", "qos")} | {"slot": i}
                      for i, d in enumerate(sorted(rec["disks"].values(), key=lambda d: d["device_id"]))]
             spec = {k: rec[k] for k in ("name", "uuid", "memory_mb", "cpus")}
@@ -251,7 +251,7 @@ class SimulatedHypervisor:
         with self._lock:
             rec = self._need(name)
             if rec["state"] != "Running":
-                raise Failed(f"VM {name} is not running on host {self.hostname}")
+                raise Unavailable(f"VM {name} is not running on host {self.hostname}")
             rec["migration"] = {"uri": uri, "resume": True}
             self._save()
         if progress:
@@ -293,7 +293,7 @@ class SimulatedHypervisor:
         with self._lock:
             rec = self._need(vm)
             if rec["state"] != "Running":
-                raise Failed(f"VM {vm} is not running on host {self.hostname}")
+                raise Unavailable(f"VM {vm} is not running on host {self.hostname}")
             d = dict(self._disk(rec, serial))
         src = images.open_pool(d["pool"], self.hostname)
         images.copy(src, d["name"], dst, dst_name, "qcow2", progress, src_format=d["format"])

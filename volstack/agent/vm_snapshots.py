@@ -16,7 +16,7 @@ import time
 from contextlib import ExitStack
 
 from volstack.agent import images, luks
-from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound
+from volstack.agent.errors import Busy, Failed, InvalidArgument, NotFound, Unavailable
 from volstack.agent.snapshots import _internal_names, drop_bitmaps, drop_node_bitmaps
 
 ACTIONS = ("create", "revert", "delete")
@@ -58,7 +58,7 @@ def _guest(hv, vm: str, running: bool) -> dict | None:
     rec = hv._load(vm)
     live = rec is not None and hv._pid(rec) is not None
     if running and not live:
-        raise Failed(f"VM {vm} is not running on host {hv.hostname}; its state changed, ask again")
+        raise Unavailable(f"VM {vm} is not running on host {hv.hostname}; its state changed, ask again")
     if live and not running:
         raise Busy(f"VM {vm} is running on host {hv.hostname}; stop it for this VM snapshot operation")
     return rec if live else None

@@ -383,6 +383,12 @@ def settle_interrupted(db, ctx, vm_uuid: str, cmd: str) -> None:
             settle(s, ctx, vm, f"{cmd} was interrupted by a management server stop")
 
 
+# settle(): the event of VM's table that takes a transitional state to what the host reports
+_SETTLED_BY = {"Starting": {"Running": "OperationSucceeded", "Stopped": "OperationFailed"},
+               "Stopping": {"Stopped": "OperationSucceeded", "Running": "OperationFailed"},
+               "Migrating": {"Running": "AgentReportRunning", "Stopped": "AgentReportStopped"}}
+
+
 def settle(s, ctx, vm, reason: str) -> None:
     """Bring a VM (and its volumes caught mid-move) back to a stable state after its job died or failed, or when
     nothing works on it any more: the host says whether the guest runs; a guest found running after a start is
@@ -392,7 +398,7 @@ def settle(s, ctx, vm, reason: str) -> None:
                                               Volume.removed.is_(None))):
         volumes.settle(s, ctx, vol, "", reason=reason)
     if vm.state == "Expunging":
-        vm.state = "Destroyed"
+        VM.fire(s, vm, "OperationFailed")                    # → Destroyed
         events.record(s, ctx, "VM.RECOVER", f"VM {vm.name}: {reason}; it is Destroyed again (expunge it again)",
                       level="WARN", resource_type="VirtualMachine", resource_uuid=vm.uuid)
         return
@@ -420,8 +426,7 @@ def settle(s, ctx, vm, reason: str) -> None:
                 running, note = False, " (its guest there had other disks than recorded and was stopped)"
         except CloudError:
             running = vm.state == "Stopping"
-    vm.state = "Running" if running else "Stopped"
-    vm.host_id = host.id if running else None
+    VM.fire(s, vm, _SETTLED_BY[vm.state]["Running" if running else "Stopped"], host_id=host.id if running else None)
     events.record(s, ctx, "VM.RECOVER", f"VM {vm.name}: {reason}; the host reports it {vm.state}{note}",
                   level="WARN", resource_type="VirtualMachine", resource_uuid=vm.uuid)
 
