@@ -52,6 +52,8 @@ def test_quiesce_replication_and_capacities_are_refused_by_name(sim, server):
                                                    diskofferingid=sim["do"]["id"], account="someone-else"))
     assert code == 431 and "for another account (account/domainid)" in text
     assert [v["name"] for v in api.listVolumes(name="theirs").get("volume", [])] == []
+    code, text = error_of(lambda: api.createSnapshot(volumeid=root["id"], account="someone-else"))
+    assert code == 431 and "belongs to the volume's owner" in text
     code, text = error_of(lambda: api.uploadVolume(name="theirs", zoneid=sim["zone"]["id"], format="QCOW2",
                                                    url="http://10.0.0.9/v.qcow2", account="someone-else"))
     assert code == 431 and "for another account (account/domainid)" in text

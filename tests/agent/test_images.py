@@ -51,7 +51,8 @@ def test_volume_create_provisioning(sim_agent, pool, fmt):
         sizes[prov] = r["physical_size"]
     assert sizes["thin"] < 4 * MiB and sizes["fat"] >= 32 * MiB
     assert c.call("volume_info", pool=pool, name=f"{fmt}-fat", format=fmt) == {
-        "size": 32 * MiB, "physical_size": sizes["fat"], "format": fmt, "backing": None, "backing_format": None}
+        "size": 32 * MiB, "physical_size": sizes["fat"], "format": fmt, "backing": None, "backing_format": None,
+        "encrypted": False}
 
 
 def test_volume_create_is_idempotent_and_never_overwrites(sim_agent, pool):

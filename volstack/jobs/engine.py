@@ -238,7 +238,10 @@ class JobEngine:
             self._finish(job, FAILED, exc.errorcode, {"errorcode": exc.errorcode, "errortext": exc.text})
         except Exception as exc:
             log.error("job %s (%s) failed:\n%s", job.uuid, job.cmd, traceback.format_exc())
-            self._finish(job, FAILED, 530, {"errorcode": 530, "errortext": f"Internal error while running {job.cmd}: {exc}"})
+            # Not str(exc): a database error carries its SQL and values (hashes, wrapped keys); the log has it all.
+            self._finish(job, FAILED, 530, {"errorcode": 530, "errortext":
+                         f"Internal error while running {job.cmd} ({type(exc).__name__}); the management "
+                         f"server's log has the details under job {job.uuid}"})
         finally:
             with self._done:
                 self._running.discard(job.uuid)

@@ -141,7 +141,20 @@ def backup_retry_submitter(jobs):
     return submit
 
 
+def _volume_owner_only(req, p) -> None:
+    """A volume snapshot belongs to the volume's account; account/domainid naming another would be ignored."""
+    if not (p.account or p.domainid):
+        return
+    from volstack.services import accounts, volumes
+    acc = req.s.get(m.Account, volumes.get_volume(req.s, req.ctx, p.volumeid).account_id)
+    dom = accounts.get_domain(req.s, req.ctx, p.domainid) if p.domainid else None
+    if (p.account and p.account != acc.name) or (dom is not None and dom.id != acc.domain_id):
+        raise InvalidParameter(f"A volume snapshot belongs to the volume's owner (account {acc.name}): account/domainid "
+                               "naming another account are not supported; omit them")
+
+
 def _create_row(req, p):
+    _volume_owner_only(req, p)
     if p.zoneids:
         raise InvalidParameter("Copying snapshots to other zones (zoneids) is not supported yet")
     snap = snapshots.create(req.s, req.ctx, volumeid=p.volumeid, name=p.name, policyid=p.policyid,
