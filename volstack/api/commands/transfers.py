@@ -48,8 +48,9 @@ EXTRACT_PARAMS = [
 
 
 def _refuse_upload_url(p):
-    """url is FTP_UPLOAD's destination; HTTP_DOWNLOAD makes its own URL, so a url passed would go nowhere."""
-    if p.url:
+    """url is FTP_UPLOAD's destination; HTTP_DOWNLOAD makes its own URL, so a url passed would go nowhere.
+    (With mode=FTP_UPLOAD the mode itself is refused, which says more.)"""
+    if p.url and (p.mode or "").upper() != "FTP_UPLOAD":
         raise InvalidParameter("url is the destination of FTP_UPLOAD, which volstack does not support; omit url: "
                                "mode=HTTP_DOWNLOAD answers with the URL to download the object from")
 
