@@ -5,12 +5,12 @@ import os
 import secrets
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import yaml
 
 from volstack.private import restrict_umask, tighten
+from volstack.stopsignal import StopSignal
 
 BUILTIN_DATACENTER = {
     "zones": [{"name": "zone1", "networktype": "Advanced", "localstorageenabled": True,
@@ -124,17 +124,17 @@ def _server(db_url, key_file, host, port, **kw):
     return ManagementServer(db_url, key_file, host=host, port=port, **kw)
 
 
-_stop_requested = threading.Event()
+_stop = None
 
 
 def _catch_signals():
     """Installed before start-up so that a signal during start-up still stops cleanly."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: _stop_requested.set())
+    global _stop
+    _stop = StopSignal()
 
 
 def _wait_for_signal():
-    _stop_requested.wait()
+    _stop.wait()
 
 
 def cmd_up(args) -> int:

@@ -61,3 +61,20 @@ def test_agent_log_level_takes_effect(tmp_path):
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=20)[1].decode()
     assert "INFO volstack.agent: vm_list ok" in err, err
+
+
+def test_a_burst_of_signals_still_stops_the_agent(tmp_path):
+    """A SIGTERM handler that set a threading.Event deadlocked when a second signal came while the first one's
+    handler held the Event's lock: the agent of a killed `up` stayed forever, holding its state directory."""
+    import os
+    proc = subprocess.Popen([VOLSTACK, "agent", "--state-dir", str(tmp_path / "state"), "--hypervisor", "simulator"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert "listening on" in proc.stdout.readline().decode()
+        for _ in range(1000):
+            os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -4,12 +4,11 @@ import fcntl
 import logging
 import os
 import secrets
-import signal
 import socket
 import sys
-import threading
 
 from volstack.private import restrict_umask, tighten
+from volstack.stopsignal import StopSignal
 
 log = logging.getLogger("volstack.agent")
 
@@ -122,9 +121,7 @@ def run(args) -> int:
     # force: `volstack agent` comes through the volstack command, which configured logging (WARNING) already
     logging.basicConfig(level=getattr(logging, getattr(args, "log_level", "INFO")),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopSignal()
     server = build(args).start()
     print(f"volstack agent {server.agent.hostname} ({server.agent.hv.name}) listening on {server.url}", flush=True)
     stop.wait()
