@@ -15,40 +15,16 @@ then measured alternately, best of `enc_rounds`:
 import time
 from pathlib import Path
 
-from bench_snapshots import SnapBench
-from bench_templates import _client
+from bench_snapshots import SnapBench, one_host_cloud
 
 MIB = 2 ** 20
 
 
 class EncBench:
     def __init__(self, tmp: Path, mib: int):
-        from agentproc import AgentProcess       # tests/ is on sys.path (run.py puts it there)
-        from guest import guest_image_dir
-        from volstack.management import ManagementServer
         self.tmp, self.mib = tmp / "encryption", mib
-        self.tmp.mkdir()
-        self.ms = ManagementServer(f"sqlite:///{self.tmp / 'db.sqlite'}", self.tmp / "key", port=0,
-                                   heartbeat_seconds=0.5).start()
-        self.agent = AgentProcess(self.tmp / "agent", name="enc1").start()
-        api = self.api = _client(self.ms)
-        zone = api.createZone(name="ez", networktype="Advanced")["zone"]
-        pod = api.createPod(name="ep", zoneid=zone["id"])["pod"]
-        cl = api.addCluster(clustername="ec", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
-                            clustertype="CloudManaged")["cluster"][0]
-        host = api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM",
-                           url=self.agent.url, username="root", password=self.agent.token)["host"][0]
-        (self.tmp / "local").mkdir()
-        api.createStoragePool(name="local", url=f"file://localhost{self.tmp / 'local'}", zoneid=zone["id"],
-                              scope="host", hostid=host["id"])
-        so = api.createServiceOffering(name="s", cpunumber=1, cpuspeed=500, memory=256, rootdisksize=1,
-                                       storagetype="local", displaytext="s")["serviceoffering"]
-        image = guest_image_dir()
-        vm = api.deployVirtualMachine(zoneid=zone["id"], serviceofferingid=so["id"],
-                                      **{"details[0].kernel": str(image / "vmlinuz"),
-                                         "details[0].initrd": str(image / "initrd.img"),
-                                         "details[0].append": "console=ttyS0 quiet panic=-1"})["virtualmachine"]
-        listed = next(v for v in self.agent.client.call("vm_list")["vms"] if v["name"] == vm["id"])
+        self.ms, self.agent, api, zone, vm, listed = one_host_cloud(self.tmp, "enc")
+        self.api = api
         self.con = SnapBench._console(listed["console"])
         self.serial = {}
         for kind, encrypt in (("clear", False), ("encrypted", True)):

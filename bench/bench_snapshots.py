@@ -15,37 +15,46 @@ from bench_templates import _client
 MIB = 2 ** 20
 
 
+def one_host_cloud(tmp: Path, name: str, dirs=("local",)):
+    """A management server, one real agent, a zone with a host-local pool ("local") and a running guest of the
+    tiny test image: what the snapshot and encryption benches both measure on. Returns (ms, agent, api, zone, vm,
+    the guest's vm_list entry)."""
+    from agentproc import AgentProcess       # tests/ is on sys.path (run.py puts it there)
+    from guest import guest_image_dir
+    from volstack.management import ManagementServer
+    tmp.mkdir()
+    ms = ManagementServer(f"sqlite:///{tmp / 'db.sqlite'}", tmp / "key", port=0, heartbeat_seconds=0.5).start()
+    agent = AgentProcess(tmp / "agent", name=f"{name}1").start()
+    api = _client(ms)
+    zone = api.createZone(name=f"{name}-z", networktype="Advanced")["zone"]
+    pod = api.createPod(name=f"{name}-p", zoneid=zone["id"])["pod"]
+    cl = api.addCluster(clustername=f"{name}-c", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
+                        clustertype="CloudManaged")["cluster"][0]
+    host = api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM",
+                       url=agent.url, username="root", password=agent.token)["host"][0]
+    for d in dirs:
+        (tmp / d).mkdir()
+    api.createStoragePool(name="local", url=f"file://localhost{tmp / 'local'}", zoneid=zone["id"],
+                          scope="host", hostid=host["id"])
+    so = api.createServiceOffering(name="s", cpunumber=1, cpuspeed=500, memory=256, rootdisksize=1,
+                                   storagetype="local", displaytext="s")["serviceoffering"]
+    image = guest_image_dir()
+    vm = api.deployVirtualMachine(zoneid=zone["id"], serviceofferingid=so["id"],
+                                  **{"details[0].kernel": str(image / "vmlinuz"),
+                                     "details[0].initrd": str(image / "initrd.img"),
+                                     "details[0].append": "console=ttyS0 quiet panic=-1"})["virtualmachine"]
+    listed = next(v for v in agent.client.call("vm_list")["vms"] if v["name"] == vm["id"])
+    return ms, agent, api, zone, vm, listed
+
+
 class SnapBench:
     def __init__(self, tmp: Path, data_mib: int):
-        from agentproc import AgentProcess       # tests/ is on sys.path (run.py puts it there)
-        from guest import guest_image_dir
-        from volstack.management import ManagementServer
         self.tmp, self.data_mib = tmp / "snapshots", data_mib
-        self.tmp.mkdir()
-        self.ms = ManagementServer(f"sqlite:///{self.tmp / 'db.sqlite'}", self.tmp / "key", port=0,
-                                   heartbeat_seconds=0.5).start()
-        self.agent = AgentProcess(self.tmp / "agent", name="snap1").start()
-        api = self.api = _client(self.ms)
-        zone = api.createZone(name="sz", networktype="Advanced")["zone"]
-        pod = api.createPod(name="sp", zoneid=zone["id"])["pod"]
-        cl = api.addCluster(clustername="sc", zoneid=zone["id"], podid=pod["id"], hypervisor="KVM",
-                            clustertype="CloudManaged")["cluster"][0]
-        host = api.addHost(zoneid=zone["id"], podid=pod["id"], clusterid=cl["id"], hypervisor="KVM",
-                           url=self.agent.url, username="root", password=self.agent.token)["host"][0]
-        for d in ("local", "store", "scratch"):
-            (self.tmp / d).mkdir()
-        api.createStoragePool(name="local", url=f"file://localhost{self.tmp / 'local'}", zoneid=zone["id"],
-                              scope="host", hostid=host["id"])
+        self.ms, self.agent, api, zone, self.vm, listed = one_host_cloud(self.tmp, "snap",
+                                                                        ("local", "store", "scratch"))
+        self.api = api
         api.addImageStore(name="store", provider="Filesystem", url=f"file://{self.tmp / 'store'}", zoneid=zone["id"])
         off = api.createDiskOffering(name="d", disksize=1, storagetype="local", displaytext="d")["diskoffering"]
-        so = api.createServiceOffering(name="s", cpunumber=1, cpuspeed=500, memory=256, rootdisksize=1,
-                                       storagetype="local", displaytext="s")["serviceoffering"]
-        image = guest_image_dir()
-        self.vm = api.deployVirtualMachine(zoneid=zone["id"], serviceofferingid=so["id"],
-                                           **{"details[0].kernel": str(image / "vmlinuz"),
-                                              "details[0].initrd": str(image / "initrd.img"),
-                                              "details[0].append": "console=ttyS0 quiet panic=-1"})["virtualmachine"]
-        listed = next(v for v in self.agent.client.call("vm_list")["vms"] if v["name"] == self.vm["id"])
         self.monitor = listed["monitor"]
         self.con = self._console(listed["console"])
         vol = api.createVolume(name="data", zoneid=zone["id"], diskofferingid=off["id"])["volume"]

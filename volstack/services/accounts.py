@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session as Session_
 from volstack import crypto
 from volstack.db.models import Account, Domain, ResourceLimit, Role, Session, User
 from volstack.errors import InvalidParameter, PermissionDenied, ResourceInUse
-from volstack.services import events, limits
+from volstack.services import events, limits, pools
 from volstack.services.context import (DOMAIN_ADMIN, ROOT_ADMIN, USER, CallContext, can_access_domain,
                                        check_access, subtree_ids)
 from volstack.services.listing import ListQuery, keyword_filter, paginate
@@ -473,11 +473,23 @@ def list_roles(s, ctx, q: ListQuery, id=None, name=None, type=None):
 
 # ---------------------------------------------------------------- updateResourceCount's accounts (limits.recalculate)
 
-def accounts_for_recount(s, ctx, domain_uuid: str, account: str | None) -> list:
-    """The one named account of the domain, or every account of the domain and its subdomains."""
+def update_resource_count(s, ctx, domain_uuid: str, account: str | None, rtype: str | None) -> list[dict]:
+    """updateResourceCount: recount the named account of the domain, or every account of the domain and its
+    subdomains, from the objects themselves (and, for the root administrator on the ROOT domain, every pool's
+    allocated bytes). One row per account and resource type with the new count."""
     dom = get_domain(s, ctx, domain_uuid)
     if account:
-        return [get_account(s, ctx, name=account, domainid=domain_uuid)]
-    if not ctx.is_admin:
+        accs = [get_account(s, ctx, name=account, domainid=domain_uuid)]
+    elif not ctx.is_admin:
         raise PermissionDenied("Only administrators can recount a domain's resources")
-    return list(s.scalars(select(Account).where(Account.domain_id.in_(subtree_ids(dom.id))).order_by(Account.id)))
+    else:
+        accs = list(s.scalars(select(Account).where(Account.domain_id.in_(subtree_ids(dom.id))).order_by(Account.id)))
+    rows = []
+    for acc in accs:
+        adom = s.get(Domain, acc.domain_id)
+        for t, (_, new) in limits.recalculate(s, acc, [rtype] if rtype else None).items():
+            rows.append({"account": acc.name, "domainid": adom.uuid, "domain": adom.name,
+                         "type": limits.LIMIT_TYPES[t][0], "typename": t, "count": new})
+    if ctx.is_root_admin and not account and dom.parent_id is None:
+        pools.recount_all(s)
+    return rows

@@ -1,7 +1,5 @@
 """Domains, accounts, users, roles, keys, resource limits, login and logout."""
 from volstack.api.commands.common import list_query, lst, obj
-from sqlalchemy import select
-
 from volstack.api.registry import (API, DOMAIN, INTEGER, LONG, OWNER_LIST_PARAMS, STRING, USER, UUID, Field as F, Lst,
                                    Obj, Param as P, Success, View)
 from volstack.api.views import ACCOUNT, DOMAIN as DOMAIN_VIEW, RESOURCELIMIT, ROLE, USER as USER_VIEW, USERKEYS, Lookups
@@ -319,15 +317,5 @@ RESOURCECOUNT = View("resourcecount", [
       "11 secondary storage. If not specified will update all resource counts"),
 ], view=RESOURCECOUNT, is_list=True, access=DOMAIN)
 def update_resource_count(req, p):
-    rtype = _limit_type(p.resourcetype)
-    accs = svc.accounts_for_recount(req.s, req.ctx, p.domainid, p.account)
-    rows = []
-    for acc in accs:
-        dom = req.s.get(Domain, acc.domain_id)
-        for t, (_, new) in limits.recalculate(req.s, acc, [rtype] if rtype else None).items():
-            rows.append({"account": acc.name, "domainid": dom.uuid, "domain": dom.name, "type": limits.LIMIT_TYPES[t][0],
-                         "typename": t, "count": new})
-    if req.ctx.is_root_admin and not p.account and req.s.scalar(select(Domain.path).where(Domain.uuid == p.domainid)) == "/":
-        from volstack.services import pools
-        pools.recount_all(req.s)
+    rows = svc.update_resource_count(req.s, req.ctx, p.domainid, p.account, _limit_type(p.resourcetype))
     return Lst(RESOURCECOUNT.key, Lookups(req.s).render_all(RESOURCECOUNT, rows), len(rows))
