@@ -3,9 +3,12 @@
 guests, the management server and the agent SIGKILLed while jobs run, then a census that must be clean."""
 import uuid
 
+import pytest
+
 from tests.faults import census, workload
 
 
+@pytest.mark.slow                      # real guests, NFS and SIGKILLs: a couple of minutes
 def test_fault_workload_census_is_clean(nfs_server, tmp_path):
     pseudo = f"/faults-{uuid.uuid4().hex[:8]}"
     url = nfs_server.add_export(pseudo, tmp_path / "nfs")
